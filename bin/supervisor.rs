@@ -1,0 +1,25 @@
+//! The `supervisor` command: parse flags, then hand over to the library. Exit codes are listed in `--help`.
+
+use clap::Parser;
+use supervisor::supervisor::{Signals, Supervisor};
+use supervisor::{Cli, Command, Config, Exit};
+
+fn main() {
+    let cli = Cli::parse();
+    supervisor::process::init_logging();
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            std::process::exit(Exit::Failure.code());
+        }
+    };
+    let exit = match &cli.command {
+        None => Supervisor::run(Config::from_cli(&cli), signals),
+        Some(Command::Demo(_)) => {
+            log::error!("the demo is not built yet");
+            Exit::Failure
+        }
+    };
+    std::process::exit(exit.code());
+}

@@ -1,0 +1,128 @@
+//! The IPC channels between the processes, and the messages on them.
+//!
+//! Data (record batches, acknowledgements) goes over ipc-channel byte channels, encoded with bincode by us.
+//! Rare control messages (stop, ready, failed) use ipc-channel's typed channels, which can wait with a timeout.
+//!
+//! A send blocks while the receiver's socket buffer is full: that is the backpressure between stages. The graph
+//! has no cycle of blocking sends: acknowledgements flow back to a consumer thread that only ever reads them.
+
+use crate::batch::{BatchWriter, Frame};
+use crate::error::{Error, Result};
+use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
+use ipc_channel::IpcError;
+use serde::{Deserialize, Serialize};
+
+fn ipc_err(e: impl std::fmt::Display) -> Error {
+    Error::Ipc(e.to_string())
+}
+
+/// The sending end of a stage's data channel: record batches, then one poison pill.
+#[derive(Debug)]
+pub struct BatchSender(IpcBytesSender);
+
+/// The receiving end of a data channel. `recv` returns `None` once every sender is gone.
+#[derive(Debug)]
+pub struct BatchReceiver(IpcBytesReceiver);
+
+pub fn batch_channel() -> Result<(BatchSender, BatchReceiver)> {
+    let (tx, rx) = ipc::bytes_channel().map_err(ipc_err)?;
+    Ok((BatchSender(tx), BatchReceiver(rx)))
+}
+
+impl BatchSender {
+    /// Sends the batch (blocking while the receiver is full) and empties it.
+    pub fn send(&self, batch: &mut BatchWriter) -> Result<()> {
+        if !batch.is_empty() {
+            self.0.send(batch.bytes()).map_err(ipc_err)?;
+            batch.clear();
+        }
+        Ok(())
+    }
+
+    pub fn send_pill(&self) -> Result<()> {
+        self.0.send(&Frame::pill()).map_err(ipc_err)
+    }
+}
+
+impl BatchReceiver {
+    pub fn recv(&self) -> Result<Option<Vec<u8>>> {
+        match self.0.recv() {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(IpcError::Disconnected) => Ok(None),
+            Err(e) => Err(ipc_err(e)),
+        }
+    }
+}
+
+/// Producer → consumer: which source offsets are done (delivered, or safely in the dead-letter topic).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum AckMsg {
+    Acked(Vec<(i32, i64)>),
+    /// The producer has flushed everything it was given and reported every ack: the drain is complete.
+    Done,
+}
+
+#[derive(Debug)]
+pub struct AckSender(IpcBytesSender);
+
+#[derive(Debug)]
+pub struct AckReceiver(IpcBytesReceiver);
+
+pub fn ack_channel() -> Result<(AckSender, AckReceiver)> {
+    let (tx, rx) = ipc::bytes_channel().map_err(ipc_err)?;
+    Ok((AckSender(tx), AckReceiver(rx)))
+}
+
+impl AckSender {
+    pub fn send(&self, msg: &AckMsg) -> Result<()> {
+        let bytes =
+            bincode::serde::encode_to_vec(msg, bincode::config::standard()).map_err(ipc_err)?;
+        self.0.send(&bytes).map_err(ipc_err)
+    }
+}
+
+impl AckReceiver {
+    /// `None` once the producer is gone.
+    pub fn recv(&self) -> Result<Option<AckMsg>> {
+        match self.0.recv() {
+            Ok(bytes) => bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                .map(|(m, _)| Some(m))
+                .map_err(|e| Error::Decode(e.to_string())),
+            Err(IpcError::Disconnected) => Ok(None),
+            Err(e) => Err(ipc_err(e)),
+        }
+    }
+}
+
+/// Supervisor → consumer.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Start the drain: stop fetching, flush, send the pills, commit what comes back.
+    Drain,
+}
+
+/// Child → supervisor.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The child is set up (clients created, topics checked) and working.
+    Ready { pid: i32 },
+    /// The child is about to exit with `code` for this reason; the supervisor prints it once.
+    Failed {
+        pid: i32,
+        code: i32,
+        message: String,
+    },
+}
+
+pub type ControlSender = IpcSender<Control>;
+pub type ControlReceiver = IpcReceiver<Control>;
+pub type ReportSender = IpcSender<Report>;
+pub type ReportReceiver = IpcReceiver<Report>;
+
+pub fn control_channel() -> Result<(ControlSender, ControlReceiver)> {
+    ipc::channel().map_err(ipc_err)
+}
+
+pub fn report_channel() -> Result<(ReportSender, ReportReceiver)> {
+    ipc::channel().map_err(ipc_err)
+}
