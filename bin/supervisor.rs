@@ -16,10 +16,7 @@ fn main() {
     };
     let exit = match &cli.command {
         None => Supervisor::run(Config::from_cli(&cli), signals),
-        Some(Command::Demo(_)) => {
-            log::error!("the demo is not built yet");
-            Exit::Failure
-        }
+        Some(Command::Demo(args)) => supervisor::demo::run(&cli, args, signals),
     };
     std::process::exit(exit.code());
 }

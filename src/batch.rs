@@ -46,10 +46,7 @@ impl<'a> Frame<'a> {
         match message.split_first() {
             Some((&TAG_RECORDS, rest)) => Ok(Frame::Records(Records { rest })),
             Some((&TAG_PILL, [])) => Ok(Frame::Pill),
-            _ => Err(Error::Decode(format!(
-                "unknown frame of {} bytes",
-                message.len()
-            ))),
+            _ => Err(Error::Decode(format!("unknown frame of {} bytes", message.len()))),
         }
     }
 
@@ -71,8 +68,7 @@ impl<'a> Iterator for Records<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        match bincode::serde::borrow_decode_from_slice::<Record<'a>, _>(self.rest, bincode_config())
-        {
+        match bincode::serde::borrow_decode_from_slice::<Record<'a>, _>(self.rest, bincode_config()) {
             Ok((record, used)) => {
                 self.rest = &self.rest[used..];
                 Some(Ok(record))
@@ -100,14 +96,7 @@ impl BatchWriter {
     pub fn new(max_events: usize, max_bytes: usize, linger: Duration) -> BatchWriter {
         let mut buf = Vec::with_capacity(max_bytes.min(1 << 20).saturating_add(1024));
         buf.push(TAG_RECORDS);
-        BatchWriter {
-            buf,
-            events: 0,
-            max_events: max_events.max(1),
-            max_bytes,
-            linger,
-            first_at: None,
-        }
+        BatchWriter { buf, events: 0, max_events: max_events.max(1), max_bytes, linger, first_at: None }
     }
 
     pub fn push(&mut self, record: &Record<'_>) -> Result<()> {
@@ -179,9 +168,7 @@ mod tests {
         b.key = None;
         w.push(&a).unwrap();
         w.push(&b).unwrap();
-        let Frame::Records(records) = Frame::parse(w.bytes()).unwrap() else {
-            panic!("not records")
-        };
+        let Frame::Records(records) = Frame::parse(w.bytes()).unwrap() else { panic!("not records") };
         let got: Vec<Record> = records.collect::<Result<_>>().unwrap();
         assert_eq!(got, vec![a, b]);
     }
@@ -191,13 +178,8 @@ mod tests {
         assert!(matches!(Frame::parse(&Frame::pill()).unwrap(), Frame::Pill));
         assert!(Frame::parse(&[]).is_err());
         assert!(Frame::parse(&[9, 9]).is_err());
-        let Frame::Records(mut r) = Frame::parse(&[TAG_RECORDS, 200, 1]).unwrap() else {
-            panic!()
-        };
-        assert!(
-            r.next().unwrap().is_err(),
-            "a truncated record is an error, not a panic"
-        );
+        let Frame::Records(mut r) = Frame::parse(&[TAG_RECORDS, 200, 1]).unwrap() else { panic!() };
+        assert!(r.next().unwrap().is_err(), "a truncated record is an error, not a panic");
         assert!(r.next().is_none());
     }
 

@@ -21,39 +21,19 @@ Exit codes:
 #[command(name = "supervisor", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "SUPERVISOR_BROKERS",
-        default_value = "localhost:9092",
-        value_name = "HOST:PORT,..."
-    )]
+    #[arg(long, env = "SUPERVISOR_BROKERS", default_value = "localhost:9092", value_name = "HOST:PORT,...")]
     pub brokers: String,
 
     /// Topic to read JSON events from.
-    #[arg(
-        long,
-        env = "SUPERVISOR_SOURCE_TOPIC",
-        default_value = "name_stream",
-        value_name = "TOPIC"
-    )]
+    #[arg(long, env = "SUPERVISOR_SOURCE_TOPIC", default_value = "name_stream", value_name = "TOPIC")]
     pub source_topic: String,
 
     /// Topic to write hashed events to.
-    #[arg(
-        long,
-        env = "SUPERVISOR_DEST_TOPIC",
-        default_value = "name_stream_transformed",
-        value_name = "TOPIC"
-    )]
+    #[arg(long, env = "SUPERVISOR_DEST_TOPIC", default_value = "name_stream_transformed", value_name = "TOPIC")]
     pub dest_topic: String,
 
     /// Consumer group; run more instances with the same group to spread the partitions across machines.
-    #[arg(
-        long,
-        env = "SUPERVISOR_GROUP_ID",
-        default_value = "supervisor",
-        value_name = "GROUP"
-    )]
+    #[arg(long, env = "SUPERVISOR_GROUP_ID", default_value = "supervisor", value_name = "GROUP")]
     pub group_id: String,
 
     /// Number of hasher processes [default: the number of CPUs].
@@ -109,9 +89,7 @@ pub struct DemoArgs {
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    let secs: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
     if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
         return Err(format!("'{s}' must be between 0 and 86400 seconds"));
     }
@@ -156,18 +134,13 @@ pub enum Client {
 
 impl Config {
     pub fn from_cli(cli: &Cli) -> Config {
-        let hashers = cli
-            .hashers
-            .map(usize::from)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let hashers =
+            cli.hashers.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Config {
             brokers: cli.brokers.clone(),
             source_topic: cli.source_topic.clone(),
             dest_topic: cli.dest_topic.clone(),
-            dlq_topic: cli
-                .dlq_topic
-                .clone()
-                .unwrap_or_else(|| format!("{}.dlq", cli.dest_topic)),
+            dlq_topic: cli.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", cli.dest_topic)),
             group_id: cli.group_id.clone(),
             hashers,
             queue_capacity: cli.queue_capacity as usize,
@@ -261,27 +234,13 @@ mod tests {
     #[test]
     fn properties_reach_the_right_client() {
         let c = Config::from_cli(
-            &cli(&[
-                "-X",
-                "a=1",
-                "-X",
-                "consumer.b=2",
-                "-X",
-                "producer.c=3=4",
-                "-X",
-                "linger.ms=0",
-            ])
-            .unwrap(),
+            &cli(&["-X", "a=1", "-X", "consumer.b=2", "-X", "producer.c=3=4", "-X", "linger.ms=0"]).unwrap(),
         );
         let cons: Vec<_> = c.properties_for(Client::Consumer).collect();
         let prod: Vec<_> = c.properties_for(Client::Producer).collect();
         assert_eq!(cons, vec![("a", "1"), ("b", "2"), ("linger.ms", "0")]);
         assert_eq!(prod, vec![("a", "1"), ("c", "3=4"), ("linger.ms", "0")]);
-        assert_eq!(
-            c.producer_config().get("linger.ms"),
-            Some("0"),
-            "user properties override defaults"
-        );
+        assert_eq!(c.producer_config().get("linger.ms"), Some("0"), "user properties override defaults");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use crate::batch::{BatchWriter, Record};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
+use crate::gate::{Gate, Step};
 use crate::ipc::{AckMsg, AckReceiver, BatchSender, Control, ControlReceiver};
 use crate::process::RateLimitedLog;
 use crate::watermark::Watermarks;
@@ -59,14 +60,8 @@ impl Flow {
     fn dispatch(&mut self, m: &BorrowedMessage<'_>) -> Result<()> {
         let partition = m.partition();
         let hasher = partition.rem_euclid(self.batches.len() as i32) as usize;
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key, h.value.map(Bytes::new)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers =
+            m.headers().map(|hs| hs.iter().map(|h| (h.key, h.value.map(Bytes::new))).collect()).unwrap_or_default();
         let record = Record {
             partition,
             offset: m.offset(),
@@ -143,8 +138,7 @@ impl Flow {
 fn positions_list(topic: &str, positions: &[(i32, i64)]) -> Result<TopicPartitionList> {
     let mut tpl = TopicPartitionList::new();
     for &(p, o) in positions {
-        tpl.add_partition_offset(topic, p, Offset::Offset(o))
-            .map_err(|e| Error::Fatal(format!("offset list: {e}")))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(o)).map_err(|e| Error::Fatal(format!("offset list: {e}")))?;
     }
     Ok(tpl)
 }
@@ -161,7 +155,11 @@ impl Ctx {
     }
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::process::librdkafka_log(level, fac, message);
+    }
+}
 
 impl ConsumerContext for Ctx {
     /// Before partitions go, their in-flight events are settled and what was acked is committed, so the next owner
@@ -170,11 +168,7 @@ impl ConsumerContext for Ctx {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
         };
-        let parts: Vec<i32> = revoked
-            .elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        let parts: Vec<i32> = revoked.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
         if parts.is_empty() {
             return;
         }
@@ -183,28 +177,17 @@ impl ConsumerContext for Ctx {
             log::warn!("cannot flush batches before the rebalance: {e}");
         }
         let deadline = Instant::now() + self.settle_timeout;
-        let pending = |f: &Flow| {
-            parts
-                .iter()
-                .map(|&p| f.marks.in_flight_of(p))
-                .sum::<usize>()
-        };
+        let pending = |f: &Flow| parts.iter().map(|&p| f.marks.in_flight_of(p)).sum::<usize>();
         while pending(&flow) > 0 && !flow.finished() && Instant::now() < deadline {
             flow.apply_acks(Duration::from_millis(20));
         }
         let left = pending(&flow);
-        let positions: Vec<(i32, i64)> = parts
-            .iter()
-            .filter_map(|&p| flow.marks.position(p).map(|o| (p, o)))
-            .collect();
+        store(consumer, &self.topic, &mut flow);
+        let positions: Vec<(i32, i64)> = parts.iter().filter_map(|&p| flow.marks.position(p).map(|o| (p, o))).collect();
         if !positions.is_empty() && !consumer.assignment_lost() {
-            match positions_list(&self.topic, &positions)
-                .map(|tpl| consumer.commit(&tpl, CommitMode::Sync))
-            {
+            match positions_list(&self.topic, &positions).map(|tpl| consumer.commit(&tpl, CommitMode::Sync)) {
                 Ok(Ok(())) => log::info!("partitions {parts:?} revoked: committed {positions:?}"),
-                Ok(Err(e)) => log::warn!(
-                    "partitions {parts:?} revoked: commit failed ({e}); they are re-read"
-                ),
+                Ok(Err(e)) => log::warn!("partitions {parts:?} revoked: commit failed ({e}); they are re-read"),
                 Err(e) => log::warn!("partitions {parts:?} revoked: {e}"),
             }
         }
@@ -219,11 +202,7 @@ impl ConsumerContext for Ctx {
 
 /// Creates the client, checks the source topic and subscribes; the supervisor waits for this before it says ready.
 pub fn connect(cfg: &Config, ends: ConsumerEnds) -> Result<(BaseConsumer<Ctx>, Arc<AtomicBool>)> {
-    let ConsumerEnds {
-        to_hashers,
-        acks,
-        control,
-    } = ends;
+    let ConsumerEnds { to_hashers, acks, control } = ends;
     let acks_rx = spawn_ack_reader(acks);
     let drain = spawn_control_reader(control);
     let flow = Flow {
@@ -237,34 +216,17 @@ pub fn connect(cfg: &Config, ends: ConsumerEnds) -> Result<(BaseConsumer<Ctx>, A
         producer_gone: false,
         stats: ConsumerStats::default(),
     };
-    let ctx = Ctx {
-        flow: Mutex::new(flow),
-        topic: cfg.source_topic.clone(),
-        settle_timeout: cfg.drain_timeout,
-    };
-    let consumer: BaseConsumer<Ctx> = cfg
-        .consumer_config()
-        .create_with_context(ctx)
-        .map_err(Error::CreateClient)?;
+    let ctx = Ctx { flow: Mutex::new(flow), topic: cfg.source_topic.clone(), settle_timeout: cfg.drain_timeout };
+    let consumer: BaseConsumer<Ctx> = cfg.consumer_config().create_with_context(ctx).map_err(Error::CreateClient)?;
     let md = consumer
         .fetch_metadata(Some(&cfg.source_topic), cfg.startup_timeout)
-        .map_err(|source| Error::Metadata {
-            brokers: cfg.brokers.clone(),
-            source,
-        })?;
-    let exists = md
-        .topics()
-        .iter()
-        .any(|t| t.name() == cfg.source_topic && t.error().is_none() && !t.partitions().is_empty());
+        .map_err(|source| Error::Metadata { brokers: cfg.brokers.clone(), source })?;
+    let exists =
+        md.topics().iter().any(|t| t.name() == cfg.source_topic && t.error().is_none() && !t.partitions().is_empty());
     if !exists {
-        return Err(Error::MissingTopic {
-            topic: cfg.source_topic.clone(),
-            hint: "--source-topic",
-        });
+        return Err(Error::MissingTopic { topic: cfg.source_topic.clone(), hint: "--source-topic" });
     }
-    consumer
-        .subscribe(&[&cfg.source_topic])
-        .map_err(Error::Subscribe)?;
+    consumer.subscribe(&[&cfg.source_topic]).map_err(Error::Subscribe)?;
     Ok((consumer, drain))
 }
 
@@ -301,9 +263,7 @@ fn spawn_control_reader(control: ControlReceiver) -> Arc<AtomicBool> {
 /// Consumes until told to drain (or the pipeline breaks), then drains and commits. Returns how the drain went.
 pub fn run(cfg: &Config, consumer: BaseConsumer<Ctx>, drain: Arc<AtomicBool>) -> Result<Exit> {
     let topic = cfg.source_topic.as_str();
-    let capacity = cfg.queue_capacity;
-    let mut held_since: Option<Instant> = None;
-    let mut paused = false;
+    let mut gate = Gate::new(cfg.queue_capacity, PAUSE_AFTER);
     let mut error_log = RateLimitedLog::new(Duration::from_secs(5));
     let mut broken: Option<Error> = None;
 
@@ -317,40 +277,40 @@ pub fn run(cfg: &Config, consumer: BaseConsumer<Ctx>, drain: Arc<AtomicBool>) ->
                 break;
             }
         }
-        if consumer.context().flow().marks.in_flight() >= capacity {
-            let mut flow = consumer.context().flow();
-            if let Err(e) = flow.flush_all() {
-                broken = Some(e);
-                break;
-            }
-            flow.apply_acks(Duration::from_millis(20));
-            drop(flow);
-            let since = *held_since.get_or_insert_with(Instant::now);
-            if !paused && since.elapsed() >= PAUSE_AFTER {
-                paused = set_paused(&consumer, true);
-            }
-            if paused {
-                // Paused partitions return nothing, but poll still serves rebalances and keeps us in the group.
-                if let Some(r) = consumer.poll(Duration::ZERO) {
-                    if let Err(e) = handle(&consumer, r, &mut error_log) {
-                        broken = Some(e);
-                        break;
-                    }
-                    paused = false; // a newly assigned partition is not paused yet
+        let in_flight = consumer.context().flow().marks.in_flight();
+        match gate.step(in_flight, Instant::now()) {
+            Step::Take => {}
+            Step::ResumeAndTake => {
+                if !set_paused(&consumer, false) {
+                    gate.resume_failed();
                 }
             }
-            continue;
-        }
-        held_since = None;
-        if paused {
-            paused = !set_paused(&consumer, false);
+            held => {
+                let mut flow = consumer.context().flow();
+                if let Err(e) = flow.flush_all() {
+                    broken = Some(e);
+                    break;
+                }
+                flow.apply_acks(Duration::from_millis(20));
+                drop(flow);
+                if held == Step::PauseAndHold && !set_paused(&consumer, true) {
+                    gate.unpaused();
+                }
+                if held != Step::Hold {
+                    // Paused partitions return nothing, but poll still serves rebalances and keeps us in the group.
+                    if let Some(r) = consumer.poll(Duration::ZERO) {
+                        if let Err(e) = handle(&consumer, r, &mut error_log) {
+                            broken = Some(e);
+                            break;
+                        }
+                        gate.unpaused(); // a newly assigned partition is not paused yet
+                    }
+                }
+                continue;
+            }
         }
         let now = Instant::now();
-        let wait = consumer
-            .context()
-            .flow()
-            .next_deadline()
-            .map_or(POLL_SLICE, |d| d.saturating_duration_since(now));
+        let wait = consumer.context().flow().next_deadline().map_or(POLL_SLICE, |d| d.saturating_duration_since(now));
         if let Some(r) = consumer.poll(wait.min(POLL_SLICE)) {
             if let Err(e) = handle(&consumer, r, &mut error_log) {
                 broken = Some(e);
@@ -369,11 +329,7 @@ pub fn run(cfg: &Config, consumer: BaseConsumer<Ctx>, drain: Arc<AtomicBool>) ->
     }
     let exit = drain_and_commit(cfg, &consumer);
     let stats = consumer.context().flow().stats;
-    log::info!(
-        "consumed {} events, {} acknowledged",
-        stats.consumed,
-        stats.acked
-    );
+    log::info!("consumed {} events, {} acknowledged", stats.consumed, stats.acked);
     drop(consumer);
     match broken {
         Some(e) => Err(e),
@@ -401,26 +357,14 @@ fn handle(
 }
 
 fn set_paused(consumer: &BaseConsumer<Ctx>, pause: bool) -> bool {
-    let result = consumer.assignment().and_then(|a| {
-        if pause {
-            consumer.pause(&a)
-        } else {
-            consumer.resume(&a)
-        }
-    });
+    let result = consumer.assignment().and_then(|a| if pause { consumer.pause(&a) } else { consumer.resume(&a) });
     match result {
         Ok(()) => {
-            log::debug!(
-                "{} the assigned partitions",
-                if pause { "paused" } else { "resumed" }
-            );
+            log::debug!("{} the assigned partitions", if pause { "paused" } else { "resumed" });
             true
         }
         Err(e) => {
-            log::warn!(
-                "cannot {} partitions: {e}",
-                if pause { "pause" } else { "resume" }
-            );
+            log::warn!("cannot {} partitions: {e}", if pause { "pause" } else { "resume" });
             false
         }
     }
@@ -432,11 +376,9 @@ fn store(consumer: &BaseConsumer<Ctx>, topic: &str, flow: &mut Flow) {
     if advanced.is_empty() {
         return;
     }
-    if let Err(e) = positions_list(topic, &advanced).and_then(|tpl| {
-        consumer
-            .store_offsets(&tpl)
-            .map_err(|e| Error::Fatal(e.to_string()))
-    }) {
+    if let Err(e) = positions_list(topic, &advanced)
+        .and_then(|tpl| consumer.store_offsets(&tpl).map_err(|e| Error::Fatal(e.to_string())))
+    {
         log::debug!("cannot store offsets {advanced:?}: {e}");
     }
 }
@@ -444,9 +386,7 @@ fn store(consumer: &BaseConsumer<Ctx>, topic: &str, flow: &mut Flow) {
 /// The drain: flush, one pill per hasher, wait for the producer's `Done`, then a synchronous commit.
 fn drain_and_commit(cfg: &Config, consumer: &BaseConsumer<Ctx>) -> Exit {
     // Leave a little of the drain time for the commit itself.
-    let budget = cfg
-        .drain_timeout
-        .saturating_sub(Duration::from_secs(1).min(cfg.drain_timeout / 4));
+    let budget = cfg.drain_timeout.saturating_sub(Duration::from_secs(1).min(cfg.drain_timeout / 4));
     let deadline = Instant::now() + budget;
     let mut flow = consumer.context().flow();
     if let Err(e) = flow.flush_all() {
@@ -461,16 +401,16 @@ fn drain_and_commit(cfg: &Config, consumer: &BaseConsumer<Ctx>) -> Exit {
         flow.apply_acks(Duration::from_millis(20));
     }
     flow.apply_acks(Duration::ZERO);
+    // Stored offsets are what librdkafka's auto-commit writes on close: they must not lag the final commit.
+    store(consumer, &cfg.source_topic, &mut flow);
     let positions = flow.marks.positions();
     let left = flow.marks.in_flight();
-    let done = flow.producer_done;
+    let (done, gone) = (flow.producer_done, flow.producer_gone);
     drop(flow);
     if !positions.is_empty() {
-        match positions_list(&cfg.source_topic, &positions).and_then(|tpl| {
-            consumer
-                .commit(&tpl, CommitMode::Sync)
-                .map_err(|e| Error::Fatal(e.to_string()))
-        }) {
+        match positions_list(&cfg.source_topic, &positions)
+            .and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync).map_err(|e| Error::Fatal(e.to_string())))
+        {
             Ok(()) => log::info!("committed {positions:?}"),
             Err(e) => {
                 log::error!("final commit failed: {e}; the uncommitted events are re-read on the next start");
@@ -478,20 +418,17 @@ fn drain_and_commit(cfg: &Config, consumer: &BaseConsumer<Ctx>) -> Exit {
             }
         }
     }
-    if left > 0 {
-        log::warn!(
-            "{left} events were not acknowledged in time; they are re-read on the next start"
-        );
-        return if done {
-            Exit::Failure
-        } else {
+    match (done, gone) {
+        (true, _) if left == 0 => Exit::Clean,
+        (false, false) => {
+            log::warn!(
+                "the drain ran out of time with {left} events unacknowledged; they are re-read on the next start"
+            );
             Exit::DrainTimeout
-        };
-    }
-    if done {
-        Exit::Clean
-    } else {
-        log::warn!("the producer went away before it finished");
-        Exit::Failure
+        }
+        _ => {
+            log::warn!("the pipeline broke with {left} events unacknowledged; they are re-read on the next start");
+            Exit::Failure
+        }
     }
 }

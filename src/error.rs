@@ -57,10 +57,7 @@ pub enum Error {
     /// A librdkafka client could not be created (usually a bad `-X` property).
     CreateClient(rdkafka::error::KafkaError),
     /// Metadata could not be fetched: the brokers are unreachable.
-    Metadata {
-        brokers: String,
-        source: rdkafka::error::KafkaError,
-    },
+    Metadata { brokers: String, source: rdkafka::error::KafkaError },
     /// A topic the pipeline needs does not exist.
     MissingTopic { topic: String, hint: &'static str },
     /// The dead-letter topic was missing and could not be created.
@@ -83,9 +80,7 @@ impl Error {
     /// The exit code a process reports for this error.
     pub fn exit(&self) -> Exit {
         match self {
-            Error::CreateClient(_) | Error::MissingTopic { .. } | Error::CreateTopic { .. } => {
-                Exit::Config
-            }
+            Error::CreateClient(_) | Error::MissingTopic { .. } | Error::CreateTopic { .. } => Exit::Config,
             Error::Subscribe(_) => Exit::Config,
             Error::Metadata { .. } => Exit::Unavailable,
             _ => Exit::Failure,
@@ -101,10 +96,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot reach the Kafka brokers at {brokers}: {source}")
             }
             Error::MissingTopic { topic, hint } => {
-                write!(
-                    f,
-                    "topic \"{topic}\" does not exist (create it, or pass {hint})"
-                )
+                write!(f, "topic \"{topic}\" does not exist (create it, or pass {hint})")
             }
             Error::CreateTopic { topic, reason } => {
                 write!(f, "dead-letter topic \"{topic}\" does not exist and could not be created: {reason}")

@@ -39,11 +39,7 @@ pub fn run(ends: HasherEnds) -> Result<HasherStats> {
         ends.output.send(&mut out)?;
     }
     ends.output.send_pill()?;
-    log::debug!(
-        "done: {} hashed, {} to the dead-letter topic",
-        stats.hashed,
-        stats.dead_letters
-    );
+    log::debug!("done: {} hashed, {} to the dead-letter topic", stats.hashed, stats.dead_letters);
     Ok(stats)
 }
 
@@ -57,10 +53,7 @@ fn hash_record(
     match transform::add_hash(record.payload.map(|p| &p[..]), scratch) {
         Ok(()) => {
             stats.hashed += 1;
-            out.push(&Record {
-                payload: Some(Bytes::new(scratch)),
-                ..record.clone()
-            })
+            out.push(&Record { payload: Some(Bytes::new(scratch)), ..record.clone() })
         }
         Err(why) => {
             stats.dead_letters += 1;
@@ -73,10 +66,7 @@ fn hash_record(
                     stats.dead_letters
                 );
             }
-            out.push(&Record {
-                dead_letter: Some(why.as_str()),
-                ..record.clone()
-            })
+            out.push(&Record { dead_letter: Some(why.as_str()), ..record.clone() })
         }
     }
 }
@@ -90,12 +80,7 @@ mod tests {
     fn a_hasher_transforms_in_order_routes_bad_input_and_forwards_the_pill() {
         let (to_hasher, hasher_in) = batch_channel().unwrap();
         let (hasher_out, from_hasher) = batch_channel().unwrap();
-        let worker = std::thread::spawn(move || {
-            run(HasherEnds {
-                input: hasher_in,
-                output: hasher_out,
-            })
-        });
+        let worker = std::thread::spawn(move || run(HasherEnds { input: hasher_in, output: hasher_out }));
 
         let mut batch = BatchWriter::new(100, 1 << 20, Duration::ZERO);
         let payloads: [Option<&[u8]>; 4] = [Some(b"{\"a\":1}"), Some(b"[1]"), None, Some(b"{}")];
@@ -115,39 +100,17 @@ mod tests {
         to_hasher.send_pill().unwrap();
 
         let msg = from_hasher.recv().unwrap().unwrap();
-        let Frame::Records(rs) = Frame::parse(&msg).unwrap() else {
-            panic!("expected records")
-        };
+        let Frame::Records(rs) = Frame::parse(&msg).unwrap() else { panic!("expected records") };
         let rs: Vec<Record> = rs.collect::<Result<_>>().unwrap();
-        assert_eq!(
-            rs.iter().map(|r| r.offset).collect::<Vec<_>>(),
-            vec![0, 1, 2, 3]
-        );
+        assert_eq!(rs.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         let h = String::from_utf8(transform::md5_hex(b"{\"a\":1}").to_vec()).unwrap();
-        assert_eq!(
-            &rs[0].payload.unwrap()[..],
-            format!("{{\"a\":1,\"hash\":\"{h}\"}}").as_bytes()
-        );
+        assert_eq!(&rs[0].payload.unwrap()[..], format!("{{\"a\":1,\"hash\":\"{h}\"}}").as_bytes());
         assert_eq!(rs[0].dead_letter, None);
-        assert!(
-            rs[1].dead_letter.is_some() && &rs[1].payload.unwrap()[..] == b"[1]",
-            "bad input goes unchanged"
-        );
+        assert!(rs[1].dead_letter.is_some() && &rs[1].payload.unwrap()[..] == b"[1]", "bad input goes unchanged");
         assert_eq!(rs[2].dead_letter, Some("null payload"));
-        assert!(rs
-            .iter()
-            .all(|r| r.key == Some(Bytes::new(b"key")) && r.headers.len() == 1));
-        assert!(matches!(
-            Frame::parse(&from_hasher.recv().unwrap().unwrap()).unwrap(),
-            Frame::Pill
-        ));
-        assert_eq!(
-            worker.join().unwrap().unwrap(),
-            HasherStats {
-                hashed: 2,
-                dead_letters: 2
-            }
-        );
+        assert!(rs.iter().all(|r| r.key == Some(Bytes::new(b"key")) && r.headers.len() == 1));
+        assert!(matches!(Frame::parse(&from_hasher.recv().unwrap().unwrap()).unwrap(), Frame::Pill));
+        assert_eq!(worker.join().unwrap().unwrap(), HasherStats { hashed: 2, dead_letters: 2 });
     }
 
     #[test]
@@ -155,14 +118,7 @@ mod tests {
         let (to_hasher, hasher_in) = batch_channel().unwrap();
         let (hasher_out, from_hasher) = batch_channel().unwrap();
         drop(to_hasher);
-        run(HasherEnds {
-            input: hasher_in,
-            output: hasher_out,
-        })
-        .unwrap();
-        assert!(matches!(
-            Frame::parse(&from_hasher.recv().unwrap().unwrap()).unwrap(),
-            Frame::Pill
-        ));
+        run(HasherEnds { input: hasher_in, output: hasher_out }).unwrap();
+        assert!(matches!(Frame::parse(&from_hasher.recv().unwrap().unwrap()).unwrap(), Frame::Pill));
     }
 }

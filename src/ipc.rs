@@ -75,8 +75,7 @@ pub fn ack_channel() -> Result<(AckSender, AckReceiver)> {
 
 impl AckSender {
     pub fn send(&self, msg: &AckMsg) -> Result<()> {
-        let bytes =
-            bincode::serde::encode_to_vec(msg, bincode::config::standard()).map_err(ipc_err)?;
+        let bytes = bincode::serde::encode_to_vec(msg, bincode::config::standard()).map_err(ipc_err)?;
         self.0.send(&bytes).map_err(ipc_err)
     }
 }
@@ -107,11 +106,7 @@ pub enum Report {
     /// The child is set up (clients created, topics checked) and working.
     Ready { pid: i32 },
     /// The child is about to exit with `code` for this reason; the supervisor prints it once.
-    Failed {
-        pid: i32,
-        code: i32,
-        message: String,
-    },
+    Failed { pid: i32, code: i32, message: String },
 }
 
 pub type ControlSender = IpcSender<Control>;

@@ -8,7 +8,9 @@
 pub mod batch;
 pub mod config;
 pub mod consumer;
+pub mod demo;
 pub mod error;
+pub mod gate;
 pub mod hasher;
 pub mod ipc;
 pub mod process;

@@ -13,6 +13,8 @@ pub enum Role {
     Producer,
     Hasher(usize),
     Consumer,
+    /// The embedded broker, generator and checker of `supervisor demo`.
+    DemoBroker,
 }
 
 impl std::fmt::Display for Role {
@@ -21,6 +23,7 @@ impl std::fmt::Display for Role {
             Role::Producer => f.write_str("producer"),
             Role::Hasher(i) => write!(f, "hasher-{i}"),
             Role::Consumer => f.write_str("consumer"),
+            Role::DemoBroker => f.write_str("demo-broker"),
         }
     }
 }
@@ -37,8 +40,7 @@ pub fn become_child(role: Role, parent: Pid) -> Result<()> {
     let _ = ROLE.set(role.to_string());
     // The child must not outlive the supervisor, even after `kill -9` of the supervisor: its events are uncommitted
     // and will be re-read, so dying with it loses nothing.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-        .map_err(|e| Error::Os(format!("prctl(PDEATHSIG): {e}")))?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| Error::Os(format!("prctl(PDEATHSIG): {e}")))?;
     if getppid() != parent {
         // The supervisor died between fork and prctl.
         std::process::exit(crate::error::Exit::Failure.code());
@@ -46,12 +48,10 @@ pub fn become_child(role: Role, parent: Pid) -> Result<()> {
     // Ctrl-C reaches the whole process group; the supervisor alone decides how to stop, and tells the children.
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: SIG_IGN installs no handler code, and this process is single-threaded here.
-        unsafe { signal::signal(sig, SigHandler::SigIgn) }
-            .map_err(|e| Error::Os(format!("signal({sig}): {e}")))?;
+        unsafe { signal::signal(sig, SigHandler::SigIgn) }.map_err(|e| Error::Os(format!("signal({sig}): {e}")))?;
     }
     // SAFETY: as above; restores the default the parent's own handlers replaced.
-    unsafe { signal::signal(Signal::SIGCHLD, SigHandler::SigDfl) }
-        .map_err(|e| Error::Os(format!("signal: {e}")))?;
+    unsafe { signal::signal(Signal::SIGCHLD, SigHandler::SigDfl) }.map_err(|e| Error::Os(format!("signal: {e}")))?;
     set_title(role);
     Ok(())
 }
@@ -86,9 +86,7 @@ fn rewrite_cmdline(title: &str) -> std::io::Result<()> {
     let mut area = vec![0u8; len];
     let n = title.len().min(len - 1);
     area[..n].copy_from_slice(&title.as_bytes()[..n]);
-    let mut mem = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/proc/self/mem")?;
+    let mut mem = std::fs::OpenOptions::new().write(true).open("/proc/self/mem")?;
     mem.seek(SeekFrom::Start(start))?;
     mem.write_all(&area)
 }
@@ -100,16 +98,23 @@ pub fn init_logging() {
     let _ = env_logger::Builder::from_env(env)
         .format(|buf, record| {
             let ts = buf.timestamp_millis();
-            writeln!(
-                buf,
-                "{ts} {:<5} {}[{}] {}",
-                record.level(),
-                role_name(),
-                getpid(),
-                record.args()
-            )
+            writeln!(buf, "{ts} {:<5} {}[{}] {}", record.level(), role_name(), getpid(), record.args())
         })
         .try_init();
+}
+
+/// Routes librdkafka's own log lines through `log`, at the matching level.
+pub fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    let level = match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => log::Level::Error,
+        // An unprefixed -X goes to both clients by contract; librdkafka warns about the client it does not fit.
+        L::Warning if fac == "CONFWARN" && message.contains("will be ignored by this") => log::Level::Debug,
+        L::Warning => log::Level::Warn,
+        L::Notice | L::Info => log::Level::Info,
+        L::Debug => log::Level::Debug,
+    };
+    log::log!(target: "librdkafka", level, "librdkafka: {fac} {message}");
 }
 
 /// Logs at most once per `every`, counting what was held back, for events that may come by the million.
@@ -122,20 +127,13 @@ pub struct RateLimitedLog {
 
 impl RateLimitedLog {
     pub fn new(every: std::time::Duration) -> Self {
-        RateLimitedLog {
-            every,
-            last: None,
-            suppressed: 0,
-        }
+        RateLimitedLog { every, last: None, suppressed: 0 }
     }
 
     /// Returns how many were held back since the last line when a line may be written now.
     pub fn ready(&mut self) -> Option<u64> {
         let now = std::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < self.every)
-        {
+        if self.last.is_some_and(|t| now.duration_since(t) < self.every) {
             self.suppressed += 1;
             return None;
         }

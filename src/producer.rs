@@ -69,7 +69,11 @@ struct Outcomes {
 #[derive(Default)]
 pub struct Deliveries(Mutex<Outcomes>);
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::process::librdkafka_log(level, fac, message);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = Box<Origin>;
@@ -130,16 +134,10 @@ pub fn connect(cfg: &Config) -> Result<BaseProducer<Deliveries>> {
     if config.get("allow.auto.create.topics").is_none() {
         config.set("allow.auto.create.topics", "false");
     }
-    let producer: BaseProducer<Deliveries> = config
-        .create_with_context(Deliveries::default())
-        .map_err(Error::CreateClient)?;
-    let dest_partitions =
-        topic_partitions(producer.client(), cfg, &cfg.dest_topic)?.ok_or_else(|| {
-            Error::MissingTopic {
-                topic: cfg.dest_topic.clone(),
-                hint: "--dest-topic",
-            }
-        })?;
+    let producer: BaseProducer<Deliveries> =
+        config.create_with_context(Deliveries::default()).map_err(Error::CreateClient)?;
+    let dest_partitions = topic_partitions(producer.client(), cfg, &cfg.dest_topic)?
+        .ok_or_else(|| Error::MissingTopic { topic: cfg.dest_topic.clone(), hint: "--dest-topic" })?;
     if topic_partitions(producer.client(), cfg, &cfg.dlq_topic)?.is_none() {
         create_dlq(cfg, dest_partitions)?;
     }
@@ -147,49 +145,28 @@ pub fn connect(cfg: &Config) -> Result<BaseProducer<Deliveries>> {
 }
 
 /// The topic's partition count, `None` if the brokers do not know it.
-fn topic_partitions<C: ClientContext>(
-    client: &Client<C>,
-    cfg: &Config,
-    topic: &str,
-) -> Result<Option<i32>> {
+fn topic_partitions<C: ClientContext>(client: &Client<C>, cfg: &Config, topic: &str) -> Result<Option<i32>> {
     let md = client
         .fetch_metadata(Some(topic), cfg.startup_timeout)
-        .map_err(|source| Error::Metadata {
-            brokers: cfg.brokers.clone(),
-            source,
-        })?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .and_then(|t| match t.error() {
-            None if !t.partitions().is_empty() => i32::try_from(t.partitions().len()).ok(),
-            _ => None,
-        }))
+        .map_err(|source| Error::Metadata { brokers: cfg.brokers.clone(), source })?;
+    Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| match t.error() {
+        None if !t.partitions().is_empty() => i32::try_from(t.partitions().len()).ok(),
+        _ => None,
+    }))
 }
 
 /// Like Kafka Connect, create the dead-letter topic when it is missing: the broker's default replication first,
 /// then a single replica for brokers that do not understand the default.
 fn create_dlq(cfg: &Config, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = cfg
-        .producer_config()
-        .create()
-        .map_err(Error::CreateClient)?;
+    let admin: AdminClient<DefaultClientContext> = cfg.producer_config().create().map_err(Error::CreateClient)?;
     let opts = AdminOptions::new().operation_timeout(Some(cfg.startup_timeout));
     let mut last = String::new();
     for replication in [-1, 1] {
-        let topic = NewTopic::new(
-            &cfg.dlq_topic,
-            partitions,
-            TopicReplication::Fixed(replication),
-        );
+        let topic = NewTopic::new(&cfg.dlq_topic, partitions, TopicReplication::Fixed(replication));
         let outcome = block_on(admin.create_topics([&topic], &opts));
         match outcome.map(|mut r| r.pop()) {
             Ok(Some(Ok(_))) | Ok(Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists)))) => {
-                log::info!(
-                    "created the dead-letter topic \"{}\" ({partitions} partitions)",
-                    cfg.dlq_topic
-                );
+                log::info!("created the dead-letter topic \"{}\" ({partitions} partitions)", cfg.dlq_topic);
                 return Ok(());
             }
             Ok(Some(Err((_, code)))) => last = code.to_string(),
@@ -197,10 +174,7 @@ fn create_dlq(cfg: &Config, partitions: i32) -> Result<()> {
             Err(e) => last = e.to_string(),
         }
     }
-    Err(Error::CreateTopic {
-        topic: cfg.dlq_topic.clone(),
-        reason: last,
-    })
+    Err(Error::CreateTopic { topic: cfg.dlq_topic.clone(), reason: last })
 }
 
 /// Runs a future to completion on this thread; the admin API is the only async call we make.
@@ -238,26 +212,19 @@ fn spawn_readers(inputs: Vec<BatchReceiver>) -> Receiver<Input> {
         let tx = tx.clone();
         std::thread::spawn(move || loop {
             let end = match input.recv() {
-                Ok(Some(bytes)) if matches!(Frame::parse(&bytes), Ok(Frame::Pill)) => Input::End {
-                    hasher,
-                    clean: true,
-                },
+                Ok(Some(bytes)) if matches!(Frame::parse(&bytes), Ok(Frame::Pill)) => {
+                    Input::End { hasher, clean: true }
+                }
                 Ok(Some(bytes)) => {
                     if tx.send(Input::Batch(bytes)).is_err() {
                         return;
                     }
                     continue;
                 }
-                Ok(None) => Input::End {
-                    hasher,
-                    clean: false,
-                },
+                Ok(None) => Input::End { hasher, clean: false },
                 Err(e) => {
                     log::error!("reading from hasher-{hasher}: {e}");
-                    Input::End {
-                        hasher,
-                        clean: false,
-                    }
+                    Input::End { hasher, clean: false }
                 }
             };
             let _ = tx.send(end);
@@ -268,11 +235,7 @@ fn spawn_readers(inputs: Vec<BatchReceiver>) -> Receiver<Input> {
 }
 
 /// Runs until every hasher has sent its pill (or gone), then flushes, reports the final acks and `Done`.
-pub fn run(
-    cfg: &Config,
-    producer: BaseProducer<Deliveries>,
-    ends: ProducerEnds,
-) -> Result<ProducerStats> {
+pub fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: ProducerEnds) -> Result<ProducerStats> {
     let hashers = ends.inputs.len();
     let inputs = spawn_readers(ends.inputs);
     let mut stage = Stage {
@@ -322,59 +285,24 @@ impl Stage<'_> {
         };
         for record in records {
             let r = record?;
-            let origin = Box::new(Origin {
-                partition: r.partition,
-                offset: r.offset,
-                to_dlq: r.dead_letter.is_some(),
-            });
+            let origin = Box::new(Origin { partition: r.partition, offset: r.offset, to_dlq: r.dead_letter.is_some() });
             let headers = match r.dead_letter {
-                Some(why) => {
-                    Some(self.dlq_headers(copy_headers(&r.headers), why, r.partition, r.offset))
-                }
+                Some(why) => Some(self.dlq_headers(copy_headers(&r.headers), why, r.partition, r.offset)),
                 None if r.headers.is_empty() => None,
                 None => Some(copy_headers(&r.headers)),
             };
-            let topic = if r.dead_letter.is_some() {
-                &self.cfg.dlq_topic
-            } else {
-                &self.cfg.dest_topic
-            };
-            self.send(
-                topic,
-                origin,
-                r.key.map(|k| &k[..]),
-                r.payload.map(|p| &p[..]),
-                headers,
-                r.timestamp,
-            )?;
+            let topic = if r.dead_letter.is_some() { &self.cfg.dlq_topic } else { &self.cfg.dest_topic };
+            self.send(topic, origin, r.key.map(|k| &k[..]), r.payload.map(|p| &p[..]), headers, r.timestamp)?;
         }
         Ok(())
     }
 
-    fn dlq_headers(
-        &self,
-        headers: OwnedHeaders,
-        why: &str,
-        partition: i32,
-        offset: i64,
-    ) -> OwnedHeaders {
+    fn dlq_headers(&self, headers: OwnedHeaders, why: &str, partition: i32, offset: i64) -> OwnedHeaders {
         headers
-            .insert(Header {
-                key: DLQ_ERROR,
-                value: Some(why),
-            })
-            .insert(Header {
-                key: DLQ_TOPIC,
-                value: Some(&self.cfg.source_topic),
-            })
-            .insert(Header {
-                key: DLQ_PARTITION,
-                value: Some(&partition.to_string()),
-            })
-            .insert(Header {
-                key: DLQ_OFFSET,
-                value: Some(&offset.to_string()),
-            })
+            .insert(Header { key: DLQ_ERROR, value: Some(why) })
+            .insert(Header { key: DLQ_TOPIC, value: Some(&self.cfg.source_topic) })
+            .insert(Header { key: DLQ_PARTITION, value: Some(&partition.to_string()) })
+            .insert(Header { key: DLQ_OFFSET, value: Some(&offset.to_string()) })
     }
 
     /// Hands one message to librdkafka, waiting (and serving delivery reports) while its queue is full.
@@ -387,8 +315,7 @@ impl Stage<'_> {
         headers: Option<OwnedHeaders>,
         timestamp: Option<i64>,
     ) -> Result<()> {
-        let mut rec: BaseRecord<'_, [u8], [u8], Box<Origin>> =
-            BaseRecord::with_opaque_to(topic, origin);
+        let mut rec: BaseRecord<'_, [u8], [u8], Box<Origin>> = BaseRecord::with_opaque_to(topic, origin);
         rec.key = key;
         rec.payload = payload;
         rec.headers = headers;
@@ -418,14 +345,7 @@ impl Stage<'_> {
     /// Serves delivery reports: acks go back to the consumer, failures are retried or dead-lettered.
     fn service(&mut self, wait: Duration) -> Result<()> {
         self.producer.poll(wait);
-        let outcomes = std::mem::take(
-            &mut *self
-                .producer
-                .context()
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let outcomes = std::mem::take(&mut *self.producer.context().0.lock().unwrap_or_else(PoisonError::into_inner));
         self.stats.delivered += outcomes.delivered;
         self.stats.dead_lettered += outcomes.dead_lettered;
         if !outcomes.acked.is_empty() {
@@ -441,20 +361,10 @@ impl Stage<'_> {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             return Err(Error::Fatal(format!("{code}: {reason}")));
         }
-        let Failed {
-            origin,
-            error,
-            key,
-            payload,
-            headers,
-            timestamp,
-        } = f;
+        let Failed { origin, error, key, payload, headers, timestamp } = f;
         if origin.to_dlq && is_permanent(&error) {
             return Err(Error::DeadLetter {
-                reason: format!(
-                    "partition {} offset {}: {error}",
-                    origin.partition, origin.offset
-                ),
+                reason: format!("partition {} offset {}: {error}", origin.partition, origin.offset),
             });
         }
         if is_permanent(&error) {
@@ -464,25 +374,11 @@ impl Stage<'_> {
                 origin.offset,
                 self.cfg.dest_topic
             );
-            let headers = self.dlq_headers(
-                headers.unwrap_or_default(),
-                &error.to_string(),
-                origin.partition,
-                origin.offset,
-            );
-            let origin = Box::new(Origin {
-                to_dlq: true,
-                ..*origin
-            });
+            let headers =
+                self.dlq_headers(headers.unwrap_or_default(), &error.to_string(), origin.partition, origin.offset);
+            let origin = Box::new(Origin { to_dlq: true, ..*origin });
             let topic = self.cfg.dlq_topic.clone();
-            return self.send(
-                &topic,
-                origin,
-                key.as_deref(),
-                payload.as_deref(),
-                Some(headers),
-                timestamp,
-            );
+            return self.send(&topic, origin, key.as_deref(), payload.as_deref(), Some(headers), timestamp);
         }
         self.stats.retried += 1;
         if let Some(held_back) = self.retry_log.ready() {
@@ -492,19 +388,8 @@ impl Stage<'_> {
                 origin.offset
             );
         }
-        let topic = if origin.to_dlq {
-            self.cfg.dlq_topic.clone()
-        } else {
-            self.cfg.dest_topic.clone()
-        };
-        self.send(
-            &topic,
-            origin,
-            key.as_deref(),
-            payload.as_deref(),
-            headers,
-            timestamp,
-        )
+        let topic = if origin.to_dlq { self.cfg.dlq_topic.clone() } else { self.cfg.dest_topic.clone() };
+        self.send(&topic, origin, key.as_deref(), payload.as_deref(), headers, timestamp)
     }
 
     /// Waits until librdkafka has delivered (or we have re-sent and delivered) everything.
@@ -517,13 +402,7 @@ impl Stage<'_> {
 }
 
 fn copy_headers(headers: &[(&str, Option<&serde_bytes::Bytes>)]) -> OwnedHeaders {
-    headers.iter().fold(
-        OwnedHeaders::new_with_capacity(headers.len() + 4),
-        |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: value.map(|v| &v[..]),
-            })
-        },
-    )
+    headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len() + 4), |h, (key, value)| {
+        h.insert(Header { key, value: value.map(|v| &v[..]) })
+    })
 }

@@ -11,10 +11,7 @@ use crate::config::Config;
 use crate::consumer::{self, ConsumerEnds};
 use crate::error::{Error, Exit, Result};
 use crate::hasher::{self, HasherEnds};
-use crate::ipc::{
-    self, AckReceiver, AckSender, BatchReceiver, BatchSender, Control, ControlReceiver,
-    ControlSender,
-};
+use crate::ipc::{self, AckReceiver, AckSender, BatchReceiver, BatchSender, Control, ControlReceiver, ControlSender};
 use crate::ipc::{Report, ReportReceiver, ReportSender};
 use crate::process::{self, Role};
 use crate::producer::{self, ProducerEnds};
@@ -35,10 +32,7 @@ pub struct Signals {
 
 impl Signals {
     pub fn install() -> Result<Signals> {
-        let s = Signals {
-            count: Arc::new(AtomicUsize::new(0)),
-            last: Arc::new(AtomicI32::new(0)),
-        };
+        let s = Signals { count: Arc::new(AtomicUsize::new(0)), last: Arc::new(AtomicI32::new(0)) };
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             let (count, last) = (s.count.clone(), s.last.clone());
             // SAFETY: the handler only stores to atomics.
@@ -113,11 +107,7 @@ impl Wiring {
     fn take(&mut self, role: Role) -> Option<Ends> {
         Some(match role {
             Role::Producer => Ends::Producer(ProducerEnds {
-                inputs: self
-                    .producer_inputs
-                    .iter_mut()
-                    .map(Option::take)
-                    .collect::<Option<_>>()?,
+                inputs: self.producer_inputs.iter_mut().map(Option::take).collect::<Option<_>>()?,
                 acks: self.ack_tx.take()?,
             }),
             Role::Hasher(i) => Ends::Hasher(HasherEnds {
@@ -125,14 +115,11 @@ impl Wiring {
                 output: self.hasher_outputs.get_mut(i)?.take()?,
             }),
             Role::Consumer => Ends::Consumer(ConsumerEnds {
-                to_hashers: self
-                    .to_hashers
-                    .iter_mut()
-                    .map(Option::take)
-                    .collect::<Option<_>>()?,
+                to_hashers: self.to_hashers.iter_mut().map(Option::take).collect::<Option<_>>()?,
                 acks: self.ack_rx.take()?,
                 control: self.control_rx.take()?,
             }),
+            Role::DemoBroker => return None,
         })
     }
 }
@@ -143,6 +130,8 @@ struct Child {
     ready: bool,
     /// The child reported why it failed; its exit needs no second line.
     reported: bool,
+    /// The supervisor killed it on purpose; its death is no news.
+    killed: bool,
 }
 
 enum Phase {
@@ -208,11 +197,7 @@ impl Supervisor {
         }
         drop(wiring);
         if sup.children.iter().all(|c| c.ready) {
-            let pids: Vec<String> = sup
-                .children
-                .iter()
-                .map(|c| format!("{}={}", c.role, c.pid))
-                .collect();
+            let pids: Vec<String> = sup.children.iter().map(|c| format!("{}={}", c.role, c.pid)).collect();
             log::info!(
                 "pipeline running: {} → {} hashers → {} (dead letters to {}); pids {}",
                 sup.cfg.source_topic,
@@ -227,9 +212,7 @@ impl Supervisor {
 
     fn spawn(&mut self, role: Role, wiring: &mut Wiring) -> Result<()> {
         let parent = getpid();
-        let ends = wiring
-            .take(role)
-            .ok_or_else(|| Error::Ipc(format!("no channels left for {role}")))?;
+        let ends = wiring.take(role).ok_or_else(|| Error::Ipc(format!("no channels left for {role}")))?;
         // SAFETY: the supervisor is single-threaded (it never starts a thread), so the child starts in a consistent
         // state; the child runs its stage and exits without returning here.
         match unsafe { fork() }.map_err(|e| Error::Os(format!("fork: {e}")))? {
@@ -244,12 +227,7 @@ impl Supervisor {
             }
             ForkResult::Parent { child } => {
                 drop(ends);
-                self.children.push(Child {
-                    pid: child,
-                    role,
-                    ready: false,
-                    reported: false,
-                });
+                self.children.push(Child { pid: child, role, ready: false, reported: false, killed: false });
                 Ok(())
             }
         }
@@ -262,10 +240,7 @@ impl Supervisor {
             if self.children.iter().any(|c| c.role == role && c.ready) {
                 return true;
             }
-            if self.signals.count() > started
-                || self.outcome != Exit::Clean
-                || self.children.is_empty()
-            {
+            if self.signals.count() > started || self.outcome != Exit::Clean || self.children.is_empty() {
                 return false;
             }
             self.pump(Duration::from_millis(50));
@@ -305,14 +280,10 @@ impl Supervisor {
                 }
             }
             Report::Failed { pid, code, message } => {
-                let role = self
-                    .children
-                    .iter_mut()
-                    .find(|c| c.pid.as_raw() == pid)
-                    .map(|c| {
-                        c.reported = true;
-                        c.role
-                    });
+                let role = self.children.iter_mut().find(|c| c.pid.as_raw() == pid).map(|c| {
+                    c.reported = true;
+                    c.role
+                });
                 let who = role.map_or_else(|| format!("pid {pid}"), |r| r.to_string());
                 log::error!("{message} ({who})");
                 self.record(Exit::from_code(code));
@@ -339,14 +310,12 @@ impl Supervisor {
                 Ok(WaitStatus::Exited(_, code)) => {
                     let why = Exit::from_code(code);
                     if !c.reported {
-                        log::error!(
-                            "{} (pid {}) exited with code {code} ({})",
-                            c.role,
-                            c.pid,
-                            why.describe()
-                        );
+                        log::error!("{} (pid {}) exited with code {code} ({})", c.role, c.pid, why.describe());
                     }
                     self.record(why);
+                }
+                Ok(WaitStatus::Signaled(_, sig, _)) if c.killed => {
+                    log::debug!("{} (pid {}) stopped by {sig}", c.role, c.pid)
                 }
                 Ok(WaitStatus::Signaled(_, sig, _)) => {
                     log::error!("{} (pid {}) was killed by {sig}", c.role, c.pid);
@@ -375,7 +344,8 @@ impl Supervisor {
     }
 
     fn kill_all(&mut self) {
-        for c in &self.children {
+        for c in &mut self.children {
+            c.killed = true;
             let _ = kill(c.pid, Signal::SIGKILL);
         }
         while !self.children.is_empty() {
@@ -389,9 +359,7 @@ impl Supervisor {
 
     fn supervise(&mut self) -> Exit {
         // Nothing is consumed before the consumer runs: a failed or stopped start can simply end the others.
-        if !self.consumer_started()
-            || (self.outcome != Exit::Clean && !self.children.iter().all(|c| c.ready))
-        {
+        if !self.consumer_started() || (self.outcome != Exit::Clean && !self.children.iter().all(|c| c.ready)) {
             self.request_drain();
             self.kill_all();
             return self.outcome;
@@ -411,12 +379,13 @@ impl Supervisor {
                             self.cfg.drain_timeout
                         );
                         self.request_drain();
-                        phase = Phase::Draining {
-                            deadline: Instant::now() + self.cfg.drain_timeout,
-                        };
+                        phase = Phase::Draining { deadline: Instant::now() + self.cfg.drain_timeout };
                     }
                     Phase::Draining { .. } => {
-                        log::warn!("{} received again: stopping now; uncommitted events are re-read on the next start", self.signals.last_name());
+                        log::warn!(
+                            "{} received again: stopping now; uncommitted events are re-read on the next start",
+                            self.signals.last_name()
+                        );
                         self.kill_all();
                         self.record(Exit::FastStop);
                         return self.outcome;
@@ -428,9 +397,7 @@ impl Supervisor {
                 if let Phase::Running = phase {
                     log::error!("stopping the pipeline: draining what can be drained");
                     self.request_drain();
-                    phase = Phase::Draining {
-                        deadline: Instant::now() + self.cfg.drain_timeout,
-                    };
+                    phase = Phase::Draining { deadline: Instant::now() + self.cfg.drain_timeout };
                 }
             }
             if self.children.is_empty() {
@@ -438,8 +405,7 @@ impl Supervisor {
             }
             if let Phase::Draining { deadline } = phase {
                 if Instant::now() >= deadline {
-                    let left: Vec<String> =
-                        self.children.iter().map(|c| c.role.to_string()).collect();
+                    let left: Vec<String> = self.children.iter().map(|c| c.role.to_string()).collect();
                     log::error!(
                         "the drain did not finish within {:?} ({} still running): stopping them",
                         self.cfg.drain_timeout,
@@ -470,13 +436,7 @@ impl Wiring {
 }
 
 /// A child's whole life: set-up, ready, its stage, and the exit code it reports.
-fn child_main(
-    role: Role,
-    parent: Pid,
-    cfg: &Config,
-    ends: Ends,
-    report: Option<ReportSender>,
-) -> i32 {
+fn child_main(role: Role, parent: Pid, cfg: &Config, ends: Ends, report: Option<ReportSender>) -> i32 {
     if let Err(e) = process::become_child(role, parent) {
         log::error!("{e}");
         return Exit::Failure.code();
@@ -489,25 +449,15 @@ fn child_main(
     };
     let ready = || tell(Report::Ready { pid });
     // A panic must not unwind into the supervisor's frames copied into this child.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_stage(cfg, ends, &ready)
-    }));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_stage(cfg, ends, &ready)));
     match outcome {
         Ok(Ok(exit)) => exit.code(),
         Ok(Err(e)) => {
-            tell(Report::Failed {
-                pid,
-                code: e.exit().code(),
-                message: e.to_string(),
-            });
+            tell(Report::Failed { pid, code: e.exit().code(), message: e.to_string() });
             e.exit().code()
         }
         Err(_) => {
-            tell(Report::Failed {
-                pid,
-                code: Exit::Failure.code(),
-                message: format!("{role} panicked"),
-            });
+            tell(Report::Failed { pid, code: Exit::Failure.code(), message: format!("{role} panicked") });
             Exit::Failure.code()
         }
     }

@@ -61,10 +61,7 @@ pub fn add_hash(payload: Option<&[u8]>, out: &mut Vec<u8>) -> Result<(), Rejecti
     out.reserve(input.len() + 48);
     if shape.hash_values.is_empty() {
         // validated as an object, so the last non-blank byte is its closing brace
-        let close = input
-            .iter()
-            .rposition(|b| !b.is_ascii_whitespace())
-            .unwrap_or(0);
+        let close = input.iter().rposition(|b| !b.is_ascii_whitespace()).unwrap_or(0);
         out.extend_from_slice(&input[..close]);
         if shape.fields > 0 {
             out.push(b',');
@@ -96,11 +93,7 @@ struct Shape {
 fn scan_object(input: &[u8]) -> Result<Shape, Rejection> {
     let reject = |e: serde_json::Error| Rejection::NotAnObject(e.to_string());
     let mut de = serde_json::Deserializer::from_slice(input);
-    let shape = de
-        .deserialize_map(ObjectScan {
-            base: input.as_ptr() as usize,
-        })
-        .map_err(reject)?;
+    let shape = de.deserialize_map(ObjectScan { base: input.as_ptr() as usize }).map_err(reject)?;
     de.end().map_err(reject)?;
     Ok(shape)
 }
@@ -117,10 +110,7 @@ impl<'de> Visitor<'de> for ObjectScan {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
-        let mut shape = Shape {
-            fields: 0,
-            hash_values: Vec::new(),
-        };
+        let mut shape = Shape { fields: 0, hash_values: Vec::new() };
         while let Some(IsHash(is_hash)) = map.next_key()? {
             let value: &'de RawValue = map.next_value()?;
             if is_hash {
@@ -169,16 +159,12 @@ mod tests {
     #[test]
     fn md5_hex_matches_known_digests() {
         assert_eq!(md5_str(b""), "d41d8cd98f00b204e9800998ecf8427e");
-        assert_eq!(
-            md5_str(b"The quick brown fox jumps over the lazy dog"),
-            "9e107d9d372bb6826bd81d3542a419d6"
-        );
+        assert_eq!(md5_str(b"The quick brown fox jumps over the lazy dog"), "9e107d9d372bb6826bd81d3542a419d6");
     }
 
     #[test]
     fn the_hash_is_appended_and_everything_else_kept_byte_for_byte() {
-        let input =
-            br#"{"first_name": "Bonita", "last_name": "Kautzer", "n": 1.50, "z": {"hash": 1}}"#;
+        let input = br#"{"first_name": "Bonita", "last_name": "Kautzer", "n": 1.50, "z": {"hash": 1}}"#;
         let out = transform(input).unwrap();
         let want = format!(
             r#"{{"first_name": "Bonita", "last_name": "Kautzer", "n": 1.50, "z": {{"hash": 1}},"hash":"{}"}}"#,
@@ -200,33 +186,22 @@ mod tests {
     #[test]
     fn empty_objects_and_surrounding_blanks_work() {
         let h = md5_str(b" {} \n");
-        assert_eq!(
-            transform(b" {} \n").unwrap(),
-            format!(" {{\"hash\":\"{h}\"}} \n")
-        );
+        assert_eq!(transform(b" {} \n").unwrap(), format!(" {{\"hash\":\"{h}\"}} \n"));
     }
 
     #[test]
     fn an_existing_hash_is_replaced_in_place() {
         let input = br#"{"a":1, "hash" : [1,2,{"x":"}"}], "b":2}"#;
         let h = md5_str(input);
-        assert_eq!(
-            transform(input).unwrap(),
-            format!(r#"{{"a":1, "hash" : "{h}", "b":2}}"#)
-        );
+        assert_eq!(transform(input).unwrap(), format!(r#"{{"a":1, "hash" : "{h}", "b":2}}"#));
         let escaped = br#"{"h\u0061sh":null}"#;
-        assert_eq!(
-            transform(escaped).unwrap(),
-            format!(r#"{{"h\u0061sh":"{}"}}"#, md5_str(escaped))
-        );
+        assert_eq!(transform(escaped).unwrap(), format!(r#"{{"h\u0061sh":"{}"}}"#, md5_str(escaped)));
     }
 
     #[test]
     fn unicode_passes_through() {
         let input = "{\"name\":\"Zoë 日本\"}".as_bytes();
-        assert!(transform(input)
-            .unwrap()
-            .starts_with("{\"name\":\"Zoë 日本\",\"hash\":"));
+        assert!(transform(input).unwrap().starts_with("{\"name\":\"Zoë 日本\",\"hash\":"));
     }
 
     #[test]
@@ -247,11 +222,7 @@ mod tests {
             b"\x00\x01\x02",
             b"{a:1}",
         ] {
-            assert!(
-                matches!(transform(bad), Err(Rejection::NotAnObject(_))),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(matches!(transform(bad), Err(Rejection::NotAnObject(_))), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
@@ -261,9 +232,6 @@ mod tests {
         let out = transform(deep.as_bytes()).unwrap();
         assert!(out.ends_with(&format!("],\"hash\":\"{}\"}}", md5_str(deep.as_bytes()))));
         let unbalanced = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(99_999));
-        assert!(matches!(
-            transform(unbalanced.as_bytes()),
-            Err(Rejection::NotAnObject(_))
-        ));
+        assert!(matches!(transform(unbalanced.as_bytes()), Err(Rejection::NotAnObject(_))));
     }
 }

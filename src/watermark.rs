@@ -31,10 +31,7 @@ impl Watermarks {
     /// Records that `offset` of `partition` was sent into the pipeline.
     pub fn track(&mut self, partition: i32, offset: i64) {
         let p = self.partitions.entry(partition).or_default();
-        debug_assert!(
-            p.in_flight.back().is_none_or(|&(o, _)| o < offset),
-            "offsets must be tracked in order"
-        );
+        debug_assert!(p.in_flight.back().is_none_or(|&(o, _)| o < offset), "offsets must be tracked in order");
         p.in_flight.push_back((offset, false));
         self.in_flight += 1;
     }
@@ -67,9 +64,7 @@ impl Watermarks {
     }
 
     pub fn in_flight_of(&self, partition: i32) -> usize {
-        self.partitions.get(&partition).map_or(0, |p| {
-            p.in_flight.iter().filter(|(_, acked)| !acked).count()
-        })
+        self.partitions.get(&partition).map_or(0, |p| p.in_flight.iter().filter(|(_, acked)| !acked).count())
     }
 
     /// The committable position of every partition whose position moved since the last call.
@@ -85,11 +80,7 @@ impl Watermarks {
 
     /// The committable position of every partition that has one.
     pub fn positions(&self) -> Vec<(i32, i64)> {
-        let mut out: Vec<_> = self
-            .partitions
-            .iter()
-            .filter_map(|(&id, p)| p.position.map(|pos| (id, pos)))
-            .collect();
+        let mut out: Vec<_> = self.partitions.iter().filter_map(|(&id, p)| p.position.map(|pos| (id, pos))).collect();
         out.sort_unstable();
         out
     }
@@ -121,11 +112,7 @@ mod tests {
         assert_eq!(w.position(0), Some(1));
         assert!(w.ack(0, 1));
         assert!(w.ack(0, 2));
-        assert_eq!(
-            w.position(0),
-            Some(3),
-            "the position is the next offset to read"
-        );
+        assert_eq!(w.position(0), Some(3), "the position is the next offset to read");
         assert_eq!(w.in_flight(), 0);
     }
 
@@ -141,11 +128,7 @@ mod tests {
         assert!(w.ack(1, 10));
         assert_eq!(w.position(1), Some(11));
         assert!(w.ack(1, 11));
-        assert_eq!(
-            w.position(1),
-            Some(13),
-            "the run 10..=12 is complete, 13 is the gap"
-        );
+        assert_eq!(w.position(1), Some(13), "the run 10..=12 is complete, 13 is the gap");
         assert!(w.ack(1, 13));
         assert_eq!(w.position(1), Some(15));
     }

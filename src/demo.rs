@@ -1,0 +1,431 @@
+//! `supervisor demo`: the real pipeline on an embedded Kafka, for a machine with no broker installed.
+//!
+//! A broker process runs librdkafka's mock cluster, a generator writing the article's name events (a few of them
+//! malformed), and a checker reading the output. The parent runs the real supervisor against it. When the generator
+//! is done and everything has arrived, or on Ctrl-C, the pipeline drains, and the checker verifies the promise:
+//! every source event below the committed offsets is in the destination with the right hash, or in the
+//! dead-letter topic.
+//!
+//! The broker gets its own process because the mock cluster starts threads, and the supervisor must fork its
+//! children from a process without any.
+
+use crate::config::{Cli, Config, DemoArgs};
+use crate::error::{Error, Exit, Result};
+use crate::process::{self, Role};
+use crate::supervisor::{Signals, Supervisor};
+use crate::transform;
+use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+const FIRST: [&str; 20] = [
+    "Bonita",
+    "Alejandra",
+    "Marcus",
+    "Yuki",
+    "Oluwaseun",
+    "Ines",
+    "Dmitri",
+    "Priya",
+    "Chen",
+    "Fatima",
+    "Lars",
+    "Aiyana",
+    "Mateo",
+    "Zoe",
+    "Kwame",
+    "Sofia",
+    "Ravi",
+    "Elena",
+    "Tomasz",
+    "Amara",
+];
+const LAST: [&str; 20] = [
+    "Kautzer",
+    "Gutierrez",
+    "Nakamura",
+    "Okafor",
+    "Lindqvist",
+    "Petrov",
+    "Sharma",
+    "Wang",
+    "Haddad",
+    "Muller",
+    "Silva",
+    "Nguyen",
+    "O'Brien",
+    "Kowalski",
+    "Mensah",
+    "Rossi",
+    "Cohen",
+    "Dubois",
+    "Ivanova",
+    "Park",
+];
+/// One event in this many is malformed, to show the dead-letter path.
+const BAD_EVERY: u64 = 997;
+
+/// Parent → broker process.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+enum Cmd {
+    /// The pipeline has exited: stop generating, check, and report.
+    Check { group: String },
+}
+
+fn os(e: impl std::fmt::Display) -> Error {
+    Error::Os(e.to_string())
+}
+
+pub fn run(cli: &Cli, args: &DemoArgs, signals: Signals) -> Exit {
+    match run_inner(cli, args, signals) {
+        Ok(exit) => exit,
+        Err(e) => {
+            log::error!("demo: {e}");
+            e.exit()
+        }
+    }
+}
+
+fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
+    let (boot_tx, boot_rx) = ipc::channel::<String>().map_err(os)?;
+    let (cmd_tx, cmd_rx) = ipc::channel::<Cmd>().map_err(os)?;
+    let (verdict_tx, verdict_rx) = ipc::channel::<bool>().map_err(os)?;
+    let parent = nix::unistd::getpid();
+    let mut cfg = Config::from_cli(cli);
+    if cli.hashers.is_none() {
+        cfg.hashers = 4;
+    }
+    // SAFETY: no thread has been started in this process yet.
+    let broker = match unsafe { nix::unistd::fork() }.map_err(os)? {
+        nix::unistd::ForkResult::Child => {
+            drop((boot_rx, cmd_tx, verdict_rx));
+            let code = match process::become_child(Role::DemoBroker, parent)
+                .and_then(|()| broker_main(&cfg, args, boot_tx, cmd_rx, verdict_tx))
+            {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("{e}");
+                    e.exit().code()
+                }
+            };
+            std::process::exit(code);
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop((boot_tx, cmd_rx, verdict_tx));
+    let brokers = boot_rx.try_recv_timeout(Duration::from_secs(30)).map_err(|e| Error::Os(format!("{e:?}")))?;
+    cfg.brokers = brokers;
+    log::info!("embedded Kafka (librdkafka mock cluster) at {}; Ctrl-C drains and checks", cfg.brokers);
+    let exit = Supervisor::run(cfg.clone(), signals);
+    let verdict = cmd_tx
+        .send(Cmd::Check { group: cfg.group_id.clone() })
+        .ok()
+        .and_then(|()| verdict_rx.try_recv_timeout(Duration::from_secs(120)).ok());
+    let _ = nix::sys::wait::waitpid(broker, None);
+    Ok(match (exit, verdict) {
+        (Exit::Clean, Some(true)) => Exit::Clean,
+        (Exit::Clean, _) => Exit::Failure,
+        (other, _) => other,
+    })
+}
+
+/// What the generator wrote: for each source partition, offset → (seq, malformed).
+type Written = Mutex<HashMap<i32, HashMap<i64, (u64, bool)>>>;
+
+#[derive(Default)]
+struct Generated {
+    written: Written,
+    failed: AtomicU64,
+}
+
+struct GenContext(Arc<Generated>);
+
+impl ClientContext for GenContext {}
+
+impl ProducerContext for GenContext {
+    type DeliveryOpaque = Box<(u64, bool)>;
+    fn delivery(&self, r: &DeliveryResult<'_>, seq: Box<(u64, bool)>) {
+        match r {
+            Ok(m) => {
+                let mut w = self.0.written.lock().unwrap_or_else(PoisonError::into_inner);
+                w.entry(m.partition()).or_default().insert(m.offset(), *seq);
+            }
+            Err(_) => {
+                self.0.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn event(seq: u64) -> (String, Vec<u8>) {
+    let key = format!("{}", seq % 1024);
+    let (f, l) = (FIRST[(seq % 20) as usize], LAST[((seq / 20) % 20) as usize]);
+    let body = if seq % BAD_EVERY == BAD_EVERY - 1 {
+        format!(r#"{{"first_name": "{f}", "last_na"#)
+    } else {
+        format!(r#"{{"first_name": "{f}", "last_name": "{l}", "seq": {seq}}}"#)
+    };
+    (key, body.into_bytes())
+}
+
+fn broker_main(
+    cfg: &Config,
+    args: &DemoArgs,
+    boot_tx: IpcSender<String>,
+    cmd_rx: IpcReceiver<Cmd>,
+    verdict_tx: IpcSender<bool>,
+) -> Result<()> {
+    let kafka = |e: rdkafka::error::KafkaError| Error::Os(format!("mock cluster: {e}"));
+    let cluster = MockCluster::new(1).map_err(kafka)?;
+    for topic in [&cfg.source_topic, &cfg.dest_topic, &cfg.dlq_topic] {
+        cluster.create_topic(topic, args.partitions, 1).map_err(kafka)?;
+    }
+    let brokers = cluster.bootstrap_servers();
+    boot_tx.send(brokers.clone()).map_err(os)?;
+
+    let generated = Arc::new(Generated::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let generator = {
+        let producer: ThreadedProducer<GenContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("linger.ms", "5")
+            .create_with_context(GenContext(generated.clone()))
+            .map_err(Error::CreateClient)?;
+        let (topic, events, rate, stop, count) =
+            (cfg.source_topic.clone(), args.events, args.rate, stop.clone(), count.clone());
+        std::thread::spawn(move || generate(&producer, &topic, events, rate, &stop, &count))
+    };
+
+    let checker = Checker::new(&brokers, cfg, args.partitions)?;
+    let mut checked = Seen::default();
+    let started = Instant::now();
+    let (mut last_report, mut last_arrived) = (Instant::now(), 0u64);
+    let mut signalled = false;
+    let group = loop {
+        checker.read(&mut checked, Duration::from_millis(100));
+        let arrived = checked.arrived();
+        let now = Instant::now();
+        if now.duration_since(last_report) >= Duration::from_secs(1) {
+            let generated = count.load(Ordering::Relaxed);
+            let rate = (arrived - last_arrived) as f64 / now.duration_since(last_report).as_secs_f64();
+            log::info!(
+                "generated {generated}  hashed {}  dead-lettered {}  in flight {}  {:.0} events/s",
+                checked.hashed.len(),
+                checked.dead.len(),
+                generated.saturating_sub(arrived),
+                rate
+            );
+            (last_report, last_arrived) = (now, arrived);
+        }
+        if !signalled && args.events > 0 && arrived >= args.events {
+            log::info!(
+                "all {} events arrived in {:.1}s: stopping the pipeline",
+                args.events,
+                started.elapsed().as_secs_f64()
+            );
+            // The same path as Ctrl-C: the supervisor drains.
+            let _ = nix::sys::signal::kill(nix::unistd::getppid(), nix::sys::signal::Signal::SIGINT);
+            signalled = true;
+        }
+        match cmd_rx.try_recv() {
+            Ok(Cmd::Check { group }) => break group,
+            Err(ipc_channel::TryRecvError::Empty) => {}
+            Err(_) => return Ok(()),
+        }
+    };
+    stop.store(true, Ordering::SeqCst);
+    let _ = generator.join();
+    // Whatever is still on its way arrives within a second of the last drain step.
+    let mut idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_secs(1) {
+        if checker.read(&mut checked, Duration::from_millis(100)) > 0 {
+            idle_since = Instant::now();
+        }
+    }
+    let ok = verdict(&brokers, cfg, args.partitions, &group, &generated, &checked)?;
+    let _ = verdict_tx.send(ok);
+    Ok(())
+}
+
+fn generate(
+    producer: &ThreadedProducer<GenContext>,
+    topic: &str,
+    events: u64,
+    rate: u64,
+    stop: &AtomicBool,
+    count: &AtomicU64,
+) {
+    let t0 = Instant::now();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) && (events == 0 || seq < events) {
+        if rate > 0 {
+            let due = t0 + Duration::from_secs_f64(seq as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let (key, body) = event(seq);
+        let bad = seq % BAD_EVERY == BAD_EVERY - 1;
+        let mut rec = BaseRecord::with_opaque_to(topic, Box::new((seq, bad))).key(key.as_bytes()).payload(&body[..]);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        seq += 1;
+        count.store(seq, Ordering::Relaxed);
+    }
+    let _ = producer.flush(Duration::from_secs(30));
+}
+
+#[derive(Default)]
+struct Seen {
+    /// seq of each hashed event seen, with how often.
+    hashed: HashMap<u64, u32>,
+    /// (partition, offset) of each dead-lettered source event.
+    dead: HashSet<(i32, i64)>,
+    wrong_hash: u64,
+}
+
+impl Seen {
+    fn arrived(&self) -> u64 {
+        (self.hashed.len() + self.dead.len()) as u64
+    }
+}
+
+struct Checker {
+    consumer: BaseConsumer,
+    dest: String,
+}
+
+impl Checker {
+    fn new(brokers: &str, cfg: &Config, partitions: i32) -> Result<Checker> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "supervisor-demo-checker")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(Error::CreateClient)?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in [&cfg.dest_topic, &cfg.dlq_topic] {
+            for p in 0..partitions {
+                tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(Error::CreateClient)?;
+            }
+        }
+        consumer.assign(&tpl).map_err(Error::CreateClient)?;
+        Ok(Checker { consumer, dest: cfg.dest_topic.clone() })
+    }
+
+    /// Reads what is there (waiting up to `wait` for the first); returns how many events it read.
+    fn read(&self, seen: &mut Seen, wait: Duration) -> usize {
+        let mut n = 0;
+        let mut timeout = wait;
+        while let Some(Ok(m)) = self.consumer.poll(timeout) {
+            timeout = Duration::ZERO;
+            n += 1;
+            let payload = m.payload().unwrap_or_default();
+            if m.topic() == self.dest {
+                match check_hash(payload) {
+                    Some(seq) => *seen.hashed.entry(seq).or_default() += 1,
+                    None => seen.wrong_hash += 1,
+                }
+            } else {
+                let header = |name: &str| {
+                    m.headers()
+                        .and_then(|hs| hs.iter().find(|h| h.key == name))
+                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok())
+                };
+                if let (Some(p), Some(o)) =
+                    (header(crate::producer::DLQ_PARTITION), header(crate::producer::DLQ_OFFSET))
+                {
+                    seen.dead.insert((p as i32, o));
+                }
+            }
+            if n >= 100_000 {
+                break;
+            }
+        }
+        n
+    }
+}
+
+/// The seq of a hashed event whose hash is the md5 of its source bytes (the output without the spliced field).
+fn check_hash(out: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(out).ok()?;
+    let at = s.rfind(",\"hash\":\"")?;
+    let hash = s.get(at + 9..at + 41)?;
+    let source = format!("{}}}", &s[..at]);
+    let want = transform::md5_hex(source.as_bytes());
+    if hash.as_bytes() != want {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&source).ok()?;
+    v.get("seq")?.as_u64()
+}
+
+fn verdict(
+    brokers: &str,
+    cfg: &Config,
+    partitions: i32,
+    group: &str,
+    generated: &Generated,
+    seen: &Seen,
+) -> Result<bool> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .map_err(Error::CreateClient)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&cfg.source_topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).map_err(Error::CreateClient)?;
+    let written = generated.written.lock().unwrap_or_else(PoisonError::into_inner);
+    let (mut below, mut missing, mut total) = (0u64, 0u64, 0u64);
+    let mut commits = Vec::new();
+    for p in 0..partitions {
+        let upto = match committed.find_partition(&cfg.source_topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => 0,
+        };
+        commits.push(format!("{p}:{upto}"));
+        for (&offset, &(seq, bad)) in written.get(&p).into_iter().flatten() {
+            total += 1;
+            if offset < upto {
+                below += 1;
+                let there = if bad { seen.dead.contains(&(p, offset)) } else { seen.hashed.contains_key(&seq) };
+                missing += u64::from(!there);
+            }
+        }
+    }
+    let duplicates: u32 = seen.hashed.values().map(|c| c - 1).sum();
+    let ok = missing == 0 && seen.wrong_hash == 0;
+    println!();
+    println!("  events generated          {total}");
+    println!("  hashed, in the output     {}", seen.hashed.len());
+    println!("  in the dead-letter topic  {}", seen.dead.len());
+    println!("  duplicates                {duplicates}");
+    println!("  committed offsets         {}", commits.join(" "));
+    println!("  below them: {below} events, missing {missing}, wrong hashes {}", seen.wrong_hash);
+    println!("  verdict                   {}", if ok { "OK: nothing lost" } else { "FAILED" });
+    println!();
+    Ok(ok)
+}

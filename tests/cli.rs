@@ -1,0 +1,88 @@
+//! What a user sees when something is wrong before the pipeline can run: one clear line, a documented exit code,
+//! no hang.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn errors(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("ERROR")).collect()
+}
+
+#[test]
+fn wrong_flags_exit_2() {
+    for args in [&["--hashers", "0"][..], &["--queue-capacity", "x"], &["-X", "novalue"], &["--bogus"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_supervisor")).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error:"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_documents_every_flag_and_the_exit_codes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_supervisor")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--brokers",
+        "--source-topic",
+        "--dest-topic",
+        "--group-id",
+        "--hashers",
+        "--queue-capacity",
+        "--dlq-topic",
+        "--drain-timeout",
+        "-X",
+        "SUPERVISOR_BROKERS",
+        "Exit codes",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn a_missing_source_topic_is_one_clear_error_and_exit_2() {
+    let broker = Broker::start("missing");
+    broker.create_topics(&[("dst", 1)]);
+    let mut sup = start(&base_args(&broker.addr, "gm"));
+    let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits");
+    assert_eq!(status.code(), Some(2), "{}", sup.log());
+    let log = sup.log();
+    assert_eq!(errors(&log).len(), 1, "{log}");
+    assert!(errors(&log)[0].contains("topic \"src\" does not exist"), "{log}");
+}
+
+#[test]
+fn a_missing_destination_topic_is_one_clear_error_and_exit_2() {
+    let broker = Broker::start("missingdst");
+    broker.create_topics(&[("src", 1)]);
+    let mut sup = start(&base_args(&broker.addr, "gm"));
+    let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits");
+    assert_eq!(status.code(), Some(2), "{}", sup.log());
+    let log = sup.log();
+    assert_eq!(errors(&log).len(), 1, "{log}");
+    assert!(errors(&log)[0].contains("topic \"dst\" does not exist"), "{log}");
+}
+
+#[test]
+fn a_bad_kafka_property_is_a_configuration_error() {
+    let mut sup = start(&["--brokers".into(), "127.0.0.1:1".into(), "-X".into(), "no.such.property=1".into()]);
+    let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits");
+    assert_eq!(status.code(), Some(2), "{}", sup.log());
+    assert!(sup.log().contains("no.such.property"), "{}", sup.log());
+}
+
+#[test]
+fn an_unreachable_broker_exits_3_without_hanging() {
+    let t0 = Instant::now();
+    let mut sup = start(&["--brokers".into(), format!("127.0.0.1:{}", free_port())]);
+    let status = sup.wait_timeout(Duration::from_secs(40)).expect("exits, no hang");
+    assert_eq!(status.code(), Some(3), "{}", sup.log());
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    let log = sup.log();
+    assert_eq!(errors(&log).len(), 1, "{log}");
+    assert!(errors(&log)[0].contains("cannot reach the Kafka brokers"), "{log}");
+}
