@@ -37,13 +37,13 @@ pub struct Cli {
     pub group_id: String,
 
     /// Number of hasher processes [default: the number of CPUs].
-    #[arg(long, env = "SUPERVISOR_HASHERS", value_name = "N",
+    #[arg(global = true, long, env = "SUPERVISOR_HASHERS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub hashers: Option<u16>,
 
     /// Most events in flight between the consumer and the producer's acknowledgements; a full pipeline holds the
     /// consumer back.
-    #[arg(long, env = "SUPERVISOR_QUEUE_CAPACITY", default_value_t = 10_000, value_name = "N",
+    #[arg(global = true, long, env = "SUPERVISOR_QUEUE_CAPACITY", default_value_t = 10_000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub queue_capacity: u32,
 
@@ -52,13 +52,13 @@ pub struct Cli {
     pub dlq_topic: Option<String>,
 
     /// Seconds a drain may take after the first SIGINT/SIGTERM before the pipeline is stopped anyway.
-    #[arg(long, env = "SUPERVISOR_DRAIN_TIMEOUT", default_value = "30", value_name = "SECS",
+    #[arg(global = true, long, env = "SUPERVISOR_DRAIN_TIMEOUT", default_value = "30", value_name = "SECS",
           value_parser = parse_seconds)]
     pub drain_timeout: Duration,
 
     /// A librdkafka property for both clients, kcat style; `consumer.K=V` or `producer.K=V` reach one client.
     /// Repeatable; in the environment, separate entries with ';'.
-    #[arg(short = 'X', value_name = "KEY=VALUE", env = "SUPERVISOR_KAFKA_CONFIG",
+    #[arg(global = true, short = 'X', value_name = "KEY=VALUE", env = "SUPERVISOR_KAFKA_CONFIG",
           value_delimiter = ';', value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
 
@@ -81,6 +81,14 @@ pub struct DemoArgs {
     /// Events per second the generator writes; 0 is as fast as it can.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub rate: u64,
+
+    /// Extra bytes of padding in every event (a \"note\" field), for heavier events.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub pad: usize,
+
+    /// Run the same transform in this one process, with no hashers or IPC: the yardstick benchmarks compare against.
+    #[arg(long)]
+    pub single_process: bool,
 
     /// Partitions of the demo topics.
     #[arg(long, default_value_t = 4, value_name = "N",
@@ -194,6 +202,9 @@ impl Config {
                 ("enable.auto.offset.store", "false"),
                 ("auto.commit.interval.ms", "1000"),
                 ("allow.auto.create.topics", "false"),
+                // librdkafka prefetches up to 64 MiB by default, which dominates the consumer's memory under a deep
+                // backlog; 16 MiB is still about 160k small events of read-ahead.
+                ("queued.max.messages.kbytes", "16384"),
             ],
         )
     }

@@ -54,6 +54,7 @@ struct Flow {
     producer_done: bool,
     producer_gone: bool,
     stats: ConsumerStats,
+    skip_log: RateLimitedLog,
 }
 
 impl Flow {
@@ -72,7 +73,20 @@ impl Flow {
             dead_letter: None,
         };
         self.batches[hasher].push(&record)?;
-        self.marks.track(partition, m.offset());
+        if let Some(before) = self.marks.track(partition, m.offset()) {
+            // One-offset gaps are transaction markers; larger ones are data the broker no longer has or never
+            // gave us (retention deleted it before it was read, compaction, or a broker bug).
+            if m.offset() - before > 2 {
+                if let Some(held_back) = self.skip_log.ready() {
+                    log::warn!(
+                        "partition {partition}: offsets {}..{} were skipped by the broker (deleted by retention \
+                         before they were read, or compacted) ({held_back} more skips not logged)",
+                        before + 1,
+                        m.offset() - 1
+                    );
+                }
+            }
+        }
         self.stats.consumed += 1;
         if self.batches[hasher].is_full() {
             self.senders[hasher].send(&mut self.batches[hasher])?;
@@ -215,6 +229,7 @@ pub fn connect(cfg: &Config, ends: ConsumerEnds) -> Result<(BaseConsumer<Ctx>, A
         producer_done: false,
         producer_gone: false,
         stats: ConsumerStats::default(),
+        skip_log: RateLimitedLog::new(Duration::from_secs(5)),
     };
     let ctx = Ctx { flow: Mutex::new(flow), topic: cfg.source_topic.clone(), settle_timeout: cfg.drain_timeout };
     let consumer: BaseConsumer<Ctx> = cfg.consumer_config().create_with_context(ctx).map_err(Error::CreateClient)?;

@@ -125,7 +125,18 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
     let brokers = boot_rx.try_recv_timeout(Duration::from_secs(30)).map_err(|e| Error::Os(format!("{e:?}")))?;
     cfg.brokers = brokers;
     log::info!("embedded Kafka (librdkafka mock cluster) at {}; Ctrl-C drains and checks", cfg.brokers);
-    let exit = Supervisor::run(cfg.clone(), signals);
+    let exit = if args.single_process {
+        log::info!("running the single-process yardstick instead of the pipeline");
+        match crate::yardstick::run(&cfg, &|| signals.received()) {
+            Ok(_) => Exit::Clean,
+            Err(e) => {
+                log::error!("{e}");
+                e.exit()
+            }
+        }
+    } else {
+        Supervisor::run(cfg.clone(), signals)
+    };
     let verdict = cmd_tx
         .send(Cmd::Check { group: cfg.group_id.clone() })
         .ok()
@@ -166,13 +177,13 @@ impl ProducerContext for GenContext {
     }
 }
 
-fn event(seq: u64) -> (String, Vec<u8>) {
+fn event(seq: u64, pad: &str) -> (String, Vec<u8>) {
     let key = format!("{}", seq % 1024);
     let (f, l) = (FIRST[(seq % 20) as usize], LAST[((seq / 20) % 20) as usize]);
     let body = if seq % BAD_EVERY == BAD_EVERY - 1 {
         format!(r#"{{"first_name": "{f}", "last_na"#)
     } else {
-        format!(r#"{{"first_name": "{f}", "last_name": "{l}", "seq": {seq}}}"#)
+        format!(r#"{{"first_name": "{f}", "last_name": "{l}", "seq": {seq}{pad}}}"#)
     };
     (key, body.into_bytes())
 }
@@ -193,6 +204,11 @@ fn broker_main(
     boot_tx.send(brokers.clone()).map_err(os)?;
 
     let generated = Arc::new(Generated::default());
+    // The mock cluster keeps only 5 MiB per partition and deletes older data: the generator stays well behind that,
+    // or events would be deleted before the pipeline reads them.
+    let arrived_so_far = Arc::new(AtomicU64::new(0));
+    let event_bytes = event(0, "").1.len() as u64 + args.pad as u64 + 64;
+    let max_lag = (args.partitions as u64 * 2 * 1024 * 1024 / event_bytes).max(1000);
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let generator = {
@@ -201,9 +217,16 @@ fn broker_main(
             .set("linger.ms", "5")
             .create_with_context(GenContext(generated.clone()))
             .map_err(Error::CreateClient)?;
-        let (topic, events, rate, stop, count) =
-            (cfg.source_topic.clone(), args.events, args.rate, stop.clone(), count.clone());
-        std::thread::spawn(move || generate(&producer, &topic, events, rate, &stop, &count))
+        let generator = Generator {
+            topic: cfg.source_topic.clone(),
+            events: args.events,
+            rate: args.rate,
+            pad: if args.pad > 0 { format!(r#", "note": "{}""#, "x".repeat(args.pad)) } else { String::new() },
+            lag: Lag { arrived: arrived_so_far.clone(), max: max_lag },
+            stop: stop.clone(),
+            count: count.clone(),
+        };
+        std::thread::spawn(move || generator.run(&producer))
     };
 
     let checker = Checker::new(&brokers, cfg, args.partitions)?;
@@ -211,10 +234,15 @@ fn broker_main(
     let started = Instant::now();
     let (mut last_report, mut last_arrived) = (Instant::now(), 0u64);
     let mut signalled = false;
+    let mut first_arrival: Option<Instant> = None;
     let group = loop {
         checker.read(&mut checked, Duration::from_millis(100));
         let arrived = checked.arrived();
+        arrived_so_far.store(arrived, Ordering::Relaxed);
         let now = Instant::now();
+        if arrived > 0 && first_arrival.is_none() {
+            first_arrival = Some(now);
+        }
         if now.duration_since(last_report) >= Duration::from_secs(1) {
             let generated = count.load(Ordering::Relaxed);
             let rate = (arrived - last_arrived) as f64 / now.duration_since(last_report).as_secs_f64();
@@ -228,10 +256,12 @@ fn broker_main(
             (last_report, last_arrived) = (now, arrived);
         }
         if !signalled && args.events > 0 && arrived >= args.events {
+            let flowing = first_arrival.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
             log::info!(
-                "all {} events arrived in {:.1}s: stopping the pipeline",
+                "all {} events arrived, {:.1}s after the start, {flowing:.2}s after the first: {:.0} events/s; stopping",
                 args.events,
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                args.events as f64 / flowing.max(1e-3)
             );
             // The same path as Ctrl-C: the supervisor drains.
             let _ = nix::sys::signal::kill(nix::unistd::getppid(), nix::sys::signal::Signal::SIGINT);
@@ -257,42 +287,64 @@ fn broker_main(
     Ok(())
 }
 
-fn generate(
-    producer: &ThreadedProducer<GenContext>,
-    topic: &str,
+/// Writes the article's name events to the source topic.
+struct Generator {
+    topic: String,
+    /// How many to write; 0 is until stopped.
     events: u64,
+    /// Events per second; 0 is as fast as the broker takes them.
     rate: u64,
-    stop: &AtomicBool,
-    count: &AtomicU64,
-) {
-    let t0 = Instant::now();
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) && (events == 0 || seq < events) {
-        if rate > 0 {
-            let due = t0 + Duration::from_secs_f64(seq as f64 / rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        let (key, body) = event(seq);
-        let bad = seq % BAD_EVERY == BAD_EVERY - 1;
-        let mut rec = BaseRecord::with_opaque_to(topic, Box::new((seq, bad))).key(key.as_bytes()).payload(&body[..]);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
+    /// Extra JSON field appended to every event.
+    pad: String,
+    lag: Lag,
+    stop: Arc<AtomicBool>,
+    /// How many were written so far.
+    count: Arc<AtomicU64>,
+}
+
+impl Generator {
+    fn run(&self, producer: &ThreadedProducer<GenContext>) {
+        let Generator { topic, events, rate, pad, lag, stop, count } = self;
+        let (events, rate) = (*events, *rate);
+        let t0 = Instant::now();
+        let mut seq = 0u64;
+        while !stop.load(Ordering::Relaxed) && (events == 0 || seq < events) {
+            if rate > 0 {
+                let due = t0 + Duration::from_secs_f64(seq as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
                 }
             }
+            while seq.saturating_sub(lag.arrived.load(Ordering::Relaxed)) > lag.max && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let (key, body) = event(seq, pad);
+            let bad = seq % BAD_EVERY == BAD_EVERY - 1;
+            let mut rec =
+                BaseRecord::with_opaque_to(topic, Box::new((seq, bad))).key(key.as_bytes()).payload(&body[..]);
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        rec = back;
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            seq += 1;
+            count.store(seq, Ordering::Relaxed);
         }
-        seq += 1;
-        count.store(seq, Ordering::Relaxed);
+        let _ = producer.flush(Duration::from_secs(30));
     }
-    let _ = producer.flush(Duration::from_secs(30));
+}
+
+/// How far the generator may run ahead of what has arrived.
+struct Lag {
+    arrived: Arc<AtomicU64>,
+    max: u64,
 }
 
 #[derive(Default)]

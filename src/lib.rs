@@ -18,6 +18,7 @@ pub mod producer;
 pub mod supervisor;
 pub mod transform;
 pub mod watermark;
+pub mod yardstick;
 
 pub use config::{Cli, Command, Config};
 pub use error::{Error, Exit};

@@ -47,6 +47,11 @@ impl Signals {
         Ok(s)
     }
 
+    /// Whether a SIGINT or SIGTERM has arrived.
+    pub fn received(&self) -> bool {
+        self.count() > 0
+    }
+
     fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }

@@ -15,6 +15,8 @@ struct Partition {
     position: Option<i64>,
     /// The position moved since it was last taken.
     advanced: bool,
+    /// The last offset tracked.
+    last: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -28,12 +30,16 @@ impl Watermarks {
         Self::default()
     }
 
-    /// Records that `offset` of `partition` was sent into the pipeline.
-    pub fn track(&mut self, partition: i32, offset: i64) {
+    /// Records that `offset` of `partition` was sent into the pipeline. Returns the previous offset when this one
+    /// does not follow it, so a skip the broker made (retention, compaction, transaction markers) can be reported.
+    pub fn track(&mut self, partition: i32, offset: i64) -> Option<i64> {
         let p = self.partitions.entry(partition).or_default();
+        let skipped = p.last.filter(|&last| offset != last + 1);
+        p.last = Some(offset);
         debug_assert!(p.in_flight.back().is_none_or(|&(o, _)| o < offset), "offsets must be tracked in order");
         p.in_flight.push_back((offset, false));
         self.in_flight += 1;
+        skipped
     }
 
     /// Records an acknowledgement; returns false for one that is unknown or already counted (a revoked partition,
@@ -136,9 +142,8 @@ mod tests {
     #[test]
     fn offsets_with_holes_are_fine() {
         let mut w = Watermarks::new();
-        for o in [3, 7, 8, 20] {
-            w.track(2, o);
-        }
+        let skips: Vec<_> = [3, 7, 8, 20].into_iter().map(|o| w.track(2, o)).collect();
+        assert_eq!(skips, vec![None, Some(3), None, Some(8)], "each skip names the offset before it");
         assert!(w.ack(2, 8));
         assert!(w.ack(2, 3));
         assert_eq!(w.position(2), Some(4));

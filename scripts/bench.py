@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""The project benchmark: `supervisor` against a single-process run of the same transform (examples/single.rs), on a
+tansu broker started here on a loopback port. Not a test: it times things and prints a table.
+
+  throughput  N events already in the source; events/s, CPU per event, peak RSS per process, shutdown time
+  latency     events written at a steady rate; end-to-end latency percentiles (source write -> destination read)
+
+Run it through scripts/bench, which builds the binaries and a Python environment first.
+"""
+import argparse, json, os, random, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIRST = ["Bonita", "Alejandra", "Marcus", "Yuki", "Oluwaseun", "Ines", "Dmitri", "Priya", "Chen", "Fatima"]
+LAST = ["Kautzer", "Gutierrez", "Nakamura", "Okafor", "Lindqvist", "Petrov", "Sharma", "Wang", "Haddad", "Muller"]
+CLIENT = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
+
+
+def tansu_bin():
+    for c in (os.environ.get("TANSU_BIN"), shutil.which("tansu"), os.path.expanduser("~/.cargo/bin/tansu")):
+        if c and os.path.exists(c):
+            return c
+    sys.exit("no tansu: run scripts/install-tansu or set TANSU_BIN")
+
+
+def start_broker():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    url = f"tcp://127.0.0.1:{port}"
+    log = open(os.path.join(tempfile.gettempdir(), "supervisor-bench-tansu.log"), "w")
+    p = subprocess.Popen([tansu_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                          "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close(); break
+        except OSError:
+            time.sleep(0.05)
+    brokers = f"127.0.0.1:{port}"
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for f in admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in ("src", "dst")]).values():
+        f.result()
+    return p, brokers
+
+
+def event(i, pad, sent=None):
+    d = {"first_name": FIRST[i % 10], "last_name": LAST[(i // 10) % 10], "seq": i}
+    if sent is not None:
+        d["sent"] = sent
+    if pad:
+        d["note"] = "x" * pad
+    return json.dumps(d).encode()
+
+
+def load(brokers, n, pad):
+    p = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 1000000})
+    for i in range(n):
+        while True:
+            try:
+                p.produce("src", key=str(i % 1024).encode(), value=event(i, pad)); break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    assert p.flush(120) == 0
+
+
+def tree(root):
+    """pid -> comm of root and all its descendants."""
+    kids, names = {}, {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            kids.setdefault(int(rest[1]), []).append(int(d)); names[int(d)] = comm
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        out[pid] = names.get(pid, "?")
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def rss_kib(pid, field="VmRSS"):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Memory(threading.Thread):
+    """Samples the RSS of every process in the tree; keeps each one's peak and the tree's peak sum."""
+    def __init__(self, root):
+        super().__init__(daemon=True); self.root, self.peak, self.tree_peak, self.stop = root, {}, 0, False
+
+    def run(self):
+        while not self.stop:
+            procs = tree(self.root); total = 0
+            for pid, name in procs.items():
+                kib = max(rss_kib(pid), rss_kib(pid, "VmHWM"))
+                total += rss_kib(pid)
+                key = f"{name}[{pid}]"
+                self.peak[key] = max(self.peak.get(key, 0), kib)
+            self.tree_peak = max(self.tree_peak, total)
+            time.sleep(0.05)
+
+
+class Counter(threading.Thread):
+    """Reads the destination from the start; counts events and, for latency runs, measures send->read time."""
+    def __init__(self, brokers):
+        super().__init__(daemon=True)
+        self.c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-count", "enable.auto.commit": False,
+                           "fetch.wait.max.ms": 5, "log_level": 0})
+        self.c.assign([TopicPartition("dst", p, 0) for p in range(4)])
+        self.n, self.latencies, self.first_at, self.stop = 0, [], None, False
+
+    def run(self):
+        while not self.stop:
+            for m in self.c.consume(10000, 0.05):
+                if m.error():
+                    continue
+                now = time.time()
+                self.n += 1
+                if self.first_at is None:
+                    self.first_at = (now, self.n)
+                if b'"sent"' in m.value():
+                    self.latencies.append(now - json.loads(m.value())["sent"])
+
+
+EXTRA = []
+
+
+def command(kind, brokers, hashers):
+    binary = {"supervisor": os.environ.get("SUPERVISOR_BIN", os.path.join(ROOT, "target/release/supervisor")),
+              "single": os.environ.get("SINGLE_BIN", os.path.join(ROOT, "target/release/examples/single"))}[kind]
+    cmd = [binary, "--brokers", brokers, "--source-topic", "src", "--dest-topic", "dst",
+           "--group-id", f"bench-{kind}", "--hashers", str(hashers)]
+    for k, v in CLIENT.items():
+        cmd += ["-X", f"{k}={v}"]
+    for x in EXTRA:
+        cmd += ["-X", x]
+    return cmd
+
+
+def stop(proc):
+    t = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        rc = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL); rc = f"killed({proc.wait()})"
+    return round(time.time() - t, 2), rc
+
+
+def throughput(kind, n, hashers, pad):
+    broker, brokers = start_broker()
+    try:
+        load(brokers, n, pad)
+        counter = Counter(brokers); counter.start()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.Popen(command(kind, brokers, hashers), start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        mem = Memory(proc.pid); mem.start()
+        t0 = time.time()
+        while counter.n < n and time.time() - t0 < 600 and proc.poll() is None:
+            time.sleep(0.02)
+        t_n, reached = time.time(), counter.n
+        mem.stop = True; mem.join()
+        shutdown, rc = stop(proc)
+        counter.stop = True; counter.join()
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime
+        t_first, n_first = counter.first_at or (t_n, reached)
+        return {"mode": "throughput", "kind": kind, "hashers": hashers, "n": n, "pad": pad, "reached": reached,
+                "rate_eps": round((reached - n_first) / (t_n - t_first)) if t_n > t_first else None,
+                "cpu_us_per_event": round(cpu * 1e6 / max(reached, 1), 2),
+                "peak_rss_mib": {k: round(v / 1024, 1) for k, v in sorted(mem.peak.items())},
+                "largest_mib": round(max(mem.peak.values(), default=0) / 1024, 1),
+                "tree_mib": round(mem.tree_peak / 1024, 1), "shutdown_s": shutdown, "exit": rc}
+    finally:
+        os.killpg(broker.pid, signal.SIGTERM); broker.wait()
+
+
+def latency(kind, rate, seconds, hashers, pad):
+    broker, brokers = start_broker()
+    try:
+        counter = Counter(brokers); counter.start()
+        proc = subprocess.Popen(command(kind, brokers, hashers), start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = Producer({"bootstrap.servers": brokers, "linger.ms": 2})
+        t0 = time.time()
+        while counter.n == 0 and time.time() - t0 < 60:  # until the group has formed and one event made it
+            p.produce("src", key=b"warm", value=event(0, pad)); p.flush(5); time.sleep(0.2)
+        warm = counter.n
+        start, i = time.time(), 0
+        while time.time() - start < seconds:
+            wait = start + i / rate - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            p.produce("src", key=str(i % 1024).encode(), value=event(i, pad, sent=time.time())); p.poll(0)
+            i += 1
+        p.flush(30)
+        while counter.n < warm + i and time.time() - start < seconds + 30:
+            time.sleep(0.05)
+        shutdown, rc = stop(proc)
+        counter.stop = True; counter.join()
+        ms = sorted(x * 1000 for x in counter.latencies)
+        q = lambda f: round(ms[min(len(ms) - 1, int(f * len(ms)))], 2) if ms else None
+        return {"mode": "latency", "kind": kind, "hashers": hashers, "rate": rate, "events": i, "read": len(ms),
+                "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": round(ms[-1], 2) if ms else None, "exit": rc}
+    finally:
+        os.killpg(broker.pid, signal.SIGTERM); broker.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["throughput", "latency", "all"])
+    ap.add_argument("--n", type=int, default=1_000_000, help="events for throughput runs")
+    ap.add_argument("--rate", type=int, default=5000, help="events/s for latency runs")
+    ap.add_argument("--seconds", type=float, default=20, help="length of latency runs")
+    ap.add_argument("--hashers", type=int, default=4)
+    ap.add_argument("--pad", type=int, default=0, help="extra bytes per event")
+    ap.add_argument("--runs", type=int, default=1, help="runs of each command, back to back")
+    ap.add_argument("--kinds", default="supervisor,single")
+    ap.add_argument("-X", action="append", default=[], help="librdkafka property for both commands")
+    a = ap.parse_args()
+    EXTRA.extend(a.X)
+    rows = []
+    for _ in range(a.runs):
+        for kind in a.kinds.split(","):
+            if a.mode in ("throughput", "all"):
+                rows.append(throughput(kind, a.n, a.hashers, a.pad)); print(json.dumps(rows[-1]), flush=True)
+            if a.mode in ("latency", "all"):
+                rows.append(latency(kind, a.rate, a.seconds, a.hashers, a.pad)); print(json.dumps(rows[-1]), flush=True)
+    print()
+    print(f"{'mode':<11}{'command':<12}{'events/s':>10}{'CPU µs/ev':>11}{'largest MiB':>13}{'tree MiB':>10}"
+          f"{'shutdown s':>12}{'p50 ms':>8}{'p99 ms':>8}{'exit':>6}")
+    for r in rows:
+        g = lambda k: "" if r.get(k) is None else str(r[k])
+        print(f"{r['mode']:<11}{r['kind']:<12}{g('rate_eps'):>10}{g('cpu_us_per_event'):>11}{g('largest_mib'):>13}"
+              f"{g('tree_mib'):>10}{g('shutdown_s'):>12}{g('p50_ms'):>8}{g('p99_ms'):>8}{g('exit'):>6}")
+
+
+if __name__ == "__main__":
+    main()
