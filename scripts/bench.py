@@ -157,7 +157,7 @@ def stop(proc):
     return round(time.time() - t, 2), rc
 
 
-def throughput(kind, n, hashers, pad):
+def throughput(kind, n, hashers, pad, stop_at=1.0):
     broker, brokers = start_broker()
     try:
         load(brokers, n, pad)
@@ -167,7 +167,7 @@ def throughput(kind, n, hashers, pad):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         mem = Memory(proc.pid); mem.start()
         t0 = time.time()
-        while counter.n < n and time.time() - t0 < 600 and proc.poll() is None:
+        while counter.n < n * stop_at and time.time() - t0 < 600 and proc.poll() is None:
             time.sleep(0.02)
         t_n, reached = time.time(), counter.n
         mem.stop = True; mem.join()
@@ -177,6 +177,7 @@ def throughput(kind, n, hashers, pad):
         cpu = ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime
         t_first, n_first = counter.first_at or (t_n, reached)
         return {"mode": "throughput", "kind": kind, "hashers": hashers, "n": n, "pad": pad, "reached": reached,
+                "stopped_at": stop_at,
                 "rate_eps": round((reached - n_first) / (t_n - t_first)) if t_n > t_first else None,
                 "cpu_us_per_event": round(cpu * 1e6 / max(reached, 1), 2),
                 "peak_rss_mib": {k: round(v / 1024, 1) for k, v in sorted(mem.peak.items())},
@@ -226,6 +227,8 @@ def main():
     ap.add_argument("--hashers", type=int, default=4)
     ap.add_argument("--pad", type=int, default=0, help="extra bytes per event")
     ap.add_argument("--runs", type=int, default=1, help="runs of each command, back to back")
+    ap.add_argument("--stop-at", type=float, default=1.0,
+                    help="stop throughput runs once this fraction of the events arrived (below 1: a full pipeline)")
     ap.add_argument("--kinds", default="supervisor,single")
     ap.add_argument("-X", action="append", default=[], help="librdkafka property for both commands")
     a = ap.parse_args()
@@ -234,7 +237,7 @@ def main():
     for _ in range(a.runs):
         for kind in a.kinds.split(","):
             if a.mode in ("throughput", "all"):
-                rows.append(throughput(kind, a.n, a.hashers, a.pad)); print(json.dumps(rows[-1]), flush=True)
+                rows.append(throughput(kind, a.n, a.hashers, a.pad, a.stop_at)); print(json.dumps(rows[-1]), flush=True)
             if a.mode in ("latency", "all"):
                 rows.append(latency(kind, a.rate, a.seconds, a.hashers, a.pad)); print(json.dumps(rows[-1]), flush=True)
     print()
