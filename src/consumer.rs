@@ -375,7 +375,11 @@ fn set_paused(consumer: &BaseConsumer<Ctx>, pause: bool) -> bool {
     let result = consumer.assignment().and_then(|a| if pause { consumer.pause(&a) } else { consumer.resume(&a) });
     match result {
         Ok(()) => {
-            log::debug!("{} the assigned partitions", if pause { "paused" } else { "resumed" });
+            if pause {
+                log::info!("held back at the bound for {PAUSE_AFTER:?}: paused the partitions, still polling");
+            } else {
+                log::info!("below the bound again: resumed the partitions");
+            }
             true
         }
         Err(e) => {

@@ -280,3 +280,19 @@ fn a_drain_that_cannot_finish_is_bounded_and_loses_nothing() {
     args.extend(["--hashers", "2"].map(String::from));
     finish_and_check(&broker, &args, "g6", &events, &landed);
 }
+
+#[test]
+fn a_held_back_consumer_pauses_then_resumes_and_loses_nothing() {
+    let (broker, events, landed, mut sup) = stuck_pipeline("pause", "g7", &[]);
+    // The producer has been frozen long enough for the consumer to sit at its bound and pause.
+    assert!(sup.wait_for_log("paused the partitions", Duration::from_secs(10)), "{}", sup.log());
+    kill(Pid::from_raw(sup.pids()["producer"]), Signal::SIGCONT).unwrap();
+    assert!(sup.wait_for_log("resumed the partitions", Duration::from_secs(30)), "{}", sup.log());
+    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
+    sup.signal(Signal::SIGINT);
+    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
+    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
+    let checked = check_destination(&events, &dst);
+    assert_eq!((checked.unique, checked.duplicates), (events.len(), 0));
+    assert_eq!(committed(&broker.addr, "g7", "src", PARTITIONS), end_offsets(&landed));
+}
