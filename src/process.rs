@@ -71,6 +71,11 @@ fn set_title(role: Role) {
 /// Overwrites the argv area the kernel shows as /proc/self/cmdline (what setproctitle does), through /proc/self/mem
 /// so that no pointer is forged.
 fn rewrite_cmdline(title: &str) -> std::io::Result<()> {
+    // valgrind still reads its own options from that memory after a fork (it then fails at exit); it shows itself
+    // through the preload library it injects.
+    if std::env::var_os("LD_PRELOAD").is_some_and(|p| p.to_string_lossy().contains("vgpreload")) {
+        return Ok(());
+    }
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     // Fields 48 and 49 of stat are arg_start and arg_end; after the comm the list starts at field 3.
