@@ -177,10 +177,14 @@ impl ProducerContext for GenContext {
     }
 }
 
+fn is_malformed(seq: u64) -> bool {
+    seq % BAD_EVERY == BAD_EVERY - 1
+}
+
 fn event(seq: u64, pad: &str) -> (String, Vec<u8>) {
     let key = format!("{}", seq % 1024);
     let (f, l) = (FIRST[(seq % 20) as usize], LAST[((seq / 20) % 20) as usize]);
-    let body = if seq % BAD_EVERY == BAD_EVERY - 1 {
+    let body = if is_malformed(seq) {
         format!(r#"{{"first_name": "{f}", "last_na"#)
     } else {
         format!(r#"{{"first_name": "{f}", "last_name": "{l}", "seq": {seq}{pad}}}"#)
@@ -319,7 +323,7 @@ impl Generator {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let (key, body) = event(seq, pad);
-            let bad = seq % BAD_EVERY == BAD_EVERY - 1;
+            let bad = is_malformed(seq);
             let mut rec =
                 BaseRecord::with_opaque_to(topic, Box::new((seq, bad))).key(key.as_bytes()).payload(&body[..]);
             loop {
@@ -472,6 +476,10 @@ fn verdict(
     let ok = missing == 0 && seen.wrong_hash == 0;
     println!();
     println!("  events generated          {total}");
+    let not_written = generated.failed.load(Ordering::Relaxed);
+    if not_written > 0 {
+        println!("  not written (broker refused) {not_written}");
+    }
     println!("  hashed, in the output     {}", seen.hashed.len());
     println!("  in the dead-letter topic  {}", seen.dead.len());
     println!("  duplicates                {duplicates}");

@@ -298,11 +298,7 @@ impl Stage<'_> {
     }
 
     fn dlq_headers(&self, headers: OwnedHeaders, why: &str, partition: i32, offset: i64) -> OwnedHeaders {
-        headers
-            .insert(Header { key: DLQ_ERROR, value: Some(why) })
-            .insert(Header { key: DLQ_TOPIC, value: Some(&self.cfg.source_topic) })
-            .insert(Header { key: DLQ_PARTITION, value: Some(&partition.to_string()) })
-            .insert(Header { key: DLQ_OFFSET, value: Some(&offset.to_string()) })
+        dlq_headers(headers, &self.cfg.source_topic, why, partition, offset)
     }
 
     /// Hands one message to librdkafka, waiting (and serving delivery reports) while its queue is full.
@@ -399,6 +395,15 @@ impl Stage<'_> {
         }
         self.service(Duration::ZERO)
     }
+}
+
+/// A dead letter's headers: its own, plus why it is there and where it came from.
+pub fn dlq_headers(headers: OwnedHeaders, source_topic: &str, why: &str, partition: i32, offset: i64) -> OwnedHeaders {
+    headers
+        .insert(Header { key: DLQ_ERROR, value: Some(why) })
+        .insert(Header { key: DLQ_TOPIC, value: Some(source_topic) })
+        .insert(Header { key: DLQ_PARTITION, value: Some(&partition.to_string()) })
+        .insert(Header { key: DLQ_OFFSET, value: Some(&offset.to_string()) })
 }
 
 fn copy_headers(headers: &[(&str, Option<&serde_bytes::Bytes>)]) -> OwnedHeaders {

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::{producer, transform};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
 use std::time::Duration;
@@ -27,11 +27,13 @@ pub fn run(cfg: &Config, stop: &dyn Fn() -> bool) -> Result<u64> {
             Err(why) => {
                 out.clear();
                 out.extend_from_slice(m.payload().unwrap_or_default());
-                let h = OwnedHeaders::new()
-                    .insert(Header { key: producer::DLQ_ERROR, value: Some(why.as_str()) })
-                    .insert(Header { key: producer::DLQ_TOPIC, value: Some(&cfg.source_topic) })
-                    .insert(Header { key: producer::DLQ_PARTITION, value: Some(&m.partition().to_string()) })
-                    .insert(Header { key: producer::DLQ_OFFSET, value: Some(&m.offset().to_string()) });
+                let h = producer::dlq_headers(
+                    OwnedHeaders::new(),
+                    &cfg.source_topic,
+                    why.as_str(),
+                    m.partition(),
+                    m.offset(),
+                );
                 (&cfg.dlq_topic, Some(h))
             }
         };
