@@ -159,7 +159,10 @@ fn topic_partitions<C: ClientContext>(client: &Client<C>, cfg: &Config, topic: &
 /// then a single replica for brokers that do not understand the default.
 fn create_dlq(cfg: &Config, partitions: i32) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = cfg.producer_config().create().map_err(Error::CreateClient)?;
-    let opts = AdminOptions::new().operation_timeout(Some(cfg.startup_timeout));
+    // Without a request timeout, a broker that never answers (librdkafka's mock cluster has no CreateTopics) hangs the
+    // start for good.
+    let opts =
+        AdminOptions::new().operation_timeout(Some(cfg.startup_timeout)).request_timeout(Some(cfg.startup_timeout));
     let mut last = String::new();
     for replication in [-1, 1] {
         let topic = NewTopic::new(&cfg.dlq_topic, partitions, TopicReplication::Fixed(replication));
