@@ -7,11 +7,12 @@ use std::time::Duration;
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  clean drain: every consumed event delivered and committed
-  1  pipeline failure: a child crashed, or a fatal Kafka error
+  1  failure: the supervisor itself failed, or it was stopped while recovering from a crash
   2  configuration error: bad flag or -X property, missing topic
   3  the brokers could not be reached at start-up
   4  the drain did not finish within --drain-timeout (uncommitted events are re-read on the next start)
-  5  fast stop: a second SIGINT/SIGTERM during the drain (uncommitted events are re-read on the next start)";
+  5  fast stop: a second SIGINT/SIGTERM during the drain (uncommitted events are re-read on the next start)
+  6  gave up: children failed more than --max-restarts times within --restart-window";
 
 /// Consume JSON events, add \"hash\" (md5 hex of the raw bytes) in N hasher processes, produce them on.
 ///
@@ -55,6 +56,22 @@ pub struct Cli {
     #[arg(global = true, long, env = "SUPERVISOR_DRAIN_TIMEOUT", default_value = "30", value_name = "SECS",
           value_parser = parse_seconds)]
     pub drain_timeout: Duration,
+
+    /// Restarts allowed within --restart-window; one more failure and the supervisor drains and exits 6. 0 never
+    /// restarts.
+    #[arg(global = true, long, env = "SUPERVISOR_MAX_RESTARTS", default_value_t = 5, value_name = "N")]
+    pub max_restarts: u32,
+
+    /// Seconds over which --max-restarts is counted.
+    #[arg(global = true, long, env = "SUPERVISOR_RESTART_WINDOW", default_value = "60", value_name = "SECS",
+          value_parser = parse_seconds)]
+    pub restart_window: Duration,
+
+    /// Seconds a child may go without a heartbeat before it is deemed hung, killed (SIGABRT, then SIGKILL) and
+    /// restarted.
+    #[arg(global = true, long, env = "SUPERVISOR_CHILD_TIMEOUT", default_value = "30", value_name = "SECS",
+          value_parser = parse_seconds)]
+    pub child_timeout: Duration,
 
     /// A librdkafka property for both clients, kcat style; `consumer.K=V` or `producer.K=V` reach one client.
     /// Repeatable; in the environment, separate entries with ';'.
@@ -122,6 +139,9 @@ pub struct Config {
     pub hashers: usize,
     pub queue_capacity: usize,
     pub drain_timeout: Duration,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub child_timeout: Duration,
     pub properties: Vec<(String, String)>,
     /// Events per IPC batch; a batch is sent when it is full or its linger has passed.
     pub batch_events: usize,
@@ -153,6 +173,9 @@ impl Config {
             hashers,
             queue_capacity: cli.queue_capacity as usize,
             drain_timeout: cli.drain_timeout,
+            max_restarts: cli.max_restarts,
+            restart_window: cli.restart_window,
+            child_timeout: cli.child_timeout,
             properties: cli.properties.clone(),
             batch_events: 512,
             batch_bytes: 64 * 1024,

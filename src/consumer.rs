@@ -13,6 +13,7 @@ use crate::batch::{BatchWriter, Record};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::gate::{Gate, Step};
+use crate::heartbeat;
 use crate::ipc::{AckMsg, AckReceiver, BatchSender, Control, ControlReceiver};
 use crate::process::RateLimitedLog;
 use crate::watermark::Watermarks;
@@ -116,6 +117,7 @@ impl Flow {
 
     /// Applies the acks that have come back, waiting up to `wait` for the first one.
     fn apply_acks(&mut self, wait: Duration) {
+        heartbeat::tick();
         let mut first = !wait.is_zero();
         loop {
             let next = if std::mem::take(&mut first) {
@@ -196,6 +198,12 @@ impl ConsumerContext for Ctx {
             flow.apply_acks(Duration::from_millis(20));
         }
         let left = pending(&flow);
+        if consumer.assignment_lost() {
+            log::warn!(
+                "partitions {parts:?} lost: the group moved on without us (an outage or a stall longer than the \
+                 session timeout); their events after the last commit are re-read"
+            );
+        }
         store(consumer, &self.topic, &mut flow);
         let positions: Vec<(i32, i64)> = parts.iter().filter_map(|&p| flow.marks.position(p).map(|o| (p, o))).collect();
         if !positions.is_empty() && !consumer.assignment_lost() {

@@ -10,7 +10,8 @@ use std::fmt;
 pub enum Exit {
     /// Drained cleanly: every consumed event was delivered and its offset committed.
     Clean = 0,
-    /// The pipeline failed at run time: a child crashed, or a fatal Kafka error.
+    /// The pipeline failed in a way a restart cannot mend (the supervisor's own fork or IPC failed), or it was
+    /// stopped while it was recovering from a crash: uncommitted events are re-read on the next start.
     Failure = 1,
     /// Wrong flags or configuration: a bad `-X` property, a missing topic. Restarting will not help.
     Config = 2,
@@ -20,6 +21,9 @@ pub enum Exit {
     DrainTimeout = 4,
     /// A second SIGINT/SIGTERM stopped the pipeline at once; uncommitted events are re-read on the next start.
     FastStop = 5,
+    /// Children kept failing: more than `--max-restarts` restarts within `--restart-window`. systemd's
+    /// `Restart=on-failure` takes over from here.
+    GaveUp = 6,
 }
 
 impl Exit {
@@ -35,6 +39,7 @@ impl Exit {
             3 => Exit::Unavailable,
             4 => Exit::DrainTimeout,
             5 => Exit::FastStop,
+            6 => Exit::GaveUp,
             _ => Exit::Failure,
         }
     }
@@ -47,6 +52,7 @@ impl Exit {
             Exit::Unavailable => "broker unavailable",
             Exit::DrainTimeout => "drain timed out",
             Exit::FastStop => "fast stop",
+            Exit::GaveUp => "gave up after repeated restarts",
         }
     }
 }

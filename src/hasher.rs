@@ -5,6 +5,7 @@
 
 use crate::batch::{BatchWriter, Frame, Record};
 use crate::error::Result;
+use crate::heartbeat;
 use crate::ipc::{BatchReceiver, BatchSender};
 use crate::process::RateLimitedLog;
 use crate::transform;
@@ -28,7 +29,7 @@ pub fn run(ends: HasherEnds) -> Result<HasherStats> {
     let mut out = BatchWriter::new(usize::MAX, usize::MAX, Duration::ZERO);
     let mut scratch = Vec::with_capacity(4096);
     let mut bad_log = RateLimitedLog::new(Duration::from_secs(5));
-    while let Some(message) = ends.input.recv()? {
+    while let Some(message) = heartbeat::waiting_on_peer(|| ends.input.recv())? {
         let Frame::Records(records) = Frame::parse(&message)? else {
             break;
         };

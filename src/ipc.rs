@@ -33,14 +33,14 @@ impl BatchSender {
     /// Sends the batch (blocking while the receiver is full) and empties it.
     pub fn send(&self, batch: &mut BatchWriter) -> Result<()> {
         if !batch.is_empty() {
-            self.0.send(batch.bytes()).map_err(ipc_err)?;
+            crate::heartbeat::waiting_on_peer(|| self.0.send(batch.bytes())).map_err(ipc_err)?;
             batch.clear();
         }
         Ok(())
     }
 
     pub fn send_pill(&self) -> Result<()> {
-        self.0.send(&Frame::pill()).map_err(ipc_err)
+        crate::heartbeat::waiting_on_peer(|| self.0.send(&Frame::pill())).map_err(ipc_err)
     }
 }
 
@@ -105,6 +105,8 @@ pub enum Control {
 pub enum Report {
     /// The child is set up (clients created, topics checked) and working.
     Ready { pid: i32 },
+    /// The child's stage is making progress, or waiting on a peer; silence longer than `--child-timeout` means hung.
+    Alive { pid: i32 },
     /// The child is about to exit with `code` for this reason; the supervisor prints it once.
     Failed { pid: i32, code: i32, message: String },
 }

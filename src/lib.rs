@@ -12,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod gate;
 pub mod hasher;
+pub mod heartbeat;
 pub mod ipc;
 pub mod process;
 pub mod producer;

@@ -343,6 +343,7 @@ impl Stage<'_> {
 
     /// Serves delivery reports: acks go back to the consumer, failures are retried or dead-lettered.
     fn service(&mut self, wait: Duration) -> Result<()> {
+        crate::heartbeat::tick();
         self.producer.poll(wait);
         let outcomes = std::mem::take(&mut *self.producer.context().0.lock().unwrap_or_else(PoisonError::into_inner));
         self.stats.delivered += outcomes.delivered;

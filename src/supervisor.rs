@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::consumer::{self, ConsumerEnds};
 use crate::error::{Error, Exit, Result};
 use crate::hasher::{self, HasherEnds};
+use crate::heartbeat;
 use crate::ipc::{self, AckReceiver, AckSender, BatchReceiver, BatchSender, Control, ControlReceiver, ControlSender};
 use crate::ipc::{Report, ReportReceiver, ReportSender};
 use crate::process::{self, Role};
@@ -19,6 +20,7 @@ use ipc_channel::TryRecvError;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,11 +139,30 @@ struct Child {
     reported: bool,
     /// The supervisor killed it on purpose; its death is no news.
     killed: bool,
+    /// The last report from it: heartbeats, ready.
+    last_seen: Instant,
+    /// When it was found hung and sent SIGABRT; SIGKILL follows after `HUNG_GRACE`.
+    hung_since: Option<Instant>,
 }
+
+/// How long a hung child has to dump core after SIGABRT before SIGKILL.
+const HUNG_GRACE: Duration = Duration::from_secs(1);
+/// The first restart's delay; it doubles with every restart within the window, up to `BACKOFF_MAX`.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 enum Phase {
     Running,
     Draining { deadline: Instant },
+}
+
+/// How one run of the pipeline (one generation of children) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Stop here and exit with this code: the user asked, or restarting cannot help.
+    Exit(Exit),
+    /// A child crashed, hung or failed; the rest drained. A restart may mend it.
+    Crashed,
 }
 
 pub struct Supervisor {
@@ -151,8 +172,13 @@ pub struct Supervisor {
     reports: Option<ReportReceiver>,
     report_tx: Option<ReportSender>,
     control: Option<ControlSender>,
-    /// The worst reason to exit seen so far.
+    /// The worst reason to stop seen in this generation.
     outcome: Exit,
+    /// What went wrong first in this generation, for the restart and give-up lines.
+    cause: Option<String>,
+    /// When recent restarts happened, for `--max-restarts` within `--restart-window`.
+    restarts: VecDeque<Instant>,
+    total_restarts: u64,
 }
 
 /// Which outcome wins when several happen: the one that tells the operator most about what to fix.
@@ -161,58 +187,142 @@ fn severity(e: Exit) -> u8 {
         Exit::Clean => 0,
         Exit::DrainTimeout => 1,
         Exit::Failure => 2,
-        Exit::FastStop => 3,
-        Exit::Unavailable => 4,
-        Exit::Config => 5,
+        Exit::GaveUp => 3,
+        Exit::FastStop => 4,
+        Exit::Unavailable => 5,
+        Exit::Config => 6,
     }
 }
 
+/// The delay before restart number `n` within the window (n ≥ 1): 100 ms, doubling, at most 10 s.
+fn backoff(n: usize) -> Duration {
+    let doublings = n.saturating_sub(1).min(16) as u32;
+    BACKOFF_START.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+}
+
 impl Supervisor {
-    /// Runs the whole pipeline until it is stopped; returns the process exit code.
+    /// Runs the pipeline until it is stopped, restarting it after failures; returns the process exit code.
+    ///
+    /// The restart strategy is Erlang's `rest_for_one` over the start order producer → hashers → consumer. Every
+    /// stage sits on the one data path and the consumer comes last, so whatever dies, the consumer is among the
+    /// stages to restart; the supervisor lets the survivors drain first (so that all they delivered is committed),
+    /// then starts a fresh generation on fresh channels. The new consumer resumes from the committed offsets.
     pub fn run(cfg: Config, signals: Signals) -> Exit {
-        match Supervisor::start(cfg, signals) {
-            Ok(mut sup) => sup.supervise(),
+        let mut sup = match Supervisor::new(cfg, signals) {
+            Ok(sup) => sup,
             Err(e) => {
                 log::error!("{e}");
-                e.exit()
+                return e.exit();
+            }
+        };
+        let mut generation = 0u64;
+        loop {
+            generation += 1;
+            let ended = match sup.start() {
+                Ok(()) => sup.supervise(generation),
+                Err(e) => {
+                    log::error!("{e}");
+                    sup.kill_all();
+                    Ended::Exit(e.exit())
+                }
+            };
+            match ended {
+                Ended::Exit(exit) => return exit,
+                Ended::Crashed => {
+                    if let Some(exit) = sup.before_restart() {
+                        return exit;
+                    }
+                }
             }
         }
     }
 
-    fn start(cfg: Config, signals: Signals) -> Result<Supervisor> {
-        let (mut wiring, control) = Wiring::new(cfg.hashers)?;
+    fn new(cfg: Config, signals: Signals) -> Result<Supervisor> {
         let (report_tx, reports) = ipc::report_channel()?;
-        let mut sup = Supervisor {
+        Ok(Supervisor {
             cfg,
             signals,
             children: Vec::new(),
             reports: Some(reports),
             report_tx: Some(report_tx),
-            control: Some(control),
+            control: None,
             outcome: Exit::Clean,
-        };
+            cause: None,
+            restarts: VecDeque::new(),
+            total_restarts: 0,
+        })
+    }
+
+    /// Applies the restart policy after a crash: waits out the backoff and returns `None` to restart, or the exit
+    /// code when the budget is spent or a signal came meanwhile.
+    fn before_restart(&mut self) -> Option<Exit> {
+        let cause = self.cause.take().unwrap_or_else(|| "a child failed".into());
+        let now = Instant::now();
+        while self.restarts.front().is_some_and(|t| now.duration_since(*t) > self.cfg.restart_window) {
+            self.restarts.pop_front();
+        }
+        if self.restarts.len() >= self.cfg.max_restarts as usize {
+            log::error!(
+                "giving up: {} restarts within {:?} did not help (--max-restarts {}); last failure: {cause}",
+                self.restarts.len(),
+                self.cfg.restart_window,
+                self.cfg.max_restarts
+            );
+            return Some(Exit::GaveUp);
+        }
+        self.restarts.push_back(now);
+        self.total_restarts += 1;
+        let delay = backoff(self.restarts.len());
+        log::warn!(
+            "restarting the pipeline in {delay:?} (restart {} of at most {} within {:?}; {} in all) after: {cause}",
+            self.restarts.len(),
+            self.cfg.max_restarts,
+            self.cfg.restart_window,
+            self.total_restarts
+        );
+        let until = Instant::now() + delay;
+        let signals = self.signals.count();
+        while Instant::now() < until {
+            if self.signals.count() > signals {
+                log::warn!(
+                    "{} received while restarting: stopping; uncommitted events are re-read on the next start",
+                    self.signals.last_name()
+                );
+                return Some(Exit::Failure);
+            }
+            std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+        }
+        None
+    }
+
+    /// Forks a fresh generation on fresh channels: producer, hashers, consumer, each once the previous is ready.
+    fn start(&mut self) -> Result<()> {
+        let (mut wiring, control) = Wiring::new(self.cfg.hashers)?;
+        self.control = Some(control);
+        self.outcome = Exit::Clean;
+        self.cause = None;
         let mut roles = vec![Role::Producer];
-        roles.extend((0..sup.cfg.hashers).map(Role::Hasher));
+        roles.extend((0..self.cfg.hashers).map(Role::Hasher));
         roles.push(Role::Consumer);
         for role in roles {
-            sup.spawn(role, &mut wiring)?;
-            if !sup.await_ready(role) {
+            self.spawn(role, &mut wiring)?;
+            if !self.await_ready(role) {
                 break;
             }
         }
         drop(wiring);
-        if sup.children.iter().all(|c| c.ready) {
-            let pids: Vec<String> = sup.children.iter().map(|c| format!("{}={}", c.role, c.pid)).collect();
+        if self.children.iter().all(|c| c.ready) {
+            let pids: Vec<String> = self.children.iter().map(|c| format!("{}={}", c.role, c.pid)).collect();
             log::info!(
                 "pipeline running: {} → {} hashers → {} (dead letters to {}); pids {}",
-                sup.cfg.source_topic,
-                sup.cfg.hashers,
-                sup.cfg.dest_topic,
-                sup.cfg.dlq_topic,
+                self.cfg.source_topic,
+                self.cfg.hashers,
+                self.cfg.dest_topic,
+                self.cfg.dlq_topic,
                 pids.join(" ")
             );
         }
-        Ok(sup)
+        Ok(())
     }
 
     fn spawn(&mut self, role: Role, wiring: &mut Wiring) -> Result<()> {
@@ -232,7 +342,15 @@ impl Supervisor {
             }
             ForkResult::Parent { child } => {
                 drop(ends);
-                self.children.push(Child { pid: child, role, ready: false, reported: false, killed: false });
+                self.children.push(Child {
+                    pid: child,
+                    role,
+                    ready: false,
+                    reported: false,
+                    killed: false,
+                    last_seen: Instant::now(),
+                    hung_since: None,
+                });
                 Ok(())
             }
         }
@@ -276,22 +394,32 @@ impl Supervisor {
         self.reap();
     }
 
+    fn child_mut(&mut self, pid: i32) -> Option<&mut Child> {
+        self.children.iter_mut().find(|c| c.pid.as_raw() == pid)
+    }
+
     fn on_report(&mut self, report: Report) {
         match report {
+            Report::Alive { pid } => {
+                if let Some(c) = self.child_mut(pid) {
+                    c.last_seen = Instant::now();
+                }
+            }
             Report::Ready { pid } => {
-                if let Some(c) = self.children.iter_mut().find(|c| c.pid.as_raw() == pid) {
+                if let Some(c) = self.child_mut(pid) {
                     c.ready = true;
+                    c.last_seen = Instant::now();
                     log::debug!("{} (pid {pid}) is ready", c.role);
                 }
             }
             Report::Failed { pid, code, message } => {
-                let role = self.children.iter_mut().find(|c| c.pid.as_raw() == pid).map(|c| {
+                let role = self.child_mut(pid).map(|c| {
                     c.reported = true;
                     c.role
                 });
-                let who = role.map_or_else(|| format!("pid {pid}"), |r| r.to_string());
-                log::error!("{message} ({who})");
-                self.record(Exit::from_code(code));
+                let who = role.map_or_else(|| format!("pid {pid}"), |r| format!("{r} (pid {pid})"));
+                log::error!("{who} failed: {message}");
+                self.fail(Exit::from_code(code), format!("{who} failed: {message}"));
             }
         }
     }
@@ -302,37 +430,75 @@ impl Supervisor {
         }
     }
 
+    /// Records a failure of this generation; the first one is its cause.
+    fn fail(&mut self, e: Exit, cause: String) {
+        self.record(e);
+        self.cause.get_or_insert(cause);
+    }
+
     fn reap(&mut self) {
         let mut i = 0;
         while i < self.children.len() {
             let c = &self.children[i];
-            match waitpid(c.pid, Some(WaitPidFlag::WNOHANG)) {
+            let (role, pid, hung) = (c.role, c.pid, c.hung_since.is_some());
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => {
                     i += 1;
                     continue;
                 }
-                Ok(WaitStatus::Exited(_, 0)) => log::debug!("{} (pid {}) exited", c.role, c.pid),
+                Ok(WaitStatus::Exited(_, 0)) => log::debug!("{role} (pid {pid}) exited"),
                 Ok(WaitStatus::Exited(_, code)) => {
                     let why = Exit::from_code(code);
+                    let cause = format!("{role} (pid {pid}) exited with code {code} ({})", why.describe());
                     if !c.reported {
-                        log::error!("{} (pid {}) exited with code {code} ({})", c.role, c.pid, why.describe());
+                        log::error!("{cause}");
                     }
-                    self.record(why);
+                    self.fail(why, cause);
                 }
-                Ok(WaitStatus::Signaled(_, sig, _)) if c.killed => {
-                    log::debug!("{} (pid {}) stopped by {sig}", c.role, c.pid)
-                }
+                Ok(WaitStatus::Signaled(_, sig, _)) if c.killed => log::debug!("{role} (pid {pid}) stopped by {sig}"),
                 Ok(WaitStatus::Signaled(_, sig, _)) => {
-                    log::error!("{} (pid {}) was killed by {sig}", c.role, c.pid);
-                    self.record(Exit::Failure);
+                    let cause = if hung {
+                        format!("{role} (pid {pid}) hung and was killed by {sig}")
+                    } else {
+                        format!("{role} (pid {pid}) was killed by {sig}")
+                    };
+                    log::error!("{cause}");
+                    self.fail(Exit::Failure, cause);
                 }
                 Ok(_) => {
                     i += 1;
                     continue;
                 }
-                Err(e) => log::error!("waitpid({}): {e}", c.pid),
+                Err(e) => log::error!("waitpid({pid}): {e}"),
             }
             self.children.remove(i);
+        }
+    }
+
+    /// Kills children that stopped beating: SIGABRT first (a core dump shows where it hung), SIGKILL after
+    /// `HUNG_GRACE`.
+    fn check_liveness(&mut self, watch: bool) {
+        let now = Instant::now();
+        let timeout = self.cfg.child_timeout;
+        for c in &mut self.children {
+            match c.hung_since {
+                None if watch && c.ready && !c.killed && now.duration_since(c.last_seen) > timeout => {
+                    log::error!(
+                        "{} (pid {}) sent no heartbeat for {:?} (--child-timeout {:?}): killing it (SIGABRT, then \
+                         SIGKILL)",
+                        c.role,
+                        c.pid,
+                        now.duration_since(c.last_seen),
+                        timeout
+                    );
+                    c.hung_since = Some(now);
+                    let _ = kill(c.pid, Signal::SIGABRT);
+                }
+                Some(t) if now.duration_since(t) > HUNG_GRACE => {
+                    let _ = kill(c.pid, Signal::SIGKILL);
+                }
+                _ => {}
+            }
         }
     }
 
@@ -362,29 +528,55 @@ impl Supervisor {
         }
     }
 
-    fn supervise(&mut self) -> Exit {
+    /// How a generation that ended on a failure goes on: restart, or exit when restarting cannot help.
+    fn after_failure(&self, generation: u64, started: bool) -> Ended {
+        match self.outcome {
+            Exit::Config => Ended::Exit(Exit::Config),
+            // Unreachable brokers at the very first start are most likely a wrong address: say so and stop.
+            Exit::Unavailable if generation == 1 && !started => Ended::Exit(Exit::Unavailable),
+            _ => Ended::Crashed,
+        }
+    }
+
+    fn supervise(&mut self, generation: u64) -> Ended {
         // Nothing is consumed before the consumer runs: a failed or stopped start can simply end the others.
         if !self.consumer_started() || (self.outcome != Exit::Clean && !self.children.iter().all(|c| c.ready)) {
             self.request_drain();
             self.kill_all();
-            return self.outcome;
+            if self.outcome == Exit::Clean {
+                // A signal during the start. After a restart, the crashed generation's uncommitted events are still
+                // to be re-read: that is not a clean stop.
+                return Ended::Exit(if generation == 1 { Exit::Clean } else { Exit::Failure });
+            }
+            return self.after_failure(generation, false);
         }
         let mut phase = Phase::Running;
-        let mut seen_signals = 0;
+        let mut seen_signals = self.signals.count();
+        let mut stop_requested = seen_signals > 0;
         let mut seen_outcome = self.outcome;
+        if stop_requested {
+            phase = self.begin_drain();
+        }
         loop {
             let signals = self.signals.count();
             if signals > seen_signals {
                 seen_signals = signals;
                 match phase {
                     Phase::Running => {
+                        stop_requested = true;
                         log::info!(
                             "{} received: draining (within {:?}; send it again to stop at once)",
                             self.signals.last_name(),
                             self.cfg.drain_timeout
                         );
-                        self.request_drain();
-                        phase = Phase::Draining { deadline: Instant::now() + self.cfg.drain_timeout };
+                        phase = self.begin_drain();
+                    }
+                    Phase::Draining { .. } if !stop_requested => {
+                        stop_requested = true;
+                        log::info!(
+                            "{} received: stopping after this drain instead of restarting",
+                            self.signals.last_name()
+                        );
                     }
                     Phase::Draining { .. } => {
                         log::warn!(
@@ -393,7 +585,7 @@ impl Supervisor {
                         );
                         self.kill_all();
                         self.record(Exit::FastStop);
-                        return self.outcome;
+                        return Ended::Exit(self.outcome);
                     }
                 }
             }
@@ -401,12 +593,11 @@ impl Supervisor {
                 seen_outcome = self.outcome;
                 if let Phase::Running = phase {
                     log::error!("stopping the pipeline: draining what can be drained");
-                    self.request_drain();
-                    phase = Phase::Draining { deadline: Instant::now() + self.cfg.drain_timeout };
+                    phase = self.begin_drain();
                 }
             }
             if self.children.is_empty() {
-                return self.outcome;
+                return self.finish(generation, stop_requested);
             }
             if let Phase::Draining { deadline } = phase {
                 if Instant::now() >= deadline {
@@ -417,11 +608,40 @@ impl Supervisor {
                         left.join(", ")
                     );
                     self.kill_all();
-                    self.record(Exit::DrainTimeout);
-                    return self.outcome;
+                    if stop_requested {
+                        self.record(Exit::DrainTimeout);
+                    } else {
+                        self.fail(Exit::Failure, "the drain after a failure did not finish".into());
+                    }
+                    return self.finish(generation, stop_requested);
                 }
             }
+            self.check_liveness(matches!(phase, Phase::Running));
             self.pump(Duration::from_millis(50));
+        }
+    }
+
+    fn begin_drain(&mut self) -> Phase {
+        self.request_drain();
+        Phase::Draining { deadline: Instant::now() + self.cfg.drain_timeout }
+    }
+
+    /// Every child is gone: exit if the user asked for it (or nothing can mend it), else restart.
+    fn finish(&mut self, generation: u64, stop_requested: bool) -> Ended {
+        match (stop_requested, self.outcome) {
+            (true, Exit::Clean | Exit::DrainTimeout | Exit::FastStop | Exit::Config | Exit::Unavailable) => {
+                Ended::Exit(self.outcome)
+            }
+            (true, _) => {
+                log::warn!("stopped while recovering from a failure; uncommitted events are re-read on the next start");
+                Ended::Exit(Exit::Failure)
+            }
+            (false, Exit::Clean) => {
+                // Every stage ended by itself without a stop: nothing explains it but a failure.
+                self.fail(Exit::Failure, "the pipeline stopped by itself".into());
+                Ended::Crashed
+            }
+            (false, _) => self.after_failure(generation, true),
         }
     }
 }
@@ -447,6 +667,13 @@ fn child_main(role: Role, parent: Pid, cfg: &Config, ends: Ends, report: Option<
         return Exit::Failure.code();
     }
     let pid = getpid().as_raw();
+    if let Some(tx) = report.clone() {
+        let beat = move || tx.send(Report::Alive { pid }).is_ok();
+        if let Err(e) = heartbeat::STAGE.spawn_heartbeat(heartbeat::interval(cfg.child_timeout), beat) {
+            log::error!("cannot start the heartbeat thread: {e}");
+            return Exit::Failure.code();
+        }
+    }
     let tell = |r: Report| {
         if let Some(tx) = &report {
             let _ = tx.send(r);

@@ -13,13 +13,33 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Writes `events` in chunks of `chunk` with a pause before each, so that a test can act while the source is still
+/// being written; returns where each event landed.
+pub fn trickle(
+    brokers: &str,
+    events: &[Event],
+    chunk: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<Vec<(i32, i64)>> {
+    let (brokers, events) = (brokers.to_string(), events.to_vec());
+    std::thread::spawn(move || {
+        events
+            .chunks(chunk)
+            .flat_map(|c| {
+                std::thread::sleep(pause);
+                produce(&brokers, "src", c)
+            })
+            .collect()
+    })
+}
 
 /// A source event: key and payload, either possibly absent.
 pub type Event = (Option<Vec<u8>>, Option<Vec<u8>>);
@@ -369,10 +389,31 @@ impl Running {
         false
     }
 
-    /// The child pids by role, from the "pipeline running" line.
+    /// How many lines of the log contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `n` lines of the log contain `needle`.
+    pub fn wait_for_log_count(&mut self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.count_log(needle) >= n {
+                return true;
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                std::thread::sleep(Duration::from_millis(100));
+                return self.count_log(needle) >= n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The child pids by role, from the latest "pipeline running" line.
     pub fn pids(&self) -> HashMap<String, i32> {
         let log = self.log();
-        let line = log.lines().find(|l| l.contains("pipeline running")).expect("pipeline running line");
+        let line = log.lines().rev().find(|l| l.contains("pipeline running")).expect("pipeline running line");
         line.split("pids ")
             .nth(1)
             .unwrap()
@@ -397,4 +438,103 @@ pub fn pid_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
+}
+
+// What a run delivered, checked against what was sent.
+
+pub const PARTITIONS: i32 = 4;
+
+/// Checks one destination event against its source: the same bytes with `,"hash":"<md5 of the source>"` spliced in.
+pub fn source_of(out: &[u8]) -> (Vec<u8>, String) {
+    let s = std::str::from_utf8(out).expect("output is UTF-8");
+    let at = s.rfind(",\"hash\":\"").expect("output has a hash");
+    let hash = s[at + 9..at + 9 + 32].to_string();
+    assert_eq!(&s[at + 9 + 32..], "\"}", "the hash is the last field");
+    let mut src = s[..at].to_string();
+    src.push('}');
+    (src.into_bytes(), hash)
+}
+
+#[derive(Debug)]
+pub struct Checked {
+    pub unique: usize,
+    pub duplicates: usize,
+}
+
+/// Every source event is in `dst` with its right hash, per-key order holds, and nothing else is there.
+pub fn check_destination(sent: &[Event], dst: &[Msg]) -> Checked {
+    let want: HashSet<&[u8]> = sent.iter().map(|(_, v)| v.as_deref().unwrap()).collect();
+    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut last_seq: HashMap<(i32, Vec<u8>), i64> = HashMap::new();
+    let mut by_partition: Vec<&Msg> = dst.iter().collect();
+    by_partition.sort_by_key(|m| (m.partition, m.offset));
+    for m in by_partition {
+        let (src, hash) = source_of(m.payload.as_deref().unwrap());
+        assert!(want.contains(&src[..]), "unexpected event {}", String::from_utf8_lossy(&src));
+        assert_eq!(hash, md5_hex(&src), "wrong hash for {}", String::from_utf8_lossy(&src));
+        let v: serde_json::Value = serde_json::from_slice(&src).unwrap();
+        assert_eq!(m.key.as_deref(), Some(v["key"].as_str().unwrap().as_bytes()), "the key is kept");
+        let seq = v["seq"].as_i64().unwrap();
+        let first = *seen.entry(src.clone()).and_modify(|c| *c += 1).or_insert(1) == 1;
+        // Per key, first deliveries come in source order (a re-delivery after a restart may repeat older ones).
+        if first {
+            let last = last_seq.entry((m.partition, m.key.clone().unwrap())).or_insert(-1);
+            assert!(
+                seq > *last,
+                "key {:?}: seq {seq} arrived after {last}",
+                String::from_utf8_lossy(m.key.as_deref().unwrap())
+            );
+            *last = seq;
+        }
+    }
+    let missing: Vec<_> = want.iter().filter(|w| !seen.contains_key(**w)).take(3).collect();
+    assert!(
+        missing.is_empty(),
+        "{} events missing, e.g. {:?}",
+        want.len() - seen.len(),
+        missing.iter().map(|m| String::from_utf8_lossy(m)).collect::<Vec<_>>()
+    );
+    Checked { unique: seen.len(), duplicates: seen.values().map(|c| c - 1).sum() }
+}
+
+/// Runs the pipeline again until the source is consumed, stops it with SIGINT, and checks that every event arrived
+/// with the right hash and that the group committed the end of every partition.
+pub fn finish_and_check(
+    broker: &Broker,
+    args: &[String],
+    group: &str,
+    events: &[Event],
+    landed: &[(i32, i64)],
+) -> Checked {
+    let mut again = start(args);
+    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
+    again.signal(Signal::SIGINT);
+    assert_eq!(again.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", again.log());
+    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
+    let checked = check_destination(events, &dst);
+    assert_eq!(checked.unique, events.len(), "events missing after the restart");
+    assert_eq!(committed(&broker.addr, group, "src", PARTITIONS), end_offsets(landed), "committed offsets");
+    checked
+}
+
+/// One past the last offset written to each partition: what a complete run must have committed.
+pub fn end_offsets(landed: &[(i32, i64)]) -> Vec<i64> {
+    let mut end = vec![0; PARTITIONS as usize];
+    for &(p, o) in landed {
+        end[p as usize] = end[p as usize].max(o + 1);
+    }
+    end
+}
+
+/// Every source event below the committed offsets must be in the destination: the at-least-once promise.
+pub fn assert_committed_are_delivered(sent: &[Event], landed: &[(i32, i64)], committed: &[i64], dst: &[Msg]) {
+    let there: HashSet<Vec<u8>> = dst.iter().map(|m| source_of(m.payload.as_deref().unwrap()).0).collect();
+    for (i, &(p, o)) in landed.iter().enumerate() {
+        if o < committed[p as usize] {
+            assert!(
+                there.contains(sent[i].1.as_deref().unwrap()),
+                "partition {p} offset {o} committed but not delivered"
+            );
+        }
+    }
 }

@@ -1,0 +1,224 @@
+//! The fault suite: kill, hang and stop the pipeline's parts mid-stream against a real broker, then count what
+//! arrived. Every test asserts that no event is missing and bounds the duplicates by what could have been in flight.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Events in flight are bounded by this, so it also bounds what a crash can make the pipeline deliver twice.
+const CAPACITY: usize = 2_000;
+
+/// When the consumer itself goes (killed, or its group membership lost in an outage), what it acked since the last
+/// background commit (once a second) is re-read too: a second of the loader's rate.
+fn consumer_loss_bound(chunk: usize, pause: Duration) -> usize {
+    CAPACITY + chunk * (1000 / pause.as_millis() as usize)
+}
+
+fn fault_args(broker: &Broker, group: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = base_args(&broker.addr, group);
+    args.extend(["--hashers", "2", "--queue-capacity", &CAPACITY.to_string()].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+const KILL_CHUNK: usize = 2_500;
+const KILL_PAUSE: Duration = Duration::from_millis(100);
+
+/// Kills `role` with SIGKILL once events flow, while the source is still being written; the supervisor must
+/// restart the pipeline by itself and deliver everything. Returns the check and how long recovery took.
+fn kill_mid_stream(name: &str, role: &str) -> (Checked, Duration, Running) {
+    let broker = Broker::start(name);
+    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let events = name_events(50_000, 128);
+    let args = fault_args(&broker, name, &[]);
+    let mut sup = start(&args);
+    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    let loader = trickle(&broker.addr, &events, KILL_CHUNK, KILL_PAUSE);
+    wait_for_events(&broker.addr, "dst", PARTITIONS, 3_000, Duration::from_secs(60));
+
+    let victim = sup.pids()[role];
+    let killed_at = Instant::now();
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    assert!(sup.wait_for_log_count("pipeline running", 2, Duration::from_secs(60)), "no restart:\n{}", sup.log());
+    let recovery = killed_at.elapsed();
+    let log = sup.log();
+    assert!(log.contains(&format!("{role} (pid {victim}) was killed by SIGKILL")), "{log}");
+    assert!(log.contains("restarting the pipeline") && log.contains("restart 1 of at most 5"), "{log}");
+    assert!(sup.pids().values().all(|&p| p != victim), "a fresh {role} runs");
+
+    let landed = loader.join().unwrap();
+    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
+    sup.signal(Signal::SIGINT);
+    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
+    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
+    let checked = check_destination(&events, &dst);
+    assert_eq!(checked.unique, events.len());
+    assert_eq!(committed(&broker.addr, name, "src", PARTITIONS), end_offsets(&landed), "committed offsets");
+    eprintln!(
+        "FAULT kill -9 {role}: produced {}, missing 0, duplicates {}, recovery {recovery:?}",
+        events.len(),
+        checked.duplicates
+    );
+    (checked, recovery, sup)
+}
+
+#[test]
+fn a_killed_hasher_is_restarted_and_nothing_is_lost() {
+    let (checked, _, _) = kill_mid_stream("killhasher", "hasher-0");
+    assert!(checked.duplicates <= CAPACITY, "{checked:?}");
+}
+
+#[test]
+fn a_killed_producer_is_restarted_and_nothing_is_lost() {
+    let (checked, _, _) = kill_mid_stream("killproducer", "producer");
+    assert!(checked.duplicates <= CAPACITY, "{checked:?}");
+}
+
+#[test]
+fn a_killed_consumer_is_restarted_and_nothing_is_lost() {
+    let (checked, _, _) = kill_mid_stream("killconsumer", "consumer");
+    assert!(checked.duplicates <= consumer_loss_bound(KILL_CHUNK, KILL_PAUSE), "{checked:?}");
+}
+
+#[test]
+fn a_hung_hasher_is_killed_and_restarted() {
+    let broker = Broker::start("hung");
+    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let events = name_events(20_000, 64);
+    let args = fault_args(&broker, "hung", &["--child-timeout", "2"]);
+    let mut sup = start(&args);
+    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    // An idle pipeline must not look hung: nothing is written for longer than the child timeout.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!sup.log().contains("no heartbeat"), "an idle stage was taken for hung:\n{}", sup.log());
+
+    let hasher = sup.pids()["hasher-1"];
+    kill(Pid::from_raw(hasher), Signal::SIGSTOP).unwrap();
+    let stopped_at = Instant::now();
+    let landed = produce(&broker.addr, "src", &events);
+    assert!(sup.wait_for_log_count("pipeline running", 2, Duration::from_secs(60)), "{}", sup.log());
+    let recovery = stopped_at.elapsed();
+    let log = sup.log();
+    assert!(log.contains(&format!("hasher-1 (pid {hasher}) sent no heartbeat")), "{log}");
+    assert!(log.contains(&format!("hasher-1 (pid {hasher}) hung and was killed by SIGKILL")), "{log}");
+    assert_eq!(log.matches("sent no heartbeat").count(), 1, "only the stuck stage is killed:\n{log}");
+
+    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
+    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
+    let checked = check_destination(&events, &dst);
+    assert_eq!(checked.unique, events.len());
+    assert!(checked.duplicates <= CAPACITY, "{checked:?}");
+    assert_eq!(committed(&broker.addr, "hung", "src", PARTITIONS), end_offsets(&landed));
+    eprintln!(
+        "FAULT hung hasher: produced {}, missing 0, duplicates {}, recovery {recovery:?} (2 s timeout)",
+        events.len(),
+        checked.duplicates
+    );
+}
+
+#[test]
+fn failing_again_and_again_gives_up_with_exit_6_and_commits_only_what_was_delivered() {
+    let broker = Broker::start("giveup");
+    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let events = name_events(40_000, 64);
+    let args = fault_args(&broker, "giveup", &["--max-restarts", "1"]);
+    let mut sup = start(&args);
+    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    let loader = trickle(&broker.addr, &events, 2_000, Duration::from_millis(100));
+    wait_for_events(&broker.addr, "dst", PARTITIONS, 2_000, Duration::from_secs(60));
+    kill(Pid::from_raw(sup.pids()["hasher-0"]), Signal::SIGKILL).unwrap();
+    assert!(sup.wait_for_log_count("pipeline running", 2, Duration::from_secs(60)), "{}", sup.log());
+    kill(Pid::from_raw(sup.pids()["hasher-1"]), Signal::SIGKILL).unwrap();
+    let status = sup.wait_timeout(Duration::from_secs(60)).expect("gives up");
+    assert_eq!(status.code(), Some(6), "{}", sup.log());
+    assert!(sup.log().contains("giving up: 1 restarts within 60s did not help"), "{}", sup.log());
+
+    let landed = loader.join().unwrap();
+    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |_| true);
+    assert_committed_are_delivered(&events, &landed, &committed(&broker.addr, "giveup", "src", PARTITIONS), &dst);
+    // systemd restarts it; that run finishes the job.
+    finish_and_check(&broker, &fault_args(&broker, "giveup", &[]), "giveup", &events, &landed);
+}
+
+/// A tiny deterministic generator, so a failing run can be replayed from the seed it prints.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn sigterm_at_random_moments_with_restarts_loses_and_repeats_nothing() {
+    let broker = Broker::start("sigterm10");
+    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let events = name_events(60_000, 128);
+    let args = fault_args(&broker, "sigterm10", &[]);
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("seed {seed}");
+    let loader = trickle(&broker.addr, &events, 1_000, Duration::from_millis(100));
+    let t0 = Instant::now();
+    for round in 0..10 {
+        let mut sup = start(&args);
+        assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+        std::thread::sleep(Duration::from_millis(next_random(&mut seed) % 2_000));
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits after SIGTERM");
+        assert_eq!(status.code(), Some(0), "round {round}:\n{}", sup.log());
+    }
+    let landed = loader.join().unwrap();
+    let checked = finish_and_check(&broker, &args, "sigterm10", &events, &landed);
+    assert_eq!(checked.duplicates, 0, "every drain was clean, so nothing is delivered twice");
+    eprintln!("FAULT SIGTERM x10: produced {}, missing 0, duplicates 0, {:?} in all", events.len(), t0.elapsed());
+}
+
+/// librdkafka's mock cluster can take its broker away and bring it back, which a real broker process cannot do
+/// without losing its in-memory data.
+#[test]
+fn a_broker_outage_holds_the_pipeline_back_and_it_resumes_by_itself() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    // The mock cluster has no CreateTopics, so the dead-letter topic is made here.
+    for topic in ["src", "dst", "dst.dlq"] {
+        cluster.create_topic(topic, PARTITIONS, 1).unwrap();
+    }
+    let addr = cluster.bootstrap_servers();
+    let events = name_events(30_000, 64);
+    let mut args = base_args(&addr, "outage");
+    args.extend(["--hashers", "2", "--queue-capacity", &CAPACITY.to_string()].map(String::from));
+    let mut sup = start(&args);
+    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    let loader = trickle(&addr, &events, 1_000, Duration::from_millis(100));
+    wait_for_events(&addr, "dst", PARTITIONS, 3_000, Duration::from_secs(60));
+
+    cluster.broker_down(1).unwrap();
+    let down_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(sup.child.try_wait().unwrap().is_none(), "an outage must not end the pipeline:\n{}", sup.log());
+    let before = read_until(&addr, "dst", PARTITIONS, Duration::from_secs(1), |_| true).len();
+    cluster.broker_up(1).unwrap();
+    let up_at = Instant::now();
+    let more = wait_for_events(&addr, "dst", PARTITIONS, before + 1_000, Duration::from_secs(120));
+    let resumed = up_at.elapsed();
+    assert!(more > before, "work did not resume after the outage:\n{}", sup.log());
+
+    let landed = loader.join().unwrap();
+    let _ = read_until(&addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
+    sup.signal(Signal::SIGINT);
+    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
+    let dst = read_until(&addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
+    let checked = check_destination(&events, &dst);
+    assert_eq!(checked.unique, events.len());
+    // The group may drop the member during the outage: its partitions are re-read from the last commit.
+    assert!(checked.duplicates <= consumer_loss_bound(1_000, Duration::from_millis(100)), "{checked:?}");
+    assert_eq!(committed(&addr, "outage", "src", PARTITIONS), end_offsets(&landed), "committed offsets");
+    assert!(!sup.log().contains("restarting the pipeline"), "clients ride out an outage:\n{}", sup.log());
+    eprintln!(
+        "FAULT broker down {:?}: produced {}, missing 0, duplicates {}, flowing again {resumed:?} after it came back",
+        up_at - down_at,
+        events.len(),
+        checked.duplicates
+    );
+}
