@@ -178,6 +178,17 @@ impl ClientContext for Ctx {
 }
 
 impl ConsumerContext for Ctx {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+                log::info!("partitions {parts:?} assigned");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => log::warn!("rebalance failed: {e}"),
+        }
+    }
+
     /// Before partitions go, their in-flight events are settled and what was acked is committed, so the next owner
     /// starts where this one really stopped.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -222,3 +222,75 @@ fn a_broker_outage_holds_the_pipeline_back_and_it_resumes_by_itself() {
         checked.duplicates
     );
 }
+
+#[test]
+fn an_event_that_fits_nowhere_stops_the_pipeline_without_committing_past_it() {
+    let broker = Broker::start("nodlq");
+    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let mut events = name_events(5_000, 64);
+    // Too large for the producer's limit, so neither the destination nor the dead-letter topic can take it.
+    let huge = format!(r#"{{"key": "huge", "seq": 0, "note": "{}"}}"#, "x".repeat(4_000));
+    events.insert(2_500, (Some(b"huge".to_vec()), Some(huge.into_bytes())));
+    let landed = produce(&broker.addr, "src", &events);
+    let (huge_partition, huge_offset) = landed[2_500];
+
+    let args = fault_args(&broker, "nodlq", &["--max-restarts", "2", "-X", "producer.message.max.bytes=3000"]);
+    let mut sup = start(&args);
+    let status = sup.wait_timeout(Duration::from_secs(120)).expect("gives up");
+    assert_eq!(status.code(), Some(6), "{}", sup.log());
+    let log = sup.log();
+    assert!(log.contains("cannot write to the dead-letter topic"), "{log}");
+    assert_eq!(log.matches("restarting the pipeline").count(), 2, "{log}");
+
+    let done = committed(&broker.addr, "nodlq", "src", PARTITIONS);
+    assert!(done[huge_partition as usize] <= huge_offset, "committed {done:?} past the undeliverable event");
+    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(10), |_| true);
+    assert_committed_are_delivered(&events, &landed, &done, &dst);
+
+    // With the limit fixed, the next run delivers everything, the big event included.
+    let checked = finish_and_check(&broker, &fault_args(&broker, "nodlq", &[]), "nodlq", &events, &landed);
+    eprintln!("FAULT undeliverable event: produced {}, missing 0, duplicates {}", events.len(), checked.duplicates);
+}
+
+#[test]
+fn two_instances_share_the_partitions_and_one_stopping_hands_over_without_loss() {
+    let broker = Broker::start("twoinst");
+    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let events = name_events(40_000, 128);
+    let mut args = base_args(&broker.addr, "twoinst");
+    args.extend(["--hashers", "1", "--queue-capacity", &CAPACITY.to_string()].map(String::from));
+    let mut a = start(&args);
+    let mut b = start(&args);
+    for sup in [&mut a, &mut b] {
+        assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    }
+    let loader = trickle(&broker.addr, &events, 1_000, Duration::from_millis(100));
+    // Both take part: each has consumed something before one of them stops.
+    let t0 = Instant::now();
+    let has_some = |log: String| log.lines().any(|l| l.contains("assigned") && !l.contains("partitions [] assigned"));
+    while !(has_some(a.log()) && has_some(b.log())) {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the group did not split:\nA:\n{}\nB:\n{}", a.log(), b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_events(&broker.addr, "dst", PARTITIONS, 10_000, Duration::from_secs(60));
+    a.signal(Signal::SIGTERM);
+    assert_eq!(a.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", a.log());
+    let stopped = Instant::now();
+    assert!(b.wait_for_log("partitions [0, 1, 2, 3] assigned", Duration::from_secs(60)), "{}", b.log());
+    let took = stopped.elapsed();
+
+    let landed = loader.join().unwrap();
+    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
+    b.signal(Signal::SIGINT);
+    assert_eq!(b.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", b.log());
+    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
+    let checked = check_destination(&events, &dst);
+    assert_eq!(checked.unique, events.len());
+    assert!(checked.duplicates <= CAPACITY, "{checked:?}");
+    assert_eq!(committed(&broker.addr, "twoinst", "src", PARTITIONS), end_offsets(&landed), "committed offsets");
+    eprintln!(
+        "FAULT two instances, one stopped: produced {}, missing 0, duplicates {}, all partitions with the other {took:?} after",
+        events.len(),
+        checked.duplicates
+    );
+}

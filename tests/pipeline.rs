@@ -11,7 +11,14 @@ use std::time::Duration;
 fn sigint_drains_everything_with_the_right_hashes_and_commits_the_end() {
     let broker = Broker::start("sigint");
     broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
-    let good = name_events(20_000, 64);
+    let mut good = name_events(20_000, 64);
+    // A 900 KB event is big but fine: it passes like any other.
+    let big = format!(r#"{{"key": "big", "seq": 0, "first_name": "Big", "note": "{}"}}"#, "x".repeat(900_000));
+    good.insert(10_000, (Some(b"big".to_vec()), Some(big.into_bytes())));
+    // So is a deeply nested one (the validator does not recurse; src/transform.rs tests 100,000 levels).
+    let deep = format!(r#"{{"key": "deep", "seq": 0, "a": {}1{}}}"#, r#"{"a":"#.repeat(100), "}".repeat(100));
+    good.insert(15_000, (Some(b"deep".to_vec()), Some(deep.into_bytes())));
+    // The poison mix: none of these may stop the pipeline, and each lands in the dead-letter topic unchanged.
     let bad: Vec<Event> = vec![
         (Some(b"bad".to_vec()), Some(br#"{"first_name": "Trunc"#.to_vec())),
         (Some(b"bad".to_vec()), Some(b"[1, 2, 3]".to_vec())),
@@ -19,6 +26,7 @@ fn sigint_drains_everything_with_the_right_hashes_and_commits_the_end() {
         (Some(b"bad".to_vec()), None),
         (Some(b"bad".to_vec()), Some(b"\xff\xfe\x00binary".to_vec())),
         (Some(b"bad".to_vec()), Some(b"null".to_vec())),
+        (Some(b"bad".to_vec()), Some(b"{\"a\": 1} trailing".to_vec())),
     ];
     let mut all = good.clone();
     all.splice(5000..5000, bad.iter().cloned());
@@ -56,6 +64,7 @@ fn sigint_drains_everything_with_the_right_hashes_and_commits_the_end() {
     assert_eq!(committed(&broker.addr, "g1", "src", PARTITIONS), end_offsets(&landed), "committed offsets");
     let log = sup.log();
     assert!(log.contains("draining"), "{log}");
+    assert!(!log.contains("restarting") && !log.contains("failed"), "bad input never stops the pipeline:\n{log}");
 }
 
 #[test]
