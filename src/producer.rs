@@ -125,6 +125,7 @@ struct Stage<'a> {
     acks: AckSender,
     stats: ProducerStats,
     retry_log: RateLimitedLog,
+    dead_letter_log: RateLimitedLog,
 }
 
 /// Creates the client and checks the topics; the supervisor waits for this before starting the hashers.
@@ -247,6 +248,7 @@ pub fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: ProducerEnds)
         acks: ends.acks,
         stats: ProducerStats::default(),
         retry_log: RateLimitedLog::new(Duration::from_secs(5)),
+        dead_letter_log: RateLimitedLog::new(Duration::from_secs(5)),
     };
     let mut ended = 0;
     let outcome = (|| {
@@ -368,12 +370,15 @@ impl Stage<'_> {
             });
         }
         if is_permanent(&error) {
-            log::warn!(
-                "event at partition {} offset {} cannot be written to \"{}\" ({error}); it goes to the dead-letter topic",
-                origin.partition,
-                origin.offset,
-                self.cfg.dest_topic
-            );
+            if let Some(held_back) = self.dead_letter_log.ready() {
+                log::warn!(
+                    "event at partition {} offset {} cannot be written to \"{}\" ({error}); it goes to the dead-letter \
+                     topic ({held_back} more not logged)",
+                    origin.partition,
+                    origin.offset,
+                    self.cfg.dest_topic
+                );
+            }
             let headers =
                 self.dlq_headers(headers.unwrap_or_default(), &error.to_string(), origin.partition, origin.offset);
             let origin = Box::new(Origin { to_dlq: true, ..*origin });

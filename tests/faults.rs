@@ -294,3 +294,45 @@ fn two_instances_share_the_partitions_and_one_stopping_hands_over_without_loss()
         checked.duplicates
     );
 }
+
+/// Only the mock cluster can make a broker refuse a produce request on demand.
+#[test]
+fn a_produce_error_no_retry_can_fix_sends_the_events_to_the_dead_letter_topic() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in ["src", "dst", "dst.dlq"] {
+        cluster.create_topic(topic, PARTITIONS, 1).unwrap();
+    }
+    let addr = cluster.bootstrap_servers();
+    let events = name_events(5_000, 64);
+    let landed = produce(&addr, "src", &events);
+    // The pipeline's first produce request is refused as too large: retrying cannot help.
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+
+    let mut args = base_args(&addr, "refused");
+    args.extend(["--hashers", "2"].map(String::from));
+    let mut sup = start(&args);
+    let total = |m: &[Msg]| m.len();
+    let dst_and_dlq = || {
+        let dst = read_until(&addr, "dst", PARTITIONS, Duration::from_secs(60), |_| true);
+        let dlq = read_until(&addr, "dst.dlq", PARTITIONS, Duration::from_secs(5), |_| true);
+        (dst, dlq)
+    };
+    let _ = read_until(&addr, "dst", PARTITIONS, Duration::from_secs(60), |m| m.len() >= events.len() - 1_000);
+    let (dst, dlq) = dst_and_dlq();
+    sup.signal(Signal::SIGINT);
+    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
+
+    assert!(!dlq.is_empty(), "the refused events are dead-lettered:\n{}", sup.log());
+    for m in &dlq {
+        assert!(m.headers["dlq.error"].contains("too large"), "{:?}", m.headers);
+        assert_eq!(m.headers["dlq.source.topic"], "src");
+    }
+    // Every event is in exactly one of the two topics.
+    let dead: Vec<Event> = dlq.iter().map(|m| (m.key.clone(), m.payload.as_deref().map(|p| source_of(p).0))).collect();
+    let delivered: Vec<Event> = events.iter().filter(|e| !dead.iter().any(|d| d.1 == e.1)).cloned().collect();
+    let checked = check_destination(&delivered, &dst);
+    assert_eq!(checked.unique + dead.len(), events.len(), "{} in dst, {} in dlq", total(&dst), total(&dlq));
+    assert_eq!(committed(&addr, "refused", "src", PARTITIONS), end_offsets(&landed), "committed offsets");
+    eprintln!("FAULT produce refused: produced {}, missing 0, dead-lettered {}", events.len(), dlq.len());
+}
