@@ -22,6 +22,8 @@ fn fault_args(broker: &Broker, group: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
+const ALL_ASSIGNED: &str = "partitions [0, 1, 2, 3] assigned";
+
 const KILL_CHUNK: usize = 2_500;
 const KILL_PAUSE: Duration = Duration::from_millis(100);
 
@@ -41,6 +43,9 @@ fn kill_mid_stream(name: &str, role: &str) -> (Checked, Duration, Running) {
     let killed_at = Instant::now();
     kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     assert!(sup.wait_for_log_count("pipeline running", 2, Duration::from_secs(60)), "no restart:\n{}", sup.log());
+    // Recovered once the new consumer owns the partitions again (after a killed consumer, the group first waits
+    // for the dead member's session to expire).
+    assert!(sup.wait_for_log_count(ALL_ASSIGNED, 2, Duration::from_secs(60)), "no assignment:\n{}", sup.log());
     let recovery = killed_at.elapsed();
     let log = sup.log();
     assert!(log.contains(&format!("{role} (pid {victim}) was killed by SIGKILL")), "{log}");
@@ -97,7 +102,7 @@ fn a_hung_hasher_is_killed_and_restarted() {
     kill(Pid::from_raw(hasher), Signal::SIGSTOP).unwrap();
     let stopped_at = Instant::now();
     let landed = produce(&broker.addr, "src", &events);
-    assert!(sup.wait_for_log_count("pipeline running", 2, Duration::from_secs(60)), "{}", sup.log());
+    assert!(sup.wait_for_log_count(ALL_ASSIGNED, 2, Duration::from_secs(60)), "{}", sup.log());
     let recovery = stopped_at.elapsed();
     let log = sup.log();
     assert!(log.contains(&format!("hasher-1 (pid {hasher}) sent no heartbeat")), "{log}");
@@ -273,10 +278,11 @@ fn two_instances_share_the_partitions_and_one_stopping_hands_over_without_loss()
         std::thread::sleep(Duration::from_millis(100));
     }
     wait_for_events(&broker.addr, "dst", PARTITIONS, 10_000, Duration::from_secs(60));
+    let b_had_all = b.count_log(ALL_ASSIGNED);
     a.signal(Signal::SIGTERM);
     assert_eq!(a.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", a.log());
     let stopped = Instant::now();
-    assert!(b.wait_for_log("partitions [0, 1, 2, 3] assigned", Duration::from_secs(60)), "{}", b.log());
+    assert!(b.wait_for_log_count(ALL_ASSIGNED, b_had_all + 1, Duration::from_secs(60)), "{}", b.log());
     let took = stopped.elapsed();
 
     let landed = loader.join().unwrap();
