@@ -159,8 +159,13 @@ fn positions_list(topic: &str, positions: &[(i32, i64)]) -> Result<TopicPartitio
     Ok(tpl)
 }
 
+/// Called once, when the consumer has joined its group.
+pub type OnJoined = Box<dyn Fn() + Send + Sync>;
+
 pub struct Ctx {
     flow: Mutex<Flow>,
+    on_joined: OnJoined,
+    joined: AtomicBool,
     topic: String,
     settle_timeout: Duration,
 }
@@ -183,6 +188,9 @@ impl ConsumerContext for Ctx {
             Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
                 log::info!("partitions {parts:?} assigned");
+                if !self.joined.swap(true, Ordering::SeqCst) {
+                    (self.on_joined)();
+                }
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => log::warn!("rebalance failed: {e}"),
@@ -234,7 +242,7 @@ impl ConsumerContext for Ctx {
 }
 
 /// Creates the client, checks the source topic and subscribes; the supervisor waits for this before it says ready.
-pub fn connect(cfg: &Config, ends: ConsumerEnds) -> Result<(BaseConsumer<Ctx>, Arc<AtomicBool>)> {
+pub fn connect(cfg: &Config, ends: ConsumerEnds, on_joined: OnJoined) -> Result<(BaseConsumer<Ctx>, Arc<AtomicBool>)> {
     let ConsumerEnds { to_hashers, acks, control } = ends;
     let acks_rx = spawn_ack_reader(acks);
     let drain = spawn_control_reader(control);
@@ -250,7 +258,13 @@ pub fn connect(cfg: &Config, ends: ConsumerEnds) -> Result<(BaseConsumer<Ctx>, A
         stats: ConsumerStats::default(),
         skip_log: RateLimitedLog::new(Duration::from_secs(5)),
     };
-    let ctx = Ctx { flow: Mutex::new(flow), topic: cfg.source_topic.clone(), settle_timeout: cfg.drain_timeout };
+    let ctx = Ctx {
+        flow: Mutex::new(flow),
+        on_joined,
+        joined: AtomicBool::new(false),
+        topic: cfg.source_topic.clone(),
+        settle_timeout: cfg.drain_timeout,
+    };
     let consumer: BaseConsumer<Ctx> = cfg.consumer_config().create_with_context(ctx).map_err(Error::CreateClient)?;
     let md = consumer
         .fetch_metadata(Some(&cfg.source_topic), cfg.startup_timeout)

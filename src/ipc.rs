@@ -105,6 +105,8 @@ pub enum Control {
 pub enum Report {
     /// The child is set up (clients created, topics checked) and working.
     Ready { pid: i32 },
+    /// The consumer has joined its group and got its first assignment: the pipeline is really working.
+    Joined { pid: i32 },
     /// The child's stage is making progress, or waiting on a peer; silence longer than `--child-timeout` means hung.
     Alive { pid: i32 },
     /// The child is about to exit with `code` for this reason; the supervisor prints it once.

@@ -14,6 +14,7 @@ use crate::hasher::{self, HasherEnds};
 use crate::heartbeat;
 use crate::ipc::{self, AckReceiver, AckSender, BatchReceiver, BatchSender, Control, ControlReceiver, ControlSender};
 use crate::ipc::{Report, ReportReceiver, ReportSender};
+use crate::notify::Notifier;
 use crate::process::{self, Role};
 use crate::producer::{self, ProducerEnds};
 use ipc_channel::TryRecvError;
@@ -143,6 +144,8 @@ struct Child {
     last_seen: Instant,
     /// When it was found hung and sent SIGABRT; SIGKILL follows after `HUNG_GRACE`.
     hung_since: Option<Instant>,
+    /// The consumer has joined its group.
+    joined: bool,
 }
 
 /// How long a hung child has to dump core after SIGABRT before SIGKILL.
@@ -179,6 +182,10 @@ pub struct Supervisor {
     /// When recent restarts happened, for `--max-restarts` within `--restart-window`.
     restarts: VecDeque<Instant>,
     total_restarts: u64,
+    /// systemd, when it runs us as a `Type=notify` service.
+    notify: Notifier,
+    ready_sent: bool,
+    last_watchdog: Option<Instant>,
 }
 
 /// Which outcome wins when several happen: the one that tells the operator most about what to fix.
@@ -250,6 +257,9 @@ impl Supervisor {
             cause: None,
             restarts: VecDeque::new(),
             total_restarts: 0,
+            notify: Notifier::from_env(),
+            ready_sent: false,
+            last_watchdog: None,
         })
     }
 
@@ -268,6 +278,7 @@ impl Supervisor {
                 self.cfg.restart_window,
                 self.cfg.max_restarts
             );
+            self.notify.send(&format!("STATUS=gave up after {} restarts: {cause}", self.restarts.len()));
             return Some(Exit::GaveUp);
         }
         self.restarts.push_back(now);
@@ -280,6 +291,7 @@ impl Supervisor {
             self.cfg.restart_window,
             self.total_restarts
         );
+        self.notify.send(&format!("STATUS=restarting (restart {}) after: {cause}", self.total_restarts));
         let until = Instant::now() + delay;
         let signals = self.signals.count();
         while Instant::now() < until {
@@ -336,6 +348,7 @@ impl Supervisor {
                 // Close the ends that belong to the supervisor and to the other stages.
                 self.reports = None;
                 self.control = None;
+                self.notify = Notifier::silent();
                 drop(std::mem::replace(wiring, Wiring::empty()));
                 let code = child_main(role, parent, &self.cfg, ends, report);
                 std::process::exit(code);
@@ -350,6 +363,7 @@ impl Supervisor {
                     killed: false,
                     last_seen: Instant::now(),
                     hung_since: None,
+                    joined: false,
                 });
                 Ok(())
             }
@@ -392,6 +406,42 @@ impl Supervisor {
             std::thread::sleep(wait);
         }
         self.reap();
+        self.pet_watchdog();
+    }
+
+    /// `WATCHDOG=1`, only while every child is alive and beating: a supervisor that cannot keep its pipeline alive
+    /// (or is stuck itself) lets systemd's watchdog act.
+    fn pet_watchdog(&mut self) {
+        let Some(every) = self.notify.watchdog_every() else {
+            return;
+        };
+        if self.last_watchdog.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        let timeout = self.cfg.child_timeout;
+        let healthy = !self.children.is_empty()
+            && self.children.iter().all(|c| c.hung_since.is_none() && c.last_seen.elapsed() <= timeout);
+        if healthy {
+            self.notify.send("WATCHDOG=1");
+            self.last_watchdog = Some(Instant::now());
+        }
+    }
+
+    /// `READY=1` once the first generation's consumer has joined its group; after a restart, only the status.
+    fn on_joined(&mut self) {
+        let status = format!(
+            "STATUS=running: {} → {} hashers → {}{}",
+            self.cfg.source_topic,
+            self.cfg.hashers,
+            self.cfg.dest_topic,
+            if self.total_restarts > 0 { format!(" ({} restarts)", self.total_restarts) } else { String::new() }
+        );
+        if self.ready_sent {
+            self.notify.send(&status);
+        } else {
+            self.notify.send(&format!("READY=1\n{status}"));
+            self.ready_sent = true;
+        }
     }
 
     fn child_mut(&mut self, pid: i32) -> Option<&mut Child> {
@@ -403,6 +453,14 @@ impl Supervisor {
             Report::Alive { pid } => {
                 if let Some(c) = self.child_mut(pid) {
                     c.last_seen = Instant::now();
+                }
+            }
+            Report::Joined { pid } => {
+                if let Some(c) = self.child_mut(pid) {
+                    c.joined = true;
+                    c.last_seen = Instant::now();
+                    log::debug!("{} (pid {pid}) joined its group", c.role);
+                    self.on_joined();
                 }
             }
             Report::Ready { pid } => {
@@ -555,6 +613,7 @@ impl Supervisor {
         let mut stop_requested = seen_signals > 0;
         let mut seen_outcome = self.outcome;
         if stop_requested {
+            self.notify_stopping();
             phase = self.begin_drain();
         }
         loop {
@@ -569,10 +628,12 @@ impl Supervisor {
                             self.signals.last_name(),
                             self.cfg.drain_timeout
                         );
+                        self.notify_stopping();
                         phase = self.begin_drain();
                     }
                     Phase::Draining { .. } if !stop_requested => {
                         stop_requested = true;
+                        self.notify_stopping();
                         log::info!(
                             "{} received: stopping after this drain instead of restarting",
                             self.signals.last_name()
@@ -593,6 +654,8 @@ impl Supervisor {
                 seen_outcome = self.outcome;
                 if let Phase::Running = phase {
                     log::error!("stopping the pipeline: draining what can be drained");
+                    let cause = self.cause.clone().unwrap_or_default();
+                    self.notify.send(&format!("STATUS=recovering: draining after: {cause}"));
                     phase = self.begin_drain();
                 }
             }
@@ -619,6 +682,16 @@ impl Supervisor {
             self.check_liveness(matches!(phase, Phase::Running));
             self.pump(Duration::from_millis(50));
         }
+    }
+
+    /// `STOPPING=1`, and room for the whole drain in systemd's stop timeout.
+    fn notify_stopping(&self) {
+        let room = self.cfg.drain_timeout + Duration::from_secs(5);
+        self.notify.send(&format!(
+            "STOPPING=1\nSTATUS=draining (within {:?})\nEXTEND_TIMEOUT_USEC={}",
+            self.cfg.drain_timeout,
+            room.as_micros()
+        ));
     }
 
     fn begin_drain(&mut self) -> Phase {
@@ -681,7 +754,19 @@ fn child_main(role: Role, parent: Pid, cfg: &Config, ends: Ends, report: Option<
     };
     let ready = || tell(Report::Ready { pid });
     // A panic must not unwind into the supervisor's frames copied into this child.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_stage(cfg, ends, &ready)));
+    let joined: consumer::OnJoined = match report.clone() {
+        Some(tx) => {
+            // ipc-channel's sender is not Sync, and librdkafka may call back on another thread.
+            let tx = std::sync::Mutex::new(tx);
+            Box::new(move || {
+                if let Ok(tx) = tx.lock() {
+                    let _ = tx.send(Report::Joined { pid });
+                }
+            })
+        }
+        None => Box::new(|| {}),
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_stage(cfg, ends, &ready, joined)));
     match outcome {
         Ok(Ok(exit)) => exit.code(),
         Ok(Err(e)) => {
@@ -695,7 +780,7 @@ fn child_main(role: Role, parent: Pid, cfg: &Config, ends: Ends, report: Option<
     }
 }
 
-fn run_stage(cfg: &Config, ends: Ends, ready: &dyn Fn()) -> Result<Exit> {
+fn run_stage(cfg: &Config, ends: Ends, ready: &dyn Fn(), joined: consumer::OnJoined) -> Result<Exit> {
     match ends {
         Ends::Producer(ends) => {
             let client = producer::connect(cfg)?;
@@ -707,7 +792,7 @@ fn run_stage(cfg: &Config, ends: Ends, ready: &dyn Fn()) -> Result<Exit> {
             hasher::run(ends).map(|_| Exit::Clean)
         }
         Ends::Consumer(ends) => {
-            let (client, drain) = consumer::connect(cfg, ends)?;
+            let (client, drain) = consumer::connect(cfg, ends, joined)?;
             ready();
             consumer::run(cfg, client, drain)
         }

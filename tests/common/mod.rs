@@ -330,8 +330,13 @@ pub fn base_args(brokers: &str, group: &str) -> Vec<String> {
 }
 
 pub fn start(args: &[String]) -> Running {
+    start_with_env(args, &[])
+}
+
+pub fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_supervisor"))
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
