@@ -6,7 +6,7 @@ use supervisor::{Cli, Command, Config, Exit};
 
 fn main() {
     let cli = Cli::parse();
-    supervisor::process::init_logging();
+    supervisor::process::init_logging(cli.log_level.as_deref());
     let signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {

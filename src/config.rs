@@ -73,6 +73,11 @@ pub struct Cli {
           value_parser = parse_seconds)]
     pub child_timeout: Duration,
 
+    /// Log filter in env_logger's syntax (error, warn, info, debug, or per module: info,librdkafka=debug); wins over
+    /// RUST_LOG [default: info].
+    #[arg(global = true, long, env = "SUPERVISOR_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
     /// A librdkafka property for both clients, kcat style; `consumer.K=V` or `producer.K=V` reach one client.
     /// Repeatable; in the environment, separate entries with ';'.
     #[arg(global = true, short = 'X', value_name = "KEY=VALUE", env = "SUPERVISOR_KAFKA_CONFIG",

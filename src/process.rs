@@ -96,16 +96,50 @@ fn rewrite_cmdline(title: &str) -> std::io::Result<()> {
     mem.write_all(&area)
 }
 
-/// Logs go to stderr through env_logger, each line naming the process's role and pid. `RUST_LOG` sets the level
-/// (default: info).
-pub fn init_logging() {
-    let env = env_logger::Env::default().default_filter_or("info");
-    let _ = env_logger::Builder::from_env(env)
-        .format(|buf, record| {
+/// Logs go to stderr through env_logger, each line naming the process's role and pid. `level` (`--log-level`)
+/// wins over `RUST_LOG`; the default is info.
+///
+/// When stderr is the journal (systemd sets `JOURNAL_STREAM` to its device and inode), lines carry a syslog priority
+/// prefix instead of a timestamp and level: the journal stamps them itself and keeps the level as the priority.
+pub fn init_logging(level: Option<&str>) {
+    let mut builder = match level {
+        Some(level) => {
+            let mut b = env_logger::Builder::new();
+            b.parse_filters(level);
+            b
+        }
+        None => env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")),
+    };
+    if stderr_is_journal() {
+        builder.format(|buf, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{priority}>{}[{}] {}", role_name(), getpid(), record.args())
+        });
+    } else {
+        builder.format(|buf, record| {
             let ts = buf.timestamp_millis();
             writeln!(buf, "{ts} {:<5} {}[{}] {}", record.level(), role_name(), getpid(), record.args())
-        })
-        .try_init();
+        });
+    }
+    let _ = builder.try_init();
+}
+
+/// sd_journal_stream_fd(3): `JOURNAL_STREAM` is `device:inode` of the stream; it counts only if stderr is still it
+/// (a child of ours whose stderr was redirected must not use the prefixes).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", stderr.dev(), stderr.ino())
 }
 
 /// Routes librdkafka's own log lines through `log`, at the matching level.

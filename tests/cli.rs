@@ -12,6 +12,27 @@ fn errors(log: &str) -> Vec<&str> {
 }
 
 #[test]
+fn under_journald_lines_carry_priorities_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let path = scratch_dir("journal").join("stderr");
+    let file = std::fs::File::create(&path).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let status = Command::new(env!("CARGO_BIN_EXE_supervisor"))
+        .args(["--brokers", &format!("127.0.0.1:{}", free_port()), "--log-level", "debug"])
+        .env("JOURNAL_STREAM", &stream)
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    let log = std::fs::read_to_string(&path).unwrap();
+    let error = log.lines().find(|l| l.contains("cannot reach the Kafka brokers")).unwrap_or_else(|| panic!("{log}"));
+    assert!(error.starts_with("<3>"), "errors are priority 3: {error}");
+    assert!(log.lines().any(|l| l.starts_with("<7>")), "--log-level debug shows debug lines at priority 7:\n{log}");
+    assert!(log.lines().all(|l| !l.starts_with("20")), "no timestamps of our own:\n{log}");
+}
+
+#[test]
 fn wrong_flags_exit_2() {
     for args in [&["--hashers", "0"][..], &["--queue-capacity", "x"], &["-X", "novalue"], &["--bogus"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_supervisor")).args(args).output().unwrap();
@@ -35,6 +56,10 @@ fn help_documents_every_flag_and_the_exit_codes() {
         "--queue-capacity",
         "--dlq-topic",
         "--drain-timeout",
+        "--max-restarts",
+        "--restart-window",
+        "--child-timeout",
+        "--log-level",
         "-X",
         "SUPERVISOR_BROKERS",
         "Exit codes",
