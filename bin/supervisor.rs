@@ -1,11 +1,14 @@
 //! The `supervisor` command: parse flags, then hand over to the library. Exit codes are listed in `--help`.
 
-use clap::Parser;
 use supervisor::supervisor::{Signals, Supervisor};
 use supervisor::{Cli, Command, Config, Exit};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_file();
+    if cli.print_config {
+        print!("{}", Config::from_cli(&cli).describe());
+        return;
+    }
     supervisor::process::init_logging(cli.log_level.as_deref());
     let signals = match Signals::install() {
         Ok(s) => s,

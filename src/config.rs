@@ -78,6 +78,15 @@ pub struct Cli {
     #[arg(global = true, long, env = "SUPERVISOR_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
 
+    /// A TOML file of settings: the long flag names as keys (brokers = "k1:9092", hashers = 4), and librdkafka
+    /// properties in a [kafka] table. Flags win over environment variables, which win over the file.
+    #[arg(global = true, long, env = "SUPERVISOR_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print the effective configuration (secrets masked) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// A librdkafka property for both clients, kcat style; `consumer.K=V` or `producer.K=V` reach one client.
     /// Repeatable; in the environment, separate entries with ';'.
     #[arg(global = true, short = 'X', value_name = "KEY=VALUE", env = "SUPERVISOR_KAFKA_CONFIG",
@@ -116,6 +125,123 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(i32).range(1..=256))]
     pub partitions: i32,
+}
+
+/// The settings a config file may hold: each long flag, by name, and the environment variable it feeds.
+const FILE_KEYS: &[(&str, &str)] = &[
+    ("brokers", "SUPERVISOR_BROKERS"),
+    ("source-topic", "SUPERVISOR_SOURCE_TOPIC"),
+    ("dest-topic", "SUPERVISOR_DEST_TOPIC"),
+    ("group-id", "SUPERVISOR_GROUP_ID"),
+    ("hashers", "SUPERVISOR_HASHERS"),
+    ("queue-capacity", "SUPERVISOR_QUEUE_CAPACITY"),
+    ("dlq-topic", "SUPERVISOR_DLQ_TOPIC"),
+    ("drain-timeout", "SUPERVISOR_DRAIN_TIMEOUT"),
+    ("max-restarts", "SUPERVISOR_MAX_RESTARTS"),
+    ("restart-window", "SUPERVISOR_RESTART_WINDOW"),
+    ("child-timeout", "SUPERVISOR_CHILD_TIMEOUT"),
+    ("log-level", "SUPERVISOR_LOG_LEVEL"),
+];
+
+/// What a config file says, sorted into what feeds the flags and what goes to librdkafka.
+#[derive(Debug, Default, PartialEq)]
+pub struct FileSettings {
+    /// (environment variable, value) for each flag the file sets.
+    pub flags: Vec<(&'static str, String)>,
+    /// The [kafka] table (TOML keys are unique, so their order does not matter).
+    pub kafka: Vec<(String, String)>,
+}
+
+fn scalar(key: &str, v: &toml::Value) -> Result<String, String> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(format!("'{key}' must be a string, number or boolean, not {}", other.type_str())),
+    }
+}
+
+impl FileSettings {
+    pub fn parse(text: &str) -> Result<FileSettings, String> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.message().to_string())?;
+        let mut out = FileSettings::default();
+        for (key, value) in &table {
+            if key == "kafka" {
+                let kafka = value.as_table().ok_or("'kafka' must be a table of librdkafka properties")?;
+                for (k, v) in kafka {
+                    out.kafka.push((k.clone(), scalar(k, v)?));
+                }
+            } else if let Some((_, env)) = FILE_KEYS.iter().find(|(name, _)| name == key) {
+                out.flags.push((env, scalar(key, value)?));
+            } else {
+                let known: Vec<&str> = FILE_KEYS.iter().map(|(k, _)| *k).collect();
+                return Err(format!("unknown setting '{key}' (known: {}, and a [kafka] table)", known.join(", ")));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Cli {
+    /// Parses the command line, reading the config file first if there is one: its settings go in only where
+    /// neither a flag nor an environment variable says otherwise. A bad file exits 2, as a bad flag does.
+    pub fn parse_with_file() -> Cli {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let path = config_path(&args);
+        let file = path.as_ref().map(|p| {
+            std::fs::read_to_string(p)
+                .map_err(|e| e.to_string())
+                .and_then(|text| FileSettings::parse(&text))
+                .unwrap_or_else(|e| {
+                    eprintln!("error: config file {}: {e}", p.display());
+                    std::process::exit(2);
+                })
+        });
+        if let Some(file) = &file {
+            for (env, value) in &file.flags {
+                if std::env::var_os(env).is_none() {
+                    // Still single-threaded: nothing else reads the environment yet.
+                    std::env::set_var(env, value);
+                }
+            }
+        }
+        let mut cli = Cli::parse_from(args);
+        if let Some(file) = file {
+            // First, so that -X (or SUPERVISOR_KAFKA_CONFIG) for the same key wins.
+            cli.properties.splice(0..0, file.kafka);
+        }
+        cli
+    }
+}
+
+/// `--config FILE`, `--config=FILE`, or `SUPERVISOR_CONFIG`, found before clap runs.
+fn config_path(args: &[std::ffi::OsString]) -> Option<std::path::PathBuf> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--" {
+            break;
+        }
+        if a == "--config" {
+            return it.next().map(std::path::PathBuf::from);
+        }
+        if let Some(p) = a.strip_prefix("--config=") {
+            return Some(p.into());
+        }
+    }
+    std::env::var_os("SUPERVISOR_CONFIG").map(std::path::PathBuf::from)
+}
+
+/// librdkafka properties that hold secrets; their values never appear in what we print or log.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.strip_prefix("consumer.").or_else(|| key.strip_prefix("producer.")).unwrap_or(key);
+    key.ends_with(".password")
+        || key.ends_with(".secret")
+        || matches!(
+            key,
+            "sasl.password" | "ssl.key.pem" | "ssl_key" | "sasl.oauthbearer.config" | "ssl.keystore.password"
+        )
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -187,6 +313,43 @@ impl Config {
             batch_linger: Duration::from_millis(5),
             startup_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// The effective configuration as a config file would say it, with secrets masked.
+    pub fn describe(&self) -> String {
+        let q = |s: &str| format!("{s:?}");
+        let mut out = String::new();
+        for (k, v) in [
+            ("brokers", q(&self.brokers)),
+            ("source-topic", q(&self.source_topic)),
+            ("dest-topic", q(&self.dest_topic)),
+            ("dlq-topic", q(&self.dlq_topic)),
+            ("group-id", q(&self.group_id)),
+            ("hashers", self.hashers.to_string()),
+            ("queue-capacity", self.queue_capacity.to_string()),
+            ("drain-timeout", self.drain_timeout.as_secs_f64().to_string()),
+            ("max-restarts", self.max_restarts.to_string()),
+            ("restart-window", self.restart_window.as_secs_f64().to_string()),
+            ("child-timeout", self.child_timeout.as_secs_f64().to_string()),
+        ] {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        if !self.properties.is_empty() {
+            out.push_str("\n[kafka]\n");
+            // Later entries win (file, then environment or flags): show each key once, with its effective value.
+            let mut effective: Vec<(&str, &str)> = Vec::new();
+            for (k, v) in &self.properties {
+                match effective.iter_mut().find(|(key, _)| key == k) {
+                    Some(entry) => entry.1 = v,
+                    None => effective.push((k, v)),
+                }
+            }
+            for (k, v) in effective {
+                let v = if is_secret(k) { "********" } else { v };
+                out.push_str(&format!("{} = {}\n", q(k), q(v)));
+            }
+        }
+        out
     }
 
     /// The user's `-X` properties meant for `client`, prefixes removed, in the order given.
@@ -280,6 +443,34 @@ mod tests {
         assert_eq!(cons, vec![("a", "1"), ("b", "2"), ("linger.ms", "0")]);
         assert_eq!(prod, vec![("a", "1"), ("c", "3=4"), ("linger.ms", "0")]);
         assert_eq!(c.producer_config().get("linger.ms"), Some("0"), "user properties override defaults");
+    }
+
+    #[test]
+    fn a_config_file_feeds_flags_and_kafka_properties() {
+        let f = FileSettings::parse(
+            "brokers = \"k1:9092\"\nhashers = 3\ndrain-timeout = 2.5\n[kafka]\n\"sasl.password\" = \"hunter2\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.flags,
+            vec![
+                ("SUPERVISOR_BROKERS", "k1:9092".to_string()),
+                ("SUPERVISOR_DRAIN_TIMEOUT", "2.5".to_string()),
+                ("SUPERVISOR_HASHERS", "3".to_string())
+            ]
+        );
+        assert_eq!(f.kafka, vec![("sasl.password".to_string(), "hunter2".to_string())]);
+        assert!(FileSettings::parse("hasher = 3").unwrap_err().contains("unknown setting 'hasher'"));
+        assert!(FileSettings::parse("brokers = [1]").is_err());
+        assert!(FileSettings::parse("brokers = ").is_err());
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let c = Config::from_cli(&cli(&["-X", "consumer.sasl.password=hunter2", "-X", "ssl.key.password=x"]).unwrap());
+        let shown = c.describe();
+        assert!(!shown.contains("hunter2") && shown.contains("\"consumer.sasl.password\" = \"********\""), "{shown}");
+        assert!(is_secret("sasl.oauthbearer.client.secret") && !is_secret("sasl.username"));
     }
 
     #[test]

@@ -32,6 +32,68 @@ fn under_journald_lines_carry_priorities_and_no_timestamp() {
     assert!(log.lines().all(|l| !l.starts_with("20")), "no timestamps of our own:\n{log}");
 }
 
+/// The binary with none of the caller's SUPERVISOR_* settings, so that a test says exactly what it sets.
+fn clean_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_supervisor"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SUPERVISOR_")) {
+        c.env_remove(k);
+    }
+    c
+}
+
+#[test]
+fn settings_come_from_flags_then_the_environment_then_the_file_and_secrets_stay_masked() {
+    let path = scratch_dir("config").join("supervisor.toml");
+    std::fs::write(
+        &path,
+        "brokers = \"file:1\"\nsource-topic = \"file-src\"\ndest-topic = \"file-dst\"\nhashers = 3\n\
+         [kafka]\n\"sasl.password\" = \"hunter2\"\n\"linger.ms\" = 7\n\"client.id\" = \"from-file\"\n",
+    )
+    .unwrap();
+    let out = clean_command()
+        .args(["--config", path.to_str().unwrap(), "--print-config", "--dest-topic", "flag-dst", "-X", "linger.ms=9"])
+        .env("SUPERVISOR_SOURCE_TOPIC", "env-src")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "brokers = \"file:1\"",
+        "source-topic = \"env-src\"",
+        "dest-topic = \"flag-dst\"",
+        "dlq-topic = \"flag-dst.dlq\"",
+        "hashers = 3",
+        "\"linger.ms\" = \"9\"",
+        "\"client.id\" = \"from-file\"",
+        "\"sasl.password\" = \"********\"",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line:?} missing from:\n{shown}");
+    }
+    assert!(!shown.contains("hunter2"), "{shown}");
+
+    // Nor does the secret reach the logs of a run.
+    let out = clean_command()
+        .args(["--config", path.to_str().unwrap(), "--brokers", &format!("127.0.0.1:{}", free_port())])
+        .args(["--log-level", "debug"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+}
+
+#[test]
+fn a_bad_config_file_is_a_configuration_error() {
+    let path = scratch_dir("badconfig").join("supervisor.toml");
+    std::fs::write(&path, "hasher = 3\n").unwrap();
+    let out = clean_command().args(["--config", path.to_str().unwrap(), "--print-config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: config file") && err.contains("unknown setting 'hasher'"), "{err}");
+    let out = clean_command().args(["--config", "/nonexistent/supervisor.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
 #[test]
 fn wrong_flags_exit_2() {
     for args in [&["--hashers", "0"][..], &["--queue-capacity", "x"], &["-X", "novalue"], &["--bogus"]] {
@@ -60,6 +122,8 @@ fn help_documents_every_flag_and_the_exit_codes() {
         "--restart-window",
         "--child-timeout",
         "--log-level",
+        "--config",
+        "--print-config",
         "-X",
         "SUPERVISOR_BROKERS",
         "Exit codes",
