@@ -73,6 +73,11 @@ pub struct Cli {
           value_parser = parse_seconds)]
     pub child_timeout: Duration,
 
+    /// Seconds between status lines (rates, in flight, lag, restarts) [default: 1 on a terminal, where the line is
+    /// redrawn in place; 30 otherwise, as a log line].
+    #[arg(global = true, long, env = "SUPERVISOR_STATUS_INTERVAL", value_name = "SECS", value_parser = parse_seconds)]
+    pub status_interval: Option<Duration>,
+
     /// Log filter in env_logger's syntax (error, warn, info, debug, or per module: info,librdkafka=debug); wins over
     /// RUST_LOG [default: info].
     #[arg(global = true, long, env = "SUPERVISOR_LOG_LEVEL", value_name = "FILTER")]
@@ -273,6 +278,7 @@ pub struct Config {
     pub max_restarts: u32,
     pub restart_window: Duration,
     pub child_timeout: Duration,
+    pub status_interval: Option<Duration>,
     pub properties: Vec<(String, String)>,
     /// Events per IPC batch; a batch is sent when it is full or its linger has passed.
     pub batch_events: usize,
@@ -307,6 +313,7 @@ impl Config {
             max_restarts: cli.max_restarts,
             restart_window: cli.restart_window,
             child_timeout: cli.child_timeout,
+            status_interval: cli.status_interval,
             properties: cli.properties.clone(),
             batch_events: 512,
             batch_bytes: 64 * 1024,
@@ -396,6 +403,8 @@ impl Config {
                 // librdkafka prefetches up to 64 MiB by default, which dominates the consumer's memory under a deep
                 // backlog; 16 MiB is still about 160k small events of read-ahead.
                 ("queued.max.messages.kbytes", "16384"),
+                // Lag and committed offsets per partition for the status line; parsing them once a second is cheap.
+                ("statistics.interval.ms", "1000"),
             ],
         )
     }

@@ -16,6 +16,7 @@ use crate::gate::{Gate, Step};
 use crate::heartbeat;
 use crate::ipc::{AckMsg, AckReceiver, BatchSender, Control, ControlReceiver};
 use crate::process::RateLimitedLog;
+use crate::stats::{self, Counters, PartitionStats};
 use crate::watermark::Watermarks;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, TryRecvError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -89,6 +90,7 @@ impl Flow {
             }
         }
         self.stats.consumed += 1;
+        Counters::add(&stats::STAGE.consumed, 1);
         if self.batches[hasher].is_full() {
             self.senders[hasher].send(&mut self.batches[hasher])?;
         }
@@ -133,11 +135,15 @@ impl Flow {
                     for (p, o) in acks {
                         if self.marks.ack(p, o) {
                             self.stats.acked += 1;
+                            Counters::add(&stats::STAGE.acked, 1);
                         }
                     }
                 }
                 Ok(AckMsg::Done) => self.producer_done = true,
-                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Empty) => {
+                    stats::STAGE.in_flight.store(self.marks.in_flight() as u64, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
                 Err(TryRecvError::Disconnected) => {
                     self.producer_gone = true;
                     return;
@@ -177,6 +183,19 @@ impl Ctx {
 }
 
 impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let parts = topic
+            .partitions
+            .values()
+            .filter(|p| p.partition >= 0 && p.desired)
+            .map(|p| PartitionStats { partition: p.partition, committed: p.committed_offset, lag: p.consumer_lag })
+            .collect();
+        stats::STAGE.set_partitions(parts);
+    }
+
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         crate::process::librdkafka_log(level, fac, message);
     }
@@ -463,7 +482,10 @@ fn drain_and_commit(cfg: &Config, consumer: &BaseConsumer<Ctx>) -> Exit {
         match positions_list(&cfg.source_topic, &positions)
             .and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync).map_err(|e| Error::Fatal(e.to_string())))
         {
-            Ok(()) => log::info!("committed {positions:?}"),
+            Ok(()) => {
+                log::info!("committed {positions:?}");
+                stats::STAGE.set_committed(&positions);
+            }
             Err(e) => {
                 log::error!("final commit failed: {e}; the uncommitted events are re-read on the next start");
                 return Exit::Failure;

@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::heartbeat;
 use crate::ipc::{BatchReceiver, BatchSender};
 use crate::process::RateLimitedLog;
+use crate::stats::Counters;
 use crate::transform;
 use serde_bytes::Bytes;
 use std::time::Duration;
@@ -54,6 +55,7 @@ fn hash_record(
     match transform::add_hash(record.payload.map(|p| &p[..]), scratch) {
         Ok(()) => {
             stats.hashed += 1;
+            Counters::add(&crate::stats::STAGE.hashed, 1);
             out.push(&Record { payload: Some(Bytes::new(scratch)), ..record.clone() })
         }
         Err(why) => {

@@ -108,7 +108,7 @@ pub enum Report {
     /// The consumer has joined its group and got its first assignment: the pipeline is really working.
     Joined { pid: i32 },
     /// The child's stage is making progress, or waiting on a peer; silence longer than `--child-timeout` means hung.
-    Alive { pid: i32 },
+    Alive { pid: i32, stats: crate::stats::StageStats },
     /// The child is about to exit with `code` for this reason; the supervisor prints it once.
     Failed { pid: i32, code: i32, message: String },
 }

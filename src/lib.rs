@@ -17,6 +17,7 @@ pub mod ipc;
 pub mod notify;
 pub mod process;
 pub mod producer;
+pub mod stats;
 pub mod supervisor;
 pub mod transform;
 pub mod watermark;

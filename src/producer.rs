@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ipc::{AckMsg, AckSender, BatchReceiver};
 use crate::process::RateLimitedLog;
+use crate::stats::Counters;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, DefaultClientContext};
@@ -350,6 +351,8 @@ impl Stage<'_> {
         let outcomes = std::mem::take(&mut *self.producer.context().0.lock().unwrap_or_else(PoisonError::into_inner));
         self.stats.delivered += outcomes.delivered;
         self.stats.dead_lettered += outcomes.dead_lettered;
+        Counters::add(&crate::stats::STAGE.delivered, outcomes.delivered);
+        Counters::add(&crate::stats::STAGE.dead_lettered, outcomes.dead_lettered);
         if !outcomes.acked.is_empty() {
             self.acks.send(&AckMsg::Acked(outcomes.acked))?;
         }
@@ -386,6 +389,7 @@ impl Stage<'_> {
             return self.send(&topic, origin, key.as_deref(), payload.as_deref(), Some(headers), timestamp);
         }
         self.stats.retried += 1;
+        Counters::add(&crate::stats::STAGE.retried, 1);
         if let Some(held_back) = self.retry_log.ready() {
             log::warn!(
                 "delivery of partition {} offset {} failed ({error}); sending it again ({held_back} more not logged)",

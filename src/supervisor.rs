@@ -17,11 +17,14 @@ use crate::ipc::{Report, ReportReceiver, ReportSender};
 use crate::notify::Notifier;
 use crate::process::{self, Role};
 use crate::producer::{self, ProducerEnds};
+use crate::stats::{self, StageStats};
 use ipc_channel::TryRecvError;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
+use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,7 +189,23 @@ pub struct Supervisor {
     notify: Notifier,
     ready_sent: bool,
     last_watchdog: Option<Instant>,
+    /// The last counts from every child there has been, by pid: their sum is the whole run's.
+    counts: HashMap<i32, StageStats>,
+    status: StatusLine,
 }
+
+/// The periodic status: rates since the last one, in flight, lag, restarts.
+struct StatusLine {
+    started: Instant,
+    last: Instant,
+    last_totals: StageStats,
+    /// A live line on a terminal, refreshed every second; otherwise a log line now and then.
+    live: bool,
+    every: Duration,
+}
+
+/// How often the status is logged when stderr is not a terminal (piped, or the journal).
+const STATUS_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// Which outcome wins when several happen: the one that tells the operator most about what to fix.
 fn severity(e: Exit) -> u8 {
@@ -234,7 +253,12 @@ impl Supervisor {
                 }
             };
             match ended {
-                Ended::Exit(exit) => return exit,
+                Ended::Exit(exit) => {
+                    if sup.total_restarts > 0 || sup.counts.values().any(|s| s.consumed > 0) {
+                        sup.summary();
+                    }
+                    return exit;
+                }
                 Ended::Crashed => {
                     if let Some(exit) = sup.before_restart() {
                         return exit;
@@ -246,6 +270,8 @@ impl Supervisor {
 
     fn new(cfg: Config, signals: Signals) -> Result<Supervisor> {
         let (report_tx, reports) = ipc::report_channel()?;
+        let live = std::io::stderr().is_terminal();
+        let every = cfg.status_interval.unwrap_or(if live { Duration::from_secs(1) } else { STATUS_LOG_EVERY });
         Ok(Supervisor {
             cfg,
             signals,
@@ -260,6 +286,14 @@ impl Supervisor {
             notify: Notifier::from_env(),
             ready_sent: false,
             last_watchdog: None,
+            counts: HashMap::new(),
+            status: StatusLine {
+                started: Instant::now(),
+                last: Instant::now(),
+                last_totals: StageStats::default(),
+                live,
+                every,
+            },
         })
     }
 
@@ -407,6 +441,69 @@ impl Supervisor {
         }
         self.reap();
         self.pet_watchdog();
+        self.report_status();
+    }
+
+    fn totals(&self) -> StageStats {
+        let mut pids: Vec<&i32> = self.counts.keys().collect();
+        pids.sort();
+        let mut total = StageStats::default();
+        for pid in pids {
+            total.absorb(&self.counts[pid]);
+        }
+        total
+    }
+
+    fn report_status(&mut self) {
+        let now = Instant::now();
+        let since = now.duration_since(self.status.last);
+        if since < self.status.every || self.children.is_empty() {
+            return;
+        }
+        let totals = self.totals();
+        let per_s = |now: u64, before: u64| (now.saturating_sub(before)) as f64 / since.as_secs_f64();
+        let before = &self.status.last_totals;
+        let line = format!(
+            "in {:.0}/s, out {:.0}/s, in flight {}, lag {}, dead letters {}, restarts {}",
+            per_s(totals.consumed, before.consumed),
+            per_s(totals.delivered + totals.dead_lettered, before.delivered + before.dead_lettered),
+            totals.in_flight,
+            totals.lag().map_or_else(|| "?".to_string(), |l| l.to_string()),
+            totals.dead_lettered,
+            self.total_restarts
+        );
+        if self.status.live {
+            // Ends with a carriage return: the next log line, from any process, overwrites it.
+            eprint!("status: {line}\x1b[K\r");
+        } else {
+            log::info!("status: {line}");
+        }
+        self.notify.send(&format!("STATUS={line}"));
+        self.status.last = now;
+        self.status.last_totals = totals;
+    }
+
+    /// The closing summary: what the whole run did, across restarts.
+    fn summary(&mut self) {
+        // The children's last counts may still be on their way.
+        self.pump(Duration::from_millis(50));
+        let t = self.totals();
+        let committed: Vec<String> = t
+            .partitions
+            .iter()
+            .filter(|p| p.committed >= 0)
+            .map(|p| format!("{}:{}", p.partition, p.committed))
+            .collect();
+        log::info!(
+            "summary: {} consumed, {} delivered, {} dead-lettered, {} retried, {} restarts in {:.1?}; committed {}",
+            t.consumed,
+            t.delivered,
+            t.dead_lettered,
+            t.retried,
+            self.total_restarts,
+            self.status.started.elapsed(),
+            if committed.is_empty() { "nothing yet".to_string() } else { committed.join(" ") }
+        );
     }
 
     /// `WATCHDOG=1`, only while every child is alive and beating: a supervisor that cannot keep its pipeline alive
@@ -450,10 +547,11 @@ impl Supervisor {
 
     fn on_report(&mut self, report: Report) {
         match report {
-            Report::Alive { pid } => {
+            Report::Alive { pid, stats } => {
                 if let Some(c) = self.child_mut(pid) {
                     c.last_seen = Instant::now();
                 }
+                self.counts.insert(pid, stats);
             }
             Report::Joined { pid } => {
                 if let Some(c) = self.child_mut(pid) {
@@ -741,7 +839,7 @@ fn child_main(role: Role, parent: Pid, cfg: &Config, ends: Ends, report: Option<
     }
     let pid = getpid().as_raw();
     if let Some(tx) = report.clone() {
-        let beat = move || tx.send(Report::Alive { pid }).is_ok();
+        let beat = move || tx.send(Report::Alive { pid, stats: stats::STAGE.snapshot() }).is_ok();
         if let Err(e) = heartbeat::STAGE.spawn_heartbeat(heartbeat::interval(cfg.child_timeout), beat) {
             log::error!("cannot start the heartbeat thread: {e}");
             return Exit::Failure.code();
@@ -767,6 +865,8 @@ fn child_main(role: Role, parent: Pid, cfg: &Config, ends: Ends, report: Option<
         None => Box::new(|| {}),
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_stage(cfg, ends, &ready, joined)));
+    // The last counts, so that the supervisor's summary has them all.
+    tell(Report::Alive { pid, stats: stats::STAGE.snapshot() });
     match outcome {
         Ok(Ok(exit)) => exit.code(),
         Ok(Err(e)) => {

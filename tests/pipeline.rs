@@ -65,6 +65,15 @@ fn sigint_drains_everything_with_the_right_hashes_and_commits_the_end() {
     let log = sup.log();
     assert!(log.contains("draining"), "{log}");
     assert!(!log.contains("restarting") && !log.contains("failed"), "bad input never stops the pipeline:\n{log}");
+    let end: Vec<String> = end_offsets(&landed).iter().enumerate().map(|(p, o)| format!("{p}:{o}")).collect();
+    let summary = format!(
+        "summary: {} consumed, {} delivered, {} dead-lettered, 0 retried, 0 restarts",
+        all.len(),
+        good.len(),
+        bad.len()
+    );
+    let line = log.lines().find(|l| l.contains("summary:")).unwrap_or_else(|| panic!("no summary:\n{log}"));
+    assert!(line.contains(&summary) && line.ends_with(&format!("committed {}", end.join(" "))), "{line}");
 }
 
 #[test]

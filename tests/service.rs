@@ -33,7 +33,7 @@ fn systemd_hears_ready_then_watchdog_then_stopping() {
     let path = scratch_dir("notify").join("notify.sock");
     let got = listen(&path);
     let mut args = base_args(&broker.addr, "notify");
-    args.extend(["--hashers", "2", "--drain-timeout", "20"].map(String::from));
+    args.extend(["--hashers", "2", "--drain-timeout", "20", "--status-interval", "0.5"].map(String::from));
     let notify_socket = path.to_string_lossy().into_owned();
     let mut sup = start_with_env(&args, &[("NOTIFY_SOCKET", notify_socket.as_str()), ("WATCHDOG_USEC", "1000000")]);
 
@@ -56,6 +56,10 @@ fn systemd_hears_ready_then_watchdog_then_stopping() {
     std::thread::sleep(Duration::from_secs(2));
     let pets = got.lock().unwrap().iter().filter(|(_, m)| m == "WATCHDOG=1").count();
     assert!(pets >= 3, "WATCHDOG=1 every 0.5 s (WatchdogSec=1): only {pets}");
+    // The status goes to the log and to systemd; everything is through, so nothing is in flight or behind.
+    let status = "in flight 0, lag 0, dead letters 0, restarts 0";
+    assert!(sup.wait_for_log(status, Duration::from_secs(5)), "{}", sup.log());
+    assert!(got.lock().unwrap().iter().any(|(_, m)| m.starts_with("STATUS=in ") && m.ends_with(status)), "{got:?}");
 
     sup.signal(Signal::SIGTERM);
     assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
