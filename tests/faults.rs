@@ -22,6 +22,26 @@ fn fault_args(broker: &Broker, group: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// Waits for every event in the destination, stops `sup` with `sig` (exit 0), and checks what arrived: each event
+/// with its right hash, none missing, and the group committed at the end of every partition.
+fn stop_and_check(
+    sup: &mut Running,
+    sig: Signal,
+    brokers: &str,
+    group: &str,
+    events: &[Event],
+    landed: &[(i32, i64)],
+) -> Checked {
+    let _ = read_until(brokers, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
+    sup.signal(sig);
+    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
+    let dst = read_until(brokers, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
+    let checked = check_destination(events, &dst);
+    assert_eq!(checked.unique, events.len());
+    assert_eq!(committed(brokers, group, "src", PARTITIONS), end_offsets(landed), "committed offsets");
+    checked
+}
+
 const ALL_ASSIGNED: &str = "partitions [0, 1, 2, 3] assigned";
 
 const KILL_CHUNK: usize = 2_500;
@@ -53,13 +73,7 @@ fn kill_mid_stream(name: &str, role: &str) -> (Checked, Duration, Running) {
     assert!(sup.pids().values().all(|&p| p != victim), "a fresh {role} runs");
 
     let landed = loader.join().unwrap();
-    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
-    sup.signal(Signal::SIGINT);
-    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
-    let checked = check_destination(&events, &dst);
-    assert_eq!(checked.unique, events.len());
-    assert_eq!(committed(&broker.addr, name, "src", PARTITIONS), end_offsets(&landed), "committed offsets");
+    let checked = stop_and_check(&mut sup, Signal::SIGINT, &broker.addr, name, &events, &landed);
     eprintln!(
         "FAULT kill -9 {role}: produced {}, missing 0, duplicates {}, recovery {recovery:?}",
         events.len(),
@@ -109,14 +123,8 @@ fn a_hung_hasher_is_killed_and_restarted() {
     assert!(log.contains(&format!("hasher-1 (pid {hasher}) hung and was killed by SIGKILL")), "{log}");
     assert_eq!(log.matches("sent no heartbeat").count(), 1, "only the stuck stage is killed:\n{log}");
 
-    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
-    sup.signal(Signal::SIGTERM);
-    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
-    let checked = check_destination(&events, &dst);
-    assert_eq!(checked.unique, events.len());
+    let checked = stop_and_check(&mut sup, Signal::SIGTERM, &broker.addr, "hung", &events, &landed);
     assert!(checked.duplicates <= CAPACITY, "{checked:?}");
-    assert_eq!(committed(&broker.addr, "hung", "src", PARTITIONS), end_offsets(&landed));
     eprintln!(
         "FAULT hung hasher: produced {}, missing 0, duplicates {}, recovery {recovery:?} (2 s timeout)",
         events.len(),
@@ -210,15 +218,9 @@ fn a_broker_outage_holds_the_pipeline_back_and_it_resumes_by_itself() {
     assert!(more > before, "work did not resume after the outage:\n{}", sup.log());
 
     let landed = loader.join().unwrap();
-    let _ = read_until(&addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
-    sup.signal(Signal::SIGINT);
-    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
-    let dst = read_until(&addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
-    let checked = check_destination(&events, &dst);
-    assert_eq!(checked.unique, events.len());
+    let checked = stop_and_check(&mut sup, Signal::SIGINT, &addr, "outage", &events, &landed);
     // The group may drop the member during the outage: its partitions are re-read from the last commit.
     assert!(checked.duplicates <= consumer_loss_bound(1_000, Duration::from_millis(100)), "{checked:?}");
-    assert_eq!(committed(&addr, "outage", "src", PARTITIONS), end_offsets(&landed), "committed offsets");
     assert!(!sup.log().contains("restarting the pipeline"), "clients ride out an outage:\n{}", sup.log());
     eprintln!(
         "FAULT broker down {:?}: produced {}, missing 0, duplicates {}, flowing again {resumed:?} after it came back",
@@ -279,23 +281,18 @@ fn two_instances_share_the_partitions_and_one_stopping_hands_over_without_loss()
     }
     wait_for_events(&broker.addr, "dst", PARTITIONS, 10_000, Duration::from_secs(60));
     let b_had_all = b.count_log(ALL_ASSIGNED);
+    // Timed from the signal: the other instance may own everything before the stopped one has finished exiting.
+    let stopped = Instant::now();
     a.signal(Signal::SIGTERM);
     assert_eq!(a.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", a.log());
-    let stopped = Instant::now();
     assert!(b.wait_for_log_count(ALL_ASSIGNED, b_had_all + 1, Duration::from_secs(60)), "{}", b.log());
     let took = stopped.elapsed();
 
     let landed = loader.join().unwrap();
-    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
-    b.signal(Signal::SIGINT);
-    assert_eq!(b.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", b.log());
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
-    let checked = check_destination(&events, &dst);
-    assert_eq!(checked.unique, events.len());
+    let checked = stop_and_check(&mut b, Signal::SIGINT, &broker.addr, "twoinst", &events, &landed);
     assert!(checked.duplicates <= CAPACITY, "{checked:?}");
-    assert_eq!(committed(&broker.addr, "twoinst", "src", PARTITIONS), end_offsets(&landed), "committed offsets");
     eprintln!(
-        "FAULT two instances, one stopped: produced {}, missing 0, duplicates {}, all partitions with the other {took:?} after",
+        "FAULT two instances, one stopped: produced {}, missing 0, duplicates {}, the other owns all partitions {took:?} after the SIGTERM",
         events.len(),
         checked.duplicates
     );
