@@ -41,12 +41,6 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// The longest a poll may block, so that a drain request is seen quickly.
 const POLL_SLICE: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ConsumerStats {
-    pub consumed: u64,
-    pub acked: u64,
-}
-
 /// The state shared between the poll loop and the rebalance callback (which librdkafka runs inside poll).
 struct Flow {
     batches: Vec<BatchWriter>,
@@ -55,7 +49,6 @@ struct Flow {
     acks: Receiver<AckMsg>,
     producer_done: bool,
     producer_gone: bool,
-    stats: ConsumerStats,
     skip_log: RateLimitedLog,
 }
 
@@ -89,7 +82,6 @@ impl Flow {
                 }
             }
         }
-        self.stats.consumed += 1;
         Counters::add(&stats::STAGE.consumed, 1);
         if self.batches[hasher].is_full() {
             self.senders[hasher].send(&mut self.batches[hasher])?;
@@ -134,7 +126,6 @@ impl Flow {
                 Ok(AckMsg::Acked(acks)) => {
                     for (p, o) in acks {
                         if self.marks.ack(p, o) {
-                            self.stats.acked += 1;
                             Counters::add(&stats::STAGE.acked, 1);
                         }
                     }
@@ -274,7 +265,6 @@ pub fn connect(cfg: &Config, ends: ConsumerEnds, on_joined: OnJoined) -> Result<
         acks: acks_rx,
         producer_done: false,
         producer_gone: false,
-        stats: ConsumerStats::default(),
         skip_log: RateLimitedLog::new(Duration::from_secs(5)),
     };
     let ctx = Ctx {
@@ -395,8 +385,8 @@ pub fn run(cfg: &Config, consumer: BaseConsumer<Ctx>, drain: Arc<AtomicBool>) ->
         log::info!("draining");
     }
     let exit = drain_and_commit(cfg, &consumer);
-    let stats = consumer.context().flow().stats;
-    log::info!("consumed {} events, {} acknowledged", stats.consumed, stats.acked);
+    let counts = stats::STAGE.snapshot();
+    log::info!("consumed {} events, {} acknowledged", counts.consumed, counts.acked);
     drop(consumer);
     match broken {
         Some(e) => Err(e),
