@@ -99,19 +99,15 @@ impl Default for Counters {
 }
 
 impl StageStats {
-    /// Adds another stage's counts; partitions and in-flight are gauges and are taken from the newer one when it
-    /// has any.
+    /// Adds another stage's counters. Not its gauges (in flight, partitions): those say where one consumer stands
+    /// now, and a dead consumer's last values must not linger in a sum.
     pub fn absorb(&mut self, other: &StageStats) {
         self.consumed += other.consumed;
         self.acked += other.acked;
-        self.in_flight += other.in_flight;
         self.hashed += other.hashed;
         self.delivered += other.delivered;
         self.dead_lettered += other.dead_lettered;
         self.retried += other.retried;
-        if !other.partitions.is_empty() {
-            self.partitions = other.partitions.clone();
-        }
     }
 
     /// Total lag over the known partitions, `None` before librdkafka has said.
@@ -134,11 +130,13 @@ mod tests {
             PartitionStats { partition: 1, committed: 10, lag: 5 },
             PartitionStats { partition: 0, committed: 7, lag: -1 },
         ]);
+        let snapshot = c.snapshot();
+        assert_eq!(snapshot.partitions[0].partition, 0, "sorted by partition");
+        assert_eq!(snapshot.lag(), Some(5), "unknown lag is left out");
         let mut total = StageStats::default();
-        total.absorb(&c.snapshot());
-        total.absorb(&StageStats { consumed: 1, dead_lettered: 4, ..StageStats::default() });
+        total.absorb(&snapshot);
+        total.absorb(&StageStats { consumed: 1, dead_lettered: 4, in_flight: 9, ..StageStats::default() });
         assert_eq!((total.consumed, total.delivered, total.dead_lettered), (4, 2, 4));
-        assert_eq!(total.partitions[0].partition, 0, "sorted by partition");
-        assert_eq!(total.lag(), Some(5), "unknown lag is left out");
+        assert_eq!((total.in_flight, total.partitions.len()), (0, 0), "gauges are not summed");
     }
 }

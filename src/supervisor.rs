@@ -191,6 +191,8 @@ pub struct Supervisor {
     last_watchdog: Option<Instant>,
     /// The last counts from every child there has been, by pid: their sum is the whole run's.
     counts: HashMap<i32, StageStats>,
+    /// The newest consumer: its gauges (in flight, lag, committed offsets) are the pipeline's.
+    current_consumer: Option<i32>,
     status: StatusLine,
 }
 
@@ -287,6 +289,7 @@ impl Supervisor {
             ready_sent: false,
             last_watchdog: None,
             counts: HashMap::new(),
+            current_consumer: None,
             status: StatusLine {
                 started: Instant::now(),
                 last: Instant::now(),
@@ -389,6 +392,9 @@ impl Supervisor {
             }
             ForkResult::Parent { child } => {
                 drop(ends);
+                if role == Role::Consumer {
+                    self.current_consumer = Some(child.as_raw());
+                }
                 self.children.push(Child {
                     pid: child,
                     role,
@@ -445,11 +451,13 @@ impl Supervisor {
     }
 
     fn totals(&self) -> StageStats {
-        let mut pids: Vec<&i32> = self.counts.keys().collect();
-        pids.sort();
         let mut total = StageStats::default();
-        for pid in pids {
-            total.absorb(&self.counts[pid]);
+        for stats in self.counts.values() {
+            total.absorb(stats);
+        }
+        if let Some(consumer) = self.current_consumer.and_then(|pid| self.counts.get(&pid)) {
+            total.in_flight = consumer.in_flight;
+            total.partitions = consumer.partitions.clone();
         }
         total
     }

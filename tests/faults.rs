@@ -17,7 +17,9 @@ fn consumer_loss_bound(chunk: usize, pause: Duration) -> usize {
 
 fn fault_args(broker: &Broker, group: &str, extra: &[&str]) -> Vec<String> {
     let mut args = base_args(&broker.addr, group);
-    args.extend(["--hashers", "2", "--queue-capacity", &CAPACITY.to_string()].map(String::from));
+    args.extend(
+        ["--hashers", "2", "--queue-capacity", &CAPACITY.to_string(), "--status-interval", "0.5"].map(String::from),
+    );
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -73,6 +75,12 @@ fn kill_mid_stream(name: &str, role: &str) -> (Checked, Duration, Running) {
     assert!(sup.pids().values().all(|&p| p != victim), "a fresh {role} runs");
 
     let landed = loader.join().unwrap();
+    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
+    // Once all is through, the status shows nothing in flight: the dead child's last figures do not linger.
+    let statuses = sup.count_log("status: ");
+    assert!(sup.wait_for_log_count("status: ", statuses + 3, Duration::from_secs(10)), "{}", sup.log());
+    let last = sup.log().lines().rev().find(|l| l.contains("status: ")).unwrap_or_default().to_string();
+    assert!(last.contains("in flight 0,"), "{last}");
     let checked = stop_and_check(&mut sup, Signal::SIGINT, &broker.addr, name, &events, &landed);
     eprintln!(
         "FAULT kill -9 {role}: produced {}, missing 0, duplicates {}, recovery {recovery:?}",
