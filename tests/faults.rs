@@ -15,11 +15,11 @@ fn consumer_loss_bound(chunk: usize, pause: Duration) -> usize {
     CAPACITY + chunk * (1000 / pause.as_millis() as usize)
 }
 
-fn fault_args(broker: &Broker, group: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = base_args(&broker.addr, group);
-    args.extend(
-        ["--hashers", "2", "--queue-capacity", &CAPACITY.to_string(), "--status-interval", "0.5"].map(String::from),
-    );
+/// The pipeline under test: bounded at `CAPACITY`, with a frequent status line.
+fn fault_args(brokers: &str, group: &str, hashers: u16, extra: &[&str]) -> Vec<String> {
+    let mut args = base_args(brokers, group);
+    let (hashers, capacity) = (hashers.to_string(), CAPACITY.to_string());
+    args.extend(["--hashers", &hashers, "--queue-capacity", &capacity, "--status-interval", "0.5"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -55,7 +55,7 @@ fn kill_mid_stream(name: &str, role: &str) -> (Checked, Duration, Running) {
     let broker = Broker::start(name);
     broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
     let events = name_events(50_000, 128);
-    let args = fault_args(&broker, name, &[]);
+    let args = fault_args(&broker.addr, name, 2, &[]);
     let mut sup = start(&args);
     assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
     let loader = trickle(&broker.addr, &events, KILL_CHUNK, KILL_PAUSE);
@@ -113,7 +113,7 @@ fn a_hung_hasher_is_killed_and_restarted() {
     let broker = Broker::start("hung");
     broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
     let events = name_events(20_000, 64);
-    let args = fault_args(&broker, "hung", &["--child-timeout", "2"]);
+    let args = fault_args(&broker.addr, "hung", 2, &["--child-timeout", "2"]);
     let mut sup = start(&args);
     assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
     // An idle pipeline must not look hung: nothing is written for longer than the child timeout.
@@ -145,7 +145,7 @@ fn failing_again_and_again_gives_up_with_exit_6_and_commits_only_what_was_delive
     let broker = Broker::start("giveup");
     broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
     let events = name_events(40_000, 64);
-    let args = fault_args(&broker, "giveup", &["--max-restarts", "1"]);
+    let args = fault_args(&broker.addr, "giveup", 2, &["--max-restarts", "1"]);
     let mut sup = start(&args);
     assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
     let loader = trickle(&broker.addr, &events, 2_000, Duration::from_millis(100));
@@ -161,7 +161,7 @@ fn failing_again_and_again_gives_up_with_exit_6_and_commits_only_what_was_delive
     let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |_| true);
     assert_committed_are_delivered(&events, &landed, &committed(&broker.addr, "giveup", "src", PARTITIONS), &dst);
     // systemd restarts it; that run finishes the job.
-    finish_and_check(&broker, &fault_args(&broker, "giveup", &[]), "giveup", &events, &landed);
+    finish_and_check(&broker, &fault_args(&broker.addr, "giveup", 2, &[]), "giveup", &events, &landed);
 }
 
 /// A tiny deterministic generator, so a failing run can be replayed from the seed it prints.
@@ -177,7 +177,7 @@ fn sigterm_at_random_moments_with_restarts_loses_and_repeats_nothing() {
     let broker = Broker::start("sigterm10");
     broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
     let events = name_events(60_000, 128);
-    let args = fault_args(&broker, "sigterm10", &[]);
+    let args = fault_args(&broker.addr, "sigterm10", 2, &[]);
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("seed {seed}");
     let loader = trickle(&broker.addr, &events, 1_000, Duration::from_millis(100));
@@ -207,8 +207,7 @@ fn a_broker_outage_holds_the_pipeline_back_and_it_resumes_by_itself() {
     }
     let addr = cluster.bootstrap_servers();
     let events = name_events(30_000, 64);
-    let mut args = base_args(&addr, "outage");
-    args.extend(["--hashers", "2", "--queue-capacity", &CAPACITY.to_string()].map(String::from));
+    let args = fault_args(&addr, "outage", 2, &[]);
     let mut sup = start(&args);
     assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
     let loader = trickle(&addr, &events, 1_000, Duration::from_millis(100));
@@ -249,7 +248,7 @@ fn an_event_that_fits_nowhere_stops_the_pipeline_without_committing_past_it() {
     let landed = produce(&broker.addr, "src", &events);
     let (huge_partition, huge_offset) = landed[2_500];
 
-    let args = fault_args(&broker, "nodlq", &["--max-restarts", "2", "-X", "producer.message.max.bytes=3000"]);
+    let args = fault_args(&broker.addr, "nodlq", 2, &["--max-restarts", "2", "-X", "producer.message.max.bytes=3000"]);
     let mut sup = start(&args);
     let status = sup.wait_timeout(Duration::from_secs(120)).expect("gives up");
     assert_eq!(status.code(), Some(6), "{}", sup.log());
@@ -263,7 +262,7 @@ fn an_event_that_fits_nowhere_stops_the_pipeline_without_committing_past_it() {
     assert_committed_are_delivered(&events, &landed, &done, &dst);
 
     // With the limit fixed, the next run delivers everything, the big event included.
-    let checked = finish_and_check(&broker, &fault_args(&broker, "nodlq", &[]), "nodlq", &events, &landed);
+    let checked = finish_and_check(&broker, &fault_args(&broker.addr, "nodlq", 2, &[]), "nodlq", &events, &landed);
     eprintln!("FAULT undeliverable event: produced {}, missing 0, duplicates {}", events.len(), checked.duplicates);
 }
 
@@ -272,8 +271,7 @@ fn two_instances_share_the_partitions_and_one_stopping_hands_over_without_loss()
     let broker = Broker::start("twoinst");
     broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
     let events = name_events(40_000, 128);
-    let mut args = base_args(&broker.addr, "twoinst");
-    args.extend(["--hashers", "1", "--queue-capacity", &CAPACITY.to_string()].map(String::from));
+    let args = fault_args(&broker.addr, "twoinst", 1, &[]);
     let mut a = start(&args);
     let mut b = start(&args);
     for sup in [&mut a, &mut b] {
@@ -320,8 +318,7 @@ fn a_produce_error_no_retry_can_fix_sends_the_events_to_the_dead_letter_topic() 
     // The pipeline's first produce request is refused as too large: retrying cannot help.
     cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
 
-    let mut args = base_args(&addr, "refused");
-    args.extend(["--hashers", "2"].map(String::from));
+    let args = fault_args(&addr, "refused", 2, &[]);
     let mut sup = start(&args);
     let total = |m: &[Msg]| m.len();
     let dst_and_dlq = || {
