@@ -34,10 +34,14 @@ pub fn run(ends: HasherEnds) -> Result<HasherStats> {
         let Frame::Records(records) = Frame::parse(&message)? else {
             break;
         };
+        let mut received = 0;
         for record in records {
             let record = record?;
+            received += 1;
             hash_record(&record, &mut scratch, &mut out, &mut stats, &mut bad_log)?;
         }
+        Counters::add(&crate::stats::STAGE.received, received);
+        Counters::add(&crate::stats::STAGE.batches_in, 1);
         ends.output.send(&mut out)?;
     }
     ends.output.send_pill()?;
@@ -60,6 +64,7 @@ fn hash_record(
         }
         Err(why) => {
             stats.dead_letters += 1;
+            Counters::add(&crate::stats::STAGE.invalid, 1);
             if let Some(held_back) = bad_log.ready() {
                 log::warn!(
                     "event at partition {} offset {} goes to the dead-letter topic: {why} ({} bad events so far, \

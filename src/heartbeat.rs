@@ -76,9 +76,10 @@ pub fn waiting_on_peer<T>(call: impl FnOnce() -> T) -> T {
     STAGE.waiting_on_peer(call)
 }
 
-/// How often a child beats for a given `--child-timeout`: several beats per timeout, so one late beat is no alarm.
+/// How often a child beats for a given `--child-timeout`: several beats per timeout, so one late beat is no alarm,
+/// and four a second at least, so that the counts the beats carry (status, metrics) are never older than that.
 pub fn interval(child_timeout: Duration) -> Duration {
-    (child_timeout / 6).clamp(Duration::from_millis(20), Duration::from_secs(1))
+    (child_timeout / 6).clamp(Duration::from_millis(20), Duration::from_millis(250))
 }
 
 #[cfg(test)]
@@ -111,8 +112,8 @@ mod tests {
 
     #[test]
     fn several_beats_fit_in_a_timeout() {
-        assert_eq!(interval(Duration::from_secs(30)), Duration::from_secs(1));
-        assert_eq!(interval(Duration::from_secs(3)), Duration::from_millis(500));
+        assert_eq!(interval(Duration::from_secs(30)), Duration::from_millis(250));
+        assert_eq!(interval(Duration::from_millis(600)), Duration::from_millis(100));
         assert_eq!(interval(Duration::from_millis(10)), Duration::from_millis(20));
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::batch::{BatchWriter, Frame};
 use crate::error::{Error, Result};
+use crate::stats::Counters;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
 use ipc_channel::IpcError;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,8 @@ impl BatchSender {
     pub fn send(&self, batch: &mut BatchWriter) -> Result<()> {
         if !batch.is_empty() {
             crate::heartbeat::waiting_on_peer(|| self.0.send(batch.bytes())).map_err(ipc_err)?;
+            Counters::add(&crate::stats::STAGE.batches_out, 1);
+            Counters::add(&crate::stats::STAGE.sent, batch.len() as u64);
             batch.clear();
         }
         Ok(())

@@ -19,6 +19,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -289,8 +290,10 @@ impl Stage<'_> {
         let Frame::Records(records) = Frame::parse(bytes)? else {
             return Ok(());
         };
+        Counters::add(&crate::stats::STAGE.batches_in, 1);
         for record in records {
             let r = record?;
+            Counters::add(&crate::stats::STAGE.received, 1);
             let origin = Box::new(Origin { partition: r.partition, offset: r.offset, to_dlq: r.dead_letter.is_some() });
             let headers = match r.dead_letter {
                 Some(why) => Some(self.dlq_headers(copy_headers(&r.headers), why, r.partition, r.offset)),
@@ -348,6 +351,7 @@ impl Stage<'_> {
     fn service(&mut self, wait: Duration) -> Result<()> {
         crate::heartbeat::tick();
         self.producer.poll(wait);
+        crate::stats::STAGE.producer_queue.store(self.producer.in_flight_count().max(0) as u64, Ordering::Relaxed);
         let outcomes = std::mem::take(&mut *self.producer.context().0.lock().unwrap_or_else(PoisonError::into_inner));
         self.stats.delivered += outcomes.delivered;
         self.stats.dead_lettered += outcomes.dead_lettered;
@@ -367,6 +371,7 @@ impl Stage<'_> {
             return Err(Error::Fatal(format!("{code}: {reason}")));
         }
         let Failed { origin, error, key, payload, headers, timestamp } = f;
+        Counters::add(&crate::stats::STAGE.produce_errors, 1);
         if origin.to_dlq && is_permanent(&error) {
             return Err(Error::DeadLetter {
                 reason: format!("partition {} offset {}: {error}", origin.partition, origin.offset),

@@ -1,5 +1,5 @@
 //! What each stage has done, counted where it happens and carried to the supervisor in the heartbeats, for the
-//! status line, systemd's STATUS= and the summary on exit.
+//! status line, systemd's STATUS=, the `/metrics` endpoint and the summary on exit.
 
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,18 @@ pub struct Counters {
     pub delivered: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub retried: AtomicU64,
+    /// Events read from the stage's input channel (hashers, producer).
+    pub received: AtomicU64,
+    /// Events written to the stage's output channel (consumer, hashers).
+    pub sent: AtomicU64,
+    pub batches_in: AtomicU64,
+    pub batches_out: AtomicU64,
+    /// Events a hasher found unfit to transform and marked for the dead-letter topic.
+    pub invalid: AtomicU64,
+    /// Deliveries librdkafka reported as failed, whether then retried or dead-lettered.
+    pub produce_errors: AtomicU64,
+    /// Events handed to librdkafka and not yet acknowledged by the brokers: a gauge.
+    pub producer_queue: AtomicU64,
     partitions: Mutex<Vec<PartitionStats>>,
 }
 
@@ -37,6 +49,13 @@ pub struct StageStats {
     pub delivered: u64,
     pub dead_lettered: u64,
     pub retried: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub batches_in: u64,
+    pub batches_out: u64,
+    pub invalid: u64,
+    pub produce_errors: u64,
+    pub producer_queue: u64,
     pub partitions: Vec<PartitionStats>,
 }
 
@@ -52,6 +71,13 @@ impl Counters {
             delivered: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             retried: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            batches_in: AtomicU64::new(0),
+            batches_out: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            produce_errors: AtomicU64::new(0),
+            producer_queue: AtomicU64::new(0),
             partitions: Mutex::new(Vec::new()),
         }
     }
@@ -87,6 +113,13 @@ impl Counters {
             delivered: get(&self.delivered),
             dead_lettered: get(&self.dead_lettered),
             retried: get(&self.retried),
+            received: get(&self.received),
+            sent: get(&self.sent),
+            batches_in: get(&self.batches_in),
+            batches_out: get(&self.batches_out),
+            invalid: get(&self.invalid),
+            produce_errors: get(&self.produce_errors),
+            producer_queue: get(&self.producer_queue),
             partitions: self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
         }
     }
@@ -99,8 +132,8 @@ impl Default for Counters {
 }
 
 impl StageStats {
-    /// Adds another stage's counters. Not its gauges (in flight, partitions): those say where one consumer stands
-    /// now, and a dead consumer's last values must not linger in a sum.
+    /// Adds another stage's counters. Not its gauges (in flight, producer queue, partitions): those say where one
+    /// stage stands now, and a dead stage's last values must not linger in a sum.
     pub fn absorb(&mut self, other: &StageStats) {
         self.consumed += other.consumed;
         self.acked += other.acked;
@@ -108,6 +141,12 @@ impl StageStats {
         self.delivered += other.delivered;
         self.dead_lettered += other.dead_lettered;
         self.retried += other.retried;
+        self.received += other.received;
+        self.sent += other.sent;
+        self.batches_in += other.batches_in;
+        self.batches_out += other.batches_out;
+        self.invalid += other.invalid;
+        self.produce_errors += other.produce_errors;
     }
 
     /// Total lag over the known partitions, `None` before librdkafka has said.
@@ -135,8 +174,15 @@ mod tests {
         assert_eq!(snapshot.lag(), Some(5), "unknown lag is left out");
         let mut total = StageStats::default();
         total.absorb(&snapshot);
-        total.absorb(&StageStats { consumed: 1, dead_lettered: 4, in_flight: 9, ..StageStats::default() });
-        assert_eq!((total.consumed, total.delivered, total.dead_lettered), (4, 2, 4));
-        assert_eq!((total.in_flight, total.partitions.len()), (0, 0), "gauges are not summed");
+        total.absorb(&StageStats {
+            consumed: 1,
+            dead_lettered: 4,
+            in_flight: 9,
+            producer_queue: 7,
+            sent: 5,
+            ..StageStats::default()
+        });
+        assert_eq!((total.consumed, total.delivered, total.dead_lettered, total.sent), (4, 2, 4, 5));
+        assert_eq!((total.in_flight, total.producer_queue, total.partitions.len()), (0, 0, 0), "gauges are not summed");
     }
 }
