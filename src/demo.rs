@@ -104,6 +104,11 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
     if cli.hashers.is_none() {
         cfg.hashers = 4;
     }
+    // The mock cluster waits out a departed member's whole session before it rebalances, even one that left the
+    // group cleanly: with the 45 s default, a demo pipeline restarted after a crash would sit idle that long. The
+    // user's own -X settings come later, and win.
+    let short_sessions = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")];
+    cfg.properties.splice(0..0, short_sessions.map(|(k, v)| (k.to_string(), v.to_string())));
     // SAFETY: no thread has been started in this process yet.
     let broker = match unsafe { nix::unistd::fork() }.map_err(os)? {
         nix::unistd::ForkResult::Child => {
