@@ -78,6 +78,11 @@ pub struct Cli {
     #[arg(global = true, long, env = "SUPERVISOR_STATUS_INTERVAL", value_name = "SECS", value_parser = parse_seconds)]
     pub status_interval: Option<Duration>,
 
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics (port 0 picks a free one, and the log says which)
+    /// [default: off].
+    #[arg(global = true, long, env = "SUPERVISOR_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+
     /// Log filter in env_logger's syntax (error, warn, info, debug, or per module: info,librdkafka=debug); wins over
     /// RUST_LOG [default: info].
     #[arg(global = true, long, env = "SUPERVISOR_LOG_LEVEL", value_name = "FILTER")]
@@ -146,6 +151,7 @@ const FILE_KEYS: &[(&str, &str)] = &[
     ("restart-window", "SUPERVISOR_RESTART_WINDOW"),
     ("child-timeout", "SUPERVISOR_CHILD_TIMEOUT"),
     ("log-level", "SUPERVISOR_LOG_LEVEL"),
+    ("metrics-addr", "SUPERVISOR_METRICS_ADDR"),
 ];
 
 /// What a config file says, sorted into what feeds the flags and what goes to librdkafka.
@@ -279,6 +285,7 @@ pub struct Config {
     pub restart_window: Duration,
     pub child_timeout: Duration,
     pub status_interval: Option<Duration>,
+    pub metrics_addr: Option<String>,
     pub properties: Vec<(String, String)>,
     /// Events per IPC batch; a batch is sent when it is full or its linger has passed.
     pub batch_events: usize,
@@ -314,6 +321,7 @@ impl Config {
             restart_window: cli.restart_window,
             child_timeout: cli.child_timeout,
             status_interval: cli.status_interval,
+            metrics_addr: cli.metrics_addr.clone(),
             properties: cli.properties.clone(),
             batch_events: 512,
             batch_bytes: 64 * 1024,
@@ -340,6 +348,9 @@ impl Config {
             ("child-timeout", self.child_timeout.as_secs_f64().to_string()),
         ] {
             out.push_str(&format!("{k} = {v}\n"));
+        }
+        if let Some(addr) = &self.metrics_addr {
+            out.push_str(&format!("metrics-addr = {}\n", q(addr)));
         }
         if !self.properties.is_empty() {
             out.push_str("\n[kafka]\n");

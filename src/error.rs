@@ -80,6 +80,8 @@ pub enum Error {
     Decode(String),
     /// A system call (fork, waitpid, prctl) failed.
     Os(String),
+    /// The `--metrics-addr` socket could not be opened: a bad address, or the port is taken.
+    Metrics { addr: String, reason: String },
 }
 
 impl Error {
@@ -87,7 +89,7 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::CreateClient(_) | Error::MissingTopic { .. } | Error::CreateTopic { .. } => Exit::Config,
-            Error::Subscribe(_) => Exit::Config,
+            Error::Subscribe(_) | Error::Metrics { .. } => Exit::Config,
             Error::Metadata { .. } => Exit::Unavailable,
             _ => Exit::Failure,
         }
@@ -115,6 +117,7 @@ impl fmt::Display for Error {
             Error::Ipc(e) => write!(f, "IPC channel error: {e}"),
             Error::Decode(e) => write!(f, "malformed IPC batch: {e}"),
             Error::Os(e) => write!(f, "system call failed: {e}"),
+            Error::Metrics { addr, reason } => write!(f, "cannot serve metrics on --metrics-addr {addr}: {reason}"),
         }
     }
 }

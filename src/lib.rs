@@ -14,6 +14,7 @@ pub mod gate;
 pub mod hasher;
 pub mod heartbeat;
 pub mod ipc;
+pub mod metrics;
 pub mod notify;
 pub mod process;
 pub mod producer;

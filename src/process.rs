@@ -17,6 +17,18 @@ pub enum Role {
     DemoBroker,
 }
 
+impl Role {
+    /// The role without its index: what metrics are labelled with.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Role::Producer => "producer",
+            Role::Hasher(_) => "hasher",
+            Role::Consumer => "consumer",
+            Role::DemoBroker => "demo-broker",
+        }
+    }
+}
+
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

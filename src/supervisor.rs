@@ -14,6 +14,7 @@ use crate::hasher::{self, HasherEnds};
 use crate::heartbeat;
 use crate::ipc::{self, AckReceiver, AckSender, BatchReceiver, BatchSender, Control, ControlReceiver, ControlSender};
 use crate::ipc::{Report, ReportReceiver, ReportSender};
+use crate::metrics;
 use crate::notify::Notifier;
 use crate::process::{self, Role};
 use crate::producer::{self, ProducerEnds};
@@ -22,8 +23,7 @@ use ipc_channel::TryRecvError;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
-use std::collections::HashMap;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -182,6 +182,10 @@ pub struct Supervisor {
     outcome: Exit,
     /// What went wrong first in this generation, for the restart and give-up lines.
     cause: Option<String>,
+    /// Whose failure that was, when a child's.
+    cause_role: Option<Role>,
+    /// Restarts by the role of the child whose failure caused them, for the metrics.
+    restarts_by_role: BTreeMap<&'static str, u64>,
     /// When recent restarts happened, for `--max-restarts` within `--restart-window`.
     restarts: VecDeque<Instant>,
     total_restarts: u64,
@@ -190,10 +194,18 @@ pub struct Supervisor {
     ready_sent: bool,
     last_watchdog: Option<Instant>,
     /// The last counts from every child there has been, by pid: their sum is the whole run's.
-    counts: HashMap<i32, StageStats>,
+    counts: HashMap<i32, (Role, StageStats)>,
+    /// The counts of children whose pid a later child got.
+    retired: Vec<(Role, StageStats)>,
     /// The newest consumer: its gauges (in flight, lag, committed offsets) are the pipeline's.
     current_consumer: Option<i32>,
+    /// The newest producer: its gauge (librdkafka's queue) is the pipeline's.
+    current_producer: Option<i32>,
     status: StatusLine,
+    metrics: Option<metrics::Server>,
+    drain_started: Option<Instant>,
+    drains: u64,
+    last_drain: Option<Duration>,
 }
 
 /// The periodic status: rates since the last one, in flight, lag, restarts.
@@ -256,7 +268,7 @@ impl Supervisor {
             };
             match ended {
                 Ended::Exit(exit) => {
-                    if sup.total_restarts > 0 || sup.counts.values().any(|s| s.consumed > 0) {
+                    if sup.total_restarts > 0 || sup.counts.values().any(|(_, s)| s.consumed > 0) {
                         sup.summary();
                     }
                     return exit;
@@ -274,6 +286,15 @@ impl Supervisor {
         let (report_tx, reports) = ipc::report_channel()?;
         let live = std::io::stderr().is_terminal();
         let every = cfg.status_interval.unwrap_or(if live { Duration::from_secs(1) } else { STATUS_LOG_EVERY });
+        let metrics = match &cfg.metrics_addr {
+            Some(addr) => {
+                let server = metrics::Server::bind(addr)?;
+                let shown = server.local_addr().map_or_else(|| addr.clone(), |a| a.to_string());
+                log::info!("metrics at http://{shown}/metrics");
+                Some(server)
+            }
+            None => None,
+        };
         Ok(Supervisor {
             cfg,
             signals,
@@ -283,13 +304,17 @@ impl Supervisor {
             control: None,
             outcome: Exit::Clean,
             cause: None,
+            cause_role: None,
+            restarts_by_role: ["consumer", "hasher", "producer"].into_iter().map(|r| (r, 0)).collect(),
             restarts: VecDeque::new(),
             total_restarts: 0,
             notify: Notifier::from_env(),
             ready_sent: false,
             last_watchdog: None,
             counts: HashMap::new(),
+            retired: Vec::new(),
             current_consumer: None,
+            current_producer: None,
             status: StatusLine {
                 started: Instant::now(),
                 last: Instant::now(),
@@ -297,6 +322,10 @@ impl Supervisor {
                 live,
                 every,
             },
+            metrics,
+            drain_started: None,
+            drains: 0,
+            last_drain: None,
         })
     }
 
@@ -304,6 +333,7 @@ impl Supervisor {
     /// code when the budget is spent or a signal came meanwhile.
     fn before_restart(&mut self) -> Option<Exit> {
         let cause = self.cause.take().unwrap_or_else(|| "a child failed".into());
+        let role = self.cause_role.take().map_or("none", Role::kind);
         let now = Instant::now();
         while self.restarts.front().is_some_and(|t| now.duration_since(*t) > self.cfg.restart_window) {
             self.restarts.pop_front();
@@ -320,6 +350,7 @@ impl Supervisor {
         }
         self.restarts.push_back(now);
         self.total_restarts += 1;
+        *self.restarts_by_role.entry(role).or_default() += 1;
         let delay = backoff(self.restarts.len());
         log::warn!(
             "restarting the pipeline in {delay:?} (restart {} of at most {} within {:?}; {} in all) after: {cause}",
@@ -339,6 +370,7 @@ impl Supervisor {
                 );
                 return Some(Exit::Failure);
             }
+            self.serve_metrics();
             std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
         }
         None
@@ -350,6 +382,7 @@ impl Supervisor {
         self.control = Some(control);
         self.outcome = Exit::Clean;
         self.cause = None;
+        self.cause_role = None;
         let mut roles = vec![Role::Producer];
         roles.extend((0..self.cfg.hashers).map(Role::Hasher));
         roles.push(Role::Consumer);
@@ -386,14 +419,23 @@ impl Supervisor {
                 self.reports = None;
                 self.control = None;
                 self.notify = Notifier::silent();
+                // The port, and any scrape half served, are the supervisor's: a child holding them would keep the
+                // port bound after the supervisor is gone.
+                self.metrics = None;
                 drop(std::mem::replace(wiring, Wiring::empty()));
                 let code = child_main(role, parent, &self.cfg, ends, report);
                 std::process::exit(code);
             }
             ForkResult::Parent { child } => {
                 drop(ends);
-                if role == Role::Consumer {
-                    self.current_consumer = Some(child.as_raw());
+                let pid = child.as_raw();
+                match role {
+                    Role::Consumer => self.current_consumer = Some(pid),
+                    Role::Producer => self.current_producer = Some(pid),
+                    _ => {}
+                }
+                if let Some(earlier) = self.counts.insert(pid, (role, StageStats::default())) {
+                    self.retired.push(earlier);
                 }
                 self.children.push(Child {
                     pid: child,
@@ -448,14 +490,20 @@ impl Supervisor {
         self.reap();
         self.pet_watchdog();
         self.report_status();
+        self.serve_metrics();
+    }
+
+    /// Every child's counts there have been, with its role.
+    fn all_counts(&self) -> impl Iterator<Item = &(Role, StageStats)> {
+        self.counts.values().chain(&self.retired)
     }
 
     fn totals(&self) -> StageStats {
         let mut total = StageStats::default();
-        for stats in self.counts.values() {
+        for (_, stats) in self.all_counts() {
             total.absorb(stats);
         }
-        if let Some(consumer) = self.current_consumer.and_then(|pid| self.counts.get(&pid)) {
+        if let Some((_, consumer)) = self.current_consumer.and_then(|pid| self.counts.get(&pid)) {
             total.in_flight = consumer.in_flight;
             total.partitions = consumer.partitions.clone();
         }
@@ -489,6 +537,52 @@ impl Supervisor {
         self.notify.send(&format!("STATUS={line}"));
         self.status.last = now;
         self.status.last_totals = totals;
+    }
+
+    /// Answers scrapes of `--metrics-addr`, if any are waiting.
+    fn serve_metrics(&mut self) {
+        let Some(mut server) = self.metrics.take() else {
+            return;
+        };
+        server.serve(|| self.render_metrics());
+        self.metrics = Some(server);
+    }
+
+    fn render_metrics(&self) -> String {
+        let mut stages: [StageStats; 3] = Default::default();
+        for (role, stats) in self.all_counts() {
+            let i = match role {
+                Role::Consumer => 0,
+                Role::Hasher(_) => 1,
+                Role::Producer => 2,
+                Role::DemoBroker => continue,
+            };
+            stages[i].absorb(stats);
+        }
+        let gauge = |pid: Option<i32>| pid.and_then(|pid| self.counts.get(&pid)).map(|(_, s)| s);
+        let consumer = gauge(self.current_consumer);
+        let restarts: Vec<(&str, u64)> = self.restarts_by_role.iter().map(|(r, n)| (*r, *n)).collect();
+        let children: Vec<(&str, usize)> = ["consumer", "hasher", "producer"]
+            .into_iter()
+            .map(|kind| (kind, self.children.iter().filter(|c| c.role.kind() == kind).count()))
+            .collect();
+        let ready = !self.children.is_empty() && self.children.iter().all(|c| c.ready && c.hung_since.is_none());
+        metrics::render(&metrics::Snapshot {
+            source_topic: &self.cfg.source_topic,
+            consumer: &stages[0],
+            hashers: &stages[1],
+            producer: &stages[2],
+            in_flight: consumer.map_or(0, |s| s.in_flight),
+            capacity: self.cfg.queue_capacity,
+            producer_queue: gauge(self.current_producer).map_or(0, |s| s.producer_queue),
+            partitions: consumer.map_or(&[], |s| &s.partitions),
+            restarts: &restarts,
+            children: &children,
+            ready: ready && self.children.iter().any(|c| c.joined),
+            drains: self.drains,
+            last_drain: self.last_drain,
+            uptime: self.status.started.elapsed(),
+        })
     }
 
     /// The closing summary: what the whole run did, across restarts.
@@ -559,7 +653,9 @@ impl Supervisor {
                 if let Some(c) = self.child_mut(pid) {
                     c.last_seen = Instant::now();
                 }
-                self.counts.insert(pid, stats);
+                if let Some((_, last)) = self.counts.get_mut(&pid) {
+                    *last = stats;
+                }
             }
             Report::Joined { pid } => {
                 if let Some(c) = self.child_mut(pid) {
@@ -583,7 +679,7 @@ impl Supervisor {
                 });
                 let who = role.map_or_else(|| format!("pid {pid}"), |r| format!("{r} (pid {pid})"));
                 log::error!("{who} failed: {message}");
-                self.fail(Exit::from_code(code), format!("{who} failed: {message}"));
+                self.fail(Exit::from_code(code), role, format!("{who} failed: {message}"));
             }
         }
     }
@@ -595,9 +691,12 @@ impl Supervisor {
     }
 
     /// Records a failure of this generation; the first one is its cause.
-    fn fail(&mut self, e: Exit, cause: String) {
+    fn fail(&mut self, e: Exit, role: Option<Role>, cause: String) {
         self.record(e);
-        self.cause.get_or_insert(cause);
+        if self.cause.is_none() {
+            self.cause = Some(cause);
+            self.cause_role = role;
+        }
     }
 
     fn reap(&mut self) {
@@ -617,7 +716,7 @@ impl Supervisor {
                     if !c.reported {
                         log::error!("{cause}");
                     }
-                    self.fail(why, cause);
+                    self.fail(why, Some(role), cause);
                 }
                 Ok(WaitStatus::Signaled(_, sig, _)) if c.killed => log::debug!("{role} (pid {pid}) stopped by {sig}"),
                 Ok(WaitStatus::Signaled(_, sig, _)) => {
@@ -627,7 +726,7 @@ impl Supervisor {
                         format!("{role} (pid {pid}) was killed by {sig}")
                     };
                     log::error!("{cause}");
-                    self.fail(Exit::Failure, cause);
+                    self.fail(Exit::Failure, Some(role), cause);
                 }
                 Ok(_) => {
                     i += 1;
@@ -780,7 +879,7 @@ impl Supervisor {
                     if stop_requested {
                         self.record(Exit::DrainTimeout);
                     } else {
-                        self.fail(Exit::Failure, "the drain after a failure did not finish".into());
+                        self.fail(Exit::Failure, None, "the drain after a failure did not finish".into());
                     }
                     return self.finish(generation, stop_requested);
                 }
@@ -802,11 +901,18 @@ impl Supervisor {
 
     fn begin_drain(&mut self) -> Phase {
         self.request_drain();
+        self.drain_started = Some(Instant::now());
         Phase::Draining { deadline: Instant::now() + self.cfg.drain_timeout }
     }
 
     /// Every child is gone: exit if the user asked for it (or nothing can mend it), else restart.
     fn finish(&mut self, generation: u64, stop_requested: bool) -> Ended {
+        if let Some(started) = self.drain_started.take() {
+            let took = started.elapsed();
+            log::debug!("the drain took {took:.2?}");
+            self.last_drain = Some(took);
+            self.drains += 1;
+        }
         match (stop_requested, self.outcome) {
             (true, Exit::Clean | Exit::DrainTimeout | Exit::FastStop | Exit::Config | Exit::Unavailable) => {
                 Ended::Exit(self.outcome)
@@ -817,7 +923,7 @@ impl Supervisor {
             }
             (false, Exit::Clean) => {
                 // Every stage ended by itself without a stop: nothing explains it but a failure.
-                self.fail(Exit::Failure, "the pipeline stopped by itself".into());
+                self.fail(Exit::Failure, None, "the pipeline stopped by itself".into());
                 Ended::Crashed
             }
             (false, _) => self.after_failure(generation, true),

@@ -122,6 +122,8 @@ fn help_documents_every_flag_and_the_exit_codes() {
         "--restart-window",
         "--child-timeout",
         "--log-level",
+        "--status-interval",
+        "--metrics-addr",
         "--config",
         "--print-config",
         "-X",
@@ -174,4 +176,23 @@ fn an_unreachable_broker_exits_3_without_hanging() {
     let log = sup.log();
     assert_eq!(errors(&log).len(), 1, "{log}");
     assert!(errors(&log)[0].contains("cannot reach the Kafka brokers"), "{log}");
+}
+
+#[test]
+fn a_metrics_port_in_use_or_a_bad_address_is_a_configuration_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (addr, why) in [(taken.as_str(), "in use"), ("localhost", "not a HOST:PORT address")] {
+        let t0 = Instant::now();
+        let out = clean_command()
+            .args(["--brokers", &format!("127.0.0.1:{}", free_port()), "--metrics-addr", addr])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{log}");
+        assert_eq!(errors(&log).len(), 1, "{log}");
+        assert!(errors(&log)[0].contains(&format!("cannot serve metrics on --metrics-addr {addr}")), "{log}");
+        assert!(errors(&log)[0].contains(why), "{log}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "fails before any broker is tried");
+    }
 }

@@ -68,3 +68,115 @@ fn systemd_hears_ready_then_watchdog_then_stopping() {
     assert!(ready_at < stopping_at, "{got:?}");
     assert!(got[stopping_at].1.contains("EXTEND_TIMEOUT_USEC=25000000"), "room for the 20 s drain: {got:?}");
 }
+
+/// One scrape of `/metrics` over plain HTTP, as Prometheus does it.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not HTTP: {answer}"));
+    assert!(head.starts_with("HTTP/1.1 200 OK") && head.contains("version=0.0.4"), "{head}");
+    body.to_string()
+}
+
+/// The value of one sample, by its name and labels as printed.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes until `done` holds for the text, and returns it.
+fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = scrape(addr);
+        if done(&text) {
+            return text;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "metrics never showed {what}:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn metrics_show_the_pipeline_per_stage_and_partition_and_its_restarts() {
+    let broker = Broker::start("metrics");
+    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let mut args = base_args(&broker.addr, "metrics");
+    args.extend(["--hashers", "2", "--metrics-addr", "127.0.0.1:0"].map(String::from));
+    let mut sup = start(&args);
+    assert!(sup.wait_for_log("assigned", Duration::from_secs(30)), "{}", sup.log());
+    let log = sup.log();
+    let addr = log
+        .split("metrics at http://")
+        .nth(1)
+        .and_then(|rest| rest.split("/metrics").next())
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
+        .to_string();
+    let idle = scrape(&addr);
+    assert_eq!(sample(&idle, "supervisor_children{role=\"hasher\"}"), Some(2.0), "{idle}");
+    assert_eq!(sample(&idle, "supervisor_queue_capacity_events"), Some(10_000.0), "{idle}");
+
+    let mut events = name_events(3_000, 16);
+    events.extend([b"not json".to_vec(), b"[1,2]".to_vec(), b"{\"a\":".to_vec()].map(|p| (None, Some(p))));
+    let landed = produce(&broker.addr, "src", &events);
+    let ends = end_offsets(&landed);
+    let through = |t: &str| {
+        sample(t, "supervisor_events_out_total{stage=\"producer\"}") == Some(events.len() as f64)
+            && (0..PARTITIONS).all(|p| {
+                let labels = format!("{{topic=\"src\",partition=\"{p}\"}}");
+                sample(t, &format!("supervisor_committed_offset{labels}")) == Some(ends[p as usize] as f64)
+                    && sample(t, &format!("supervisor_consumer_lag_events{labels}")) == Some(0.0)
+            })
+    };
+    let text = scrape_until(&addr, "every event delivered and committed, with no lag", through);
+    let n = events.len() as f64;
+    for (series, value) in [
+        ("supervisor_events_in_total{stage=\"consumer\"}", n),
+        ("supervisor_events_in_total{stage=\"hasher\"}", n),
+        ("supervisor_events_out_total{stage=\"hasher\"}", n),
+        ("supervisor_events_in_total{stage=\"producer\"}", n),
+        ("supervisor_dead_letters_total{stage=\"hasher\"}", 3.0),
+        ("supervisor_dead_letters_total{stage=\"producer\"}", 3.0),
+        ("supervisor_acked_total", n),
+        ("supervisor_produce_errors_total", 0.0),
+        ("supervisor_in_flight_events", 0.0),
+        ("supervisor_restarts_total{role=\"hasher\"}", 0.0),
+        ("supervisor_ready", 1.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    let batches = sample(&text, "supervisor_batches_out_total{stage=\"consumer\"}").unwrap();
+    assert!(batches >= 2.0 && batches < n, "events travel in batches: {batches}\n{text}");
+
+    // A hasher dies: the pipeline drains and restarts, and the metrics say whose fault it was.
+    let victim = sup.pids()["hasher-0"];
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    assert!(sup.wait_for_log_count("pipeline running", 2, Duration::from_secs(60)), "{}", sup.log());
+    let text = scrape_until(&addr, "the restart", |t| {
+        sample(t, "supervisor_restarts_total{role=\"hasher\"}") == Some(1.0)
+            && sample(t, "supervisor_ready") == Some(1.0)
+    });
+    assert_eq!(sample(&text, "supervisor_restarts_total{role=\"consumer\"}"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "supervisor_drains_total"), Some(1.0), "{text}");
+    assert!(sample(&text, "supervisor_last_drain_seconds").is_some_and(|s| s > 0.0 && s < 10.0), "{text}");
+    assert_eq!(sample(&text, "supervisor_children{role=\"hasher\"}"), Some(2.0), "{text}");
+    // Counters carry over the restart: the dead generation's counts are still in.
+    assert_eq!(sample(&text, "supervisor_events_in_total{stage=\"consumer\"}"), Some(n), "{text}");
+
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
+    assert!(std::net::TcpStream::connect(&addr).is_err(), "the port is closed with the supervisor");
+}
+
+#[test]
+fn the_readme_shows_the_unit_file_as_shipped() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("scripts/supervisor.service")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let shown: String =
+        unit.lines().map(|l| if l.is_empty() { "\n".to_string() } else { format!("    {l}\n") }).collect();
+    assert!(readme.contains(&shown), "README.md's copy of scripts/supervisor.service is out of date");
+}

@@ -1,0 +1,477 @@
+//! `--metrics-addr`: the pipeline's counts in Prometheus' text format, on `/metrics`.
+//!
+//! Only the supervisor listens; the children's counts reach it in their heartbeats. The supervisor never starts a
+//! thread (its forks must stay safe), so the server is non-blocking and served from its loop, a little at a time:
+//! a slow or idle client holds nothing up, and is dropped after `CLIENT_TIMEOUT`.
+
+use crate::error::{Error, Result};
+use crate::stats::{PartitionStats, StageStats};
+use std::fmt::Write as _;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// How long a client has to send its request and read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients served at once; more wait in the kernel's accept queue.
+const MAX_CLIENTS: usize = 16;
+/// A request line and headers larger than this are refused.
+const MAX_REQUEST: usize = 16 * 1024;
+
+/// The listening socket and the clients being served.
+pub struct Server {
+    listener: TcpListener,
+    clients: Vec<Client>,
+}
+
+struct Client {
+    stream: TcpStream,
+    request: Vec<u8>,
+    response: Vec<u8>,
+    written: usize,
+    since: Instant,
+}
+
+impl Server {
+    /// Listens on `addr` (`HOST:PORT`; port 0 picks a free one).
+    pub fn bind(addr: &str) -> Result<Server> {
+        let fail = |reason: String| Error::Metrics { addr: addr.to_string(), reason };
+        let addrs: Vec<SocketAddr> =
+            addr.to_socket_addrs().map_err(|e| fail(format!("not a HOST:PORT address ({e})")))?.collect();
+        let listener = TcpListener::bind(&addrs[..]).map_err(|e| fail(e.to_string()))?;
+        listener.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+        Ok(Server { listener, clients: Vec::new() })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Accepts new clients and moves every client on as far as it goes without blocking. `render` is called only
+    /// when a scrape is to be answered, at most once per call.
+    pub fn serve(&mut self, render: impl FnOnce() -> String) {
+        self.accept();
+        let mut render = Some(render);
+        let mut page: Option<String> = None;
+        let now = Instant::now();
+        self.clients.retain_mut(|c| {
+            if now.duration_since(c.since) > CLIENT_TIMEOUT {
+                return false;
+            }
+            if c.response.is_empty() {
+                match c.read_request() {
+                    Progress::Pending => return true,
+                    Progress::Closed => return false,
+                    Progress::Complete => {
+                        let metrics =
+                            || page.get_or_insert_with(|| render.take().map_or_else(String::new, |r| r())).clone();
+                        c.response = respond(&c.request, metrics);
+                    }
+                }
+            }
+            c.write_response()
+        });
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+                        log::debug!("metrics: turning {peer} away: {} clients already", self.clients.len());
+                        continue;
+                    }
+                    self.clients.push(Client {
+                        stream,
+                        request: Vec::new(),
+                        response: Vec::new(),
+                        written: 0,
+                        since: Instant::now(),
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    // Out of file descriptors, say: the next round tries again.
+                    log::warn!("metrics: cannot accept a connection: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+enum Progress {
+    Pending,
+    Complete,
+    Closed,
+}
+
+impl Client {
+    fn read_request(&mut self) -> Progress {
+        let mut buf = [0u8; 2048];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Progress::Closed,
+                Ok(n) => {
+                    self.request.extend_from_slice(&buf[..n]);
+                    if self.request.windows(4).any(|w| w == b"\r\n\r\n") || self.request.len() > MAX_REQUEST {
+                        return Progress::Complete;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Progress::Pending,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Progress::Closed,
+            }
+        }
+    }
+
+    /// Writes what the socket takes; false once the client is done with (all written, or gone).
+    fn write_response(&mut self) -> bool {
+        while self.written < self.response.len() {
+            match self.stream.write(&self.response[self.written..]) {
+                Ok(0) => return false,
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        false
+    }
+}
+
+/// The whole HTTP/1.1 response to one request; every response closes the connection.
+fn respond(request: &[u8], metrics: impl FnOnce() -> String) -> Vec<u8> {
+    let line = request.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let path = target.split('?').next().unwrap_or_default();
+    let (status, content_type, body) = if request.len() > MAX_REQUEST {
+        ("431 Request Header Fields Too Large", "text/plain; charset=utf-8", "request too large\n".to_string())
+    } else if method != "GET" && method != "HEAD" {
+        ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET and HEAD\n".to_string())
+    } else if path == "/metrics" {
+        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics())
+    } else if path == "/" {
+        ("200 OK", "text/plain; charset=utf-8", "supervisor: metrics are at /metrics\n".to_string())
+    } else {
+        ("404 Not Found", "text/plain; charset=utf-8", "not found: metrics are at /metrics\n".to_string())
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
+        body.len(),
+        if status.starts_with("405") { "Allow: GET, HEAD\r\n" } else { "" }
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+/// Everything a scrape shows, as the supervisor sees it at that moment.
+pub struct Snapshot<'a> {
+    pub source_topic: &'a str,
+    /// Each stage's counters, summed over its processes and over every generation since the start.
+    pub consumer: &'a StageStats,
+    pub hashers: &'a StageStats,
+    pub producer: &'a StageStats,
+    /// Consumed and not yet acknowledged, from the newest consumer; bounded by `capacity`.
+    pub in_flight: u64,
+    pub capacity: usize,
+    /// Handed to librdkafka and not yet acknowledged, from the newest producer.
+    pub producer_queue: u64,
+    pub partitions: &'a [PartitionStats],
+    /// Pipeline restarts, by the role of the child whose failure caused them.
+    pub restarts: &'a [(&'a str, u64)],
+    /// Live child processes by role.
+    pub children: &'a [(&'a str, usize)],
+    pub ready: bool,
+    pub drains: u64,
+    pub last_drain: Option<Duration>,
+    pub uptime: Duration,
+}
+
+/// The Prometheus text exposition format (version 0.0.4).
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut out = String::with_capacity(4096);
+    let stages = [("consumer", s.consumer), ("hasher", s.hashers), ("producer", s.producer)];
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let by_stage = |value: &dyn Fn(&StageStats) -> u64, which: &[&str]| -> Vec<(String, f64)> {
+        stages
+            .iter()
+            .filter(|(stage, _)| which.contains(stage))
+            .map(|(stage, stats)| (format!("{{stage=\"{stage}\"}}"), value(stats) as f64))
+            .collect()
+    };
+    let all = ["consumer", "hasher", "producer"];
+    family(
+        "supervisor_events_in_total",
+        "counter",
+        "Events a stage took in: from the source topic (consumer), or from its input channel.",
+        &by_stage(&|st| st.consumed + st.received, &all),
+    );
+    family(
+        "supervisor_events_out_total",
+        "counter",
+        "Events a stage passed on: to its output channel, or acknowledged by the brokers (producer).",
+        &by_stage(&|st| st.sent + st.delivered + st.dead_lettered, &all),
+    );
+    family(
+        "supervisor_batches_in_total",
+        "counter",
+        "IPC batches a stage read from its input channels.",
+        &by_stage(&|st| st.batches_in, &["hasher", "producer"]),
+    );
+    family(
+        "supervisor_batches_out_total",
+        "counter",
+        "IPC batches a stage wrote to its output channels.",
+        &by_stage(&|st| st.batches_out, &["consumer", "hasher"]),
+    );
+    family(
+        "supervisor_dead_letters_total",
+        "counter",
+        "Events sent to the dead-letter topic: found unfit by a hasher, or written there by the producer.",
+        &by_stage(&|st| st.invalid + st.dead_lettered, &["hasher", "producer"]),
+    );
+    family(
+        "supervisor_acked_total",
+        "counter",
+        "Source events whose output the brokers acknowledged, as the consumer counted them for its commits.",
+        &[(String::new(), s.consumer.acked as f64)],
+    );
+    family(
+        "supervisor_produce_errors_total",
+        "counter",
+        "Deliveries that failed, whether then retried or dead-lettered.",
+        &[(String::new(), s.producer.produce_errors as f64)],
+    );
+    family(
+        "supervisor_produce_retries_total",
+        "counter",
+        "Events sent again after a delivery failed.",
+        &[(String::new(), s.producer.retried as f64)],
+    );
+    family(
+        "supervisor_in_flight_events",
+        "gauge",
+        "Events consumed and not yet acknowledged: every IPC queue and librdkafka's, together.",
+        &[(String::new(), s.in_flight as f64)],
+    );
+    family(
+        "supervisor_queue_capacity_events",
+        "gauge",
+        "The bound on in-flight events (--queue-capacity); at the bound the consumer waits.",
+        &[(String::new(), s.capacity as f64)],
+    );
+    family(
+        "supervisor_queue_depth_events",
+        "gauge",
+        "In-flight events by where they are: the IPC channels and stages, or librdkafka's produce queue.",
+        &[
+            ("{queue=\"ipc\"}".to_string(), s.in_flight.saturating_sub(s.producer_queue) as f64),
+            ("{queue=\"producer\"}".to_string(), s.producer_queue.min(s.in_flight) as f64),
+        ],
+    );
+    let topic = escape(s.source_topic);
+    let per_partition = |value: &dyn Fn(&PartitionStats) -> i64| -> Vec<(String, f64)> {
+        s.partitions
+            .iter()
+            .filter(|p| value(p) >= 0)
+            .map(|p| (format!("{{topic=\"{topic}\",partition=\"{}\"}}", p.partition), value(p) as f64))
+            .collect()
+    };
+    family(
+        "supervisor_consumer_lag_events",
+        "gauge",
+        "Events past the group's committed offset, per source partition (librdkafka statistics, every second).",
+        &per_partition(&|p| p.lag),
+    );
+    family(
+        "supervisor_committed_offset",
+        "gauge",
+        "The committed offset per source partition: everything before it is delivered.",
+        &per_partition(&|p| p.committed),
+    );
+    let labelled = |pairs: &[(&str, u64)], key: &str| -> Vec<(String, f64)> {
+        pairs.iter().map(|(v, n)| (format!("{{{key}=\"{}\"}}", escape(v)), *n as f64)).collect()
+    };
+    family(
+        "supervisor_restarts_total",
+        "counter",
+        "Pipeline restarts, by the role of the child whose failure caused them.",
+        &labelled(s.restarts, "role"),
+    );
+    let children: Vec<(&str, u64)> = s.children.iter().map(|(r, n)| (*r, *n as u64)).collect();
+    family("supervisor_children", "gauge", "Live child processes, by role.", &labelled(&children, "role"));
+    family(
+        "supervisor_ready",
+        "gauge",
+        "1 while every child is up and the consumer has joined its group.",
+        &[(String::new(), if s.ready { 1.0 } else { 0.0 })],
+    );
+    family(
+        "supervisor_drains_total",
+        "counter",
+        "Drains finished: after a failure, before a restart (the last one, on stop, ends the process).",
+        &[(String::new(), s.drains as f64)],
+    );
+    family(
+        "supervisor_last_drain_seconds",
+        "gauge",
+        "How long the last drain took, from its start until every child had exited.",
+        &s.last_drain.map(|d| vec![(String::new(), d.as_secs_f64())]).unwrap_or_default(),
+    );
+    family(
+        "supervisor_uptime_seconds",
+        "gauge",
+        "Seconds since the supervisor started.",
+        &[(String::new(), s.uptime.as_secs_f64())],
+    );
+    out
+}
+
+/// A label value as the text format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot_text() -> String {
+        let consumer = StageStats { consumed: 10, sent: 9, batches_out: 2, acked: 7, ..StageStats::default() };
+        let hashers =
+            StageStats { received: 9, sent: 8, batches_in: 2, batches_out: 2, invalid: 1, ..Default::default() };
+        let producer = StageStats {
+            received: 8,
+            delivered: 6,
+            dead_lettered: 1,
+            batches_in: 2,
+            produce_errors: 3,
+            retried: 2,
+            ..StageStats::default()
+        };
+        let partitions = [
+            PartitionStats { partition: 0, committed: 4, lag: 2 },
+            PartitionStats { partition: 1, committed: -1001, lag: -1 },
+        ];
+        render(&Snapshot {
+            source_topic: "src\"x",
+            consumer: &consumer,
+            hashers: &hashers,
+            producer: &producer,
+            in_flight: 3,
+            capacity: 100,
+            producer_queue: 1,
+            partitions: &partitions,
+            restarts: &[("consumer", 0), ("hasher", 2)],
+            children: &[("hasher", 4)],
+            ready: true,
+            drains: 2,
+            last_drain: Some(Duration::from_millis(250)),
+            uptime: Duration::from_secs(5),
+        })
+    }
+
+    #[test]
+    fn every_sample_belongs_to_a_declared_family() {
+        let text = snapshot_text();
+        let mut declared: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(["counter", "gauge"].contains(&kind), "{line}");
+                assert_eq!(kind == "counter", name.ends_with("_total"), "counters end in _total: {line}");
+                declared.push(name);
+            } else if !line.starts_with("# HELP ") {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(declared.last(), Some(&name), "sample after its TYPE line: {line}");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            }
+        }
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn the_counts_land_where_they_belong() {
+        let text = snapshot_text();
+        for expected in [
+            "supervisor_events_in_total{stage=\"consumer\"} 10",
+            "supervisor_events_out_total{stage=\"hasher\"} 8",
+            "supervisor_events_out_total{stage=\"producer\"} 7",
+            "supervisor_dead_letters_total{stage=\"hasher\"} 1",
+            "supervisor_produce_errors_total 3",
+            "supervisor_produce_retries_total 2",
+            "supervisor_queue_depth_events{queue=\"ipc\"} 2",
+            "supervisor_consumer_lag_events{topic=\"src\\\"x\",partition=\"0\"} 2",
+            "supervisor_committed_offset{topic=\"src\\\"x\",partition=\"0\"} 4",
+            "supervisor_restarts_total{role=\"hasher\"} 2",
+            "supervisor_last_drain_seconds 0.25",
+        ] {
+            assert!(text.lines().any(|l| l == expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(!text.contains("partition=\"1\""), "unknown lag and offsets are left out");
+        assert!(!text.contains("supervisor_batches_in_total{stage=\"consumer\"}"), "the consumer reads no batches");
+    }
+
+    fn get(addr: SocketAddr, request: &str, server: &mut Server) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let mut answer = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            server.serve(|| "up 1\n".to_string());
+            let mut buf = [0u8; 1024];
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "no answer to {request:?}");
+        }
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[test]
+    fn serves_metrics_over_http_without_blocking() {
+        let mut server = Server::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        // An idle client that never sends its request holds nothing up.
+        let _idle = TcpStream::connect(addr).unwrap();
+        let ok = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &mut server);
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("Content-Type: text/plain; version=0.0.4") && ok.ends_with("\r\n\r\nup 1\n"), "{ok}");
+        let head = get(addr, "HEAD /metrics HTTP/1.0\r\n\r\n", &mut server);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+        assert!(get(addr, "GET /nope HTTP/1.1\r\n\r\n", &mut server).starts_with("HTTP/1.1 404"));
+        let post = get(addr, "POST /metrics HTTP/1.1\r\n\r\n", &mut server);
+        assert!(post.starts_with("HTTP/1.1 405") && post.contains("Allow: GET, HEAD"), "{post}");
+    }
+
+    #[test]
+    fn a_bad_address_is_a_configuration_error() {
+        for addr in ["no-port", "127.0.0.1:99999"] {
+            let e = Server::bind(addr).err().unwrap();
+            assert_eq!(e.exit(), crate::Exit::Config, "{addr}: {e}");
+            assert!(e.to_string().contains(addr), "{e}");
+        }
+        let taken = Server::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let e = Server::bind(&addr).err().unwrap();
+        assert!(e.to_string().contains("in use"), "{e}");
+    }
+}
