@@ -186,13 +186,20 @@ fn is_malformed(seq: u64) -> bool {
     seq % BAD_EVERY == BAD_EVERY - 1
 }
 
-fn event(seq: u64, pad: &str) -> (String, Vec<u8>) {
+/// Microseconds since the epoch: when an event was handed to the source producer.
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// One source event; with `sent_us`, it carries its send time so that the checker can time it end to end.
+fn event(seq: u64, pad: &str, sent_us: Option<u64>) -> (String, Vec<u8>) {
     let key = format!("{}", seq % 1024);
     let (f, l) = (FIRST[(seq % 20) as usize], LAST[((seq / 20) % 20) as usize]);
+    let sent = sent_us.map_or_else(String::new, |t| format!(r#", "sent_us": {t}"#));
     let body = if is_malformed(seq) {
         format!(r#"{{"first_name": "{f}", "last_na"#)
     } else {
-        format!(r#"{{"first_name": "{f}", "last_name": "{l}", "seq": {seq}{pad}}}"#)
+        format!(r#"{{"first_name": "{f}", "last_name": "{l}", "seq": {seq}{sent}{pad}}}"#)
     };
     (key, body.into_bytes())
 }
@@ -216,7 +223,7 @@ fn broker_main(
     // The mock cluster keeps only 5 MiB per partition and deletes older data: the generator stays well behind that,
     // or events would be deleted before the pipeline reads them.
     let arrived_so_far = Arc::new(AtomicU64::new(0));
-    let event_bytes = event(0, "").1.len() as u64 + args.pad as u64 + 64;
+    let event_bytes = event(0, "", Some(now_us())).1.len() as u64 + args.pad as u64 + 64;
     let max_lag = (args.partitions as u64 * 2 * 1024 * 1024 / event_bytes).max(1000);
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
@@ -244,6 +251,7 @@ fn broker_main(
     let (mut last_report, mut last_arrived) = (Instant::now(), 0u64);
     let mut signalled = false;
     let mut first_arrival: Option<Instant> = None;
+    let mut first_arrival_us = 0;
     let group = loop {
         checker.read(&mut checked, Duration::from_millis(100));
         let arrived = checked.arrived();
@@ -251,6 +259,7 @@ fn broker_main(
         let now = Instant::now();
         if arrived > 0 && first_arrival.is_none() {
             first_arrival = Some(now);
+            first_arrival_us = now_us();
         }
         if now.duration_since(last_report) >= Duration::from_secs(1) {
             let generated = count.load(Ordering::Relaxed);
@@ -292,6 +301,10 @@ fn broker_main(
         }
     }
     let ok = verdict(&brokers, cfg, args.partitions, &group, &generated, &checked)?;
+    // What was written while the group formed waited for it: time only what came after.
+    if let Some(line) = latency_line(&checked.latencies, first_arrival_us + LATENCY_WARM_UP_US, args.rate) {
+        println!("{line}\n");
+    }
     let _ = verdict_tx.send(ok);
     Ok(())
 }
@@ -327,7 +340,8 @@ impl Generator {
             while seq.saturating_sub(lag.arrived.load(Ordering::Relaxed)) > lag.max && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let (key, body) = event(seq, pad);
+            // At a steady rate the events are timed end to end; flat out, the backlog would only time the queue.
+            let (key, body) = event(seq, pad, (rate > 0).then(now_us));
             let bad = is_malformed(seq);
             let mut rec =
                 BaseRecord::with_opaque_to(topic, Box::new((seq, bad))).key(key.as_bytes()).payload(&body[..]);
@@ -363,6 +377,8 @@ struct Seen {
     /// (partition, offset) of each dead-lettered source event.
     dead: HashSet<(i32, i64)>,
     wrong_hash: u64,
+    /// (sent, source write → destination read) in µs, for events stamped with their send time.
+    latencies: Vec<(u64, u64)>,
 }
 
 impl Seen {
@@ -382,6 +398,9 @@ impl Checker {
             .set("bootstrap.servers", brokers)
             .set("group.id", "supervisor-demo-checker")
             .set("enable.auto.commit", "false")
+            // The mock broker holds an empty fetch for the whole wait even when data comes meanwhile: a short wait
+            // keeps the checker's own delay out of the latency it measures.
+            .set("fetch.wait.max.ms", "5")
             .create()
             .map_err(Error::CreateClient)?;
         let mut tpl = TopicPartitionList::new();
@@ -404,7 +423,12 @@ impl Checker {
             let payload = m.payload().unwrap_or_default();
             if m.topic() == self.dest {
                 match check_hash(payload) {
-                    Some(seq) => *seen.hashed.entry(seq).or_default() += 1,
+                    Some((seq, sent_us)) => {
+                        *seen.hashed.entry(seq).or_default() += 1;
+                        if let Some(sent) = sent_us {
+                            seen.latencies.push((sent, now_us().saturating_sub(sent)));
+                        }
+                    }
                     None => seen.wrong_hash += 1,
                 }
             } else {
@@ -427,8 +451,9 @@ impl Checker {
     }
 }
 
-/// The seq of a hashed event whose hash is the md5 of its source bytes (the output without the spliced field).
-fn check_hash(out: &[u8]) -> Option<u64> {
+/// The seq (and send time, if stamped) of a hashed event whose hash is the md5 of its source bytes (the output
+/// without the spliced field).
+fn check_hash(out: &[u8]) -> Option<(u64, Option<u64>)> {
     let s = std::str::from_utf8(out).ok()?;
     let at = s.rfind(",\"hash\":\"")?;
     let hash = s.get(at + 9..at + 41)?;
@@ -438,7 +463,29 @@ fn check_hash(out: &[u8]) -> Option<u64> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(&source).ok()?;
-    v.get("seq")?.as_u64()
+    Some((v.get("seq")?.as_u64()?, v.get("sent_us").and_then(serde_json::Value::as_u64)))
+}
+
+/// Events sent this long after the first arrival are timed; earlier ones queued up while the group formed.
+const LATENCY_WARM_UP_US: u64 = 2_000_000;
+
+/// Latency percentiles of the events sent from `since` on.
+fn latency_line(latencies: &[(u64, u64)], since: u64, rate: u64) -> Option<String> {
+    let mut us: Vec<u64> = latencies.iter().filter(|(sent, _)| *sent >= since).map(|(_, l)| *l).collect();
+    if us.is_empty() {
+        return None;
+    }
+    us.sort_unstable();
+    let at = |q: f64| us[((q * us.len() as f64) as usize).min(us.len() - 1)] as f64 / 1000.0;
+    Some(format!(
+        "  latency                   p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} events at {rate}/s, source write to \
+         destination read, after a {} s warm-up)",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        us.len(),
+        LATENCY_WARM_UP_US / 1_000_000
+    ))
 }
 
 fn verdict(
