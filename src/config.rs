@@ -291,7 +291,8 @@ pub struct Config {
     pub batch_events: usize,
     /// Bytes per IPC batch, kept under ipc-channel's single-fragment size so a send is one syscall.
     pub batch_bytes: usize,
-    /// How long a partly filled batch may wait, so a trickle of events is not delayed.
+    /// How long a partly filled batch may wait while events keep coming; when librdkafka has none queued, partial
+    /// batches go at once.
     pub batch_linger: Duration,
     /// How long start-up may wait for the brokers' metadata.
     pub startup_timeout: Duration,

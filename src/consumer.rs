@@ -105,10 +105,6 @@ impl Flow {
         Ok(())
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        self.batches.iter().filter_map(BatchWriter::deadline).min()
-    }
-
     /// Applies the acks that have come back, waiting up to `wait` for the first one.
     fn apply_acks(&mut self, wait: Duration) {
         heartbeat::tick();
@@ -366,9 +362,19 @@ pub fn run(cfg: &Config, consumer: BaseConsumer<Ctx>, drain: Arc<AtomicBool>) ->
                 continue;
             }
         }
-        let now = Instant::now();
-        let wait = consumer.context().flow().next_deadline().map_or(POLL_SLICE, |d| d.saturating_duration_since(now));
-        if let Some(r) = consumer.poll(wait.min(POLL_SLICE)) {
+        // A batch fills only while librdkafka has events queued up: once it has none, the partial batches go at
+        // once, so a trickle of events waits for no linger and a flood still travels in full batches.
+        let ready = match consumer.poll(Duration::ZERO) {
+            Some(r) => Some(r),
+            None => {
+                if let Err(e) = consumer.context().flow().flush_all() {
+                    broken = Some(e);
+                    break;
+                }
+                consumer.poll(POLL_SLICE)
+            }
+        };
+        if let Some(r) = ready {
             if let Err(e) = handle(&consumer, r, &mut error_log) {
                 broken = Some(e);
                 break;
