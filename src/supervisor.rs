@@ -151,6 +151,9 @@ struct Child {
     joined: bool,
 }
 
+/// The pipeline's roles as metrics label them, each shown from the start even while its count is 0.
+const STAGE_KINDS: [&str; 3] = ["consumer", "hasher", "producer"];
+
 /// How long a hung child has to dump core after SIGABRT before SIGKILL.
 const HUNG_GRACE: Duration = Duration::from_secs(1);
 /// The first restart's delay; it doubles with every restart within the window, up to `BACKOFF_MAX`.
@@ -305,7 +308,7 @@ impl Supervisor {
             outcome: Exit::Clean,
             cause: None,
             cause_role: None,
-            restarts_by_role: ["consumer", "hasher", "producer"].into_iter().map(|r| (r, 0)).collect(),
+            restarts_by_role: STAGE_KINDS.into_iter().map(|r| (r, 0)).collect(),
             restarts: VecDeque::new(),
             total_restarts: 0,
             notify: Notifier::from_env(),
@@ -562,11 +565,13 @@ impl Supervisor {
         let gauge = |pid: Option<i32>| pid.and_then(|pid| self.counts.get(&pid)).map(|(_, s)| s);
         let consumer = gauge(self.current_consumer);
         let restarts: Vec<(&str, u64)> = self.restarts_by_role.iter().map(|(r, n)| (*r, *n)).collect();
-        let children: Vec<(&str, usize)> = ["consumer", "hasher", "producer"]
+        let children: Vec<(&str, usize)> = STAGE_KINDS
             .into_iter()
             .map(|kind| (kind, self.children.iter().filter(|c| c.role.kind() == kind).count()))
             .collect();
-        let ready = !self.children.is_empty() && self.children.iter().all(|c| c.ready && c.hung_since.is_none());
+        let ready = !self.children.is_empty()
+            && self.children.iter().all(|c| c.ready && c.hung_since.is_none())
+            && self.children.iter().any(|c| c.joined);
         metrics::render(&metrics::Snapshot {
             source_topic: &self.cfg.source_topic,
             consumer: &stages[0],
@@ -578,7 +583,7 @@ impl Supervisor {
             partitions: consumer.map_or(&[], |s| &s.partitions),
             restarts: &restarts,
             children: &children,
-            ready: ready && self.children.iter().any(|c| c.joined),
+            ready,
             drains: self.drains,
             last_drain: self.last_drain,
             uptime: self.status.started.elapsed(),
