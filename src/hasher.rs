@@ -40,8 +40,7 @@ pub fn run(ends: HasherEnds) -> Result<HasherStats> {
             received += 1;
             hash_record(&record, &mut scratch, &mut out, &mut stats, &mut bad_log)?;
         }
-        Counters::add(&crate::stats::STAGE.received, received);
-        Counters::add(&crate::stats::STAGE.batches_in, 1);
+        crate::stats::STAGE.received_batch(received);
         ends.output.send(&mut out)?;
     }
     ends.output.send_pill()?;

@@ -290,10 +290,10 @@ impl Stage<'_> {
         let Frame::Records(records) = Frame::parse(bytes)? else {
             return Ok(());
         };
-        Counters::add(&crate::stats::STAGE.batches_in, 1);
+        let mut received = 0;
         for record in records {
             let r = record?;
-            Counters::add(&crate::stats::STAGE.received, 1);
+            received += 1;
             let origin = Box::new(Origin { partition: r.partition, offset: r.offset, to_dlq: r.dead_letter.is_some() });
             let headers = match r.dead_letter {
                 Some(why) => Some(self.dlq_headers(copy_headers(&r.headers), why, r.partition, r.offset)),
@@ -303,6 +303,7 @@ impl Stage<'_> {
             let topic = if r.dead_letter.is_some() { &self.cfg.dlq_topic } else { &self.cfg.dest_topic };
             self.send(topic, origin, r.key.map(|k| &k[..]), r.payload.map(|p| &p[..]), headers, r.timestamp)?;
         }
+        crate::stats::STAGE.received_batch(received);
         Ok(())
     }
 

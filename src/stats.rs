@@ -86,6 +86,12 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// One batch of `events` read from the stage's input channel.
+    pub fn received_batch(&self, events: u64) {
+        Counters::add(&self.batches_in, 1);
+        Counters::add(&self.received, events);
+    }
+
     pub fn set_partitions(&self, mut partitions: Vec<PartitionStats>) {
         partitions.sort_by_key(|p| p.partition);
         *self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = partitions;
