@@ -9,7 +9,7 @@ fn main() {
         print!("{}", Config::from_cli(&cli).describe());
         return;
     }
-    supervisor::process::init_logging(cli.log_level.as_deref());
+    supervisor::stage::child::init_logging(cli.log_level.as_deref());
     let signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -19,7 +19,7 @@ fn main() {
     };
     let exit = match &cli.command {
         None => Supervisor::run(Config::from_cli(&cli), signals),
-        Some(Command::Demo(args)) => supervisor::demo::run(&cli, args, signals),
+        Some(Command::Demo(args)) => supervisor::tools::demo::run(&cli, args, signals),
     };
     std::process::exit(exit.code());
 }

@@ -7,7 +7,8 @@
 use clap::Parser;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use supervisor::{yardstick, Cli, Config};
+use supervisor::tools::yardstick;
+use supervisor::{Cli, Config};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = Config::from_cli(&Cli::parse());

@@ -1,28 +1,20 @@
 //! `supervisor`: a multi-process Kafka stream transformer.
 //!
-//! A parent process ([`supervisor`]) forks one [`consumer`], N [`hasher`]s and one [`producer`], joined by bounded
-//! [`ipc`] channels that carry [`batch`]es of records. The hashers add `"hash"` (see [`transform`]); the consumer
-//! commits only offsets whose output was acknowledged (see [`watermark`]). Nothing is lost on a stop or a crash:
-//! what was not committed is read again.
+//! A parent process ([`supervisor`]) forks one source, N workers and one sink ([`stage`]), joined by bounded
+//! [`channel`]s that carry batches of records. Today the [`source`] is a Kafka consumer, the [`worker`]s are hashers
+//! that add `"hash"`, and the [`sink`] is a Kafka producer. The source commits only positions whose output was
+//! acknowledged. Nothing is lost on a stop or a crash: what was not committed is read again.
 
-pub mod batch;
+pub mod channel;
 pub mod config;
-pub mod consumer;
-pub mod demo;
 pub mod error;
-pub mod gate;
-pub mod hasher;
-pub mod heartbeat;
-pub mod ipc;
-pub mod metrics;
-pub mod notify;
-pub mod process;
-pub mod producer;
-pub mod stats;
+pub mod sink;
+pub mod source;
+pub mod stage;
 pub mod supervisor;
-pub mod transform;
-pub mod watermark;
-pub mod yardstick;
+pub mod telemetry;
+pub mod tools;
+pub mod worker;
 
 pub use config::{Cli, Command, Config};
 pub use error::{Error, Exit};

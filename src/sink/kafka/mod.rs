@@ -6,12 +6,12 @@
 //! order. A delivery that still fails is sent again, or to the dead-letter topic when retrying cannot help; an event
 //! is acked only once it is safely somewhere.
 
-use crate::batch::Frame;
+use crate::channel::batch::Frame;
+use crate::channel::ipc::{AckMsg, AckSender, BatchReceiver};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::ipc::{AckMsg, AckSender, BatchReceiver};
-use crate::process::RateLimitedLog;
-use crate::stats::Counters;
+use crate::stage::child::RateLimitedLog;
+use crate::telemetry::counters::Counters;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, DefaultClientContext};
@@ -73,7 +73,7 @@ pub struct Deliveries(Mutex<Outcomes>);
 
 impl ClientContext for Deliveries {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        crate::process::librdkafka_log(level, fac, message);
+        crate::stage::child::librdkafka_log(level, fac, message);
     }
 }
 
@@ -303,7 +303,7 @@ impl Stage<'_> {
             let topic = if r.dead_letter.is_some() { &self.cfg.dlq_topic } else { &self.cfg.dest_topic };
             self.send(topic, origin, r.key.map(|k| &k[..]), r.payload.map(|p| &p[..]), headers, r.timestamp)?;
         }
-        crate::stats::STAGE.received_batch(received);
+        crate::telemetry::counters::STAGE.received_batch(received);
         Ok(())
     }
 
@@ -350,14 +350,16 @@ impl Stage<'_> {
 
     /// Serves delivery reports: acks go back to the consumer, failures are retried or dead-lettered.
     fn service(&mut self, wait: Duration) -> Result<()> {
-        crate::heartbeat::tick();
+        crate::telemetry::heartbeat::tick();
         self.producer.poll(wait);
-        crate::stats::STAGE.producer_queue.store(self.producer.in_flight_count().max(0) as u64, Ordering::Relaxed);
+        crate::telemetry::counters::STAGE
+            .producer_queue
+            .store(self.producer.in_flight_count().max(0) as u64, Ordering::Relaxed);
         let outcomes = std::mem::take(&mut *self.producer.context().0.lock().unwrap_or_else(PoisonError::into_inner));
         self.stats.delivered += outcomes.delivered;
         self.stats.dead_lettered += outcomes.dead_lettered;
-        Counters::add(&crate::stats::STAGE.delivered, outcomes.delivered);
-        Counters::add(&crate::stats::STAGE.dead_lettered, outcomes.dead_lettered);
+        Counters::add(&crate::telemetry::counters::STAGE.delivered, outcomes.delivered);
+        Counters::add(&crate::telemetry::counters::STAGE.dead_lettered, outcomes.dead_lettered);
         if !outcomes.acked.is_empty() {
             self.acks.send(&AckMsg::Acked(outcomes.acked))?;
         }
@@ -372,7 +374,7 @@ impl Stage<'_> {
             return Err(Error::Fatal(format!("{code}: {reason}")));
         }
         let Failed { origin, error, key, payload, headers, timestamp } = f;
-        Counters::add(&crate::stats::STAGE.produce_errors, 1);
+        Counters::add(&crate::telemetry::counters::STAGE.produce_errors, 1);
         if origin.to_dlq && is_permanent(&error) {
             return Err(Error::DeadLetter {
                 reason: format!("partition {} offset {}: {error}", origin.partition, origin.offset),
@@ -395,7 +397,7 @@ impl Stage<'_> {
             return self.send(&topic, origin, key.as_deref(), payload.as_deref(), Some(headers), timestamp);
         }
         self.stats.retried += 1;
-        Counters::add(&crate::stats::STAGE.retried, 1);
+        Counters::add(&crate::telemetry::counters::STAGE.retried, 1);
         if let Some(held_back) = self.retry_log.ready() {
             log::warn!(
                 "delivery of partition {} offset {} failed ({error}); sending it again ({held_back} more not logged)",

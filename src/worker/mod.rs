@@ -3,13 +3,15 @@
 //! A hasher keeps the order of its input: every event of a source partition comes through the same hasher, so that
 //! partition's order survives. It has no Kafka client and holds no state between batches.
 
-use crate::batch::{BatchWriter, Frame, Record};
+pub mod transform;
+
+use crate::channel::batch::{BatchWriter, Frame, Record};
+use crate::channel::ipc::{BatchReceiver, BatchSender};
 use crate::error::Result;
-use crate::heartbeat;
-use crate::ipc::{BatchReceiver, BatchSender};
-use crate::process::RateLimitedLog;
-use crate::stats::Counters;
-use crate::transform;
+use crate::stage::child::RateLimitedLog;
+use crate::telemetry::counters::Counters;
+use crate::telemetry::heartbeat;
+use crate::worker::transform::md5;
 use serde_bytes::Bytes;
 use std::time::Duration;
 
@@ -40,7 +42,7 @@ pub fn run(ends: HasherEnds) -> Result<HasherStats> {
             received += 1;
             hash_record(&record, &mut scratch, &mut out, &mut stats, &mut bad_log)?;
         }
-        crate::stats::STAGE.received_batch(received);
+        crate::telemetry::counters::STAGE.received_batch(received);
         ends.output.send(&mut out)?;
     }
     ends.output.send_pill()?;
@@ -55,15 +57,15 @@ fn hash_record(
     stats: &mut HasherStats,
     bad_log: &mut RateLimitedLog,
 ) -> Result<()> {
-    match transform::add_hash(record.payload.map(|p| &p[..]), scratch) {
+    match md5::add_hash(record.payload.map(|p| &p[..]), scratch) {
         Ok(()) => {
             stats.hashed += 1;
-            Counters::add(&crate::stats::STAGE.hashed, 1);
+            Counters::add(&crate::telemetry::counters::STAGE.hashed, 1);
             out.push(&Record { payload: Some(Bytes::new(scratch)), ..record.clone() })
         }
         Err(why) => {
             stats.dead_letters += 1;
-            Counters::add(&crate::stats::STAGE.invalid, 1);
+            Counters::add(&crate::telemetry::counters::STAGE.invalid, 1);
             if let Some(held_back) = bad_log.ready() {
                 log::warn!(
                     "event at partition {} offset {} goes to the dead-letter topic: {why} ({} bad events so far, \
@@ -81,7 +83,7 @@ fn hash_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::batch_channel;
+    use crate::channel::ipc::batch_channel;
 
     #[test]
     fn a_hasher_transforms_in_order_routes_bad_input_and_forwards_the_pill() {
@@ -110,7 +112,7 @@ mod tests {
         let Frame::Records(rs) = Frame::parse(&msg).unwrap() else { panic!("expected records") };
         let rs: Vec<Record> = rs.collect::<Result<_>>().unwrap();
         assert_eq!(rs.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
-        let h = String::from_utf8(transform::md5_hex(b"{\"a\":1}").to_vec()).unwrap();
+        let h = String::from_utf8(md5::md5_hex(b"{\"a\":1}").to_vec()).unwrap();
         assert_eq!(&rs[0].payload.unwrap()[..], format!("{{\"a\":1,\"hash\":\"{h}\"}}").as_bytes());
         assert_eq!(rs[0].dead_letter, None);
         assert!(rs[1].dead_letter.is_some() && &rs[1].payload.unwrap()[..] == b"[1]", "bad input goes unchanged");

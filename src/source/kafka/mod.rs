@@ -9,15 +9,15 @@
 //! taking events; if that lasts, it pauses its partitions so that it can keep calling poll (and stay in its group)
 //! without taking more.
 
-use crate::batch::{BatchWriter, Record};
+use crate::channel::batch::{BatchWriter, Record};
+use crate::channel::ipc::{AckMsg, AckReceiver, BatchSender, Control, ControlReceiver};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
-use crate::gate::{Gate, Step};
-use crate::heartbeat;
-use crate::ipc::{AckMsg, AckReceiver, BatchSender, Control, ControlReceiver};
-use crate::process::RateLimitedLog;
-use crate::stats::{self, Counters, PartitionStats};
-use crate::watermark::Watermarks;
+use crate::source::gate::{Gate, Step};
+use crate::source::watermark::Watermarks;
+use crate::stage::child::RateLimitedLog;
+use crate::telemetry::counters::{self as stats, Counters, PartitionStats};
+use crate::telemetry::heartbeat;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, TryRecvError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -184,7 +184,7 @@ impl ClientContext for Ctx {
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        crate::process::librdkafka_log(level, fac, message);
+        crate::stage::child::librdkafka_log(level, fac, message);
     }
 }
 

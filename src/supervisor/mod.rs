@@ -7,18 +7,22 @@
 //! The first SIGINT/SIGTERM starts a drain bounded by `--drain-timeout`; a second one kills the children at once.
 //! Uncommitted events are never lost: the next start re-reads them.
 
+pub mod observe;
+
+use crate::channel::ipc::{
+    self, AckReceiver, AckSender, BatchReceiver, BatchSender, Control, ControlReceiver, ControlSender,
+};
+use crate::channel::ipc::{Report, ReportReceiver, ReportSender};
 use crate::config::Config;
-use crate::consumer::{self, ConsumerEnds};
 use crate::error::{Error, Exit, Result};
-use crate::hasher::{self, HasherEnds};
-use crate::heartbeat;
-use crate::ipc::{self, AckReceiver, AckSender, BatchReceiver, BatchSender, Control, ControlReceiver, ControlSender};
-use crate::ipc::{Report, ReportReceiver, ReportSender};
-use crate::metrics;
-use crate::notify::Notifier;
-use crate::process::{self, Role};
-use crate::producer::{self, ProducerEnds};
-use crate::stats::{self, StageStats};
+use crate::sink::kafka::{self as producer, ProducerEnds};
+use crate::source::kafka::{self as consumer, ConsumerEnds};
+use crate::stage::child::{self as process, Role};
+use crate::supervisor::observe::metrics;
+use crate::supervisor::observe::notify::Notifier;
+use crate::telemetry::counters::{self as stats, StageStats};
+use crate::telemetry::heartbeat;
+use crate::worker::{self as hasher, HasherEnds};
 use ipc_channel::TryRecvError;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};

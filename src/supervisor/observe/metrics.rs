@@ -5,7 +5,7 @@
 //! a slow or idle client holds nothing up, and is dropped after `CLIENT_TIMEOUT`.
 
 use crate::error::{Error, Result};
-use crate::stats::{PartitionStats, StageStats};
+use crate::telemetry::counters::{PartitionStats, StageStats};
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};

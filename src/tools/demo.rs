@@ -11,9 +11,9 @@
 
 use crate::config::{Cli, Config, DemoArgs};
 use crate::error::{Error, Exit, Result};
-use crate::process::{self, Role};
+use crate::stage::child::{self as process, Role};
 use crate::supervisor::{Signals, Supervisor};
-use crate::transform;
+use crate::worker::transform::md5 as transform;
 use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -132,7 +132,7 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
     log::info!("embedded Kafka (librdkafka mock cluster) at {}; Ctrl-C drains and checks", cfg.brokers);
     let exit = if args.single_process {
         log::info!("running the single-process yardstick instead of the pipeline");
-        match crate::yardstick::run(&cfg, &|| signals.received()) {
+        match crate::tools::yardstick::run(&cfg, &|| signals.received()) {
             Ok(_) => Exit::Clean,
             Err(e) => {
                 log::error!("{e}");
@@ -438,7 +438,7 @@ impl Checker {
                         .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok())
                 };
                 if let (Some(p), Some(o)) =
-                    (header(crate::producer::DLQ_PARTITION), header(crate::producer::DLQ_OFFSET))
+                    (header(crate::sink::kafka::DLQ_PARTITION), header(crate::sink::kafka::DLQ_OFFSET))
                 {
                     seen.dead.insert((p as i32, o));
                 }

@@ -6,9 +6,9 @@
 //! A send blocks while the receiver's socket buffer is full: that is the backpressure between stages. The graph
 //! has no cycle of blocking sends: acknowledgements flow back to a consumer thread that only ever reads them.
 
-use crate::batch::{BatchWriter, Frame};
+use crate::channel::batch::{BatchWriter, Frame};
 use crate::error::{Error, Result};
-use crate::stats::Counters;
+use crate::telemetry::counters::Counters;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
 use ipc_channel::IpcError;
 use serde::{Deserialize, Serialize};
@@ -34,16 +34,16 @@ impl BatchSender {
     /// Sends the batch (blocking while the receiver is full) and empties it.
     pub fn send(&self, batch: &mut BatchWriter) -> Result<()> {
         if !batch.is_empty() {
-            crate::heartbeat::waiting_on_peer(|| self.0.send(batch.bytes())).map_err(ipc_err)?;
-            Counters::add(&crate::stats::STAGE.batches_out, 1);
-            Counters::add(&crate::stats::STAGE.sent, batch.len() as u64);
+            crate::telemetry::heartbeat::waiting_on_peer(|| self.0.send(batch.bytes())).map_err(ipc_err)?;
+            Counters::add(&crate::telemetry::counters::STAGE.batches_out, 1);
+            Counters::add(&crate::telemetry::counters::STAGE.sent, batch.len() as u64);
             batch.clear();
         }
         Ok(())
     }
 
     pub fn send_pill(&self) -> Result<()> {
-        crate::heartbeat::waiting_on_peer(|| self.0.send(&Frame::pill())).map_err(ipc_err)
+        crate::telemetry::heartbeat::waiting_on_peer(|| self.0.send(&Frame::pill())).map_err(ipc_err)
     }
 }
 
@@ -111,7 +111,7 @@ pub enum Report {
     /// The consumer has joined its group and got its first assignment: the pipeline is really working.
     Joined { pid: i32 },
     /// The child's stage is making progress, or waiting on a peer; silence longer than `--child-timeout` means hung.
-    Alive { pid: i32, stats: crate::stats::StageStats },
+    Alive { pid: i32, stats: crate::telemetry::counters::StageStats },
     /// The child is about to exit with `code` for this reason; the supervisor prints it once.
     Failed { pid: i32, code: i32, message: String },
 }

@@ -5,7 +5,8 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::{producer, transform};
+use crate::sink::kafka as producer;
+use crate::worker::transform::md5 as transform;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

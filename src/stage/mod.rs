@@ -1,0 +1,3 @@
+//! What every child process shares.
+
+pub mod child;

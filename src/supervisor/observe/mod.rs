@@ -1,0 +1,4 @@
+//! What the supervisor observes and reports.
+
+pub mod metrics;
+pub mod notify;

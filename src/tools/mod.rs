@@ -1,0 +1,4 @@
+//! Tools built on the public parts: the embedded demo and the single-process yardstick.
+
+pub mod demo;
+pub mod yardstick;

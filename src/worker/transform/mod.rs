@@ -1,0 +1,3 @@
+//! The transforms a worker runs.
+
+pub mod md5;
