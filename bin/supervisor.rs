@@ -9,7 +9,7 @@ fn main() {
         print!("{}", Config::from_cli(&cli).describe());
         return;
     }
-    supervisor::stage::child::init_logging(cli.log_level.as_deref());
+    supervisor::telemetry::logging::init(cli.log_level.as_deref());
     let signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {

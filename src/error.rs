@@ -1,6 +1,12 @@
 //! Errors, one variant per failing operation, and the documented process exit codes.
 
-use std::fmt;
+use crate::position::Position;
+use bincode::error::{DecodeError, EncodeError};
+use ipc_channel::IpcError;
+use ipc_channel::TryRecvError;
+use nix::errno::Errno;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use std::{fmt, io};
 
 /// The exit codes of `supervisor`, as documented in the README and in `--help`.
 ///
@@ -57,39 +63,73 @@ impl Exit {
     }
 }
 
-/// Everything that can go wrong in a stage, one variant per failing operation.
+/// Everything that can go wrong, one variant per failing operation, each keeping its cause for [`source`].
+///
+/// [`source`]: std::error::Error::source
 #[derive(Debug)]
 pub enum Error {
     /// A librdkafka client could not be created (usually a bad `-X` property).
-    CreateClient(rdkafka::error::KafkaError),
+    CreateClient(KafkaError),
     /// Metadata could not be fetched: the brokers are unreachable.
-    Metadata { brokers: String, source: rdkafka::error::KafkaError },
+    Metadata { brokers: String, source: KafkaError },
     /// A topic the pipeline needs does not exist.
     MissingTopic { topic: String, hint: &'static str },
     /// The dead-letter topic was missing and could not be created.
-    CreateTopic { topic: String, reason: String },
+    CreateTopic { topic: String, source: KafkaError },
     /// Subscribing to the source topic failed.
-    Subscribe(rdkafka::error::KafkaError),
-    /// A fatal error from librdkafka (e.g. the idempotent producer lost its state).
-    Fatal(String),
-    /// An event could not be written to the dead-letter topic; its offset is never committed.
-    DeadLetter { reason: String },
-    /// An IPC channel could not be created or used.
-    Ipc(String),
-    /// A batch on an IPC channel could not be decoded.
-    Decode(String),
-    /// A system call (fork, waitpid, prctl) failed.
-    Os(String),
-    /// The `--metrics-addr` socket could not be opened: a bad address, or the port is taken.
-    Metrics { addr: String, reason: String },
+    Subscribe(KafkaError),
+    /// A list of positions could not be turned into librdkafka's form (a bad topic name, say).
+    PositionList(KafkaError),
+    /// The consumer hit an error librdkafka calls fatal.
+    Consume(KafkaError),
+    /// The final, synchronous commit of a drain failed.
+    Commit(KafkaError),
+    /// A producer could not deliver what it held before closing.
+    Flush(KafkaError),
+    /// The idempotent producer hit an error librdkafka calls fatal (it lost its state, say).
+    ProducerFatal { code: RDKafkaErrorCode, reason: String },
+    /// An event could not be written to the dead-letter topic; its position is never committed.
+    DeadLetter { at: Position, source: KafkaError },
+    /// The next stage down the pipeline went away before the drain finished.
+    PeerGone { peer: &'static str },
+    /// An IPC channel could not be created.
+    CreateChannel(io::Error),
+    /// A message could not be sent on an IPC channel.
+    Send(IpcError),
+    /// A message could not be received from an IPC channel.
+    Receive(IpcError),
+    /// A record could not be encoded into a batch.
+    Encode(EncodeError),
+    /// A message on an IPC channel could not be decoded.
+    Decode(DecodeError),
+    /// A message on an IPC channel was not a frame we know.
+    UnknownFrame { len: usize },
+    /// fork(2) failed.
+    Fork(Errno),
+    /// A child could not set itself up: prctl(2) or signal(2) failed.
+    ChildSetup { call: &'static str, source: Errno },
+    /// A thread could not be started.
+    SpawnThread { name: &'static str, source: io::Error },
+    /// The SIGINT/SIGTERM handlers could not be installed.
+    InstallSignals(io::Error),
+    /// `--metrics-addr` is not an address.
+    MetricsAddress { addr: String, source: io::Error },
+    /// `--metrics-addr` cannot be listened on: the port is taken, say.
+    MetricsBind { addr: String, source: io::Error },
+    /// The demo's embedded cluster failed.
+    MockCluster(KafkaError),
+    /// The demo's broker process did not say where it listens.
+    DemoStart(TryRecvError),
 }
 
 impl Error {
     /// The exit code a process reports for this error.
     pub fn exit(&self) -> Exit {
         match self {
-            Error::CreateClient(_) | Error::MissingTopic { .. } | Error::CreateTopic { .. } => Exit::Config,
-            Error::Subscribe(_) | Error::Metrics { .. } => Exit::Config,
+            Error::CreateClient(_) | Error::MissingTopic { .. } | Error::CreateTopic { .. } | Error::Subscribe(_) => {
+                Exit::Config
+            }
+            Error::MetricsAddress { .. } | Error::MetricsBind { .. } => Exit::Config,
             Error::Metadata { .. } => Exit::Unavailable,
             _ => Exit::Failure,
         }
@@ -100,28 +140,95 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::CreateClient(e) => write!(f, "invalid Kafka client configuration: {e}"),
-            Error::Metadata { brokers, source } => {
-                write!(f, "cannot reach the Kafka brokers at {brokers}: {source}")
-            }
+            Error::Metadata { brokers, source } => write!(f, "cannot reach the Kafka brokers at {brokers}: {source}"),
             Error::MissingTopic { topic, hint } => {
                 write!(f, "topic \"{topic}\" does not exist (create it, or pass {hint})")
             }
-            Error::CreateTopic { topic, reason } => {
-                write!(f, "dead-letter topic \"{topic}\" does not exist and could not be created: {reason}")
+            Error::CreateTopic { topic, source } => {
+                write!(f, "dead-letter topic \"{topic}\" does not exist and could not be created: {source}")
             }
             Error::Subscribe(e) => write!(f, "cannot subscribe to the source topic: {e}"),
-            Error::Fatal(e) => write!(f, "fatal Kafka error: {e}"),
-            Error::DeadLetter { reason } => {
-                write!(f, "cannot write to the dead-letter topic: {reason}")
+            Error::PositionList(e) => write!(f, "cannot list the offsets to commit: {e}"),
+            Error::Consume(e) => write!(f, "fatal consumer error: {e}"),
+            Error::Commit(e) => write!(f, "commit failed: {e}"),
+            Error::Flush(e) => write!(f, "the producer could not deliver everything before closing: {e}"),
+            Error::ProducerFatal { code, reason } => write!(f, "fatal producer error: {code}: {reason}"),
+            Error::DeadLetter { at, source } => {
+                write!(f, "cannot write to the dead-letter topic: partition {} offset {}: {source}", at.lane, at.seq)
             }
-            Error::Ipc(e) => write!(f, "IPC channel error: {e}"),
+            Error::PeerGone { peer } => write!(f, "the {peer} went away"),
+            Error::CreateChannel(e) => write!(f, "cannot create an IPC channel: {e}"),
+            Error::Send(e) => write!(f, "cannot send on an IPC channel: {e}"),
+            Error::Receive(e) => write!(f, "cannot receive from an IPC channel: {e}"),
+            Error::Encode(e) => write!(f, "cannot encode a record: {e}"),
             Error::Decode(e) => write!(f, "malformed IPC batch: {e}"),
-            Error::Os(e) => write!(f, "system call failed: {e}"),
-            Error::Metrics { addr, reason } => write!(f, "cannot serve metrics on --metrics-addr {addr}: {reason}"),
+            Error::UnknownFrame { len } => write!(f, "malformed IPC batch: unknown frame of {len} bytes"),
+            Error::Fork(e) => write!(f, "fork failed: {e}"),
+            Error::ChildSetup { call, source } => write!(f, "child set-up failed: {call}: {source}"),
+            Error::SpawnThread { name, source } => write!(f, "cannot start the {name} thread: {source}"),
+            Error::InstallSignals(e) => write!(f, "cannot install the SIGINT/SIGTERM handlers: {e}"),
+            Error::MetricsAddress { addr, source } => {
+                write!(f, "cannot serve metrics on --metrics-addr {addr}: not a HOST:PORT address ({source})")
+            }
+            Error::MetricsBind { addr, source } => write!(f, "cannot serve metrics on --metrics-addr {addr}: {source}"),
+            Error::MockCluster(e) => write!(f, "embedded Kafka (mock cluster): {e}"),
+            Error::DemoStart(e) => write!(f, "the embedded Kafka did not start: {e}"),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::CreateClient(e)
+            | Error::Metadata { source: e, .. }
+            | Error::CreateTopic { source: e, .. }
+            | Error::Subscribe(e)
+            | Error::PositionList(e)
+            | Error::Consume(e)
+            | Error::Commit(e)
+            | Error::Flush(e)
+            | Error::DeadLetter { source: e, .. }
+            | Error::MockCluster(e) => Some(e),
+            Error::ProducerFatal { code, .. } => Some(code),
+            Error::CreateChannel(e)
+            | Error::SpawnThread { source: e, .. }
+            | Error::InstallSignals(e)
+            | Error::MetricsAddress { source: e, .. }
+            | Error::MetricsBind { source: e, .. } => Some(e),
+            Error::Send(e) | Error::Receive(e) => Some(e),
+            Error::Encode(e) => Some(e),
+            Error::Decode(e) => Some(e),
+            Error::Fork(e) | Error::ChildSetup { source: e, .. } => Some(e),
+            Error::DemoStart(e) => Some(e),
+            Error::MissingTopic { .. } | Error::PeerGone { .. } | Error::UnknownFrame { .. } => None,
+        }
+    }
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn errors_keep_their_cause_and_map_to_documented_exit_codes() {
+        let kafka = KafkaError::ClientCreation("bad property".into());
+        let e = Error::CreateClient(kafka);
+        assert_eq!(e.exit(), Exit::Config);
+        assert!(e.source().is_some_and(|s| s.to_string().contains("bad property")), "{e}");
+        let e = Error::Metadata { brokers: "k:1".into(), source: KafkaError::ClientCreation("down".into()) };
+        assert_eq!(
+            (e.exit(), e.to_string().contains("cannot reach the Kafka brokers at k:1")),
+            (Exit::Unavailable, true)
+        );
+        let e = Error::Fork(Errno::EAGAIN);
+        assert_eq!(e.exit(), Exit::Failure);
+        assert_eq!(e.source().map(|s| s.to_string()), Some(Errno::EAGAIN.to_string()));
+        let e = Error::MetricsBind { addr: "x:1".into(), source: io::Error::from(io::ErrorKind::AddrInUse) };
+        assert_eq!(e.exit(), Exit::Config);
+        assert!(Error::PeerGone { peer: "producer" }.source().is_none());
+    }
+}

@@ -4,6 +4,7 @@
 //! from the received message when decoded, so payloads are copied once into a batch and never again.
 
 use crate::error::{Error, Result};
+use crate::position::Position;
 use serde::{Deserialize, Serialize};
 use serde_bytes::Bytes;
 use std::time::{Duration, Instant};
@@ -15,11 +16,10 @@ fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// One event on its way through the pipeline, with where it came from so that its offset can be acknowledged.
+/// One event on its way through the pipeline, with where it came from so that its position can be acknowledged.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Record<'a> {
-    pub partition: i32,
-    pub offset: i64,
+    pub at: Position,
     /// The source event's timestamp (ms since the epoch), kept on the output like Kafka Streams does.
     pub timestamp: Option<i64>,
     #[serde(borrow)]
@@ -28,7 +28,8 @@ pub struct Record<'a> {
     pub headers: Vec<(&'a str, Option<&'a Bytes>)>,
     #[serde(borrow)]
     pub payload: Option<&'a Bytes>,
-    /// Set by a hasher when the event cannot be transformed: the producer sends it, unchanged, to the DLQ.
+    /// Set by a worker when the event cannot be transformed: the sink sends it, unchanged, to the dead-letter
+    /// destination.
     #[serde(borrow)]
     pub dead_letter: Option<&'a str>,
 }
@@ -46,7 +47,7 @@ impl<'a> Frame<'a> {
         match message.split_first() {
             Some((&TAG_RECORDS, rest)) => Ok(Frame::Records(Records { rest })),
             Some((&TAG_PILL, [])) => Ok(Frame::Pill),
-            _ => Err(Error::Decode(format!("unknown frame of {} bytes", message.len()))),
+            _ => Err(Error::UnknownFrame { len: message.len() }),
         }
     }
 
@@ -75,7 +76,7 @@ impl<'a> Iterator for Records<'a> {
             }
             Err(e) => {
                 self.rest = &[];
-                Some(Err(Error::Decode(e.to_string())))
+                Some(Err(Error::Decode(e)))
             }
         }
     }
@@ -100,8 +101,7 @@ impl BatchWriter {
     }
 
     pub fn push(&mut self, record: &Record<'_>) -> Result<()> {
-        bincode::serde::encode_into_std_write(record, &mut self.buf, bincode_config())
-            .map_err(|e| Error::Decode(format!("cannot encode record: {e}")))?;
+        bincode::serde::encode_into_std_write(record, &mut self.buf, bincode_config()).map_err(Error::Encode)?;
         if self.events == 0 {
             self.first_at = Some(Instant::now());
         }
@@ -149,8 +149,7 @@ mod tests {
 
     fn record(offset: i64, payload: &[u8]) -> Record<'_> {
         Record {
-            partition: 3,
-            offset,
+            at: Position::new(3, offset),
             timestamp: Some(1_700_000_000_000),
             key: Some(Bytes::new(b"k")),
             headers: vec![("h", Some(Bytes::new(b"v"))), ("empty", None)],

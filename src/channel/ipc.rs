@@ -1,21 +1,20 @@
 //! The IPC channels between the processes, and the messages on them.
 //!
 //! Data (record batches, acknowledgements) goes over ipc-channel byte channels, encoded with bincode by us.
-//! Rare control messages (stop, ready, failed) use ipc-channel's typed channels, which can wait with a timeout.
+//! Rare control messages (drain, ready, failed) use ipc-channel's typed channels, which can wait with a timeout.
 //!
 //! A send blocks while the receiver's socket buffer is full: that is the backpressure between stages. The graph
-//! has no cycle of blocking sends: acknowledgements flow back to a consumer thread that only ever reads them.
+//! has no cycle of blocking sends: acknowledgements flow back to a source thread that only ever reads them.
 
 use crate::channel::batch::{BatchWriter, Frame};
 use crate::error::{Error, Result};
-use crate::telemetry::counters::Counters;
+use crate::position::{Lane, Position};
+use crate::telemetry::counters::StageStats;
+use crate::telemetry::events::{emit, BatchSent};
+use crate::telemetry::heartbeat;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
 use ipc_channel::IpcError;
 use serde::{Deserialize, Serialize};
-
-fn ipc_err(e: impl std::fmt::Display) -> Error {
-    Error::Ipc(e.to_string())
-}
 
 /// The sending end of a stage's data channel: record batches, then one poison pill.
 #[derive(Debug)]
@@ -26,7 +25,7 @@ pub struct BatchSender(IpcBytesSender);
 pub struct BatchReceiver(IpcBytesReceiver);
 
 pub fn batch_channel() -> Result<(BatchSender, BatchReceiver)> {
-    let (tx, rx) = ipc::bytes_channel().map_err(ipc_err)?;
+    let (tx, rx) = ipc::bytes_channel().map_err(Error::CreateChannel)?;
     Ok((BatchSender(tx), BatchReceiver(rx)))
 }
 
@@ -34,16 +33,15 @@ impl BatchSender {
     /// Sends the batch (blocking while the receiver is full) and empties it.
     pub fn send(&self, batch: &mut BatchWriter) -> Result<()> {
         if !batch.is_empty() {
-            crate::telemetry::heartbeat::waiting_on_peer(|| self.0.send(batch.bytes())).map_err(ipc_err)?;
-            Counters::add(&crate::telemetry::counters::STAGE.batches_out, 1);
-            Counters::add(&crate::telemetry::counters::STAGE.sent, batch.len() as u64);
+            heartbeat::waiting_on_peer(|| self.0.send(batch.bytes())).map_err(|e| Error::Send(e.into()))?;
+            emit(BatchSent { events: batch.len() as u64 });
             batch.clear();
         }
         Ok(())
     }
 
     pub fn send_pill(&self) -> Result<()> {
-        crate::telemetry::heartbeat::waiting_on_peer(|| self.0.send(&Frame::pill())).map_err(ipc_err)
+        heartbeat::waiting_on_peer(|| self.0.send(&Frame::pill())).map_err(|e| Error::Send(e.into()))
     }
 }
 
@@ -52,16 +50,16 @@ impl BatchReceiver {
         match self.0.recv() {
             Ok(bytes) => Ok(Some(bytes)),
             Err(IpcError::Disconnected) => Ok(None),
-            Err(e) => Err(ipc_err(e)),
+            Err(e) => Err(Error::Receive(e)),
         }
     }
 }
 
-/// Producer → consumer: which source offsets are done (delivered, or safely in the dead-letter topic).
+/// Sink → source: which source positions are done (delivered, or safely in the dead-letter destination).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum AckMsg {
-    Acked(Vec<(i32, i64)>),
-    /// The producer has flushed everything it was given and reported every ack: the drain is complete.
+    Acked(Vec<Position>),
+    /// The sink has flushed everything it was given and reported every ack: the drain is complete.
     Done,
 }
 
@@ -72,46 +70,46 @@ pub struct AckSender(IpcBytesSender);
 pub struct AckReceiver(IpcBytesReceiver);
 
 pub fn ack_channel() -> Result<(AckSender, AckReceiver)> {
-    let (tx, rx) = ipc::bytes_channel().map_err(ipc_err)?;
+    let (tx, rx) = ipc::bytes_channel().map_err(Error::CreateChannel)?;
     Ok((AckSender(tx), AckReceiver(rx)))
 }
 
 impl AckSender {
     pub fn send(&self, msg: &AckMsg) -> Result<()> {
-        let bytes = bincode::serde::encode_to_vec(msg, bincode::config::standard()).map_err(ipc_err)?;
-        self.0.send(&bytes).map_err(ipc_err)
+        let bytes = bincode::serde::encode_to_vec(msg, bincode::config::standard()).map_err(Error::Encode)?;
+        self.0.send(&bytes).map_err(|e| Error::Send(e.into()))
     }
 }
 
 impl AckReceiver {
-    /// `None` once the producer is gone.
+    /// `None` once the sink is gone.
     pub fn recv(&self) -> Result<Option<AckMsg>> {
         match self.0.recv() {
             Ok(bytes) => bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
                 .map(|(m, _)| Some(m))
-                .map_err(|e| Error::Decode(e.to_string())),
+                .map_err(Error::Decode),
             Err(IpcError::Disconnected) => Ok(None),
-            Err(e) => Err(ipc_err(e)),
+            Err(e) => Err(Error::Receive(e)),
         }
     }
 }
 
-/// Supervisor → consumer.
+/// Supervisor → source.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Start the drain: stop fetching, flush, send the pills, commit what comes back.
+    /// Start the drain: stop taking events, flush, send the pills, commit what comes back.
     Drain,
 }
 
-/// Child → supervisor.
+/// Child → supervisor: what drives a child's state in the supervisor's process table.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     /// The child is set up (clients created, topics checked) and working.
     Ready { pid: i32 },
-    /// The consumer has joined its group and got its first assignment: the pipeline is really working.
-    Joined { pid: i32 },
+    /// The source's lanes changed: a Kafka consumer's assignment, the first of which means it joined its group.
+    Assigned { pid: i32, lanes: Vec<Lane> },
     /// The child's stage is making progress, or waiting on a peer; silence longer than `--child-timeout` means hung.
-    Alive { pid: i32, stats: crate::telemetry::counters::StageStats },
+    Alive { pid: i32, stats: StageStats },
     /// The child is about to exit with `code` for this reason; the supervisor prints it once.
     Failed { pid: i32, code: i32, message: String },
 }
@@ -122,9 +120,9 @@ pub type ReportSender = IpcSender<Report>;
 pub type ReportReceiver = IpcReceiver<Report>;
 
 pub fn control_channel() -> Result<(ControlSender, ControlReceiver)> {
-    ipc::channel().map_err(ipc_err)
+    ipc::channel().map_err(Error::CreateChannel)
 }
 
 pub fn report_channel() -> Result<(ReportSender, ReportReceiver)> {
-    ipc::channel().map_err(ipc_err)
+    ipc::channel().map_err(Error::CreateChannel)
 }

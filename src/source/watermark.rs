@@ -1,27 +1,28 @@
-//! Which offsets may be committed: per partition, the end of the contiguous run of acknowledged events.
+//! Which positions may be committed: per lane, the end of the contiguous run of acknowledged events.
 //!
-//! With N hashers and keys spread over destination partitions, acknowledgements come back out of order. Committing
-//! the highest acked offset would lose the gaps below it on a crash, so each partition keeps its in-flight offsets in
-//! order and advances only past a prefix that is wholly acked. Offsets need not be consecutive (compaction,
-//! transaction markers): only the order in which they were consumed matters.
+//! With N workers and keys spread over the destination, acknowledgements come back out of order. Committing the
+//! highest acknowledged position would lose the gaps below it on a crash, so each lane keeps its in-flight sequence
+//! numbers in order and advances only past a prefix that is wholly acknowledged. Sequence numbers need not be
+//! consecutive (Kafka's compaction and transaction markers): only the order in which they were taken matters.
 
+use crate::position::{Lane, Position, Seq};
 use std::collections::{HashMap, VecDeque};
 
 #[derive(Debug, Default)]
-struct Partition {
-    /// In-flight offsets in consumption order, with whether each was acked.
-    in_flight: VecDeque<(i64, bool)>,
-    /// The next offset to read after the acked prefix: what a commit stores.
-    position: Option<i64>,
+struct LaneMarks {
+    /// In-flight sequence numbers in the order they were taken, with whether each was acknowledged.
+    in_flight: VecDeque<(Seq, bool)>,
+    /// The next sequence number to read after the acknowledged prefix: what a commit stores.
+    position: Option<Seq>,
     /// The position moved since it was last taken.
     advanced: bool,
-    /// The last offset tracked.
-    last: Option<i64>,
+    /// The last sequence number tracked.
+    last: Option<Seq>,
 }
 
 #[derive(Debug, Default)]
 pub struct Watermarks {
-    partitions: HashMap<i32, Partition>,
+    lanes: HashMap<Lane, LaneMarks>,
     in_flight: usize,
 }
 
@@ -30,25 +31,26 @@ impl Watermarks {
         Self::default()
     }
 
-    /// Records that `offset` of `partition` was sent into the pipeline. Returns the previous offset when this one
-    /// does not follow it, so a skip the broker made (retention, compaction, transaction markers) can be reported.
-    pub fn track(&mut self, partition: i32, offset: i64) -> Option<i64> {
-        let p = self.partitions.entry(partition).or_default();
-        let skipped = p.last.filter(|&last| offset != last + 1);
-        p.last = Some(offset);
-        debug_assert!(p.in_flight.back().is_none_or(|&(o, _)| o < offset), "offsets must be tracked in order");
-        p.in_flight.push_back((offset, false));
+    /// Records that the event at `at` was sent into the pipeline. Returns the previous sequence number of its lane
+    /// when this one does not follow it, so a skip the source made (Kafka's retention, compaction, transaction
+    /// markers) can be reported.
+    pub fn track(&mut self, at: Position) -> Option<Seq> {
+        let p = self.lanes.entry(at.lane).or_default();
+        let skipped = p.last.filter(|&last| at.seq != last + 1);
+        p.last = Some(at.seq);
+        debug_assert!(p.in_flight.back().is_none_or(|&(o, _)| o < at.seq), "positions must be tracked in order");
+        p.in_flight.push_back((at.seq, false));
         self.in_flight += 1;
         skipped
     }
 
-    /// Records an acknowledgement; returns false for one that is unknown or already counted (a revoked partition,
-    /// a duplicate ack), which is then ignored.
-    pub fn ack(&mut self, partition: i32, offset: i64) -> bool {
-        let Some(p) = self.partitions.get_mut(&partition) else {
+    /// Records an acknowledgement; returns false for one that is unknown or already counted (a revoked lane, a
+    /// duplicate), which is then ignored.
+    pub fn ack(&mut self, at: Position) -> bool {
+        let Some(p) = self.lanes.get_mut(&at.lane) else {
             return false;
         };
-        let Ok(i) = p.in_flight.binary_search_by_key(&offset, |&(o, _)| o) else {
+        let Ok(i) = p.in_flight.binary_search_by_key(&at.seq, |&(o, _)| o) else {
             return false;
         };
         if p.in_flight[i].1 {
@@ -69,35 +71,36 @@ impl Watermarks {
         self.in_flight
     }
 
-    pub fn in_flight_of(&self, partition: i32) -> usize {
-        self.partitions.get(&partition).map_or(0, |p| p.in_flight.iter().filter(|(_, acked)| !acked).count())
+    pub fn in_flight_of(&self, lane: Lane) -> usize {
+        self.lanes.get(&lane).map_or(0, |p| p.in_flight.iter().filter(|(_, acked)| !acked).count())
     }
 
-    /// The committable position of every partition whose position moved since the last call.
-    pub fn take_advanced(&mut self) -> Vec<(i32, i64)> {
+    /// The committable position of every lane whose position moved since the last call.
+    pub fn take_advanced(&mut self) -> Vec<Position> {
         let mut out = Vec::new();
-        for (&id, p) in &mut self.partitions {
+        for (&lane, p) in &mut self.lanes {
             if std::mem::take(&mut p.advanced) {
-                out.extend(p.position.map(|pos| (id, pos)));
+                out.extend(p.position.map(|seq| Position { lane, seq }));
             }
         }
         out
     }
 
-    /// The committable position of every partition that has one.
-    pub fn positions(&self) -> Vec<(i32, i64)> {
-        let mut out: Vec<_> = self.partitions.iter().filter_map(|(&id, p)| p.position.map(|pos| (id, pos))).collect();
+    /// The committable position of every lane that has one, by lane.
+    pub fn positions(&self) -> Vec<Position> {
+        let mut out: Vec<_> =
+            self.lanes.iter().filter_map(|(&lane, p)| p.position.map(|seq| Position { lane, seq })).collect();
         out.sort_unstable();
         out
     }
 
-    pub fn position(&self, partition: i32) -> Option<i64> {
-        self.partitions.get(&partition).and_then(|p| p.position)
+    pub fn position(&self, lane: Lane) -> Option<Seq> {
+        self.lanes.get(&lane).and_then(|p| p.position)
     }
 
-    /// Drops a partition that is no longer ours; its unacked events are re-read by its next owner.
-    pub fn forget(&mut self, partition: i32) {
-        if let Some(p) = self.partitions.remove(&partition) {
+    /// Drops a lane that is no longer ours; its unacknowledged events are re-read by its next owner.
+    pub fn forget(&mut self, lane: Lane) {
+        if let Some(p) = self.lanes.remove(&lane) {
             self.in_flight -= p.in_flight.iter().filter(|(_, acked)| !acked).count();
         }
     }
@@ -107,17 +110,21 @@ impl Watermarks {
 mod tests {
     use super::*;
 
+    fn at(lane: Lane, seq: Seq) -> Position {
+        Position { lane, seq }
+    }
+
     #[test]
     fn in_order_acks_advance_one_by_one() {
         let mut w = Watermarks::new();
         for o in 0..3 {
-            w.track(0, o);
+            w.track(at(0, o));
         }
         assert_eq!(w.in_flight(), 3);
-        assert!(w.ack(0, 0));
+        assert!(w.ack(at(0, 0)));
         assert_eq!(w.position(0), Some(1));
-        assert!(w.ack(0, 1));
-        assert!(w.ack(0, 2));
+        assert!(w.ack(at(0, 1)));
+        assert!(w.ack(at(0, 2)));
         assert_eq!(w.position(0), Some(3), "the position is the next offset to read");
         assert_eq!(w.in_flight(), 0);
     }
@@ -126,43 +133,43 @@ mod tests {
     fn out_of_order_acks_wait_for_the_gap() {
         let mut w = Watermarks::new();
         for o in 10..15 {
-            w.track(1, o);
+            w.track(at(1, o));
         }
-        assert!(w.ack(1, 12));
-        assert!(w.ack(1, 14));
+        assert!(w.ack(at(1, 12)));
+        assert!(w.ack(at(1, 14)));
         assert_eq!(w.position(1), None, "nothing below 12 is acked yet");
-        assert!(w.ack(1, 10));
+        assert!(w.ack(at(1, 10)));
         assert_eq!(w.position(1), Some(11));
-        assert!(w.ack(1, 11));
+        assert!(w.ack(at(1, 11)));
         assert_eq!(w.position(1), Some(13), "the run 10..=12 is complete, 13 is the gap");
-        assert!(w.ack(1, 13));
+        assert!(w.ack(at(1, 13)));
         assert_eq!(w.position(1), Some(15));
     }
 
     #[test]
     fn offsets_with_holes_are_fine() {
         let mut w = Watermarks::new();
-        let skips: Vec<_> = [3, 7, 8, 20].into_iter().map(|o| w.track(2, o)).collect();
+        let skips: Vec<_> = [3, 7, 8, 20].into_iter().map(|o| w.track(at(2, o))).collect();
         assert_eq!(skips, vec![None, Some(3), None, Some(8)], "each skip names the offset before it");
-        assert!(w.ack(2, 8));
-        assert!(w.ack(2, 3));
+        assert!(w.ack(at(2, 8)));
+        assert!(w.ack(at(2, 3)));
         assert_eq!(w.position(2), Some(4));
-        assert!(w.ack(2, 7));
+        assert!(w.ack(at(2, 7)));
         assert_eq!(w.position(2), Some(9));
-        assert!(!w.ack(2, 5), "an offset never tracked is ignored");
-        assert!(w.ack(2, 20));
+        assert!(!w.ack(at(2, 5)), "an offset never tracked is ignored");
+        assert!(w.ack(at(2, 20)));
         assert_eq!(w.position(2), Some(21));
     }
 
     #[test]
     fn partitions_are_independent() {
         let mut w = Watermarks::new();
-        w.track(0, 0);
-        w.track(1, 0);
-        w.track(0, 1);
-        assert!(w.ack(0, 1));
-        assert!(w.ack(1, 0));
-        assert_eq!(w.positions(), vec![(1, 1)]);
+        w.track(at(0, 0));
+        w.track(at(1, 0));
+        w.track(at(0, 1));
+        assert!(w.ack(at(0, 1)));
+        assert!(w.ack(at(1, 0)));
+        assert_eq!(w.positions(), vec![at(1, 1)]);
         assert_eq!(w.in_flight_of(0), 1);
         assert_eq!(w.in_flight_of(1), 0);
     }
@@ -170,38 +177,38 @@ mod tests {
     #[test]
     fn duplicate_and_unknown_acks_are_ignored() {
         let mut w = Watermarks::new();
-        w.track(0, 5);
-        w.track(0, 6);
-        assert!(w.ack(0, 6));
-        assert!(!w.ack(0, 6));
-        assert!(!w.ack(9, 0));
+        w.track(at(0, 5));
+        w.track(at(0, 6));
+        assert!(w.ack(at(0, 6)));
+        assert!(!w.ack(at(0, 6)));
+        assert!(!w.ack(at(9, 0)));
         assert_eq!(w.in_flight(), 1);
     }
 
     #[test]
     fn advanced_positions_are_taken_once() {
         let mut w = Watermarks::new();
-        w.track(0, 0);
-        w.track(3, 0);
+        w.track(at(0, 0));
+        w.track(at(3, 0));
         assert!(w.take_advanced().is_empty());
-        w.ack(0, 0);
-        w.ack(3, 0);
+        w.ack(at(0, 0));
+        w.ack(at(3, 0));
         let mut got = w.take_advanced();
         got.sort_unstable();
-        assert_eq!(got, vec![(0, 1), (3, 1)]);
+        assert_eq!(got, vec![at(0, 1), at(3, 1)]);
         assert!(w.take_advanced().is_empty());
     }
 
     #[test]
     fn forgetting_a_partition_releases_its_events() {
         let mut w = Watermarks::new();
-        w.track(0, 0);
-        w.track(0, 1);
-        w.track(1, 0);
-        w.ack(0, 1);
+        w.track(at(0, 0));
+        w.track(at(0, 1));
+        w.track(at(1, 0));
+        w.ack(at(0, 1));
         w.forget(0);
         assert_eq!(w.in_flight(), 1);
-        assert!(!w.ack(0, 0), "acks of a revoked partition are stale");
+        assert!(!w.ack(at(0, 0)), "acks of a revoked partition are stale");
         assert_eq!(w.positions(), vec![]);
     }
 
@@ -211,7 +218,7 @@ mod tests {
         let mut w = Watermarks::new();
         let n = 1000i64;
         for o in 0..n {
-            w.track(0, o);
+            w.track(at(0, o));
         }
         let mut order: Vec<i64> = (0..n).collect();
         let mut x: u64 = 42;
@@ -223,7 +230,7 @@ mod tests {
         }
         let mut last = None;
         for o in order {
-            w.ack(0, o);
+            w.ack(at(0, o));
             let p = w.position(0);
             assert!(p >= last, "the position never moves back");
             last = p;

@@ -1,3 +1,126 @@
-//! What every child process shares.
+//! What every child process shares: its role, the one entry point every stage implements, the hooks through which a
+//! running stage tells the supervisor about itself, and the prologue a forked child runs before its stage.
+//!
+//! A stage is a [source](crate::source), a [worker](crate::worker) or a [sink](crate::sink). This module knows none
+//! of them: each implements [`Stage`], and the supervisor picks which one runs in which role.
 
 pub mod child;
+
+use crate::channel::ipc::{Report, ReportSender};
+use crate::config::Config;
+use crate::error::{Exit, Result};
+use crate::position::Lane;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The kinds of stage, in the order data flows through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Source,
+    Worker,
+    Sink,
+}
+
+impl Kind {
+    /// Every kind: the one list that metrics are labelled from.
+    pub const ALL: [Kind; 3] = [Kind::Source, Kind::Worker, Kind::Sink];
+
+    /// The name users see for the kind, in metrics labels and logs: what the stage is today.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Source => "consumer",
+            Kind::Worker => "hasher",
+            Kind::Sink => "producer",
+        }
+    }
+}
+
+/// Which stage a child process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Source,
+    Worker(usize),
+    Sink,
+}
+
+impl Role {
+    pub fn kind(self) -> Kind {
+        match self {
+            Role::Source => Kind::Source,
+            Role::Worker(_) => Kind::Worker,
+            Role::Sink => Kind::Sink,
+        }
+    }
+}
+
+/// The role as `ps` and the logs show it: `consumer`, `hasher-N`, `producer`.
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Worker(i) => write!(f, "{}-{i}", Kind::Worker.label()),
+            other => f.write_str(other.kind().label()),
+        }
+    }
+}
+
+/// One stage of the pipeline, run in its own process after the [child prologue](child::run).
+pub trait Stage {
+    /// The channel ends this stage owns: every end lives in exactly one process.
+    type Ends;
+
+    /// Sets up (clients, topic checks), calls [`Hooks::ready`] once it can work, and runs until its input ends or it
+    /// is told to drain. Returns how it ended; an error says what failed.
+    fn run(cfg: &Config, ends: Self::Ends, hooks: &Hooks) -> Result<Exit>;
+}
+
+/// How a running stage tells the supervisor about itself. Cheap to clone and usable from any thread: librdkafka calls
+/// back on its own.
+#[derive(Clone)]
+pub struct Hooks {
+    pid: i32,
+    // ipc-channel's sender is not Sync.
+    reports: Option<Arc<Mutex<ReportSender>>>,
+}
+
+impl Hooks {
+    pub fn new(pid: i32, reports: ReportSender) -> Hooks {
+        Hooks { pid, reports: Some(Arc::new(Mutex::new(reports))) }
+    }
+
+    /// Hooks that tell no one: for a stage run outside a supervised child (a test, a tool).
+    pub fn detached() -> Hooks {
+        Hooks { pid: std::process::id() as i32, reports: None }
+    }
+
+    /// The stage is set up and working.
+    pub fn ready(&self) {
+        self.tell(Report::Ready { pid: self.pid });
+    }
+
+    /// The source's lanes are now these.
+    pub fn assigned(&self, lanes: &[Lane]) {
+        self.tell(Report::Assigned { pid: self.pid, lanes: lanes.to_vec() });
+    }
+
+    /// Sends a report; false once the supervisor is gone.
+    pub(crate) fn tell(&self, report: Report) -> bool {
+        match &self.reports {
+            Some(tx) => tx.lock().unwrap_or_else(PoisonError::into_inner).send(report).is_ok(),
+            None => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_show_as_users_know_them() {
+        let shown: Vec<String> =
+            [Role::Source, Role::Worker(0), Role::Worker(11), Role::Sink].map(|r| r.to_string()).into();
+        assert_eq!(shown, ["consumer", "hasher-0", "hasher-11", "producer"]);
+        assert_eq!(Kind::ALL.map(Kind::label), ["consumer", "hasher", "producer"]);
+        assert_eq!(Role::Worker(3).kind(), Kind::Worker);
+    }
+}

@@ -15,7 +15,7 @@ pub struct Progress {
 }
 
 /// This process's stage.
-pub static STAGE: Progress = Progress::new();
+pub static PROGRESS: Progress = Progress::new();
 
 impl Progress {
     pub const fn new() -> Progress {
@@ -68,12 +68,12 @@ impl Default for Progress {
 
 /// The stage came round its loop.
 pub fn tick() {
-    STAGE.tick();
+    PROGRESS.tick();
 }
 
 /// Runs a call that blocks on another stage of the pipeline.
 pub fn waiting_on_peer<T>(call: impl FnOnce() -> T) -> T {
-    STAGE.waiting_on_peer(call)
+    PROGRESS.waiting_on_peer(call)
 }
 
 /// How often a child beats for a given `--child-timeout`: several beats per timeout, so one late beat is no alarm,

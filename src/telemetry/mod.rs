@@ -1,4 +1,12 @@
-//! What each process counts, and how a child shows it is alive.
+//! What a process tells about itself: its counters, the typed events that bump them and write the log lines, the
+//! rate limit on those lines, the logger, and the heartbeat that shows a child is alive.
+//!
+//! The bottom layer: it imports nothing of the pipeline but [`crate::position`].
 
 pub mod counters;
+pub mod events;
 pub mod heartbeat;
+pub mod logging;
+pub mod rate_limit;
+
+pub use events::emit;

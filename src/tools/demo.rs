@@ -11,9 +11,11 @@
 
 use crate::config::{Cli, Config, DemoArgs};
 use crate::error::{Error, Exit, Result};
-use crate::stage::child::{self as process, Role};
+use crate::sink::kafka::dead_letter::{DLQ_OFFSET, DLQ_PARTITION};
+use crate::stage::child;
 use crate::supervisor::{Signals, Supervisor};
-use crate::worker::transform::md5 as transform;
+use crate::tools::yardstick;
+use crate::worker::transform::md5;
 use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -81,10 +83,6 @@ enum Cmd {
     Check { group: String },
 }
 
-fn os(e: impl std::fmt::Display) -> Error {
-    Error::Os(e.to_string())
-}
-
 pub fn run(cli: &Cli, args: &DemoArgs, signals: Signals) -> Exit {
     match run_inner(cli, args, signals) {
         Ok(exit) => exit,
@@ -96,9 +94,9 @@ pub fn run(cli: &Cli, args: &DemoArgs, signals: Signals) -> Exit {
 }
 
 fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
-    let (boot_tx, boot_rx) = ipc::channel::<String>().map_err(os)?;
-    let (cmd_tx, cmd_rx) = ipc::channel::<Cmd>().map_err(os)?;
-    let (verdict_tx, verdict_rx) = ipc::channel::<bool>().map_err(os)?;
+    let (boot_tx, boot_rx) = ipc::channel::<String>().map_err(Error::CreateChannel)?;
+    let (cmd_tx, cmd_rx) = ipc::channel::<Cmd>().map_err(Error::CreateChannel)?;
+    let (verdict_tx, verdict_rx) = ipc::channel::<bool>().map_err(Error::CreateChannel)?;
     let parent = nix::unistd::getpid();
     let mut cfg = Config::from_cli(cli);
     if cli.hashers.is_none() {
@@ -110,10 +108,10 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
     let short_sessions = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")];
     cfg.properties.splice(0..0, short_sessions.map(|(k, v)| (k.to_string(), v.to_string())));
     // SAFETY: no thread has been started in this process yet.
-    let broker = match unsafe { nix::unistd::fork() }.map_err(os)? {
+    let broker = match unsafe { nix::unistd::fork() }.map_err(Error::Fork)? {
         nix::unistd::ForkResult::Child => {
             drop((boot_rx, cmd_tx, verdict_rx));
-            let code = match process::become_child(Role::DemoBroker, parent)
+            let code = match child::prologue("demo-broker", parent)
                 .and_then(|()| broker_main(&cfg, args, boot_tx, cmd_rx, verdict_tx))
             {
                 Ok(()) => 0,
@@ -127,12 +125,12 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
         nix::unistd::ForkResult::Parent { child } => child,
     };
     drop((boot_tx, cmd_rx, verdict_tx));
-    let brokers = boot_rx.try_recv_timeout(Duration::from_secs(30)).map_err(|e| Error::Os(format!("{e:?}")))?;
+    let brokers = boot_rx.try_recv_timeout(Duration::from_secs(30)).map_err(Error::DemoStart)?;
     cfg.brokers = brokers;
     log::info!("embedded Kafka (librdkafka mock cluster) at {}; Ctrl-C drains and checks", cfg.brokers);
     let exit = if args.single_process {
         log::info!("running the single-process yardstick instead of the pipeline");
-        match crate::tools::yardstick::run(&cfg, &|| signals.received()) {
+        match yardstick::run(&cfg, &|| signals.received()) {
             Ok(_) => Exit::Clean,
             Err(e) => {
                 log::error!("{e}");
@@ -211,13 +209,12 @@ fn broker_main(
     cmd_rx: IpcReceiver<Cmd>,
     verdict_tx: IpcSender<bool>,
 ) -> Result<()> {
-    let kafka = |e: rdkafka::error::KafkaError| Error::Os(format!("mock cluster: {e}"));
-    let cluster = MockCluster::new(1).map_err(kafka)?;
+    let cluster = MockCluster::new(1).map_err(Error::MockCluster)?;
     for topic in [&cfg.source_topic, &cfg.dest_topic, &cfg.dlq_topic] {
-        cluster.create_topic(topic, args.partitions, 1).map_err(kafka)?;
+        cluster.create_topic(topic, args.partitions, 1).map_err(Error::MockCluster)?;
     }
     let brokers = cluster.bootstrap_servers();
-    boot_tx.send(brokers.clone()).map_err(os)?;
+    boot_tx.send(brokers.clone()).map_err(Error::Send)?;
 
     let generated = Arc::new(Generated::default());
     // The mock cluster keeps only 5 MiB per partition and deletes older data: the generator stays well behind that,
@@ -437,9 +434,7 @@ impl Checker {
                         .and_then(|hs| hs.iter().find(|h| h.key == name))
                         .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok())
                 };
-                if let (Some(p), Some(o)) =
-                    (header(crate::sink::kafka::DLQ_PARTITION), header(crate::sink::kafka::DLQ_OFFSET))
-                {
+                if let (Some(p), Some(o)) = (header(DLQ_PARTITION), header(DLQ_OFFSET)) {
                     seen.dead.insert((p as i32, o));
                 }
             }
@@ -458,7 +453,7 @@ fn check_hash(out: &[u8]) -> Option<(u64, Option<u64>)> {
     let at = s.rfind(",\"hash\":\"")?;
     let hash = s.get(at + 9..at + 41)?;
     let source = format!("{}}}", &s[..at]);
-    let want = transform::md5_hex(source.as_bytes());
+    let want = md5::md5_hex(source.as_bytes());
     if hash.as_bytes() != want {
         return None;
     }

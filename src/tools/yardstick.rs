@@ -5,8 +5,10 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::sink::kafka as producer;
-use crate::worker::transform::md5 as transform;
+use crate::position::Position;
+use crate::sink::kafka::dead_letter;
+use crate::worker::transform::md5::Md5;
+use crate::worker::transform::Transform;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -20,21 +22,17 @@ pub fn run(cfg: &Config, stop: &dyn Fn() -> bool) -> Result<u64> {
     consumer.subscribe(&[&cfg.source_topic]).map_err(Error::Subscribe)?;
     let producer: BaseProducer = cfg.producer_config().create().map_err(Error::CreateClient)?;
     let mut out = Vec::with_capacity(4096);
+    let mut transform = Md5;
     let mut handled = 0;
     while !stop() {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let (topic, headers) = match transform::add_hash(m.payload(), &mut out) {
+        let (topic, headers) = match transform.apply(m.payload(), &mut out) {
             Ok(()) => (&cfg.dest_topic, None),
             Err(why) => {
                 out.clear();
                 out.extend_from_slice(m.payload().unwrap_or_default());
-                let h = producer::dlq_headers(
-                    OwnedHeaders::new(),
-                    &cfg.source_topic,
-                    why.as_str(),
-                    m.partition(),
-                    m.offset(),
-                );
+                let at = Position::new(m.partition(), m.offset());
+                let h = dead_letter::headers(OwnedHeaders::new(), &cfg.source_topic, why.as_str(), at);
                 (&cfg.dlq_topic, Some(h))
             }
         };
@@ -50,6 +48,6 @@ pub fn run(cfg: &Config, stop: &dyn Fn() -> bool) -> Result<u64> {
         producer.poll(Duration::ZERO);
         handled += 1;
     }
-    producer.flush(Duration::from_secs(30)).map_err(|e| Error::Fatal(e.to_string()))?;
+    producer.flush(Duration::from_secs(30)).map_err(Error::Flush)?;
     Ok(handled)
 }

@@ -1,37 +1,46 @@
-//! The hasher stage: batches in from the consumer, each event validated and hashed, batches out to the producer.
+//! Workers: the N processes between the source and the sink that run the [transform] on every event. Today's
+//! workers are the hashers (`--hashers`).
 //!
-//! A hasher keeps the order of its input: every event of a source partition comes through the same hasher, so that
-//! partition's order survives. It has no Kafka client and holds no state between batches.
+//! A worker keeps the order of its input: every event of a source lane comes through the same worker, so that lane's
+//! order survives. It has no client of its own and holds no state between batches. An event the transform rejects
+//! travels on unchanged, marked for the dead-letter destination: bad input never stops a worker.
 
 pub mod transform;
 
 use crate::channel::batch::{BatchWriter, Frame, Record};
 use crate::channel::ipc::{BatchReceiver, BatchSender};
-use crate::error::Result;
-use crate::stage::child::RateLimitedLog;
-use crate::telemetry::counters::Counters;
+use crate::config::Config;
+use crate::error::{Exit, Result};
+use crate::stage::{Hooks, Stage};
+use crate::telemetry::events::{emit, BatchReceived, Rejected, Transformed};
 use crate::telemetry::heartbeat;
-use crate::worker::transform::md5;
 use serde_bytes::Bytes;
 use std::time::Duration;
+use transform::md5::Md5;
+use transform::Transform;
 
-pub struct HasherEnds {
+/// The channel ends a worker owns: batches in from the source, batches out to the sink.
+pub struct WorkerEnds {
     pub input: BatchReceiver,
     pub output: BatchSender,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct HasherStats {
-    pub hashed: u64,
-    pub dead_letters: u64,
+/// A worker running today's transform, [`Md5`].
+pub struct Hasher;
+
+impl Stage for Hasher {
+    type Ends = WorkerEnds;
+
+    fn run(_cfg: &Config, ends: WorkerEnds, hooks: &Hooks) -> Result<Exit> {
+        hooks.ready();
+        work(ends, &mut Md5).map(|()| Exit::Clean)
+    }
 }
 
-/// Runs until the consumer's poison pill (or its channel closing), forwards the pill, and returns what it did.
-pub fn run(ends: HasherEnds) -> Result<HasherStats> {
-    let mut stats = HasherStats::default();
+/// Runs until the source's poison pill (or its channel closing), then forwards the pill.
+pub fn work(ends: WorkerEnds, transform: &mut impl Transform) -> Result<()> {
     let mut out = BatchWriter::new(usize::MAX, usize::MAX, Duration::ZERO);
     let mut scratch = Vec::with_capacity(4096);
-    let mut bad_log = RateLimitedLog::new(Duration::from_secs(5));
     while let Some(message) = heartbeat::waiting_on_peer(|| ends.input.recv())? {
         let Frame::Records(records) = Frame::parse(&message)? else {
             break;
@@ -40,63 +49,49 @@ pub fn run(ends: HasherEnds) -> Result<HasherStats> {
         for record in records {
             let record = record?;
             received += 1;
-            hash_record(&record, &mut scratch, &mut out, &mut stats, &mut bad_log)?;
+            let transformed = match transform.apply(record.payload.map(|p| &p[..]), &mut scratch) {
+                Ok(()) => {
+                    emit(Transformed);
+                    Record { payload: Some(Bytes::new(&scratch)), ..record.clone() }
+                }
+                Err(why) => {
+                    emit(Rejected { at: record.at, reason: why.as_str() });
+                    out.push(&Record { dead_letter: Some(why.as_str()), ..record.clone() })?;
+                    continue;
+                }
+            };
+            out.push(&transformed)?;
         }
-        crate::telemetry::counters::STAGE.received_batch(received);
+        emit(BatchReceived { events: received });
         ends.output.send(&mut out)?;
     }
     ends.output.send_pill()?;
-    log::debug!("done: {} hashed, {} to the dead-letter topic", stats.hashed, stats.dead_letters);
-    Ok(stats)
-}
-
-fn hash_record(
-    record: &Record<'_>,
-    scratch: &mut Vec<u8>,
-    out: &mut BatchWriter,
-    stats: &mut HasherStats,
-    bad_log: &mut RateLimitedLog,
-) -> Result<()> {
-    match md5::add_hash(record.payload.map(|p| &p[..]), scratch) {
-        Ok(()) => {
-            stats.hashed += 1;
-            Counters::add(&crate::telemetry::counters::STAGE.hashed, 1);
-            out.push(&Record { payload: Some(Bytes::new(scratch)), ..record.clone() })
-        }
-        Err(why) => {
-            stats.dead_letters += 1;
-            Counters::add(&crate::telemetry::counters::STAGE.invalid, 1);
-            if let Some(held_back) = bad_log.ready() {
-                log::warn!(
-                    "event at partition {} offset {} goes to the dead-letter topic: {why} ({} bad events so far, \
-                     {held_back} not logged)",
-                    record.partition,
-                    record.offset,
-                    stats.dead_letters
-                );
-            }
-            out.push(&Record { dead_letter: Some(why.as_str()), ..record.clone() })
-        }
-    }
+    log::debug!("done: the source sent its poison pill");
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::transform::md5;
+    use super::transform::Rejection;
     use super::*;
     use crate::channel::ipc::batch_channel;
+    use crate::position::Position;
 
-    #[test]
-    fn a_hasher_transforms_in_order_routes_bad_input_and_forwards_the_pill() {
-        let (to_hasher, hasher_in) = batch_channel().unwrap();
-        let (hasher_out, from_hasher) = batch_channel().unwrap();
-        let worker = std::thread::spawn(move || run(HasherEnds { input: hasher_in, output: hasher_out }));
+    fn worker<T: Transform + Send + 'static>(
+        mut t: T,
+    ) -> (BatchSender, BatchReceiver, std::thread::JoinHandle<Result<()>>) {
+        let (to_worker, worker_in) = batch_channel().unwrap();
+        let (worker_out, from_worker) = batch_channel().unwrap();
+        let handle = std::thread::spawn(move || work(WorkerEnds { input: worker_in, output: worker_out }, &mut t));
+        (to_worker, from_worker, handle)
+    }
 
+    fn send(to: &BatchSender, payloads: &[Option<&[u8]>]) {
         let mut batch = BatchWriter::new(100, 1 << 20, Duration::ZERO);
-        let payloads: [Option<&[u8]>; 4] = [Some(b"{\"a\":1}"), Some(b"[1]"), None, Some(b"{}")];
         for (i, p) in payloads.iter().enumerate() {
             let r = Record {
-                partition: 2,
-                offset: i as i64,
+                at: Position::new(2, i as i64),
                 timestamp: None,
                 key: Some(Bytes::new(b"key")),
                 headers: vec![("trace", Some(Bytes::new(b"t1")))],
@@ -105,29 +100,60 @@ mod tests {
             };
             batch.push(&r).unwrap();
         }
-        to_hasher.send(&mut batch).unwrap();
+        to.send(&mut batch).unwrap();
+    }
+
+    #[test]
+    fn a_hasher_transforms_in_order_routes_bad_input_and_forwards_the_pill() {
+        let (to_hasher, from_hasher, handle) = worker(Md5);
+        send(&to_hasher, &[Some(b"{\"a\":1}"), Some(b"[1]"), None, Some(b"{}")]);
         to_hasher.send_pill().unwrap();
 
         let msg = from_hasher.recv().unwrap().unwrap();
         let Frame::Records(rs) = Frame::parse(&msg).unwrap() else { panic!("expected records") };
         let rs: Vec<Record> = rs.collect::<Result<_>>().unwrap();
-        assert_eq!(rs.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(rs.iter().map(|r| r.at.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         let h = String::from_utf8(md5::md5_hex(b"{\"a\":1}").to_vec()).unwrap();
         assert_eq!(&rs[0].payload.unwrap()[..], format!("{{\"a\":1,\"hash\":\"{h}\"}}").as_bytes());
         assert_eq!(rs[0].dead_letter, None);
         assert!(rs[1].dead_letter.is_some() && &rs[1].payload.unwrap()[..] == b"[1]", "bad input goes unchanged");
         assert_eq!(rs[2].dead_letter, Some("null payload"));
         assert!(rs.iter().all(|r| r.key == Some(Bytes::new(b"key")) && r.headers.len() == 1));
+        let (hashed, dead) = rs.iter().partition::<Vec<_>, _>(|r| r.dead_letter.is_none());
+        assert_eq!((hashed.len(), dead.len()), (2, 2));
         assert!(matches!(Frame::parse(&from_hasher.recv().unwrap().unwrap()).unwrap(), Frame::Pill));
-        assert_eq!(worker.join().unwrap().unwrap(), HasherStats { hashed: 2, dead_letters: 2 });
+        handle.join().unwrap().unwrap();
     }
 
     #[test]
     fn a_closed_input_counts_as_a_pill() {
-        let (to_hasher, hasher_in) = batch_channel().unwrap();
-        let (hasher_out, from_hasher) = batch_channel().unwrap();
+        let (to_hasher, from_hasher, handle) = worker(Md5);
         drop(to_hasher);
-        run(HasherEnds { input: hasher_in, output: hasher_out }).unwrap();
+        handle.join().unwrap().unwrap();
         assert!(matches!(Frame::parse(&from_hasher.recv().unwrap().unwrap()).unwrap(), Frame::Pill));
+    }
+
+    /// Any transform: its output replaces the payload, its rejection sends the event to the dead letters.
+    struct Upper;
+    impl Transform for Upper {
+        fn apply(&mut self, payload: Option<&[u8]>, out: &mut Vec<u8>) -> std::result::Result<(), Rejection> {
+            let p = payload.ok_or(Rejection::NullPayload)?;
+            out.clear();
+            out.extend(p.iter().map(u8::to_ascii_uppercase));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_worker_runs_whatever_transform_it_is_given() {
+        let (to_worker, from_worker, handle) = worker(Upper);
+        send(&to_worker, &[Some(b"abc"), None]);
+        drop(to_worker);
+        let msg = from_worker.recv().unwrap().unwrap();
+        let Frame::Records(rs) = Frame::parse(&msg).unwrap() else { panic!("expected records") };
+        let rs: Vec<Record> = rs.collect::<Result<_>>().unwrap();
+        assert_eq!(rs[0].payload.map(|p| p.to_vec()), Some(b"ABC".to_vec()));
+        assert_eq!(rs[1].dead_letter, Some("null payload"));
+        handle.join().unwrap().unwrap();
     }
 }

@@ -5,7 +5,9 @@
 //! a slow or idle client holds nothing up, and is dropped after `CLIENT_TIMEOUT`.
 
 use crate::error::{Error, Result};
-use crate::telemetry::counters::{PartitionStats, StageStats};
+use crate::position::{Lane, Position};
+use crate::stage::Kind;
+use crate::telemetry::counters::StageStats;
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -35,11 +37,13 @@ struct Client {
 impl Server {
     /// Listens on `addr` (`HOST:PORT`; port 0 picks a free one).
     pub fn bind(addr: &str) -> Result<Server> {
-        let fail = |reason: String| Error::Metrics { addr: addr.to_string(), reason };
-        let addrs: Vec<SocketAddr> =
-            addr.to_socket_addrs().map_err(|e| fail(format!("not a HOST:PORT address ({e})")))?.collect();
-        let listener = TcpListener::bind(&addrs[..]).map_err(|e| fail(e.to_string()))?;
-        listener.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|source| Error::MetricsAddress { addr: addr.to_string(), source })?
+            .collect();
+        let bind = |source| Error::MetricsBind { addr: addr.to_string(), source };
+        let listener = TcpListener::bind(&addrs[..]).map_err(bind)?;
+        listener.set_nonblocking(true).map_err(bind)?;
         Ok(Server { listener, clients: Vec::new() })
     }
 
@@ -60,9 +64,9 @@ impl Server {
             }
             if c.response.is_empty() {
                 match c.read_request() {
-                    Progress::Pending => return true,
-                    Progress::Closed => return false,
-                    Progress::Complete => {
+                    Request::Pending => return true,
+                    Request::Closed => return false,
+                    Request::Complete => {
                         let metrics =
                             || page.get_or_insert_with(|| render.take().map_or_else(String::new, |r| r())).clone();
                         c.response = respond(&c.request, metrics);
@@ -101,27 +105,28 @@ impl Server {
     }
 }
 
-enum Progress {
+/// How far a client's request has come.
+enum Request {
     Pending,
     Complete,
     Closed,
 }
 
 impl Client {
-    fn read_request(&mut self) -> Progress {
+    fn read_request(&mut self) -> Request {
         let mut buf = [0u8; 2048];
         loop {
             match self.stream.read(&mut buf) {
-                Ok(0) => return Progress::Closed,
+                Ok(0) => return Request::Closed,
                 Ok(n) => {
                     self.request.extend_from_slice(&buf[..n]);
                     if self.request.windows(4).any(|w| w == b"\r\n\r\n") || self.request.len() > MAX_REQUEST {
-                        return Progress::Complete;
+                        return Request::Complete;
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Progress::Pending,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Request::Pending,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return Progress::Closed,
+                Err(_) => return Request::Closed,
             }
         }
     }
@@ -175,20 +180,24 @@ fn respond(request: &[u8], metrics: impl FnOnce() -> String) -> Vec<u8> {
 /// Everything a scrape shows, as the supervisor sees it at that moment.
 pub struct Snapshot<'a> {
     pub source_topic: &'a str,
-    /// Each stage's counters, summed over its processes and over every generation since the start.
-    pub consumer: &'a StageStats,
-    pub hashers: &'a StageStats,
-    pub producer: &'a StageStats,
-    /// Consumed and not yet acknowledged, from the newest consumer; bounded by `capacity`.
+    /// Each kind's counters, summed over its processes and over every generation since the start, in [`Kind::ALL`]
+    /// order.
+    pub stages: &'a [StageStats; 3],
+    /// Consumed and not yet acknowledged, from the newest source; bounded by `capacity`.
     pub in_flight: u64,
     pub capacity: usize,
-    /// Handed to librdkafka and not yet acknowledged, from the newest producer.
-    pub producer_queue: u64,
-    pub partitions: &'a [PartitionStats],
-    /// Pipeline restarts, by the role of the child whose failure caused them.
+    /// Handed to librdkafka and not yet acknowledged, from the newest sink.
+    pub sink_queue: u64,
+    /// Per partition the source owns, its lag, when known.
+    pub lag: &'a [(Lane, i64)],
+    /// Per partition the source owns, the last committed offset.
+    pub committed: &'a [Position],
+    /// The partitions the live sources own.
+    pub assigned: usize,
+    /// Pipeline restarts, by the kind of child whose failure caused them.
     pub restarts: &'a [(&'a str, u64)],
-    /// Live child processes by role.
-    pub children: &'a [(&'a str, usize)],
+    /// Live child processes by kind, in [`Kind::ALL`] order.
+    pub children: &'a [usize; 3],
     pub ready: bool,
     pub drains: u64,
     pub last_drain: Option<Duration>,
@@ -198,68 +207,68 @@ pub struct Snapshot<'a> {
 /// The Prometheus text exposition format (version 0.0.4).
 pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::with_capacity(4096);
-    let stages = [("consumer", s.consumer), ("hasher", s.hashers), ("producer", s.producer)];
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, value) in samples {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let by_stage = |value: &dyn Fn(&StageStats) -> u64, which: &[&str]| -> Vec<(String, f64)> {
-        stages
+    let by_stage = |value: &dyn Fn(&StageStats) -> u64, which: &[Kind]| -> Vec<(String, f64)> {
+        Kind::ALL
             .iter()
-            .filter(|(stage, _)| which.contains(stage))
-            .map(|(stage, stats)| (format!("{{stage=\"{stage}\"}}"), value(stats) as f64))
+            .zip(s.stages)
+            .filter(|(kind, _)| which.contains(kind))
+            .map(|(kind, stats)| (format!("{{stage=\"{}\"}}", kind.label()), value(stats) as f64))
             .collect()
     };
-    let all = ["consumer", "hasher", "producer"];
+    let [source, _, sink] = s.stages;
     family(
         "supervisor_events_in_total",
         "counter",
         "Events a stage took in: from the source topic (consumer), or from its input channel.",
-        &by_stage(&|st| st.consumed + st.received, &all),
+        &by_stage(&|st| st.consumed + st.received, &Kind::ALL),
     );
     family(
         "supervisor_events_out_total",
         "counter",
         "Events a stage passed on: to its output channel, or acknowledged by the brokers (producer).",
-        &by_stage(&|st| st.sent + st.delivered + st.dead_lettered, &all),
+        &by_stage(&|st| st.sent + st.delivered + st.dead_lettered, &Kind::ALL),
     );
     family(
         "supervisor_batches_in_total",
         "counter",
         "IPC batches a stage read from its input channels.",
-        &by_stage(&|st| st.batches_in, &["hasher", "producer"]),
+        &by_stage(&|st| st.batches_in, &[Kind::Worker, Kind::Sink]),
     );
     family(
         "supervisor_batches_out_total",
         "counter",
         "IPC batches a stage wrote to its output channels.",
-        &by_stage(&|st| st.batches_out, &["consumer", "hasher"]),
+        &by_stage(&|st| st.batches_out, &[Kind::Source, Kind::Worker]),
     );
     family(
         "supervisor_dead_letters_total",
         "counter",
         "Events sent to the dead-letter topic: found unfit by a hasher, or written there by the producer.",
-        &by_stage(&|st| st.invalid + st.dead_lettered, &["hasher", "producer"]),
+        &by_stage(&|st| st.rejected + st.dead_lettered, &[Kind::Worker, Kind::Sink]),
     );
     family(
         "supervisor_acked_total",
         "counter",
         "Source events whose output the brokers acknowledged, as the consumer counted them for its commits.",
-        &[(String::new(), s.consumer.acked as f64)],
+        &[(String::new(), source.acked as f64)],
     );
     family(
         "supervisor_produce_errors_total",
         "counter",
         "Deliveries that failed, whether then retried or dead-lettered.",
-        &[(String::new(), s.producer.produce_errors as f64)],
+        &[(String::new(), sink.produce_errors as f64)],
     );
     family(
         "supervisor_produce_retries_total",
         "counter",
         "Events sent again after a delivery failed.",
-        &[(String::new(), s.producer.retried as f64)],
+        &[(String::new(), sink.retried as f64)],
     );
     family(
         "supervisor_in_flight_events",
@@ -278,41 +287,47 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "gauge",
         "In-flight events by where they are: the IPC channels and stages, or librdkafka's produce queue.",
         &[
-            ("{queue=\"ipc\"}".to_string(), s.in_flight.saturating_sub(s.producer_queue) as f64),
-            ("{queue=\"producer\"}".to_string(), s.producer_queue.min(s.in_flight) as f64),
+            ("{queue=\"ipc\"}".to_string(), s.in_flight.saturating_sub(s.sink_queue) as f64),
+            ("{queue=\"producer\"}".to_string(), s.sink_queue.min(s.in_flight) as f64),
         ],
     );
     let topic = escape(s.source_topic);
-    let per_partition = |value: &dyn Fn(&PartitionStats) -> i64| -> Vec<(String, f64)> {
-        s.partitions
-            .iter()
-            .filter(|p| value(p) >= 0)
-            .map(|p| (format!("{{topic=\"{topic}\",partition=\"{}\"}}", p.partition), value(p) as f64))
-            .collect()
+    let per_partition = |values: &mut dyn Iterator<Item = (Lane, i64)>| -> Vec<(String, f64)> {
+        values.map(|(p, v)| (format!("{{topic=\"{topic}\",partition=\"{p}\"}}"), v as f64)).collect()
     };
     family(
         "supervisor_consumer_lag_events",
         "gauge",
         "Events past the group's committed offset, per source partition (librdkafka statistics, every second).",
-        &per_partition(&|p| p.lag),
+        &per_partition(&mut s.lag.iter().copied()),
     );
     family(
         "supervisor_committed_offset",
         "gauge",
-        "The committed offset per source partition: everything before it is delivered.",
-        &per_partition(&|p| p.committed),
+        "The last committed offset per source partition the consumer owns: everything before it is delivered.",
+        &per_partition(&mut s.committed.iter().map(|p| (p.lane, p.seq))),
     );
-    let labelled = |pairs: &[(&str, u64)], key: &str| -> Vec<(String, f64)> {
-        pairs.iter().map(|(v, n)| (format!("{{{key}=\"{}\"}}", escape(v)), *n as f64)).collect()
+    family(
+        "supervisor_assigned_partitions",
+        "gauge",
+        "Source partitions this instance's consumer owns now.",
+        &[(String::new(), s.assigned as f64)],
+    );
+    let labelled = |pairs: &mut dyn Iterator<Item = (&str, u64)>, key: &str| -> Vec<(String, f64)> {
+        pairs.map(|(v, n)| (format!("{{{key}=\"{}\"}}", escape(v)), n as f64)).collect()
     };
     family(
         "supervisor_restarts_total",
         "counter",
         "Pipeline restarts, by the role of the child whose failure caused them.",
-        &labelled(s.restarts, "role"),
+        &labelled(&mut s.restarts.iter().copied(), "role"),
     );
-    let children: Vec<(&str, u64)> = s.children.iter().map(|(r, n)| (*r, *n as u64)).collect();
-    family("supervisor_children", "gauge", "Live child processes, by role.", &labelled(&children, "role"));
+    family(
+        "supervisor_children",
+        "gauge",
+        "Live child processes, by role.",
+        &labelled(&mut Kind::ALL.iter().zip(s.children).map(|(k, n)| (k.label(), *n as u64)), "role"),
+    );
     family(
         "supervisor_ready",
         "gauge",
@@ -352,7 +367,7 @@ mod tests {
     fn snapshot_text() -> String {
         let consumer = StageStats { consumed: 10, sent: 9, batches_out: 2, acked: 7, ..StageStats::default() };
         let hashers =
-            StageStats { received: 9, sent: 8, batches_in: 2, batches_out: 2, invalid: 1, ..Default::default() };
+            StageStats { received: 9, sent: 8, batches_in: 2, batches_out: 2, rejected: 1, ..Default::default() };
         let producer = StageStats {
             received: 8,
             delivered: 6,
@@ -362,21 +377,17 @@ mod tests {
             retried: 2,
             ..StageStats::default()
         };
-        let partitions = [
-            PartitionStats { partition: 0, committed: 4, lag: 2 },
-            PartitionStats { partition: 1, committed: -1001, lag: -1 },
-        ];
         render(&Snapshot {
             source_topic: "src\"x",
-            consumer: &consumer,
-            hashers: &hashers,
-            producer: &producer,
+            stages: &[consumer, hashers, producer],
             in_flight: 3,
             capacity: 100,
-            producer_queue: 1,
-            partitions: &partitions,
+            sink_queue: 1,
+            lag: &[(0, 2)],
+            committed: &[Position::new(0, 4)],
+            assigned: 2,
             restarts: &[("consumer", 0), ("hasher", 2)],
-            children: &[("hasher", 4)],
+            children: &[1, 4, 1],
             ready: true,
             drains: 2,
             last_drain: Some(Duration::from_millis(250)),
@@ -418,6 +429,8 @@ mod tests {
             "supervisor_consumer_lag_events{topic=\"src\\\"x\",partition=\"0\"} 2",
             "supervisor_committed_offset{topic=\"src\\\"x\",partition=\"0\"} 4",
             "supervisor_restarts_total{role=\"hasher\"} 2",
+            "supervisor_children{role=\"hasher\"} 4",
+            "supervisor_assigned_partitions 2",
             "supervisor_last_drain_seconds 0.25",
         ] {
             assert!(text.lines().any(|l| l == expected), "missing {expected:?} in\n{text}");

@@ -4,8 +4,9 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+#[derive(Default)]
 pub struct Notifier {
     socket: Option<(UnixDatagram, SocketAddr)>,
     watchdog: Option<Duration>,
@@ -42,6 +43,56 @@ impl Notifier {
     /// How often to send `WATCHDOG=1`: half of `WatchdogSec`, as sd_watchdog_enabled(3) advises.
     pub fn watchdog_every(&self) -> Option<Duration> {
         self.socket.as_ref().and(self.watchdog).map(|w| w / 2)
+    }
+}
+
+/// What the supervisor tells systemd, and when: READY=1 once, the watchdog at its pace.
+#[derive(Default)]
+pub struct Systemd {
+    notifier: Notifier,
+    ready_sent: bool,
+    last_watchdog: Option<Instant>,
+}
+
+impl Systemd {
+    pub fn from_env() -> Systemd {
+        Systemd { notifier: Notifier::from_env(), ..Systemd::default() }
+    }
+
+    /// The pipeline works: `READY=1` the first time, with the status; afterwards (a restart) the status alone.
+    pub fn running(&mut self, status: &str) {
+        if self.ready_sent {
+            self.notifier.send(&format!("STATUS={status}"));
+        } else {
+            self.notifier.send(&format!("READY=1\nSTATUS={status}"));
+            self.ready_sent = true;
+        }
+    }
+
+    pub fn status(&self, status: &str) {
+        self.notifier.send(&format!("STATUS={status}"));
+    }
+
+    /// `STOPPING=1`, and room for the whole drain in systemd's stop timeout.
+    pub fn stopping(&self, drain_timeout: Duration) {
+        let room = drain_timeout + Duration::from_secs(5);
+        self.notifier.send(&format!(
+            "STOPPING=1\nSTATUS=draining (within {drain_timeout:?})\nEXTEND_TIMEOUT_USEC={}",
+            room.as_micros()
+        ));
+    }
+
+    /// `WATCHDOG=1` at half of `WatchdogSec`, only while `healthy` says so: a supervisor that cannot keep its
+    /// pipeline alive (or is stuck itself) lets systemd's watchdog act.
+    pub fn watchdog(&mut self, healthy: impl FnOnce() -> bool) {
+        let Some(every) = self.notifier.watchdog_every() else {
+            return;
+        };
+        if self.last_watchdog.is_some_and(|t| t.elapsed() < every) || !healthy() {
+            return;
+        }
+        self.notifier.send("WATCHDOG=1");
+        self.last_watchdog = Some(Instant::now());
     }
 }
 

@@ -1,52 +1,36 @@
-//! The transform: a JSON object in, the same bytes out with `"hash"` (md5 hex of the raw input) added.
+//! The md5 transform: a JSON object in, the same bytes out with `"hash"` (md5 hex of the raw input) added.
 //!
 //! The input is validated by serde_json but never re-serialised: the output is the input with `,"hash":"…"`
 //! spliced in before the closing brace, so field order, spacing and number formatting survive byte for byte.
 //! An input that already has a top-level `"hash"` gets that value replaced in place.
 
-use md5::{Digest, Md5};
+use super::{Rejection, Transform};
+use md5::{Digest, Md5 as Md5Hasher};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::fmt;
 use std::ops::Range;
 
-/// Why an event cannot be transformed; it then goes to the dead-letter topic with this reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
-    /// A tombstone: the event has no payload at all.
-    NullPayload,
-    EmptyPayload,
-    /// Not valid JSON, or valid JSON that is not an object.
-    NotAnObject(String),
-}
-
-impl Rejection {
-    /// A short, stable name, used in the dead-letter header.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Rejection::NullPayload => "null payload",
-            Rejection::EmptyPayload => "empty payload",
-            Rejection::NotAnObject(why) => why,
-        }
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// The md5 of `bytes` as 32 lowercase hex digits.
 pub fn md5_hex(bytes: &[u8]) -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Md5::digest(bytes);
+    let digest = Md5Hasher::digest(bytes);
     let mut out = [0u8; 32];
     for (i, b) in digest.iter().enumerate() {
         out[2 * i] = HEX[usize::from(b >> 4)];
         out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
     }
     out
+}
+
+/// Today's transform: adds `"hash"`, byte for byte.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Md5;
+
+impl Transform for Md5 {
+    fn apply(&mut self, payload: Option<&[u8]>, out: &mut Vec<u8>) -> Result<(), Rejection> {
+        add_hash(payload, out)
+    }
 }
 
 /// Writes the transformed event into `out` (cleared first), or says why it cannot be transformed.

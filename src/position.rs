@@ -1,0 +1,64 @@
+//! Where an event comes from in its source: a lane and a sequence number in it.
+//!
+//! A lane is a stream whose order the pipeline keeps and whose positions it commits: a Kafka partition today, a chunk
+//! of a table's key range for a SQL source. The sequence number orders a lane's events: a Kafka offset, a row's place
+//! in its chunk. Every event of a lane goes through the same worker, and a lane's position is committed only below
+//! the contiguous run of acknowledged events (see [`crate::source::watermark`]).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A lane of a source: a Kafka partition.
+pub type Lane = i32;
+
+/// An event's place in its lane: a Kafka offset.
+pub type Seq = i64;
+
+/// An event's origin, carried through the pipeline and acknowledged back to the source.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub lane: Lane,
+    pub seq: Seq,
+}
+
+impl Position {
+    pub fn new(lane: Lane, seq: Seq) -> Position {
+        Position { lane, seq }
+    }
+}
+
+/// `lane:seq`, the way the status line and the summary write committed positions.
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.lane, self.seq)
+    }
+}
+
+/// Positions as `[(lane, seq), ...]`, the way the consumer has always logged its commits.
+pub struct Listed<'a>(pub &'a [Position]);
+
+impl fmt::Display for Listed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "({}, {})", p.lane, p.seq)?;
+        }
+        f.write_str("]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_print_as_the_logs_always_showed_them() {
+        let ps = [Position::new(0, 24805), Position::new(1, 25195)];
+        assert_eq!(Listed(&ps).to_string(), "[(0, 24805), (1, 25195)]");
+        assert_eq!(Listed(&[]).to_string(), "[]");
+        assert_eq!(ps[1].to_string(), "1:25195");
+    }
+}

@@ -1,0 +1,119 @@
+//! What librdkafka calls back into, from inside `poll`: rebalances, commits, statistics and log lines.
+
+use super::{commit_list, lanes_of, store};
+use crate::position::{Lane, Position};
+use crate::source::flow::Flow;
+use crate::stage::Hooks;
+use crate::telemetry::events::{emit, CommitFailed, Committed, LagMeasured, LanesAssigned, LanesRevoked};
+use crate::telemetry::logging;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The state shared between the poll loop and the callbacks librdkafka runs inside poll.
+pub struct Context {
+    flow: Mutex<Flow>,
+    hooks: Hooks,
+    topic: String,
+    /// How long revoked partitions may take to settle their in-flight events.
+    settle_timeout: Duration,
+}
+
+impl Context {
+    pub(super) fn new(flow: Flow, hooks: Hooks, topic: &str, settle_timeout: Duration) -> Context {
+        Context { flow: Mutex::new(flow), hooks, topic: topic.to_string(), settle_timeout }
+    }
+
+    pub(super) fn flow(&self) -> MutexGuard<'_, Flow> {
+        self.flow.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn assignment(&self, consumer: &BaseConsumer<Self>) -> Vec<Lane> {
+        consumer.assignment().map(|tpl| lanes_of(&tpl, &self.topic)).unwrap_or_default()
+    }
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let lag = topic
+            .partitions
+            .values()
+            .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
+            .map(|p| (p.partition, p.consumer_lag))
+            .collect();
+        emit(LagMeasured { lag });
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        logging::librdkafka(level, fac, message);
+    }
+}
+
+impl ConsumerContext for Context {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                emit(LanesAssigned { added: &lanes_of(tpl, &self.topic) });
+                self.hooks.assigned(&self.assignment(consumer));
+            }
+            Rebalance::Revoke(_) => self.hooks.assigned(&self.assignment(consumer)),
+            Rebalance::Error(e) => log::warn!("rebalance failed: {e}"),
+        }
+    }
+
+    /// Before partitions go, their in-flight events are settled and what was acked is committed, so the next owner
+    /// starts where this one really stopped.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let lanes = lanes_of(revoked, &self.topic);
+        if lanes.is_empty() {
+            return;
+        }
+        let mut flow = self.flow();
+        let unacked = flow.settle(&lanes, Instant::now() + self.settle_timeout);
+        let lost = consumer.assignment_lost();
+        store(consumer, &self.topic, &mut flow);
+        let positions: Vec<Position> =
+            lanes.iter().filter_map(|&lane| flow.marks().position(lane).map(|seq| Position { lane, seq })).collect();
+        let commit = (!positions.is_empty() && !lost).then(|| {
+            commit_list(&self.topic, &positions)
+                .and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync).map_err(crate::Error::Commit))
+                .map(|()| positions.as_slice())
+        });
+        for &lane in &lanes {
+            flow.marks_mut().forget(lane);
+        }
+        emit(LanesRevoked { lanes: &lanes, lost, commit, unacked });
+    }
+
+    /// The outcome of librdkafka's background commits of the stored offsets.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let positions: Vec<Position> = offsets
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .filter(|e| e.error().is_ok())
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(seq) => Some(Position { lane: e.partition(), seq }),
+                        _ => None,
+                    })
+                    .collect();
+                if !positions.is_empty() {
+                    emit(Committed { positions: &positions });
+                }
+            }
+            // Nothing was stored since the last commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => emit(CommitFailed { error: &e }),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The periodic status (rates since the last one, in flight, lag, dead letters, restarts) and the summary on exit.
+
+use crate::position::Position;
+use crate::telemetry::counters::StageStats;
+use std::time::{Duration, Instant};
+
+/// How often the status is logged when stderr is not a terminal (piped, or the journal).
+pub const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// When the next status is due, and the totals the rates are measured from.
+#[derive(Debug)]
+pub struct StatusLine {
+    last: Instant,
+    last_totals: StageStats,
+    every: Duration,
+}
+
+impl StatusLine {
+    pub fn new(every: Duration) -> StatusLine {
+        StatusLine { last: Instant::now(), last_totals: StageStats::default(), every }
+    }
+
+    /// The status line when one is due at `now`.
+    pub fn due(&mut self, now: Instant, totals: StageStats, restarts: u64) -> Option<String> {
+        let since = now.duration_since(self.last);
+        if since < self.every {
+            return None;
+        }
+        let line = line(&self.last_totals, &totals, since, restarts);
+        self.last = now;
+        self.last_totals = totals;
+        Some(line)
+    }
+}
+
+fn line(before: &StageStats, now: &StageStats, since: Duration, restarts: u64) -> String {
+    let per_s = |now: u64, before: u64| now.saturating_sub(before) as f64 / since.as_secs_f64();
+    format!(
+        "in {:.0}/s, out {:.0}/s, in flight {}, lag {}, dead letters {}, restarts {restarts}",
+        per_s(now.consumed, before.consumed),
+        per_s(now.delivered + now.dead_lettered, before.delivered + before.dead_lettered),
+        now.in_flight,
+        now.lanes.total_lag().map_or_else(|| "?".to_string(), |l| l.to_string()),
+        now.dead_lettered,
+    )
+}
+
+/// The closing summary: what the whole run did, across restarts, and what it committed.
+pub fn summary(totals: &StageStats, committed: &[Position], restarts: u64, took: Duration) -> String {
+    let committed: Vec<String> = committed.iter().map(Position::to_string).collect();
+    format!(
+        "summary: {} consumed, {} delivered, {} dead-lettered, {} retried, {restarts} restarts in {took:.1?}; \
+         committed {}",
+        totals.consumed,
+        totals.delivered,
+        totals.dead_lettered,
+        totals.retried,
+        if committed.is_empty() { "nothing".to_string() } else { committed.join(" ") }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::counters::Lanes;
+
+    #[test]
+    fn the_status_gives_rates_since_the_last_one() {
+        let mut s = StatusLine::new(Duration::from_secs(2));
+        let t0 = s.last;
+        let totals = |consumed, delivered| StageStats {
+            consumed,
+            delivered,
+            dead_lettered: 2,
+            in_flight: 7,
+            lanes: Lanes { lag: vec![(0, 3), (1, 4)], ..Lanes::default() },
+            ..StageStats::default()
+        };
+        assert_eq!(s.due(t0 + Duration::from_secs(1), totals(10, 10), 0), None, "not due yet");
+        let first = s.due(t0 + Duration::from_secs(2), totals(1000, 600), 1).unwrap();
+        assert_eq!(first, "in 500/s, out 301/s, in flight 7, lag 7, dead letters 2, restarts 1");
+        let second = s.due(t0 + Duration::from_secs(4), totals(1200, 1000), 1).unwrap();
+        assert!(second.starts_with("in 100/s, out 200/s,"), "{second}");
+        let unknown = line(&StageStats::default(), &StageStats::default(), Duration::from_secs(1), 0);
+        assert!(unknown.contains("lag ?"), "{unknown}");
+    }
+
+    #[test]
+    fn the_summary_names_every_committed_position() {
+        let totals = StageStats { consumed: 10, delivered: 8, dead_lettered: 2, ..StageStats::default() };
+        let committed = [Position::new(0, 4), Position::new(1, 6)];
+        let s = summary(&totals, &committed, 0, Duration::from_millis(1500));
+        assert_eq!(
+            s,
+            "summary: 10 consumed, 8 delivered, 2 dead-lettered, 0 retried, 0 restarts in 1.5s; committed 0:4 1:6"
+        );
+        assert!(summary(&totals, &[], 0, Duration::ZERO).ends_with("committed nothing"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The restart policy, as pure logic: how a generation of children is going (its [`Outcome`]), and whether a failed
+//! one may be restarted, after which delay (the [`RestartBudget`]).
+
+use crate::error::Exit;
+use crate::stage::{Kind, Role};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// The first restart's delay; it doubles with every restart within the window, up to `BACKOFF_MAX`.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The delay before restart number `n` within the window (n ≥ 1): 100 ms, doubling, at most 10 s.
+pub fn backoff(n: usize) -> Duration {
+    let doublings = n.saturating_sub(1).min(16) as u32;
+    BACKOFF_START.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+}
+
+/// Which outcome wins when several happen: the one that tells the operator most about what to fix.
+fn severity(e: Exit) -> u8 {
+    match e {
+        Exit::Clean => 0,
+        Exit::DrainTimeout => 1,
+        Exit::Failure => 2,
+        Exit::GaveUp => 3,
+        Exit::FastStop => 4,
+        Exit::Unavailable => 5,
+        Exit::Config => 6,
+    }
+}
+
+/// How one generation of children is going: the worst reason to stop seen so far, and what went wrong first.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    worst: Option<Exit>,
+    cause: Option<Cause>,
+}
+
+/// The first failure of a generation, for the restart and give-up lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    pub text: String,
+    /// Whose failure it was, when a child's.
+    pub role: Option<Role>,
+}
+
+impl Outcome {
+    /// The exit code the generation would end with now.
+    pub fn exit(&self) -> Exit {
+        self.worst.unwrap_or(Exit::Clean)
+    }
+
+    /// Records a reason to stop; the most severe one wins.
+    pub fn record(&mut self, e: Exit) {
+        if severity(e) > severity(self.exit()) {
+            self.worst = Some(e);
+        }
+    }
+
+    /// Records a failure; the first one is the generation's cause.
+    pub fn fail(&mut self, e: Exit, role: Option<Role>, text: String) {
+        self.record(e);
+        if self.cause.is_none() {
+            self.cause = Some(Cause { text, role });
+        }
+    }
+
+    pub fn cause(&self) -> Option<&Cause> {
+        self.cause.as_ref()
+    }
+}
+
+/// `--max-restarts` within `--restart-window`: how many restarts there have been, and whether one more may come.
+#[derive(Debug)]
+pub struct RestartBudget {
+    max: u32,
+    window: Duration,
+    /// When the restarts still inside the window happened.
+    recent: VecDeque<Instant>,
+    total: u64,
+    /// Restarts by the kind of child whose failure caused them ("none" when no child's), for the metrics.
+    by_cause: BTreeMap<&'static str, u64>,
+}
+
+/// What the budget allows after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Restart after `delay`; this is restart number `n` within the window.
+    Restart { delay: Duration, n: usize },
+    /// `n` restarts within the window did not help: give up.
+    GiveUp { n: usize },
+}
+
+impl RestartBudget {
+    pub fn new(max: u32, window: Duration) -> RestartBudget {
+        let by_cause = Kind::ALL.into_iter().map(|k| (k.label(), 0)).collect();
+        RestartBudget { max, window, recent: VecDeque::new(), total: 0, by_cause }
+    }
+
+    /// A generation failed at `now` because of `caused_by`: may it be restarted?
+    pub fn on_failure(&mut self, now: Instant, caused_by: Option<Kind>) -> Verdict {
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.max as usize {
+            return Verdict::GiveUp { n: self.recent.len() };
+        }
+        self.recent.push_back(now);
+        self.total += 1;
+        *self.by_cause.entry(caused_by.map_or("none", Kind::label)).or_default() += 1;
+        let n = self.recent.len();
+        Verdict::Restart { delay: backoff(n), n }
+    }
+
+    /// Restarts since the supervisor started.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Restarts by the kind of child whose failure caused them, every kind listed.
+    pub fn by_cause(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.by_cause.iter().map(|(k, n)| (*k, *n))
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_backoff_doubles_from_100_ms_up_to_10_s() {
+        let delays: Vec<u128> = (1..=9).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(backoff(1000), BACKOFF_MAX, "no overflow");
+    }
+
+    #[test]
+    fn the_budget_gives_up_once_max_restarts_came_within_the_window() {
+        let mut b = RestartBudget::new(2, 60 * SEC);
+        let t = Instant::now();
+        assert_eq!(b.on_failure(t, Some(Kind::Worker)), Verdict::Restart { delay: backoff(1), n: 1 });
+        assert_eq!(b.on_failure(t + SEC, Some(Kind::Sink)), Verdict::Restart { delay: backoff(2), n: 2 });
+        assert_eq!(b.on_failure(t + 2 * SEC, None), Verdict::GiveUp { n: 2 });
+        assert_eq!(b.total(), 2, "giving up is no restart");
+        let counted: Vec<_> = b.by_cause().collect();
+        assert_eq!(counted, [("consumer", 0), ("hasher", 1), ("producer", 1)]);
+    }
+
+    #[test]
+    fn restarts_older_than_the_window_no_longer_count() {
+        let mut b = RestartBudget::new(1, 10 * SEC);
+        let t = Instant::now();
+        assert!(matches!(b.on_failure(t, None), Verdict::Restart { n: 1, .. }));
+        assert!(matches!(b.on_failure(t + 5 * SEC, None), Verdict::GiveUp { n: 1 }));
+        assert_eq!(b.on_failure(t + 11 * SEC, None), Verdict::Restart { delay: backoff(1), n: 1 }, "the backoff too");
+        assert_eq!(b.by_cause().find(|(k, _)| *k == "none"), Some(("none", 2)));
+    }
+
+    #[test]
+    fn zero_max_restarts_never_restarts() {
+        let mut b = RestartBudget::new(0, 60 * SEC);
+        assert_eq!(b.on_failure(Instant::now(), Some(Kind::Source)), Verdict::GiveUp { n: 0 });
+    }
+
+    #[test]
+    fn the_most_telling_outcome_wins_and_the_first_cause_stays() {
+        let mut o = Outcome::default();
+        assert_eq!(o.exit(), Exit::Clean);
+        o.fail(Exit::Failure, Some(Role::Worker(1)), "hasher-1 was killed".into());
+        o.record(Exit::DrainTimeout);
+        assert_eq!(o.exit(), Exit::Failure, "a timeout tells less than the failure");
+        o.fail(Exit::Config, None, "later".into());
+        assert_eq!(o.exit(), Exit::Config);
+        assert_eq!(o.cause(), Some(&Cause { text: "hasher-1 was killed".into(), role: Some(Role::Worker(1)) }));
+        let ranked = [Exit::DrainTimeout, Exit::Failure, Exit::GaveUp, Exit::FastStop, Exit::Unavailable, Exit::Config];
+        assert!(ranked.windows(2).all(|w| severity(w[0]) < severity(w[1])), "the documented ranking");
+    }
+}

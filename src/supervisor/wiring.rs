@@ -1,0 +1,56 @@
+//! Every channel end of one generation of the pipeline, before the forks hand them out, and which stage runs in
+//! which role.
+//!
+//! Each fork takes its role's ends in both processes: the child keeps them and drops everything else, the parent
+//! drops them. So every end lives in exactly one process, and a stage that dies closes its channels for the others to
+//! see.
+
+use crate::channel::ipc::{self, ControlSender, ReportSender};
+use crate::config::Config;
+use crate::error::Result;
+use crate::sink::kafka::KafkaSink;
+use crate::sink::SinkEnds;
+use crate::source::kafka::KafkaSource;
+use crate::source::SourceEnds;
+use crate::stage::{child, Role};
+use crate::worker::{Hasher, WorkerEnds};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+
+/// One role's channel ends.
+pub enum Ends {
+    Source(SourceEnds),
+    Worker(WorkerEnds),
+    Sink(SinkEnds),
+}
+
+/// Fresh channels for a generation with `workers` workers: each role's ends, in start order (sink, workers, source),
+/// and the supervisor's control sender.
+pub fn wire(workers: usize) -> Result<(VecDeque<(Role, Ends)>, ControlSender)> {
+    let (mut to_workers, mut sink_inputs) = (Vec::new(), Vec::new());
+    let mut roles = VecDeque::new();
+    for i in 0..workers {
+        let (tx, input) = ipc::batch_channel()?;
+        to_workers.push(tx);
+        let (output, rx) = ipc::batch_channel()?;
+        sink_inputs.push(rx);
+        roles.push_back((Role::Worker(i), Ends::Worker(WorkerEnds { input, output })));
+    }
+    let (ack_tx, ack_rx) = ipc::ack_channel()?;
+    let (control_tx, control_rx) = ipc::control_channel()?;
+    roles.push_front((Role::Sink, Ends::Sink(SinkEnds { inputs: sink_inputs, acks: ack_tx })));
+    roles.push_back((Role::Source, Ends::Source(SourceEnds { to_workers, acks: ack_rx, control: control_rx })));
+    Ok((roles, control_tx))
+}
+
+impl Ends {
+    /// In a freshly forked child: runs the stage these ends belong to and returns the exit code. The source is a Kafka
+    /// consumer, the workers hash, the sink is a Kafka producer.
+    pub fn run_child(self, role: Role, parent: Pid, cfg: &Config, reports: ReportSender) -> i32 {
+        match self {
+            Ends::Source(ends) => child::run::<KafkaSource>(role, parent, cfg, ends, reports),
+            Ends::Worker(ends) => child::run::<Hasher>(role, parent, cfg, ends, reports),
+            Ends::Sink(ends) => child::run::<KafkaSink>(role, parent, cfg, ends, reports),
+        }
+    }
+}

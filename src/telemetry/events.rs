@@ -1,0 +1,373 @@
+//! Everything a stage does that someone may want to count or read, as typed events in the style of vector's
+//! `internal_events`: a stage says what happened with [`emit`], and the event counts itself in this process's
+//! [`COUNTERS`] and writes its log line, if it has one, at a bounded rate. Counting and wording live here only.
+//!
+//! Events that happen once per record are plain counter bumps: cheap enough for the hot path.
+
+use super::counters::{add, set, COUNTERS};
+use super::rate_limit::{held_back, RateLimit, EVERY};
+use crate::position::{Lane, Listed, Position, Seq};
+use std::fmt::Display;
+
+/// Something that happened in a stage.
+pub trait InternalEvent {
+    fn emit(self);
+}
+
+/// Counts the event and logs it if it has a line to log.
+#[inline]
+pub fn emit(event: impl InternalEvent) {
+    event.emit();
+}
+
+// What every stage does with its channels.
+
+/// A batch was read from an input channel.
+pub struct BatchReceived {
+    pub events: u64,
+}
+
+impl InternalEvent for BatchReceived {
+    fn emit(self) {
+        add(&COUNTERS.batches_in, 1);
+        add(&COUNTERS.received, self.events);
+    }
+}
+
+/// A batch was written to an output channel.
+pub struct BatchSent {
+    pub events: u64,
+}
+
+impl InternalEvent for BatchSent {
+    fn emit(self) {
+        add(&COUNTERS.batches_out, 1);
+        add(&COUNTERS.sent, self.events);
+    }
+}
+
+// The source.
+
+/// Events taken from the source into the pipeline.
+pub struct Consumed {
+    pub events: u64,
+}
+
+impl InternalEvent for Consumed {
+    #[inline]
+    fn emit(self) {
+        add(&COUNTERS.consumed, self.events);
+    }
+}
+
+/// Events whose output was acknowledged, as the source counted them for its commits.
+pub struct Acked {
+    pub events: u64,
+}
+
+impl InternalEvent for Acked {
+    #[inline]
+    fn emit(self) {
+        add(&COUNTERS.acked, self.events);
+    }
+}
+
+/// How many events are in the pipeline now: taken from the source, not yet acknowledged.
+pub struct InFlight {
+    pub events: usize,
+}
+
+impl InternalEvent for InFlight {
+    fn emit(self) {
+        set(&COUNTERS.in_flight, self.events as u64);
+    }
+}
+
+/// The source skipped positions of a lane: a Kafka broker no longer had them (retention, compaction).
+pub struct PositionsSkipped {
+    pub lane: Lane,
+    pub first: Seq,
+    pub last: Seq,
+}
+
+impl InternalEvent for PositionsSkipped {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        if let Some(n) = LIMIT.check() {
+            log::warn!(
+                "partition {}: offsets {}..{} were skipped by the broker (deleted by retention before they were read, \
+                 or compacted){}",
+                self.lane,
+                self.first,
+                self.last,
+                held_back(n)
+            );
+        }
+    }
+}
+
+/// The source's client reported an error it retries by itself.
+pub struct SourceError<'a, E: Display> {
+    pub error: &'a E,
+}
+
+impl<E: Display> InternalEvent for SourceError<'_, E> {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        if let Some(n) = LIMIT.check() {
+            log::warn!("consumer error (retrying): {}{}", self.error, held_back(n));
+        }
+    }
+}
+
+/// The source was given lanes: a Kafka consumer's assignment. (The supervisor hears of it at once, through the
+/// stage's hooks.)
+pub struct LanesAssigned<'a> {
+    pub added: &'a [Lane],
+}
+
+impl InternalEvent for LanesAssigned<'_> {
+    fn emit(self) {
+        log::info!("partitions {:?} assigned", self.added);
+    }
+}
+
+/// Lanes were taken from the source (a rebalance): what was acknowledged in them is committed first.
+pub struct LanesRevoked<'a, E: Display> {
+    pub lanes: &'a [Lane],
+    /// The group moved on without this consumer: its commits would be refused.
+    pub lost: bool,
+    /// What was committed for them, or why it could not be.
+    pub commit: Option<Result<&'a [Position], E>>,
+    /// Events of these lanes still unacknowledged: their next owner reads them again.
+    pub unacked: usize,
+}
+
+impl<E: Display> InternalEvent for LanesRevoked<'_, E> {
+    fn emit(self) {
+        let lanes = self.lanes;
+        if self.lost {
+            log::warn!(
+                "partitions {lanes:?} lost: the group moved on without us (an outage or a stall longer than the session \
+                 timeout); their events after the last commit are re-read"
+            );
+        }
+        match self.commit {
+            Some(Ok(positions)) => {
+                log::info!("partitions {lanes:?} revoked: committed {}", Listed(positions));
+                COUNTERS.lanes().commit(positions);
+            }
+            Some(Err(e)) => log::warn!("partitions {lanes:?} revoked: commit failed ({e}); they are re-read"),
+            None => {}
+        }
+        if self.unacked > 0 {
+            log::warn!(
+                "partitions {lanes:?} revoked with {} events unacknowledged: the next owner re-reads them",
+                self.unacked
+            );
+        }
+    }
+}
+
+/// Positions were committed in the background (a Kafka consumer's auto-commit), as its broker acknowledged them.
+pub struct Committed<'a> {
+    pub positions: &'a [Position],
+}
+
+impl InternalEvent for Committed<'_> {
+    fn emit(self) {
+        log::debug!("committed {}", Listed(self.positions));
+        COUNTERS.lanes().commit(self.positions);
+    }
+}
+
+/// The final commit of a drain went through.
+pub struct FinalCommit<'a> {
+    pub positions: &'a [Position],
+}
+
+impl InternalEvent for FinalCommit<'_> {
+    fn emit(self) {
+        log::info!("committed {}", Listed(self.positions));
+        COUNTERS.lanes().commit(self.positions);
+    }
+}
+
+/// A background commit failed; the next one carries the same positions or later ones.
+pub struct CommitFailed<'a, E: Display> {
+    pub error: &'a E,
+}
+
+impl<E: Display> InternalEvent for CommitFailed<'_, E> {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        if let Some(n) = LIMIT.check() {
+            log::warn!("background commit failed ({}); the next one tries again{}", self.error, held_back(n));
+        }
+    }
+}
+
+/// The lag of each lane, from the source client's statistics.
+pub struct LagMeasured {
+    pub lag: Vec<(Lane, i64)>,
+}
+
+impl InternalEvent for LagMeasured {
+    fn emit(self) {
+        let mut lag = self.lag;
+        lag.sort_unstable();
+        COUNTERS.lanes().lag = lag;
+    }
+}
+
+/// The source stopped taking events at the bound for long enough to pause its lanes, or resumed them.
+pub struct Paused {
+    pub paused: bool,
+    pub after: std::time::Duration,
+}
+
+impl InternalEvent for Paused {
+    fn emit(self) {
+        if self.paused {
+            log::info!("held back at the bound for {:?}: paused the partitions, still polling", self.after);
+        } else {
+            log::info!("below the bound again: resumed the partitions");
+        }
+    }
+}
+
+// The workers.
+
+/// A worker transformed an event.
+pub struct Transformed;
+
+impl InternalEvent for Transformed {
+    #[inline]
+    fn emit(self) {
+        add(&COUNTERS.transformed, 1);
+    }
+}
+
+/// A worker found an event unfit to transform: it goes to the dead-letter destination unchanged.
+pub struct Rejected<'a> {
+    pub at: Position,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for Rejected<'_> {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        let so_far = COUNTERS.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if let Some(n) = LIMIT.check() {
+            log::warn!(
+                "event at partition {} offset {} goes to the dead-letter topic: {} ({so_far} bad {} so far){}",
+                self.at.lane,
+                self.at.seq,
+                self.reason,
+                if so_far == 1 { "event" } else { "events" },
+                held_back(n)
+            );
+        }
+    }
+}
+
+// The sink.
+
+/// The destination acknowledged events: written where they belong, or to the dead-letter destination.
+pub struct Delivered {
+    pub events: u64,
+    pub dead_letters: u64,
+}
+
+impl InternalEvent for Delivered {
+    fn emit(self) {
+        add(&COUNTERS.delivered, self.events);
+        add(&COUNTERS.dead_lettered, self.dead_letters);
+    }
+}
+
+/// A delivery failed; the sink retries it or dead-letters it.
+pub struct DeliveryFailed;
+
+impl InternalEvent for DeliveryFailed {
+    fn emit(self) {
+        add(&COUNTERS.produce_errors, 1);
+    }
+}
+
+/// A failed delivery is sent again.
+pub struct DeliveryRetried<'a, E: Display> {
+    pub at: Position,
+    pub error: &'a E,
+}
+
+impl<E: Display> InternalEvent for DeliveryRetried<'_, E> {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        add(&COUNTERS.retried, 1);
+        if let Some(n) = LIMIT.check() {
+            log::warn!(
+                "delivery of partition {} offset {} failed ({}); sending it again{}",
+                self.at.lane,
+                self.at.seq,
+                self.error,
+                held_back(n)
+            );
+        }
+    }
+}
+
+/// A delivery failed in a way no retry can fix: the event goes to the dead-letter destination instead.
+pub struct DeadLetterRouted<'a, E: Display> {
+    pub at: Position,
+    pub destination: &'a str,
+    pub error: &'a E,
+}
+
+impl<E: Display> InternalEvent for DeadLetterRouted<'_, E> {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        if let Some(n) = LIMIT.check() {
+            log::warn!(
+                "event at partition {} offset {} cannot be written to \"{}\" ({}); it goes to the dead-letter topic{}",
+                self.at.lane,
+                self.at.seq,
+                self.destination,
+                self.error,
+                held_back(n)
+            );
+        }
+    }
+}
+
+/// Events handed to the sink's client and not yet acknowledged.
+pub struct SinkQueue {
+    pub events: u64,
+}
+
+impl InternalEvent for SinkQueue {
+    fn emit(self) {
+        set(&COUNTERS.sink_queue, self.events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_count_themselves() {
+        // COUNTERS is this process's: other tests may add to it meanwhile, never take away.
+        let before = COUNTERS.snapshot();
+        emit(BatchSent { events: 7 });
+        emit(Consumed { events: 2 });
+        emit(Delivered { events: 3, dead_letters: 1 });
+        emit(Rejected { at: Position::new(0, 1), reason: "not JSON" });
+        emit(DeliveryRetried { at: Position::new(0, 1), error: &"timed out" });
+        let after = COUNTERS.snapshot();
+        assert!(after.sent >= before.sent + 7 && after.batches_out > before.batches_out);
+        assert!(after.consumed >= before.consumed + 2);
+        assert!(after.delivered >= before.delivered + 3 && after.dead_lettered > before.dead_lettered);
+        assert!(after.rejected > before.rejected && after.retried > before.retried);
+    }
+}

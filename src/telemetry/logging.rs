@@ -1,0 +1,77 @@
+//! Logs go to stderr through env_logger, each line naming the process (its role in a child, "supervisor" in the
+//! parent) and its pid. When stderr is the journal, lines carry a syslog priority instead of a timestamp.
+
+use nix::unistd::getpid;
+use std::io::Write;
+use std::sync::OnceLock;
+
+static NAME: OnceLock<String> = OnceLock::new();
+
+/// Names this process in its log lines from now on; a forked child calls it once, before it logs anything.
+pub fn set_process_name(name: &str) {
+    let _ = NAME.set(name.to_string());
+}
+
+/// The name this process logs under.
+pub fn process_name() -> &'static str {
+    NAME.get().map_or("supervisor", String::as_str)
+}
+
+/// `level` (`--log-level`) wins over `RUST_LOG`; the default is info.
+///
+/// When stderr is the journal (systemd sets `JOURNAL_STREAM` to its device and inode), lines carry a syslog priority
+/// prefix instead of a timestamp and level: the journal stamps them itself and keeps the level as the priority.
+pub fn init(level: Option<&str>) {
+    let mut builder = match level {
+        Some(level) => {
+            let mut b = env_logger::Builder::new();
+            b.parse_filters(level);
+            b
+        }
+        None => env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")),
+    };
+    if stderr_is_journal() {
+        builder.format(|buf, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{priority}>{}[{}] {}", process_name(), getpid(), record.args())
+        });
+    } else {
+        builder.format(|buf, record| {
+            let ts = buf.timestamp_millis();
+            writeln!(buf, "{ts} {:<5} {}[{}] {}", record.level(), process_name(), getpid(), record.args())
+        });
+    }
+    let _ = builder.try_init();
+}
+
+/// sd_journal_stream_fd(3): `JOURNAL_STREAM` is `device:inode` of the stream; it counts only if stderr is still it
+/// (a child of ours whose stderr was redirected must not use the prefixes).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", stderr.dev(), stderr.ino())
+}
+
+/// Routes librdkafka's own log lines through `log`, at the matching level.
+pub fn librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    let level = match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => log::Level::Error,
+        // An unprefixed -X goes to both clients by contract; librdkafka warns about the client it does not fit.
+        L::Warning if fac == "CONFWARN" && message.contains("will be ignored by this") => log::Level::Debug,
+        L::Warning => log::Level::Warn,
+        L::Notice | L::Info => log::Level::Info,
+        L::Debug => log::Level::Debug,
+    };
+    log::log!(target: "librdkafka", level, "librdkafka: {fac} {message}");
+}
