@@ -344,3 +344,37 @@ fn a_produce_error_no_retry_can_fix_sends_the_events_to_the_dead_letter_topic() 
     assert_eq!(committed(&addr, "refused", "src", PARTITIONS), end_offsets(&landed), "committed offsets");
     eprintln!("FAULT produce refused: produced {}, missing 0, dead-lettered {}", events.len(), dlq.len());
 }
+
+/// Only the mock cluster can make a broker answer a fetch with OFFSET_OUT_OF_RANGE: librdkafka then resets the
+/// partitions to their earliest offset (auto.offset.reset), and the consumer is handed again offsets it has already
+/// taken, while they are still in flight.
+#[test]
+fn a_partition_rewound_while_events_are_in_flight_is_delivered_again_and_the_drain_completes() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in ["src", "dst", "dst.dlq"] {
+        cluster.create_topic(topic, PARTITIONS, 1).unwrap();
+    }
+    let addr = cluster.bootstrap_servers();
+    // Few enough events that they all fit in the pipeline's channels: the consumer never waits on a send.
+    let events = name_events(1_200, 64);
+    let mut args = base_args(&addr, "rewind");
+    args.extend(["--hashers", "2", "--queue-capacity", "1000000", "--status-interval", "0.2"].map(String::from));
+    let mut sup = start(&args);
+    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    // Nothing is acknowledged while the producer is frozen: every event taken stays in flight.
+    let producer = Pid::from_raw(sup.pids()["producer"]);
+    kill(producer, Signal::SIGSTOP).unwrap();
+    let landed = produce(&addr, "src", &events);
+    let all_in_flight = format!("in flight {},", events.len());
+    assert!(sup.wait_for_log(&all_in_flight, Duration::from_secs(30)), "{}", sup.log());
+    cluster.request_errors(RDKafkaApiKey::Fetch, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE]);
+    assert!(sup.wait_for_log("the broker went back", Duration::from_secs(30)), "no rewind:\n{}", sup.log());
+    let log = sup.log();
+    let rewind = log.lines().find(|l| l.contains("the broker went back")).unwrap_or_default();
+    assert!(!rewind.contains("with 0 of its events in flight"), "the rewind must meet events in flight: {rewind}");
+    kill(producer, Signal::SIGCONT).unwrap();
+    let checked = stop_and_check(&mut sup, Signal::SIGTERM, &addr, "rewind", &events, &landed);
+    assert!(!sup.log().contains("restarting the pipeline"), "a rewind is no failure:\n{}", sup.log());
+    eprintln!("FAULT partition rewound: produced {}, missing 0, duplicates {}", events.len(), checked.duplicates);
+}

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::position::{Lane, Position};
 use crate::source::watermark::Watermarks;
-use crate::telemetry::events::{emit, Acked, Consumed, InFlight, PositionsSkipped};
+use crate::telemetry::events::{emit, Acked, Consumed, InFlight, LaneRewound, PositionsSkipped};
 use crate::telemetry::heartbeat;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
@@ -77,12 +77,14 @@ impl Flow {
         let Position { lane, seq } = record.at;
         let worker = lane.rem_euclid(self.batches.len() as Lane) as usize;
         self.batches[worker].push(record)?;
-        if let Some(before) = self.marks.track(record.at) {
-            // One-offset gaps are transaction markers; larger ones are data the broker no longer has or never gave
-            // us (retention deleted it before it was read, compaction, or a broker bug).
-            if seq - before > 2 {
-                emit(PositionsSkipped { lane, first: before + 1, last: seq - 1 });
+        match self.marks.track(record.at) {
+            // One-offset gaps are transaction markers; larger ones are data the broker no longer has or never gave us
+            // (retention deleted it before it was read, compaction, or a broker bug).
+            Some(before) if seq - before > 2 => emit(PositionsSkipped { lane, first: before + 1, last: seq - 1 }),
+            Some(before) if seq <= before => {
+                emit(LaneRewound { lane, from: before, to: seq, in_flight: self.marks.in_flight_of(lane) - 1 })
             }
+            _ => {}
         }
         emit(Consumed { events: 1 });
         if self.batches[worker].is_full() {

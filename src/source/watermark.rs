@@ -2,8 +2,13 @@
 //!
 //! With N workers and keys spread over the destination, acknowledgements come back out of order. Committing the
 //! highest acknowledged position would lose the gaps below it on a crash, so each lane keeps its in-flight sequence
-//! numbers in order and advances only past a prefix that is wholly acknowledged. Sequence numbers need not be
-//! consecutive (Kafka's compaction and transaction markers): only the order in which they were taken matters.
+//! numbers in the order they were taken and advances only past a prefix that is wholly acknowledged. Sequence numbers
+//! need not be consecutive (Kafka's compaction and transaction markers).
+//!
+//! A source may also go back and hand out again what it had already given (librdkafka resets a partition to its
+//! earliest offset when a fetch is refused as out of range). The events taken twice are both tracked and both
+//! acknowledged, each acknowledgement marking the oldest copy still open, and the position never moves back: what lies
+//! below it was delivered the first time.
 
 use crate::position::{Lane, Position, Seq};
 use std::collections::{HashMap, VecDeque};
@@ -12,6 +17,9 @@ use std::collections::{HashMap, VecDeque};
 struct LaneMarks {
     /// In-flight sequence numbers in the order they were taken, with whether each was acknowledged.
     in_flight: VecDeque<(Seq, bool)>,
+    /// `in_flight` is strictly increasing, so an acknowledgement finds its entry by binary search. False from a
+    /// rewind until the lane has nothing in flight again.
+    ordered: bool,
     /// The next sequence number to read after the acknowledged prefix: what a commit stores.
     position: Option<Seq>,
     /// The position moved since it was last taken.
@@ -32,16 +40,18 @@ impl Watermarks {
     }
 
     /// Records that the event at `at` was sent into the pipeline. Returns the previous sequence number of its lane
-    /// when this one does not follow it, so a skip the source made (Kafka's retention, compaction, transaction
-    /// markers) can be reported.
+    /// when this one does not follow it, so that a skip (Kafka's retention, compaction, transaction markers) or a
+    /// rewind of the source can be reported.
     pub fn track(&mut self, at: Position) -> Option<Seq> {
-        let p = self.lanes.entry(at.lane).or_default();
-        let skipped = p.last.filter(|&last| at.seq != last + 1);
+        let p = self.lanes.entry(at.lane).or_insert_with(|| LaneMarks { ordered: true, ..LaneMarks::default() });
+        let jumped = p.last.filter(|&last| at.seq != last + 1);
         p.last = Some(at.seq);
-        debug_assert!(p.in_flight.back().is_none_or(|&(o, _)| o < at.seq), "positions must be tracked in order");
+        if p.in_flight.back().is_some_and(|&(s, _)| s >= at.seq) {
+            p.ordered = false;
+        }
         p.in_flight.push_back((at.seq, false));
         self.in_flight += 1;
-        skipped
+        jumped
     }
 
     /// Records an acknowledgement; returns false for one that is unknown or already counted (a revoked lane, a
@@ -50,18 +60,25 @@ impl Watermarks {
         let Some(p) = self.lanes.get_mut(&at.lane) else {
             return false;
         };
-        let Ok(i) = p.in_flight.binary_search_by_key(&at.seq, |&(o, _)| o) else {
+        let found = if p.ordered {
+            p.in_flight.binary_search_by_key(&at.seq, |&(s, _)| s).ok().filter(|&i| !p.in_flight[i].1)
+        } else {
+            p.in_flight.iter().position(|&(s, acked)| s == at.seq && !acked)
+        };
+        let Some(i) = found else {
             return false;
         };
-        if p.in_flight[i].1 {
-            return false;
-        }
         p.in_flight[i].1 = true;
         self.in_flight -= 1;
-        while let Some(&(o, true)) = p.in_flight.front() {
+        while let Some(&(s, true)) = p.in_flight.front() {
             p.in_flight.pop_front();
-            p.position = Some(o + 1);
-            p.advanced = true;
+            if p.position.is_none_or(|pos| pos < s + 1) {
+                p.position = Some(s + 1);
+                p.advanced = true;
+            }
+        }
+        if p.in_flight.is_empty() {
+            p.ordered = true;
         }
         true
     }
@@ -210,6 +227,45 @@ mod tests {
         assert_eq!(w.in_flight(), 1);
         assert!(!w.ack(at(0, 0)), "acks of a revoked partition are stale");
         assert_eq!(w.positions(), vec![]);
+    }
+
+    #[test]
+    fn a_rewind_while_events_are_in_flight_acks_every_copy_and_never_moves_back() {
+        let mut w = Watermarks::new();
+        for o in 0..6 {
+            w.track(at(0, o));
+        }
+        assert!(w.ack(at(0, 0)) && w.ack(at(0, 1)));
+        assert_eq!(w.position(0), Some(2));
+        // The source goes back to 0 while 2..=5 are in flight: 0..=3 come again.
+        assert_eq!(w.track(at(0, 0)), Some(5), "the rewind is reported with where it came from");
+        for o in 1..4 {
+            w.track(at(0, o));
+        }
+        assert_eq!(w.in_flight(), 8);
+        // Acks come in any order; each marks the oldest open copy.
+        for o in [3, 2, 0, 5, 1, 4, 3, 2] {
+            assert!(w.ack(at(0, o)), "ack of {o}");
+            assert!(w.position(0) >= Some(2), "the position never moves back");
+        }
+        assert!(!w.ack(at(0, 3)), "both copies of 3 are acked already");
+        assert_eq!((w.in_flight(), w.in_flight_of(0), w.position(0)), (0, 0, Some(6)));
+        // Once the lane is empty again, it is in order again.
+        w.track(at(0, 6));
+        assert!(w.ack(at(0, 6)));
+        assert_eq!(w.position(0), Some(7));
+    }
+
+    #[test]
+    fn a_rewind_of_an_idle_lane_does_not_move_its_position_back() {
+        let mut w = Watermarks::new();
+        w.track(at(1, 10));
+        w.ack(at(1, 10));
+        assert_eq!(w.take_advanced(), vec![at(1, 11)]);
+        w.track(at(1, 0));
+        assert!(w.ack(at(1, 0)));
+        assert_eq!(w.position(1), Some(11));
+        assert!(w.take_advanced().is_empty(), "nothing new to commit");
     }
 
     #[test]

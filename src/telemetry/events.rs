@@ -106,6 +106,34 @@ impl InternalEvent for PositionsSkipped {
     }
 }
 
+/// The source went back in a lane and hands out again what it had already given: a Kafka consumer whose partition was
+/// reset to its earliest offset. What follows is delivered again.
+pub struct LaneRewound {
+    pub lane: Lane,
+    pub from: Seq,
+    pub to: Seq,
+    /// Events of the lane still in flight from before.
+    pub in_flight: usize,
+}
+
+impl InternalEvent for LaneRewound {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        if let Some(n) = LIMIT.check() {
+            log::warn!(
+                "partition {}: the broker went back from offset {} to {} with {} of its events in flight; the events \
+                 from {} on are delivered again{}",
+                self.lane,
+                self.from,
+                self.to,
+                self.in_flight,
+                self.to,
+                held_back(n)
+            );
+        }
+    }
+}
+
 /// The source's client reported an error it retries by itself.
 pub struct SourceError<'a, E: Display> {
     pub error: &'a E,
