@@ -1,16 +1,19 @@
 //! The `supervisor` command: parse flags, then hand over to the library. Exit codes are listed in `--help`.
 
 use supervisor::supervisor::{Signals, Supervisor};
+use supervisor::telemetry::logging;
 use supervisor::{Cli, Command, Config, Exit};
 
 fn main() {
+    // First of all: a SIGINT or SIGTERM from now on is a request to stop, never the default instant death.
+    let signals = Signals::install();
     let cli = Cli::parse_with_file();
     if cli.print_config {
         print!("{}", Config::from_cli(&cli).describe());
         return;
     }
-    supervisor::telemetry::logging::init(cli.log_level.as_deref());
-    let signals = match Signals::install() {
+    logging::init(cli.log_level.as_deref());
+    let signals = match signals {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");

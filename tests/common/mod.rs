@@ -153,10 +153,21 @@ impl ProducerContext for Acks {
 /// containing batch). Single-record batches keep every committed offset on a batch boundary, so what these tests
 /// measure is the pipeline, not that broker bug.
 pub fn produce(brokers: &str, topic: &str, events: &[Event]) -> Vec<(i32, i64)> {
+    produce_with(brokers, topic, events, "1")
+}
+
+/// Like `produce`, in record batches of up to 10,000: a backlog the consumer takes at full speed. Only for tests that
+/// never resume a group from a commit in the middle of a batch (see `produce`).
+pub fn produce_batched(brokers: &str, topic: &str, events: &[Event]) -> Vec<(i32, i64)> {
+    produce_with(brokers, topic, events, "10000")
+}
+
+fn produce_with(brokers: &str, topic: &str, events: &[Event], batch: &str) -> Vec<(i32, i64)> {
     let p: ThreadedProducer<Acks> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
-        .set("batch.num.messages", "1")
+        .set("batch.num.messages", batch)
+        .set("linger.ms", "20")
         .create_with_context(Acks::default())
         .unwrap();
     for (i, (k, v)) in events.iter().enumerate() {
@@ -358,6 +369,22 @@ pub fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Running {
 }
 
 impl Running {
+    /// Waits until the process catches SIGINT and SIGTERM (its handlers are installed), as /proc shows it.
+    pub fn wait_catching_signals(&self, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+            let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim).unwrap_or("0");
+            let mask = u64::from_str_radix(caught, 16).unwrap_or(0);
+            let bit = |sig: Signal| 1u64 << (sig as i32 - 1);
+            if mask & bit(Signal::SIGINT) != 0 && mask & bit(Signal::SIGTERM) != 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
     pub fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }
