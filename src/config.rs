@@ -14,7 +14,7 @@ Exit codes:
   5  fast stop: a second SIGINT/SIGTERM during the drain (uncommitted events are re-read on the next start)
   6  gave up: children failed more than --max-restarts times within --restart-window";
 
-/// Consume JSON events, add \"hash\" (md5 hex of the raw bytes) in N hasher processes, produce them on.
+/// Consume JSON events, add "hash" (md5 hex of the raw bytes) in N hasher processes, produce them on.
 ///
 /// At-least-once: an offset is committed only after the output event (or its dead-letter copy) was acknowledged by
 /// the brokers. The first SIGINT/SIGTERM drains every queue and exits 0; a second one stops at once.
@@ -123,7 +123,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub rate: u64,
 
-    /// Extra bytes of padding in every event (a \"note\" field), for heavier events.
+    /// Extra bytes of padding in every event (a "note" field), for heavier events.
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     pub pad: usize,
 

@@ -261,13 +261,18 @@ fn broker_main(
         if now.duration_since(last_report) >= Duration::from_secs(1) {
             let generated = count.load(Ordering::Relaxed);
             let rate = (arrived - last_arrived) as f64 / now.duration_since(last_report).as_secs_f64();
-            log::info!(
-                "generated {generated}  hashed {}  dead-lettered {}  in flight {}  {:.0} events/s",
-                checked.hashed.len(),
-                checked.dead.len(),
-                generated.saturating_sub(arrived),
-                rate
-            );
+            if first_arrival.is_none() {
+                // Nothing has come out yet: the consumer is still joining its group, which hands it its partitions.
+                log::info!("generated {generated}  waiting for the pipeline to join its group and take its partitions");
+            } else {
+                log::info!(
+                    "generated {generated}  hashed {}  dead-lettered {}  in flight {}  {:.0} events/s",
+                    checked.hashed.len(),
+                    checked.dead.len(),
+                    generated.saturating_sub(arrived),
+                    rate
+                );
+            }
             (last_report, last_arrived) = (now, arrived);
         }
         if !signalled && args.events > 0 && arrived >= args.events {
