@@ -1,10 +1,7 @@
 //! What a user sees when something is wrong before the pipeline can run: one clear line, a documented exit code,
 //! no hang.
 
-mod common;
-
-use common::*;
-use std::process::Command;
+use crate::harness::*;
 use std::time::{Duration, Instant};
 
 fn errors(log: &str) -> Vec<&str> {
@@ -18,7 +15,7 @@ fn under_journald_lines_carry_priorities_and_no_timestamp() {
     let file = std::fs::File::create(&path).unwrap();
     let meta = file.metadata().unwrap();
     let stream = format!("{}:{}", meta.dev(), meta.ino());
-    let status = Command::new(env!("CARGO_BIN_EXE_supervisor"))
+    let status = command()
         .args(["--brokers", &format!("127.0.0.1:{}", free_port()), "--log-level", "debug"])
         .env("JOURNAL_STREAM", &stream)
         .stderr(file)
@@ -32,15 +29,6 @@ fn under_journald_lines_carry_priorities_and_no_timestamp() {
     assert!(log.lines().all(|l| !l.starts_with("20")), "no timestamps of our own:\n{log}");
 }
 
-/// The binary with none of the caller's SUPERVISOR_* settings, so that a test says exactly what it sets.
-fn clean_command() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_supervisor"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SUPERVISOR_")) {
-        c.env_remove(k);
-    }
-    c
-}
-
 #[test]
 fn settings_come_from_flags_then_the_environment_then_the_file_and_secrets_stay_masked() {
     let path = scratch_dir("config").join("supervisor.toml");
@@ -50,7 +38,7 @@ fn settings_come_from_flags_then_the_environment_then_the_file_and_secrets_stay_
          [kafka]\n\"sasl.password\" = \"hunter2\"\n\"linger.ms\" = 7\n\"client.id\" = \"from-file\"\n",
     )
     .unwrap();
-    let out = clean_command()
+    let out = command()
         .args(["--config", path.to_str().unwrap(), "--print-config", "--dest-topic", "flag-dst", "-X", "linger.ms=9"])
         .env("SUPERVISOR_SOURCE_TOPIC", "env-src")
         .output()
@@ -72,7 +60,7 @@ fn settings_come_from_flags_then_the_environment_then_the_file_and_secrets_stay_
     assert!(!shown.contains("hunter2"), "{shown}");
 
     // Nor does the secret reach the logs of a run.
-    let out = clean_command()
+    let out = command()
         .args(["--config", path.to_str().unwrap(), "--brokers", &format!("127.0.0.1:{}", free_port())])
         .args(["--log-level", "debug"])
         .output()
@@ -86,18 +74,18 @@ fn settings_come_from_flags_then_the_environment_then_the_file_and_secrets_stay_
 fn a_bad_config_file_is_a_configuration_error() {
     let path = scratch_dir("badconfig").join("supervisor.toml");
     std::fs::write(&path, "hasher = 3\n").unwrap();
-    let out = clean_command().args(["--config", path.to_str().unwrap(), "--print-config"]).output().unwrap();
+    let out = command().args(["--config", path.to_str().unwrap(), "--print-config"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error: config file") && err.contains("unknown setting 'hasher'"), "{err}");
-    let out = clean_command().args(["--config", "/nonexistent/supervisor.toml"]).output().unwrap();
+    let out = command().args(["--config", "/nonexistent/supervisor.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn wrong_flags_exit_2() {
     for args in [&["--hashers", "0"][..], &["--queue-capacity", "x"], &["-X", "novalue"], &["--bogus"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_supervisor")).args(args).output().unwrap();
+        let out = command().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("error:"), "{args:?}: {err}");
@@ -106,9 +94,11 @@ fn wrong_flags_exit_2() {
 
 #[test]
 fn help_documents_every_flag_and_the_exit_codes() {
-    let out = Command::new(env!("CARGO_BIN_EXE_supervisor")).arg("--help").output().unwrap();
+    let out = command().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.starts_with("Consume JSON events, add \"hash\" (md5 hex"), "quotes shown as quotes:\n{help}");
+    assert!(!help.contains('\\'), "no stray backslashes:\n{help}");
     for flag in [
         "--brokers",
         "--source-topic",
@@ -184,7 +174,7 @@ fn a_metrics_port_in_use_or_a_bad_address_is_a_configuration_error() {
     let taken = taken.local_addr().unwrap().to_string();
     for (addr, why) in [(taken.as_str(), "in use"), ("localhost", "not a HOST:PORT address")] {
         let t0 = Instant::now();
-        let out = clean_command()
+        let out = command()
             .args(["--brokers", &format!("127.0.0.1:{}", free_port()), "--metrics-addr", addr])
             .output()
             .unwrap();

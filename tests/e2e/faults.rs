@@ -1,9 +1,7 @@
 //! The fault suite: kill, hang and stop the pipeline's parts mid-stream against a real broker, then count what
 //! arrived. Every test asserts that no event is missing and bounds the duplicates by what could have been in flight.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use std::time::{Duration, Instant};
 
 /// Events in flight are bounded by this, so it also bounds what a crash can make the pipeline deliver twice.
@@ -24,60 +22,37 @@ fn fault_args(brokers: &str, group: &str, hashers: u16, extra: &[&str]) -> Vec<S
     args
 }
 
-/// Waits for every event in the destination, stops `sup` with `sig` (exit 0), and checks what arrived: each event
-/// with its right hash, none missing, and the group committed at the end of every partition.
-fn stop_and_check(
-    sup: &mut Running,
-    sig: Signal,
-    brokers: &str,
-    group: &str,
-    events: &[Event],
-    landed: &[(i32, i64)],
-) -> Checked {
-    let _ = read_until(brokers, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
-    sup.signal(sig);
-    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
-    let dst = read_until(brokers, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
-    let checked = check_destination(events, &dst);
-    assert_eq!(checked.unique, events.len());
-    assert_eq!(committed(brokers, group, "src", PARTITIONS), end_offsets(landed), "committed offsets");
-    checked
-}
-
-const ALL_ASSIGNED: &str = "partitions [0, 1, 2, 3] assigned";
-
 const KILL_CHUNK: usize = 2_500;
 const KILL_PAUSE: Duration = Duration::from_millis(100);
 
 /// Kills `role` with SIGKILL once events flow, while the source is still being written; the supervisor must
 /// restart the pipeline by itself and deliver everything. Returns the check and how long recovery took.
 fn kill_mid_stream(name: &str, role: &str) -> (Checked, Duration, Running) {
-    let broker = Broker::start(name);
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics(name);
     let events = name_events(50_000, 128);
     let args = fault_args(&broker.addr, name, 2, &[]);
     let mut sup = start(&args);
-    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     let loader = trickle(&broker.addr, &events, KILL_CHUNK, KILL_PAUSE);
-    wait_for_events(&broker.addr, "dst", PARTITIONS, 3_000, Duration::from_secs(60));
+    wait_for_events(&broker.addr, "dst", 3_000, Duration::from_secs(60));
 
-    let victim = sup.pids()[role];
+    let victim = sup.child_pid(role);
     let killed_at = Instant::now();
-    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
-    assert!(sup.wait_for_log_count("pipeline running", 2, Duration::from_secs(60)), "no restart:\n{}", sup.log());
+    kill(victim, Signal::SIGKILL).unwrap();
     // Recovered once the new consumer owns the partitions again (after a killed consumer, the group first waits
     // for the dead member's session to expire).
-    assert!(sup.wait_for_log_count(ALL_ASSIGNED, 2, Duration::from_secs(60)), "no assignment:\n{}", sup.log());
+    let kind = role.split('-').next().unwrap_or(role);
+    assert!(sup.wait_restarted(kind, 1, Duration::from_secs(60)), "no restart:\n{}", sup.log());
     let recovery = killed_at.elapsed();
     let log = sup.log();
     assert!(log.contains(&format!("{role} (pid {victim}) was killed by SIGKILL")), "{log}");
     assert!(log.contains("restarting the pipeline") && log.contains("restart 1 of at most 5"), "{log}");
-    assert!(sup.pids().values().all(|&p| p != victim), "a fresh {role} runs");
+    assert_ne!(sup.child_pid(role), victim, "a fresh {role} runs");
 
     let landed = loader.join().unwrap();
-    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
+    let _ = read_until(&broker.addr, "dst", Duration::from_secs(120), |m| m.len() >= events.len());
     // Once all is through, the status shows nothing in flight: the dead child's last figures do not linger.
-    let statuses = sup.count_log("status: ");
+    let statuses = sup.log().matches("status: ").count();
     assert!(sup.wait_for_log_count("status: ", statuses + 3, Duration::from_secs(10)), "{}", sup.log());
     let last = sup.log().lines().rev().find(|l| l.contains("status: ")).unwrap_or_default().to_string();
     assert!(last.contains("in flight 0,"), "{last}");
@@ -110,21 +85,20 @@ fn a_killed_consumer_is_restarted_and_nothing_is_lost() {
 
 #[test]
 fn a_hung_hasher_is_killed_and_restarted() {
-    let broker = Broker::start("hung");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("hung");
     let events = name_events(20_000, 64);
     let args = fault_args(&broker.addr, "hung", 2, &["--child-timeout", "2"]);
     let mut sup = start(&args);
-    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     // An idle pipeline must not look hung: nothing is written for longer than the child timeout.
     std::thread::sleep(Duration::from_secs(4));
     assert!(!sup.log().contains("no heartbeat"), "an idle stage was taken for hung:\n{}", sup.log());
 
-    let hasher = sup.pids()["hasher-1"];
-    kill(Pid::from_raw(hasher), Signal::SIGSTOP).unwrap();
+    let hasher = sup.child_pid("hasher-1");
+    kill(hasher, Signal::SIGSTOP).unwrap();
     let stopped_at = Instant::now();
     let landed = produce(&broker.addr, "src", &events);
-    assert!(sup.wait_for_log_count(ALL_ASSIGNED, 2, Duration::from_secs(60)), "{}", sup.log());
+    assert!(sup.wait_restarted("hasher", 1, Duration::from_secs(60)), "{}", sup.log());
     let recovery = stopped_at.elapsed();
     let log = sup.log();
     assert!(log.contains(&format!("hasher-1 (pid {hasher}) sent no heartbeat")), "{log}");
@@ -142,24 +116,23 @@ fn a_hung_hasher_is_killed_and_restarted() {
 
 #[test]
 fn failing_again_and_again_gives_up_with_exit_6_and_commits_only_what_was_delivered() {
-    let broker = Broker::start("giveup");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("giveup");
     let events = name_events(40_000, 64);
     let args = fault_args(&broker.addr, "giveup", 2, &["--max-restarts", "1"]);
     let mut sup = start(&args);
-    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     let loader = trickle(&broker.addr, &events, 2_000, Duration::from_millis(100));
-    wait_for_events(&broker.addr, "dst", PARTITIONS, 2_000, Duration::from_secs(60));
-    kill(Pid::from_raw(sup.pids()["hasher-0"]), Signal::SIGKILL).unwrap();
-    assert!(sup.wait_for_log_count("pipeline running", 2, Duration::from_secs(60)), "{}", sup.log());
-    kill(Pid::from_raw(sup.pids()["hasher-1"]), Signal::SIGKILL).unwrap();
+    wait_for_events(&broker.addr, "dst", 2_000, Duration::from_secs(60));
+    kill(sup.child_pid("hasher-0"), Signal::SIGKILL).unwrap();
+    assert!(sup.wait_restarted("hasher", 1, Duration::from_secs(60)), "{}", sup.log());
+    kill(sup.child_pid("hasher-1"), Signal::SIGKILL).unwrap();
     let status = sup.wait_timeout(Duration::from_secs(60)).expect("gives up");
     assert_eq!(status.code(), Some(6), "{}", sup.log());
     assert!(sup.log().contains("giving up: 1 restarts within 60s did not help"), "{}", sup.log());
 
     let landed = loader.join().unwrap();
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |_| true);
-    assert_committed_are_delivered(&events, &landed, &committed(&broker.addr, "giveup", "src", PARTITIONS), &dst);
+    let dst = read_until(&broker.addr, "dst", Duration::from_secs(30), |_| true);
+    assert_committed_are_delivered(&events, &landed, &committed(&broker.addr, "giveup", "src"), &dst);
     // systemd restarts it; that run finishes the job.
     finish_and_check(&broker, &fault_args(&broker.addr, "giveup", 2, &[]), "giveup", &events, &landed);
 }
@@ -174,8 +147,7 @@ fn next_random(state: &mut u64) -> u64 {
 
 #[test]
 fn sigterm_at_random_moments_with_restarts_loses_and_repeats_nothing() {
-    let broker = Broker::start("sigterm10");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("sigterm10");
     let events = name_events(60_000, 128);
     let args = fault_args(&broker.addr, "sigterm10", 2, &[]);
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
@@ -184,11 +156,9 @@ fn sigterm_at_random_moments_with_restarts_loses_and_repeats_nothing() {
     let t0 = Instant::now();
     for round in 0..10 {
         let mut sup = start(&args);
-        assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+        assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
         std::thread::sleep(Duration::from_millis(next_random(&mut seed) % 2_000));
-        sup.signal(Signal::SIGTERM);
-        let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits after SIGTERM");
-        assert_eq!(status.code(), Some(0), "round {round}:\n{}", sup.log());
+        assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "round {round}:\n{}", sup.log());
     }
     let landed = loader.join().unwrap();
     let checked = finish_and_check(&broker, &args, "sigterm10", &events, &landed);
@@ -200,27 +170,22 @@ fn sigterm_at_random_moments_with_restarts_loses_and_repeats_nothing() {
 /// without losing its in-memory data.
 #[test]
 fn a_broker_outage_holds_the_pipeline_back_and_it_resumes_by_itself() {
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    // The mock cluster has no CreateTopics, so the dead-letter topic is made here.
-    for topic in ["src", "dst", "dst.dlq"] {
-        cluster.create_topic(topic, PARTITIONS, 1).unwrap();
-    }
-    let addr = cluster.bootstrap_servers();
+    let (cluster, addr) = mock_cluster();
     let events = name_events(30_000, 64);
     let args = fault_args(&addr, "outage", 2, &[]);
     let mut sup = start(&args);
-    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     let loader = trickle(&addr, &events, 1_000, Duration::from_millis(100));
-    wait_for_events(&addr, "dst", PARTITIONS, 3_000, Duration::from_secs(60));
+    wait_for_events(&addr, "dst", 3_000, Duration::from_secs(60));
 
     cluster.broker_down(1).unwrap();
     let down_at = Instant::now();
     std::thread::sleep(Duration::from_secs(15));
-    assert!(sup.child.try_wait().unwrap().is_none(), "an outage must not end the pipeline:\n{}", sup.log());
-    let before = read_until(&addr, "dst", PARTITIONS, Duration::from_secs(1), |_| true).len();
+    assert!(!sup.exited(), "an outage must not end the pipeline:\n{}", sup.log());
+    let before = read_until(&addr, "dst", Duration::from_secs(1), |_| true).len();
     cluster.broker_up(1).unwrap();
     let up_at = Instant::now();
-    let more = wait_for_events(&addr, "dst", PARTITIONS, before + 1_000, Duration::from_secs(120));
+    let more = wait_for_events(&addr, "dst", before + 1_000, Duration::from_secs(120));
     let resumed = up_at.elapsed();
     assert!(more > before, "work did not resume after the outage:\n{}", sup.log());
 
@@ -239,8 +204,7 @@ fn a_broker_outage_holds_the_pipeline_back_and_it_resumes_by_itself() {
 
 #[test]
 fn an_event_that_fits_nowhere_stops_the_pipeline_without_committing_past_it() {
-    let broker = Broker::start("nodlq");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("nodlq");
     let mut events = name_events(5_000, 64);
     // Too large for the producer's limit, so neither the destination nor the dead-letter topic can take it.
     let huge = format!(r#"{{"key": "huge", "seq": 0, "note": "{}"}}"#, "x".repeat(4_000));
@@ -256,9 +220,9 @@ fn an_event_that_fits_nowhere_stops_the_pipeline_without_committing_past_it() {
     assert!(log.contains("cannot write to the dead-letter topic"), "{log}");
     assert_eq!(log.matches("restarting the pipeline").count(), 2, "{log}");
 
-    let done = committed(&broker.addr, "nodlq", "src", PARTITIONS);
+    let done = committed(&broker.addr, "nodlq", "src");
     assert!(done[huge_partition as usize] <= huge_offset, "committed {done:?} past the undeliverable event");
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(10), |_| true);
+    let dst = read_until(&broker.addr, "dst", Duration::from_secs(10), |_| true);
     assert_committed_are_delivered(&events, &landed, &done, &dst);
 
     // With the limit fixed, the next run delivers everything, the big event included.
@@ -268,31 +232,29 @@ fn an_event_that_fits_nowhere_stops_the_pipeline_without_committing_past_it() {
 
 #[test]
 fn two_instances_share_the_partitions_and_one_stopping_hands_over_without_loss() {
-    let broker = Broker::start("twoinst");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("twoinst");
     let events = name_events(40_000, 128);
     let args = fault_args(&broker.addr, "twoinst", 1, &[]);
     let mut a = start(&args);
     let mut b = start(&args);
+    // Both take part: each owns some of the partitions before one of them stops.
+    let owns = |n: f64| move |m: &Metrics| m.get("supervisor_assigned_partitions").is_some_and(|p| p >= n && p < 4.0);
     for sup in [&mut a, &mut b] {
-        assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+        assert!(
+            sup.wait_metrics(Duration::from_secs(60), owns(1.0)).is_some(),
+            "the group did not split:\n{}",
+            sup.log()
+        );
     }
     let loader = trickle(&broker.addr, &events, 1_000, Duration::from_millis(100));
-    // Both take part: each has consumed something before one of them stops.
-    let t0 = Instant::now();
-    let has_some = |log: String| log.lines().any(|l| l.contains("assigned") && !l.contains("partitions [] assigned"));
-    while !(has_some(a.log()) && has_some(b.log())) {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the group did not split:\nA:\n{}\nB:\n{}", a.log(), b.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    wait_for_events(&broker.addr, "dst", PARTITIONS, 10_000, Duration::from_secs(60));
-    let b_had_all = b.count_log(ALL_ASSIGNED);
+    wait_for_events(&broker.addr, "dst", 10_000, Duration::from_secs(60));
     // Timed from the signal: the other instance may own everything before the stopped one has finished exiting.
     let stopped = Instant::now();
     a.signal(Signal::SIGTERM);
-    assert_eq!(a.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", a.log());
-    assert!(b.wait_for_log_count(ALL_ASSIGNED, b_had_all + 1, Duration::from_secs(60)), "{}", b.log());
+    let all = |m: &Metrics| m.get("supervisor_assigned_partitions") == Some(4.0);
+    assert!(b.wait_metrics(Duration::from_secs(60), all).is_some(), "{}", b.log());
     let took = stopped.elapsed();
+    assert_eq!(a.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", a.log());
 
     let landed = loader.join().unwrap();
     let checked = stop_and_check(&mut b, Signal::SIGINT, &broker.addr, "twoinst", &events, &landed);
@@ -308,11 +270,7 @@ fn two_instances_share_the_partitions_and_one_stopping_hands_over_without_loss()
 #[test]
 fn a_produce_error_no_retry_can_fix_sends_the_events_to_the_dead_letter_topic() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    for topic in ["src", "dst", "dst.dlq"] {
-        cluster.create_topic(topic, PARTITIONS, 1).unwrap();
-    }
-    let addr = cluster.bootstrap_servers();
+    let (cluster, addr) = mock_cluster();
     let events = name_events(5_000, 64);
     let landed = produce(&addr, "src", &events);
     // The pipeline's first produce request is refused as too large: retrying cannot help.
@@ -322,14 +280,13 @@ fn a_produce_error_no_retry_can_fix_sends_the_events_to_the_dead_letter_topic() 
     let mut sup = start(&args);
     let total = |m: &[Msg]| m.len();
     let dst_and_dlq = || {
-        let dst = read_until(&addr, "dst", PARTITIONS, Duration::from_secs(60), |_| true);
-        let dlq = read_until(&addr, "dst.dlq", PARTITIONS, Duration::from_secs(5), |_| true);
+        let dst = read_until(&addr, "dst", Duration::from_secs(60), |_| true);
+        let dlq = read_until(&addr, "dst.dlq", Duration::from_secs(5), |_| true);
         (dst, dlq)
     };
-    let _ = read_until(&addr, "dst", PARTITIONS, Duration::from_secs(60), |m| m.len() >= events.len() - 1_000);
+    let _ = read_until(&addr, "dst", Duration::from_secs(60), |m| m.len() >= events.len() - 1_000);
     let (dst, dlq) = dst_and_dlq();
-    sup.signal(Signal::SIGINT);
-    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
+    assert_eq!(sup.stop(Signal::SIGINT, Duration::from_secs(30)), Some(0), "{}", sup.log());
 
     assert!(!dlq.is_empty(), "the refused events are dead-lettered:\n{}", sup.log());
     for m in &dlq {
@@ -341,7 +298,7 @@ fn a_produce_error_no_retry_can_fix_sends_the_events_to_the_dead_letter_topic() 
     let delivered: Vec<Event> = events.iter().filter(|e| !dead.iter().any(|d| d.1 == e.1)).cloned().collect();
     let checked = check_destination(&delivered, &dst);
     assert_eq!(checked.unique + dead.len(), events.len(), "{} in dst, {} in dlq", total(&dst), total(&dlq));
-    assert_eq!(committed(&addr, "refused", "src", PARTITIONS), end_offsets(&landed), "committed offsets");
+    assert_eq!(committed(&addr, "refused", "src"), end_offsets(&landed), "committed offsets");
     eprintln!("FAULT produce refused: produced {}, missing 0, dead-lettered {}", events.len(), dlq.len());
 }
 
@@ -351,23 +308,19 @@ fn a_produce_error_no_retry_can_fix_sends_the_events_to_the_dead_letter_topic() 
 #[test]
 fn a_partition_rewound_while_events_are_in_flight_is_delivered_again_and_the_drain_completes() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    for topic in ["src", "dst", "dst.dlq"] {
-        cluster.create_topic(topic, PARTITIONS, 1).unwrap();
-    }
-    let addr = cluster.bootstrap_servers();
+    let (cluster, addr) = mock_cluster();
     // Few enough events that they all fit in the pipeline's channels: the consumer never waits on a send.
     let events = name_events(1_200, 64);
     let mut args = base_args(&addr, "rewind");
-    args.extend(["--hashers", "2", "--queue-capacity", "1000000", "--status-interval", "0.2"].map(String::from));
+    args.extend(["--hashers", "2", "--queue-capacity", "1000000"].map(String::from));
     let mut sup = start(&args);
-    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     // Nothing is acknowledged while the producer is frozen: every event taken stays in flight.
-    let producer = Pid::from_raw(sup.pids()["producer"]);
+    let producer = sup.child_pid("producer");
     kill(producer, Signal::SIGSTOP).unwrap();
     let landed = produce(&addr, "src", &events);
-    let all_in_flight = format!("in flight {},", events.len());
-    assert!(sup.wait_for_log(&all_in_flight, Duration::from_secs(30)), "{}", sup.log());
+    let all_in_flight = |m: &Metrics| m.get("supervisor_in_flight_events") == Some(events.len() as f64);
+    assert!(sup.wait_metrics(Duration::from_secs(30), all_in_flight).is_some(), "{}", sup.log());
     cluster.request_errors(RDKafkaApiKey::Fetch, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE]);
     assert!(sup.wait_for_log("the broker went back", Duration::from_secs(30)), "no rewind:\n{}", sup.log());
     let log = sup.log();

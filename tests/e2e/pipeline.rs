@@ -1,16 +1,13 @@
 //! End to end against a real broker: what arrives, with which hash, in which order, what is committed, and how the
 //! process exits.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
 #[test]
 fn sigint_drains_everything_with_the_right_hashes_and_commits_the_end() {
-    let broker = Broker::start("sigint");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("sigint");
     let mut good = name_events(20_000, 64);
     // A 900 KB event is big but fine: it passes like any other.
     let big = format!(r#"{{"key": "big", "seq": 0, "first_name": "Big", "note": "{}"}}"#, "x".repeat(900_000));
@@ -35,16 +32,14 @@ fn sigint_drains_everything_with_the_right_hashes_and_commits_the_end() {
     let mut args = base_args(&broker.addr, "g1");
     args.extend(["--hashers", "3"].map(String::from));
     let mut sup = start(&args);
-    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "did not start:\n{}", sup.log());
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= good.len());
+    assert!(sup.wait_ready(Duration::from_secs(30)), "did not start:\n{}", sup.log());
+    let dst = read_until(&broker.addr, "dst", Duration::from_secs(120), |m| m.len() >= good.len());
     assert!(dst.len() >= good.len(), "only {} of {} events arrived", dst.len(), good.len());
-    let dlq = read_until(&broker.addr, "dst.dlq", PARTITIONS, Duration::from_secs(30), |m| m.len() >= bad.len());
+    let dlq = read_until(&broker.addr, "dst.dlq", Duration::from_secs(30), |m| m.len() >= bad.len());
 
-    sup.signal(Signal::SIGINT);
-    let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits after SIGINT");
-    assert_eq!(status.code(), Some(0), "exit code; log:\n{}", sup.log());
+    assert_eq!(sup.stop(Signal::SIGINT, Duration::from_secs(30)), Some(0), "exit code; log:\n{}", sup.log());
 
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= good.len());
+    let dst = read_until(&broker.addr, "dst", Duration::from_secs(30), |m| m.len() >= good.len());
     let checked = check_destination(&good, &dst);
     assert_eq!((checked.unique, checked.duplicates), (good.len(), 0), "a clean run delivers each event once");
 
@@ -61,7 +56,7 @@ fn sigint_drains_everything_with_the_right_hashes_and_commits_the_end() {
         assert_eq!(&m.payload, *original, "dead letters are unchanged");
     }
 
-    assert_eq!(committed(&broker.addr, "g1", "src", PARTITIONS), end_offsets(&landed), "committed offsets");
+    assert_eq!(committed(&broker.addr, "g1", "src"), end_offsets(&landed), "committed offsets");
     let log = sup.log();
     assert!(log.contains("draining"), "{log}");
     assert!(!log.contains("restarting") && !log.contains("failed"), "bad input never stops the pipeline:\n{log}");
@@ -78,13 +73,12 @@ fn sigint_drains_everything_with_the_right_hashes_and_commits_the_end() {
 
 #[test]
 fn sigterm_mid_stream_then_restart_loses_nothing_and_repeats_nothing() {
-    let broker = Broker::start("sigterm");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("sigterm");
     let events = name_events(100_000, 128);
     let args = base_args(&broker.addr, "g2");
 
     let mut first = start(&args);
-    assert!(first.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", first.log());
+    assert!(first.wait_ready(Duration::from_secs(30)), "{}", first.log());
     // The source is still being written when the SIGTERM comes: the stop is mid-stream by construction.
     let loader = {
         let (addr, events) = (broker.addr.clone(), events.clone());
@@ -98,15 +92,13 @@ fn sigterm_mid_stream_then_restart_loses_nothing_and_repeats_nothing() {
                 .collect::<Vec<_>>()
         })
     };
-    wait_for_events(&broker.addr, "dst", PARTITIONS, 3_000, Duration::from_secs(60));
-    first.signal(Signal::SIGTERM);
-    let status = first.wait_timeout(Duration::from_secs(30)).expect("exits after SIGTERM");
-    assert_eq!(status.code(), Some(0), "log:\n{}", first.log());
-    let after_first = committed(&broker.addr, "g2", "src", PARTITIONS);
+    wait_for_events(&broker.addr, "dst", 3_000, Duration::from_secs(60));
+    assert_eq!(first.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "log:\n{}", first.log());
+    let after_first = committed(&broker.addr, "g2", "src");
     let landed = loader.join().unwrap();
     let end = end_offsets(&landed);
     assert!(after_first.iter().sum::<i64>() < end.iter().sum::<i64>(), "the stop was not mid-stream");
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |_| true);
+    let dst = read_until(&broker.addr, "dst", Duration::from_secs(30), |_| true);
     assert_committed_are_delivered(&events, &landed, &after_first, &dst);
 
     let checked = finish_and_check(&broker, &args, "g2", &events, &landed);
@@ -125,8 +117,7 @@ fn next_random(state: &mut u64) -> u64 {
 /// speed, is a graceful stop like any other: everything taken is delivered and committed, and the exit code is 0.
 #[test]
 fn a_sigterm_in_the_first_second_always_drains_everything_and_exits_0() {
-    let broker = Broker::start("firstsecond");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("firstsecond");
     let events = name_events(100_000, 128);
     let landed = produce_batched(&broker.addr, "src", &events);
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
@@ -143,10 +134,9 @@ fn a_sigterm_in_the_first_second_always_drains_everything_and_exits_0() {
         // but the signal waits for them.
         assert!(sup.wait_catching_signals(Duration::from_secs(10)), "no SIGTERM handler");
         std::thread::sleep(after.saturating_sub(started.elapsed()));
-        sup.signal(Signal::SIGTERM);
-        let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits after SIGTERM");
+        let code = sup.stop(Signal::SIGTERM, Duration::from_secs(30));
         let log = sup.log();
-        assert_eq!(status.code(), Some(0), "round {round}, SIGTERM {after:?} after the start:\n{log}");
+        assert_eq!(code, Some(0), "round {round}, SIGTERM {after:?} after the start:\n{log}");
         // Whatever was taken in was delivered: the summary's counts add up.
         if let Some(line) = log.lines().find(|l| l.contains("summary: ")) {
             let n = |word: &str| -> u64 {
@@ -156,9 +146,9 @@ fn a_sigterm_in_the_first_second_always_drains_everything_and_exits_0() {
             assert_eq!(n("consumed,"), n("delivered,") + n("dead-lettered,"), "round {round}: {line}");
         }
     }
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(60), |_| true);
+    let dst = read_until(&broker.addr, "dst", Duration::from_secs(60), |_| true);
     for round in 0..rounds {
-        let done = committed(&broker.addr, &format!("first-{round}"), "src", PARTITIONS);
+        let done = committed(&broker.addr, &format!("first-{round}"), "src");
         assert_committed_are_delivered(&events, &landed, &done, &dst);
     }
     eprintln!("FAULT SIGTERM in the first second x{rounds}: exit 0 every time, committed ⊆ delivered");
@@ -166,22 +156,22 @@ fn a_sigterm_in_the_first_second_always_drains_everything_and_exits_0() {
 
 #[test]
 fn children_show_their_role_die_with_a_killed_supervisor_and_a_restart_loses_nothing() {
-    let broker = Broker::start("kill9");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("kill9");
     let events = name_events(30_000, 64);
     let mut args = base_args(&broker.addr, "g3");
     args.extend(["--hashers", "2", "--queue-capacity", "2000"].map(String::from));
     let mut sup = start(&args);
-    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     let loader = trickle(&broker.addr, &events, 1_000, Duration::from_millis(100));
-    wait_for_events(&broker.addr, "dst", PARTITIONS, 3_000, Duration::from_secs(60));
-    let pids = sup.pids();
-    assert_eq!(pids.len(), 4, "{pids:?}");
+    wait_for_events(&broker.addr, "dst", 3_000, Duration::from_secs(60));
+    // `ps` shows each child as `supervisor: ROLE`, and `ps -e` as `sv-ROLE`.
+    let pids = sup.children();
+    let mut roles: Vec<&str> = pids.keys().map(String::as_str).collect();
+    roles.sort_unstable();
+    assert_eq!(roles, ["consumer", "hasher-0", "hasher-1", "producer"], "{pids:?}");
     for (role, pid) in &pids {
-        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
-        assert!(cmdline.starts_with(&format!("supervisor: {role}")), "ps shows {cmdline:?} for {role}");
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-        assert!(comm.starts_with("sv-"), "comm {comm:?} for {role}");
+        assert_eq!(comm.trim_end(), format!("sv-{role}"), "comm for {role}");
     }
     sup.signal(Signal::SIGKILL);
     sup.wait_timeout(Duration::from_secs(5)).expect("the supervisor dies");
@@ -190,9 +180,9 @@ fn children_show_their_role_die_with_a_killed_supervisor_and_a_restart_loses_not
         assert!(t0.elapsed() < Duration::from_secs(5), "children outlived the supervisor: {pids:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let after_kill = committed(&broker.addr, "g3", "src", PARTITIONS);
+    let after_kill = committed(&broker.addr, "g3", "src");
     let landed = loader.join().unwrap();
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(10), |_| true);
+    let dst = read_until(&broker.addr, "dst", Duration::from_secs(10), |_| true);
     assert_committed_are_delivered(&events, &landed, &after_kill, &dst);
 
     // What was in flight, or acked since the last background commit (a second of the loader's 10k events/s), is
@@ -206,15 +196,14 @@ fn children_show_their_role_die_with_a_killed_supervisor_and_a_restart_loses_not
 type Stuck = (Broker, Vec<Event>, Vec<(i32, i64)>, Running);
 
 fn stuck_pipeline(name: &str, group: &str, extra: &[&str]) -> Stuck {
-    let broker = Broker::start(name);
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics(name);
     let mut args = base_args(&broker.addr, group);
     args.extend(["--hashers", "2", "--queue-capacity", "2000"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut sup = start(&args);
-    assert!(sup.wait_for_log("pipeline running", Duration::from_secs(30)), "{}", sup.log());
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     // Frozen before any event exists: whatever the consumer takes stays in flight.
-    kill(Pid::from_raw(sup.pids()["producer"]), Signal::SIGSTOP).unwrap();
+    kill(sup.child_pid("producer"), Signal::SIGSTOP).unwrap();
     let events = name_events(30_000, 64);
     let landed = produce(&broker.addr, "src", &events);
     std::thread::sleep(Duration::from_millis(1500));
@@ -227,8 +216,8 @@ fn a_second_signal_stops_everything_at_once() {
     sup.signal(Signal::SIGINT);
     assert!(sup.wait_for_log("draining", Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(sup.child.try_wait().unwrap().is_none(), "the frozen producer holds the drain");
-    let pids = sup.pids();
+    assert!(!sup.exited(), "the frozen producer holds the drain");
+    let pids = sup.children();
     let t0 = std::time::Instant::now();
     sup.signal(Signal::SIGINT);
     let status = sup.wait_timeout(Duration::from_secs(10)).expect("exits");
@@ -256,13 +245,8 @@ fn a_held_back_consumer_pauses_then_resumes_and_loses_nothing() {
     let (broker, events, landed, mut sup) = stuck_pipeline("pause", "g7", &[]);
     // The producer has been frozen long enough for the consumer to sit at its bound and pause.
     assert!(sup.wait_for_log("paused the partitions", Duration::from_secs(10)), "{}", sup.log());
-    kill(Pid::from_raw(sup.pids()["producer"]), Signal::SIGCONT).unwrap();
+    kill(sup.child_pid("producer"), Signal::SIGCONT).unwrap();
     assert!(sup.wait_for_log("resumed the partitions", Duration::from_secs(30)), "{}", sup.log());
-    let _ = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(120), |m| m.len() >= events.len());
-    sup.signal(Signal::SIGINT);
-    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
-    let dst = read_until(&broker.addr, "dst", PARTITIONS, Duration::from_secs(30), |m| m.len() >= events.len());
-    let checked = check_destination(&events, &dst);
-    assert_eq!((checked.unique, checked.duplicates), (events.len(), 0));
-    assert_eq!(committed(&broker.addr, "g7", "src", PARTITIONS), end_offsets(&landed));
+    let checked = stop_and_check(&mut sup, Signal::SIGINT, &broker.addr, "g7", &events, &landed);
+    assert_eq!(checked.duplicates, 0);
 }

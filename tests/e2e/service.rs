@@ -1,8 +1,6 @@
 //! Running under systemd: the notify protocol, spoken to a socket the test binds as systemd would.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,8 +26,7 @@ fn first(got: &[(Instant, String)], prefix: &str) -> Option<usize> {
 
 #[test]
 fn systemd_hears_ready_then_watchdog_then_stopping() {
-    let broker = Broker::start("notify");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("notify");
     let path = scratch_dir("notify").join("notify.sock");
     let got = listen(&path);
     let mut args = base_args(&broker.addr, "notify");
@@ -43,7 +40,8 @@ fn systemd_hears_ready_then_watchdog_then_stopping() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Ready means joined: the consumer has its partitions by then.
-    assert!(sup.wait_for_log("assigned", Duration::from_secs(2)), "{}", sup.log());
+    let owns_all = |m: &Metrics| m.get("supervisor_assigned_partitions") == Some(4.0);
+    assert!(sup.wait_metrics(Duration::from_secs(2), owns_all).is_some(), "{}", sup.log());
     let ready = {
         let got = got.lock().unwrap();
         got[first(&got, "READY=1").unwrap()].1.clone()
@@ -52,7 +50,7 @@ fn systemd_hears_ready_then_watchdog_then_stopping() {
 
     let events = name_events(2_000, 16);
     produce(&broker.addr, "src", &events);
-    wait_for_events(&broker.addr, "dst", PARTITIONS, events.len(), Duration::from_secs(60));
+    wait_for_events(&broker.addr, "dst", events.len(), Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
     let pets = got.lock().unwrap().iter().filter(|(_, m)| m == "WATCHDOG=1").count();
     assert!(pets >= 3, "WATCHDOG=1 every 0.5 s (WatchdogSec=1): only {pets}");
@@ -61,37 +59,18 @@ fn systemd_hears_ready_then_watchdog_then_stopping() {
     assert!(sup.wait_for_log(status, Duration::from_secs(5)), "{}", sup.log());
     assert!(got.lock().unwrap().iter().any(|(_, m)| m.starts_with("STATUS=in ") && m.ends_with(status)), "{got:?}");
 
-    sup.signal(Signal::SIGTERM);
-    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
+    assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
     let got = got.lock().unwrap().clone();
     let (ready_at, stopping_at) = (first(&got, "READY=1").unwrap(), first(&got, "STOPPING=1").expect("STOPPING=1"));
     assert!(ready_at < stopping_at, "{got:?}");
     assert!(got[stopping_at].1.contains("EXTEND_TIMEOUT_USEC=25000000"), "room for the 20 s drain: {got:?}");
 }
 
-/// One scrape of `/metrics` over plain HTTP, as Prometheus does it.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not HTTP: {answer}"));
-    assert!(head.starts_with("HTTP/1.1 200 OK") && head.contains("version=0.0.4"), "{head}");
-    body.to_string()
-}
-
-/// The value of one sample, by its name and labels as printed.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Scrapes until `done` holds for the text, and returns it.
-fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+/// Scrapes until `done` holds for what it shows, and returns it.
+fn scrape_until(addr: &str, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
     let t0 = Instant::now();
     loop {
-        let text = scrape(addr);
+        let text = scrape(addr).unwrap_or_else(|| panic!("nothing answers on {addr}"));
         if done(&text) {
             return text;
         }
@@ -102,12 +81,12 @@ fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
 
 #[test]
 fn metrics_show_the_pipeline_per_stage_and_partition_and_its_restarts() {
-    let broker = Broker::start("metrics");
-    broker.create_topics(&[("src", PARTITIONS), ("dst", PARTITIONS)]);
+    let broker = Broker::with_topics("metrics");
     let mut args = base_args(&broker.addr, "metrics");
     args.extend(["--hashers", "2", "--metrics-addr", "127.0.0.1:0"].map(String::from));
     let mut sup = start(&args);
-    assert!(sup.wait_for_log("assigned", Duration::from_secs(30)), "{}", sup.log());
+    // Port 0 picks a free port, and the log says which.
+    assert!(sup.wait_for_log("metrics at http://", Duration::from_secs(30)), "{}", sup.log());
     let log = sup.log();
     let addr = log
         .split("metrics at http://")
@@ -115,20 +94,20 @@ fn metrics_show_the_pipeline_per_stage_and_partition_and_its_restarts() {
         .and_then(|rest| rest.split("/metrics").next())
         .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
         .to_string();
-    let idle = scrape(&addr);
-    assert_eq!(sample(&idle, "supervisor_children{role=\"hasher\"}"), Some(2.0), "{idle}");
-    assert_eq!(sample(&idle, "supervisor_queue_capacity_events"), Some(10_000.0), "{idle}");
+    let idle = scrape_until(&addr, "readiness", |m| m.get("supervisor_ready") == Some(1.0));
+    assert_eq!(idle.get("supervisor_children{role=\"hasher\"}"), Some(2.0), "{idle}");
+    assert_eq!(idle.get("supervisor_queue_capacity_events"), Some(10_000.0), "{idle}");
 
     let mut events = name_events(3_000, 16);
     events.extend([b"not json".to_vec(), b"[1,2]".to_vec(), b"{\"a\":".to_vec()].map(|p| (None, Some(p))));
     let landed = produce(&broker.addr, "src", &events);
     let ends = end_offsets(&landed);
-    let through = |t: &str| {
-        sample(t, "supervisor_events_out_total{stage=\"producer\"}") == Some(events.len() as f64)
+    let through = |t: &Metrics| {
+        t.get("supervisor_events_out_total{stage=\"producer\"}") == Some(events.len() as f64)
             && (0..PARTITIONS).all(|p| {
                 let labels = format!("{{topic=\"src\",partition=\"{p}\"}}");
-                sample(t, &format!("supervisor_committed_offset{labels}")) == Some(ends[p as usize] as f64)
-                    && sample(t, &format!("supervisor_consumer_lag_events{labels}")) == Some(0.0)
+                t.get(&format!("supervisor_committed_offset{labels}")) == Some(ends[p as usize] as f64)
+                    && t.get(&format!("supervisor_consumer_lag_events{labels}")) == Some(0.0)
             })
     };
     let text = scrape_until(&addr, "every event delivered and committed, with no lag", through);
@@ -146,28 +125,26 @@ fn metrics_show_the_pipeline_per_stage_and_partition_and_its_restarts() {
         ("supervisor_restarts_total{role=\"hasher\"}", 0.0),
         ("supervisor_ready", 1.0),
     ] {
-        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        assert_eq!(text.get(series), Some(value), "{series} in\n{text}");
     }
-    let batches = sample(&text, "supervisor_batches_out_total{stage=\"consumer\"}").unwrap();
+    let batches = text.get("supervisor_batches_out_total{stage=\"consumer\"}").unwrap();
     assert!(batches >= 2.0 && batches < n, "events travel in batches: {batches}\n{text}");
 
     // A hasher dies: the pipeline drains and restarts, and the metrics say whose fault it was.
-    let victim = sup.pids()["hasher-0"];
-    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
-    assert!(sup.wait_for_log_count("pipeline running", 2, Duration::from_secs(60)), "{}", sup.log());
+    let victim = sup.child_pid("hasher-0");
+    kill(victim, Signal::SIGKILL).unwrap();
     let text = scrape_until(&addr, "the restart", |t| {
-        sample(t, "supervisor_restarts_total{role=\"hasher\"}") == Some(1.0)
-            && sample(t, "supervisor_ready") == Some(1.0)
+        t.get("supervisor_restarts_total{role=\"hasher\"}") == Some(1.0) && t.get("supervisor_ready") == Some(1.0)
     });
-    assert_eq!(sample(&text, "supervisor_restarts_total{role=\"consumer\"}"), Some(0.0), "{text}");
-    assert_eq!(sample(&text, "supervisor_drains_total"), Some(1.0), "{text}");
-    assert!(sample(&text, "supervisor_last_drain_seconds").is_some_and(|s| s > 0.0 && s < 10.0), "{text}");
-    assert_eq!(sample(&text, "supervisor_children{role=\"hasher\"}"), Some(2.0), "{text}");
+    assert_eq!(text.get("supervisor_restarts_total{role=\"consumer\"}"), Some(0.0), "{text}");
+    assert_eq!(text.get("supervisor_drains_total"), Some(1.0), "{text}");
+    assert!(text.get("supervisor_last_drain_seconds").is_some_and(|s| s > 0.0 && s < 10.0), "{text}");
+    assert_eq!(text.get("supervisor_children{role=\"hasher\"}"), Some(2.0), "{text}");
+    assert_ne!(sup.child_pid("hasher-0"), victim, "a fresh hasher-0 runs");
     // Counters carry over the restart: the dead generation's counts are still in.
-    assert_eq!(sample(&text, "supervisor_events_in_total{stage=\"consumer\"}"), Some(n), "{text}");
+    assert_eq!(text.get("supervisor_events_in_total{stage=\"consumer\"}"), Some(n), "{text}");
 
-    sup.signal(Signal::SIGTERM);
-    assert_eq!(sup.wait_timeout(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", sup.log());
+    assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
     assert!(std::net::TcpStream::connect(&addr).is_err(), "the port is closed with the supervisor");
 }
 
