@@ -103,7 +103,7 @@ impl Hooks {
     }
 
     /// Sends a report; false once the supervisor is gone.
-    pub(crate) fn tell(&self, report: Report) -> bool {
+    fn tell(&self, report: Report) -> bool {
         match &self.reports {
             Some(tx) => tx.lock().unwrap_or_else(PoisonError::into_inner).send(report).is_ok(),
             None => true,
