@@ -82,8 +82,10 @@ pub enum Error {
     PositionList(KafkaError),
     /// The consumer hit an error librdkafka calls fatal.
     Consume(KafkaError),
-    /// The final, synchronous commit of a drain failed.
+    /// A synchronous commit failed: the drain's last one, or one before partitions are revoked.
     Commit(KafkaError),
+    /// Offsets could not be handed to librdkafka for its background commits.
+    StoreOffsets(KafkaError),
     /// A producer could not deliver what it held before closing.
     Flush(KafkaError),
     /// The idempotent producer hit an error librdkafka calls fatal (it lost its state, say).
@@ -123,6 +125,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this only says that a neighbouring stage went away: a consequence of another failure, seldom its
+    /// cause.
+    pub fn is_peer_gone(&self) -> bool {
+        matches!(self, Error::PeerGone { .. } | Error::Send(_) | Error::Receive(_))
+    }
+
     /// The exit code a process reports for this error.
     pub fn exit(&self) -> Exit {
         match self {
@@ -151,6 +159,7 @@ impl fmt::Display for Error {
             Error::PositionList(e) => write!(f, "cannot list the offsets to commit: {e}"),
             Error::Consume(e) => write!(f, "fatal consumer error: {e}"),
             Error::Commit(e) => write!(f, "commit failed: {e}"),
+            Error::StoreOffsets(e) => write!(f, "cannot store offsets for commit: {e}"),
             Error::Flush(e) => write!(f, "the producer could not deliver everything before closing: {e}"),
             Error::ProducerFatal { code, reason } => write!(f, "fatal producer error: {code}: {reason}"),
             Error::DeadLetter { at, source } => {
@@ -187,6 +196,7 @@ impl std::error::Error for Error {
             | Error::PositionList(e)
             | Error::Consume(e)
             | Error::Commit(e)
+            | Error::StoreOffsets(e)
             | Error::Flush(e)
             | Error::DeadLetter { source: e, .. }
             | Error::MockCluster(e) => Some(e),
@@ -230,5 +240,7 @@ mod tests {
         let e = Error::MetricsBind { addr: "x:1".into(), source: io::Error::from(io::ErrorKind::AddrInUse) };
         assert_eq!(e.exit(), Exit::Config);
         assert!(Error::PeerGone { peer: "producer" }.source().is_none());
+        assert!(Error::PeerGone { peer: "producer" }.is_peer_gone());
+        assert!(!Error::Fork(Errno::EAGAIN).is_peer_gone());
     }
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 const TAG_RECORDS: u8 = 0;
 const TAG_PILL: u8 = 1;
 
-fn bincode_config() -> bincode::config::Configuration {
+/// How everything on our channels is encoded.
+pub fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 

@@ -6,7 +6,7 @@
 //! A send blocks while the receiver's socket buffer is full: that is the backpressure between stages. The graph
 //! has no cycle of blocking sends: acknowledgements flow back to a source thread that only ever reads them.
 
-use crate::channel::batch::{BatchWriter, Frame};
+use crate::channel::batch::{bincode_config, BatchWriter, Frame};
 use crate::error::{Error, Result};
 use crate::position::{Lane, Position};
 use crate::telemetry::counters::StageStats;
@@ -76,7 +76,7 @@ pub fn ack_channel() -> Result<(AckSender, AckReceiver)> {
 
 impl AckSender {
     pub fn send(&self, msg: &AckMsg) -> Result<()> {
-        let bytes = bincode::serde::encode_to_vec(msg, bincode::config::standard()).map_err(Error::Encode)?;
+        let bytes = bincode::serde::encode_to_vec(msg, bincode_config()).map_err(Error::Encode)?;
         self.0.send(&bytes).map_err(|e| Error::Send(e.into()))
     }
 }
@@ -85,9 +85,9 @@ impl AckReceiver {
     /// `None` once the sink is gone.
     pub fn recv(&self) -> Result<Option<AckMsg>> {
         match self.0.recv() {
-            Ok(bytes) => bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
-                .map(|(m, _)| Some(m))
-                .map_err(Error::Decode),
+            Ok(bytes) => {
+                bincode::serde::decode_from_slice(&bytes, bincode_config()).map(|(m, _)| Some(m)).map_err(Error::Decode)
+            }
             Err(IpcError::Disconnected) => Ok(None),
             Err(e) => Err(Error::Receive(e)),
         }
@@ -110,8 +110,9 @@ pub enum Report {
     Assigned { pid: i32, lanes: Vec<Lane> },
     /// The child's stage is making progress, or waiting on a peer; silence longer than `--child-timeout` means hung.
     Alive { pid: i32, stats: StageStats },
-    /// The child is about to exit with `code` for this reason; the supervisor prints it once.
-    Failed { pid: i32, code: i32, message: String },
+    /// The child is about to exit with `code` for this reason; the supervisor prints it once. `peer_gone`: the
+    /// reason is only that a neighbouring stage went away.
+    Failed { pid: i32, code: i32, message: String, peer_gone: bool },
 }
 
 pub type ControlSender = IpcSender<Control>;

@@ -17,9 +17,10 @@ use std::collections::{HashMap, VecDeque};
 struct LaneMarks {
     /// In-flight sequence numbers in the order they were taken, with whether each was acknowledged.
     in_flight: VecDeque<(Seq, bool)>,
-    /// `in_flight` is strictly increasing, so an acknowledgement finds its entry by binary search. False from a
-    /// rewind until the lane has nothing in flight again.
-    ordered: bool,
+    /// How many entries at the front were taken before the last rewind. Until they are gone, `in_flight` is not in
+    /// order and an acknowledgement looks for its entry by scanning; at 0 it is strictly increasing again, and a
+    /// binary search finds it.
+    before_rewind: usize,
     /// The next sequence number to read after the acknowledged prefix: what a commit stores.
     position: Option<Seq>,
     /// The position moved since it was last taken.
@@ -43,11 +44,11 @@ impl Watermarks {
     /// when this one does not follow it, so that a skip (Kafka's retention, compaction, transaction markers) or a
     /// rewind of the source can be reported.
     pub fn track(&mut self, at: Position) -> Option<Seq> {
-        let p = self.lanes.entry(at.lane).or_insert_with(|| LaneMarks { ordered: true, ..LaneMarks::default() });
+        let p = self.lanes.entry(at.lane).or_default();
         let jumped = p.last.filter(|&last| at.seq != last + 1);
         p.last = Some(at.seq);
         if p.in_flight.back().is_some_and(|&(s, _)| s >= at.seq) {
-            p.ordered = false;
+            p.before_rewind = p.in_flight.len();
         }
         p.in_flight.push_back((at.seq, false));
         self.in_flight += 1;
@@ -60,7 +61,7 @@ impl Watermarks {
         let Some(p) = self.lanes.get_mut(&at.lane) else {
             return false;
         };
-        let found = if p.ordered {
+        let found = if p.before_rewind == 0 {
             p.in_flight.binary_search_by_key(&at.seq, |&(s, _)| s).ok().filter(|&i| !p.in_flight[i].1)
         } else {
             p.in_flight.iter().position(|&(s, acked)| s == at.seq && !acked)
@@ -72,13 +73,11 @@ impl Watermarks {
         self.in_flight -= 1;
         while let Some(&(s, true)) = p.in_flight.front() {
             p.in_flight.pop_front();
+            p.before_rewind = p.before_rewind.saturating_sub(1);
             if p.position.is_none_or(|pos| pos < s + 1) {
                 p.position = Some(s + 1);
                 p.advanced = true;
             }
-        }
-        if p.in_flight.is_empty() {
-            p.ordered = true;
         }
         true
     }
@@ -250,10 +249,29 @@ mod tests {
         }
         assert!(!w.ack(at(0, 3)), "both copies of 3 are acked already");
         assert_eq!((w.in_flight(), w.in_flight_of(0), w.position(0)), (0, 0, Some(6)));
-        // Once the lane is empty again, it is in order again.
         w.track(at(0, 6));
         assert!(w.ack(at(0, 6)));
         assert_eq!(w.position(0), Some(7));
+    }
+
+    #[test]
+    fn a_busy_lane_is_in_order_again_once_what_came_before_the_rewind_is_gone() {
+        let mut w = Watermarks::new();
+        for o in 0..4 {
+            w.track(at(0, o));
+        }
+        w.track(at(0, 1)); // the rewind, with 0..=3 in flight
+        w.track(at(0, 2));
+        for o in 0..4 {
+            assert!(w.ack(at(0, o)));
+        }
+        assert_eq!(w.lanes[&0].before_rewind, 0, "the entries from before the rewind are gone");
+        // Never empty, yet in order: the copies of 1 and 2 and what follows are found by binary search.
+        w.track(at(0, 4));
+        for o in [2, 1, 4] {
+            assert!(w.ack(at(0, o)), "ack of {o}");
+        }
+        assert_eq!((w.in_flight(), w.position(0)), (0, Some(5)));
     }
 
     #[test]

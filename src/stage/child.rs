@@ -33,11 +33,11 @@ pub fn run<S: Stage>(role: Role, parent: Pid, cfg: &Config, ends: S::Ends, repor
     hooks.tell(Report::Alive { pid, stats: COUNTERS.snapshot() });
     let (code, failure) = match outcome {
         Ok(Ok(exit)) => (exit.code(), None),
-        Ok(Err(e)) => (e.exit().code(), Some(e.to_string())),
-        Err(_) => (Exit::Failure.code(), Some(format!("{role} panicked"))),
+        Ok(Err(e)) => (e.exit().code(), Some((e.to_string(), e.is_peer_gone()))),
+        Err(_) => (Exit::Failure.code(), Some((format!("{role} panicked"), false))),
     };
-    if let Some(message) = failure {
-        hooks.tell(Report::Failed { pid, code, message });
+    if let Some((message, peer_gone)) = failure {
+        hooks.tell(Report::Failed { pid, code, message, peer_gone });
     }
     code
 }

@@ -32,7 +32,7 @@ pub use signals::Signals;
 use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
-use table::{Ending, ProcessTable, Transition};
+use table::{ChildState, Ending, ProcessTable, Transition};
 use wiring::Ends;
 
 /// What only the supervisor process may hold. A forked child drops it first thing: a child holding the report
@@ -303,16 +303,21 @@ impl Supervisor {
                 if let Some((role, before)) = self.table.on_report(pid, Some(Transition::Assigned)) {
                     log::debug!("{role} (pid {pid}) owns partitions {lanes:?}");
                     self.table.set_lanes(pid, lanes);
-                    if before != table::ChildState::Joined {
+                    if matches!(before, ChildState::Starting | ChildState::Ready) {
                         self.on_joined();
                     }
                 }
             }
-            Report::Failed { pid, code, message } => {
+            Report::Failed { pid, code, message, peer_gone } => {
                 let role = self.table.on_report(pid, Some(Transition::Failed)).map(|(role, _)| role);
                 let who = role.map_or_else(|| format!("pid {pid}"), |r| format!("{r} (pid {pid})"));
                 log::error!("{who} failed: {message}");
-                self.outcome.fail(Exit::from_code(code), role, format!("{who} failed: {message}"));
+                let (exit, cause) = (Exit::from_code(code), format!("{who} failed: {message}"));
+                if peer_gone {
+                    self.outcome.peer_gone(exit, role, cause);
+                } else {
+                    self.outcome.fail(exit, role, cause);
+                }
             }
         }
     }
@@ -326,10 +331,10 @@ impl Supervisor {
             }
             match gone.ending() {
                 Ending::Quiet(line) => log::debug!("{line}"),
-                Ending::Failure { exit, cause, log } => {
-                    if log {
-                        log::error!("{cause}");
-                    }
+                // It said why already: its report is what the generation's cause is made of.
+                Ending::Failure { exit, log: false, .. } => self.outcome.record(exit),
+                Ending::Failure { exit, cause, log: true } => {
+                    log::error!("{cause}");
                     self.outcome.fail(exit, Some(gone.role), cause);
                 }
             }
@@ -524,9 +529,14 @@ impl Supervisor {
     fn render_metrics(&self) -> String {
         let stages = self.counts.by_kind();
         let lanes = self.table.lanes();
-        let committed: Vec<Position> =
-            self.counts.committed().into_iter().filter(|p| lanes.contains(&p.lane)).collect();
         let source = self.counts.source();
+        // Per partition owned: the highest of what this run committed and what the group had committed, as the
+        // client's statistics say (a partition this run has not committed yet still shows where it stands).
+        let mut committed: Vec<Position> = self.counts.committed();
+        committed.extend(source.into_iter().flat_map(|s| s.lanes.group_committed.iter().copied()));
+        committed.retain(|p| lanes.contains(&p.lane));
+        committed.sort_unstable_by_key(|p| (p.lane, std::cmp::Reverse(p.seq)));
+        committed.dedup_by_key(|p| p.lane);
         let restarts: Vec<(&str, u64)> = self.budget.by_cause().collect();
         let children = Kind::ALL.map(|k| self.table.count(k));
         metrics::render(&metrics::Snapshot {

@@ -36,12 +36,16 @@ pub struct Outcome {
     cause: Option<Cause>,
 }
 
-/// The first failure of a generation, for the restart and give-up lines.
+/// What made a generation fail, for the restart and give-up lines and the restart metrics: its first failure, unless
+/// that one only said a neighbour went away and a more telling one followed (a `kill -9` of the producer reaches the
+/// supervisor after the hashers' broken pipes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cause {
     pub text: String,
     /// Whose failure it was, when a child's.
     pub role: Option<Role>,
+    /// It only said a neighbouring stage went away.
+    pub peer_gone: bool,
 }
 
 impl Outcome {
@@ -60,8 +64,16 @@ impl Outcome {
     /// Records a failure; the first one is the generation's cause.
     pub fn fail(&mut self, e: Exit, role: Option<Role>, text: String) {
         self.record(e);
+        if self.cause.as_ref().is_none_or(|c| c.peer_gone) {
+            self.cause = Some(Cause { text, role, peer_gone: false });
+        }
+    }
+
+    /// Records a failure that only says a neighbouring stage went away: the cause until a more telling one comes.
+    pub fn peer_gone(&mut self, e: Exit, role: Option<Role>, text: String) {
+        self.record(e);
         if self.cause.is_none() {
-            self.cause = Some(Cause { text, role });
+            self.cause = Some(Cause { text, role, peer_gone: true });
         }
     }
 
@@ -173,6 +185,20 @@ mod tests {
     }
 
     #[test]
+    fn a_neighbour_gone_is_the_cause_only_until_the_real_one_comes() {
+        let mut o = Outcome::default();
+        o.peer_gone(Exit::Failure, Some(Role::Worker(0)), "hasher-0 failed: broken pipe".into());
+        o.peer_gone(Exit::Failure, Some(Role::Worker(1)), "hasher-1 failed: broken pipe".into());
+        assert_eq!(o.cause().map(|c| c.role), Some(Some(Role::Worker(0))));
+        o.fail(Exit::Failure, Some(Role::Sink), "producer was killed by SIGKILL".into());
+        o.fail(Exit::Failure, Some(Role::Source), "later".into());
+        assert_eq!(
+            o.cause().map(|c| (c.role, c.text.as_str())),
+            Some((Some(Role::Sink), "producer was killed by SIGKILL"))
+        );
+    }
+
+    #[test]
     fn the_most_telling_outcome_wins_and_the_first_cause_stays() {
         let mut o = Outcome::default();
         assert_eq!(o.exit(), Exit::Clean);
@@ -181,7 +207,8 @@ mod tests {
         assert_eq!(o.exit(), Exit::Failure, "a timeout tells less than the failure");
         o.fail(Exit::Config, None, "later".into());
         assert_eq!(o.exit(), Exit::Config);
-        assert_eq!(o.cause(), Some(&Cause { text: "hasher-1 was killed".into(), role: Some(Role::Worker(1)) }));
+        let first = Cause { text: "hasher-1 was killed".into(), role: Some(Role::Worker(1)), peer_gone: false };
+        assert_eq!(o.cause(), Some(&first));
         let ranked = [Exit::DrainTimeout, Exit::Failure, Exit::GaveUp, Exit::FastStop, Exit::Unavailable, Exit::Config];
         assert!(ranked.windows(2).all(|w| severity(w[0]) < severity(w[1])), "the documented ranking");
     }

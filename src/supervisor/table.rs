@@ -47,11 +47,9 @@ impl ChildState {
             (S::Killed { .. }, _) => self,
             (S::Failed, Transition::Kill) => S::Killed { reported: true },
             (_, Transition::Kill) => S::Killed { reported: false },
-            // One that hangs on its way out after failing is killed like any other.
-            (S::Failed, Transition::FoundSilent(since)) => S::Hung { since },
-            (S::Failed, _) => self,
+            // Found hung, it is killed whatever it says meanwhile.
+            (S::Hung { .. } | S::Failed, _) => self,
             (_, Transition::Failed) => S::Failed,
-            (S::Hung { .. }, _) => self,
             (S::Starting, Transition::Ready) => S::Ready,
             (S::Starting | S::Ready | S::Joined, Transition::Assigned) => S::Joined,
             (S::Ready | S::Joined, Transition::FoundSilent(since)) => S::Hung { since },
@@ -59,14 +57,9 @@ impl ChildState {
         }
     }
 
-    /// Set up and working.
+    /// Set up and working: its heartbeats are watched.
     pub fn is_up(self) -> bool {
         matches!(self, ChildState::Ready | ChildState::Joined)
-    }
-
-    /// Its heartbeats are watched: it was set up, and is neither hung nor killed already.
-    fn is_watched(self) -> bool {
-        matches!(self, ChildState::Ready | ChildState::Joined | ChildState::Failed)
     }
 }
 
@@ -157,8 +150,8 @@ impl ProcessTable {
         let mut gone = Vec::new();
         self.children.retain(|c| {
             let status = match waitpid(c.pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive | WaitStatus::Stopped(..) | WaitStatus::Continued(_)) => return true,
-                status => status,
+                status @ (Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_)) => status,
+                _ => return true,
             };
             gone.push(Reaped { pid: c.pid, role: c.role, state: c.state, status });
             false
@@ -184,7 +177,7 @@ impl ProcessTable {
                 ChildState::Hung { since } if now.duration_since(since) > HUNG_GRACE => {
                     let _ = kill(c.pid, Signal::SIGKILL);
                 }
-                state if watch && state.is_watched() && silent > timeout => {
+                state if watch && state.is_up() && silent > timeout => {
                     c.state = state.on(Transition::FoundSilent(now));
                     hung.push((c.role, c.pid, silent));
                     let _ = kill(c.pid, Signal::SIGABRT);
@@ -267,6 +260,7 @@ mod tests {
         assert_eq!(hung, S::Hung { since: t });
         assert!(!hung.is_up());
         assert_eq!(hung.on(Transition::Ready), hung, "a late report does not revive it");
+        assert_eq!(hung.on(Transition::Failed), hung, "nor does a failure it reports: it is killed all the same");
         assert_eq!(hung.on(Transition::Kill), S::Killed { reported: false });
     }
 
@@ -279,7 +273,6 @@ mod tests {
             assert_eq!(killed.on(t), killed);
         }
         assert_eq!(S::Failed.on(Transition::Ready), S::Failed);
-        assert!(matches!(S::Failed.on(Transition::FoundSilent(Instant::now())), S::Hung { .. }), "still watched");
     }
 
     fn reaped(state: ChildState, status: WaitStatus) -> Ending {

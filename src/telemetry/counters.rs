@@ -37,8 +37,11 @@ pub struct Counters {
 pub struct Lanes {
     /// Per lane, events in the source not yet taken, from the client's statistics; absent while unknown.
     pub lag: Vec<(Lane, i64)>,
-    /// Per lane, the last position this process committed, as the commit was acknowledged.
+    /// Per lane, the highest position this process committed, as the commit was acknowledged.
     pub committed: Vec<Position>,
+    /// Per lane, the committed position as the client's statistics have it (the group's, fetched at assignment;
+    /// up to a second old).
+    pub group_committed: Vec<Position>,
 }
 
 /// A snapshot of [`Counters`], as the heartbeats carry it.
@@ -81,7 +84,7 @@ impl Counters {
             batches_out: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             sink_queue: AtomicU64::new(0),
-            lanes: Mutex::new(Lanes { lag: Vec::new(), committed: Vec::new() }),
+            lanes: Mutex::new(Lanes { lag: Vec::new(), committed: Vec::new(), group_committed: Vec::new() }),
         }
     }
 
@@ -126,11 +129,12 @@ pub(super) fn set(gauge: &AtomicU64, value: u64) {
 }
 
 impl Lanes {
-    /// Records positions just committed; a lane's newer commit replaces its older one.
+    /// Records positions just committed. A lane's position never moves back, so a commit acknowledged late (a
+    /// background one, reported after the drain's last) cannot undo a later one.
     pub fn commit(&mut self, positions: &[Position]) {
         for &p in positions {
             match self.committed.iter_mut().find(|c| c.lane == p.lane) {
-                Some(c) => *c = p,
+                Some(c) => c.seq = c.seq.max(p.seq),
                 None => self.committed.push(p),
             }
         }
@@ -183,11 +187,13 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_commit_of_a_lane_replaces_the_older() {
+    fn a_lane_keeps_its_highest_commit() {
         let mut lanes = Lanes::default();
         lanes.commit(&[Position::new(3, 10), Position::new(1, 5)]);
         lanes.commit(&[Position::new(3, 12)]);
         assert_eq!(lanes.committed, vec![Position::new(1, 5), Position::new(3, 12)], "sorted by lane");
+        lanes.commit(&[Position::new(3, 11)]);
+        assert_eq!(lanes.committed[1], Position::new(3, 12), "an older commit acknowledged late changes nothing");
     }
 
     #[test]

@@ -106,8 +106,8 @@ impl InternalEvent for PositionsSkipped {
     }
 }
 
-/// The source went back in a lane and hands out again what it had already given: a Kafka consumer whose partition was
-/// reset to its earliest offset. What follows is delivered again.
+/// The source went back in a lane and hands out again what it had already given: librdkafka reset a partition's
+/// fetch position (to its earliest offset, after a fetch refused as out of range). What follows is delivered again.
 pub struct LaneRewound {
     pub lane: Lane,
     pub from: Seq,
@@ -121,8 +121,8 @@ impl InternalEvent for LaneRewound {
         static LIMIT: RateLimit = RateLimit::every(EVERY);
         if let Some(n) = LIMIT.check() {
             log::warn!(
-                "partition {}: the broker went back from offset {} to {} with {} of its events in flight; the events \
-                 from {} on are delivered again{}",
+                "partition {} went back from offset {} to {} (its fetch position was reset) with {} of its events in \
+                 flight; the events from {} on are delivered again{}",
                 self.lane,
                 self.from,
                 self.to,
@@ -235,32 +235,39 @@ impl<E: Display> InternalEvent for CommitFailed<'_, E> {
     }
 }
 
-/// The lag of each lane, from the source client's statistics.
-pub struct LagMeasured {
+/// The source client's statistics, per lane: its lag, and the group's committed position, where known.
+pub struct ClientStats {
     pub lag: Vec<(Lane, i64)>,
+    pub committed: Vec<Position>,
 }
 
-impl InternalEvent for LagMeasured {
+impl InternalEvent for ClientStats {
     fn emit(self) {
-        let mut lag = self.lag;
+        let (mut lag, mut committed) = (self.lag, self.committed);
         lag.sort_unstable();
-        COUNTERS.lanes().lag = lag;
+        committed.sort_unstable();
+        let mut lanes = COUNTERS.lanes();
+        (lanes.lag, lanes.group_committed) = (lag, committed);
     }
 }
 
-/// The source stopped taking events at the bound for long enough to pause its lanes, or resumed them.
+/// The source was held back at the bound for `after`, and paused its lanes.
 pub struct Paused {
-    pub paused: bool,
     pub after: std::time::Duration,
 }
 
 impl InternalEvent for Paused {
     fn emit(self) {
-        if self.paused {
-            log::info!("held back at the bound for {:?}: paused the partitions, still polling", self.after);
-        } else {
-            log::info!("below the bound again: resumed the partitions");
-        }
+        log::info!("held back at the bound for {:?}: paused the partitions, still polling", self.after);
+    }
+}
+
+/// Below the bound again, the source resumed its lanes.
+pub struct Resumed;
+
+impl InternalEvent for Resumed {
+    fn emit(self) {
+        log::info!("below the bound again: resumed the partitions");
     }
 }
 

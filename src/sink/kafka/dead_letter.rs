@@ -41,7 +41,7 @@ pub(super) fn create_topic(cfg: &Config, partitions: i32) -> Result<()> {
                 return Ok(());
             }
             Ok(Some(Err((_, code)))) => last = KafkaError::AdminOp(code),
-            Ok(None) => {}
+            Ok(None) => last = KafkaError::AdminOpCreation("no answer".into()),
             Err(e) => last = e,
         }
     }

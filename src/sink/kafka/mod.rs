@@ -21,7 +21,7 @@ use delivery::{is_permanent, Deliveries, Failed, Origin};
 use rdkafka::client::Client;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientContext;
 use std::time::Duration;
 
@@ -70,7 +70,7 @@ fn topic_partitions<C: ClientContext>(client: &Client<C>, cfg: &Config, topic: &
 fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Result<()> {
     let workers = ends.inputs.len();
     let inputs = read_workers(ends.inputs)?;
-    let mut sink = Producer { cfg, producer, acks: ends.acks };
+    let mut sink = Writer { cfg, producer, acks: ends.acks };
     let mut ended = 0;
     let outcome = (|| {
         while ended < workers {
@@ -95,21 +95,20 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
         Ok(())
     })();
     // Whatever happened, deliver and ack what is already in librdkafka, so the source commits as far as it can.
-    let result = outcome.and(sink.flush());
-    if result.is_ok() {
-        sink.acks.send(&AckMsg::Done)?;
-    }
+    outcome.and(sink.flush())?;
+    sink.acks.send(&AckMsg::Done)?;
     log::debug!("done: every worker's output is delivered and acknowledged");
-    result
+    Ok(())
 }
 
-struct Producer<'a> {
+/// The producer at work: what it writes with, and where its acknowledgements go.
+struct Writer<'a> {
     cfg: &'a Config,
     producer: BaseProducer<Deliveries>,
     acks: AckSender,
 }
 
-impl Producer<'_> {
+impl Writer<'_> {
     fn produce_batch(&mut self, bytes: &[u8]) -> Result<()> {
         let Frame::Records(records) = Frame::parse(bytes)? else {
             return Ok(());

@@ -4,7 +4,7 @@ use super::{commit_list, lanes_of, store};
 use crate::position::{Lane, Position};
 use crate::source::flow::Flow;
 use crate::stage::Hooks;
-use crate::telemetry::events::{emit, CommitFailed, Committed, LagMeasured, LanesAssigned, LanesRevoked};
+use crate::telemetry::events::{emit, ClientStats, CommitFailed, Committed, LanesAssigned, LanesRevoked};
 use crate::telemetry::logging;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -41,13 +41,13 @@ impl ClientContext for Context {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
-        let lag = topic
-            .partitions
-            .values()
-            .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
-            .map(|p| (p.partition, p.consumer_lag))
+        let owned = || topic.partitions.values().filter(|p| p.partition >= 0 && p.desired);
+        let lag = owned().filter(|p| p.consumer_lag >= 0).map(|p| (p.partition, p.consumer_lag)).collect();
+        let committed = owned()
+            .filter(|p| p.committed_offset >= 0)
+            .map(|p| Position { lane: p.partition, seq: p.committed_offset })
             .collect();
-        emit(LagMeasured { lag });
+        emit(ClientStats { lag, committed });
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {

@@ -19,7 +19,7 @@ use crate::source::gate::{Gate, Step};
 use crate::source::{drain_flag, SourceEnds};
 use crate::stage::{Hooks, Kind, Stage};
 use crate::telemetry::counters::COUNTERS;
-use crate::telemetry::events::{emit, FinalCommit, Paused, SourceError};
+use crate::telemetry::events::{emit, FinalCommit, Paused, Resumed, SourceError};
 pub use context::Context;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -171,7 +171,11 @@ fn set_paused(consumer: &BaseConsumer<Context>, pause: bool) -> bool {
     let result = consumer.assignment().and_then(|a| if pause { consumer.pause(&a) } else { consumer.resume(&a) });
     match result {
         Ok(()) => {
-            emit(Paused { paused: pause, after: PAUSE_AFTER });
+            if pause {
+                emit(Paused { after: PAUSE_AFTER });
+            } else {
+                emit(Resumed);
+            }
             true
         }
         Err(e) => {
@@ -201,7 +205,9 @@ fn store(consumer: &BaseConsumer<Context>, topic: &str, flow: &mut Flow) {
     if advanced.is_empty() {
         return;
     }
-    if let Err(e) = commit_list(topic, &advanced).and_then(|tpl| consumer.store_offsets(&tpl).map_err(Error::Commit)) {
+    if let Err(e) =
+        commit_list(topic, &advanced).and_then(|tpl| consumer.store_offsets(&tpl).map_err(Error::StoreOffsets))
+    {
         log::debug!("cannot store offsets {advanced:?}: {e}");
     }
 }
@@ -222,7 +228,7 @@ fn drain_and_commit(cfg: &Config, consumer: &BaseConsumer<Context>) -> Exit {
         {
             Ok(()) => emit(FinalCommit { positions: &positions }),
             Err(e) => {
-                log::error!("final {e}; the uncommitted events are re-read on the next start");
+                log::error!("the final commit failed ({e}); the uncommitted events are re-read on the next start");
                 return Exit::Failure;
             }
         }

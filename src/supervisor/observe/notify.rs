@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::{Duration, Instant};
 
+/// `$NOTIFY_SOCKET`, if systemd gave one; the default says nothing.
 #[derive(Default)]
 pub struct Notifier {
     socket: Option<(UnixDatagram, SocketAddr)>,
@@ -23,11 +24,6 @@ impl Notifier {
             }
         });
         Notifier { socket, watchdog: watchdog_from_env() }
-    }
-
-    /// A notifier that says nothing, for the processes that are not the service's main process.
-    pub fn silent() -> Notifier {
-        Notifier { socket: None, watchdog: None }
     }
 
     /// Sends newline-separated `KEY=VALUE` assignments; a failure is logged once at debug level and otherwise
@@ -136,7 +132,7 @@ mod tests {
         let len = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"READY=1\nSTATUS=running");
         assert_eq!(n.watchdog_every(), Some(Duration::from_secs(5)));
-        assert_eq!(Notifier::silent().watchdog_every(), None);
-        Notifier::silent().send("READY=1"); // no socket: nothing, and no error
+        assert_eq!(Notifier::default().watchdog_every(), None);
+        Notifier::default().send("READY=1"); // no socket: nothing, and no error
     }
 }
