@@ -1,7 +1,7 @@
 //! The `supervisor` binary, run as a user would run it, and what it exposes while it runs: its exit code, its log,
 //! its children as `ps` shows them, and `/metrics`.
 
-use super::broker::free_port;
+use super::broker::{free_port, PARTITIONS};
 pub use nix::sys::signal::{kill, Signal};
 pub use nix::unistd::Pid;
 use std::collections::HashMap;
@@ -167,10 +167,15 @@ impl Running {
         self.wait_metrics(timeout, |m| m.get("supervisor_ready") == Some(1.0)).is_some()
     }
 
-    /// Waits until the pipeline works again after `restarts` restarts caused by a `role`.
+    /// Waits until the pipeline works again, its consumer owning every partition, after `restarts` restarts caused by
+    /// a `role`.
     pub fn wait_restarted(&mut self, role: &str, restarts: u32, timeout: Duration) -> bool {
         let series = format!("supervisor_restarts_total{{role=\"{role}\"}}");
-        let done = |m: &Metrics| m.get(&series) == Some(f64::from(restarts)) && m.get("supervisor_ready") == Some(1.0);
+        let done = |m: &Metrics| {
+            m.get(&series) == Some(f64::from(restarts))
+                && m.get("supervisor_ready") == Some(1.0)
+                && m.get("supervisor_assigned_partitions") == Some(f64::from(PARTITIONS))
+        };
         self.wait_metrics(timeout, done).is_some()
     }
 
