@@ -160,10 +160,15 @@ impl Flow {
             log::warn!("cannot flush batches before the rebalance: {e}");
         }
         let pending = |f: &Flow| lanes.iter().map(|&l| f.marks.in_flight_of(l)).sum::<usize>();
-        while pending(self) > 0 && !self.finished() && Instant::now() < deadline {
+        self.await_acks(deadline, |f| pending(f) == 0);
+        pending(self)
+    }
+
+    /// Applies acknowledgements as they come until `done` holds, the sink has finished, or `deadline`.
+    fn await_acks(&mut self, deadline: Instant, done: impl Fn(&Flow) -> bool) {
+        while !done(self) && !self.finished() && Instant::now() < deadline {
             self.apply_acks(Duration::from_millis(20));
         }
-        pending(self)
     }
 
     /// The drain: flush, one poison pill per worker, then acknowledgements until the sink is done or `deadline`.
@@ -176,9 +181,7 @@ impl Flow {
                 log::warn!("cannot send the poison pill to {}: {e}", crate::stage::Role::Worker(i));
             }
         }
-        while !self.finished() && Instant::now() < deadline {
-            self.apply_acks(Duration::from_millis(20));
-        }
+        self.await_acks(deadline, |_| false);
         self.apply_acks(Duration::ZERO);
         let unacked = self.marks.in_flight();
         match (self.sink_done, self.sink_gone) {

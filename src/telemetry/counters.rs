@@ -141,10 +141,9 @@ impl Lanes {
         self.committed.sort_unstable();
     }
 
-    /// Total lag over the lanes whose lag is known, `None` while none is.
+    /// Total lag over the lanes whose lag is known (only those are listed), `None` while none is.
     pub fn total_lag(&self) -> Option<i64> {
-        let known = self.lag.iter().map(|&(_, l)| l);
-        known.clone().next().map(|_| known.sum())
+        (!self.lag.is_empty()).then(|| self.lag.iter().map(|&(_, l)| l).sum())
     }
 }
 

@@ -1,12 +1,12 @@
 //! What librdkafka calls back into, from inside `poll`: rebalances, commits, statistics and log lines.
 
-use super::{commit_list, lanes_of, store};
+use super::{commit_sync, lanes_of, store};
 use crate::position::{Lane, Position};
 use crate::source::flow::Flow;
 use crate::stage::Hooks;
 use crate::telemetry::events::{emit, ClientStats, CommitFailed, Committed, LanesAssigned, LanesRevoked};
 use crate::telemetry::logging;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
@@ -83,11 +83,8 @@ impl ConsumerContext for Context {
         store(consumer, &self.topic, &mut flow);
         let positions: Vec<Position> =
             lanes.iter().filter_map(|&lane| flow.marks().position(lane).map(|seq| Position { lane, seq })).collect();
-        let commit = (!positions.is_empty() && !lost).then(|| {
-            commit_list(&self.topic, &positions)
-                .and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync).map_err(crate::Error::Commit))
-                .map(|()| positions.as_slice())
-        });
+        let commit = (!positions.is_empty() && !lost)
+            .then(|| commit_sync(consumer, &self.topic, &positions).map(|()| positions.as_slice()));
         for &lane in &lanes {
             flow.marks_mut().forget(lane);
         }

@@ -199,6 +199,11 @@ fn commit_list(topic: &str, positions: &[Position]) -> Result<TopicPartitionList
     Ok(tpl)
 }
 
+/// Commits `positions` and waits for the broker's answer.
+fn commit_sync(consumer: &BaseConsumer<Context>, topic: &str, positions: &[Position]) -> Result<()> {
+    commit_list(topic, positions).and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync).map_err(Error::Commit))
+}
+
 /// Hands the newly committable positions to librdkafka, which commits them in the background.
 fn store(consumer: &BaseConsumer<Context>, topic: &str, flow: &mut Flow) {
     let advanced = flow.marks_mut().take_advanced();
@@ -223,9 +228,7 @@ fn drain_and_commit(cfg: &Config, consumer: &BaseConsumer<Context>) -> Exit {
     let positions = flow.marks().positions();
     drop(flow);
     if !positions.is_empty() {
-        match commit_list(&cfg.source_topic, &positions)
-            .and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync).map_err(Error::Commit))
-        {
+        match commit_sync(consumer, &cfg.source_topic, &positions) {
             Ok(()) => emit(FinalCommit { positions: &positions }),
             Err(e) => {
                 log::error!("the final commit failed ({e}); the uncommitted events are re-read on the next start");
