@@ -147,6 +147,11 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // librdkafka's description names the property, and the value too where it is not secret; the crate's
+            // rendering would append the value whatever it is.
+            Error::CreateClient(KafkaError::ClientConfig(_, desc, _, _)) => {
+                write!(f, "invalid Kafka client configuration: {desc}")
+            }
             Error::CreateClient(e) => write!(f, "invalid Kafka client configuration: {e}"),
             Error::Metadata { brokers, source } => write!(f, "cannot reach the Kafka brokers at {brokers}: {source}"),
             Error::MissingTopic { topic, hint } => {

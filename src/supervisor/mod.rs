@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::position::Position;
 use crate::stage::{Kind, Role};
+use crate::telemetry::count;
 use ipc_channel::TryRecvError;
 use nix::unistd::{fork, getpid, ForkResult};
 use observe::counts::Counts;
@@ -94,6 +95,8 @@ impl Supervisor {
     /// restart; the supervisor lets the survivors drain first (so that all they delivered is committed), then starts
     /// a fresh generation on fresh channels. The new source resumes from the committed positions.
     pub fn run(cfg: Config, signals: Signals) -> Exit {
+        // At once: an unreachable broker is only reported after the start-up timeout.
+        log::info!("connecting to the Kafka brokers at {} ({})", cfg.brokers, cfg.security());
         let mut sup = match Supervisor::new(cfg, signals) {
             Ok(sup) => sup,
             Err(e) => {
@@ -210,12 +213,15 @@ impl Supervisor {
             }
         }
         drop(pending);
-        if self.table.is_up(Role::Source) && self.table.all_up() {
+        // Only when every child of this generation is up and none has failed: a start that failed says so once, with
+        // its cause, and nothing after it may claim success.
+        let whole = self.table.len() == self.cfg.hashers + 2;
+        if whole && self.table.all_up() && self.outcome.exit() == Exit::Clean {
             let pids: Vec<String> = self.table.iter().map(|c| format!("{}={}", c.role, c.pid)).collect();
             log::info!(
-                "pipeline running: {} → {} hashers → {} (dead letters to {}); pids {}",
+                "pipeline running: {} → {} → {} (dead letters to {}); pids {}",
                 self.cfg.source_topic,
-                self.cfg.hashers,
+                count(self.cfg.hashers as u64, "hasher"),
                 self.cfg.dest_topic,
                 self.cfg.dlq_topic,
                 pids.join(" ")
@@ -570,11 +576,11 @@ impl Supervisor {
     fn on_joined(&mut self) {
         let restarts = self.budget.total();
         let status = format!(
-            "running: {} → {} hashers → {}{}",
+            "running: {} → {} → {}{}",
             self.cfg.source_topic,
-            self.cfg.hashers,
+            count(self.cfg.hashers as u64, "hasher"),
             self.cfg.dest_topic,
-            if restarts > 0 { format!(" ({restarts} restarts)") } else { String::new() }
+            if restarts > 0 { format!(" ({})", count(restarts, "restart")) } else { String::new() }
         );
         self.parent.systemd.running(&status);
     }

@@ -1,6 +1,7 @@
 //! Logs go to stderr through env_logger, each line naming the process (its role in a child, "supervisor" in the
-//! parent) and its pid. When stderr is the journal, lines carry a syslog priority instead of a timestamp.
+//! parent) and its pid, with secrets masked ([`redact`]). When stderr is the journal, lines carry a syslog priority instead of a timestamp.
 
+use super::redact;
 use nix::unistd::getpid;
 use std::io::Write;
 use std::sync::OnceLock;
@@ -38,12 +39,14 @@ pub fn init(level: Option<&str>) {
                 log::Level::Info => 6,
                 log::Level::Debug | log::Level::Trace => 7,
             };
-            writeln!(buf, "<{priority}>{}[{}] {}", process_name(), getpid(), record.args())
+            let line = record.args().to_string();
+            writeln!(buf, "<{priority}>{}[{}] {}", process_name(), getpid(), redact::mask(&line))
         });
     } else {
         builder.format(|buf, record| {
             let ts = buf.timestamp_millis();
-            writeln!(buf, "{ts} {:<5} {}[{}] {}", record.level(), process_name(), getpid(), record.args())
+            let line = record.args().to_string();
+            writeln!(buf, "{ts} {:<5} {}[{}] {}", record.level(), process_name(), getpid(), redact::mask(&line))
         });
     }
     let _ = builder.try_init();

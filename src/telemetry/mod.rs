@@ -8,5 +8,26 @@ pub mod events;
 pub mod heartbeat;
 pub mod logging;
 pub mod rate_limit;
+pub mod redact;
 
 pub use events::emit;
+
+/// "1 hasher", "4 hashers": counts in messages read as English.
+pub fn count(n: impl Into<u64>, thing: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(super::count(1u64, "restart"), "1 restart");
+        assert_eq!(super::count(0u64, "restart"), "0 restarts");
+        assert_eq!(super::count(4u32, "hasher"), "4 hashers");
+    }
+}

@@ -13,6 +13,7 @@ use crate::config::{Cli, Config, DemoArgs};
 use crate::error::{Error, Exit, Result};
 use crate::sink::kafka::dead_letter::{DLQ_OFFSET, DLQ_PARTITION};
 use crate::stage::child;
+use crate::supervisor::observe::status;
 use crate::supervisor::{Signals, Supervisor};
 use crate::tools::yardstick;
 use crate::worker::transform::md5;
@@ -130,8 +131,12 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
     log::info!("embedded Kafka (librdkafka mock cluster) at {}; Ctrl-C drains and checks", cfg.brokers);
     let exit = if args.single_process {
         log::info!("running the single-process yardstick instead of the pipeline");
+        let started = Instant::now();
         match yardstick::run(&cfg, &|| signals.received()) {
-            Ok(_) => Exit::Clean,
+            Ok(run) => {
+                log::info!("{}", status::summary(&run.totals, &run.committed, 0, started.elapsed()));
+                Exit::Clean
+            }
             Err(e) => {
                 log::error!("{e}");
                 e.exit()

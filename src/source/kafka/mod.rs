@@ -18,6 +18,7 @@ use crate::source::flow::{Drained, Flow};
 use crate::source::gate::{Gate, Step};
 use crate::source::{drain_flag, SourceEnds};
 use crate::stage::{Hooks, Kind, Stage};
+use crate::telemetry::count;
 use crate::telemetry::counters::COUNTERS;
 use crate::telemetry::events::{emit, FinalCommit, Paused, Resumed, SourceError};
 pub use context::Context;
@@ -61,6 +62,17 @@ fn connect(cfg: &Config, context: Context) -> Result<BaseConsumer<Context>> {
         md.topics().iter().any(|t| t.name() == cfg.source_topic && t.error().is_none() && !t.partitions().is_empty());
     if !exists {
         return Err(Error::MissingTopic { topic: cfg.source_topic.clone(), hint: "--source-topic" });
+    }
+    let partitions = md.topics().iter().find(|t| t.name() == cfg.source_topic).map_or(0, |t| t.partitions().len());
+    if cfg.hashers > partitions {
+        // Partition p goes to hasher p mod N, to keep each partition's order: the rest have nothing to do.
+        log::warn!(
+            "{} for {} of \"{}\": {} will idle (each partition goes to one hasher, to keep its order)",
+            count(cfg.hashers as u64, "hasher"),
+            count(partitions as u64, "partition"),
+            cfg.source_topic,
+            cfg.hashers - partitions
+        );
     }
     consumer.subscribe(&[&cfg.source_topic]).map_err(Error::Subscribe)?;
     Ok(consumer)

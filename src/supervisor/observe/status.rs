@@ -1,6 +1,7 @@
 //! The periodic status (rates since the last one, in flight, lag, dead letters, restarts) and the summary on exit.
 
 use crate::position::Position;
+use crate::telemetry::count;
 use crate::telemetry::counters::StageStats;
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,8 @@ fn line(before: &StageStats, now: &StageStats, since: Duration, restarts: u64) -
         per_s(now.consumed, before.consumed),
         per_s(now.delivered + now.dead_lettered, before.delivered + before.dead_lettered),
         now.in_flight,
-        now.lanes.total_lag().map_or_else(|| "?".to_string(), |l| l.to_string()),
+        // librdkafka's first statistics come a second after the partitions are assigned.
+        now.lanes.total_lag().map_or_else(|| "not known yet".to_string(), |l| l.to_string()),
         now.dead_lettered,
     )
 }
@@ -49,12 +51,12 @@ fn line(before: &StageStats, now: &StageStats, since: Duration, restarts: u64) -
 pub fn summary(totals: &StageStats, committed: &[Position], restarts: u64, took: Duration) -> String {
     let committed: Vec<String> = committed.iter().map(Position::to_string).collect();
     format!(
-        "summary: {} consumed, {} delivered, {} dead-lettered, {} retried, {restarts} restarts in {took:.1?}; \
-         committed {}",
+        "summary: {} consumed, {} delivered, {} dead-lettered, {} retried, {} in {took:.1?}; committed {}",
         totals.consumed,
         totals.delivered,
         totals.dead_lettered,
         totals.retried,
+        count(restarts, "restart"),
         if committed.is_empty() { "nothing".to_string() } else { committed.join(" ") }
     )
 }
@@ -82,7 +84,7 @@ mod tests {
         let second = s.due(t0 + Duration::from_secs(4), totals(1200, 1000), 1).unwrap();
         assert!(second.starts_with("in 100/s, out 200/s,"), "{second}");
         let unknown = line(&StageStats::default(), &StageStats::default(), Duration::from_secs(1), 0);
-        assert!(unknown.contains("lag ?"), "{unknown}");
+        assert!(unknown.contains("lag not known yet,"), "{unknown}");
     }
 
     #[test]
@@ -95,5 +97,6 @@ mod tests {
             "summary: 10 consumed, 8 delivered, 2 dead-lettered, 0 retried, 0 restarts in 1.5s; committed 0:4 1:6"
         );
         assert!(summary(&totals, &[], 0, Duration::ZERO).ends_with("committed nothing"));
+        assert!(summary(&totals, &[], 1, Duration::ZERO).contains(", 1 restart in "));
     }
 }

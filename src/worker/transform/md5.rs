@@ -75,7 +75,12 @@ struct Shape {
 }
 
 fn scan_object(input: &[u8]) -> Result<Shape, Rejection> {
-    let reject = |e: serde_json::Error| Rejection::NotAnObject(e.to_string());
+    let reject = |e: serde_json::Error| match std::str::from_utf8(input) {
+        // JSON is text: say so, rather than serde_json's "expected value at line 1 column 1". Checked only on
+        // failure, so valid events pay nothing.
+        Err(bad) => Rejection::NotAnObject(format!("not UTF-8 text (invalid byte at offset {})", bad.valid_up_to())),
+        Ok(_) => Rejection::NotAnObject(e.to_string()),
+    };
     let mut de = serde_json::Deserializer::from_slice(input);
     let shape = de.deserialize_map(ObjectScan { base: input.as_ptr() as usize }).map_err(reject)?;
     de.end().map_err(reject)?;
@@ -208,6 +213,10 @@ mod tests {
         ] {
             assert!(matches!(transform(bad), Err(Rejection::NotAnObject(_))), "{:?}", String::from_utf8_lossy(bad));
         }
+        let binary = transform(b"\xff\xd8\xff\xe0 a JPEG").unwrap_err();
+        assert_eq!(binary.as_str(), "not UTF-8 text (invalid byte at offset 0)");
+        let inside = transform(b"{\"a\":\"\xff\"}").unwrap_err();
+        assert_eq!(inside.as_str(), "not UTF-8 text (invalid byte at offset 6)");
     }
 
     #[test]

@@ -1,7 +1,15 @@
 //! The command-line contract, its environment variables, and the librdkafka client configurations built from it.
 
+mod file;
+pub mod librdkafka;
+mod secret;
+
+use crate::telemetry::redact;
 use clap::{Parser, Subcommand};
+use file::{FileFlag, FileSettings};
 use rdkafka::config::ClientConfig;
+pub use secret::{is_secret, Property};
+use std::ffi::OsString;
 use std::time::Duration;
 
 pub const EXIT_CODES_HELP: &str = "\
@@ -14,12 +22,18 @@ Exit codes:
   5  fast stop: a second SIGINT/SIGTERM during the drain (uncommitted events are re-read on the next start)
   6  gave up: children failed more than --max-restarts times within --restart-window";
 
+/// This build's version, and what its Kafka client can do (TLS, SASL mechanisms, codecs), to check before deploying.
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| format!("{}\n{}", env!("CARGO_PKG_VERSION"), librdkafka::describe()))
+}
+
 /// Consume JSON events, add "hash" (md5 hex of the raw bytes) in N hasher processes, produce them on.
 ///
 /// At-least-once: an offset is committed only after the output event (or its dead-letter copy) was acknowledged by
 /// the brokers. The first SIGINT/SIGTERM drains every queue and exits 0; a second one stops at once.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "supervisor", version, after_help = EXIT_CODES_HELP)]
+#[command(name = "supervisor", version = version(), after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// Kafka bootstrap servers.
     #[arg(long, env = "SUPERVISOR_BROKERS", default_value = "localhost:9092", value_name = "HOST:PORT,...")]
@@ -85,7 +99,7 @@ pub struct Cli {
 
     /// Log filter in env_logger's syntax (error, warn, info, debug, or per module: info,librdkafka=debug); wins over
     /// RUST_LOG [default: info].
-    #[arg(global = true, long, env = "SUPERVISOR_LOG_LEVEL", value_name = "FILTER")]
+    #[arg(global = true, long, env = "SUPERVISOR_LOG_LEVEL", value_name = "FILTER", value_parser = parse_log_filter)]
     pub log_level: Option<String>,
 
     /// A TOML file of settings: the long flag names as keys (brokers = "k1:9092", hashers = 4), and librdkafka
@@ -100,7 +114,7 @@ pub struct Cli {
     /// A librdkafka property for both clients, kcat style; `consumer.K=V` or `producer.K=V` reach one client.
     /// Repeatable; in the environment, separate entries with ';'.
     #[arg(global = true, short = 'X', value_name = "KEY=VALUE", env = "SUPERVISOR_KAFKA_CONFIG",
-          value_delimiter = ';', value_parser = parse_property)]
+          value_delimiter = ';', value_parser = PropertyParser)]
     pub properties: Vec<(String, String)>,
 
     #[command(subcommand)]
@@ -137,97 +151,115 @@ pub struct DemoArgs {
     pub partitions: i32,
 }
 
-/// The settings a config file may hold: each long flag, by name, and the environment variable it feeds.
-const FILE_KEYS: &[(&str, &str)] = &[
-    ("brokers", "SUPERVISOR_BROKERS"),
-    ("source-topic", "SUPERVISOR_SOURCE_TOPIC"),
-    ("dest-topic", "SUPERVISOR_DEST_TOPIC"),
-    ("group-id", "SUPERVISOR_GROUP_ID"),
-    ("hashers", "SUPERVISOR_HASHERS"),
-    ("queue-capacity", "SUPERVISOR_QUEUE_CAPACITY"),
-    ("dlq-topic", "SUPERVISOR_DLQ_TOPIC"),
-    ("drain-timeout", "SUPERVISOR_DRAIN_TIMEOUT"),
-    ("max-restarts", "SUPERVISOR_MAX_RESTARTS"),
-    ("restart-window", "SUPERVISOR_RESTART_WINDOW"),
-    ("child-timeout", "SUPERVISOR_CHILD_TIMEOUT"),
-    ("log-level", "SUPERVISOR_LOG_LEVEL"),
-    ("metrics-addr", "SUPERVISOR_METRICS_ADDR"),
-];
-
-/// What a config file says, sorted into what feeds the flags and what goes to librdkafka.
-#[derive(Debug, Default, PartialEq)]
-pub struct FileSettings {
-    /// (environment variable, value) for each flag the file sets.
-    pub flags: Vec<(&'static str, String)>,
-    /// The [kafka] table (TOML keys are unique, so their order does not matter).
-    pub kafka: Vec<(String, String)>,
+/// The flags a config file may set, by long name, with the environment variable that carries each into the parser:
+/// every flag that has one, except `--config` itself.
+pub fn file_keys() -> Vec<(String, String)> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .filter(|a| a.get_id() != "config")
+        .filter_map(|a| Some((a.get_long()?.to_string(), a.get_env()?.to_string_lossy().into_owned())))
+        .collect()
 }
 
-fn scalar(key: &str, v: &toml::Value) -> Result<String, String> {
-    match v {
-        toml::Value::String(s) => Ok(s.clone()),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Float(f) => Ok(f.to_string()),
-        toml::Value::Boolean(b) => Ok(b.to_string()),
-        other => Err(format!("'{key}' must be a string, number or boolean, not {}", other.type_str())),
-    }
-}
-
-impl FileSettings {
-    pub fn parse(text: &str) -> Result<FileSettings, String> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.message().to_string())?;
-        let mut out = FileSettings::default();
-        for (key, value) in &table {
-            if key == "kafka" {
-                let kafka = value.as_table().ok_or("'kafka' must be a table of librdkafka properties")?;
-                for (k, v) in kafka {
-                    out.kafka.push((k.clone(), scalar(k, v)?));
-                }
-            } else if let Some((_, env)) = FILE_KEYS.iter().find(|(name, _)| name == key) {
-                out.flags.push((env, scalar(key, value)?));
-            } else {
-                let known: Vec<&str> = FILE_KEYS.iter().map(|(k, _)| *k).collect();
-                return Err(format!("unknown setting '{key}' (known: {}, and a [kafka] table)", known.join(", ")));
-            }
-        }
-        Ok(out)
-    }
+/// Why the settings were refused.
+#[derive(Debug)]
+pub enum Invalid {
+    /// A flag typed on the command line (or `--help`, `--version`): clap says it best.
+    Flag(clap::Error),
+    /// A setting from the environment or the config file, or a value file that cannot be read; the message names
+    /// where it came from.
+    Setting(String),
 }
 
 impl Cli {
-    /// Parses the command line, reading the config file first if there is one: its settings go in only where
-    /// neither a flag nor an environment variable says otherwise. A bad file exits 2, as a bad flag does.
+    /// Parses the command line, with the config file and the environment under it; on a bad setting it prints what
+    /// and where, and exits 2 (help and version exit 0).
     pub fn parse_with_file() -> Cli {
-        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        let path = config_path(&args);
-        let file = path.as_ref().map(|p| {
-            std::fs::read_to_string(p)
-                .map_err(|e| e.to_string())
-                .and_then(|text| FileSettings::parse(&text))
-                .unwrap_or_else(|e| {
-                    eprintln!("error: config file {}: {e}", p.display());
-                    std::process::exit(2);
-                })
-        });
+        match Cli::load(std::env::args_os().collect()) {
+            Ok(cli) => cli,
+            Err(Invalid::Flag(e)) => e.exit(),
+            Err(Invalid::Setting(message)) => {
+                eprintln!("error: {}", redact::mask(&message));
+                std::process::exit(2);
+            }
+        }
+    }
+
+    /// Reads the config file first if there is one: its settings go in only where neither a flag nor an environment
+    /// variable says otherwise. Then reads `@file` property values, and registers every secret value for masking.
+    ///
+    /// It sets environment variables for the file's settings, so it runs once, while the process is single-threaded.
+    pub fn load(args: Vec<OsString>) -> Result<Cli, Invalid> {
+        let file = match config_path(&args) {
+            Some(path) => Some(FileSettings::read(&path, &file_keys()).map_err(Invalid::Setting)?),
+            None => None,
+        };
+        let mut from_file = Vec::new();
         if let Some(file) = &file {
-            for (env, value) in &file.flags {
-                if std::env::var_os(env).is_none() {
+            for flag in &file.flags {
+                if std::env::var_os(&flag.env).is_none() {
                     // Still single-threaded: nothing else reads the environment yet.
-                    std::env::set_var(env, value);
+                    std::env::set_var(&flag.env, &flag.value);
+                    from_file.push(flag);
                 }
             }
         }
-        let mut cli = Cli::parse_from(args);
-        if let Some(file) = file {
-            // First, so that -X (or SUPERVISOR_KAFKA_CONFIG) for the same key wins.
-            cli.properties.splice(0..0, file.kafka);
+        let mut cli = Cli::try_parse_from(&args).map_err(|e| attribute(e, &args, file.as_ref(), &from_file))?;
+        // File first, so that -X (or SUPERVISOR_KAFKA_CONFIG) for the same key wins.
+        let mut given = file.as_ref().map(|f| f.kafka.clone()).unwrap_or_default();
+        given.append(&mut cli.properties);
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        let properties: Vec<Property> = given
+            .into_iter()
+            .map(|(k, v)| Property::resolve(k, v, credentials.as_deref()))
+            .collect::<Result<_, _>>()
+            .map_err(Invalid::Setting)?;
+        for value in secret::secret_values(&properties) {
+            redact::keep_secret(value);
         }
-        cli
+        cli.properties = properties.into_iter().map(|p| (p.key, p.value)).collect();
+        Ok(cli)
+    }
+}
+
+/// Says where a refused value came from: clap names the flag even when the value came from the environment or, through
+/// it, from the config file.
+fn attribute(e: clap::Error, args: &[OsString], file: Option<&FileSettings>, from_file: &[&FileFlag]) -> Invalid {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return Invalid::Flag(e);
+    };
+    let Some(long) = arg.split_whitespace().next().and_then(|a| a.strip_prefix("--")) else {
+        return Invalid::Flag(e);
+    };
+    let typed = args.iter().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a.strip_prefix("--")
+            .and_then(|a| a.strip_prefix(long))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+    });
+    let env = file_keys().into_iter().find(|(l, _)| l == long).map(|(_, env)| env);
+    let (Some(env), false) = (env, typed) else {
+        return Invalid::Flag(e);
+    };
+    // clap's first line, less its "error: " and the flag it blames.
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let detail = first.strip_prefix("error: ").unwrap_or(first).replace(&format!(" for '{arg}'"), "");
+    match (file, from_file.iter().find(|f| f.env == env)) {
+        (Some(file), Some(f)) => Invalid::Setting(format!(
+            "config file {}, line {}, column {}: {long}: {detail}",
+            file.path.display(),
+            f.line,
+            f.column
+        )),
+        _ => Invalid::Setting(format!("environment variable {env} (--{long}): {detail}")),
     }
 }
 
 /// `--config FILE`, `--config=FILE`, or `SUPERVISOR_CONFIG`, found before clap runs.
-fn config_path(args: &[std::ffi::OsString]) -> Option<std::path::PathBuf> {
+fn config_path(args: &[OsString]) -> Option<std::path::PathBuf> {
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         let a = a.to_string_lossy();
@@ -244,29 +276,58 @@ fn config_path(args: &[std::ffi::OsString]) -> Option<std::path::PathBuf> {
     std::env::var_os("SUPERVISOR_CONFIG").map(std::path::PathBuf::from)
 }
 
-/// librdkafka properties that hold secrets; their values never appear in what we print or log.
-pub fn is_secret(key: &str) -> bool {
-    let key = key.strip_prefix("consumer.").or_else(|| key.strip_prefix("producer.")).unwrap_or(key);
-    key.ends_with(".password")
-        || key.ends_with(".secret")
-        || matches!(
-            key,
-            "sasl.password" | "ssl.key.pem" | "ssl_key" | "sasl.oauthbearer.config" | "ssl.keystore.password"
-        )
+/// The levels a log filter may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// env_logger's filter syntax, checked: a bare word it does not know is a module name to it, which turns every other
+/// line off, so `--log-level verbose` would print nothing at all.
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    // env_logger allows a trailing "/regex" on the message.
+    let spec = s.split('/').next().unwrap_or_default();
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.split_once('=').map_or(directive, |(_, level)| level).trim();
+        if !LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "'{level}' is not a log level: use one of {}, or per module MODULE=LEVEL (info,librdkafka=debug)",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(s.to_string())
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
     if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
-        return Err(format!("'{s}' must be between 0 and 86400 seconds"));
+        return Err(format!("{s} is out of range: more than 0 and at most 86400 seconds (a day)"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("'{s}' is not KEY=VALUE")),
+/// `-X KEY=VALUE`. Its error never quotes what was typed (clap's own would): it may be a secret with a mistyped
+/// separator.
+#[derive(Clone)]
+struct PropertyParser;
+
+impl clap::builder::TypedValueParser for PropertyParser {
+    type Value = (String, String);
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<(String, String), clap::Error> {
+        let refuse = |why: &str| {
+            let message = format!("-X takes KEY=VALUE (a librdkafka property): {why}\n");
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, message).with_cmd(cmd)
+        };
+        let s = value.to_str().ok_or_else(|| refuse("an entry is not UTF-8"))?;
+        match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            Some(_) => Err(refuse("an entry has no KEY before its '='")),
+            None => Err(refuse("an entry has no '='")),
+        }
     }
 }
 
@@ -286,6 +347,7 @@ pub struct Config {
     pub child_timeout: Duration,
     pub status_interval: Option<Duration>,
     pub metrics_addr: Option<String>,
+    pub log_level: Option<String>,
     pub properties: Vec<(String, String)>,
     /// Events per IPC batch; a batch is sent when it is full or its linger has passed.
     pub batch_events: usize,
@@ -323,6 +385,7 @@ impl Config {
             child_timeout: cli.child_timeout,
             status_interval: cli.status_interval,
             metrics_addr: cli.metrics_addr.clone(),
+            log_level: cli.log_level.clone(),
             properties: cli.properties.clone(),
             batch_events: 512,
             batch_bytes: 64 * 1024,
@@ -350,8 +413,18 @@ impl Config {
         ] {
             out.push_str(&format!("{k} = {v}\n"));
         }
-        if let Some(addr) = &self.metrics_addr {
-            out.push_str(&format!("metrics-addr = {}\n", q(addr)));
+        // Unset optional settings are shown as comments, with what happens then.
+        match self.status_interval {
+            Some(every) => out.push_str(&format!("status-interval = {}\n", every.as_secs_f64())),
+            None => out.push_str("# status-interval: 1 when stderr is a terminal, 30 otherwise\n"),
+        }
+        match &self.metrics_addr {
+            Some(addr) => out.push_str(&format!("metrics-addr = {}\n", q(addr))),
+            None => out.push_str("# metrics-addr: off\n"),
+        }
+        match &self.log_level {
+            Some(level) => out.push_str(&format!("log-level = {}\n", q(level))),
+            None => out.push_str("# log-level: RUST_LOG, or info\n"),
         }
         if !self.properties.is_empty() {
             out.push_str("\n[kafka]\n");
@@ -364,11 +437,24 @@ impl Config {
                 }
             }
             for (k, v) in effective {
-                let v = if is_secret(k) { "********" } else { v };
+                let v = if is_secret(k) || redact::is_kept(v) { redact::MASK } else { v };
                 out.push_str(&format!("{} = {}\n", q(k), q(v)));
             }
         }
         out
+    }
+
+    /// How the clients authenticate, for the log: the security protocol, and the SASL mechanism if any.
+    pub fn security(&self) -> String {
+        // The last setting wins, as in librdkafka; a consumer- or producer-only one is not the whole story, so skip it.
+        let last = |key: &str| self.properties.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let protocol = last("security.protocol").unwrap_or("plaintext");
+        if !protocol.to_ascii_lowercase().starts_with("sasl") {
+            return format!("security.protocol={protocol}");
+        }
+        // GSSAPI is librdkafka's default mechanism.
+        let mechanism = last("sasl.mechanism").or(last("sasl.mechanisms")).unwrap_or("GSSAPI");
+        format!("security.protocol={protocol}, sasl.mechanism={mechanism}")
     }
 
     /// The user's `-X` properties meant for `client`, prefixes removed, in the order given.
@@ -467,23 +553,37 @@ mod tests {
     }
 
     #[test]
-    fn a_config_file_feeds_flags_and_kafka_properties() {
-        let f = FileSettings::parse(
-            "brokers = \"k1:9092\"\nhashers = 3\ndrain-timeout = 2.5\n[kafka]\n\"sasl.password\" = \"hunter2\"\n",
-        )
-        .unwrap();
-        assert_eq!(
-            f.flags,
-            vec![
-                ("SUPERVISOR_BROKERS", "k1:9092".to_string()),
-                ("SUPERVISOR_DRAIN_TIMEOUT", "2.5".to_string()),
-                ("SUPERVISOR_HASHERS", "3".to_string())
-            ]
-        );
-        assert_eq!(f.kafka, vec![("sasl.password".to_string(), "hunter2".to_string())]);
-        assert!(FileSettings::parse("hasher = 3").unwrap_err().contains("unknown setting 'hasher'"));
-        assert!(FileSettings::parse("brokers = [1]").is_err());
-        assert!(FileSettings::parse("brokers = ").is_err());
+    fn every_flag_can_be_set_in_a_file() {
+        let keys: Vec<String> = file_keys().into_iter().map(|(k, _)| k).collect();
+        for long in [
+            "brokers",
+            "source-topic",
+            "dest-topic",
+            "group-id",
+            "hashers",
+            "queue-capacity",
+            "dlq-topic",
+            "drain-timeout",
+            "max-restarts",
+            "restart-window",
+            "child-timeout",
+            "status-interval",
+            "metrics-addr",
+            "log-level",
+        ] {
+            assert!(keys.iter().any(|k| k == long), "{long} missing from {keys:?}");
+        }
+        assert!(!keys.iter().any(|k| k == "config" || k == "print-config"), "{keys:?}");
+    }
+
+    #[test]
+    fn print_config_shows_every_setting() {
+        let shown = Config::from_cli(&cli(&[]).unwrap()).describe();
+        for long in file_keys().into_iter().map(|(k, _)| k) {
+            assert!(shown.contains(&format!("{long} = ")) || shown.contains(&format!("# {long}: ")), "{long}: {shown}");
+        }
+        let shown = Config::from_cli(&cli(&["--status-interval", "5", "--log-level", "debug"]).unwrap()).describe();
+        assert!(shown.contains("status-interval = 5\n") && shown.contains("log-level = \"debug\"\n"), "{shown}");
     }
 
     #[test]
@@ -492,6 +592,12 @@ mod tests {
         let shown = c.describe();
         assert!(!shown.contains("hunter2") && shown.contains("\"consumer.sasl.password\" = \"********\""), "{shown}");
         assert!(is_secret("sasl.oauthbearer.client.secret") && !is_secret("sasl.username"));
+        redact::keep_secret("from-a-file");
+        let c = Config::from_cli(&cli(&["-X", "ssl.ca.pem=from-a-file"]).unwrap());
+        assert!(
+            c.describe().contains("\"ssl.ca.pem\" = \"********\""),
+            "a value kept secret is masked whatever its key"
+        );
     }
 
     #[test]
@@ -501,6 +607,23 @@ mod tests {
         assert!(cli(&["--queue-capacity", "0"]).is_err());
         assert!(cli(&["--drain-timeout", "-1"]).is_err());
         assert!(cli(&["-X", "novalue"]).is_err());
+        let e = cli(&["-X", "sasl.password:hunter2"]).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = cli(&["--drain-timeout", "0"]).unwrap_err().to_string();
+        assert!(e.contains("more than 0 and at most 86400"), "{e}");
         assert!(cli(&["--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        for ok in ["info", "WARN", "info,librdkafka=debug", "supervisor::source=trace", "debug/hash", "off"] {
+            assert!(parse_log_filter(ok).is_ok(), "{ok}");
+        }
+        let e = parse_log_filter("verbose").unwrap_err();
+        assert!(
+            e.contains("'verbose' is not a log level") && e.contains("off, error, warn, info, debug, trace"),
+            "{e}"
+        );
+        assert!(parse_log_filter("info,librdkafka=loud").is_err());
     }
 }
