@@ -9,5 +9,6 @@ mod harness;
 mod cli;
 mod demo;
 mod faults;
+mod install;
 mod pipeline;
 mod service;

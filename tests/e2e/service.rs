@@ -151,9 +151,9 @@ fn metrics_show_the_pipeline_per_stage_and_partition_and_its_restarts() {
 #[test]
 fn the_readme_shows_the_unit_file_as_shipped() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let unit = std::fs::read_to_string(root.join("scripts/supervisor.service")).unwrap();
+    let unit = std::fs::read_to_string(root.join("scripts/stream-supervisor@.service.in")).unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let shown: String =
         unit.lines().map(|l| if l.is_empty() { "\n".to_string() } else { format!("    {l}\n") }).collect();
-    assert!(readme.contains(&shown), "README.md's copy of scripts/supervisor.service is out of date");
+    assert!(readme.contains(&shown), "README.md's copy of scripts/stream-supervisor@.service.in is out of date");
 }
