@@ -72,6 +72,8 @@ pub enum Error {
     CreateClient(KafkaError),
     /// Metadata could not be fetched: the brokers are unreachable.
     Metadata { brokers: String, source: KafkaError },
+    /// The brokers refused the TLS handshake or the SASL authentication.
+    Refused { brokers: String, security: String, reason: String },
     /// A topic the pipeline needs does not exist.
     MissingTopic { topic: String, hint: &'static str },
     /// The dead-letter topic was missing and could not be created.
@@ -137,7 +139,7 @@ impl Error {
             Error::CreateClient(_) | Error::MissingTopic { .. } | Error::CreateTopic { .. } | Error::Subscribe(_) => {
                 Exit::Config
             }
-            Error::MetricsAddress { .. } | Error::MetricsBind { .. } => Exit::Config,
+            Error::MetricsAddress { .. } | Error::MetricsBind { .. } | Error::Refused { .. } => Exit::Config,
             Error::Metadata { .. } => Exit::Unavailable,
             _ => Exit::Failure,
         }
@@ -154,6 +156,14 @@ impl fmt::Display for Error {
             }
             Error::CreateClient(e) => write!(f, "invalid Kafka client configuration: {e}"),
             Error::Metadata { brokers, source } => write!(f, "cannot reach the Kafka brokers at {brokers}: {source}"),
+            Error::Refused { brokers, security, reason } => {
+                let check = if reason.to_ascii_lowercase().contains("ssl") {
+                    "check ssl.ca.location against the brokers' certificate"
+                } else {
+                    "check sasl.username, sasl.password and sasl.mechanism"
+                };
+                write!(f, "the Kafka brokers at {brokers} refused this client ({security}): {reason}; {check}")
+            }
             Error::MissingTopic { topic, hint } => {
                 write!(f, "topic \"{topic}\" does not exist (create it, or pass {hint})")
             }
@@ -216,7 +226,10 @@ impl std::error::Error for Error {
             Error::Decode(e) => Some(e),
             Error::Fork(e) | Error::ChildSetup { source: e, .. } => Some(e),
             Error::DemoStart(e) => Some(e),
-            Error::MissingTopic { .. } | Error::PeerGone { .. } | Error::UnknownFrame { .. } => None,
+            Error::MissingTopic { .. }
+            | Error::Refused { .. }
+            | Error::PeerGone { .. }
+            | Error::UnknownFrame { .. } => None,
         }
     }
 }

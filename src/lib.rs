@@ -8,6 +8,7 @@
 pub mod channel;
 pub mod config;
 pub mod error;
+pub mod kafka;
 pub mod position;
 pub mod sink;
 pub mod source;

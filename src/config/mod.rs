@@ -16,7 +16,7 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  clean drain: every consumed event delivered and committed
   1  failure: the supervisor itself failed, or it was stopped while recovering from a crash
-  2  configuration error: bad flag or -X property, missing topic
+  2  configuration error: bad flag or -X property, missing topic, TLS or SASL refused by the brokers
   3  the brokers could not be reached at start-up
   4  the drain did not finish within --drain-timeout (uncommitted events are re-read on the next start)
   5  fast stop: a second SIGINT/SIGTERM during the drain (uncommitted events are re-read on the next start)

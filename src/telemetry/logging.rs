@@ -1,10 +1,11 @@
 //! Logs go to stderr through env_logger, each line naming the process (its role in a child, "supervisor" in the
 //! parent) and its pid, with secrets masked ([`redact`]). When stderr is the journal, lines carry a syslog priority instead of a timestamp.
 
+use super::rate_limit::{self, RateLimit};
 use super::redact;
 use nix::unistd::getpid;
 use std::io::Write;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 static NAME: OnceLock<String> = OnceLock::new();
 
@@ -65,9 +66,59 @@ fn stderr_is_journal() -> bool {
     stream.to_string_lossy() == format!("{}:{}", stderr.dev(), stderr.ino())
 }
 
+/// The first refusal librdkafka reported: a TLS handshake or a SASL authentication that failed. Retrying cannot
+/// mend either, so start-up gives up on it at once, instead of after its timeout.
+static REFUSAL: Mutex<Option<String>> = Mutex::new(None);
+
+/// librdkafka retries a refused connection every few tens of milliseconds: one line per interval, not per retry.
+static REFUSALS: RateLimit = RateLimit::every(rate_limit::EVERY);
+
+/// What librdkafka said when the brokers refused this process's credentials or certificate, if they did.
+pub fn refusal() -> Option<String> {
+    REFUSAL.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// The line says the brokers refused us: TLS verification or SASL authentication failed.
+fn is_refusal(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("ssl handshake failed")
+        || m.contains("authentication failed")
+        || m.contains("sasl") && m.contains("failed")
+}
+
+/// Records a refusal and says whether to log it now (rate-limited) and how many were held back.
+fn on_refusal(message: &str) -> Option<u64> {
+    let mut first = REFUSAL.lock().unwrap_or_else(PoisonError::into_inner);
+    if first.is_none() {
+        // librdkafka's line starts with the broker and thread; what matters is after them.
+        *first = Some(message.rsplit("]: ").next().unwrap_or(message).to_string());
+    }
+    REFUSALS.check()
+}
+
+/// Routes an error librdkafka reports through the client's error callback: refusals are recorded and rate-limited,
+/// the rest logged as they come.
+pub fn librdkafka_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    if is_refusal(reason) {
+        if let Some(held) = on_refusal(reason) {
+            log::warn!("librdkafka: {error}: {reason}{}", rate_limit::held_back(held));
+        }
+        return;
+    }
+    log::error!("librdkafka: {error}: {reason}");
+}
+
 /// Routes librdkafka's own log lines through `log`, at the matching level.
 pub fn librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
     use rdkafka::config::RDKafkaLogLevel as L;
+    if is_refusal(message) {
+        // A warning: at start-up the stage's own error says it once, with what to check; later, the pipeline waits
+        // for the brokers to take it again, as it does through an outage.
+        if let Some(held) = on_refusal(message) {
+            log::warn!(target: "librdkafka", "librdkafka: {fac} {message}{}", rate_limit::held_back(held));
+        }
+        return;
+    }
     let level = match level {
         L::Emerg | L::Alert | L::Critical | L::Error => log::Level::Error,
         // An unprefixed -X goes to both clients by contract; librdkafka warns about the client it does not fit.

@@ -40,6 +40,10 @@ impl ClientContext for Quiet {
     }
 
     fn stats(&self, _: Statistics) {}
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        logging::librdkafka_error(&error, reason);
+    }
 }
 
 impl ConsumerContext for Quiet {}

@@ -11,4 +11,5 @@ mod demo;
 mod faults;
 mod install;
 mod pipeline;
+mod secured;
 mod service;

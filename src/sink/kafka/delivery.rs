@@ -50,6 +50,10 @@ impl ClientContext for Deliveries {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         logging::librdkafka(level, fac, message);
     }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        logging::librdkafka_error(&error, reason);
+    }
 }
 
 impl ProducerContext for Deliveries {

@@ -18,11 +18,9 @@ use crate::telemetry::events::{emit, BatchReceived, DeadLetterRouted, Delivered,
 use crate::telemetry::heartbeat;
 use crossbeam_channel::RecvTimeoutError;
 use delivery::{is_permanent, Deliveries, Failed, Origin};
-use rdkafka::client::Client;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientContext;
 use std::time::Duration;
 
 /// The Kafka producer as the pipeline's sink.
@@ -47,19 +45,17 @@ fn connect(cfg: &Config) -> Result<BaseProducer<Deliveries>> {
     }
     let producer: BaseProducer<Deliveries> =
         config.create_with_context(Deliveries::default()).map_err(Error::CreateClient)?;
-    let dest_partitions = topic_partitions(producer.client(), cfg, &cfg.dest_topic)?
+    let dest_partitions = topic_partitions(&producer, cfg, &cfg.dest_topic)?
         .ok_or_else(|| Error::MissingTopic { topic: cfg.dest_topic.clone(), hint: "--dest-topic" })?;
-    if topic_partitions(producer.client(), cfg, &cfg.dlq_topic)?.is_none() {
+    if topic_partitions(&producer, cfg, &cfg.dlq_topic)?.is_none() {
         dead_letter::create_topic(cfg, dest_partitions)?;
     }
     Ok(producer)
 }
 
 /// The topic's partition count, `None` if the brokers do not know it.
-fn topic_partitions<C: ClientContext>(client: &Client<C>, cfg: &Config, topic: &str) -> Result<Option<i32>> {
-    let md = client
-        .fetch_metadata(Some(topic), cfg.startup_timeout)
-        .map_err(|source| Error::Metadata { brokers: cfg.brokers.clone(), source })?;
+fn topic_partitions(producer: &BaseProducer<Deliveries>, cfg: &Config, topic: &str) -> Result<Option<i32>> {
+    let md = crate::kafka::metadata(producer.client(), cfg, topic, || producer.poll(Duration::ZERO))?;
     Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| match t.error() {
         None if !t.partitions().is_empty() => i32::try_from(t.partitions().len()).ok(),
         _ => None,

@@ -55,9 +55,10 @@ impl Stage for KafkaSource {
 fn connect(cfg: &Config, context: Context) -> Result<BaseConsumer<Context>> {
     let consumer: BaseConsumer<Context> =
         cfg.consumer_config().create_with_context(context).map_err(Error::CreateClient)?;
-    let md = consumer
-        .fetch_metadata(Some(&cfg.source_topic), cfg.startup_timeout)
-        .map_err(|source| Error::Metadata { brokers: cfg.brokers.clone(), source })?;
+    // Not yet subscribed: a poll serves only callbacks, and returns no event.
+    let md = crate::kafka::metadata(consumer.client(), cfg, &cfg.source_topic, || {
+        let _ = consumer.poll(Duration::ZERO);
+    })?;
     let exists =
         md.topics().iter().any(|t| t.name() == cfg.source_topic && t.error().is_none() && !t.partitions().is_empty());
     if !exists {

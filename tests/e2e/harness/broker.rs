@@ -54,11 +54,28 @@ pub struct Broker {
 impl Broker {
     pub fn start(name: &str) -> Broker {
         let port = free_port();
+        Broker::start_behind(name, port, port)
+    }
+
+    /// A broker listening on `port` that tells clients to connect to `advertised` (a TLS terminator in front of it).
+    pub fn start_behind(name: &str, port: u16, advertised: u16) -> Broker {
+        Broker::start_with(name, port, advertised, &[])
+    }
+
+    /// A broker that requires SASL (SCRAM) authentication from every client.
+    pub fn start_authenticating(name: &str) -> Broker {
+        let port = free_port();
+        Broker::start_with(name, port, port, &["--authentication"])
+    }
+
+    fn start_with(name: &str, port: u16, advertised: u16, extra: &[&str]) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let log = std::fs::File::create(scratch_dir(name).join("tansu.log")).unwrap();
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(extra)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -80,13 +97,16 @@ impl Broker {
     }
 
     pub fn create_topics(&self, topics: &[(&str, i32)]) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
-        let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
-        let res = block_on(admin.create_topics(&new, &AdminOptions::new())).unwrap();
-        for r in res {
-            r.unwrap();
-        }
+        create_topics_at(&self.addr, topics);
+    }
+}
+
+pub fn create_topics_at(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create().unwrap();
+    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
+    let res = block_on(admin.create_topics(&new, &AdminOptions::new())).unwrap();
+    for r in res {
+        r.unwrap();
     }
 }
 
@@ -95,6 +115,30 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Client properties the harness's own clients need for a broker address, beyond bootstrap.servers: how to reach a
+/// secured listener.
+static SECURITY: Mutex<Vec<(String, Vec<(String, String)>)>> = Mutex::new(Vec::new());
+
+/// From now on the harness's clients reach `addr` with these properties.
+pub fn secure_clients_of(addr: &str, properties: &[(&str, &str)]) {
+    let properties = properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    SECURITY.lock().unwrap().push((addr.to_string(), properties));
+}
+
+/// A client configuration for `brokers`, with what its listener needs.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (addr, properties) in SECURITY.lock().unwrap().iter() {
+        if addr == brokers {
+            for (k, v) in properties {
+                c.set(k, v);
+            }
+        }
+    }
+    c
 }
 
 /// librdkafka's mock cluster with the usual topics, and the dead-letter topic made here (it has no CreateTopics).
@@ -158,8 +202,7 @@ pub fn produce_batched(brokers: &str, topic: &str, events: &[Event]) -> Vec<(i32
 }
 
 fn produce_with(brokers: &str, topic: &str, events: &[Event], batch: &str) -> Vec<(i32, i64)> {
-    let p: ThreadedProducer<Acks> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let p: ThreadedProducer<Acks> = client_config(brokers)
         .set("enable.idempotence", "true")
         .set("batch.num.messages", batch)
         .set("linger.ms", "20")
@@ -236,12 +279,8 @@ pub struct Msg {
 }
 
 fn reader(brokers: &str, topic: &str) -> BaseConsumer {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let c: BaseConsumer =
+        client_config(brokers).set("group.id", "test-reader").set("enable.auto.commit", "false").create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
@@ -301,12 +340,8 @@ pub fn wait_for_events(brokers: &str, topic: &str, n: usize, timeout: Duration) 
 
 /// The group's committed offsets for each partition of `topic` (-1 where none).
 pub fn committed(brokers: &str, group: &str, topic: &str) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let c: BaseConsumer =
+        client_config(brokers).set("group.id", group).set("enable.auto.commit", "false").create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition(topic, p);

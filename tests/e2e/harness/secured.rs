@@ -1,0 +1,145 @@
+//! A secured listener for the TLS tests: a certificate authority made here, and a real tansu broker behind Debian's
+//! stunnel, which terminates TLS on its own port. tansu 0.6.0 cannot serve TLS itself (its --cert and --key exclude
+//! each other, and its acceptor is never used), so this is the TLS terminator the issue names.
+
+use super::broker::{create_topics_at, free_port, scratch_dir, secure_clients_of, Broker, PARTITIONS};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A CA that signed the listener's certificate, and one that did not.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub stranger_ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (scripts/install-deps)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Certs {
+    pub fn make(dir: &Path) -> Certs {
+        for ca in ["ca", "stranger"] {
+            let subject = format!("/CN=supervisor test {ca}");
+            let (key, cert) = (format!("{ca}.key"), format!("{ca}.pem"));
+            openssl(
+                dir,
+                &[
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &cert, "-days", "2",
+                    "-subj", &subject,
+                ],
+            );
+        }
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ],
+        );
+        Certs {
+            ca: dir.join("ca.pem"),
+            stranger_ca: dir.join("stranger.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        }
+    }
+}
+
+/// tansu behind stunnel: clients reach it only over TLS, at `addr`. Both are stopped on drop.
+pub struct TlsBroker {
+    pub addr: String,
+    pub certs: Certs,
+    stunnel: Child,
+    _broker: Broker,
+}
+
+impl TlsBroker {
+    /// With the usual `src` and `dst` topics, made over TLS.
+    pub fn with_topics(name: &str) -> TlsBroker {
+        let dir = scratch_dir(name);
+        let certs = Certs::make(&dir);
+        let (plain, tls) = (free_port(), free_port());
+        let broker = Broker::start_behind(name, plain, tls);
+        let conf = dir.join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\noutput = {}\n[kafka]\naccept = 127.0.0.1:{tls}\nconnect = 127.0.0.1:{plain}\n\
+                 cert = {}\nkey = {}\n",
+                dir.join("stunnel.log").display(),
+                certs.server_cert.display(),
+                certs.server_key.display()
+            ),
+        )
+        .unwrap();
+        let stunnel = Command::new(stunnel_bin())
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start stunnel4 (scripts/install-deps)");
+        let addr = format!("127.0.0.1:{tls}");
+        let t0 = Instant::now();
+        while TcpStream::connect(&addr).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "stunnel did not start listening on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ca = certs.ca.display().to_string();
+        secure_clients_of(&addr, &[("security.protocol", "SSL"), ("ssl.ca.location", &ca)]);
+        create_topics_at(&addr, &[("src", PARTITIONS), ("dst", PARTITIONS)]);
+        TlsBroker { addr, certs, stunnel, _broker: broker }
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.stunnel.kill();
+        let _ = self.stunnel.wait();
+    }
+}
+
+fn stunnel_bin() -> &'static str {
+    if Command::new("stunnel4").arg("-version").stderr(Stdio::null()).stdout(Stdio::null()).status().is_ok() {
+        "stunnel4"
+    } else {
+        "stunnel"
+    }
+}
