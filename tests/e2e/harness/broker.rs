@@ -119,7 +119,9 @@ impl Drop for Broker {
 
 /// Client properties the harness's own clients need for a broker address, beyond bootstrap.servers: how to reach a
 /// secured listener.
-static SECURITY: Mutex<Vec<(String, Vec<(String, String)>)>> = Mutex::new(Vec::new());
+static SECURITY: Mutex<Vec<(String, Properties)>> = Mutex::new(Vec::new());
+
+type Properties = Vec<(String, String)>;
 
 /// From now on the harness's clients reach `addr` with these properties.
 pub fn secure_clients_of(addr: &str, properties: &[(&str, &str)]) {
