@@ -1,8 +1,8 @@
 //! The one masking step every line we print passes through, so that no secret reaches a terminal, a log or the
 //! journal: not in our own messages, and not in librdkafka's, which echo property values in their errors.
 //!
-//! Two rules. The values registered with [`keep_secret`] (what the configuration marks secret: see
-//! [`crate::config::secret_values`]) are replaced wherever they appear verbatim. And a password inside a URL
+//! Two rules. The values registered with [`keep_secret`] (what the configuration marks secret: see `config::secret`)
+//! are replaced wherever they appear verbatim. And a password inside a URL
 //! (`scheme://user:password@host`) is replaced whatever it is.
 //!
 //! The parent registers the secrets before it forks, so every child masks the same values.

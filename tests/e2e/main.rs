@@ -11,5 +11,6 @@ mod demo;
 mod faults;
 mod install;
 mod pipeline;
+mod readme;
 mod secured;
 mod service;
