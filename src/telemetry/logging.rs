@@ -96,16 +96,17 @@ fn on_refusal(message: &str) -> Option<u64> {
     REFUSALS.check()
 }
 
-/// Routes an error librdkafka reports through the client's error callback: refusals are recorded and rate-limited,
-/// the rest logged as they come.
+/// The client's error callback fires on every failed reconnect while the brokers are away.
+static CLIENT_ERRORS: RateLimit = RateLimit::every(rate_limit::EVERY);
+
+/// Routes an error librdkafka reports through the client's error callback. These are what its clients retry by
+/// themselves (a broker down, a connection refused): warnings, rate-limited. What cannot be retried reaches the
+/// stage as an error of its own, which says it once.
 pub fn librdkafka_error(error: &rdkafka::error::KafkaError, reason: &str) {
-    if is_refusal(reason) {
-        if let Some(held) = on_refusal(reason) {
-            log::warn!("librdkafka: {error}: {reason}{}", rate_limit::held_back(held));
-        }
-        return;
+    let limit = if is_refusal(reason) { on_refusal(reason) } else { CLIENT_ERRORS.check() };
+    if let Some(held) = limit {
+        log::warn!("librdkafka: {error}: {reason}{}", rate_limit::held_back(held));
     }
-    log::error!("librdkafka: {error}: {reason}");
 }
 
 /// Routes librdkafka's own log lines through `log`, at the matching level.
@@ -120,6 +121,8 @@ pub fn librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &
         return;
     }
     let level = match level {
+        // A connection that failed is retried by librdkafka itself: the stage says so if it cannot go on.
+        L::Error if fac == "FAIL" => log::Level::Warn,
         L::Emerg | L::Alert | L::Critical | L::Error => log::Level::Error,
         // An unprefixed -X goes to both clients by contract; librdkafka warns about the client it does not fit.
         L::Warning if fac == "CONFWARN" && message.contains("will be ignored by this") => log::Level::Debug,

@@ -134,6 +134,7 @@ fn a_missing_source_topic_is_one_clear_error_and_exit_2() {
     let log = sup.log();
     assert_eq!(errors(&log).len(), 1, "{log}");
     assert!(errors(&log)[0].contains("topic \"src\" does not exist"), "{log}");
+    assert!(!log.contains("pipeline running"), "nothing claims success after a failed start:\n{log}");
 }
 
 #[test]
@@ -185,4 +186,58 @@ fn a_metrics_port_in_use_or_a_bad_address_is_a_configuration_error() {
         assert!(errors(&log)[0].contains(why), "{log}");
         assert!(t0.elapsed() < Duration::from_secs(5), "fails before any broker is tried");
     }
+}
+
+#[test]
+fn every_bad_setting_says_where_it_came_from_and_exits_2() {
+    let dir = scratch_dir("whence");
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let bad_value = file("bad-value.toml", "brokers = \"k:1\"\nhashers = 0\n");
+    let bad_syntax = file("bad-syntax.toml", "brokers = \"k:1\"\nhashers = \n");
+    let good = file("good.toml", "status-interval = 5\nlog-level = \"warn\"\n");
+    let cases: [(&[&str], &[(&str, &str)], &str); 6] = [
+        (&["--config", &bad_value], &[], "line 2, column 11: hashers: invalid value '0': 0 is not in 1..=1024"),
+        (&["--config", &bad_syntax], &[], "bad-syntax.toml, line 2, column "),
+        (&[], &[("SUPERVISOR_HASHERS", "0")], "environment variable SUPERVISOR_HASHERS (--hashers): invalid value '0'"),
+        (&["--hashers", "0"], &[], "invalid value '0' for '--hashers <N>'"),
+        (&["--log-level", "verbose"], &[], "off, error, warn, info, debug, trace"),
+        (&["--drain-timeout", "0"], &[], "more than 0 and at most 86400 seconds"),
+    ];
+    for (args, env, says) in cases {
+        let out = command().args(args).envs(env.iter().copied()).arg("--print-config").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert!(err.starts_with("error: ") && err.contains(says), "{args:?} {env:?}: {err}");
+    }
+    let out = command().args(["--config", &good, "--print-config"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(shown.contains("status-interval = 5\n") && shown.contains("log-level = \"warn\"\n"), "{shown}");
+}
+
+#[test]
+fn version_says_what_the_kafka_client_can_do() {
+    let out = command().arg("--version").output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for feature in ["ssl", "sasl_scram", "sasl_plain", "sasl_oauthbearer", "sasl_gssapi"] {
+        assert!(shown.contains(feature), "{feature}: {shown}");
+    }
+}
+
+#[test]
+fn more_hashers_than_partitions_is_warned_about() {
+    let broker = Broker::start("idle");
+    broker.create_topics(&[("src", 2), ("dst", 2)]);
+    let mut args = base_args(&broker.addr, "gidle");
+    args.extend(["--hashers", "3"].map(String::from));
+    let mut sup = start(&args);
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
+    assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
+    let log = sup.log();
+    assert!(log.contains("3 hashers for 2 partitions of \"src\": 1 will idle"), "{log}");
 }
