@@ -199,7 +199,9 @@ fn every_bad_setting_says_where_it_came_from_and_exits_2() {
     let bad_value = file("bad-value.toml", "brokers = \"k:1\"\nhashers = 0\n");
     let bad_syntax = file("bad-syntax.toml", "brokers = \"k:1\"\nhashers = \n");
     let good = file("good.toml", "status-interval = 5\nlog-level = \"warn\"\n");
-    let cases: [(&[&str], &[(&str, &str)], &str); 6] = [
+    // (flags, environment, what the error says)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
         (&["--config", &bad_value], &[], "line 2, column 11: hashers: invalid value '0': 0 is not in 1..=1024"),
         (&["--config", &bad_syntax], &[], "bad-syntax.toml, line 2, column "),
         (&[], &[("SUPERVISOR_HASHERS", "0")], "environment variable SUPERVISOR_HASHERS (--hashers): invalid value '0'"),
