@@ -9,7 +9,7 @@ fn main() {
     let signals = Signals::install();
     let cli = Cli::parse_with_file();
     if cli.print_config {
-        print!("{}", Config::from_cli(&cli).describe());
+        print!("{}", supervisor::telemetry::redact::mask(&Config::from_cli(&cli).describe()));
         return;
     }
     logging::init(cli.log_level.as_deref());

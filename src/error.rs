@@ -73,7 +73,7 @@ pub enum Error {
     /// Metadata could not be fetched: the brokers are unreachable.
     Metadata { brokers: String, source: KafkaError },
     /// The brokers refused the TLS handshake or the SASL authentication.
-    Refused { brokers: String, security: String, reason: String },
+    Refused { brokers: String, security: String, reason: String, tls: bool },
     /// A topic the pipeline needs does not exist.
     MissingTopic { topic: String, hint: &'static str },
     /// The dead-letter topic was missing and could not be created.
@@ -156,8 +156,8 @@ impl fmt::Display for Error {
             }
             Error::CreateClient(e) => write!(f, "invalid Kafka client configuration: {e}"),
             Error::Metadata { brokers, source } => write!(f, "cannot reach the Kafka brokers at {brokers}: {source}"),
-            Error::Refused { brokers, security, reason } => {
-                let check = if reason.to_ascii_lowercase().contains("ssl") {
+            Error::Refused { brokers, security, reason, tls } => {
+                let check = if *tls {
                     "check ssl.ca.location against the brokers' certificate"
                 } else {
                     "check sasl.username, sasl.password and sasl.mechanism"

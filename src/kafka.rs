@@ -14,15 +14,22 @@ use std::time::{Duration, Instant};
 /// `serve` polls the client, which runs its error callback: that is where librdkafka reports a refusal.
 pub fn metadata<C: ClientContext>(client: &Client<C>, cfg: &Config, topic: &str, serve: impl Fn()) -> Result<Metadata> {
     let deadline = Instant::now() + cfg.startup_timeout;
+    // Short tries first, so that a refusal is seen within half a second; longer ones after, for brokers that are slow
+    // to answer.
+    let mut each = Duration::from_millis(500);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        // Short tries, so that a refusal logged meanwhile is seen within half a second.
-        match client.fetch_metadata(Some(topic), left.min(Duration::from_millis(500))) {
+        match client.fetch_metadata(Some(topic), left.min(each)) {
             Ok(md) => return Ok(md),
             Err(source) => {
-                serve();
-                if let Some(reason) = logging::refusal() {
-                    return Err(Error::Refused { brokers: cfg.brokers.clone(), security: cfg.security(), reason });
+                each = (each * 2).min(Duration::from_secs(4));
+                // A poll serves one queued event (a log line, an error): serve what has piled up.
+                for _ in 0..256 {
+                    serve();
+                }
+                if let Some(refused) = logging::refusal() {
+                    let (brokers, security) = (cfg.brokers.clone(), cfg.security());
+                    return Err(Error::Refused { brokers, security, reason: refused.reason, tls: refused.tls });
                 }
                 if Instant::now() >= deadline {
                     return Err(Error::Metadata { brokers: cfg.brokers.clone(), source });

@@ -37,9 +37,26 @@ fn scalar(key: &str, v: &toml::Value) -> Result<String, String> {
     }
 }
 
+/// The [kafka] table's properties. An unquoted dotted key (`sasl.password = "x"`) is a nested table to TOML; to
+/// librdkafka it is the property `sasl.password`.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(inner) => flatten(&key, inner, out)?,
+            v => out.push((key.clone(), scalar(&key, v)?)),
+        }
+    }
+    Ok(())
+}
+
 /// 1-based line and column of byte `offset` in `text`.
 pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
@@ -70,9 +87,7 @@ impl FileSettings {
                     .get_ref()
                     .as_table()
                     .ok_or_else(|| format!("{}: 'kafka' must be a table of librdkafka properties", at(span.start)))?;
-                for (k, v) in kafka {
-                    out.kafka.push((k.clone(), scalar(k, v).map_err(|e| format!("{}: {e}", at(span.start)))?));
-                }
+                flatten("", kafka, &mut out.kafka).map_err(|e| format!("{}: {e}", at(span.start)))?;
             } else if let Some((_, env)) = keys.iter().find(|(long, _)| long == name) {
                 let v = scalar(name, value.get_ref()).map_err(|e| format!("{}: {e}", at(span.start)))?;
                 let (line, column) = line_column(text, span.start);
@@ -126,6 +141,9 @@ mod tests {
             ]
         );
         assert_eq!(f.kafka, vec![("sasl.password".to_string(), "hunter2".to_string())]);
+        let dotted = parse("[kafka]\nsasl.password = \"pw\"\nsasl.mechanism = \"PLAIN\"\nacks = \"all\"\n").unwrap();
+        let keys: Vec<&str> = dotted.kafka.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["acks", "sasl.mechanism", "sasl.password"], "unquoted dotted keys are property names");
     }
 
     #[test]

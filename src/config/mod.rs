@@ -112,9 +112,9 @@ pub struct Cli {
     pub print_config: bool,
 
     /// A librdkafka property for both clients, kcat style; `consumer.K=V` or `producer.K=V` reach one client.
-    /// Repeatable; in the environment, separate entries with ';'.
-    #[arg(global = true, short = 'X', value_name = "KEY=VALUE", env = "SUPERVISOR_KAFKA_CONFIG",
-          value_delimiter = ';', value_parser = PropertyParser)]
+    /// Repeatable; a value may be read from a file: K=@PATH. In the environment: SUPERVISOR_KAFKA_CONFIG, entries
+    /// separated by ';'.
+    #[arg(global = true, short = 'X', value_name = "KEY=VALUE", value_parser = PropertyParser)]
     pub properties: Vec<(String, String)>,
 
     #[command(subcommand)]
@@ -206,8 +206,16 @@ impl Cli {
             }
         }
         let mut cli = Cli::try_parse_from(&args).map_err(|e| attribute(e, &args, file.as_ref(), &from_file))?;
-        // File first, so that -X (or SUPERVISOR_KAFKA_CONFIG) for the same key wins.
+        // File, then environment, then flags: for the same key the later wins. Only the environment's entries are
+        // split on ';': on the command line a ';' may be part of a value (a password).
         let mut given = file.as_ref().map(|f| f.kafka.clone()).unwrap_or_default();
+        if let Some(entries) = std::env::var_os(KAFKA_CONFIG_ENV) {
+            for entry in entries.to_string_lossy().split(';').filter(|e| !e.trim().is_empty()) {
+                let property = split_property(entry)
+                    .map_err(|why| Invalid::Setting(format!("environment variable {KAFKA_CONFIG_ENV}: {why}")))?;
+                given.push(property);
+            }
+        }
         given.append(&mut cli.properties);
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
         let properties: Vec<Property> = given
@@ -218,6 +226,12 @@ impl Cli {
         for value in secret::secret_values(&properties) {
             redact::keep_secret(value);
         }
+        // A URL's password, whole: the line rule cannot tell where one ends if it holds a '/' or a ','.
+        for p in &properties {
+            if let Some(password) = secret::url_password(&p.value) {
+                redact::keep_secret(password);
+            }
+        }
         cli.properties = properties.into_iter().map(|p| (p.key, p.value)).collect();
         Ok(cli)
     }
@@ -226,10 +240,27 @@ impl Cli {
 /// Says where a refused value came from: clap names the flag even when the value came from the environment or, through
 /// it, from the config file.
 fn attribute(e: clap::Error, args: &[OsString], file: Option<&FileSettings>, from_file: &[&FileFlag]) -> Invalid {
-    use clap::error::{ContextKind, ContextValue};
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::InvalidSubcommand {
+        // Likewise a stray word after the flags, which clap takes for a subcommand.
+        return Invalid::Setting(
+            "an unexpected word where a subcommand could go (not shown: it may be part of a value; the one \
+             subcommand is demo; quote values that hold spaces)"
+                .to_string(),
+        );
+    }
     let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
         return Invalid::Flag(e);
     };
+    if e.kind() == ErrorKind::UnknownArgument && !arg.starts_with('-') {
+        // A stray word is most likely the rest of a value with a space in it (-X sasl.password=two words): not
+        // echoed, as it may be part of a secret.
+        return Invalid::Setting(
+            "an unexpected argument that is not a flag (not shown: it may be part of a value; quote values that hold \
+             spaces, and write -X KEY=VALUE with no space around '=')"
+                .to_string(),
+        );
+    }
     let Some(long) = arg.split_whitespace().next().and_then(|a| a.strip_prefix("--")) else {
         return Invalid::Flag(e);
     };
@@ -304,6 +335,18 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Where `-X` entries come from in the environment.
+const KAFKA_CONFIG_ENV: &str = "SUPERVISOR_KAFKA_CONFIG";
+
+/// `KEY=VALUE`, or why not (never quoting it: it may be a secret with a mistyped separator).
+fn split_property(s: &str) -> Result<(String, String), &'static str> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        Some(_) => Err("an entry has no KEY before its '=' (expected KEY=VALUE, a librdkafka property)"),
+        None => Err("an entry has no '=' (expected KEY=VALUE, a librdkafka property)"),
+    }
+}
+
 /// `-X KEY=VALUE`. Its error never quotes what was typed (clap's own would): it may be a secret with a mistyped
 /// separator.
 #[derive(Clone)]
@@ -319,15 +362,11 @@ impl clap::builder::TypedValueParser for PropertyParser {
         value: &std::ffi::OsStr,
     ) -> Result<(String, String), clap::Error> {
         let refuse = |why: &str| {
-            let message = format!("-X takes KEY=VALUE (a librdkafka property): {why}\n");
+            let message = format!("-X: {why}\n");
             clap::Error::raw(clap::error::ErrorKind::InvalidValue, message).with_cmd(cmd)
         };
         let s = value.to_str().ok_or_else(|| refuse("an entry is not UTF-8"))?;
-        match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-            Some(_) => Err(refuse("an entry has no KEY before its '='")),
-            None => Err(refuse("an entry has no '='")),
-        }
+        split_property(s).map_err(refuse)
     }
 }
 
@@ -446,8 +485,18 @@ impl Config {
 
     /// How the clients authenticate, for the log: the security protocol, and the SASL mechanism if any.
     pub fn security(&self) -> String {
-        // The last setting wins, as in librdkafka; a consumer- or producer-only one is not the whole story, so skip it.
-        let last = |key: &str| self.properties.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let consumer = self.security_of(Client::Consumer);
+        let producer = self.security_of(Client::Producer);
+        if consumer == producer {
+            consumer
+        } else {
+            format!("consumer {consumer}; producer {producer}")
+        }
+    }
+
+    fn security_of(&self, client: Client) -> String {
+        // The last setting wins, as in librdkafka.
+        let last = |key: &str| self.properties_for(client).filter(|(k, _)| *k == key).last().map(|(_, v)| v);
         let protocol = last("security.protocol").unwrap_or("plaintext");
         if !protocol.to_ascii_lowercase().starts_with("sasl") {
             return format!("security.protocol={protocol}");
@@ -612,6 +661,24 @@ mod tests {
         let e = cli(&["--drain-timeout", "0"]).unwrap_err().to_string();
         assert!(e.contains("more than 0 and at most 86400"), "{e}");
         assert!(cli(&["--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn the_security_line_names_each_client_when_they_differ() {
+        let c = |args: &[&str]| Config::from_cli(&cli(args).unwrap()).security();
+        assert_eq!(c(&[]), "security.protocol=plaintext");
+        assert_eq!(
+            c(&["-X", "security.protocol=SASL_SSL", "-X", "sasl.mechanism=SCRAM-SHA-512"]),
+            "security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512"
+        );
+        assert_eq!(
+            c(&["-X", "consumer.security.protocol=SSL", "-X", "producer.security.protocol=SSL"]),
+            "security.protocol=SSL"
+        );
+        assert_eq!(
+            c(&["-X", "consumer.security.protocol=SSL"]),
+            "consumer security.protocol=SSL; producer security.protocol=plaintext"
+        );
     }
 
     #[test]

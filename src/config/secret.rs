@@ -46,6 +46,14 @@ pub fn secret_values<'a>(properties: &'a [Property]) -> impl Iterator<Item = &'a
     })
 }
 
+/// The password in a `scheme://user:password@host` value, if it has one. The userinfo ends at the value's last '@',
+/// so a password may hold any character.
+pub fn url_password(value: &str) -> Option<&str> {
+    let rest = &value[value.find("://")? + 3..];
+    let userinfo = &rest[..rest.rfind('@')?];
+    userinfo.split_once(':').map(|(_, password)| password).filter(|p| !p.is_empty())
+}
+
 /// One librdkafka property as the user gave it, its value read from a file if it said `@path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Property {
@@ -129,6 +137,14 @@ mod tests {
         ];
         let secret: Vec<&str> = secret_values(&props).collect();
         assert_eq!(secret, ["MyS3cretPw", "pw", "-----BEGIN"]);
+    }
+
+    #[test]
+    fn url_passwords_are_found_whatever_they_hold() {
+        assert_eq!(url_password("https://client:pa/s,s@idp.example/token"), Some("pa/s,s"));
+        assert_eq!(url_password("https://idp.example/token"), None);
+        assert_eq!(url_password("https://user@idp.example/"), None);
+        assert_eq!(url_password("plain"), None);
     }
 
     #[test]

@@ -66,44 +66,57 @@ fn stderr_is_journal() -> bool {
     stream.to_string_lossy() == format!("{}:{}", stderr.dev(), stderr.ino())
 }
 
-/// The first refusal librdkafka reported: a TLS handshake or a SASL authentication that failed. Retrying cannot
-/// mend either, so start-up gives up on it at once, instead of after its timeout.
-static REFUSAL: Mutex<Option<String>> = Mutex::new(None);
+/// The brokers refused this client: TLS verification or SASL authentication failed. Retrying cannot mend either, so
+/// start-up gives up on it at once, instead of after its timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What librdkafka said, less the broker's name it starts with.
+    pub reason: String,
+    /// The TLS handshake failed (else the SASL authentication).
+    pub tls: bool,
+}
+
+/// The first refusal this process's clients reported.
+static REFUSAL: Mutex<Option<Refusal>> = Mutex::new(None);
 
 /// librdkafka retries a refused connection every few tens of milliseconds: one line per interval, not per retry.
 static REFUSALS: RateLimit = RateLimit::every(rate_limit::EVERY);
 
-/// What librdkafka said when the brokers refused this process's credentials or certificate, if they did.
-pub fn refusal() -> Option<String> {
+/// The client's error callback also fires on every failed reconnect while the brokers are away.
+static CLIENT_ERRORS: RateLimit = RateLimit::every(rate_limit::EVERY);
+
+/// librdkafka's FAIL lines: one per failed connection.
+static FAILS: RateLimit = RateLimit::every(rate_limit::EVERY);
+
+/// The brokers refused this process's certificate or credentials, if they did.
+pub fn refusal() -> Option<Refusal> {
     REFUSAL.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
-/// The line says the brokers refused us: TLS verification or SASL authentication failed.
-fn is_refusal(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("ssl handshake failed")
-        || m.contains("authentication failed")
-        || m.contains("sasl") && m.contains("failed")
+/// librdkafka starts a broker's errors with its name (`sasl_ssl://k1:9093/bootstrap: `); the rest is what happened.
+fn without_broker(reason: &str) -> &str {
+    reason.find("://").and_then(|at| reason[at..].find(": ").map(|colon| &reason[at + colon + 2..])).unwrap_or(reason)
 }
 
-/// Records a refusal and says whether to log it now (rate-limited) and how many were held back.
-fn on_refusal(message: &str) -> Option<u64> {
-    let mut first = REFUSAL.lock().unwrap_or_else(PoisonError::into_inner);
-    if first.is_none() {
-        // librdkafka's line starts with the broker and thread; what matters is after them.
-        *first = Some(message.rsplit("]: ").next().unwrap_or(message).to_string());
-    }
-    REFUSALS.check()
-}
-
-/// The client's error callback fires on every failed reconnect while the brokers are away.
-static CLIENT_ERRORS: RateLimit = RateLimit::every(rate_limit::EVERY);
-
-/// Routes an error librdkafka reports through the client's error callback. These are what its clients retry by
-/// themselves (a broker down, a connection refused): warnings, rate-limited. What cannot be retried reaches the
-/// stage as an error of its own, which says it once.
+/// Routes an error librdkafka reports through the client's error callback. Its error code, not its text, says
+/// whether the brokers refused us (a SASL_SSL broker's name contains "sasl" and "ssl" whatever happened). Everything
+/// else its clients retry by themselves (a broker down, a name that does not resolve yet): warnings, rate-limited.
+/// What cannot be retried reaches the stage as an error of its own, which says it once.
 pub fn librdkafka_error(error: &rdkafka::error::KafkaError, reason: &str) {
-    let limit = if is_refusal(reason) { on_refusal(reason) } else { CLIENT_ERRORS.check() };
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let tls = match error.rdkafka_error_code() {
+        Some(Code::SSL) => Some(true),
+        Some(Code::Authentication) => Some(false),
+        _ => None,
+    };
+    let limit = match tls {
+        Some(tls) => {
+            let mut first = REFUSAL.lock().unwrap_or_else(PoisonError::into_inner);
+            first.get_or_insert_with(|| Refusal { reason: without_broker(reason).to_string(), tls });
+            REFUSALS.check()
+        }
+        None => CLIENT_ERRORS.check(),
+    };
     if let Some(held) = limit {
         log::warn!("librdkafka: {error}: {reason}{}", rate_limit::held_back(held));
     }
@@ -112,17 +125,14 @@ pub fn librdkafka_error(error: &rdkafka::error::KafkaError, reason: &str) {
 /// Routes librdkafka's own log lines through `log`, at the matching level.
 pub fn librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
     use rdkafka::config::RDKafkaLogLevel as L;
-    if is_refusal(message) {
-        // A warning: at start-up the stage's own error says it once, with what to check; later, the pipeline waits
-        // for the brokers to take it again, as it does through an outage.
-        if let Some(held) = on_refusal(message) {
+    if fac == "FAIL" {
+        // A connection that failed: librdkafka retries it, and the error callback (or the stage) says what it means.
+        if let Some(held) = FAILS.check() {
             log::warn!(target: "librdkafka", "librdkafka: {fac} {message}{}", rate_limit::held_back(held));
         }
         return;
     }
     let level = match level {
-        // A connection that failed is retried by librdkafka itself: the stage says so if it cannot go on.
-        L::Error if fac == "FAIL" => log::Level::Warn,
         L::Emerg | L::Alert | L::Critical | L::Error => log::Level::Error,
         // An unprefixed -X goes to both clients by contract; librdkafka warns about the client it does not fit.
         L::Warning if fac == "CONFWARN" && message.contains("will be ignored by this") => log::Level::Debug,
@@ -131,4 +141,29 @@ pub fn librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &
         L::Debug => log::Level::Debug,
     };
     log::log!(target: "librdkafka", level, "librdkafka: {fac} {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_name_is_not_what_happened() {
+        assert_eq!(
+            without_broker("sasl_ssl://k1:9093/bootstrap: SASL authentication error: SASL SCRAM authentication failed"),
+            "SASL authentication error: SASL SCRAM authentication failed"
+        );
+        assert_eq!(without_broker("1/1 brokers are down"), "1/1 brokers are down");
+    }
+
+    #[test]
+    fn only_refusal_codes_are_refusals() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        librdkafka_error(&KafkaError::Global(Code::BrokerTransportFailure), "sasl_ssl://k1:9093/b: Connect failed");
+        assert_eq!(refusal(), None, "an outage on a SASL_SSL listener is not a refusal");
+        librdkafka_error(&KafkaError::Global(Code::Authentication), "sasl_ssl://k1:9093/b: SASL authentication failed");
+        librdkafka_error(&KafkaError::Global(Code::SSL), "ssl://k1:9093/b: SSL handshake failed");
+        assert_eq!(refusal(), Some(Refusal { reason: "SASL authentication failed".into(), tls: false }), "the first");
+    }
 }

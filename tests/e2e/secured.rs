@@ -106,8 +106,45 @@ fn refused_sasl_credentials_are_one_clear_error_and_exit_2_and_the_password_is_n
 }
 
 #[test]
+fn refused_credentials_over_tls_point_at_the_credentials_not_the_certificate() {
+    let tls = TlsBroker::authenticating("sasl-ssl");
+    let creds = credentials("sasl-ssl");
+    let ca = tls.certs.ca.display().to_string();
+    let mut args = base_args(&tls.addr, "gsaslssl");
+    args.extend(["-X", "security.protocol=SASL_SSL", "-X", "sasl.mechanism=SCRAM-SHA-512"].map(String::from));
+    args.extend(["-X".to_string(), format!("ssl.ca.location={ca}")]);
+    args.extend(["-X", "sasl.username=svc", "-X", "sasl.password=@kafka-password"].map(String::from));
+    let mut sup = start_with_env(&args, &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]);
+    let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits");
+    let log = sup.log();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert_eq!(errors(&log).len(), 1, "one error line:\n{log}");
+    let error = errors(&log)[0];
+    assert!(
+        error.contains("refused this client (security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512)"),
+        "{error}"
+    );
+    assert!(error.contains("check sasl.username, sasl.password and sasl.mechanism"), "{error}");
+    assert!(!log.contains(SECRET), "{log}");
+}
+
+#[test]
+fn a_sasl_ssl_broker_that_is_not_there_is_an_outage_not_a_refusal() {
+    // Its name says sasl and ssl, and every connection fails: still exit 3, which systemd restarts, not 2.
+    let mut args = base_args(&format!("localhost:{}", free_port()), "gdown");
+    args.extend(["-X", "security.protocol=SASL_SSL", "-X", "sasl.mechanism=SCRAM-SHA-256"].map(String::from));
+    args.extend(["-X", "sasl.username=svc", "-X", "sasl.password=Sup3r-S3cret-Pw"].map(String::from));
+    let mut sup = start(&args);
+    let status = sup.wait_timeout(Duration::from_secs(40)).expect("exits");
+    let log = sup.log();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(errors(&log)[0].contains("cannot reach the Kafka brokers"), "{log}");
+    assert!(!log.contains(SECRET), "{log}");
+}
+
+#[test]
 fn secrets_given_on_the_command_line_or_misspelt_are_never_printed() {
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 6] = [
         &["-X", "ssl.key.password=Sup3r-S3cret-Pw", "-X", "security.protocol=bogus"],
         &["-X", "sasl.pasword=Sup3r-S3cret-Pw"],
         &[
@@ -119,6 +156,9 @@ fn secrets_given_on_the_command_line_or_misspelt_are_never_printed() {
             "sasl.mechanism=NOPE",
         ],
         &["-X", "sasl.password:Sup3r-S3cret-Pw"],
+        // A space where none belongs: the rest is a stray argument, never echoed.
+        &["-X", "sasl.password=Sup3r-", "S3cret-Pw"],
+        &["-X", "sasl.password=", "Sup3r-S3cret-Pw"],
     ];
     for case in cases {
         let out = command()
@@ -128,7 +168,24 @@ fn secrets_given_on_the_command_line_or_misspelt_are_never_printed() {
             .unwrap();
         let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(2), "{case:?}: {all}");
-        assert!(!all.contains(SECRET), "{case:?} printed the secret:\n{all}");
+        assert!(!all.contains(SECRET) && !all.contains("S3cret-Pw"), "{case:?} printed the secret:\n{all}");
         assert!(all.contains("error"), "{case:?} says what is wrong:\n{all}");
     }
+}
+
+#[test]
+fn a_semicolon_in_a_flag_value_is_part_of_the_value() {
+    let out = command()
+        .args(["-X", "sasl.password=Sup3r;S3cret-Pw", "--print-config"])
+        .env("SUPERVISOR_KAFKA_CONFIG", "client.id=from-env;linger.ms=3")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(shown.contains("\"sasl.password\" = \"********\"") && !shown.contains("S3cret"), "{shown}");
+    assert!(shown.contains("\"client.id\" = \"from-env\"") && shown.contains("\"linger.ms\" = \"3\""), "{shown}");
+    let out = command().arg("--print-config").env("SUPERVISOR_KAFKA_CONFIG", "novalue").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("environment variable SUPERVISOR_KAFKA_CONFIG: an entry has no '='"), "{err}");
 }

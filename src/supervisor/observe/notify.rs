@@ -29,6 +29,8 @@ impl Notifier {
     /// Sends newline-separated `KEY=VALUE` assignments; a failure is logged once at debug level and otherwise
     /// ignored, since systemd's absence must not stop the pipeline.
     pub fn send(&self, state: &str) {
+        // What systemctl status shows is printed too: a failure's text may quote librdkafka.
+        let state = crate::telemetry::redact::mask(state);
         if let Some((socket, addr)) = &self.socket {
             if let Err(e) = socket.send_to_addr(state.as_bytes(), addr) {
                 log::debug!("sd_notify {state:?}: {e}");

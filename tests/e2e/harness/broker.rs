@@ -68,7 +68,7 @@ impl Broker {
         Broker::start_with(name, port, port, &["--authentication"])
     }
 
-    fn start_with(name: &str, port: u16, advertised: u16, extra: &[&str]) -> Broker {
+    pub fn start_with(name: &str, port: u16, advertised: u16, extra: &[&str]) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised = format!("tcp://127.0.0.1:{advertised}");
         let log = std::fs::File::create(scratch_dir(name).join("tansu.log")).unwrap();

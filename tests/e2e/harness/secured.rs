@@ -94,10 +94,22 @@ pub struct TlsBroker {
 impl TlsBroker {
     /// With the usual `src` and `dst` topics, made over TLS.
     pub fn with_topics(name: &str) -> TlsBroker {
+        let tls = TlsBroker::start(name, false);
+        create_topics_at(&tls.addr, &[("src", PARTITIONS), ("dst", PARTITIONS)]);
+        tls
+    }
+
+    /// A broker that also requires SASL (SCRAM) from every client: SASL_SSL. It has no topics (and, its storage
+    /// being in memory, no users).
+    pub fn authenticating(name: &str) -> TlsBroker {
+        TlsBroker::start(name, true)
+    }
+
+    fn start(name: &str, authentication: bool) -> TlsBroker {
         let dir = scratch_dir(name);
         let certs = Certs::make(&dir);
         let (plain, tls) = (free_port(), free_port());
-        let broker = Broker::start_behind(name, plain, tls);
+        let broker = Broker::start_with(name, plain, tls, if authentication { &["--authentication"] } else { &[] });
         let conf = dir.join("stunnel.conf");
         std::fs::write(
             &conf,
@@ -124,7 +136,6 @@ impl TlsBroker {
         }
         let ca = certs.ca.display().to_string();
         secure_clients_of(&addr, &[("security.protocol", "SSL"), ("ssl.ca.location", &ca)]);
-        create_topics_at(&addr, &[("src", PARTITIONS), ("dst", PARTITIONS)]);
         TlsBroker { addr, certs, stunnel, _broker: broker }
     }
 }
