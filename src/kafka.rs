@@ -1,4 +1,4 @@
-//! What the Kafka source and sink share: reaching the brokers at start-up.
+//! What the Kafka source and sink share: reaching the brokers at start-up, and running an admin call.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -6,6 +6,7 @@ use crate::telemetry::logging;
 use rdkafka::client::Client;
 use rdkafka::metadata::Metadata;
 use rdkafka::ClientContext;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The brokers' metadata for `topic`, within the start-up timeout. A refused TLS handshake or SASL authentication
@@ -36,5 +37,25 @@ pub fn metadata<C: ClientContext>(client: &Client<C>, cfg: &Config, topic: &str,
                 }
             }
         }
+    }
+}
+
+/// Runs a future to completion on this thread: the admin API is the only async call we make (the tests' harness
+/// uses it too).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
     }
 }

@@ -4,10 +4,6 @@
 use crate::harness::*;
 use std::time::{Duration, Instant};
 
-fn errors(log: &str) -> Vec<&str> {
-    log.lines().filter(|l| l.contains("ERROR")).collect()
-}
-
 #[test]
 fn under_journald_lines_carry_priorities_and_no_timestamp() {
     use std::os::unix::fs::MetadataExt;
@@ -132,8 +128,8 @@ fn a_missing_source_topic_is_one_clear_error_and_exit_2() {
     let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits");
     assert_eq!(status.code(), Some(2), "{}", sup.log());
     let log = sup.log();
-    assert_eq!(errors(&log).len(), 1, "{log}");
-    assert!(errors(&log)[0].contains("topic \"src\" does not exist"), "{log}");
+    assert_eq!(error_lines(&log).len(), 1, "{log}");
+    assert!(error_lines(&log)[0].contains("topic \"src\" does not exist"), "{log}");
     assert!(!log.contains("pipeline running"), "nothing claims success after a failed start:\n{log}");
 }
 
@@ -145,8 +141,8 @@ fn a_missing_destination_topic_is_one_clear_error_and_exit_2() {
     let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits");
     assert_eq!(status.code(), Some(2), "{}", sup.log());
     let log = sup.log();
-    assert_eq!(errors(&log).len(), 1, "{log}");
-    assert!(errors(&log)[0].contains("topic \"dst\" does not exist"), "{log}");
+    assert_eq!(error_lines(&log).len(), 1, "{log}");
+    assert!(error_lines(&log)[0].contains("topic \"dst\" does not exist"), "{log}");
 }
 
 #[test]
@@ -165,8 +161,8 @@ fn an_unreachable_broker_exits_3_without_hanging() {
     assert_eq!(status.code(), Some(3), "{}", sup.log());
     assert!(t0.elapsed() < Duration::from_secs(20));
     let log = sup.log();
-    assert_eq!(errors(&log).len(), 1, "{log}");
-    assert!(errors(&log)[0].contains("cannot reach the Kafka brokers"), "{log}");
+    assert_eq!(error_lines(&log).len(), 1, "{log}");
+    assert!(error_lines(&log)[0].contains("cannot reach the Kafka brokers"), "{log}");
 }
 
 #[test]
@@ -181,9 +177,9 @@ fn a_metrics_port_in_use_or_a_bad_address_is_a_configuration_error() {
             .unwrap();
         let log = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{log}");
-        assert_eq!(errors(&log).len(), 1, "{log}");
-        assert!(errors(&log)[0].contains(&format!("cannot serve metrics on --metrics-addr {addr}")), "{log}");
-        assert!(errors(&log)[0].contains(why), "{log}");
+        assert_eq!(error_lines(&log).len(), 1, "{log}");
+        assert!(error_lines(&log)[0].contains(&format!("cannot serve metrics on --metrics-addr {addr}")), "{log}");
+        assert!(error_lines(&log)[0].contains(why), "{log}");
         assert!(t0.elapsed() < Duration::from_secs(5), "fails before any broker is tried");
     }
 }

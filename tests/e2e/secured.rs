@@ -14,8 +14,15 @@ fn credentials(name: &str) -> std::path::PathBuf {
     dir
 }
 
-fn errors(log: &str) -> Vec<&str> {
-    log.lines().filter(|l| l.contains("ERROR")).collect()
+/// Waits for a start the brokers refused: exit 2 and exactly one error line, which it returns with the log.
+fn refused(sup: &mut Running) -> (String, String) {
+    let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits");
+    let log = sup.log();
+    assert_eq!(status.code(), Some(2), "{log}");
+    let errors = error_lines(&log);
+    assert_eq!(errors.len(), 1, "one error line:\n{log}");
+    let error = errors[0].to_string();
+    (log, error)
 }
 
 #[test]
@@ -60,13 +67,8 @@ fn an_untrusted_certificate_is_one_clear_error_and_exit_2_at_once() {
     args.extend(["-X", "security.protocol=SSL", "-X", &format!("ssl.ca.location={stranger}")].map(String::from));
     args.extend(["-X".to_string(), format!("ssl.key.password={SECRET}")]);
     let t0 = Instant::now();
-    let mut sup = start(&args);
-    let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits");
-    let log = sup.log();
-    assert_eq!(status.code(), Some(2), "{log}");
+    let (log, error) = refused(&mut start(&args));
     assert!(t0.elapsed() < Duration::from_secs(8), "a refusal ends the start at once, not after the timeout: {log}");
-    assert_eq!(errors(&log).len(), 1, "one error line:\n{log}");
-    let error = errors(&log)[0];
     assert!(error.contains("refused this client (security.protocol=SSL)"), "{error}");
     assert!(error.contains("certificate verify failed") && error.contains("check ssl.ca.location"), "{error}");
     let retries = log.lines().filter(|l| l.contains("SSL handshake failed")).count();
@@ -89,13 +91,8 @@ fn refused_sasl_credentials_are_one_clear_error_and_exit_2_and_the_password_is_n
         args.extend(["-X", "sasl.username=svc", "-X", "sasl.password=@kafka-password"].map(String::from));
         args.extend(["--log-level", "debug"].map(String::from));
         let t0 = Instant::now();
-        let mut sup = start_with_env(&args, &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]);
-        let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits");
-        let log = sup.log();
-        assert_eq!(status.code(), Some(2), "{log}");
+        let (log, error) = refused(&mut start_with_env(&args, &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]));
         assert!(t0.elapsed() < Duration::from_secs(8), "{log}");
-        assert_eq!(errors(&log).len(), 1, "one error line:\n{log}");
-        let error = errors(&log)[0];
         let said = format!("refused this client (security.protocol=SASL_PLAINTEXT, sasl.mechanism={mechanism})");
         assert!(error.contains(&said) && error.contains("authentication failed"), "{error}");
         assert!(error.contains("check sasl.username, sasl.password and sasl.mechanism"), "{error}");
@@ -114,12 +111,7 @@ fn refused_credentials_over_tls_point_at_the_credentials_not_the_certificate() {
     args.extend(["-X", "security.protocol=SASL_SSL", "-X", "sasl.mechanism=SCRAM-SHA-512"].map(String::from));
     args.extend(["-X".to_string(), format!("ssl.ca.location={ca}")]);
     args.extend(["-X", "sasl.username=svc", "-X", "sasl.password=@kafka-password"].map(String::from));
-    let mut sup = start_with_env(&args, &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]);
-    let status = sup.wait_timeout(Duration::from_secs(30)).expect("exits");
-    let log = sup.log();
-    assert_eq!(status.code(), Some(2), "{log}");
-    assert_eq!(errors(&log).len(), 1, "one error line:\n{log}");
-    let error = errors(&log)[0];
+    let (log, error) = refused(&mut start_with_env(&args, &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]));
     assert!(
         error.contains("refused this client (security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512)"),
         "{error}"
@@ -138,7 +130,7 @@ fn a_sasl_ssl_broker_that_is_not_there_is_an_outage_not_a_refusal() {
     let status = sup.wait_timeout(Duration::from_secs(40)).expect("exits");
     let log = sup.log();
     assert_eq!(status.code(), Some(3), "{log}");
-    assert!(errors(&log)[0].contains("cannot reach the Kafka brokers"), "{log}");
+    assert!(error_lines(&log)[0].contains("cannot reach the Kafka brokers"), "{log}");
     assert!(!log.contains(SECRET), "{log}");
 }
 

@@ -2,12 +2,12 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::kafka::block_on;
 use crate::position::Position;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use std::sync::Arc;
 
 /// Header names on dead-letter events.
 pub const DLQ_ERROR: &str = "dlq.error";
@@ -46,23 +46,4 @@ pub(super) fn create_topic(cfg: &Config, partitions: i32) -> Result<()> {
         }
     }
     Err(Error::CreateTopic { topic: cfg.dlq_topic.clone(), source: last })
-}
-
-/// Runs a future to completion on this thread; the admin API is the only async call we make.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Arc::new(Unpark(std::thread::current())).into();
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
 }

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use supervisor::kafka::block_on;
 
 /// Partitions of every topic the tests create.
 pub const PARTITIONS: i32 = 4;
@@ -33,6 +34,15 @@ pub fn tansu_bin() -> PathBuf {
             "no tansu broker: run scripts/install-tansu (or set TANSU_BIN); the integration tests need a real broker"
         )
     })
+}
+
+/// Waits until `what` accepts connections on `addr`.
+pub fn wait_listening(what: &str, addr: &str) {
+    let t0 = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{what} did not start listening on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -54,12 +64,7 @@ pub struct Broker {
 impl Broker {
     pub fn start(name: &str) -> Broker {
         let port = free_port();
-        Broker::start_behind(name, port, port)
-    }
-
-    /// A broker listening on `port` that tells clients to connect to `advertised` (a TLS terminator in front of it).
-    pub fn start_behind(name: &str, port: u16, advertised: u16) -> Broker {
-        Broker::start_with(name, port, advertised, &[])
+        Broker::start_with(name, port, port, &[])
     }
 
     /// A broker that requires SASL (SCRAM) authentication from every client.
@@ -68,6 +73,8 @@ impl Broker {
         Broker::start_with(name, port, port, &["--authentication"])
     }
 
+    /// A broker listening on `port` that tells clients to connect to `advertised` (a TLS terminator in front of it,
+    /// or the port itself), with more tansu flags.
     pub fn start_with(name: &str, port: u16, advertised: u16, extra: &[&str]) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised = format!("tcp://127.0.0.1:{advertised}");
@@ -81,11 +88,7 @@ impl Broker {
             .spawn()
             .expect("start tansu");
         let addr = format!("127.0.0.1:{port}");
-        let t0 = Instant::now();
-        while TcpStream::connect(&addr).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "tansu did not start listening on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening("tansu", &addr);
         Broker { child, addr }
     }
 
@@ -151,24 +154,6 @@ pub fn mock_cluster() -> (rdkafka::mocking::MockCluster<'static, rdkafka::produc
     }
     let addr = cluster.bootstrap_servers();
     (cluster, addr)
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Arc::new(Unpark(std::thread::current())).into();
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park_timeout(Duration::from_millis(10));
-    }
 }
 
 type Delivery = (usize, Result<(i32, i64), String>);

@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 
 /// The flags every pipeline under test gets: the test topics, its group, and short group sessions (some tansu
 /// builds need them for a quick join; they cost nothing).
+/// The ERROR lines of a log.
+pub fn error_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("ERROR")).collect()
+}
+
 pub fn base_args(brokers: &str, group: &str) -> Vec<String> {
     [
         "--brokers",

@@ -2,11 +2,9 @@
 //! stunnel, which terminates TLS on its own port. tansu 0.6.0 cannot serve TLS itself (its --cert and --key exclude
 //! each other, and its acceptor is never used), so this is the TLS terminator the issue names.
 
-use super::broker::{create_topics_at, free_port, scratch_dir, secure_clients_of, Broker, PARTITIONS};
-use std::net::TcpStream;
+use super::broker::{create_topics_at, free_port, scratch_dir, secure_clients_of, wait_listening, Broker, PARTITIONS};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A CA that signed the listener's certificate, and one that did not.
 pub struct Certs {
@@ -129,11 +127,7 @@ impl TlsBroker {
             .spawn()
             .expect("start stunnel4 (scripts/install-deps)");
         let addr = format!("127.0.0.1:{tls}");
-        let t0 = Instant::now();
-        while TcpStream::connect(&addr).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "stunnel did not start listening on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening("stunnel", &addr);
         let ca = certs.ca.display().to_string();
         secure_clients_of(&addr, &[("security.protocol", "SSL"), ("ssl.ca.location", &ca)]);
         TlsBroker { addr, certs, stunnel, _broker: broker }
