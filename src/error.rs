@@ -120,6 +120,12 @@ pub enum Error {
     MetricsAddress { addr: String, source: io::Error },
     /// `--metrics-addr` cannot be listened on: the port is taken, say.
     MetricsBind { addr: String, source: io::Error },
+    /// The jq filter (`--jq`, `--jq-file`) does not compile.
+    JqCompile { origin: String, message: String },
+    /// The `--exec` command could not be started.
+    ExecStart { program: String, source: io::Error },
+    /// The `--exec` command kept ending or hanging: its restarts within the window are spent.
+    ExecGaveUp { command: String, how: String, restarts: usize, window: std::time::Duration },
     /// The demo's embedded cluster failed.
     MockCluster(KafkaError),
     /// The demo's broker process did not say where it listens.
@@ -140,6 +146,8 @@ impl Error {
                 Exit::Config
             }
             Error::MetricsAddress { .. } | Error::MetricsBind { .. } | Error::Refused { .. } => Exit::Config,
+            Error::JqCompile { .. } | Error::ExecStart { .. } => Exit::Config,
+            Error::ExecGaveUp { .. } => Exit::GaveUp,
             Error::Metadata { .. } => Exit::Unavailable,
             _ => Exit::Failure,
         }
@@ -195,6 +203,13 @@ impl fmt::Display for Error {
                 write!(f, "cannot serve metrics on --metrics-addr {addr}: not a HOST:PORT address ({source})")
             }
             Error::MetricsBind { addr, source } => write!(f, "cannot serve metrics on --metrics-addr {addr}: {source}"),
+            Error::JqCompile { origin, message } => write!(f, "the jq filter ({origin}) does not compile: {message}"),
+            Error::ExecStart { program, source } => write!(f, "cannot start the --exec command {program}: {source}"),
+            Error::ExecGaveUp { command, how, restarts, window } => write!(
+                f,
+                "giving up on the --exec command {command}: it {how} again after {restarts} restarts within \
+                 {window:?} (--max-restarts, --restart-window)"
+            ),
             Error::MockCluster(e) => write!(f, "embedded Kafka (mock cluster): {e}"),
             Error::DemoStart(e) => write!(f, "the embedded Kafka did not start: {e}"),
         }
@@ -218,6 +233,7 @@ impl std::error::Error for Error {
             Error::ProducerFatal { code, .. } => Some(code),
             Error::CreateChannel(e)
             | Error::SpawnThread { source: e, .. }
+            | Error::ExecStart { source: e, .. }
             | Error::InstallSignals(e)
             | Error::MetricsAddress { source: e, .. }
             | Error::MetricsBind { source: e, .. } => Some(e),
@@ -229,7 +245,9 @@ impl std::error::Error for Error {
             Error::MissingTopic { .. }
             | Error::Refused { .. }
             | Error::PeerGone { .. }
-            | Error::UnknownFrame { .. } => None,
+            | Error::UnknownFrame { .. }
+            | Error::JqCompile { .. }
+            | Error::ExecGaveUp { .. } => None,
         }
     }
 }

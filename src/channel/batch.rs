@@ -33,6 +33,9 @@ pub struct Record<'a> {
     /// destination.
     #[serde(borrow)]
     pub dead_letter: Option<&'a str>,
+    /// How many output events the input at `at` became, this one among them. 0: it was filtered out, and this record
+    /// only carries its position to be acknowledged. More than 1: the sink acknowledges `at` once all are delivered.
+    pub outputs: u32,
 }
 
 /// What a stage reads from its input channel.
@@ -156,6 +159,7 @@ mod tests {
             headers: vec![("h", Some(Bytes::new(b"v"))), ("empty", None)],
             payload: Some(Bytes::new(payload)),
             dead_letter: None,
+            outputs: 1,
         }
     }
 

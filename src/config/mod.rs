@@ -3,6 +3,7 @@
 mod file;
 pub mod librdkafka;
 mod secret;
+mod transform;
 
 use crate::telemetry::redact;
 use clap::{Parser, Subcommand};
@@ -10,7 +11,9 @@ use file::{FileFlag, FileSettings};
 use rdkafka::config::ClientConfig;
 pub use secret::{is_secret, Property};
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
+pub use transform::{ExecSpec, JqSpec, TransformSpec};
 
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -28,7 +31,8 @@ fn version() -> &'static str {
     VERSION.get_or_init(|| format!("{}\n{}", env!("CARGO_PKG_VERSION"), librdkafka::describe()))
 }
 
-/// Consume JSON events, add "hash" (md5 hex of the raw bytes) in N hasher processes, produce them on.
+/// Consume JSON events, transform them in N worker processes, produce them on. The default transform adds "hash" (md5
+/// hex of the raw bytes); --jq runs a jq filter, --exec your own program.
 ///
 /// At-least-once: an offset is committed only after the output event (or its dead-letter copy) was acknowledged by
 /// the brokers. The first SIGINT/SIGTERM drains every queue and exits 0; a second one stops at once.
@@ -101,6 +105,40 @@ pub struct Cli {
     /// RUST_LOG [default: info].
     #[arg(global = true, long, env = "SUPERVISOR_LOG_LEVEL", value_name = "FILTER", value_parser = parse_log_filter)]
     pub log_level: Option<String>,
+
+    /// Transform: a jq filter (jaq), compiled once per worker. Each value it outputs is one output event; none filters
+    /// the event out. Adds md5, sha256 and hmac_sha256 (keyed: --hmac-key-file); $meta is the event's key, partition,
+    /// offset, timestamp and headers [default: add "hash", the md5 hex of the event's bytes].
+    #[arg(global = true, long, env = "SUPERVISOR_JQ", value_name = "FILTER")]
+    pub jq: Option<String>,
+
+    /// Transform: the jq filter in FILE.
+    #[arg(global = true, long, env = "SUPERVISOR_JQ_FILE", value_name = "FILE")]
+    pub jq_file: Option<PathBuf>,
+
+    /// Transform: your own program, one per worker, started without a shell (words split as a shell would). It reads
+    /// one JSON event per line on stdin and writes one line back per event: an object, or an array of zero or more.
+    #[arg(global = true, long, env = "SUPERVISOR_EXEC", value_name = "COMMAND")]
+    pub exec: Option<String>,
+
+    /// Seconds an --exec command may take to reply to an event before it is killed and restarted.
+    #[arg(global = true, long, env = "SUPERVISOR_EXEC_TIMEOUT", default_value = "30", value_name = "SECS",
+          value_parser = parse_seconds)]
+    pub exec_timeout: Duration,
+
+    /// File holding the key of hmac_sha256 in --jq filters; a relative path is looked up in $CREDENTIALS_DIRECTORY.
+    /// Or the key itself in the environment variable SUPERVISOR_HMAC_KEY; never on the command line.
+    #[arg(global = true, long, env = "SUPERVISOR_HMAC_KEY_FILE", value_name = "FILE")]
+    pub hmac_key_file: Option<PathBuf>,
+
+    /// Most events per second taken from the source, for destinations that cannot take more [default: no limit].
+    #[arg(global = true, long, env = "SUPERVISOR_MAX_RATE", value_name = "EVENTS_PER_SECOND",
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_rate: Option<u64>,
+
+    /// The transform the flags above chose, their files read.
+    #[arg(skip)]
+    pub transform: TransformSpec,
 
     /// A TOML file of settings: the long flag names as keys (brokers = "k1:9092", hashers = 4), and librdkafka
     /// properties in a [kafka] table. Flags win over environment variables, which win over the file.
@@ -233,6 +271,7 @@ impl Cli {
             }
         }
         cli.properties = properties.into_iter().map(|p| (p.key, p.value)).collect();
+        cli.transform = transform::resolve(&cli, credentials.as_deref()).map_err(Invalid::Setting)?;
         Ok(cli)
     }
 }
@@ -388,6 +427,10 @@ pub struct Config {
     pub metrics_addr: Option<String>,
     pub log_level: Option<String>,
     pub properties: Vec<(String, String)>,
+    /// What the workers do to each event.
+    pub transform: TransformSpec,
+    /// Most events per second the source takes in.
+    pub max_rate: Option<u64>,
     /// Events per IPC batch; a batch is sent when it is full or its linger has passed.
     pub batch_events: usize,
     /// Bytes per IPC batch, kept under ipc-channel's single-fragment size so a send is one syscall.
@@ -426,6 +469,8 @@ impl Config {
             metrics_addr: cli.metrics_addr.clone(),
             log_level: cli.log_level.clone(),
             properties: cli.properties.clone(),
+            transform: cli.transform.clone(),
+            max_rate: cli.max_rate,
             batch_events: 512,
             batch_bytes: 64 * 1024,
             batch_linger: Duration::from_millis(5),
@@ -464,6 +509,11 @@ impl Config {
         match &self.log_level {
             Some(level) => out.push_str(&format!("log-level = {}\n", q(level))),
             None => out.push_str("# log-level: RUST_LOG, or info\n"),
+        }
+        out.push_str(&self.transform.describe());
+        match self.max_rate {
+            Some(rate) => out.push_str(&format!("max-rate = {rate}\n")),
+            None => out.push_str("# max-rate: no limit\n"),
         }
         if !self.properties.is_empty() {
             out.push_str("\n[kafka]\n");
@@ -619,6 +669,12 @@ mod tests {
             "status-interval",
             "metrics-addr",
             "log-level",
+            "jq",
+            "jq-file",
+            "exec",
+            "exec-timeout",
+            "hmac-key-file",
+            "max-rate",
         ] {
             assert!(keys.iter().any(|k| k == long), "{long} missing from {keys:?}");
         }

@@ -54,6 +54,23 @@ pub fn url_password(value: &str) -> Option<&str> {
     userinfo.split_once(':').map(|(_, password)| password).filter(|p| !p.is_empty())
 }
 
+/// Reads a secret value from the file at `path`; `credentials` is `$CREDENTIALS_DIRECTORY`, where a relative path is
+/// looked up. One final newline is not part of the value. The error never quotes the file.
+pub fn read_value(path: &str, credentials: Option<&Path>) -> Result<String, String> {
+    let path = match credentials {
+        Some(dir) if Path::new(path).is_relative() => dir.join(path),
+        _ => PathBuf::from(path),
+    };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read its value from {}: {e}", path.display()))?;
+    // A file written by `echo` or an editor ends in a newline that is not part of the secret.
+    let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string();
+    if value.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(value)
+}
+
 /// One librdkafka property as the user gave it, its value read from a file if it said `@path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Property {
@@ -72,17 +89,7 @@ impl Property {
         let Some(path) = value.strip_prefix('@') else {
             return Ok(Property { key, value, from_file: false });
         };
-        let path = match credentials {
-            Some(dir) if Path::new(path).is_relative() => dir.join(path),
-            _ => PathBuf::from(path),
-        };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("property {key}: cannot read its value from {}: {e}", path.display()))?;
-        // A file written by `echo` or an editor ends in a newline that is not part of the secret.
-        let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string();
-        if value.is_empty() {
-            return Err(format!("property {key}: {} is empty", path.display()));
-        }
+        let value = read_value(path, credentials).map_err(|why| format!("property {key}: {why}"))?;
         Ok(Property { key, value, from_file: true })
     }
 }

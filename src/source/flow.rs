@@ -215,6 +215,7 @@ mod tests {
             headers: vec![],
             payload: None,
             dead_letter: None,
+            outputs: 1,
         }
     }
 

@@ -4,7 +4,8 @@
 //! - [`flow`] routes each lane to one worker (so a lane's order survives), batches records to the workers, tracks
 //!   every event in flight, applies the sink's acknowledgements, and runs the drain handshake;
 //! - [`watermark`] says which position of each lane may be committed: the end of its contiguous acknowledged run;
-//! - [`gate`] bounds the events in flight and says when to hold back or pause.
+//! - [`gate`] bounds the events in flight and says when to hold back or pause;
+//! - [`pace`] caps the rate events are taken at (`--max-rate`).
 //!
 //! A source owns the pipeline's start (it takes events in) and its end (it commits): it is started last and is the
 //! first told to drain.
@@ -12,6 +13,7 @@
 pub mod flow;
 pub mod gate;
 pub mod kafka;
+pub mod pace;
 pub mod watermark;
 
 use crate::channel::ipc::{AckReceiver, BatchSender, Control, ControlReceiver};

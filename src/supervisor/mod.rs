@@ -22,6 +22,7 @@ use crate::error::{Error, Exit, Result};
 use crate::position::Position;
 use crate::stage::{Kind, Role};
 use crate::telemetry::count;
+use crate::telemetry::counters::StageStats;
 use ipc_channel::TryRecvError;
 use nix::unistd::{fork, getpid, ForkResult};
 use observe::counts::Counts;
@@ -95,13 +96,22 @@ impl Supervisor {
     /// restart; the supervisor lets the survivors drain first (so that all they delivered is committed), then starts
     /// a fresh generation on fresh channels. The new source resumes from the committed positions.
     pub fn run(cfg: Config, signals: Signals) -> Exit {
+        Supervisor::run_counted(cfg, signals).0
+    }
+
+    /// [`Supervisor::run`], also returning the whole run's figures (the demo checks what arrived against them).
+    pub fn run_counted(cfg: Config, signals: Signals) -> (Exit, StageStats) {
+        if let Err(e) = crate::worker::transform::check(&cfg) {
+            log::error!("{e}");
+            return (e.exit(), StageStats::default());
+        }
         // At once: an unreachable broker is only reported after the start-up timeout.
         log::info!("connecting to the Kafka brokers at {} ({})", cfg.brokers, cfg.security());
         let mut sup = match Supervisor::new(cfg, signals) {
             Ok(sup) => sup,
             Err(e) => {
                 log::error!("{e}");
-                return e.exit();
+                return (e.exit(), StageStats::default());
             }
         };
         loop {
@@ -114,18 +124,15 @@ impl Supervisor {
                     Ended::Exit(e.exit())
                 }
             };
-            match ended {
-                Ended::Exit(exit) => {
-                    if sup.budget.total() > 0 || sup.counts.any_consumed() {
-                        sup.summary();
-                    }
-                    return exit;
+            let exit = match ended {
+                Ended::Exit(exit) => Some(exit),
+                Ended::Crashed => sup.before_restart(),
+            };
+            if let Some(exit) = exit {
+                if sup.budget.total() > 0 || sup.counts.any_consumed() {
+                    sup.summary();
                 }
-                Ended::Crashed => {
-                    if let Some(exit) = sup.before_restart() {
-                        return exit;
-                    }
-                }
+                return (exit, sup.counts.totals());
             }
         }
     }
@@ -143,6 +150,7 @@ impl Supervisor {
             }
             None => None,
         };
+        let transform = cfg.transform.label();
         Ok(Supervisor {
             budget: RestartBudget::new(cfg.max_restarts, cfg.restart_window),
             cfg,
@@ -151,7 +159,7 @@ impl Supervisor {
             table: ProcessTable::default(),
             outcome: Outcome::default(),
             counts: Counts::default(),
-            status: StatusLine::new(every),
+            status: StatusLine::new(every, transform),
             live_status,
             started: Instant::now(),
             drains: Drains::default(),
@@ -381,6 +389,8 @@ impl Supervisor {
     fn after_failure(&self, started: bool) -> Ended {
         match self.outcome.exit() {
             Exit::Config => Ended::Exit(Exit::Config),
+            // A child gave up by itself (its --exec command kept failing, within its own restart budget).
+            Exit::GaveUp => Ended::Exit(Exit::GaveUp),
             // Unreachable brokers at the very first start are most likely a wrong address: say so and stop.
             Exit::Unavailable if self.generation == 1 && !started => Ended::Exit(Exit::Unavailable),
             _ => Ended::Crashed,
@@ -490,9 +500,15 @@ impl Supervisor {
             self.drains.finished += 1;
         }
         match (stop_requested, self.outcome.exit()) {
-            (true, exit @ (Exit::Clean | Exit::DrainTimeout | Exit::FastStop | Exit::Config | Exit::Unavailable)) => {
-                Ended::Exit(exit)
-            }
+            (
+                true,
+                exit @ (Exit::Clean
+                | Exit::DrainTimeout
+                | Exit::FastStop
+                | Exit::Config
+                | Exit::Unavailable
+                | Exit::GaveUp),
+            ) => Ended::Exit(exit),
             (true, _) => {
                 log::warn!("stopped while recovering from a failure; uncommitted events are re-read on the next start");
                 Ended::Exit(Exit::Failure)
@@ -556,6 +572,7 @@ impl Supervisor {
             assigned: lanes.len(),
             restarts: &restarts,
             children: &children,
+            transform: self.cfg.transform.label(),
             // Every child of a whole generation is up, none hung, the source joined.
             ready: self.table.all_working() && self.table.len() == self.cfg.hashers + 2,
             drains: self.drains.finished,
@@ -569,7 +586,11 @@ impl Supervisor {
         // The children's last counts may still be on their way.
         self.pump(Duration::from_millis(50));
         let took = self.started.elapsed();
-        log::info!("{}", status::summary(&self.counts.totals(), &self.counts.committed(), self.budget.total(), took));
+        let totals = self.counts.totals();
+        log::info!("{}", status::summary(&totals, &self.counts.committed(), self.budget.total(), took));
+        if self.cfg.transform.label() != "md5" {
+            log::info!("transform {}", status::transform(self.cfg.transform.label(), &totals));
+        }
     }
 
     /// The source has joined its group: `READY=1` the first time, the status after a restart.

@@ -1,20 +1,12 @@
 //! The restart policy, as pure logic: how a generation of children is going (its [`Outcome`]), and whether a failed
 //! one may be restarted, after which delay (the [`RestartBudget`]).
 
+pub use crate::backoff::Verdict;
+use crate::backoff::Window;
 use crate::error::Exit;
 use crate::stage::{Kind, Role};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// The first restart's delay; it doubles with every restart within the window, up to `BACKOFF_MAX`.
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// The delay before restart number `n` within the window (n ≥ 1): 100 ms, doubling, at most 10 s.
-pub fn backoff(n: usize) -> Duration {
-    let doublings = n.saturating_sub(1).min(16) as u32;
-    BACKOFF_START.saturating_mul(1 << doublings).min(BACKOFF_MAX)
-}
 
 /// Which outcome wins when several happen: the one that tells the operator most about what to fix.
 fn severity(e: Exit) -> u8 {
@@ -85,43 +77,26 @@ impl Outcome {
 /// `--max-restarts` within `--restart-window`: how many restarts there have been, and whether one more may come.
 #[derive(Debug)]
 pub struct RestartBudget {
-    max: u32,
-    window: Duration,
-    /// When the restarts still inside the window happened.
-    recent: VecDeque<Instant>,
+    window: Window,
     total: u64,
     /// Restarts by the kind of child whose failure caused them ("none" when no child's), for the metrics.
     by_cause: BTreeMap<&'static str, u64>,
 }
 
-/// What the budget allows after a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Restart after `delay`; this is restart number `n` within the window.
-    Restart { delay: Duration, n: usize },
-    /// `n` restarts within the window did not help: give up.
-    GiveUp { n: usize },
-}
-
 impl RestartBudget {
     pub fn new(max: u32, window: Duration) -> RestartBudget {
         let by_cause = Kind::ALL.into_iter().map(|k| (k.label(), 0)).collect();
-        RestartBudget { max, window, recent: VecDeque::new(), total: 0, by_cause }
+        RestartBudget { window: Window::new(max, window), total: 0, by_cause }
     }
 
     /// A generation failed at `now` because of `caused_by`: may it be restarted?
     pub fn on_failure(&mut self, now: Instant, caused_by: Option<Kind>) -> Verdict {
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) > self.window) {
-            self.recent.pop_front();
+        let verdict = self.window.on_failure(now);
+        if let Verdict::Restart { .. } = verdict {
+            self.total += 1;
+            *self.by_cause.entry(caused_by.map_or("none", Kind::label)).or_default() += 1;
         }
-        if self.recent.len() >= self.max as usize {
-            return Verdict::GiveUp { n: self.recent.len() };
-        }
-        self.recent.push_back(now);
-        self.total += 1;
-        *self.by_cause.entry(caused_by.map_or("none", Kind::label)).or_default() += 1;
-        let n = self.recent.len();
-        Verdict::Restart { delay: backoff(n), n }
+        verdict
     }
 
     /// Restarts since the supervisor started.
@@ -135,26 +110,20 @@ impl RestartBudget {
     }
 
     pub fn max(&self) -> u32 {
-        self.max
+        self.window.max()
     }
 
     pub fn window(&self) -> Duration {
-        self.window
+        self.window.window()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backoff::backoff;
 
     const SEC: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn the_backoff_doubles_from_100_ms_up_to_10_s() {
-        let delays: Vec<u128> = (1..=9).map(|n| backoff(n).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
-        assert_eq!(backoff(1000), BACKOFF_MAX, "no overflow");
-    }
 
     #[test]
     fn the_budget_gives_up_once_max_restarts_came_within_the_window() {
@@ -176,12 +145,6 @@ mod tests {
         assert!(matches!(b.on_failure(t + 5 * SEC, None), Verdict::GiveUp { n: 1 }));
         assert_eq!(b.on_failure(t + 11 * SEC, None), Verdict::Restart { delay: backoff(1), n: 1 }, "the backoff too");
         assert_eq!(b.by_cause().find(|(k, _)| *k == "none"), Some(("none", 2)));
-    }
-
-    #[test]
-    fn zero_max_restarts_never_restarts() {
-        let mut b = RestartBudget::new(0, 60 * SEC);
-        assert_eq!(b.on_failure(Instant::now(), Some(Kind::Source)), Verdict::GiveUp { n: 0 });
     }
 
     #[test]

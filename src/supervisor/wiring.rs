@@ -13,7 +13,7 @@ use crate::sink::SinkEnds;
 use crate::source::kafka::KafkaSource;
 use crate::source::SourceEnds;
 use crate::stage::{child, Role};
-use crate::worker::{Hasher, WorkerEnds};
+use crate::worker::{Worker, WorkerEnds};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
 
@@ -49,7 +49,7 @@ impl Ends {
     pub fn run_child(self, role: Role, parent: Pid, cfg: &Config, reports: ReportSender) -> i32 {
         match self {
             Ends::Source(ends) => child::run::<KafkaSource>(role, parent, cfg, ends, reports),
-            Ends::Worker(ends) => child::run::<Hasher>(role, parent, cfg, ends, reports),
+            Ends::Worker(ends) => child::run::<Worker>(role, parent, cfg, ends, reports),
             Ends::Sink(ends) => child::run::<KafkaSink>(role, parent, cfg, ends, reports),
         }
     }

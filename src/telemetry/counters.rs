@@ -14,6 +14,16 @@ pub struct Counters {
     pub(super) transformed: AtomicU64,
     /// Events a worker found unfit to transform and marked for the dead-letter destination.
     pub(super) rejected: AtomicU64,
+    /// Output events a worker's transform made (an input may become none, one or many).
+    pub(super) outputs: AtomicU64,
+    /// Inputs the transform filtered out (no output).
+    pub(super) filtered: AtomicU64,
+    /// Inputs that became more than one output.
+    pub(super) fanned_out: AtomicU64,
+    /// Restarts of a worker's `--exec` command.
+    pub(super) command_restarts: AtomicU64,
+    /// Microseconds a worker spent in its transform.
+    pub(super) transform_us: AtomicU64,
     pub(super) delivered: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
     pub(super) retried: AtomicU64,
@@ -51,6 +61,11 @@ pub struct StageStats {
     pub acked: u64,
     pub transformed: u64,
     pub rejected: u64,
+    pub outputs: u64,
+    pub filtered: u64,
+    pub fanned_out: u64,
+    pub command_restarts: u64,
+    pub transform_us: u64,
     pub delivered: u64,
     pub dead_lettered: u64,
     pub retried: u64,
@@ -74,6 +89,11 @@ impl Counters {
             acked: AtomicU64::new(0),
             transformed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            outputs: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
+            fanned_out: AtomicU64::new(0),
+            command_restarts: AtomicU64::new(0),
+            transform_us: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             retried: AtomicU64::new(0),
@@ -99,6 +119,11 @@ impl Counters {
             acked: get(&self.acked),
             transformed: get(&self.transformed),
             rejected: get(&self.rejected),
+            outputs: get(&self.outputs),
+            filtered: get(&self.filtered),
+            fanned_out: get(&self.fanned_out),
+            command_restarts: get(&self.command_restarts),
+            transform_us: get(&self.transform_us),
             delivered: get(&self.delivered),
             dead_lettered: get(&self.dead_lettered),
             retried: get(&self.retried),
@@ -155,6 +180,11 @@ impl StageStats {
         self.acked += other.acked;
         self.transformed += other.transformed;
         self.rejected += other.rejected;
+        self.outputs += other.outputs;
+        self.filtered += other.filtered;
+        self.fanned_out += other.fanned_out;
+        self.command_restarts += other.command_restarts;
+        self.transform_us += other.transform_us;
         self.delivered += other.delivered;
         self.dead_lettered += other.dead_lettered;
         self.retried += other.retried;

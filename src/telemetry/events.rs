@@ -274,12 +274,78 @@ impl InternalEvent for Resumed {
 // The workers.
 
 /// A worker transformed an event.
-pub struct Transformed;
+/// A worker ran its transform on a batch: what became of the inputs that were not rejected, and the time it took.
+#[derive(Debug, Default)]
+pub struct Transformed {
+    pub took: std::time::Duration,
+    /// Inputs transformed (not rejected).
+    pub inputs: u64,
+    pub outputs: u64,
+    /// Inputs that became no output.
+    pub filtered: u64,
+    /// Inputs that became more than one output.
+    pub fanned_out: u64,
+}
+
+impl Transformed {
+    /// One input became `outputs` output events.
+    #[inline]
+    pub fn count(&mut self, outputs: usize) {
+        self.inputs += 1;
+        self.outputs += outputs as u64;
+        self.filtered += u64::from(outputs == 0);
+        self.fanned_out += u64::from(outputs > 1);
+    }
+}
 
 impl InternalEvent for Transformed {
-    #[inline]
     fn emit(self) {
-        add(&COUNTERS.transformed, 1);
+        add(&COUNTERS.transformed, self.inputs);
+        add(&COUNTERS.outputs, self.outputs);
+        add(&COUNTERS.filtered, self.filtered);
+        add(&COUNTERS.fanned_out, self.fanned_out);
+        add(&COUNTERS.transform_us, self.took.as_micros() as u64);
+    }
+}
+
+/// A worker's `--exec` command ended or hung on an event and is being restarted.
+pub struct CommandRestarted<'a> {
+    pub command: &'a str,
+    /// How it failed: "ended (exit status: 1)", "gave no reply within 30s and was killed".
+    pub how: &'a str,
+    pub at: Position,
+    /// The event had already failed a command once: it is dead-lettered as a poison event.
+    pub retried: bool,
+    pub delay: std::time::Duration,
+    pub n: usize,
+    pub max: u32,
+    pub window: std::time::Duration,
+}
+
+impl InternalEvent for CommandRestarted<'_> {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        add(&COUNTERS.command_restarts, 1);
+        if let Some(n) = LIMIT.check() {
+            let next = if self.retried {
+                "it failed on this event twice: the event goes to the dead-letter topic as a poison event"
+            } else {
+                "the event is tried once more in the fresh process"
+            };
+            log::warn!(
+                "the --exec command {} {} on the event at partition {} offset {}; {next}; restarting it in {:?} \
+                 (restart {} of at most {} within {:?}){}",
+                self.command,
+                self.how,
+                self.at.lane,
+                self.at.seq,
+                self.delay,
+                self.n,
+                self.max,
+                self.window,
+                held_back(n)
+            );
+        }
     }
 }
 

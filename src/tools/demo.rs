@@ -20,7 +20,7 @@ use crate::worker::transform::md5;
 use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -80,9 +80,14 @@ const BAD_EVERY: u64 = 997;
 /// Parent → broker process.
 #[derive(serde::Serialize, serde::Deserialize, Debug)]
 enum Cmd {
-    /// The pipeline has exited: stop generating, check, and report.
-    Check { group: String },
+    /// The pipeline has exited: stop generating, check, and report. `filtered` is how many events the pipeline's
+    /// transform filtered out (they have no output to find).
+    Check { group: String, filtered: u64 },
 }
+
+/// The header every generated event carries its sequence number in: outputs keep their input's headers, so the
+/// checker can tell which input an output came from whatever the transform made of it.
+const SEQ_HEADER: &str = "demo-seq";
 
 pub fn run(cli: &Cli, args: &DemoArgs, signals: Signals) -> Exit {
     match run_inner(cli, args, signals) {
@@ -129,24 +134,29 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
     let brokers = boot_rx.try_recv_timeout(Duration::from_secs(30)).map_err(Error::DemoStart)?;
     cfg.brokers = brokers;
     log::info!("embedded Kafka (librdkafka mock cluster) at {}; Ctrl-C drains and checks", cfg.brokers);
-    let exit = if args.single_process {
+    if args.single_process && cfg.transform.label() != "md5" {
+        log::error!("demo --single-process runs the default md5 transform only: leave out --jq, --jq-file and --exec");
+        return Ok(Exit::Config);
+    }
+    let (exit, filtered) = if args.single_process {
         log::info!("running the single-process yardstick instead of the pipeline");
         let started = Instant::now();
         match yardstick::run(&cfg, &|| signals.received()) {
             Ok(run) => {
                 log::info!("{}", status::summary(&run.totals, &run.committed, 0, started.elapsed()));
-                Exit::Clean
+                (Exit::Clean, 0)
             }
             Err(e) => {
                 log::error!("{e}");
-                e.exit()
+                (e.exit(), 0)
             }
         }
     } else {
-        Supervisor::run(cfg.clone(), signals)
+        let (exit, totals) = Supervisor::run_counted(cfg.clone(), signals);
+        (exit, totals.filtered)
     };
     let verdict = cmd_tx
-        .send(Cmd::Check { group: cfg.group_id.clone() })
+        .send(Cmd::Check { group: cfg.group_id.clone(), filtered })
         .ok()
         .and_then(|()| verdict_rx.try_recv_timeout(Duration::from_secs(120)).ok());
     let _ = nix::sys::wait::waitpid(broker, None);
@@ -247,18 +257,27 @@ fn broker_main(
         std::thread::spawn(move || generator.run(&producer))
     };
 
-    let checker = Checker::new(&brokers, cfg, args.partitions)?;
+    let custom = cfg.transform.label() != "md5";
+    let checker = Checker::new(&brokers, cfg, args.partitions, custom)?;
+    // With the user's transform an event may have no output at all: what the pipeline committed says how far it got.
+    let commits = if custom { Some(Commits::new(&brokers, cfg, &cfg.group_id, args.partitions)?) } else { None };
+    let mut committed_total = 0;
     let mut checked = Seen::default();
     let started = Instant::now();
     let (mut last_report, mut last_arrived) = (Instant::now(), 0u64);
     let mut signalled = false;
     let mut first_arrival: Option<Instant> = None;
     let mut first_arrival_us = 0;
-    let group = loop {
+    let (group, filtered) = loop {
         checker.read(&mut checked, Duration::from_millis(100));
         let arrived = checked.arrived();
-        arrived_so_far.store(arrived, Ordering::Relaxed);
         let now = Instant::now();
+        if let Some(commits) = &commits {
+            if now.duration_since(last_report) >= Duration::from_secs(1) {
+                committed_total = commits.total();
+            }
+        }
+        arrived_so_far.store(arrived.max(committed_total), Ordering::Relaxed);
         if arrived > 0 && first_arrival.is_none() {
             first_arrival = Some(now);
             first_arrival_us = now_us();
@@ -269,6 +288,16 @@ fn broker_main(
             if first_arrival.is_none() {
                 // Nothing has come out yet: the consumer is still joining its group, which hands it its partitions.
                 log::info!("generated {generated}  waiting for the pipeline to join its group and take its partitions");
+            } else if custom {
+                log::info!(
+                    "generated {generated}  transformed {} into {} outputs  dead-lettered {}  committed {}  {:.0} \
+                     events/s",
+                    checked.transformed.len(),
+                    checked.outputs,
+                    checked.dead.len(),
+                    committed_total,
+                    rate
+                );
             } else {
                 log::info!(
                     "generated {generated}  hashed {}  dead-lettered {}  in flight {}  {:.0} events/s",
@@ -280,11 +309,14 @@ fn broker_main(
             }
             (last_report, last_arrived) = (now, arrived);
         }
-        if !signalled && args.events > 0 && arrived >= args.events {
+        // A transform may filter events out: then all were taken once all are committed.
+        let done = if custom { committed_total >= args.events } else { arrived >= args.events };
+        if !signalled && args.events > 0 && done {
             let flowing = first_arrival.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
             log::info!(
-                "all {} events arrived, {:.1}s after the start, {flowing:.2}s after the first: {:.0} events/s; stopping",
+                "all {} events {}, {:.1}s after the start, {flowing:.2}s after the first: {:.0} events/s; stopping",
                 args.events,
+                if custom { "committed" } else { "arrived" },
                 started.elapsed().as_secs_f64(),
                 args.events as f64 / flowing.max(1e-3)
             );
@@ -293,7 +325,7 @@ fn broker_main(
             signalled = true;
         }
         match cmd_rx.try_recv() {
-            Ok(Cmd::Check { group }) => break group,
+            Ok(Cmd::Check { group, filtered }) => break (group, filtered),
             Err(ipc_channel::TryRecvError::Empty) => {}
             Err(_) => return Ok(()),
         }
@@ -307,7 +339,7 @@ fn broker_main(
             idle_since = Instant::now();
         }
     }
-    let ok = verdict(&brokers, cfg, args.partitions, &group, &generated, &checked)?;
+    let ok = verdict(&brokers, cfg, args.partitions, &group, &generated, &checked, filtered)?;
     // What was written while the group formed waited for it: time only what came after.
     if let Some(line) = latency_line(&checked.latencies, first_arrival_us + LATENCY_WARM_UP_US, args.rate) {
         println!("{line}\n");
@@ -350,8 +382,12 @@ impl Generator {
             // At a steady rate the events are timed end to end; flat out, the backlog would only time the queue.
             let (key, body) = event(seq, pad, (rate > 0).then(now_us));
             let bad = is_malformed(seq);
-            let mut rec =
-                BaseRecord::with_opaque_to(topic, Box::new((seq, bad))).key(key.as_bytes()).payload(&body[..]);
+            let seq_text = seq.to_string();
+            let headers = OwnedHeaders::new().insert(Header { key: SEQ_HEADER, value: Some(seq_text.as_bytes()) });
+            let mut rec = BaseRecord::with_opaque_to(topic, Box::new((seq, bad)))
+                .key(key.as_bytes())
+                .payload(&body[..])
+                .headers(headers);
             loop {
                 match producer.send(rec) {
                     Ok(()) => break,
@@ -381,6 +417,9 @@ struct Lag {
 struct Seen {
     /// seq of each hashed event seen, with how often.
     hashed: HashMap<u64, u32>,
+    /// With the user's transform: seq of each input that has outputs, with how many.
+    transformed: HashMap<u64, u32>,
+    outputs: u64,
     /// (partition, offset) of each dead-lettered source event.
     dead: HashSet<(i32, i64)>,
     wrong_hash: u64,
@@ -390,17 +429,19 @@ struct Seen {
 
 impl Seen {
     fn arrived(&self) -> u64 {
-        (self.hashed.len() + self.dead.len()) as u64
+        (self.hashed.len() + self.transformed.len() + self.dead.len()) as u64
     }
 }
 
 struct Checker {
     consumer: BaseConsumer,
     dest: String,
+    /// The user's transform: outputs are told apart by their input's header, not by their hash.
+    custom: bool,
 }
 
 impl Checker {
-    fn new(brokers: &str, cfg: &Config, partitions: i32) -> Result<Checker> {
+    fn new(brokers: &str, cfg: &Config, partitions: i32, custom: bool) -> Result<Checker> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", "supervisor-demo-checker")
@@ -417,7 +458,7 @@ impl Checker {
             }
         }
         consumer.assign(&tpl).map_err(Error::CreateClient)?;
-        Ok(Checker { consumer, dest: cfg.dest_topic.clone() })
+        Ok(Checker { consumer, dest: cfg.dest_topic.clone(), custom })
     }
 
     /// Reads what is there (waiting up to `wait` for the first); returns how many events it read.
@@ -428,7 +469,18 @@ impl Checker {
             timeout = Duration::ZERO;
             n += 1;
             let payload = m.payload().unwrap_or_default();
-            if m.topic() == self.dest {
+            let header = |name: &str| {
+                m.headers()
+                    .and_then(|hs| hs.iter().find(|h| h.key == name))
+                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok())
+            };
+            if m.topic() == self.dest && self.custom {
+                seen.outputs += 1;
+                match header(SEQ_HEADER) {
+                    Some(seq) => *seen.transformed.entry(seq as u64).or_default() += 1,
+                    None => seen.wrong_hash += 1,
+                }
+            } else if m.topic() == self.dest {
                 match check_hash(payload) {
                     Some((seq, sent_us)) => {
                         *seen.hashed.entry(seq).or_default() += 1;
@@ -439,11 +491,6 @@ impl Checker {
                     None => seen.wrong_hash += 1,
                 }
             } else {
-                let header = |name: &str| {
-                    m.headers()
-                        .and_then(|hs| hs.iter().find(|h| h.key == name))
-                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok())
-                };
                 if let (Some(p), Some(o)) = (header(DLQ_PARTITION), header(DLQ_OFFSET)) {
                     seen.dead.insert((p as i32, o));
                 }
@@ -493,6 +540,44 @@ fn latency_line(latencies: &[(u64, u64)], since: u64, rate: u64) -> Option<Strin
     ))
 }
 
+/// Reads what the pipeline's group committed on the source topic.
+struct Commits {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: i32,
+}
+
+impl Commits {
+    fn new(brokers: &str, cfg: &Config, group: &str, partitions: i32) -> Result<Commits> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .create()
+            .map_err(Error::CreateClient)?;
+        Ok(Commits { consumer, topic: cfg.source_topic.clone(), partitions })
+    }
+
+    /// Each partition's committed offset (0 where none is).
+    fn offsets(&self) -> Result<Vec<i64>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let committed = self.consumer.committed_offsets(tpl, Duration::from_secs(10)).map_err(Error::CreateClient)?;
+        Ok((0..self.partitions)
+            .map(|p| match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            })
+            .collect())
+    }
+
+    /// Events committed so far, over all partitions (offsets start at 0 on the demo's fresh topics).
+    fn total(&self) -> u64 {
+        self.offsets().map_or(0, |o| o.iter().map(|&o| o.max(0) as u64).sum())
+    }
+}
+
 fn verdict(
     brokers: &str,
     cfg: &Config,
@@ -500,48 +585,59 @@ fn verdict(
     group: &str,
     generated: &Generated,
     seen: &Seen,
+    filtered: u64,
 ) -> Result<bool> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .map_err(Error::CreateClient)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(&cfg.source_topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).map_err(Error::CreateClient)?;
+    let commits = Commits::new(brokers, cfg, group, partitions)?;
+    let offsets = commits.offsets()?;
     let written = generated.written.lock().unwrap_or_else(PoisonError::into_inner);
+    let custom = cfg.transform.label() != "md5";
     let (mut below, mut missing, mut total) = (0u64, 0u64, 0u64);
     let mut commits = Vec::new();
-    for p in 0..partitions {
-        let upto = match committed.find_partition(&cfg.source_topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => 0,
-        };
+    for (p, &upto) in (0..partitions).zip(&offsets) {
         commits.push(format!("{p}:{upto}"));
         for (&offset, &(seq, bad)) in written.get(&p).into_iter().flatten() {
             total += 1;
             if offset < upto {
                 below += 1;
-                let there = if bad { seen.dead.contains(&(p, offset)) } else { seen.hashed.contains_key(&seq) };
+                let there = if bad {
+                    seen.dead.contains(&(p, offset))
+                } else if custom {
+                    seen.transformed.contains_key(&seq) || seen.dead.contains(&(p, offset))
+                } else {
+                    seen.hashed.contains_key(&seq)
+                };
                 missing += u64::from(!there);
             }
         }
     }
-    let duplicates: u32 = seen.hashed.values().map(|c| c - 1).sum();
-    let ok = missing == 0 && seen.wrong_hash == 0;
     println!();
     println!("  events generated          {total}");
     let not_written = generated.failed.load(Ordering::Relaxed);
     if not_written > 0 {
         println!("  not written (broker refused) {not_written}");
     }
-    println!("  hashed, in the output     {}", seen.hashed.len());
-    println!("  in the dead-letter topic  {}", seen.dead.len());
-    println!("  duplicates                {duplicates}");
-    println!("  committed offsets         {}", commits.join(" "));
-    println!("  below them: {below} events, missing {missing}, wrong hashes {}", seen.wrong_hash);
+    let ok = if custom {
+        // An input with no output was either filtered out by the transform or lost: the pipeline counted the first.
+        let ok = missing <= filtered && seen.wrong_hash == 0;
+        println!("  transformed               {}, into {} outputs", seen.transformed.len(), seen.outputs);
+        println!("  in the dead-letter topic  {}", seen.dead.len());
+        println!("  filtered out              {filtered}");
+        println!("  committed offsets         {}", commits.join(" "));
+        println!(
+            "  below them: {below} events, {missing} without output (at most the {filtered} filtered out), {} outputs \
+             without their input's {SEQ_HEADER} header",
+            seen.wrong_hash
+        );
+        ok
+    } else {
+        let duplicates: u32 = seen.hashed.values().map(|c| c - 1).sum();
+        println!("  hashed, in the output     {}", seen.hashed.len());
+        println!("  in the dead-letter topic  {}", seen.dead.len());
+        println!("  duplicates                {duplicates}");
+        println!("  committed offsets         {}", commits.join(" "));
+        println!("  below them: {below} events, missing {missing}, wrong hashes {}", seen.wrong_hash);
+        missing == 0 && seen.wrong_hash == 0
+    };
     println!("  verdict                   {}", if ok { "OK: nothing lost" } else { "FAILED" });
     println!();
     Ok(ok)

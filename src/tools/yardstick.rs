@@ -9,8 +9,7 @@ use crate::position::Position;
 use crate::sink::kafka::dead_letter;
 use crate::telemetry::counters::StageStats;
 use crate::telemetry::logging;
-use crate::worker::transform::md5::Md5;
-use crate::worker::transform::Transform;
+use crate::worker::transform::md5;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
@@ -68,12 +67,12 @@ pub fn run(cfg: &Config, stop: &dyn Fn() -> bool) -> Result<Run> {
     let producer: BaseProducer<Quiet> =
         cfg.producer_config().create_with_context(Quiet::default()).map_err(Error::CreateClient)?;
     let mut out = Vec::with_capacity(4096);
-    let mut transform = Md5;
     let mut totals = StageStats::default();
     while !stop() {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
         totals.consumed += 1;
-        let (topic, headers) = match transform.apply(m.payload(), &mut out) {
+        out.clear();
+        let (topic, headers) = match md5::add_hash(m.payload(), &mut out) {
             Ok(()) => (&cfg.dest_topic, None),
             Err(why) => {
                 out.clear();

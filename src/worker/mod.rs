@@ -1,9 +1,10 @@
-//! Workers: the N processes between the source and the sink that run the [transform] on every event. Today's
-//! workers are the hashers (`--hashers`).
+//! Workers: the N processes between the source and the sink that run the [transform] on every event: the md5
+//! hashers by default, a jq filter (`--jq`) or the user's own command (`--exec`).
 //!
 //! A worker keeps the order of its input: every event of a source lane comes through the same worker, so that lane's
-//! order survives. It has no client of its own and holds no state between batches. An event the transform rejects
-//! travels on unchanged, marked for the dead-letter destination: bad input never stops a worker.
+//! order survives, and an event's outputs leave in the order the transform gave them. It holds no state between
+//! batches but the transform's own (a compiled filter, a running command). An event the transform rejects travels on
+//! unchanged, marked for the dead-letter destination: bad input never stops a worker.
 
 pub mod transform;
 
@@ -15,9 +16,8 @@ use crate::stage::{Hooks, Stage};
 use crate::telemetry::events::{emit, BatchReceived, Rejected, Transformed};
 use crate::telemetry::heartbeat;
 use serde_bytes::Bytes;
-use std::time::Duration;
-use transform::md5::Md5;
-use transform::Transform;
+use std::time::{Duration, Instant};
+use transform::{Outputs, Transform, Verdict};
 
 /// The channel ends a worker owns: batches in from the source, batches out to the sink.
 pub struct WorkerEnds {
@@ -25,44 +25,70 @@ pub struct WorkerEnds {
     pub output: BatchSender,
 }
 
-/// A worker running today's transform, [`Md5`].
-pub struct Hasher;
+/// A worker running the transform the settings chose.
+pub struct Worker;
 
-impl Stage for Hasher {
+impl Stage for Worker {
     type Ends = WorkerEnds;
 
-    fn run(_cfg: &Config, ends: WorkerEnds, hooks: &Hooks) -> Result<Exit> {
+    fn run(cfg: &Config, ends: WorkerEnds, hooks: &Hooks) -> Result<Exit> {
+        // Built after the fork: each worker has its own compiled filter or command.
+        let mut transform = transform::build(cfg)?;
         hooks.ready();
-        work(ends, &mut Md5).map(|()| Exit::Clean)
+        let worked = work(ends, transform.as_mut());
+        transform.finish();
+        worked.map(|()| Exit::Clean)
     }
 }
 
 /// Runs until the source's poison pill (or its channel closing), then forwards the pill.
-pub fn work(ends: WorkerEnds, transform: &mut impl Transform) -> Result<()> {
+pub fn work(ends: WorkerEnds, transform: &mut dyn Transform) -> Result<()> {
     let mut out = BatchWriter::new(usize::MAX, usize::MAX, Duration::ZERO);
-    let mut scratch = Vec::with_capacity(4096);
+    let mut outputs = Outputs::default();
+    let mut capacity = 0;
     while let Some(message) = heartbeat::waiting_on_peer(|| ends.input.recv())? {
         let Frame::Records(records) = Frame::parse(&message)? else {
             break;
         };
-        let mut received = 0;
+        // The records borrow from this message, so the vector cannot outlive it.
+        let mut inputs: Vec<Record<'_>> = Vec::with_capacity(capacity);
         for record in records {
-            let record = record?;
-            received += 1;
-            let transformed = match transform.apply(record.payload.map(|p| &p[..]), &mut scratch) {
-                Ok(()) => {
-                    emit(Transformed);
-                    Record { payload: Some(Bytes::new(&scratch)), ..record.clone() }
-                }
-                Err(why) => {
-                    emit(Rejected { at: record.at, reason: why.as_str() });
-                    out.push(&Record { dead_letter: Some(why.as_str()), ..record.clone() })?;
-                    continue;
-                }
-            };
-            out.push(&transformed)?;
+            inputs.push(record?);
         }
-        emit(BatchReceived { events: received });
+        outputs.clear();
+        let started = Instant::now();
+        transform.run(&inputs, &mut outputs)?;
+        let took = started.elapsed();
+        let mut done = Transformed { took, ..Transformed::default() };
+        for (record, verdict) in inputs.iter().zip(outputs.verdicts()) {
+            match verdict {
+                Verdict::Outputs(range) => {
+                    let n = range.len();
+                    done.count(n);
+                    if n == 0 {
+                        // Nothing to write, but its position must still reach the sink to be acknowledged.
+                        out.push(&Record {
+                            payload: None,
+                            headers: Vec::new(),
+                            key: None,
+                            outputs: 0,
+                            ..record.clone()
+                        })?;
+                    }
+                    for i in range.clone() {
+                        let payload = Some(Bytes::new(outputs.output(i)));
+                        out.push(&Record { payload, outputs: n as u32, ..record.clone() })?;
+                    }
+                }
+                Verdict::Rejected(why) => {
+                    emit(Rejected { at: record.at, reason: why.as_str() });
+                    out.push(&Record { dead_letter: Some(why.as_str()), outputs: 1, ..record.clone() })?;
+                }
+            }
+        }
+        emit(BatchReceived { events: inputs.len() as u64 });
+        emit(done);
+        capacity = capacity.max(inputs.len());
         ends.output.send(&mut out)?;
     }
     ends.output.send_pill()?;
@@ -72,8 +98,8 @@ pub fn work(ends: WorkerEnds, transform: &mut impl Transform) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::transform::md5;
-    use super::transform::Rejection;
+    use super::transform::md5::{self, Md5};
+    use super::transform::{PerEvent, Rejection};
     use super::*;
     use crate::channel::ipc::batch_channel;
     use crate::position::Position;
@@ -97,6 +123,7 @@ mod tests {
                 headers: vec![("trace", Some(Bytes::new(b"t1")))],
                 payload: p.map(Bytes::new),
                 dead_letter: None,
+                outputs: 1,
             };
             batch.push(&r).unwrap();
         }
@@ -133,27 +160,42 @@ mod tests {
         assert!(matches!(Frame::parse(&from_hasher.recv().unwrap().unwrap()).unwrap(), Frame::Pill));
     }
 
-    /// Any transform: its output replaces the payload, its rejection sends the event to the dead letters.
-    struct Upper;
-    impl Transform for Upper {
-        fn apply(&mut self, payload: Option<&[u8]>, out: &mut Vec<u8>) -> std::result::Result<(), Rejection> {
-            let p = payload.ok_or(Rejection::NullPayload)?;
-            out.clear();
-            out.extend(p.iter().map(u8::to_ascii_uppercase));
+    /// Any transform: each byte of the payload becomes one output event (so "" is filtered out), upper-cased; no
+    /// payload is rejected.
+    struct Letters;
+    impl PerEvent for Letters {
+        fn apply(&mut self, r: &Record<'_>, out: &mut Outputs) -> std::result::Result<(), Rejection> {
+            let p = r.payload.ok_or(Rejection::NullPayload)?;
+            for b in p.iter() {
+                out.push(&[b.to_ascii_uppercase()]);
+            }
             Ok(())
         }
     }
 
     #[test]
-    fn a_worker_runs_whatever_transform_it_is_given() {
-        let (to_worker, from_worker, handle) = worker(Upper);
-        send(&to_worker, &[Some(b"abc"), None]);
+    fn an_event_may_become_none_one_or_many_and_each_output_says_how_many() {
+        let (to_worker, from_worker, handle) = worker(Letters);
+        send(&to_worker, &[Some(b"abc"), Some(b""), None, Some(b"d")]);
         drop(to_worker);
         let msg = from_worker.recv().unwrap().unwrap();
         let Frame::Records(rs) = Frame::parse(&msg).unwrap() else { panic!("expected records") };
         let rs: Vec<Record> = rs.collect::<Result<_>>().unwrap();
-        assert_eq!(rs[0].payload.map(|p| p.to_vec()), Some(b"ABC".to_vec()));
-        assert_eq!(rs[1].dead_letter, Some("null payload"));
+        type Seen<'a> = (i64, Option<Vec<u8>>, u32, Option<&'a str>);
+        let seen: Vec<Seen> =
+            rs.iter().map(|r| (r.at.seq, r.payload.map(|p| p.to_vec()), r.outputs, r.dead_letter)).collect();
+        assert_eq!(
+            seen,
+            [
+                (0, Some(b"A".to_vec()), 3, None),
+                (0, Some(b"B".to_vec()), 3, None),
+                (0, Some(b"C".to_vec()), 3, None),
+                (1, None, 0, None),
+                (2, None, 1, Some("null payload")),
+                (3, Some(b"D".to_vec()), 1, None),
+            ]
+        );
+        assert!(rs[..3].iter().all(|r| r.key == Some(Bytes::new(b"key")) && r.headers.len() == 1), "metadata kept");
         handle.join().unwrap().unwrap();
     }
 }

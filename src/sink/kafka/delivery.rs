@@ -7,13 +7,24 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Where an in-flight message came from, carried through librdkafka as its delivery opaque.
 #[derive(Debug)]
 pub struct Origin {
     pub at: Position,
     pub to_dlq: bool,
+    /// When the input became several outputs: how many of them are not delivered yet, shared by all of them. The
+    /// input's position is acknowledged when the last one is.
+    pub undelivered: Option<Arc<AtomicU32>>,
+}
+
+impl Origin {
+    /// This message is delivered: is its input now wholly delivered?
+    fn input_done(&self) -> bool {
+        self.undelivered.as_ref().is_none_or(|left| left.fetch_sub(1, Ordering::AcqRel) == 1)
+    }
 }
 
 /// A message whose delivery failed, copied out of librdkafka so it can be sent again.
@@ -63,7 +74,9 @@ impl ProducerContext for Deliveries {
         let mut o = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
             Ok(_) => {
-                o.acked.push(origin.at);
+                if origin.input_done() {
+                    o.acked.push(origin.at);
+                }
                 if origin.to_dlq {
                     o.dead_lettered += 1;
                 } else {
@@ -103,6 +116,17 @@ pub fn is_permanent(e: &KafkaError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_input_of_several_outputs_is_done_with_its_last() {
+        let left = Arc::new(AtomicU32::new(3));
+        let outputs: Vec<Origin> = (0..3)
+            .map(|_| Origin { at: Position::new(0, 7), to_dlq: false, undelivered: Some(left.clone()) })
+            .collect();
+        let done: Vec<bool> = outputs.iter().map(Origin::input_done).collect();
+        assert_eq!(done, [false, false, true]);
+        assert!(Origin { at: Position::new(0, 8), to_dlq: false, undelivered: None }.input_done());
+    }
 
     #[test]
     fn only_errors_no_retry_can_fix_are_permanent() {

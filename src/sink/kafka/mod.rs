@@ -21,6 +21,8 @@ use delivery::{is_permanent, Deliveries, Failed, Origin};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The Kafka producer as the pipeline's sink.
@@ -110,10 +112,31 @@ impl Writer<'_> {
             return Ok(());
         };
         let mut received = 0;
+        let mut filtered = Vec::new();
+        // The outputs of one input come one after another: they share one count of those still undelivered.
+        // (The input's position, the count, how many outputs took it: a position read twice starts a new count.)
+        let mut siblings: Option<(crate::position::Position, Arc<AtomicU32>, u32)> = None;
         for record in records {
             let r = record?;
             received += 1;
-            let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some() });
+            if r.outputs == 0 {
+                // Filtered out: nothing to write, and nothing to wait for.
+                filtered.push(r.at);
+                continue;
+            }
+            let undelivered = match &mut siblings {
+                _ if r.outputs == 1 => None,
+                Some((at, left, taken)) if *at == r.at && *taken < r.outputs => {
+                    *taken += 1;
+                    Some(left.clone())
+                }
+                _ => {
+                    let left = Arc::new(AtomicU32::new(r.outputs));
+                    siblings = Some((r.at, left.clone(), 1));
+                    Some(left)
+                }
+            };
+            let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some(), undelivered });
             let headers = match r.dead_letter {
                 Some(why) => Some(self.dlq_headers(copy_headers(&r.headers), why, r.at)),
                 None if r.headers.is_empty() => None,
@@ -123,6 +146,9 @@ impl Writer<'_> {
             self.send(topic, origin, r.key.map(|k| &k[..]), r.payload.map(|p| &p[..]), headers, r.timestamp)?;
         }
         emit(BatchReceived { events: received });
+        if !filtered.is_empty() {
+            self.acks.send(&AckMsg::Acked(filtered))?;
+        }
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use crate::error::{Error, Exit, Result};
 use crate::position::{Lane, Position};
 use crate::source::flow::{Drained, Flow};
 use crate::source::gate::{Gate, Step};
+use crate::source::pace::Pace;
 use crate::source::{drain_flag, SourceEnds};
 use crate::stage::{Hooks, Kind, Stage};
 use crate::telemetry::count;
@@ -99,6 +100,7 @@ fn run(cfg: &Config, consumer: BaseConsumer<Context>, drain: &AtomicBool) -> Res
 fn consume(cfg: &Config, consumer: &BaseConsumer<Context>, drain: &AtomicBool) -> Result<()> {
     let topic = cfg.source_topic.as_str();
     let mut gate = Gate::new(cfg.queue_capacity, PAUSE_AFTER);
+    let mut pace = cfg.max_rate.map(|rate| Pace::new(rate, Instant::now()));
     while !drain.load(Ordering::Relaxed) {
         let in_flight = {
             let mut flow = consumer.context().flow();
@@ -109,7 +111,10 @@ fn consume(cfg: &Config, consumer: &BaseConsumer<Context>, drain: &AtomicBool) -
             }
             flow.marks().in_flight()
         };
-        match gate.step(in_flight, Instant::now()) {
+        // Out of --max-rate's tokens, the source holds as it does at the bound: no event taken, the client polled.
+        let now = Instant::now();
+        let paced = pace.as_mut().is_some_and(|p| !p.ready(now));
+        match gate.step(if paced { usize::MAX } else { in_flight }, now) {
             Step::Take => {}
             Step::ResumeAndTake => {
                 if !set_paused(consumer, false) {
@@ -120,7 +125,8 @@ fn consume(cfg: &Config, consumer: &BaseConsumer<Context>, drain: &AtomicBool) -
                 {
                     let mut flow = consumer.context().flow();
                     flow.flush_all()?;
-                    flow.apply_acks(Duration::from_millis(20));
+                    let wait = pace.as_mut().map_or(Duration::MAX, |p| p.wait(Instant::now()));
+                    flow.apply_acks(wait.min(Duration::from_millis(20)));
                 }
                 if held == Step::PauseAndHold && !set_paused(consumer, true) {
                     gate.unpaused();
@@ -128,7 +134,11 @@ fn consume(cfg: &Config, consumer: &BaseConsumer<Context>, drain: &AtomicBool) -
                 if held != Step::Hold {
                     // Paused partitions return nothing, but poll still serves rebalances and keeps us in the group.
                     if let Some(r) = consumer.poll(Duration::ZERO) {
-                        handle(consumer, r)?;
+                        if handle(consumer, r)? {
+                            if let Some(p) = &mut pace {
+                                p.took();
+                            }
+                        }
                         gate.unpaused(); // a newly assigned partition is not paused yet
                     }
                 }
@@ -145,22 +155,26 @@ fn consume(cfg: &Config, consumer: &BaseConsumer<Context>, drain: &AtomicBool) -
             }
         };
         if let Some(r) = ready {
-            handle(consumer, r)?;
+            if handle(consumer, r)? {
+                if let Some(p) = &mut pace {
+                    p.took();
+                }
+            }
         }
         consumer.context().flow().flush_due(Instant::now())?;
     }
     Ok(())
 }
 
-/// A message from poll: dispatched, or its error judged.
-fn handle(consumer: &BaseConsumer<Context>, r: Result<BorrowedMessage<'_>, KafkaError>) -> Result<()> {
+/// A message from poll: dispatched (true), or its error judged.
+fn handle(consumer: &BaseConsumer<Context>, r: Result<BorrowedMessage<'_>, KafkaError>) -> Result<bool> {
     match r {
-        Ok(m) => consumer.context().flow().dispatch(&record(&m)),
-        Err(KafkaError::PartitionEOF(_)) => Ok(()),
+        Ok(m) => consumer.context().flow().dispatch(&record(&m)).map(|()| true),
+        Err(KafkaError::PartitionEOF(_)) => Ok(false),
         Err(e @ KafkaError::MessageConsumptionFatal(_)) => Err(Error::Consume(e)),
         Err(e) => {
             emit(SourceError { error: &e });
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -177,6 +191,7 @@ fn record<'a>(m: &'a BorrowedMessage<'_>) -> Record<'a> {
             .unwrap_or_default(),
         payload: m.payload().map(Bytes::new),
         dead_letter: None,
+        outputs: 1,
     }
 }
 

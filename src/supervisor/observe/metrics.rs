@@ -198,6 +198,8 @@ pub struct Snapshot<'a> {
     pub restarts: &'a [(&'a str, u64)],
     /// Live child processes by kind, in [`Kind::ALL`] order.
     pub children: &'a [usize; 3],
+    /// The workers' transform: md5, jq or exec.
+    pub transform: &'a str,
     pub ready: bool,
     pub drains: u64,
     pub last_drain: Option<Duration>,
@@ -251,6 +253,44 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "counter",
         "Events sent to the dead-letter topic: found unfit by a hasher, or written there by the producer.",
         &by_stage(&|st| st.rejected + st.dead_lettered, &[Kind::Worker, Kind::Sink]),
+    );
+    let [_, workers, _] = s.stages;
+    let per_transform = |value: u64| [(format!("{{transform=\"{}\"}}", s.transform), value as f64)];
+    family(
+        "supervisor_transform_outputs_total",
+        "counter",
+        "Output events the workers' transform made (an input may become none, one or many).",
+        &per_transform(workers.outputs),
+    );
+    family(
+        "supervisor_transform_filtered_total",
+        "counter",
+        "Input events the transform filtered out: no output; their offsets are committed all the same.",
+        &per_transform(workers.filtered),
+    );
+    family(
+        "supervisor_transform_fanned_out_total",
+        "counter",
+        "Input events the transform turned into more than one output.",
+        &per_transform(workers.fanned_out),
+    );
+    family(
+        "supervisor_transform_failed_total",
+        "counter",
+        "Input events the transform refused or failed on (sent to the dead-letter topic).",
+        &per_transform(workers.rejected),
+    );
+    family(
+        "supervisor_transform_command_restarts_total",
+        "counter",
+        "Restarts of the workers' --exec commands after one ended or hung.",
+        &per_transform(workers.command_restarts),
+    );
+    family(
+        "supervisor_transform_seconds_total",
+        "counter",
+        "Time the workers spent in the transform.",
+        &[(format!("{{transform=\"{}\"}}", s.transform), workers.transform_us as f64 / 1e6)],
     );
     family(
         "supervisor_acked_total",
@@ -388,6 +428,7 @@ mod tests {
             assigned: 2,
             restarts: &[("consumer", 0), ("hasher", 2)],
             children: &[1, 4, 1],
+            transform: "md5",
             ready: true,
             drains: 2,
             last_drain: Some(Duration::from_millis(250)),
@@ -423,6 +464,7 @@ mod tests {
             "supervisor_events_out_total{stage=\"hasher\"} 8",
             "supervisor_events_out_total{stage=\"producer\"} 7",
             "supervisor_dead_letters_total{stage=\"hasher\"} 1",
+            "supervisor_transform_failed_total{transform=\"md5\"} 1",
             "supervisor_produce_errors_total 3",
             "supervisor_produce_retries_total 2",
             "supervisor_queue_depth_events{queue=\"ipc\"} 2",

@@ -14,11 +14,14 @@ pub struct StatusLine {
     last: Instant,
     last_totals: StageStats,
     every: Duration,
+    /// The transform's name when it is not the default md5, whose figures the line then shows.
+    transform: Option<&'static str>,
 }
 
 impl StatusLine {
-    pub fn new(every: Duration) -> StatusLine {
-        StatusLine { last: Instant::now(), last_totals: StageStats::default(), every }
+    pub fn new(every: Duration, transform: &'static str) -> StatusLine {
+        let transform = (transform != "md5").then_some(transform);
+        StatusLine { last: Instant::now(), last_totals: StageStats::default(), every, transform }
     }
 
     /// The status line when one is due at `now`.
@@ -27,7 +30,10 @@ impl StatusLine {
         if since < self.every {
             return None;
         }
-        let line = line(&self.last_totals, &totals, since, restarts);
+        let mut line = line(&self.last_totals, &totals, since, restarts);
+        if let Some(name) = self.transform {
+            line.push_str(&format!("; {}", transform(name, &totals)));
+        }
         self.last = now;
         self.last_totals = totals;
         Some(line)
@@ -44,6 +50,19 @@ fn line(before: &StageStats, now: &StageStats, since: Duration, restarts: u64) -
         // librdkafka's first statistics come a second after the partitions are assigned.
         now.lanes.total_lag().map_or_else(|| "not known yet".to_string(), |l| l.to_string()),
         now.dead_lettered,
+    )
+}
+
+/// What a transform other than the default did: inputs to outputs, filtered out, fanned out, failed, command restarts
+/// and the time it took per input.
+pub fn transform(name: &str, t: &StageStats) -> String {
+    let inputs = t.transformed + t.rejected;
+    let per_input = if inputs > 0 { t.transform_us as f64 / inputs as f64 } else { 0.0 };
+    let restarts =
+        if name == "exec" { format!(", {}", count(t.command_restarts, "command restart")) } else { String::new() };
+    format!(
+        "{name}: {inputs} in, {} out, {} filtered out, {} fanned out, {} failed{restarts}, {per_input:.1} µs per event",
+        t.outputs, t.filtered, t.fanned_out, t.rejected
     )
 }
 
@@ -68,7 +87,7 @@ mod tests {
 
     #[test]
     fn the_status_gives_rates_since_the_last_one() {
-        let mut s = StatusLine::new(Duration::from_secs(2));
+        let mut s = StatusLine::new(Duration::from_secs(2), "md5");
         let t0 = s.last;
         let totals = |consumed, delivered| StageStats {
             consumed,
@@ -85,6 +104,31 @@ mod tests {
         assert!(second.starts_with("in 100/s, out 200/s,"), "{second}");
         let unknown = line(&StageStats::default(), &StageStats::default(), Duration::from_secs(1), 0);
         assert!(unknown.contains("lag not known yet,"), "{unknown}");
+    }
+
+    #[test]
+    fn a_transform_other_than_md5_shows_what_it_did() {
+        let t = StageStats {
+            transformed: 9,
+            rejected: 1,
+            outputs: 12,
+            filtered: 2,
+            fanned_out: 3,
+            command_restarts: 1,
+            transform_us: 45,
+            ..StageStats::default()
+        };
+        assert_eq!(
+            transform("exec", &t),
+            "exec: 10 in, 12 out, 2 filtered out, 3 fanned out, 1 failed, 1 command restart, 4.5 µs per event"
+        );
+        assert!(transform("jq", &t).ends_with("1 failed, 4.5 µs per event"));
+        let mut s = StatusLine::new(Duration::from_secs(1), "jq");
+        let line = s.due(s.last + Duration::from_secs(1), t, 0).unwrap();
+        assert!(
+            line.ends_with("; jq: 10 in, 12 out, 2 filtered out, 3 fanned out, 1 failed, 4.5 µs per event"),
+            "{line}"
+        );
     }
 
     #[test]

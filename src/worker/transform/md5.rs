@@ -4,7 +4,8 @@
 //! spliced in before the closing brace, so field order, spacing and number formatting survive byte for byte.
 //! An input that already has a top-level `"hash"` gets that value replaced in place.
 
-use super::{Rejection, Transform};
+use super::{not_json, Outputs, PerEvent, Rejection};
+use crate::channel::batch::Record;
 use md5::{Digest, Md5 as Md5Hasher};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -27,13 +28,13 @@ pub fn md5_hex(bytes: &[u8]) -> [u8; 32] {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Md5;
 
-impl Transform for Md5 {
-    fn apply(&mut self, payload: Option<&[u8]>, out: &mut Vec<u8>) -> Result<(), Rejection> {
-        add_hash(payload, out)
+impl PerEvent for Md5 {
+    fn apply(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejection> {
+        out.push_with(|bytes| add_hash(record.payload.map(|p| &p[..]), bytes))
     }
 }
 
-/// Writes the transformed event into `out` (cleared first), or says why it cannot be transformed.
+/// Appends the transformed event to `out`, or says why it cannot be transformed.
 pub fn add_hash(payload: Option<&[u8]>, out: &mut Vec<u8>) -> Result<(), Rejection> {
     let input = payload.ok_or(Rejection::NullPayload)?;
     if input.iter().all(u8::is_ascii_whitespace) {
@@ -41,7 +42,6 @@ pub fn add_hash(payload: Option<&[u8]>, out: &mut Vec<u8>) -> Result<(), Rejecti
     }
     let shape = scan_object(input)?;
     let hash = md5_hex(input);
-    out.clear();
     out.reserve(input.len() + 48);
     if shape.hash_values.is_empty() {
         // validated as an object, so the last non-blank byte is its closing brace
@@ -75,12 +75,7 @@ struct Shape {
 }
 
 fn scan_object(input: &[u8]) -> Result<Shape, Rejection> {
-    let reject = |e: serde_json::Error| match std::str::from_utf8(input) {
-        // JSON is text: say so, rather than serde_json's "expected value at line 1 column 1". Checked only on
-        // failure, so valid events pay nothing.
-        Err(bad) => Rejection::NotAnObject(format!("not UTF-8 text (invalid byte at offset {})", bad.valid_up_to())),
-        Ok(_) => Rejection::NotAnObject(e.to_string()),
-    };
+    let reject = |e: serde_json::Error| Rejection::NotAnObject(not_json(input, &e));
     let mut de = serde_json::Deserializer::from_slice(input);
     let shape = de.deserialize_map(ObjectScan { base: input.as_ptr() as usize }).map_err(reject)?;
     de.end().map_err(reject)?;

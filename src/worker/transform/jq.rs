@@ -1,0 +1,304 @@
+//! `--jq`: a jq filter, run by jaq, compiled once per worker.
+//!
+//! Each event is parsed as JSON and run through the filter. Every value the filter outputs is one output event, in
+//! order, with the input's key, headers and timestamp; no output filters the event out (`select`), several fan it out
+//! (`.items[]`). An error, even after some outputs, rejects the whole event to the dead-letter destination, so an
+//! event is never half transformed.
+//!
+//! Added to jq's functions: `md5`, `sha256` and `hmac_sha256` (keyed by `--hmac-key-file` or `SUPERVISOR_HMAC_KEY`),
+//! each the lowercase hex digest of its input (a string's UTF-8 bytes, or any other value's compact JSON); and
+//! `$meta`, the event's key, topic, partition, offset, timestamp and headers.
+
+use super::hash;
+use super::{not_json, Outputs, PerEvent, Rejection};
+use crate::channel::batch::Record;
+use crate::config::JqSpec;
+use crate::error::{Error, Result};
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{Ctx, Native, RcIter, RunPtr};
+use jaq_json::Val;
+use std::io::Write;
+use std::sync::OnceLock;
+
+type Filter = jaq_core::Filter<Native<Val>>;
+
+/// The key of `hmac_sha256`. A native jq function is a plain function pointer, so the key it needs lives here, set
+/// once per process (each worker is its own process) before the filter is compiled.
+static HMAC_KEY: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// The name of the metadata variable.
+const META: &str = "$meta";
+
+/// A compiled filter.
+pub struct Jq {
+    filter: Filter,
+    /// Whether the filter mentions `$meta` at all: building it costs, and most filters never look.
+    wants_meta: bool,
+    topic: String,
+}
+
+impl Jq {
+    /// Compiles the filter; a filter that does not compile is a configuration error that says where.
+    pub fn compile(spec: &JqSpec, topic: &str) -> Result<Jq> {
+        if let Some(key) = &spec.hmac_key {
+            let _ = HMAC_KEY.set(key.as_bytes().to_vec());
+        }
+        let origin = match &spec.file {
+            Some(file) => format!("--jq-file {}", file.display()),
+            None => "--jq".to_string(),
+        };
+        let refuse = |message: String| Error::JqCompile { origin: origin.clone(), message };
+        let code = spec.filter.as_str();
+        let loader = Loader::new(jaq_std::defs().chain(jaq_json::defs()));
+        let arena = Arena::default();
+        let modules =
+            loader.load(&arena, File { code, path: () }).map_err(|errors| refuse(load_errors(code, errors)))?;
+        let funs = jaq_std::funs().chain(jaq_json::funs()).chain(ours(spec.hmac_key.is_some()).map(jaq_std::run));
+        let filter = jaq_core::Compiler::default().with_funs(funs).with_global_vars([META]).compile(modules).map_err(
+            |errors| {
+                let mut message = compile_errors(code, errors);
+                if message.contains("hmac_sha256") && spec.hmac_key.is_none() {
+                    message.push_str(" (hmac_sha256 needs a key: --hmac-key-file FILE, or SUPERVISOR_HMAC_KEY)");
+                }
+                refuse(message)
+            },
+        )?;
+        Ok(Jq { filter, wants_meta: code.contains(META), topic: topic.to_string() })
+    }
+
+    fn meta(&self, record: &Record<'_>) -> Val {
+        let text = |b: &[u8]| serde_json::Value::String(String::from_utf8_lossy(b).into_owned());
+        let headers: serde_json::Map<String, serde_json::Value> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map_or(serde_json::Value::Null, |v| text(v))))
+            .collect();
+        Val::from(serde_json::json!({
+            "key": record.key.map(|k| text(k)),
+            "topic": self.topic,
+            "partition": record.at.lane,
+            "offset": record.at.seq,
+            "timestamp": record.timestamp,
+            "headers": headers,
+        }))
+    }
+}
+
+impl PerEvent for Jq {
+    fn apply(&mut self, record: &Record<'_>, out: &mut Outputs) -> std::result::Result<(), Rejection> {
+        let input = record.payload.ok_or(Rejection::NullPayload)?;
+        if input.iter().all(u8::is_ascii_whitespace) {
+            return Err(Rejection::EmptyPayload);
+        }
+        let value = parse(input)?;
+        let meta = if self.wants_meta { self.meta(record) } else { Val::Null };
+        let inputs = RcIter::new(core::iter::empty());
+        for output in self.filter.run((Ctx::new([meta], &inputs), value)) {
+            let output = output.map_err(|e| {
+                // error("text") reads as its text, as jq prints it; other errors as jaq words them.
+                let why = match e.into_val() {
+                    Val::Str(s) => s.to_string(),
+                    other => jaq_core::Error::new(other).to_string(),
+                };
+                Rejection::Filter(format!("the jq filter failed: {why}"))
+            })?;
+            // Writing to a Vec cannot fail.
+            let _ = out.push_with(|bytes| write!(bytes, "{output}"));
+        }
+        Ok(())
+    }
+}
+
+/// The event as a jq value. serde_json judges it first, for the same errors (and the same "not UTF-8 text") as the
+/// other transforms give.
+fn parse(input: &[u8]) -> std::result::Result<Val, Rejection> {
+    use hifijson::token::Lex;
+    let mut lexer = hifijson::SliceLexer::new(input);
+    match lexer.exactly_one(Val::parse) {
+        Ok(value) => Ok(value),
+        Err(hifi) => Err(Rejection::NotJson(match serde_json::from_slice::<serde::de::IgnoredAny>(input) {
+            Err(e) => not_json(input, &e),
+            Ok(_) => format!("not JSON: {hifi}"),
+        })),
+    }
+}
+
+/// The functions this program adds to jq.
+fn ours(keyed: bool) -> impl Iterator<Item = jaq_std::Filter<RunPtr<Val>>> {
+    let md5: jaq_std::Filter<RunPtr<Val>> = ("md5", jaq_std::v(0), |_, cv| digest(cv.1, hash::md5_hex));
+    let sha256: jaq_std::Filter<RunPtr<Val>> = ("sha256", jaq_std::v(0), |_, cv| digest(cv.1, hash::sha256_hex));
+    let hmac: jaq_std::Filter<RunPtr<Val>> = ("hmac_sha256", jaq_std::v(0), |_, cv| {
+        digest(cv.1, |b| hash::hmac_sha256_hex(HMAC_KEY.get().map_or(&[][..], Vec::as_slice), b))
+    });
+    [md5, sha256].into_iter().chain(keyed.then_some(hmac))
+}
+
+/// A digest of a string's UTF-8 bytes, or of any other value's compact JSON.
+fn digest<'a>(value: Val, f: impl Fn(&[u8]) -> String) -> jaq_core::ValXs<'a, Val> {
+    let hex = match &value {
+        Val::Str(s) => f(s.as_bytes()),
+        other => f(other.to_string().as_bytes()),
+    };
+    Box::new(core::iter::once(Ok(Val::from(hex))))
+}
+
+/// Line and column (from 1) of `at`, a slice of `code`, or `None` if it is not one.
+fn locate(code: &str, at: &str) -> Option<(usize, usize)> {
+    let offset = (at.as_ptr() as usize).checked_sub(code.as_ptr() as usize)?;
+    let before = code.get(..offset)?;
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((line, column))
+}
+
+fn at(code: &str, slice: &str) -> String {
+    match locate(code, slice) {
+        Some((line, column)) => format!(" at line {line}, column {column}"),
+        None => String::new(),
+    }
+}
+
+fn load_errors(code: &str, errors: jaq_core::load::Errors<&str, ()>) -> String {
+    use jaq_core::load::Error as E;
+    let mut said = Vec::new();
+    for (_, error) in errors {
+        match error {
+            E::Io(errs) => said.extend(errs.into_iter().map(|(path, e)| format!("cannot load {path}: {e}"))),
+            E::Lex(errs) => said.extend(
+                errs.into_iter().map(|(expect, rest)| format!("expected {}{}", expect.as_str(), at(code, rest))),
+            ),
+            E::Parse(errs) => said.extend(errs.into_iter().map(|(expect, found)| {
+                let found = if found.is_empty() { "the end".to_string() } else { format!("'{found}'") };
+                format!("expected {} but found {found}{}", expect.as_str(), at(code, found_slice(code, &found)))
+            })),
+        }
+    }
+    said.join("; ")
+}
+
+/// The parse error's token, to locate it: the quoted form is for the message only.
+fn found_slice<'a>(code: &'a str, found: &str) -> &'a str {
+    let token = found.trim_matches('\'');
+    code.find(token).map_or(&code[code.len()..], |i| &code[i..])
+}
+
+fn compile_errors(code: &str, errors: jaq_core::compile::Errors<&str, ()>) -> String {
+    use jaq_core::compile::Undefined;
+    let mut said = Vec::new();
+    for (_, errs) in errors {
+        for (name, undefined) in errs {
+            let what = match undefined {
+                Undefined::Mod => "module".to_string(),
+                Undefined::Var => "variable".to_string(),
+                Undefined::Label => "label".to_string(),
+                Undefined::Filter(arity) => format!("filter (with {arity} arguments)"),
+                _ => "name".to_string(),
+            };
+            said.push(format!("undefined {what} {name}{}", at(code, name)));
+        }
+    }
+    said.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Verdict;
+    use super::*;
+    use crate::position::Position;
+    use serde_bytes::Bytes;
+
+    fn spec(filter: &str) -> JqSpec {
+        JqSpec { filter: filter.to_string(), file: None, hmac_key: None, hmac_key_file: None }
+    }
+
+    fn run(filter: &str, payload: &[u8]) -> std::result::Result<Vec<String>, Rejection> {
+        let mut jq = Jq::compile(&spec(filter), "in").unwrap();
+        let record = Record {
+            at: Position::new(2, 40),
+            timestamp: Some(1_700_000_000_000),
+            key: Some(Bytes::new(b"k1")),
+            headers: vec![("trace", Some(Bytes::new(b"t1"))), ("none", None)],
+            payload: Some(Bytes::new(payload)),
+            dead_letter: None,
+            outputs: 1,
+        };
+        let mut out = Outputs::default();
+        jq.apply(&record, &mut out)?;
+        out.done();
+        let Verdict::Outputs(range) = out.verdicts()[0].clone() else { unreachable!() };
+        Ok(range.map(|i| String::from_utf8(out.output(i).to_vec()).unwrap()).collect())
+    }
+
+    #[test]
+    fn a_map_a_select_and_a_fan_out() {
+        assert_eq!(run(".n += 1 | .s = \"x\"", br#"{"n":1}"#).unwrap(), [r#"{"n":2,"s":"x"}"#]);
+        assert!(run("select(.n > 5)", br#"{"n":1}"#).unwrap().is_empty());
+        assert_eq!(run(".items[]", br#"{"items":[{"a":1},2,"three"]}"#).unwrap(), [r#"{"a":1}"#, "2", r#""three""#]);
+    }
+
+    #[test]
+    fn a_filter_error_rejects_the_event_and_says_why() {
+        let e = run(".n + \"x\"", br#"{"n":1}"#).unwrap_err();
+        assert!(matches!(&e, Rejection::Filter(m) if m.starts_with("the jq filter failed: ")), "{e:?}");
+        let e = run("1, error(\"boom\")", br#"{}"#).unwrap_err();
+        assert_eq!(e.as_str(), "the jq filter failed: boom", "an error after an output rejects it all");
+        assert!(matches!(run(".", b"{\"a\":"), Err(Rejection::NotJson(_))));
+        assert_eq!(run(".", b"\xff").unwrap_err().as_str(), "not UTF-8 text (invalid byte at offset 0)");
+        assert_eq!(run(".", b"  "), Err(Rejection::EmptyPayload));
+    }
+
+    #[test]
+    fn hash_functions_give_known_digests() {
+        let got = run("[(.a | md5), (.a | sha256), ({} | md5)]", br#"{"a":"abc"}"#).unwrap();
+        assert_eq!(
+            got,
+            [
+                r#"["900150983cd24fb0d6963f7d28e17f72","ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","99914b932bd37a50b983c5e7c90ae93b"]"#
+            ]
+        );
+    }
+
+    #[test]
+    fn hmac_needs_a_key_and_uses_it() {
+        let e = Jq::compile(&spec(".h = (.a | hmac_sha256)"), "in").err().unwrap().to_string();
+        assert!(e.contains("undefined filter") && e.contains("--hmac-key-file"), "{e}");
+        let keyed = JqSpec { hmac_key: Some("Jefe".into()), ..spec(".a | hmac_sha256") };
+        let mut jq = Jq::compile(&keyed, "in").unwrap();
+        let record = Record {
+            at: Position::new(0, 0),
+            timestamp: None,
+            key: None,
+            headers: Vec::new(),
+            payload: Some(Bytes::new(br#"{"a":"what do ya want for nothing?"}"#)),
+            dead_letter: None,
+            outputs: 1,
+        };
+        let mut out = Outputs::default();
+        jq.apply(&record, &mut out).unwrap();
+        assert_eq!(out.output(0), br#""5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843""#);
+    }
+
+    #[test]
+    fn meta_holds_the_events_origin() {
+        let got = run("$meta", b"{}").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"key": "k1", "topic": "in", "partition": 2, "offset": 40, "timestamp": 1_700_000_000_000i64,
+                               "headers": {"trace": "t1", "none": null}})
+        );
+    }
+
+    #[test]
+    fn a_filter_that_does_not_compile_says_where() {
+        let e = Jq::compile(&spec(".a |\n  foo(1)"), "in").err().unwrap().to_string();
+        assert_eq!(
+            e,
+            "the jq filter (--jq) does not compile: undefined filter (with 1 arguments) foo at line 2, column 3"
+        );
+        let e = Jq::compile(&spec(".a | | .b"), "in").err().unwrap().to_string();
+        assert!(e.starts_with("the jq filter (--jq) does not compile: expected term"), "{e}");
+        let e = Jq::compile(&spec("if . then 1"), "in").err().unwrap().to_string();
+        assert!(e.contains("expected else or end"), "{e}");
+    }
+}
