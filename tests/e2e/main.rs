@@ -14,3 +14,4 @@ mod pipeline;
 mod readme;
 mod secured;
 mod service;
+mod transforms;
