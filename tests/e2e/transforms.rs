@@ -248,7 +248,7 @@ fn kill_9_of_a_command_mid_stream_loses_nothing() {
     kill(Pid::from_raw(victims[0]), Signal::SIGKILL).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut fresh = commands(&sup);
-    while !(fresh.len() == 2 && !fresh.contains(&victims[0])) && Instant::now() < deadline {
+    while (fresh.len() != 2 || fresh.contains(&victims[0])) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         fresh = commands(&sup);
     }
