@@ -1,6 +1,7 @@
-//! The README's samples are what the binary prints: each block after a `<!-- sample: ARGS -->` marker must still
-//! come out of `supervisor ARGS`, numbers aside (pids, ports, rates and counts differ from run to run). Blocks after
-//! `<!-- file: NAME -->` are written to NAME first, in the directory the commands run in.
+//! The README's samples are what the binary prints: each block after a `<!-- sample: ARGS -->` marker (ARGS split as
+//! a shell would) must still come out of `supervisor ARGS`, numbers aside (pids, ports, rates and counts differ from
+//! run to run); `<!-- sample (exit N): ARGS -->` shows a refusal that exits N. Blocks after `<!-- file: NAME -->` are
+//! written to NAME first, in the directory the commands run in.
 
 use crate::harness::*;
 
@@ -62,20 +63,29 @@ fn every_sample_in_the_readme_is_what_the_binary_prints() {
         if let Some(name) = line.strip_prefix("<!-- file: ").and_then(|l| l.strip_suffix(" -->")) {
             std::fs::write(dir.join(name), block_after(&lines, i).join("\n") + "\n").unwrap();
         }
-        let Some(args) = line.strip_prefix("<!-- sample: ").and_then(|l| l.strip_suffix(" -->")) else {
+        // `<!-- sample: ARGS -->` exits 0; `<!-- sample (exit N): ARGS -->` shows a refusal, which exits N.
+        let marker = line.strip_prefix("<!-- sample").and_then(|l| l.strip_suffix(" -->"));
+        let Some((exit, args)) = marker.and_then(|m| match m.strip_prefix(": ") {
+            Some(args) => Some((0, args)),
+            None => {
+                let (code, args) = m.strip_prefix(" (exit ")?.split_once("): ")?;
+                Some((code.parse::<i32>().ok()?, args))
+            }
+        }) else {
             continue;
         };
         samples += 1;
         let expected = block_after(&lines, i);
         assert!(!expected.is_empty(), "README line {}: a sample marker with no block after it", i + 1);
+        let words = shlex::split(args).unwrap_or_else(|| panic!("README line {}: unbalanced quotes in {args}", i + 1));
         let out = command()
-            .args(args.split_whitespace())
+            .args(words)
             .current_dir(&dir)
             .env_remove("CREDENTIALS_DIRECTORY")
             .output()
             .unwrap();
         let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "supervisor {args} failed:\n{printed}");
+        assert_eq!(out.status.code(), Some(exit), "supervisor {args}:\n{printed}");
         assert!(!printed.contains(PASSWORD), "supervisor {args} printed the password:\n{printed}");
         let printed_lines: Vec<String> = printed.lines().map(normalize).collect();
         for want in expected.iter().filter(|l| !l.trim().is_empty()) {
