@@ -78,12 +78,7 @@ fn every_sample_in_the_readme_is_what_the_binary_prints() {
         let expected = block_after(&lines, i);
         assert!(!expected.is_empty(), "README line {}: a sample marker with no block after it", i + 1);
         let words = shlex::split(args).unwrap_or_else(|| panic!("README line {}: unbalanced quotes in {args}", i + 1));
-        let out = command()
-            .args(words)
-            .current_dir(&dir)
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .output()
-            .unwrap();
+        let out = command().args(words).current_dir(&dir).env_remove("CREDENTIALS_DIRECTORY").output().unwrap();
         let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(exit), "supervisor {args}:\n{printed}");
         assert!(!printed.contains(PASSWORD), "supervisor {args} printed the password:\n{printed}");
