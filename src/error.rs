@@ -126,6 +126,16 @@ pub enum Error {
     ExecStart { program: String, source: io::Error },
     /// The `--exec` command kept ending or hanging: its restarts within the window are spent.
     ExecGaveUp { command: String, how: String, restarts: usize, window: std::time::Duration },
+    /// A database could not be connected to: unreachable, or it refused us (`fault` says which).
+    DbConnect { url: String, fault: crate::sql::Fault, source: crate::sql::DbError },
+    /// A table, key or column the pipeline needs is missing, or the table cannot be used as asked.
+    DbSchema { message: String },
+    /// A database statement failed.
+    DbQuery { doing: String, source: crate::sql::DbError },
+    /// This build cannot use that database yet.
+    DbUnsupported { url: String, what: &'static str },
+    /// The checkpoint store could not be read or written.
+    Checkpoint { doing: String, source: crate::sql::DbError },
     /// The demo's embedded cluster failed.
     MockCluster(KafkaError),
     /// The demo's broker process did not say where it listens.
@@ -149,6 +159,8 @@ impl Error {
             Error::JqCompile { .. } | Error::ExecStart { .. } => Exit::Config,
             Error::ExecGaveUp { .. } => Exit::GaveUp,
             Error::Metadata { .. } => Exit::Unavailable,
+            Error::DbConnect { fault: crate::sql::Fault::Unreachable, .. } => Exit::Unavailable,
+            Error::DbConnect { .. } | Error::DbSchema { .. } | Error::DbUnsupported { .. } => Exit::Config,
             _ => Exit::Failure,
         }
     }
@@ -210,6 +222,14 @@ impl fmt::Display for Error {
                 "giving up on the --exec command {command}: it {how} again after {restarts} restarts within \
                  {window:?} (--max-restarts, --restart-window)"
             ),
+            Error::DbConnect { url, fault: crate::sql::Fault::Unreachable, source } => {
+                write!(f, "cannot reach the database at {url}: {source}")
+            }
+            Error::DbConnect { url, source, .. } => write!(f, "the database at {url} refused this client: {source}"),
+            Error::DbSchema { message } => f.write_str(message),
+            Error::DbQuery { doing, source } => write!(f, "{doing}: {source}"),
+            Error::DbUnsupported { url, what } => write!(f, "{url}: this build cannot use {what} yet"),
+            Error::Checkpoint { doing, source } => write!(f, "checkpoint store: {doing}: {source}"),
             Error::MockCluster(e) => write!(f, "embedded Kafka (mock cluster): {e}"),
             Error::DemoStart(e) => write!(f, "the embedded Kafka did not start: {e}"),
         }
@@ -242,6 +262,10 @@ impl std::error::Error for Error {
             Error::Decode(e) => Some(e),
             Error::Fork(e) | Error::ChildSetup { source: e, .. } => Some(e),
             Error::DemoStart(e) => Some(e),
+            Error::DbConnect { source, .. } | Error::DbQuery { source, .. } | Error::Checkpoint { source, .. } => {
+                Some(source.as_ref())
+            }
+            Error::DbSchema { .. } | Error::DbUnsupported { .. } => None,
             Error::MissingTopic { .. }
             | Error::Refused { .. }
             | Error::PeerGone { .. }

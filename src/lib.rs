@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod position;
 pub mod sink;
 pub mod source;
+pub mod sql;
 pub mod stage;
 pub mod supervisor;
 pub mod telemetry;

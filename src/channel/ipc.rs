@@ -109,10 +109,12 @@ pub enum Report {
     /// The source's lanes changed: a Kafka consumer's assignment, the first of which means it joined its group.
     Assigned { pid: i32, lanes: Vec<Lane> },
     /// The child's stage is making progress, or waiting on a peer; silence longer than `--child-timeout` means hung.
-    Alive { pid: i32, stats: StageStats },
+    Alive { pid: i32, stats: Box<StageStats> },
     /// The child is about to exit with `code` for this reason; the supervisor prints it once. `peer_gone`: the
     /// reason is only that a neighbouring stage went away.
     Failed { pid: i32, code: i32, message: String, peer_gone: bool },
+    /// A finite source (a table scan) has read everything; it drains the pipeline itself, and the run then ends.
+    Finished { pid: i32 },
 }
 
 pub type ControlSender = IpcSender<Control>;

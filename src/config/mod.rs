@@ -5,11 +5,12 @@ pub mod librdkafka;
 mod secret;
 mod transform;
 
+use crate::sql::url::{Engine, TableUrl};
 use crate::telemetry::redact;
 use clap::{Parser, Subcommand};
 use file::{FileFlag, FileSettings};
 use rdkafka::config::ClientConfig;
-pub use secret::{is_secret, Property};
+pub use secret::{is_secret, url_password, Property};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -139,6 +140,48 @@ pub struct Cli {
     /// The transform the flags above chose, their files read.
     #[arg(skip)]
     pub transform: TransformSpec,
+
+    /// Read a database table instead of --source-topic: postgres://USER:PASSWORD@HOST/DB?table=T or sqlite:PATH?table=T;
+    /// key=COLUMN (default: the primary key) orders and splits the scan, columns=A,B picks columns. The scan ends when
+    /// every row is delivered.
+    #[arg(long, env = "SUPERVISOR_SOURCE", value_name = "URL")]
+    pub source: Option<String>,
+
+    /// Write to a database table instead of --dest-topic, as upserts on its primary key (or key=COLUMN): the event's
+    /// top-level fields go to the columns of the same name.
+    #[arg(long, env = "SUPERVISOR_SINK", value_name = "URL")]
+    pub sink: Option<String>,
+
+    /// Where a table scan keeps its per-chunk checkpoints: sqlite:PATH [default: sqlite:<state-dir>/checkpoints.db].
+    #[arg(long, env = "SUPERVISOR_CHECKPOINT", value_name = "URL")]
+    pub checkpoint: Option<String>,
+
+    /// Directory for the default checkpoint store [default: $STATE_DIRECTORY, else ~/.local/state/supervisor].
+    #[arg(long, env = "SUPERVISOR_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Reader threads of a table scan, each with its own connection, each reading one chunk at a time.
+    #[arg(long, env = "SUPERVISOR_READERS", default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub readers: u16,
+
+    /// Rows per chunk of a table scan: the unit that readers claim and checkpoints track.
+    #[arg(long, env = "SUPERVISOR_CHUNK_ROWS", default_value_t = 100_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub chunk_rows: u64,
+
+    /// Attempts of a failed database statement (with exponential backoff) before the stage fails and the restart
+    /// policy takes over.
+    #[arg(long, env = "SUPERVISOR_MAX_RETRIES", default_value_t = 10, value_name = "N")]
+    pub max_retries: u32,
+
+    /// Start the table scan over, forgetting its checkpoints (a finished scan otherwise stays finished).
+    #[arg(long)]
+    pub rescan: bool,
+
+    /// The tables the URLs above name.
+    #[arg(skip)]
+    pub tables: Tables,
 
     /// A TOML file of settings: the long flag names as keys (brokers = "k1:9092", hashers = 4), and librdkafka
     /// properties in a [kafka] table. Flags win over environment variables, which win over the file.
@@ -272,6 +315,7 @@ impl Cli {
         }
         cli.properties = properties.into_iter().map(|p| (p.key, p.value)).collect();
         cli.transform = transform::resolve(&cli, credentials.as_deref()).map_err(Invalid::Setting)?;
+        cli.tables = Tables::resolve(&cli).map_err(Invalid::Setting)?;
         Ok(cli)
     }
 }
@@ -440,6 +484,69 @@ pub struct Config {
     pub batch_linger: Duration,
     /// How long start-up may wait for the brokers' metadata.
     pub startup_timeout: Duration,
+    /// The table source, sink and checkpoint store, when given.
+    pub tables: Tables,
+    pub readers: usize,
+    pub chunk_rows: u64,
+    pub max_retries: u32,
+    pub rescan: bool,
+}
+
+/// The database tables `--source`, `--sink` and `--checkpoint` name.
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    pub source: Option<TableUrl>,
+    pub sink: Option<TableUrl>,
+    /// Where a table source keeps its checkpoints.
+    pub checkpoint: Option<TableUrl>,
+}
+
+impl Tables {
+    fn resolve(cli: &Cli) -> Result<Tables, String> {
+        let parse = |flag: &str, given: &Option<String>| -> Result<Option<TableUrl>, String> {
+            let Some(given) = given else { return Ok(None) };
+            if let Some(password) = url_password(given) {
+                redact::keep_secret(password);
+            }
+            let url = TableUrl::parse(given).map_err(|e| format!("--{flag}: {e}"))?;
+            url.table().map_err(|e| format!("--{flag}: {e}"))?;
+            Ok(Some(url))
+        };
+        let source = parse("source", &cli.source)?;
+        let sink = parse("sink", &cli.sink)?;
+        let checkpoint = match (&source, &cli.checkpoint) {
+            (None, _) => None,
+            (Some(_), Some(given)) => {
+                let url = TableUrl::parse(given).map_err(|e| format!("--checkpoint: {e}"))?;
+                if url.engine != Engine::Sqlite {
+                    return Err(format!(
+                        "--checkpoint {url}: this build keeps checkpoints in SQLite only (sqlite:PATH); a store \
+                         shared in PostgreSQL or MySQL is not built yet"
+                    ));
+                }
+                Some(url)
+            }
+            (Some(_), None) => {
+                let dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+                let path = dir.join("checkpoints.db");
+                Some(TableUrl::parse(&format!("sqlite:{}", path.display())).map_err(|e| format!("--state-dir: {e}"))?)
+            }
+        };
+        Ok(Tables { source, sink, checkpoint })
+    }
+}
+
+/// systemd's `StateDirectory=`, else the XDG state directory.
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may list several, separated by ':'; the first is ours.
+        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+        return PathBuf::from(first);
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("state")));
+    base.map_or_else(|| PathBuf::from(".supervisor"), |b| b.join("supervisor"))
 }
 
 /// Which client a `-X` property is for.
@@ -475,7 +582,41 @@ impl Config {
             batch_bytes: 64 * 1024,
             batch_linger: Duration::from_millis(5),
             startup_timeout: Duration::from_secs(10),
+            tables: cli.tables.clone(),
+            readers: usize::from(cli.readers),
+            chunk_rows: cli.chunk_rows,
+            max_retries: cli.max_retries,
+            rescan: cli.rescan,
         }
+    }
+
+    /// Where events come from, as the logs name it: the table's URL (password masked) or the topic.
+    pub fn source_name(&self) -> String {
+        match &self.tables.source {
+            Some(url) => format!("table {} of {}", url.table.as_deref().unwrap_or_default(), url.location()),
+            None => self.source_topic.clone(),
+        }
+    }
+
+    /// Where events go, as the logs name it.
+    pub fn sink_name(&self) -> String {
+        match &self.tables.sink {
+            Some(url) => format!("table {} of {}", url.table.as_deref().unwrap_or_default(), url.location()),
+            None => self.dest_topic.clone(),
+        }
+    }
+
+    /// Where rejected events go, as the logs name it.
+    pub fn dead_letter_name(&self) -> String {
+        match &self.tables.sink {
+            Some(url) => format!("table {}_dead_letter", url.table.as_deref().unwrap_or_default()),
+            None => self.dlq_topic.clone(),
+        }
+    }
+
+    /// Whether any stage talks to Kafka.
+    pub fn uses_kafka(&self) -> bool {
+        self.tables.source.is_none() || self.tables.sink.is_none()
     }
 
     /// The effective configuration as a config file would say it, with secrets masked.
@@ -515,6 +656,21 @@ impl Config {
             Some(rate) => out.push_str(&format!("max-rate = {rate}\n")),
             None => out.push_str("# max-rate: no limit\n"),
         }
+        for (k, url) in
+            [("source", &self.tables.source), ("sink", &self.tables.sink), ("checkpoint", &self.tables.checkpoint)]
+        {
+            match url {
+                Some(url) => out.push_str(&format!("{k} = {}\n", q(&url.to_string()))),
+                None if k == "checkpoint" => out.push_str("# checkpoint: only for a table source\n"),
+                None => out.push_str(&format!("# {k}: Kafka\n")),
+            }
+        }
+        // The state directory only places the default checkpoint store, shown above.
+        out.push_str("# state-dir: where the default checkpoint store is\n");
+        out.push_str(&format!(
+            "readers = {}\nchunk-rows = {}\nmax-retries = {}\n",
+            self.readers, self.chunk_rows, self.max_retries
+        ));
         if !self.properties.is_empty() {
             out.push_str("\n[kafka]\n");
             // Later entries win (file, then environment or flags): show each key once, with its effective value.

@@ -14,6 +14,7 @@ pub mod flow;
 pub mod gate;
 pub mod kafka;
 pub mod pace;
+pub mod table;
 pub mod watermark;
 
 use crate::channel::ipc::{AckReceiver, BatchSender, Control, ControlReceiver};

@@ -22,7 +22,7 @@ pub fn run<S: Stage>(role: Role, parent: Pid, cfg: &Config, ends: S::Ends, repor
     let pid = getpid().as_raw();
     let hooks = Hooks::new(pid, reports);
     let beats = hooks.clone();
-    let beat = move || beats.tell(Report::Alive { pid, stats: COUNTERS.snapshot() });
+    let beat = move || beats.tell(Report::Alive { pid, stats: Box::new(COUNTERS.snapshot()) });
     if let Err(e) = heartbeat::PROGRESS.spawn_heartbeat(heartbeat::interval(cfg.child_timeout), beat) {
         log::error!("{}", Error::SpawnThread { name: "heartbeat", source: e });
         return Exit::Failure.code();
@@ -30,7 +30,7 @@ pub fn run<S: Stage>(role: Role, parent: Pid, cfg: &Config, ends: S::Ends, repor
     // A panic must not unwind into the supervisor's frames copied into this child.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| S::run(cfg, ends, &hooks)));
     // The last counts, so that the supervisor's summary has them all.
-    hooks.tell(Report::Alive { pid, stats: COUNTERS.snapshot() });
+    hooks.tell(Report::Alive { pid, stats: Box::new(COUNTERS.snapshot()) });
     let (code, failure) = match outcome {
         Ok(Ok(exit)) => (exit.code(), None),
         Ok(Err(e)) => (e.exit().code(), Some((e.to_string(), e.is_peer_gone()))),

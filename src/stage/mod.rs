@@ -102,6 +102,11 @@ impl Hooks {
         self.tell(Report::Assigned { pid: self.pid, lanes: lanes.to_vec() });
     }
 
+    /// The source has read everything there is (a finished table scan): once drained, the run is over.
+    pub fn finished(&self) {
+        self.tell(Report::Finished { pid: self.pid });
+    }
+
     /// Sends a report; false once the supervisor is gone.
     fn tell(&self, report: Report) -> bool {
         match &self.reports {

@@ -83,6 +83,8 @@ pub struct Supervisor {
     live_status: bool,
     started: Instant,
     drains: Drains,
+    /// A finite source (a table scan) read everything: the run ends once this generation has drained.
+    finished: bool,
     /// Cloned into every child.
     report_tx: ReportSender,
     parent: ParentOnly,
@@ -105,8 +107,17 @@ impl Supervisor {
             log::error!("{e}");
             return (e.exit(), StageStats::default());
         }
-        // At once: an unreachable broker is only reported after the start-up timeout.
-        log::info!("connecting to the Kafka brokers at {} ({})", cfg.brokers, cfg.security());
+        if cfg.uses_kafka() {
+            // At once: an unreachable broker is only reported after the start-up timeout.
+            log::info!("connecting to the Kafka brokers at {} ({})", cfg.brokers, cfg.security());
+        }
+        if cfg.rescan {
+            // Here, before any fork: the store's connection is closed again before a child exists.
+            if let Err(e) = crate::source::table::forget_scan(&cfg) {
+                log::error!("{e}");
+                return (e.exit(), StageStats::default());
+            }
+        }
         let mut sup = match Supervisor::new(cfg, signals) {
             Ok(sup) => sup,
             Err(e) => {
@@ -163,6 +174,7 @@ impl Supervisor {
             live_status,
             started: Instant::now(),
             drains: Drains::default(),
+            finished: false,
             report_tx,
             parent: ParentOnly { reports: Some(reports), control: None, systemd: Systemd::from_env(), metrics },
         })
@@ -228,10 +240,10 @@ impl Supervisor {
             let pids: Vec<String> = self.table.iter().map(|c| format!("{}={}", c.role, c.pid)).collect();
             log::info!(
                 "pipeline running: {} → {} → {} (dead letters to {}); pids {}",
-                self.cfg.source_topic,
+                self.cfg.source_name(),
                 count(self.cfg.hashers as u64, "hasher"),
-                self.cfg.dest_topic,
-                self.cfg.dlq_topic,
+                self.cfg.sink_name(),
+                self.cfg.dead_letter_name(),
                 pids.join(" ")
             );
         }
@@ -306,7 +318,7 @@ impl Supervisor {
         match report {
             Report::Alive { pid, stats } => {
                 self.table.on_report(pid, None);
-                self.counts.update(pid, stats);
+                self.counts.update(pid, *stats);
             }
             Report::Ready { pid } => {
                 if let Some((role, _)) = self.table.on_report(pid, Some(Transition::Ready)) {
@@ -321,6 +333,10 @@ impl Supervisor {
                         self.on_joined();
                     }
                 }
+            }
+            Report::Finished { pid } => {
+                log::info!("{} (pid {pid}) has read everything: draining, then exiting", Role::Source);
+                self.finished = true;
             }
             Report::Failed { pid, code, message, peer_gone } => {
                 let role = self.table.on_report(pid, Some(Transition::Failed)).map(|(role, _)| role);
@@ -461,7 +477,8 @@ impl Supervisor {
                 }
             }
             if self.table.is_empty() {
-                return self.finish(stop_requested);
+                let finished = self.finished && self.outcome.exit() == Exit::Clean;
+                return self.finish(stop_requested || finished);
             }
             if let Phase::Draining { deadline } = phase {
                 if Instant::now() >= deadline {
@@ -598,9 +615,9 @@ impl Supervisor {
         let restarts = self.budget.total();
         let status = format!(
             "running: {} → {} → {}{}",
-            self.cfg.source_topic,
+            self.cfg.source_name(),
             count(self.cfg.hashers as u64, "hasher"),
-            self.cfg.dest_topic,
+            self.cfg.sink_name(),
             if restarts > 0 { format!(" ({})", count(restarts, "restart")) } else { String::new() }
         );
         self.parent.systemd.running(&status);

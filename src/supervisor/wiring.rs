@@ -9,8 +9,10 @@ use crate::channel::ipc::{self, ControlSender, ReportSender};
 use crate::config::Config;
 use crate::error::Result;
 use crate::sink::kafka::KafkaSink;
+use crate::sink::table::TableSink;
 use crate::sink::SinkEnds;
 use crate::source::kafka::KafkaSource;
+use crate::source::table::TableSource;
 use crate::source::SourceEnds;
 use crate::stage::{child, Role};
 use crate::worker::{Worker, WorkerEnds};
@@ -48,8 +50,12 @@ impl Ends {
     /// consumer, the workers hash, the sink is a Kafka producer.
     pub fn run_child(self, role: Role, parent: Pid, cfg: &Config, reports: ReportSender) -> i32 {
         match self {
+            Ends::Source(ends) if cfg.tables.source.is_some() => {
+                child::run::<TableSource>(role, parent, cfg, ends, reports)
+            }
             Ends::Source(ends) => child::run::<KafkaSource>(role, parent, cfg, ends, reports),
             Ends::Worker(ends) => child::run::<Worker>(role, parent, cfg, ends, reports),
+            Ends::Sink(ends) if cfg.tables.sink.is_some() => child::run::<TableSink>(role, parent, cfg, ends, reports),
             Ends::Sink(ends) => child::run::<KafkaSink>(role, parent, cfg, ends, reports),
         }
     }

@@ -52,6 +52,19 @@ pub struct Lanes {
     /// Per lane, the committed position as the client's statistics have it (the group's, fetched at assignment;
     /// up to a second old).
     pub group_committed: Vec<Position>,
+    /// A table scan's progress, across runs.
+    pub scan: Option<Scan>,
+}
+
+/// Where a table scan stands.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scan {
+    pub chunks: u64,
+    pub done: u64,
+    /// Rows acknowledged, this run and earlier ones.
+    pub rows: u64,
+    /// Rows the table held when the scan was planned.
+    pub estimate: u64,
 }
 
 /// A snapshot of [`Counters`], as the heartbeats carry it.
@@ -104,7 +117,12 @@ impl Counters {
             batches_out: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             sink_queue: AtomicU64::new(0),
-            lanes: Mutex::new(Lanes { lag: Vec::new(), committed: Vec::new(), group_committed: Vec::new() }),
+            lanes: Mutex::new(Lanes {
+                lag: Vec::new(),
+                committed: Vec::new(),
+                group_committed: Vec::new(),
+                scan: None,
+            }),
         }
     }
 

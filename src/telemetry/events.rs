@@ -349,6 +349,78 @@ impl InternalEvent for CommandRestarted<'_> {
     }
 }
 
+/// A database statement failed because the database was away (restarting, unreachable, the connection lost); it is
+/// retried on a fresh connection after `delay`.
+pub struct DatabaseRetried<'a> {
+    pub who: &'a str,
+    pub doing: &'a str,
+    pub error: &'a str,
+    pub attempt: u32,
+    pub max: u32,
+    pub delay: std::time::Duration,
+}
+
+impl InternalEvent for DatabaseRetried<'_> {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        add(&COUNTERS.retried, 1);
+        if let Some(n) = LIMIT.check() {
+            log::warn!(
+                "{}: {} failed ({}); retry {} of {} in {:?}{}",
+                self.who,
+                self.doing,
+                self.error.trim_end(),
+                self.attempt,
+                self.max,
+                self.delay,
+                held_back(n)
+            );
+        }
+    }
+}
+
+/// The table sink's database refused a row (a type, a constraint): it goes to the dead-letter table with the error.
+pub struct RowRefused<'a> {
+    pub table: &'a str,
+    pub at: Position,
+    pub error: &'a str,
+}
+
+impl InternalEvent for RowRefused<'_> {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        add(&COUNTERS.produce_errors, 1);
+        if let Some(n) = LIMIT.check() {
+            log::warn!(
+                "table {} refused the row from {} ({}): it goes to the dead-letter table{}",
+                self.table,
+                self.at,
+                self.error.trim_end(),
+                held_back(n)
+            );
+        }
+    }
+}
+
+/// Where a table scan stands: chunks finished of all, rows acknowledged of the estimate.
+pub struct ScanProgress {
+    pub chunks: u64,
+    pub done: u64,
+    pub rows: u64,
+    pub estimate: u64,
+}
+
+impl InternalEvent for ScanProgress {
+    fn emit(self) {
+        COUNTERS.lanes().scan = Some(super::counters::Scan {
+            chunks: self.chunks,
+            done: self.done,
+            rows: self.rows,
+            estimate: self.estimate,
+        });
+    }
+}
+
 /// A worker found an event unfit to transform: it goes to the dead-letter destination unchanged.
 pub struct Rejected<'a> {
     pub at: Position,

@@ -1,0 +1,255 @@
+//! A database table as the pipeline's sink: batches of events become multi-row upserts, one statement (one
+//! transaction) each, on the table's primary key (or `key=COLUMN`). A batch is acknowledged only once committed, so
+//! the source checkpoints only rows that are in the table; a replay after a crash overwrites the same rows, so the
+//! table ends with each row once.
+//!
+//! An event's top-level fields go to the columns of the same name; a field with no column is left out (said once). A
+//! batch the database refuses for its data is written again row by row, and each refused row goes, with the error, to
+//! the dead-letter table `<table>_dead_letter`, as do the events a worker rejected.
+
+use crate::channel::batch::Frame;
+use crate::channel::ipc::{AckMsg, AckSender};
+use crate::config::Config;
+use crate::error::{Error, Exit, Result};
+use crate::position::Position;
+use crate::sink::{read_workers, Input, SinkEnds};
+use crate::sql::{fields_of, Resilient, Schema};
+use crate::stage::{Hooks, Role, Stage};
+use crate::telemetry::events::{emit, BatchReceived, Delivered};
+use crate::telemetry::heartbeat;
+use crossbeam_channel::RecvTimeoutError;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+/// Rows per upsert at most; a batch also goes when it holds [`MAX_BYTES`] or no more events are waiting.
+const MAX_ROWS: usize = 2000;
+const MAX_BYTES: usize = 1 << 20;
+
+/// The table writer as the pipeline's sink.
+pub struct TableSink;
+
+impl Stage for TableSink {
+    type Ends = SinkEnds;
+
+    fn run(cfg: &Config, ends: SinkEnds, hooks: &Hooks) -> Result<Exit> {
+        let Some(url) = &cfg.tables.sink else {
+            return Err(Error::DbSchema { message: "no --sink table given".into() });
+        };
+        let mut db = Resilient::connect(url, cfg.max_retries, "the table sink".into())?;
+        let schema = db.conn()?.schema(url)?;
+        let columns: BTreeSet<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+        hooks.ready();
+        let workers = ends.inputs.len();
+        let inputs = read_workers(ends.inputs)?;
+        let mut w = Writer {
+            db,
+            schema,
+            columns,
+            acks: ends.acks,
+            pending: Pending::default(),
+            undelivered: HashMap::new(),
+            unknown_fields: BTreeSet::new(),
+            dead_letter_table: None,
+        };
+        let mut ended = 0;
+        while ended < workers {
+            let wait = if w.pending.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
+            match inputs.recv_timeout(wait) {
+                Ok(Input::Batch(bytes)) => w.take(&bytes)?,
+                Ok(Input::End { worker, clean }) => {
+                    ended += 1;
+                    if !clean {
+                        log::warn!(
+                            "{} went away without its poison pill; its rows are read again",
+                            Role::Worker(worker)
+                        );
+                    }
+                }
+                // Nothing more waiting: write what there is now rather than wait for a full batch.
+                Err(RecvTimeoutError::Timeout) => w.write()?,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if w.pending.rows.len() >= MAX_ROWS || w.pending.bytes.len() >= MAX_BYTES {
+                w.write()?;
+            }
+            heartbeat::tick();
+        }
+        w.write()?;
+        w.acks.send(&AckMsg::Done)?;
+        log::debug!("done: every worker's output is written and acknowledged");
+        Ok(Exit::Clean)
+    }
+}
+
+/// Events waiting to be written, copied out of their batches.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Per row: its source position and its bytes' range.
+    rows: Vec<(Position, std::ops::Range<usize>)>,
+    /// Rejected by a worker: position, reason, event.
+    rejected: Vec<(Position, String, String)>,
+    /// Filtered out: acknowledged with the next write.
+    filtered: Vec<Position>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.rejected.is_empty() && self.filtered.is_empty()
+    }
+}
+
+struct Writer {
+    db: Resilient,
+    schema: Schema,
+    columns: BTreeSet<String>,
+    acks: AckSender,
+    pending: Pending,
+    /// Inputs that became several rows: how many are not written yet.
+    undelivered: HashMap<Position, u32>,
+    unknown_fields: BTreeSet<String>,
+    dead_letter_table: Option<String>,
+}
+
+impl Writer {
+    fn take(&mut self, bytes: &[u8]) -> Result<()> {
+        let Frame::Records(records) = Frame::parse(bytes)? else { return Ok(()) };
+        let mut received = 0;
+        for record in records {
+            let r = record?;
+            received += 1;
+            if r.outputs == 0 {
+                self.pending.filtered.push(r.at);
+                continue;
+            }
+            if r.outputs > 1 {
+                self.undelivered.entry(r.at).or_insert(r.outputs);
+            }
+            let payload = r.payload.map(|p| &p[..]).unwrap_or_default();
+            if let Some(why) = r.dead_letter {
+                self.pending.rejected.push((r.at, why.to_string(), String::from_utf8_lossy(payload).into_owned()));
+                continue;
+            }
+            let start = self.pending.bytes.len();
+            self.pending.bytes.extend_from_slice(payload);
+            self.pending.rows.push((r.at, start..self.pending.bytes.len()));
+        }
+        emit(BatchReceived { events: received });
+        Ok(())
+    }
+
+    /// Writes what is pending, then acknowledges it.
+    fn write(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut rejected = pending.rejected;
+        let mut objects = Vec::with_capacity(pending.rows.len());
+        let mut positions = Vec::with_capacity(pending.rows.len());
+        let mut fields = BTreeSet::new();
+        for (at, range) in &pending.rows {
+            let event = &pending.bytes[range.clone()];
+            match fields_of(event) {
+                Ok(names) => {
+                    for n in names {
+                        if self.columns.contains(&n) {
+                            fields.insert(n);
+                        } else if self.unknown_fields.insert(n.clone()) {
+                            log::warn!(
+                                "events have a field {n:?} that table {} has no column for: it is not written",
+                                self.schema.table
+                            );
+                        }
+                    }
+                    objects.push(event);
+                    positions.push(*at);
+                }
+                Err(why) => rejected.push((*at, why, String::from_utf8_lossy(event).into_owned())),
+            }
+        }
+        let mut written = Vec::with_capacity(positions.len());
+        if !objects.is_empty() {
+            if !fields.contains(&self.schema.key) {
+                // No row can be placed without its key: every one of them is refused.
+                for (at, o) in positions.iter().zip(&objects) {
+                    let why = format!("no {:?} field, the key of table {}", self.schema.key, self.schema.table);
+                    rejected.push((*at, why, String::from_utf8_lossy(o).into_owned()));
+                }
+            } else {
+                let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+                self.upsert(&objects, &positions, &fields, &mut written, &mut rejected)?;
+            }
+        }
+        if !rejected.is_empty() {
+            self.dead_letter(&rejected)?;
+        }
+        let dead = rejected.len() as u64;
+        let mut acked = pending.filtered;
+        for at in written.iter().chain(rejected.iter().map(|r| &r.0)) {
+            match self.undelivered.get_mut(at) {
+                Some(left) if *left > 1 => *left -= 1,
+                Some(_) => {
+                    self.undelivered.remove(at);
+                    acked.push(*at);
+                }
+                None => acked.push(*at),
+            }
+        }
+        emit(Delivered { events: written.len() as u64 + dead, dead_letters: dead });
+        self.acks.send(&AckMsg::Acked(acked))?;
+        Ok(())
+    }
+
+    /// One upsert for the whole batch; if the database refuses its data, one per row, the refused ones set aside.
+    fn upsert(
+        &mut self,
+        objects: &[&[u8]],
+        positions: &[Position],
+        fields: &[&str],
+        written: &mut Vec<Position>,
+        rejected: &mut Vec<(Position, String, String)>,
+    ) -> Result<()> {
+        let schema = &self.schema;
+        let doing = || format!("writing {} rows to {}", objects.len(), schema.table);
+        match self.db.run(&doing, |conn| conn.upsert(schema, objects, fields))? {
+            Ok(()) => {
+                written.extend_from_slice(positions);
+                return Ok(());
+            }
+            Err(e) => log::debug!("a batch was refused ({e}); writing its rows one by one"),
+        }
+        for (o, at) in objects.iter().zip(positions) {
+            let doing = || format!("writing a row to {}", schema.table);
+            match self.db.run(&doing, |conn| conn.upsert(schema, std::slice::from_ref(o), fields))? {
+                Ok(()) => written.push(*at),
+                Err(e) => {
+                    crate::telemetry::events::emit(crate::telemetry::events::RowRefused {
+                        table: &schema.table,
+                        at: *at,
+                        error: &e.to_string(),
+                    });
+                    rejected.push((*at, e.to_string(), String::from_utf8_lossy(o).into_owned()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, rows: &[(Position, String, String)]) -> Result<()> {
+        let table = match &self.dead_letter_table {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.db.conn()?.dead_letter_table(&self.schema.table)?;
+                self.dead_letter_table = Some(t.clone());
+                t
+            }
+        };
+        let rows: Vec<(String, String, String)> =
+            rows.iter().map(|(at, why, event)| (at.to_string(), why.clone(), event.clone())).collect();
+        let doing = || format!("writing {} rows to the dead-letter table {table}", rows.len());
+        self.db
+            .run(&doing, |conn| conn.dead_letters(&table, &rows))?
+            .map_err(|source| Error::DbQuery { doing: doing(), source })
+    }
+}

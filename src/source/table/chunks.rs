@@ -1,0 +1,103 @@
+//! A scan's chunks, and which key each chunk may be checkpointed at: pure logic.
+//!
+//! A chunk is the key range `(lo, hi]`: above its lower bound, up to and including its upper bound; the first has no
+//! lower bound and the last no upper one, so rows inserted beyond the ends during a scan are read too. The bounds
+//! come from walking the key's index in order and taking every Nth key, so every chunk holds about N rows however
+//! skewed, sparse or textual the keys are (an arithmetic split of `min..max` leaves most chunks empty on skewed keys).
+
+use crate::position::Seq;
+use crate::sql::key::Key;
+use std::collections::VecDeque;
+
+/// The key range of one chunk: rows with `lo < key <= hi`; `None` is unbounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub lo: Option<Key>,
+    pub hi: Option<Key>,
+}
+
+/// The chunks that `boundaries` (keys in ascending order, each ending a chunk) cut the key space into: one more
+/// chunk than boundaries, the last open-ended.
+pub fn plan(boundaries: Vec<Key>) -> Vec<Range> {
+    let mut bounds = boundaries;
+    bounds.dedup();
+    let mut chunks = Vec::with_capacity(bounds.len() + 1);
+    let mut lo = None;
+    for b in bounds {
+        chunks.push(Range { lo: lo.clone(), hi: Some(b.clone()) });
+        lo = Some(b);
+    }
+    chunks.push(Range { lo, hi: None });
+    chunks
+}
+
+/// The keys of one chunk's rows in flight, in the order they were read, by sequence number: what turns "every row
+/// below sequence S is acknowledged" into "every row up to key K is".
+#[derive(Debug, Default)]
+pub struct InFlightKeys {
+    keys: VecDeque<(Seq, Key)>,
+    next: Seq,
+}
+
+impl InFlightKeys {
+    /// A row read: returns its sequence number in the chunk.
+    pub fn push(&mut self, key: Key) -> Seq {
+        let seq = self.next;
+        self.keys.push_back((seq, key));
+        self.next += 1;
+        seq
+    }
+
+    /// Every row below `next` is acknowledged: the highest key among them, which the chunk may be checkpointed at,
+    /// if any row was newly passed. The rows passed are forgotten.
+    pub fn passed(&mut self, next: Seq) -> Option<Key> {
+        let mut last = None;
+        while self.keys.front().is_some_and(|(seq, _)| *seq < next) {
+            last = self.keys.pop_front().map(|(_, k)| k);
+        }
+        last
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boundaries_cut_the_key_space_into_chunks_open_at_both_ends() {
+        let chunks = plan(vec![Key::Int(10), Key::Int(20)]);
+        assert_eq!(
+            chunks,
+            vec![
+                Range { lo: None, hi: Some(Key::Int(10)) },
+                Range { lo: Some(Key::Int(10)), hi: Some(Key::Int(20)) },
+                Range { lo: Some(Key::Int(20)), hi: None },
+            ]
+        );
+        assert_eq!(plan(vec![]), vec![Range { lo: None, hi: None }], "a small table is one chunk");
+        assert_eq!(plan(vec![Key::Text("b".into()), Key::Text("b".into())]).len(), 2, "no empty range");
+    }
+
+    #[test]
+    fn a_chunk_is_checkpointed_at_the_key_below_which_all_is_acknowledged() {
+        let mut keys = InFlightKeys::default();
+        for k in [5, 7, 9, 12] {
+            keys.push(Key::Int(k));
+        }
+        assert_eq!(keys.passed(0), None, "nothing acknowledged");
+        assert_eq!(keys.passed(2), Some(Key::Int(7)), "rows 0 and 1 (keys 5 and 7) are");
+        assert_eq!(keys.passed(2), None, "no news");
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.push(Key::Int(15)), 4, "sequence numbers go on");
+        assert_eq!(keys.passed(5), Some(Key::Int(15)));
+        assert!(keys.is_empty());
+    }
+}

@@ -1,0 +1,196 @@
+//! SQLite: rows are read with their storage classes and written as JSON here; events are written with
+//! `json_each`/`json_extract`, one statement per batch. Files are opened in WAL mode, so that a scan's readers and a
+//! sink in another process share one file.
+
+use super::key::{Key, KeyKind};
+use super::url::TableUrl;
+use super::{quote, Column, DbError, Fault, Row, Schema, TableColumns};
+use crate::error::{Error, Result};
+use base64::Engine as _;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use std::time::Duration;
+
+pub fn open(url: &TableUrl) -> Result<Connection> {
+    open_path(&url.connect, false).map_err(|source| Error::DbConnect {
+        url: url.to_string(),
+        fault: Fault::Refused,
+        source,
+    })
+}
+
+/// Opens (or with `create`, creates) a database file in WAL mode, waiting on locks rather than failing.
+pub fn open_path(path: &str, create: bool) -> Result<Connection, DbError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let c = Connection::open_with_flags(path, flags).map_err(|e| format!("cannot open {path}: {e}"))?;
+    c.busy_timeout(Duration::from_secs(30))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    Ok(c)
+}
+
+pub fn columns(c: &mut Connection, table: &str) -> Result<TableColumns, DbError> {
+    let mut stmt = c.prepare("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let mut columns = Vec::new();
+    let mut primary: Vec<(i64, String)> = Vec::new();
+    let mut rows = stmt.query([table])?;
+    while let Some(r) = rows.next()? {
+        let (name, ty, pk): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        if pk > 0 {
+            primary.push((pk, name.clone()));
+        }
+        let binary = ty.to_ascii_uppercase().contains("BLOB");
+        columns.push((Column { name, binary }, ty));
+    }
+    primary.sort();
+    Ok((columns, primary.into_iter().map(|p| p.1).collect()))
+}
+
+fn key_at(s: &Schema, v: ValueRef<'_>) -> Result<Key, DbError> {
+    match (s.key_kind, v) {
+        (KeyKind::Int, ValueRef::Integer(i)) => Ok(Key::Int(i)),
+        (KeyKind::Text, ValueRef::Text(t)) => Ok(Key::Text(String::from_utf8_lossy(t).into_owned())),
+        (KeyKind::Text, ValueRef::Integer(i)) => Ok(Key::Text(i.to_string())),
+        (_, other) => Err(format!("key column {:?} holds {:?}, not a usable key", s.key, other.data_type()).into()),
+    }
+}
+
+fn bind_key(k: &Key) -> rusqlite::types::Value {
+    match k {
+        Key::Int(i) => rusqlite::types::Value::Integer(*i),
+        Key::Text(t) => rusqlite::types::Value::Text(t.clone()),
+    }
+}
+
+pub fn boundaries(c: &mut Connection, s: &Schema, every: u64) -> Result<(u64, Vec<Key>), DbError> {
+    let (t, k) = (quote(&s.table), quote(&s.key));
+    let total: i64 = c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
+    let mut stmt = c.prepare(&format!(
+        "SELECT k FROM (SELECT {k} AS k, row_number() OVER (ORDER BY {k}) AS n FROM {t}) WHERE n % ?1 = 0 ORDER BY k"
+    ))?;
+    let mut rows = stmt.query([every.max(1) as i64])?;
+    let mut keys = Vec::new();
+    while let Some(r) = rows.next()? {
+        keys.push(key_at(s, r.get_ref(0)?)?);
+    }
+    Ok((total.max(0) as u64, keys))
+}
+
+pub fn page(
+    c: &mut Connection,
+    s: &Schema,
+    after: Option<&Key>,
+    upto: Option<&Key>,
+    limit: usize,
+    out: &mut Vec<Row>,
+) -> Result<(), DbError> {
+    let k = quote(&s.key);
+    let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
+    let mut conds = Vec::new();
+    let mut params = Vec::new();
+    if let Some(a) = after {
+        params.push(bind_key(a));
+        conds.push(format!("{k} > ?{}", params.len()));
+    }
+    if let Some(u) = upto {
+        params.push(bind_key(u));
+        conds.push(format!("{k} <= ?{}", params.len()));
+    }
+    let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+    let sql = format!(
+        "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",
+        cols.join(", "),
+        quote(&s.table),
+        limit.max(1)
+    );
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    // The names, escaped once.
+    let names: Vec<String> = s.columns.iter().map(|c| serde_json::to_string(&c.name).unwrap_or_default()).collect();
+    while let Some(r) = rows.next()? {
+        let key = key_at(s, r.get_ref(0)?)?;
+        let mut json = Vec::with_capacity(64);
+        json.push(b'{');
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(name.as_bytes());
+            json.push(b':');
+            write_value(&mut json, r.get_ref(i + 1)?)?;
+        }
+        json.push(b'}');
+        out.push(Row { key, json });
+    }
+    Ok(())
+}
+
+/// A value as JSON: numbers stay numbers, NULL is null, text is a string, bytes are base64.
+fn write_value(out: &mut Vec<u8>, v: ValueRef<'_>) -> Result<(), DbError> {
+    match v {
+        ValueRef::Null => out.extend_from_slice(b"null"),
+        ValueRef::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        ValueRef::Real(f) if f.is_finite() => serde_json::to_writer(&mut *out, &f)?,
+        ValueRef::Real(_) => out.extend_from_slice(b"null"),
+        ValueRef::Text(t) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(t))?,
+        ValueRef::Blob(b) => serde_json::to_writer(&mut *out, &base64::engine::general_purpose::STANDARD.encode(b))?,
+    }
+    Ok(())
+}
+
+pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
+    let mut array = Vec::with_capacity(objects.iter().map(|o| o.len() + 1).sum::<usize>() + 2);
+    array.push(b'[');
+    for (i, o) in objects.iter().enumerate() {
+        if i > 0 {
+            array.push(b',');
+        }
+        array.extend_from_slice(o);
+    }
+    array.push(b']');
+    let array = String::from_utf8(array).map_err(|_| "an event is not UTF-8")?;
+    let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
+    let values: Vec<String> = fields.iter().map(|f| format!("json_extract(value, '$.{}')", quote(f))).collect();
+    let updates: Vec<String> =
+        fields.iter().filter(|f| **f != s.key).map(|f| format!("{0} = excluded.{0}", quote(f))).collect();
+    let action =
+        if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+    // `WHERE true` tells the parser that ON CONFLICT is the upsert's, not a join's.
+    let sql = format!(
+        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE true ON CONFLICT ({}) {action}",
+        quote(&s.table),
+        cols.join(", "),
+        values.join(", "),
+        quote(&s.key)
+    );
+    c.prepare_cached(&sql)?.execute([array])?;
+    Ok(())
+}
+
+pub fn dead_letters(c: &mut Connection, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+    let tx = c.transaction()?;
+    {
+        let mut stmt = tx.prepare(&format!("INSERT INTO {} (at, reason, event) VALUES (?1, ?2, ?3)", quote(table)))?;
+        for (at, reason, event) in rows {
+            stmt.execute([at, reason, event])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn fault(e: &DbError) -> Fault {
+    let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref::<rusqlite::Error>() else {
+        return Fault::Other;
+    };
+    match f.code {
+        ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig => Fault::Data,
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::SystemIoFailure => Fault::Unreachable,
+        ErrorCode::CannotOpen | ErrorCode::NotADatabase | ErrorCode::PermissionDenied | ErrorCode::ReadOnly => {
+            Fault::Refused
+        }
+        _ => Fault::Other,
+    }
+}

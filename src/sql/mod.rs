@@ -1,0 +1,326 @@
+//! Databases as sources and sinks: the one client type the stages use, whatever the engine.
+//!
+//! - [`url`]: what `--source`, `--sink` and `--checkpoint` name;
+//! - [`key`]: the key a scan orders, splits and checkpoints on;
+//! - [`Conn`]: a connection to PostgreSQL ([`postgres`](self::pg)) or SQLite ([`sqlite`](self::lite)), with what a
+//!   scan and an upsert need of it: the table's schema, chunk boundaries, keyset pages, multi-row upserts.
+//!
+//! Every client is created in the process that uses it, after the fork: the PostgreSQL client runs a private runtime
+//! thread, and SQLite handles must not cross a fork.
+
+pub mod key;
+mod lite;
+mod pg;
+pub mod url;
+
+use crate::error::{Error, Result};
+use key::{Key, KeyKind};
+use url::{Engine, TableUrl};
+
+pub use lite::open_path as open_sqlite;
+
+/// A database error, whatever the client.
+pub type DbError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a failed database call means for the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The server cannot be reached or the connection broke: retry, it may come back.
+    Unreachable,
+    /// The server refused us: wrong password, unknown database, no privilege. Retrying will not help.
+    Refused,
+    /// The statement failed on the data: a type, a constraint. Retrying the same rows will not help.
+    Data,
+    /// Any other failure of a statement.
+    Other,
+}
+
+/// A table as a stage uses it.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    pub table: String,
+    /// The columns a source reads (the key among them), or a sink may write.
+    pub columns: Vec<Column>,
+    /// The column a scan orders and splits on; for a sink, the conflict target of its upserts.
+    pub key: String,
+    pub key_kind: KeyKind,
+    /// The key column's type as the database names it.
+    pub key_type: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    /// Binary: read as base64 text.
+    pub binary: bool,
+}
+
+/// Every column of a table with its type as the database names it, and the primary key's columns.
+pub type TableColumns = (Vec<(Column, String)>, Vec<String>);
+
+/// One row as a source reads it: its key and the row as a JSON object.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub key: Key,
+    pub json: Vec<u8>,
+}
+
+/// A connection to one database.
+pub enum Conn {
+    Postgres(postgres::Client),
+    Sqlite(rusqlite::Connection),
+}
+
+impl Conn {
+    pub fn open(url: &TableUrl) -> Result<Conn> {
+        match url.engine {
+            Engine::Postgres => pg::open(url).map(Conn::Postgres),
+            Engine::Sqlite => lite::open(url).map(Conn::Sqlite),
+            Engine::Mysql => Err(Error::DbUnsupported { url: url.to_string(), what: "MySQL/MariaDB tables" }),
+        }
+    }
+
+    /// The table's columns and key, checked against what the URL asks for: a missing table, key or column is an
+    /// error here, before anything is read or written.
+    pub fn schema(&mut self, url: &TableUrl) -> Result<Schema> {
+        let table = url.table().map_err(|message| Error::DbSchema { message })?;
+        let (columns, primary) = match self {
+            Conn::Postgres(c) => pg::columns(c, table),
+            Conn::Sqlite(c) => lite::columns(c, table),
+        }
+        .map_err(|source| Error::DbQuery { doing: format!("reading the columns of {table}"), source })?;
+        if columns.is_empty() {
+            return Err(Error::DbSchema { message: format!("table {table:?} does not exist in {}", url.location()) });
+        }
+        let has = |name: &str| columns.iter().any(|c| c.0.name == name);
+        let key = match (&url.key, primary.as_slice()) {
+            (Some(k), _) if !has(k) => {
+                return Err(Error::DbSchema { message: format!("table {table:?} has no column {k:?} (key={k})") })
+            }
+            (Some(k), _) => k.clone(),
+            (None, [one]) => one.clone(),
+            (None, []) => {
+                return Err(Error::DbSchema {
+                    message: format!("table {table:?} has no primary key: name the key column with ?key=COLUMN"),
+                })
+            }
+            (None, _) => {
+                return Err(Error::DbSchema {
+                    message: format!(
+                        "table {table:?} has a primary key of {} columns: name one unique column with ?key=COLUMN",
+                        primary.len()
+                    ),
+                })
+            }
+        };
+        let key_type = columns.iter().find(|c| c.0.name == key).map(|c| c.1.clone()).unwrap_or_default();
+        let wanted: Vec<Column> = match &url.columns {
+            Some(names) => {
+                let mut picked = Vec::new();
+                for n in names {
+                    let Some((c, _)) = columns.iter().find(|c| &c.0.name == n) else {
+                        return Err(Error::DbSchema {
+                            message: format!("table {table:?} has no column {n:?} (columns={})", names.join(",")),
+                        });
+                    };
+                    picked.push(c.clone());
+                }
+                if !names.contains(&key) {
+                    picked.insert(
+                        0,
+                        columns
+                            .iter()
+                            .find(|c| c.0.name == key)
+                            .map(|c| c.0.clone())
+                            .unwrap_or(Column { name: key.clone(), binary: false }),
+                    );
+                }
+                picked
+            }
+            None => columns.into_iter().map(|c| c.0).collect(),
+        };
+        Ok(Schema { table: table.to_string(), columns: wanted, key_kind: key_kind(&key_type), key, key_type })
+    }
+
+    /// About how many rows the table holds, and the keys that end every run of `every` rows in key order: the
+    /// boundaries of chunks of even size however the keys are spread. One pass over the key's index.
+    pub fn boundaries(&mut self, s: &Schema, every: u64) -> Result<(u64, Vec<Key>)> {
+        match self {
+            Conn::Postgres(c) => pg::boundaries(c, s, every),
+            Conn::Sqlite(c) => lite::boundaries(c, s, every),
+        }
+        .map_err(|source| Error::DbQuery { doing: format!("splitting {} into chunks", s.table), source })
+    }
+
+    /// The next page of a chunk in key order: up to `limit` rows with a key above `after` and at most `upto`.
+    pub fn page(
+        &mut self,
+        s: &Schema,
+        after: Option<&Key>,
+        upto: Option<&Key>,
+        limit: usize,
+        out: &mut Vec<Row>,
+    ) -> Result<(), DbError> {
+        match self {
+            Conn::Postgres(c) => pg::page(c, s, after, upto, limit, out),
+            Conn::Sqlite(c) => lite::page(c, s, after, upto, limit, out),
+        }
+    }
+
+    /// Writes JSON objects as rows in one transaction: inserted, or updated where the key is already there. Only
+    /// the columns that some object has are written.
+    pub fn upsert(&mut self, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
+        match self {
+            Conn::Postgres(c) => pg::upsert(c, s, objects, fields),
+            Conn::Sqlite(c) => lite::upsert(c, s, objects, fields),
+        }
+    }
+
+    /// Creates the dead-letter table beside `table` if it is missing, and returns its name.
+    pub fn dead_letter_table(&mut self, table: &str) -> Result<String> {
+        let name = format!("{table}_dead_letter");
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (at TEXT NOT NULL, reason TEXT NOT NULL, event TEXT, \
+             written TIMESTAMP DEFAULT CURRENT_TIMESTAMP)",
+            quote(&name)
+        );
+        match self {
+            Conn::Postgres(c) => c.batch_execute(&sql).map_err(DbError::from),
+            Conn::Sqlite(c) => c.execute_batch(&sql).map_err(DbError::from),
+        }
+        .map_err(|source| Error::DbQuery { doing: format!("creating the dead-letter table {name}"), source })?;
+        Ok(name)
+    }
+
+    /// Writes refused events to the dead-letter table, in one transaction.
+    pub fn dead_letters(&mut self, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+        match self {
+            Conn::Postgres(c) => pg::dead_letters(c, table, rows),
+            Conn::Sqlite(c) => lite::dead_letters(c, table, rows),
+        }
+    }
+
+    /// What a failed call means: retry, stop, or set the rows aside.
+    pub fn fault(&self, e: &DbError) -> Fault {
+        match self {
+            Conn::Postgres(_) => pg::fault(e),
+            Conn::Sqlite(_) => lite::fault(e),
+        }
+    }
+}
+
+/// A connection that comes back: statements that fail because the database is away (a restart, a lost connection, a
+/// timeout) are retried on a fresh connection, after a growing delay, `max_retries` times.
+pub struct Resilient {
+    url: TableUrl,
+    conn: Option<Conn>,
+    max_retries: u32,
+    /// Who retries, for the log: `reader-2`, `the sink`.
+    who: String,
+}
+
+impl Resilient {
+    /// Connects now: a wrong URL or password is an error at once, not after the retries.
+    pub fn connect(url: &TableUrl, max_retries: u32, who: String) -> Result<Resilient> {
+        let conn = Conn::open(url)?;
+        Ok(Resilient { url: url.clone(), conn: Some(conn), max_retries, who })
+    }
+
+    pub fn conn(&mut self) -> Result<&mut Conn> {
+        if self.conn.is_none() {
+            self.conn = Some(Conn::open(&self.url)?);
+        }
+        match &mut self.conn {
+            Some(c) => Ok(c),
+            None => unreachable!("connected above"),
+        }
+    }
+
+    /// Runs `op`, retrying while the database is away. `Ok(Err(_))`: the statement failed on its data, which a retry
+    /// would not mend; the caller decides. `Err`: the database stayed away, or refused us.
+    pub fn run<T>(
+        &mut self,
+        doing: &dyn Fn() -> String,
+        mut op: impl FnMut(&mut Conn) -> Result<T, DbError>,
+    ) -> Result<Result<T, DbError>> {
+        let mut attempt = 0u32;
+        loop {
+            let failure = match self.conn() {
+                Ok(conn) => match op(conn) {
+                    Ok(t) => return Ok(Ok(t)),
+                    Err(e) => match conn.fault(&e) {
+                        Fault::Data => return Ok(Err(e)),
+                        Fault::Refused => return Err(Error::DbQuery { doing: doing(), source: e }),
+                        Fault::Unreachable | Fault::Other => e.to_string(),
+                    },
+                },
+                Err(e @ Error::DbConnect { fault: Fault::Unreachable, .. }) => e.to_string(),
+                Err(e) => return Err(e),
+            };
+            // Whatever broke, the next attempt starts on a fresh connection.
+            self.conn = None;
+            attempt += 1;
+            if attempt > self.max_retries {
+                return Err(Error::DbQuery {
+                    doing: format!("{} (gave up after {} retries, --max-retries)", doing(), self.max_retries),
+                    source: failure.into(),
+                });
+            }
+            let delay = crate::backoff::backoff(attempt as usize);
+            crate::telemetry::events::emit(crate::telemetry::events::DatabaseRetried {
+                who: &self.who,
+                doing: &doing(),
+                error: &failure,
+                attempt,
+                max: self.max_retries,
+                delay,
+            });
+            crate::telemetry::heartbeat::waiting_on_peer(|| std::thread::sleep(delay));
+        }
+    }
+}
+
+/// Integer columns split and compare as numbers; everything else as text.
+fn key_kind(type_name: &str) -> KeyKind {
+    let t = type_name.to_ascii_lowercase();
+    if ["int", "serial"].iter().any(|w| t.contains(w)) {
+        KeyKind::Int
+    } else {
+        KeyKind::Text
+    }
+}
+
+/// An identifier quoted for every engine we speak to (MySQL in ANSI_QUOTES mode aside, double quotes are standard).
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The top-level field names of a JSON object, or why it is not one.
+pub fn fields_of(event: &[u8]) -> Result<Vec<String>, String> {
+    let map: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
+        serde_json::from_slice(event).map_err(|e| format!("not a JSON object: {e}"))?;
+    Ok(map.into_keys().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_types_are_integer_keys() {
+        for t in ["integer", "INTEGER", "bigint", "int8", "smallint", "bigserial"] {
+            assert_eq!(key_kind(t), KeyKind::Int, "{t}");
+        }
+        for t in ["text", "character varying", "uuid", "TEXT", ""] {
+            assert_eq!(key_kind(t), KeyKind::Text, "{t}");
+        }
+    }
+
+    #[test]
+    fn identifiers_are_quoted_and_fields_listed() {
+        assert_eq!(quote("VALUE"), "\"VALUE\"");
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(fields_of(br#"{"b":1,"a":{"x":2}}"#).unwrap(), ["a", "b"]);
+        assert!(fields_of(b"[1]").unwrap_err().contains("not a JSON object"));
+    }
+}

@@ -1,0 +1,210 @@
+//! `--source URL`, `--sink URL` and `--checkpoint URL`: which database, which table, which key.
+//!
+//! `postgres://user:password@host:port/db?table=T&key=K&columns=a,b`, `sqlite:PATH?table=T`. `table`, `key` and
+//! `columns` are ours and taken out; every other parameter is the client's (`sslmode`, `connect_timeout`). The
+//! password is masked wherever the URL is shown.
+
+use std::fmt;
+
+/// The database family a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Mysql,
+    Sqlite,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Postgres => "PostgreSQL",
+            Engine::Mysql => "MySQL",
+            Engine::Sqlite => "SQLite",
+        }
+    }
+}
+
+/// A table in a database, as a URL named it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TableUrl {
+    pub engine: Engine,
+    /// What the client connects with: the URL without our parameters (for SQLite, the file's path).
+    pub connect: String,
+    pub table: Option<String>,
+    pub key: Option<String>,
+    pub columns: Option<Vec<String>>,
+    /// The URL as given, its password masked.
+    shown: String,
+}
+
+impl TableUrl {
+    /// Parses a URL; the error says what is wrong without quoting the password.
+    pub fn parse(given: &str) -> Result<TableUrl, String> {
+        let shown = mask(given);
+        let (engine, rest) = if let Some(rest) = given.strip_prefix("sqlite://") {
+            (Engine::Sqlite, rest)
+        } else if let Some(rest) = given.strip_prefix("sqlite:") {
+            (Engine::Sqlite, rest)
+        } else if given.starts_with("postgres://") || given.starts_with("postgresql://") {
+            (Engine::Postgres, given)
+        } else if given.starts_with("mysql://") || given.starts_with("mariadb://") {
+            (Engine::Mysql, given)
+        } else {
+            return Err(format!(
+                "{shown:?} is not a database URL: expected postgres://USER@HOST/DB?table=T, mysql://USER@HOST/DB?table=T \
+                 or sqlite:PATH?table=T"
+            ));
+        };
+        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (mut table, mut key, mut columns, mut passed) = (None, None, None, Vec::new());
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = || decode(v).map_err(|e| format!("{shown}: parameter {k}: {e}"));
+            match k {
+                "table" => table = Some(value()?),
+                "key" => key = Some(value()?),
+                "columns" => {
+                    columns =
+                        Some(value()?.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect())
+                }
+                _ if engine == Engine::Sqlite => {
+                    return Err(format!("{shown}: unknown parameter {k:?} (sqlite: takes table, key and columns)"))
+                }
+                _ => passed.push(pair),
+            }
+        }
+        let connect = match engine {
+            Engine::Sqlite if base.is_empty() => return Err(format!("{shown}: no file path after sqlite:")),
+            Engine::Sqlite => decode(base).map_err(|e| format!("{shown}: {e}"))?,
+            _ if passed.is_empty() => base.to_string(),
+            _ => format!("{base}?{}", passed.join("&")),
+        };
+        if engine == Engine::Mysql {
+            let rest = &base[base.find("://").map_or(0, |i| i + 3)..];
+            if !rest.contains('/') || rest.ends_with('/') {
+                return Err(format!("{shown}: no database name (mysql://USER@HOST:PORT/DB)"));
+            }
+        }
+        for name in table.iter().chain(key.iter()).chain(columns.iter().flatten()) {
+            check_identifier(name).map_err(|e| format!("{shown}: {e}"))?;
+        }
+        Ok(TableUrl { engine, connect, table, key, columns, shown })
+    }
+
+    /// The table, or the error that this use needs one.
+    pub fn table(&self) -> Result<&str, String> {
+        self.table.as_deref().ok_or_else(|| format!("{}: which table? add ?table=NAME", self.shown))
+    }
+
+    /// Where the database is, without credentials or parameters: what identifies a scan in the checkpoint store.
+    pub fn location(&self) -> String {
+        match self.engine {
+            Engine::Sqlite => format!("sqlite:{}", self.connect),
+            _ => {
+                let base = self.connect.split('?').next().unwrap_or_default();
+                let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+                let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                format!("{scheme}://{host}")
+            }
+        }
+    }
+}
+
+impl fmt::Display for TableUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Never prints the password, even by mistake in a `{:?}`.
+impl fmt::Debug for TableUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TableUrl({})", self.shown)
+    }
+}
+
+/// The URL with its password replaced by `****`.
+pub fn mask(url: &str) -> String {
+    match crate::config::url_password(url) {
+        Some(password) => {
+            let at = url.rfind('@').unwrap_or(url.len());
+            let start = at - password.len();
+            format!("{}****{}", &url[..start], &url[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Identifiers are quoted in every statement; these rules keep them to what quoting can carry.
+fn check_identifier(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 || name.contains(['"', '`', '\0']) {
+        return Err(format!("{name:?} is not a usable table or column name"));
+    }
+    Ok(())
+}
+
+/// Percent-decoding, for names and paths with reserved characters.
+fn decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or("a '%' not followed by two hex digits")?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("%{hex} is not a percent-escape"))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8 once decoded".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_parameters_are_taken_out_and_the_clients_kept() {
+        let u = TableUrl::parse(
+            "postgres://app:s3cr@t@db:5432/shop?table=orders&sslmode=require&key=id&columns=id,%20total",
+        )
+        .unwrap();
+        assert_eq!(u.engine, Engine::Postgres);
+        assert_eq!(u.connect, "postgres://app:s3cr@t@db:5432/shop?sslmode=require");
+        assert_eq!(u.table.as_deref(), Some("orders"));
+        assert_eq!(u.key.as_deref(), Some("id"));
+        assert_eq!(u.columns, Some(vec!["id".to_string(), "total".to_string()]));
+        assert_eq!(u.location(), "postgres://db:5432/shop");
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        let u = TableUrl::parse("postgres://app:hunter2@db/shop?table=t").unwrap();
+        for shown in [u.to_string(), format!("{u:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("app:****@db"), "{shown}");
+        }
+        let e = TableUrl::parse("postgres://app:hunter2@db/shop?table=a%zz").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert_eq!(mask("mysql://u@h/d"), "mysql://u@h/d");
+    }
+
+    #[test]
+    fn sqlite_urls_are_paths() {
+        let u = TableUrl::parse("sqlite:/tmp/my%20db.sqlite?table=source").unwrap();
+        assert_eq!((u.engine, u.connect.as_str(), u.table().unwrap()), (Engine::Sqlite, "/tmp/my db.sqlite", "source"));
+        assert_eq!(TableUrl::parse("sqlite://rel.db").unwrap().connect, "rel.db");
+        assert!(TableUrl::parse("sqlite:").is_err());
+        assert!(TableUrl::parse("sqlite:x.db?sslmode=1").unwrap_err().contains("unknown parameter"));
+        assert!(TableUrl::parse("sqlite:x.db").unwrap().table().unwrap_err().contains("?table=NAME"));
+    }
+
+    #[test]
+    fn wrong_urls_say_what_is_expected() {
+        assert!(TableUrl::parse("kafka://x").unwrap_err().contains("expected postgres://"));
+        assert!(TableUrl::parse("mysql://u@h:3306?table=t").unwrap_err().contains("no database name"));
+        assert!(TableUrl::parse("sqlite:x.db?table=a\"b").unwrap_err().contains("not a usable"));
+    }
+}
