@@ -14,4 +14,5 @@ mod pipeline;
 mod readme;
 mod secured;
 mod service;
+mod tables;
 mod transforms;

@@ -4,12 +4,14 @@
 
 pub mod broker;
 pub mod checks;
+pub mod database;
 pub mod random;
 pub mod running;
 pub mod secured;
 
 pub use broker::*;
 pub use checks::*;
+pub use database::*;
 pub use random::Random;
 pub use running::*;
 pub use secured::*;
