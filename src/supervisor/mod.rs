@@ -594,6 +594,7 @@ impl Supervisor {
             ready: self.table.all_working() && self.table.len() == self.cfg.hashers + 2,
             drains: self.drains.finished,
             last_drain: self.drains.last,
+            scan: self.counts.scan(),
             uptime: self.started.elapsed(),
         })
     }

@@ -109,8 +109,16 @@ fn a_scan_resumes_after_sigterm_and_after_kill_9_of_its_source_and_the_table_has
     let state = scratch_dir("resume-state");
     let a = args(&src, &dst, &state, &["--jq", SQRT, "--readers", "3", "--chunk-rows", "20000"]);
 
-    // SIGTERM in the middle: drained, exit 0, partly done.
-    let mut r = start(&a);
+    // SIGTERM in the middle: drained, exit 0, partly done. Progress shows on /metrics meanwhile.
+    let mut r = start(&[a.clone(), vec!["--status-interval".into(), "1".into()]].concat());
+    let progress = r.wait_metrics(Duration::from_secs(60), |m| {
+        m.get("supervisor_scan_rows{state=\"acknowledged\"}").is_some_and(|rows| rows > 0.0)
+    });
+    let progress = progress.unwrap_or_else(|| panic!("no scan progress on /metrics: {}", r.log()));
+    assert_eq!(progress.get("supervisor_scan_chunks{state=\"total\"}"), Some(16.0), "300000 rows in chunks of 20000");
+    assert_eq!(progress.get("supervisor_scan_rows{state=\"estimate\"}"), Some(n as f64));
+    assert!(r.wait_for_log("status: in ", Duration::from_secs(30)));
+    assert!(r.log().contains(" of 16 chunks, "), "the status line shows the scan: {}", r.log());
     assert!(until(Duration::from_secs(60), || count_sqlite(&path, "destination") > 20_000), "{}", r.log());
     assert_eq!(r.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", r.log());
     let first = consumed(&r.log());

@@ -23,6 +23,7 @@ use crate::sql::key::Key;
 use crate::sql::{Conn, Resilient, Row, Schema};
 use crate::stage::{Hooks, Kind, Stage};
 use crate::telemetry::count;
+use crate::telemetry::events::{emit, ScanProgress};
 use checkpoint::{Chunk, Store};
 use chunks::InFlightKeys;
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
@@ -159,6 +160,7 @@ impl Scan {
 
     /// Reads until every chunk is read and acknowledged (then tells the supervisor), or the drain is asked for.
     fn run(&mut self, url: &crate::sql::url::TableUrl, drain: &AtomicBool, hooks: &Hooks) -> Result<()> {
+        self.report_progress();
         let done_before = self.chunks.len() - self.open.len();
         let rows_before: u64 = self.chunks.iter().map(|c| c.rows).sum();
         if self.open.is_empty() {
@@ -330,15 +332,14 @@ impl Scan {
             let c = self.chunks.iter().find(|c| c.index == lane);
             log::debug!("chunk {lane} finished: {} rows", c.map_or(0, |c| c.rows));
         }
+        self.report_progress();
+        Ok(())
+    }
+
+    fn report_progress(&self) {
         let done = self.chunks.iter().filter(|c| c.finished).count();
         let rows: u64 = self.chunks.iter().map(|c| c.rows).sum();
-        crate::telemetry::events::emit(crate::telemetry::events::ScanProgress {
-            chunks: self.chunks.len() as u64,
-            done: done as u64,
-            rows,
-            estimate: self.estimate,
-        });
-        Ok(())
+        emit(ScanProgress { chunks: self.chunks.len() as u64, done: done as u64, rows, estimate: self.estimate });
     }
 
     /// The drain: the flow's handshake with the sink, then the last checkpoints. Names every chunk's checkpoint.

@@ -2,7 +2,7 @@
 
 use crate::position::{Lane, Position, Seq};
 use crate::stage::{Kind, Role};
-use crate::telemetry::counters::StageStats;
+use crate::telemetry::counters::{Scan, StageStats};
 use std::collections::BTreeMap;
 
 /// Every child's last counts, in the order the children were started. Counters only go up across restarts, pid
@@ -70,7 +70,13 @@ impl Counts {
             total.in_flight = source.in_flight;
             total.lanes = source.lanes.clone();
         }
+        total.lanes.scan = self.scan();
         total
+    }
+
+    /// Where the table scan stands, as the newest source that said so had it (a restarted one may not have yet).
+    pub fn scan(&self) -> Option<Scan> {
+        self.children.iter().rev().filter(|c| c.role.kind() == Kind::Source).find_map(|c| c.stats.lanes.scan)
     }
 
     /// What this run committed: per lane, the newest commit any of its sources reported.

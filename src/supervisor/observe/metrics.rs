@@ -203,6 +203,8 @@ pub struct Snapshot<'a> {
     pub ready: bool,
     pub drains: u64,
     pub last_drain: Option<Duration>,
+    /// A table scan's progress, when the source is a table.
+    pub scan: Option<crate::telemetry::counters::Scan>,
     pub uptime: Duration,
 }
 
@@ -353,6 +355,26 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Source partitions this instance's consumer owns now.",
         &[(String::new(), s.assigned as f64)],
     );
+    if let Some(scan) = &s.scan {
+        family(
+            "supervisor_scan_chunks",
+            "gauge",
+            "Chunks of the table scan: all of them, and those finished (every row read and acknowledged).",
+            &[
+                ("{state=\"total\"}".to_string(), scan.chunks as f64),
+                ("{state=\"finished\"}".to_string(), scan.done as f64),
+            ],
+        );
+        family(
+            "supervisor_scan_rows",
+            "gauge",
+            "Rows of the table scan: acknowledged by the sink (across runs), and the table's size when it was planned.",
+            &[
+                ("{state=\"acknowledged\"}".to_string(), scan.rows as f64),
+                ("{state=\"estimate\"}".to_string(), scan.estimate as f64),
+            ],
+        );
+    }
     let labelled = |pairs: &mut dyn Iterator<Item = (&str, u64)>, key: &str| -> Vec<(String, f64)> {
         pairs.map(|(v, n)| (format!("{{{key}=\"{}\"}}", escape(v)), n as f64)).collect()
     };
@@ -432,6 +454,7 @@ mod tests {
             ready: true,
             drains: 2,
             last_drain: Some(Duration::from_millis(250)),
+            scan: None,
             uptime: Duration::from_secs(5),
         })
     }

@@ -2,7 +2,7 @@
 
 use crate::position::Position;
 use crate::telemetry::count;
-use crate::telemetry::counters::StageStats;
+use crate::telemetry::counters::{Scan, StageStats};
 use std::time::{Duration, Instant};
 
 /// How often the status is logged when stderr is not a terminal (piped, or the journal).
@@ -42,15 +42,32 @@ impl StatusLine {
 
 fn line(before: &StageStats, now: &StageStats, since: Duration, restarts: u64) -> String {
     let per_s = |now: u64, before: u64| now.saturating_sub(before) as f64 / since.as_secs_f64();
-    format!(
-        "in {:.0}/s, out {:.0}/s, in flight {}, lag {}, dead letters {}, restarts {restarts}",
-        per_s(now.consumed, before.consumed),
-        per_s(now.delivered + now.dead_lettered, before.delivered + before.dead_lettered),
-        now.in_flight,
+    let out = per_s(now.delivered + now.dead_lettered, before.delivered + before.dead_lettered);
+    let behind = match now.lanes.scan {
+        Some(scan) => format!("scan {}", progress(&scan, out)),
         // librdkafka's first statistics come a second after the partitions are assigned.
-        now.lanes.total_lag().map_or_else(|| "not known yet".to_string(), |l| l.to_string()),
+        None => format!("lag {}", now.lanes.total_lag().map_or_else(|| "not known yet".to_string(), |l| l.to_string())),
+    };
+    format!(
+        "in {:.0}/s, out {out:.0}/s, in flight {}, {behind}, dead letters {}, restarts {restarts}",
+        per_s(now.consumed, before.consumed),
+        now.in_flight,
         now.dead_lettered,
     )
+}
+
+/// A table scan's progress: chunks and rows done, and when it should end at the rate rows go out now.
+pub fn progress(scan: &Scan, rate: f64) -> String {
+    let percent = if scan.estimate > 0 { (scan.rows as f64 * 100.0 / scan.estimate as f64).min(100.0) } else { 100.0 };
+    let left = scan.estimate.saturating_sub(scan.rows);
+    let eta = if scan.done == scan.chunks {
+        "done".to_string()
+    } else if rate >= 1.0 {
+        format!("ETA {:.0?}", Duration::from_secs((left as f64 / rate).ceil() as u64))
+    } else {
+        "ETA unknown".to_string()
+    };
+    format!("{} of {} chunks, {} of ~{} rows ({percent:.0}%), {eta}", scan.done, scan.chunks, scan.rows, scan.estimate)
 }
 
 /// What a transform other than the default did: inputs to outputs, filtered out, fanned out, failed, command restarts
@@ -68,7 +85,11 @@ pub fn transform(name: &str, t: &StageStats) -> String {
 
 /// The closing summary: what the whole run did, across restarts, and what it committed.
 pub fn summary(totals: &StageStats, committed: &[Position], restarts: u64, took: Duration) -> String {
-    let committed: Vec<String> = committed.iter().map(Position::to_string).collect();
+    let committed: Vec<String> = match totals.lanes.scan {
+        // A table scan's positions are its chunks' checkpoints.
+        Some(scan) => vec![format!("{} of {} chunks finished, {} rows in all", scan.done, scan.chunks, scan.rows)],
+        None => committed.iter().map(Position::to_string).collect(),
+    };
     format!(
         "summary: {} consumed, {} delivered, {} dead-lettered, {} retried, {} in {took:.1?}; committed {}",
         totals.consumed,
@@ -142,5 +163,22 @@ mod tests {
         );
         assert!(summary(&totals, &[], 0, Duration::ZERO).ends_with("committed nothing"));
         assert!(summary(&totals, &[], 1, Duration::ZERO).contains(", 1 restart in "));
+        let scan = Scan { chunks: 11, done: 4, rows: 400, estimate: 1000 };
+        let totals = StageStats { lanes: Lanes { scan: Some(scan), ..Lanes::default() }, ..totals };
+        assert!(
+            summary(&totals, &[], 0, Duration::ZERO).ends_with("committed 4 of 11 chunks finished, 400 rows in all")
+        );
+    }
+
+    #[test]
+    fn a_scan_shows_its_chunks_rows_and_eta() {
+        let scan = Scan { chunks: 11, done: 4, rows: 400_000, estimate: 1_000_000 };
+        assert_eq!(progress(&scan, 100_000.0), "4 of 11 chunks, 400000 of ~1000000 rows (40%), ETA 6s");
+        assert!(progress(&scan, 0.0).ends_with("ETA unknown"));
+        let done = Scan { done: 11, rows: 1_000_003, ..scan };
+        assert!(progress(&done, 0.0).ends_with("(100%), done"));
+        let now = StageStats { lanes: Lanes { scan: Some(scan), ..Lanes::default() }, ..StageStats::default() };
+        let l = line(&StageStats::default(), &now, Duration::from_secs(1), 0);
+        assert!(l.contains(", scan 4 of 11 chunks,") && !l.contains("lag"), "{l}");
     }
 }
