@@ -1,5 +1,6 @@
 //! The `supervisor` command: parse flags, then hand over to the library. Exit codes are listed in `--help`.
 
+use supervisor::config::{DemoArgs, DemoCommand};
 use supervisor::supervisor::{Signals, Supervisor};
 use supervisor::telemetry::logging;
 use supervisor::{Cli, Command, Config, Exit};
@@ -22,6 +23,9 @@ fn main() {
     };
     let exit = match &cli.command {
         None => Supervisor::run(Config::from_cli(&cli), signals),
+        Some(Command::Demo(DemoArgs { what: Some(DemoCommand::Sql(args)), .. })) => {
+            supervisor::tools::demo_sql::run(&cli, args, signals)
+        }
         Some(Command::Demo(args)) => supervisor::tools::demo::run(&cli, args, signals),
     };
     std::process::exit(exit.code());

@@ -204,11 +204,32 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
-    /// Run the whole pipeline on an embedded Kafka (librdkafka's mock cluster): no broker to install.
+    /// Run the whole pipeline on an embedded Kafka (librdkafka's mock cluster): no broker to install. `demo sql`
+    /// runs a table scan on embedded SQLite instead.
     Demo(DemoArgs),
 }
 
+#[derive(Subcommand, Debug, Clone)]
+pub enum DemoCommand {
+    /// The article's SQL pipeline on embedded SQLite, no server: SOURCE(VALUE) 1..N → sqrt (a jq filter) →
+    /// DESTINATION(VALUE, ROOT), then every row checked. Ctrl-C stops it; running it again resumes.
+    Sql(SqlDemoArgs),
+}
+
 #[derive(clap::Args, Debug, Clone)]
+pub struct SqlDemoArgs {
+    /// Rows in SOURCE.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub rows: u64,
+
+    /// Where the demo's database and checkpoints live [default: <state-dir>/demo-sql].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DemoArgs {
     /// Events the generator writes before the demo drains and checks the result; 0 runs until Ctrl-C.
     #[arg(long, default_value_t = 200_000, value_name = "N")]
@@ -230,6 +251,9 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(i32).range(1..=256))]
     pub partitions: i32,
+
+    #[command(subcommand)]
+    pub what: Option<DemoCommand>,
 }
 
 /// The flags a config file may set, by long name, with the environment variable that carries each into the parser:
@@ -537,7 +561,7 @@ impl Tables {
 }
 
 /// systemd's `StateDirectory=`, else the XDG state directory.
-fn default_state_dir() -> PathBuf {
+pub fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
         // systemd may list several, separated by ':'; the first is ours.
         let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();

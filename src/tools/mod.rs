@@ -1,4 +1,5 @@
 //! Tools built on the public parts: the embedded demo and the single-process yardstick.
 
 pub mod demo;
+pub mod demo_sql;
 pub mod yardstick;

@@ -27,3 +27,42 @@ fn the_demo_delivers_everything_and_its_summary_tells_what_was_committed() {
     let sum: i64 = committed.split(' ').map(|p| p.split_once(':').map_or(0, |(_, o)| o.parse().unwrap())).sum();
     assert_eq!(sum, 20_000, "every partition committed to its end: {committed}");
 }
+
+#[test]
+fn the_sql_demo_checks_every_row_and_resumes_after_ctrl_c() {
+    let dir = scratch_dir("demo-sql");
+    let demo = |rows: &str| {
+        let mut c = command();
+        c.args(["demo", "sql", "--rows", rows, "--dir"]).arg(&dir).args(["--hashers", "2"]).env("RUST_LOG", "info");
+        c
+    };
+    let out = demo("50000").output().unwrap();
+    let (report, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{report}\n{log}");
+    assert_eq!(after(&report, "verdict"), "OK: nothing lost", "{report}");
+    assert_eq!(after(&report, "rows in DESTINATION"), "50000", "{report}");
+
+    // Ctrl-C in the middle of a bigger run, then a second run resumes it.
+    let first =
+        demo("600000").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let db = dir.join("article.sqlite");
+    let written = || {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM DESTINATION", [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0)
+    };
+    let t0 = std::time::Instant::now();
+    while written() < 50_000 && t0.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGINT).unwrap();
+    let out = first.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(after(&report, "verdict").starts_with("stopped after "), "{report}");
+    let out = demo("600000").output().unwrap();
+    let (report, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{report}\n{log}");
+    assert!(log.contains("resuming the scan"), "{log}");
+    assert_eq!(after(&report, "verdict"), "OK: nothing lost", "{report}");
+}
