@@ -42,7 +42,7 @@ pub fn columns(c: &mut Connection, table: &str) -> Result<TableColumns, DbError>
             primary.push((pk, name.clone()));
         }
         let binary = ty.to_ascii_uppercase().contains("BLOB");
-        columns.push((Column { name, binary }, ty));
+        columns.push((Column { name, binary, type_name: ty.to_ascii_lowercase() }, ty));
     }
     primary.sort();
     Ok((columns, primary.into_iter().map(|p| p.1).collect()))
@@ -68,7 +68,7 @@ pub fn boundaries(c: &mut Connection, s: &Schema, every: u64) -> Result<(u64, Ve
     let (t, k) = (quote(&s.table), quote(&s.key));
     let total: i64 = c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
     let mut stmt = c.prepare(&format!(
-        "SELECT k FROM (SELECT {k} AS k, row_number() OVER (ORDER BY {k}) AS n FROM {t}) WHERE n % ?1 = 0 ORDER BY k"
+        "SELECT k FROM (SELECT {k} AS k, row_number() OVER (ORDER BY {k}) AS n FROM {t}) WHERE n % ?1 = 0 ORDER BY n"
     ))?;
     let mut rows = stmt.query([every.max(1) as i64])?;
     let mut keys = Vec::new();

@@ -10,6 +10,7 @@
 
 pub mod key;
 mod lite;
+mod my;
 mod pg;
 pub mod url;
 
@@ -53,6 +54,8 @@ pub struct Column {
     pub name: String,
     /// Binary: read as base64 text.
     pub binary: bool,
+    /// The type as the database names it, lower case.
+    pub type_name: String,
 }
 
 /// Every column of a table with its type as the database names it, and the primary key's columns.
@@ -68,6 +71,7 @@ pub struct Row {
 /// A connection to one database.
 pub enum Conn {
     Postgres(postgres::Client),
+    Mysql(mysql::Conn),
     Sqlite(rusqlite::Connection),
 }
 
@@ -76,7 +80,7 @@ impl Conn {
         match url.engine {
             Engine::Postgres => pg::open(url).map(Conn::Postgres),
             Engine::Sqlite => lite::open(url).map(Conn::Sqlite),
-            Engine::Mysql => Err(Error::DbUnsupported { url: url.to_string(), what: "MySQL/MariaDB tables" }),
+            Engine::Mysql => my::open(url).map(Conn::Mysql),
         }
     }
 
@@ -86,6 +90,7 @@ impl Conn {
         let table = url.table().map_err(|message| Error::DbSchema { message })?;
         let (columns, primary) = match self {
             Conn::Postgres(c) => pg::columns(c, table),
+            Conn::Mysql(c) => my::columns(c, table),
             Conn::Sqlite(c) => lite::columns(c, table),
         }
         .map_err(|source| Error::DbQuery { doing: format!("reading the columns of {table}"), source })?;
@@ -128,11 +133,11 @@ impl Conn {
                 if !names.contains(&key) {
                     picked.insert(
                         0,
-                        columns
-                            .iter()
-                            .find(|c| c.0.name == key)
-                            .map(|c| c.0.clone())
-                            .unwrap_or(Column { name: key.clone(), binary: false }),
+                        columns.iter().find(|c| c.0.name == key).map(|c| c.0.clone()).unwrap_or(Column {
+                            name: key.clone(),
+                            binary: false,
+                            type_name: key_type.clone(),
+                        }),
                     );
                 }
                 picked
@@ -147,6 +152,7 @@ impl Conn {
     pub fn boundaries(&mut self, s: &Schema, every: u64) -> Result<(u64, Vec<Key>)> {
         match self {
             Conn::Postgres(c) => pg::boundaries(c, s, every),
+            Conn::Mysql(c) => my::boundaries(c, s, every),
             Conn::Sqlite(c) => lite::boundaries(c, s, every),
         }
         .map_err(|source| Error::DbQuery { doing: format!("splitting {} into chunks", s.table), source })
@@ -163,6 +169,7 @@ impl Conn {
     ) -> Result<(), DbError> {
         match self {
             Conn::Postgres(c) => pg::page(c, s, after, upto, limit, out),
+            Conn::Mysql(c) => my::page(c, s, after, upto, limit, out),
             Conn::Sqlite(c) => lite::page(c, s, after, upto, limit, out),
         }
     }
@@ -172,6 +179,7 @@ impl Conn {
     pub fn upsert(&mut self, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
         match self {
             Conn::Postgres(c) => pg::upsert(c, s, objects, fields),
+            Conn::Mysql(c) => my::upsert(c, s, objects, fields),
             Conn::Sqlite(c) => lite::upsert(c, s, objects, fields),
         }
     }
@@ -179,13 +187,16 @@ impl Conn {
     /// Creates the dead-letter table beside `table` if it is missing, and returns its name.
     pub fn dead_letter_table(&mut self, table: &str) -> Result<String> {
         let name = format!("{table}_dead_letter");
+        // MySQL's TEXT holds 64 KiB; an event may be longer.
+        let text = if matches!(self, Conn::Mysql(_)) { "LONGTEXT" } else { "TEXT" };
         let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} (at TEXT NOT NULL, reason TEXT NOT NULL, event TEXT, \
+            "CREATE TABLE IF NOT EXISTS {} (at {text} NOT NULL, reason {text} NOT NULL, event {text}, \
              written TIMESTAMP DEFAULT CURRENT_TIMESTAMP)",
             quote(&name)
         );
         match self {
             Conn::Postgres(c) => c.batch_execute(&sql).map_err(DbError::from),
+            Conn::Mysql(c) => mysql::prelude::Queryable::query_drop(c, &sql).map_err(DbError::from),
             Conn::Sqlite(c) => c.execute_batch(&sql).map_err(DbError::from),
         }
         .map_err(|source| Error::DbQuery { doing: format!("creating the dead-letter table {name}"), source })?;
@@ -196,6 +207,7 @@ impl Conn {
     pub fn dead_letters(&mut self, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
         match self {
             Conn::Postgres(c) => pg::dead_letters(c, table, rows),
+            Conn::Mysql(c) => my::dead_letters(c, table, rows),
             Conn::Sqlite(c) => lite::dead_letters(c, table, rows),
         }
     }
@@ -204,6 +216,7 @@ impl Conn {
     pub fn fault(&self, e: &DbError) -> Fault {
         match self {
             Conn::Postgres(_) => pg::fault(e),
+            Conn::Mysql(_) => my::fault(e),
             Conn::Sqlite(_) => lite::fault(e),
         }
     }

@@ -38,7 +38,7 @@ pub fn columns(c: &mut Client, table: &str) -> Result<TableColumns, DbError> {
         .iter()
         .map(|r| {
             let (name, udt): (String, String) = (r.get(0), r.get(1));
-            (Column { name, binary: udt == "bytea" }, udt)
+            (Column { name, binary: udt == "bytea", type_name: udt.clone() }, udt)
         })
         .collect();
     let primary = c
@@ -81,8 +81,9 @@ pub fn boundaries(c: &mut Client, s: &Schema, every: u64) -> Result<(u64, Vec<Ke
     let total: i64 = c.query_one(&format!("SELECT count(*) FROM {t}"), &[])?.get(0);
     let rows = c.query(
         &format!(
+            // Ordered by n, not by the text: "10" sorts before "9".
             "SELECT k::text FROM (SELECT {k} AS k, row_number() OVER (ORDER BY {k}) AS n FROM {t}) s \
-             WHERE n % $1 = 0 ORDER BY k"
+             WHERE n % $1 = 0 ORDER BY n"
         ),
         &[&(every.max(1) as i64)],
     )?;

@@ -341,7 +341,12 @@ impl Supervisor {
             Report::Failed { pid, code, message, peer_gone } => {
                 let role = self.table.on_report(pid, Some(Transition::Failed)).map(|(role, _)| role);
                 let who = role.map_or_else(|| format!("pid {pid}"), |r| format!("{r} (pid {pid})"));
-                log::error!("{who} failed: {message}");
+                if peer_gone && self.outcome.cause().is_some() {
+                    // Only the consequence of the failure already told: a neighbour went away.
+                    log::debug!("{who} stopped: {message}");
+                } else {
+                    log::error!("{who} failed: {message}");
+                }
                 let (exit, cause) = (Exit::from_code(code), format!("{who} failed: {message}"));
                 if peer_gone {
                     self.outcome.peer_gone(exit, role, cause);

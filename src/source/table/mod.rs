@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::position::{Lane, Position};
 use crate::source::flow::{Drained, Flow};
+use crate::source::pace::Pace;
 use crate::source::{drain_flag, SourceEnds};
 use crate::sql::key::Key;
 use crate::sql::{Conn, Resilient, Row, Schema};
@@ -119,6 +120,7 @@ struct Scan {
     readers: usize,
     max_retries: u32,
     capacity: usize,
+    max_rate: Option<u64>,
     estimate: u64,
     /// Every chunk of the plan.
     chunks: Vec<Chunk>,
@@ -147,6 +149,7 @@ impl Scan {
             readers: cfg.readers,
             max_retries: cfg.max_retries,
             capacity: cfg.queue_capacity,
+            max_rate: cfg.max_rate,
             estimate,
             chunks,
             open,
@@ -211,6 +214,7 @@ impl Scan {
     }
 
     fn pump(&mut self, pages: &Receiver<FromReader>, drain: &AtomicBool, hooks: &Hooks) -> Result<()> {
+        let mut pace = self.max_rate.map(|rate| Pace::new(rate, Instant::now()));
         while !drain.load(Ordering::Relaxed) {
             self.flow.apply_acks(Duration::ZERO);
             if self.flow.finished() {
@@ -222,9 +226,11 @@ impl Scan {
                 hooks.finished();
                 return Ok(());
             }
-            if self.flow.marks().in_flight() >= self.capacity {
+            // At the bound, or out of --max-rate's tokens, no page is taken: the readers wait, and so does the database.
+            let wait = pace.as_mut().map_or(Duration::ZERO, |p| p.wait(Instant::now()));
+            if self.flow.marks().in_flight() >= self.capacity || !wait.is_zero() {
                 self.flow.flush_all()?;
-                self.flow.apply_acks(Duration::from_millis(20));
+                self.flow.apply_acks(wait.clamp(Duration::from_millis(1), Duration::from_millis(20)));
                 continue;
             }
             match pages.recv_timeout(Duration::from_millis(20)) {
@@ -233,6 +239,9 @@ impl Scan {
                         let Some(open) = self.open.get_mut(&lane) else { break };
                         let key = row.key.to_bytes();
                         let seq = open.keys.push(row.key);
+                        if let Some(p) = &mut pace {
+                            p.took();
+                        }
                         self.flow.dispatch(&Record {
                             at: Position::new(lane, seq),
                             timestamp: None,

@@ -129,3 +129,215 @@ pub fn sqlite_file(name: &str) -> (PathBuf, rusqlite::Connection) {
     c.pragma_update(None, "journal_mode", "WAL").unwrap();
     (path, c)
 }
+
+pub const MARIA_PASSWORD: &str = "maria-test-secret";
+
+/// A MariaDB server with its own data directory on a free loopback port, user `test` with a password, database
+/// `test`; killed and removed on drop.
+pub struct Mariadb {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Mariadb {
+    pub fn start(name: &str) -> Mariadb {
+        let dir = scratch_dir(&format!("maria-{name}"));
+        let mut init = Command::new("mariadb-install-db");
+        init.arg("--no-defaults").arg(format!("--datadir={}", dir.join("data").display()));
+        init.args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+        if is_root() {
+            init.arg("--user=root");
+        }
+        run(init, "mariadb-install-db (scripts/install-deps installs mariadb-server)");
+        let mut m = Mariadb { port: free_port(), dir, child: None };
+        m.spawn();
+        let mut c = Command::new("mariadb");
+        c.arg("--no-defaults").arg(format!("--socket={}", m.dir.join("sock").display())).args(["-u", "root", "-e"]);
+        c.arg(format!(
+            "CREATE DATABASE test; CREATE USER 'test'@'%' IDENTIFIED BY '{MARIA_PASSWORD}'; \
+             GRANT ALL ON *.* TO 'test'@'%';"
+        ));
+        run(c, "creating the test user");
+        m
+    }
+
+    fn spawn(&mut self) {
+        let mut c = Command::new("mariadbd");
+        c.arg("--no-defaults")
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--socket={}", self.dir.join("sock").display()))
+            .arg(format!("--port={}", self.port))
+            .args(["--bind-address=127.0.0.1", "--skip-name-resolve", "--skip-log-bin"])
+            .args(["--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=2"])
+            .arg(format!("--log-error={}", self.dir.join("error.log").display()));
+        if is_root() {
+            c.arg("--user=root");
+        }
+        self.child = Some(c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap());
+        wait_listening("MariaDB", &format!("127.0.0.1:{}", self.port));
+    }
+
+    /// Stops the server (as a clean shutdown), waits `down`, and starts it again.
+    pub fn restart_after(&mut self, down: std::time::Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+        std::thread::sleep(down);
+        self.spawn();
+    }
+
+    pub fn url(&self, table: &str) -> String {
+        format!("mysql://test:{MARIA_PASSWORD}@127.0.0.1:{}/test?table={table}", self.port)
+    }
+
+    pub fn client(&self) -> mysql::Conn {
+        let url = format!("mysql://test:{MARIA_PASSWORD}@127.0.0.1:{}/test", self.port);
+        mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap()
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A database of any engine the table tests run against, with what they need of it: URLs, statements, counts.
+pub enum Db {
+    Postgres(Postgres),
+    Mariadb(Mariadb),
+    Sqlite(PathBuf),
+}
+
+impl Db {
+    /// `kind`: postgres, mariadb or sqlite.
+    pub fn start(kind: &str, name: &str) -> Db {
+        match kind {
+            "postgres" => Db::Postgres(Postgres::start(name)),
+            "mariadb" => Db::Mariadb(Mariadb::start(name)),
+            _ => Db::Sqlite(sqlite_file(name).0),
+        }
+    }
+
+    pub fn url(&self, table: &str) -> String {
+        match self {
+            Db::Postgres(pg) => pg.url(table),
+            Db::Mariadb(m) => m.url(table),
+            Db::Sqlite(path) => format!("sqlite:{}?table={table}", path.display()),
+        }
+    }
+
+    /// Runs statements separated by `;`.
+    pub fn exec(&self, sql: &str) {
+        match self {
+            Db::Postgres(pg) => pg.client("test").batch_execute(sql).unwrap(),
+            Db::Mariadb(m) => {
+                let mut c = m.client();
+                for s in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                    mysql::prelude::Queryable::query_drop(&mut c, s).unwrap_or_else(|e| panic!("{s}: {e}"));
+                }
+            }
+            Db::Sqlite(path) => rusqlite::Connection::open(path).unwrap().execute_batch(sql).unwrap(),
+        }
+    }
+
+    /// The integer the query returns; 0 when it fails (a table not there yet).
+    pub fn one(&self, sql: &str) -> i64 {
+        match self {
+            Db::Postgres(pg) => postgres::Client::connect(
+                &format!("host=127.0.0.1 port={} user=postgres password={PG_PASSWORD} dbname=test", pg.port),
+                postgres::NoTls,
+            )
+            .ok()
+            .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::bigint"), &[]).ok())
+            .map_or(0, |r| r.get(0)),
+            Db::Mariadb(m) => mysql::Conn::new(
+                mysql::Opts::from_url(&format!("mysql://test:{MARIA_PASSWORD}@127.0.0.1:{}/test", m.port)).unwrap(),
+            )
+            .ok()
+            .and_then(|mut c| {
+                mysql::prelude::Queryable::query_first::<Option<i64>, _>(&mut c, sql).ok().flatten().flatten()
+            })
+            .unwrap_or(0),
+            Db::Sqlite(path) => rusqlite::Connection::open(path)
+                .and_then(|c| c.query_row(sql, [], |r| r.get::<_, Option<i64>>(0)))
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+        }
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.one(&format!("SELECT COUNT(*) FROM {table}"))
+    }
+
+    /// Inserts one row per v in 1..=n into `table (cols)`, the row being `exprs` of v.
+    pub fn fill(&self, table: &str, cols: &str, exprs: &str, n: i64) {
+        let sql = match self {
+            Db::Postgres(_) => {
+                format!("INSERT INTO {table} ({cols}) SELECT {exprs} FROM generate_series(1::bigint, {n}) AS s(v)")
+            }
+            Db::Mariadb(_) => {
+                format!("INSERT INTO {table} ({cols}) SELECT {exprs} FROM (SELECT seq AS v FROM seq_1_to_{n}) s")
+            }
+            Db::Sqlite(_) => format!(
+                "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < {n}) \
+                 INSERT INTO {table} ({cols}) SELECT {exprs} FROM s"
+            ),
+        };
+        self.exec(&sql);
+    }
+
+    /// A text column type that can be a key.
+    pub fn text_key(&self) -> &'static str {
+        match self {
+            Db::Mariadb(_) => "VARCHAR(64)",
+            _ => "TEXT",
+        }
+    }
+
+    /// The URL with a wrong password, for the engines that have one.
+    pub fn wrong_password(&self, table: &str) -> Option<String> {
+        match self {
+            Db::Postgres(_) => Some(self.url(table).replace(PG_PASSWORD, "not-the-password")),
+            Db::Mariadb(_) => Some(self.url(table).replace(MARIA_PASSWORD, "not-the-password")),
+            Db::Sqlite(_) => None,
+        }
+    }
+
+    /// The URL of a server that is not there, for the engines that have servers.
+    pub fn unreachable(&self, table: &str) -> Option<String> {
+        let port = free_port();
+        match self {
+            Db::Postgres(_) => Some(format!("postgres://postgres@127.0.0.1:{port}/test?table={table}")),
+            Db::Mariadb(_) => Some(format!("mysql://test@127.0.0.1:{port}/test?table={table}")),
+            Db::Sqlite(_) => None,
+        }
+    }
+
+    pub fn password(&self) -> Option<&'static str> {
+        match self {
+            Db::Postgres(_) => Some(PG_PASSWORD),
+            Db::Mariadb(_) => Some(MARIA_PASSWORD),
+            Db::Sqlite(_) => None,
+        }
+    }
+
+    /// Stops the server for `down` and starts it again.
+    pub fn restart_after(&mut self, down: std::time::Duration) {
+        match self {
+            Db::Postgres(pg) => pg.restart_after(down),
+            Db::Mariadb(m) => m.restart_after(down),
+            Db::Sqlite(_) => panic!("SQLite has no server to restart"),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! MySQL and MariaDB: the session runs in ANSI_QUOTES mode, so identifiers are double-quoted as everywhere else, and
+//! in UTC, so timestamps read as RFC 3339. Rows are read with the binary protocol and written as JSON here, by the
+//! column's type; events are written as multi-row `INSERT ... ON DUPLICATE KEY UPDATE` with typed parameters.
+
+use super::key::{Key, KeyKind};
+use super::url::TableUrl;
+use super::{quote, Column, DbError, Fault, Row, Schema, TableColumns};
+use crate::error::{Error, Result};
+use base64::Engine as _;
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts, OptsBuilder, TxOpts, Value};
+use std::time::Duration;
+
+/// Placeholders one statement may hold.
+const MAX_PARAMS: usize = 65_535;
+
+pub fn open(url: &TableUrl) -> Result<Conn> {
+    let given = url.connect.replacen("mariadb://", "mysql://", 1);
+    let refused = |source: DbError| Error::DbConnect { url: url.to_string(), fault: Fault::Refused, source };
+    let opts = Opts::from_url(&given).map_err(|e| refused(e.into()))?;
+    let opts = OptsBuilder::from_opts(opts)
+        .tcp_connect_timeout(Some(Duration::from_secs(10)))
+        .init(vec!["SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')", "SET time_zone = '+00:00'"]);
+    Conn::new(opts).map_err(|e| {
+        let source: DbError = e.into();
+        Error::DbConnect { url: url.to_string(), fault: fault(&source), source }
+    })
+}
+
+pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
+    let rows: Vec<(String, String, String)> = c.exec(
+        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+        (table,),
+    )?;
+    let mut columns = Vec::new();
+    let mut primary = Vec::new();
+    for (name, ty, key) in rows {
+        let ty = ty.to_ascii_lowercase();
+        if key == "PRI" {
+            primary.push(name.clone());
+        }
+        columns
+            .push((Column { name, binary: ty.contains("blob") || ty.contains("binary"), type_name: ty.clone() }, ty));
+    }
+    Ok((columns, primary))
+}
+
+fn key_of(s: &Schema, v: Value) -> Result<Key, DbError> {
+    match (s.key_kind, v) {
+        (KeyKind::Int, Value::Int(i)) => Ok(Key::Int(i)),
+        (KeyKind::Int, Value::UInt(u)) => Ok(Key::Int(i64::try_from(u)?)),
+        (KeyKind::Int, Value::Bytes(b)) => Ok(Key::Int(String::from_utf8_lossy(&b).parse()?)),
+        (KeyKind::Text, Value::Bytes(b)) => Ok(Key::Text(String::from_utf8_lossy(&b).into_owned())),
+        (KeyKind::Text, Value::Int(i)) => Ok(Key::Text(i.to_string())),
+        (_, other) => Err(format!("key column {:?} holds {other:?}, not a usable key", s.key).into()),
+    }
+}
+
+fn bind(k: &Key) -> Value {
+    match k {
+        Key::Int(i) => Value::Int(*i),
+        Key::Text(t) => Value::Bytes(t.clone().into_bytes()),
+    }
+}
+
+pub fn boundaries(c: &mut Conn, s: &Schema, every: u64) -> Result<(u64, Vec<Key>), DbError> {
+    let (t, k) = (quote(&s.table), quote(&s.key));
+    let total: Option<u64> = c.query_first(format!("SELECT COUNT(*) FROM {t}"))?;
+    let rows: Vec<Value> = c.exec(
+        format!(
+            "SELECT k FROM (SELECT {k} AS k, ROW_NUMBER() OVER (ORDER BY {k}) AS n FROM {t}) s WHERE MOD(n, ?) = 0 \
+             ORDER BY n"
+        ),
+        (every.max(1),),
+    )?;
+    let keys = rows.into_iter().map(|v| key_of(s, v)).collect::<Result<_, _>>()?;
+    Ok((total.unwrap_or_default(), keys))
+}
+
+pub fn page(
+    c: &mut Conn,
+    s: &Schema,
+    after: Option<&Key>,
+    upto: Option<&Key>,
+    limit: usize,
+    out: &mut Vec<Row>,
+) -> Result<(), DbError> {
+    let k = quote(&s.key);
+    let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
+    let mut conds = Vec::new();
+    let mut params = Vec::new();
+    if let Some(a) = after {
+        params.push(bind(a));
+        conds.push(format!("{k} > ?"));
+    }
+    if let Some(u) = upto {
+        params.push(bind(u));
+        conds.push(format!("{k} <= ?"));
+    }
+    let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+    let sql = format!(
+        "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",
+        cols.join(", "),
+        quote(&s.table),
+        limit.max(1)
+    );
+    let names: Vec<String> = s.columns.iter().map(|c| serde_json::to_string(&c.name).unwrap_or_default()).collect();
+    let rows: Vec<mysql::Row> = c.exec(sql, params)?;
+    for row in rows {
+        let mut values = row.unwrap().into_iter();
+        let key = key_of(s, values.next().unwrap_or(Value::NULL))?;
+        let mut json = Vec::with_capacity(64);
+        json.push(b'{');
+        for (i, (v, col)) in values.zip(&s.columns).enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(names[i].as_bytes());
+            json.push(b':');
+            write_value(&mut json, v, col)?;
+        }
+        json.push(b'}');
+        out.push(Row { key, json });
+    }
+    Ok(())
+}
+
+/// A value as JSON, by its column's type: numbers stay numbers (decimals too), bytes are base64, timestamps RFC 3339.
+fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<(), DbError> {
+    let numeric = ["decimal", "numeric"].contains(&col.type_name.as_str());
+    match v {
+        Value::NULL => out.extend_from_slice(b"null"),
+        Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Value::UInt(u) => out.extend_from_slice(u.to_string().as_bytes()),
+        Value::Float(f) if f.is_finite() => serde_json::to_writer(&mut *out, &f)?,
+        Value::Double(f) if f.is_finite() => serde_json::to_writer(&mut *out, &f)?,
+        Value::Float(_) | Value::Double(_) => out.extend_from_slice(b"null"),
+        Value::Bytes(b) if col.binary => {
+            serde_json::to_writer(&mut *out, &base64::engine::general_purpose::STANDARD.encode(b))?
+        }
+        Value::Bytes(b) if numeric => out.extend_from_slice(&b),
+        Value::Bytes(b) if col.type_name == "json" => out.extend_from_slice(&b),
+        Value::Bytes(b) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(&b))?,
+        Value::Date(y, mo, d, h, mi, s, us) => {
+            let text = match col.type_name.as_str() {
+                "date" => format!("{y:04}-{mo:02}-{d:02}"),
+                // TIMESTAMP is read in the session's time zone, UTC; DATETIME has none.
+                ty => format!(
+                    "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{}{}",
+                    if us > 0 { format!(".{us:06}") } else { String::new() },
+                    if ty == "timestamp" { "Z" } else { "" }
+                ),
+            };
+            serde_json::to_writer(&mut *out, &text)?
+        }
+        Value::Time(neg, days, h, mi, s, us) => {
+            let hours = days * 24 + u32::from(h);
+            let frac = if us > 0 { format!(".{us:06}") } else { String::new() };
+            serde_json::to_writer(&mut *out, &format!("{}{hours:02}:{mi:02}:{s:02}{frac}", if neg { "-" } else { "" }))?
+        }
+    }
+    Ok(())
+}
+
+/// A JSON value as a statement parameter.
+fn param(v: Option<&serde_json::Value>) -> Value {
+    match v {
+        None | Some(serde_json::Value::Null) => Value::NULL,
+        Some(serde_json::Value::Bool(b)) => Value::Int(i64::from(*b)),
+        Some(serde_json::Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Some(serde_json::Value::String(s)) => Value::Bytes(s.clone().into_bytes()),
+        Some(other) => Value::Bytes(other.to_string().into_bytes()),
+    }
+}
+
+pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
+    let rows_per_statement = (MAX_PARAMS / fields.len().max(1)).max(1);
+    let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
+    let updates: Vec<String> =
+        fields.iter().filter(|f| **f != s.key).map(|f| format!("{0} = VALUES({0})", quote(f))).collect();
+    // With nothing else to update, the key is set to itself: the row stays as it is.
+    let action = if updates.is_empty() { format!("{0} = {0}", quote(&s.key)) } else { updates.join(", ") };
+    let one = format!("({})", vec!["?"; fields.len()].join(", "));
+    let mut tx = c.start_transaction(TxOpts::default())?;
+    for part in objects.chunks(rows_per_statement) {
+        let mut params = Vec::with_capacity(part.len() * fields.len());
+        for o in part {
+            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(o)?;
+            params.extend(fields.iter().map(|f| param(map.get(*f))));
+        }
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {} ON DUPLICATE KEY UPDATE {action}",
+            quote(&s.table),
+            cols.join(", "),
+            vec![one.as_str(); part.len()].join(", ")
+        );
+        tx.exec_drop(sql, params)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn dead_letters(c: &mut Conn, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+    let mut tx = c.start_transaction(TxOpts::default())?;
+    let sql = format!("INSERT INTO {} (at, reason, event) VALUES (?, ?, ?)", quote(table));
+    for (at, reason, event) in rows {
+        tx.exec_drop(&sql, (at, reason, event))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// By server error code: credentials and catalog refuse; data, range and constraint errors are the rows'; a lost or
+/// shut-down connection is the server being away.
+pub fn fault(e: &DbError) -> Fault {
+    match e.downcast_ref::<mysql::Error>() {
+        Some(mysql::Error::MySqlError(m)) => match m.code {
+            1044 | 1045 | 1049 | 1142 | 1698 => Fault::Refused,
+            1048 | 1062 | 1216 | 1217 | 1264 | 1265 | 1292 | 1366 | 1406 | 1451 | 1452 | 3819 | 4025 => Fault::Data,
+            1040 | 1053 | 1205 | 1213 | 2006 | 2013 => Fault::Unreachable,
+            _ => Fault::Other,
+        },
+        Some(mysql::Error::IoError(_) | mysql::Error::DriverError(_) | mysql::Error::CodecError(_)) => {
+            Fault::Unreachable
+        }
+        Some(_) => Fault::Other,
+        None if e.downcast_ref::<serde_json::Error>().is_some() => Fault::Data,
+        None => Fault::Other,
+    }
+}
