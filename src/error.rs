@@ -96,6 +96,8 @@ pub enum Error {
     DeadLetter { at: Position, source: KafkaError },
     /// The next stage down the pipeline went away before the drain finished.
     PeerGone { peer: &'static str },
+    /// A table scan's reader went away while it had a chunk to read.
+    ReaderGone { reader: String },
     /// An IPC channel could not be created.
     CreateChannel(io::Error),
     /// A message could not be sent on an IPC channel.
@@ -146,7 +148,7 @@ impl Error {
     /// Whether this only says that a neighbouring stage went away: a consequence of another failure, seldom its
     /// cause.
     pub fn is_peer_gone(&self) -> bool {
-        matches!(self, Error::PeerGone { .. } | Error::Send(_) | Error::Receive(_))
+        matches!(self, Error::PeerGone { .. } | Error::ReaderGone { .. } | Error::Send(_) | Error::Receive(_))
     }
 
     /// The exit code a process reports for this error.
@@ -201,6 +203,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot write to the dead-letter topic: partition {} offset {}: {source}", at.lane, at.seq)
             }
             Error::PeerGone { peer } => write!(f, "the {peer} went away"),
+            Error::ReaderGone { reader } => write!(f, "{reader} went away in the middle of a chunk"),
             Error::CreateChannel(e) => write!(f, "cannot create an IPC channel: {e}"),
             Error::Send(e) => write!(f, "cannot send on an IPC channel: {e}"),
             Error::Receive(e) => write!(f, "cannot receive from an IPC channel: {e}"),
@@ -269,6 +272,7 @@ impl std::error::Error for Error {
             Error::MissingTopic { .. }
             | Error::Refused { .. }
             | Error::PeerGone { .. }
+            | Error::ReaderGone { .. }
             | Error::UnknownFrame { .. }
             | Error::JqCompile { .. }
             | Error::ExecGaveUp { .. } => None,

@@ -40,6 +40,11 @@ impl BatchSender {
         Ok(())
     }
 
+    /// Sends an encoded message as it is (a reader's page), blocking while the receiver is full.
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        heartbeat::waiting_on_peer(|| self.0.send(bytes)).map_err(|e| Error::Send(e.into()))
+    }
+
     pub fn send_pill(&self) -> Result<()> {
         heartbeat::waiting_on_peer(|| self.0.send(&Frame::pill())).map_err(|e| Error::Send(e.into()))
     }
@@ -52,6 +57,41 @@ impl BatchReceiver {
             Err(IpcError::Disconnected) => Ok(None),
             Err(e) => Err(Error::Receive(e)),
         }
+    }
+}
+
+/// Source → a table scan's reader: the next chunk to read, or the end.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// Read chunk `lane`: rows with `after < key <= upto` (either unbounded when absent), in key order.
+    Chunk { lane: Lane, after: Option<crate::sql::key::Key>, upto: Option<crate::sql::key::Key> },
+    /// Nothing more to read: exit.
+    Stop,
+}
+
+pub type WorkSender = IpcSender<Work>;
+pub type WorkReceiver = IpcReceiver<Work>;
+
+pub fn work_channel() -> Result<(WorkSender, WorkReceiver)> {
+    ipc::channel().map_err(Error::CreateChannel)
+}
+
+/// A reader → source: one page of a chunk's rows, in key order, each with its key and the row as a JSON object.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub lane: Lane,
+    pub rows: Vec<(crate::sql::key::Key, serde_bytes::ByteBuf)>,
+    /// The chunk's last page: the reader wants its next chunk.
+    pub last: bool,
+}
+
+impl Page {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        bincode::serde::encode_to_vec(self, bincode_config()).map_err(Error::Encode)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Page> {
+        bincode::serde::decode_from_slice(bytes, bincode_config()).map(|(p, _)| p).map_err(Error::Decode)
     }
 }
 

@@ -5,7 +5,7 @@ pub mod librdkafka;
 mod secret;
 mod transform;
 
-use crate::sql::url::{Engine, TableUrl};
+use crate::sql::url::TableUrl;
 use crate::telemetry::redact;
 use clap::{Parser, Subcommand};
 use file::{FileFlag, FileSettings};
@@ -174,6 +174,11 @@ pub struct Cli {
     /// policy takes over.
     #[arg(long, env = "SUPERVISOR_MAX_RETRIES", default_value_t = 10, value_name = "N")]
     pub max_retries: u32,
+
+    /// Seconds a claimed chunk stays this instance's without a checkpoint or renewal; after that another instance
+    /// sharing the --checkpoint store may take it over.
+    #[arg(long, env = "SUPERVISOR_CHUNK_LEASE", default_value = "30", value_name = "SECS", value_parser = parse_seconds)]
+    pub chunk_lease: Duration,
 
     /// Start the table scan over, forgetting its checkpoints (a finished scan otherwise stays finished).
     #[arg(long)]
@@ -513,6 +518,7 @@ pub struct Config {
     pub readers: usize,
     pub chunk_rows: u64,
     pub max_retries: u32,
+    pub chunk_lease: Duration,
     pub rescan: bool,
 }
 
@@ -542,11 +548,8 @@ impl Tables {
             (None, _) => None,
             (Some(_), Some(given)) => {
                 let url = TableUrl::parse(given).map_err(|e| format!("--checkpoint: {e}"))?;
-                if url.engine != Engine::Sqlite {
-                    return Err(format!(
-                        "--checkpoint {url}: this build keeps checkpoints in SQLite only (sqlite:PATH); a store \
-                         shared in PostgreSQL or MySQL is not built yet"
-                    ));
+                if let Some(password) = url_password(given) {
+                    redact::keep_secret(password);
                 }
                 Some(url)
             }
@@ -610,6 +613,7 @@ impl Config {
             readers: usize::from(cli.readers),
             chunk_rows: cli.chunk_rows,
             max_retries: cli.max_retries,
+            chunk_lease: cli.chunk_lease,
             rescan: cli.rescan,
         }
     }
@@ -692,8 +696,11 @@ impl Config {
         // The state directory only places the default checkpoint store, shown above.
         out.push_str("# state-dir: where the default checkpoint store is\n");
         out.push_str(&format!(
-            "readers = {}\nchunk-rows = {}\nmax-retries = {}\n",
-            self.readers, self.chunk_rows, self.max_retries
+            "readers = {}\nchunk-rows = {}\nmax-retries = {}\nchunk-lease = {}\n",
+            self.readers,
+            self.chunk_rows,
+            self.max_retries,
+            self.chunk_lease.as_secs_f64()
         ));
         if !self.properties.is_empty() {
             out.push_str("\n[kafka]\n");

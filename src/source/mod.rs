@@ -17,7 +17,7 @@ pub mod pace;
 pub mod table;
 pub mod watermark;
 
-use crate::channel::ipc::{AckReceiver, BatchSender, Control, ControlReceiver};
+use crate::channel::ipc::{AckReceiver, BatchReceiver, BatchSender, Control, ControlReceiver, WorkSender};
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub struct SourceEnds {
     pub to_workers: Vec<BatchSender>,
     pub acks: AckReceiver,
     pub control: ControlReceiver,
+    /// A table scan's readers: the work sent to each, and the pages it sends back. None for Kafka.
+    pub readers: Vec<(WorkSender, BatchReceiver)>,
 }
 
 /// A flag raised when the supervisor asks for the drain, or is gone (then draining is all that is left to do).

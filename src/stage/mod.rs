@@ -17,18 +17,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Source,
+    /// A table scan's reader: it reads chunks for the source.
+    Reader,
     Worker,
     Sink,
 }
 
 impl Kind {
     /// Every kind: the one list that metrics are labelled from.
-    pub const ALL: [Kind; 3] = [Kind::Source, Kind::Worker, Kind::Sink];
+    pub const ALL: [Kind; 4] = [Kind::Source, Kind::Reader, Kind::Worker, Kind::Sink];
 
     /// The name users see for the kind, in metrics labels and logs: what the stage is today.
     pub fn label(self) -> &'static str {
         match self {
             Kind::Source => "consumer",
+            Kind::Reader => "reader",
             Kind::Worker => "hasher",
             Kind::Sink => "producer",
         }
@@ -39,6 +42,7 @@ impl Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Source,
+    Reader(usize),
     Worker(usize),
     Sink,
 }
@@ -47,6 +51,7 @@ impl Role {
     pub fn kind(self) -> Kind {
         match self {
             Role::Source => Kind::Source,
+            Role::Reader(_) => Kind::Reader,
             Role::Worker(_) => Kind::Worker,
             Role::Sink => Kind::Sink,
         }
@@ -58,6 +63,7 @@ impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Role::Worker(i) => write!(f, "{}-{i}", Kind::Worker.label()),
+            Role::Reader(i) => write!(f, "{}-{i}", Kind::Reader.label()),
             other => f.write_str(other.kind().label()),
         }
     }
@@ -122,10 +128,11 @@ mod tests {
 
     #[test]
     fn roles_show_as_users_know_them() {
-        let shown: Vec<String> =
-            [Role::Source, Role::Worker(0), Role::Worker(11), Role::Sink].map(|r| r.to_string()).into();
-        assert_eq!(shown, ["consumer", "hasher-0", "hasher-11", "producer"]);
-        assert_eq!(Kind::ALL.map(Kind::label), ["consumer", "hasher", "producer"]);
+        let shown: Vec<String> = [Role::Source, Role::Reader(2), Role::Worker(0), Role::Worker(11), Role::Sink]
+            .map(|r| r.to_string())
+            .into();
+        assert_eq!(shown, ["consumer", "reader-2", "hasher-0", "hasher-11", "producer"]);
+        assert_eq!(Kind::ALL.map(Kind::label), ["consumer", "reader", "hasher", "producer"]);
         assert_eq!(Role::Worker(3).kind(), Kind::Worker);
     }
 }

@@ -223,7 +223,7 @@ impl Supervisor {
 
     /// Forks a fresh generation on fresh channels: sink, workers, source, each once the previous is ready.
     fn start(&mut self) -> Result<()> {
-        let (mut pending, control) = wiring::wire(self.cfg.hashers)?;
+        let (mut pending, control) = wiring::wire(self.cfg.hashers, self.readers())?;
         self.parent.control = Some(control);
         self.outcome = Outcome::default();
         while let Some((role, ends)) = pending.pop_front() {
@@ -235,7 +235,7 @@ impl Supervisor {
         drop(pending);
         // Only when every child of this generation is up and none has failed: a start that failed says so once, with
         // its cause, and nothing after it may claim success.
-        let whole = self.table.len() == self.cfg.hashers + 2;
+        let whole = self.table.len() == self.children();
         if whole && self.table.all_up() && self.outcome.exit() == Exit::Clean {
             let pids: Vec<String> = self.table.iter().map(|c| format!("{}={}", c.role, c.pid)).collect();
             log::info!(
@@ -596,7 +596,7 @@ impl Supervisor {
             children: &children,
             transform: self.cfg.transform.label(),
             // Every child of a whole generation is up, none hung, the source joined.
-            ready: self.table.all_working() && self.table.len() == self.cfg.hashers + 2,
+            ready: self.table.all_working() && self.table.len() + self.readers_done() == self.children(),
             drains: self.drains.finished,
             last_drain: self.drains.last,
             scan: self.counts.scan(),
@@ -614,6 +614,25 @@ impl Supervisor {
         if self.cfg.transform.label() != "md5" {
             log::info!("transform {}", status::transform(self.cfg.transform.label(), &totals));
         }
+    }
+
+    /// Table readers per generation: none for Kafka.
+    fn readers(&self) -> usize {
+        if self.cfg.tables.source.is_some() {
+            self.cfg.readers
+        } else {
+            0
+        }
+    }
+
+    /// Children of a whole generation.
+    fn children(&self) -> usize {
+        self.cfg.hashers + 2 + self.readers()
+    }
+
+    /// Readers of this generation that have exited, their work done.
+    fn readers_done(&self) -> usize {
+        self.readers() - self.table.count(Kind::Reader).min(self.readers())
     }
 
     /// The source has joined its group: `READY=1` the first time, the status after a restart.

@@ -134,7 +134,7 @@ mod tests {
         assert_eq!(b.on_failure(t + 2 * SEC, None), Verdict::GiveUp { n: 2 });
         assert_eq!(b.total(), 2, "giving up is no restart");
         let counted: Vec<_> = b.by_cause().collect();
-        assert_eq!(counted, [("consumer", 0), ("hasher", 1), ("producer", 1)]);
+        assert_eq!(counted, [("consumer", 0), ("hasher", 1), ("producer", 1), ("reader", 0)]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::sink::kafka::KafkaSink;
 use crate::sink::table::TableSink;
 use crate::sink::SinkEnds;
 use crate::source::kafka::KafkaSource;
+use crate::source::table::reader::{ReaderEnds, TableReader};
 use crate::source::table::TableSource;
 use crate::source::SourceEnds;
 use crate::stage::{child, Role};
@@ -22,13 +23,14 @@ use std::collections::VecDeque;
 /// One role's channel ends.
 pub enum Ends {
     Source(SourceEnds),
+    Reader(ReaderEnds),
     Worker(WorkerEnds),
     Sink(SinkEnds),
 }
 
-/// Fresh channels for a generation with `workers` workers: each role's ends, in start order (sink, workers, source),
-/// and the supervisor's control sender.
-pub fn wire(workers: usize) -> Result<(VecDeque<(Role, Ends)>, ControlSender)> {
+/// Fresh channels for a generation with `workers` workers and `readers` table readers: each role's ends, in start
+/// order (sink, workers, readers, source), and the supervisor's control sender.
+pub fn wire(workers: usize, readers: usize) -> Result<(VecDeque<(Role, Ends)>, ControlSender)> {
     let (mut to_workers, mut sink_inputs) = (Vec::new(), Vec::new());
     let mut roles = VecDeque::new();
     for i in 0..workers {
@@ -41,7 +43,17 @@ pub fn wire(workers: usize) -> Result<(VecDeque<(Role, Ends)>, ControlSender)> {
     let (ack_tx, ack_rx) = ipc::ack_channel()?;
     let (control_tx, control_rx) = ipc::control_channel()?;
     roles.push_front((Role::Sink, Ends::Sink(SinkEnds { inputs: sink_inputs, acks: ack_tx })));
-    roles.push_back((Role::Source, Ends::Source(SourceEnds { to_workers, acks: ack_rx, control: control_rx })));
+    let mut to_readers = Vec::new();
+    for i in 0..readers {
+        let (work_tx, work) = ipc::work_channel()?;
+        let (pages, pages_rx) = ipc::batch_channel()?;
+        to_readers.push((work_tx, pages_rx));
+        roles.push_back((Role::Reader(i), Ends::Reader(ReaderEnds { work, pages })));
+    }
+    roles.push_back((
+        Role::Source,
+        Ends::Source(SourceEnds { to_workers, acks: ack_rx, control: control_rx, readers: to_readers }),
+    ));
     Ok((roles, control_tx))
 }
 
@@ -54,6 +66,7 @@ impl Ends {
                 child::run::<TableSource>(role, parent, cfg, ends, reports)
             }
             Ends::Source(ends) => child::run::<KafkaSource>(role, parent, cfg, ends, reports),
+            Ends::Reader(ends) => child::run::<TableReader>(role, parent, cfg, ends, reports),
             Ends::Worker(ends) => child::run::<Worker>(role, parent, cfg, ends, reports),
             Ends::Sink(ends) if cfg.tables.sink.is_some() => child::run::<TableSink>(role, parent, cfg, ends, reports),
             Ends::Sink(ends) => child::run::<KafkaSink>(role, parent, cfg, ends, reports),

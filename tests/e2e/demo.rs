@@ -30,13 +30,14 @@ fn the_demo_delivers_everything_and_its_summary_tells_what_was_committed() {
 
 #[test]
 fn the_sql_demo_checks_every_row_and_resumes_after_ctrl_c() {
-    let dir = scratch_dir("demo-sql");
-    let demo = |rows: &str| {
+    let (small, dir) = (scratch_dir("demo-sql-small"), scratch_dir("demo-sql"));
+    let demo_in = |dir: &std::path::Path, rows: &str| {
         let mut c = command();
-        c.args(["demo", "sql", "--rows", rows, "--dir"]).arg(&dir).args(["--hashers", "2"]).env("RUST_LOG", "info");
+        c.args(["demo", "sql", "--rows", rows, "--dir"]).arg(dir).args(["--hashers", "2"]).env("RUST_LOG", "info");
         c
     };
-    let out = demo("50000").output().unwrap();
+    let demo = |rows: &str| demo_in(&dir, rows);
+    let out = demo_in(&small, "50000").output().unwrap();
     let (report, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{report}\n{log}");
     assert_eq!(after(&report, "verdict"), "OK: nothing lost", "{report}");

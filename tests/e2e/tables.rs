@@ -150,7 +150,7 @@ fn resume(engine: &str) {
     let mut r = start(&a);
     assert!(r.wait_for_log("resuming", Duration::from_secs(30)), "{}", r.log());
     assert!(until(Duration::from_secs(60), || db.count("destination") > after_stop + 20_000));
-    kill(r.child_pid("consumer"), Signal::SIGKILL).unwrap();
+    kill(r.child_pid("reader-0"), Signal::SIGKILL).unwrap();
     let status = r.wait_timeout(Duration::from_secs(120));
     let log = r.log();
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
@@ -211,7 +211,7 @@ fn keys(engine: &str) {
         assert_eq!(db.count(&format!("out_{table}")), rows);
         let store = rusqlite::Connection::open(state.join("checkpoints.db")).unwrap();
         let sizes: Vec<i64> = store
-            .prepare("SELECT rows FROM supervisor_chunk ORDER BY chunk")
+            .prepare("SELECT row_count FROM supervisor_chunk ORDER BY chunk")
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
@@ -376,4 +376,50 @@ fn mariadb_values_keep_their_types() {
            AND FROM_BASE64(o.raw) = i.raw AND o.missing IS NULL AND LENGTH(o.hash) = 32",
     );
     assert_eq!(same, 3000, "every row, every value as it was (timestamps in RFC 3339, bytes in base64)");
+}
+
+for_each_engine!(two_instances);
+/// Two instances share one scan through one checkpoint store; one is killed, and its chunks go to the other when
+/// their leases run out. Every row ends in the table once.
+fn two_instances(engine: &str) {
+    let n = 120_000;
+    let db = Db::start(engine, "shared");
+    article(&db, n);
+    let store_file = scratch_dir("shared-store").join("checkpoints.db");
+    let store = match engine {
+        "sqlite" => format!("sqlite:{}", store_file.display()),
+        _ => db.base_url(),
+    };
+    // What the checkpoint store says, wherever it is.
+    let in_store = |sql: &str| match engine {
+        "sqlite" => Db::Sqlite(store_file.clone()).one(sql),
+        _ => db.one(sql),
+    };
+    let instance = |name: &str| {
+        let state = scratch_dir(&format!("shared-{engine}-{name}"));
+        let extra = ["--jq", SQRT, "--chunk-rows", "5000", "--readers", "2", "--max-rate", "15000"];
+        let mut a = args(&db.url("source"), &db.url("destination"), &state, &extra);
+        a.extend(["--checkpoint".into(), store.clone(), "--chunk-lease".into(), "2".into()]);
+        start(&a)
+    };
+    let mut first = instance("a");
+    assert!(first.wait_for_log("scanning source", Duration::from_secs(30)), "{}", first.log());
+    let mut second = instance("b");
+    assert!(second.wait_for_log("scanning source", Duration::from_secs(30)), "{}", second.log());
+    // Killed once it has checkpointed a chunk it has not finished: that chunk is the other's to resume.
+    let holding = format!(
+        "SELECT COUNT(*) FROM supervisor_chunk WHERE finished = 0 AND done_upto IS NOT NULL AND owner LIKE '%:{}'",
+        first.pid()
+    );
+    assert!(until(Duration::from_secs(60), || in_store(&holding) > 0), "{}", first.log());
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait_timeout(Duration::from_secs(10));
+    let status = second.wait_timeout(Duration::from_secs(180));
+    let log = second.log();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+    assert!(log.contains("resumes after key"), "the killed instance's chunks were taken over: {log}\n{}", first.log());
+    assert_eq!(checked_roots(&db), n, "every row, once");
+    if let Some(password) = db.password() {
+        assert!(!log.contains(password), "the password is never printed");
+    }
 }

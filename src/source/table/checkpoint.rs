@@ -1,13 +1,21 @@
 //! The checkpoint store: a scan's plan (its chunks) and, per chunk, the key up to which every row was acknowledged
-//! by the sink, and whether the chunk is finished. A SQLite file, written in WAL mode with full sync, so that what
-//! it says survives `kill -9` and a power cut. A row is re-read after a crash only if it was read and not yet
-//! checkpointed: at-least-once, and an upserting sink makes the replay harmless.
+//! by the sink, whether the chunk is finished, and which instance holds it until when (its lease).
+//!
+//! It lives in SQLite (the default: a file under `--state-dir`, for one machine), or in PostgreSQL or MySQL, where
+//! several instances share one scan: each claims chunks one at a time (`FOR UPDATE SKIP LOCKED`), renews its leases
+//! while it works, and a chunk whose lease ran out (its instance died) is claimed by another, which resumes it after
+//! its checkpoint. The database is the coordinator.
+//!
+//! A row is read again after a crash only if it was read and not yet checkpointed: at-least-once, and an upserting
+//! sink makes the replay harmless. An instance that lost a lease (it stalled past it) stops checkpointing that chunk.
 
 use super::chunks::Range;
 use crate::error::{Error, Result};
 use crate::sql::key::Key;
-use crate::sql::url::TableUrl;
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::sql::url::{Engine, TableUrl};
+use crate::sql::{Conn, DbError};
+use mysql::prelude::Queryable;
+use std::time::Duration;
 
 /// A chunk as the store has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +25,7 @@ pub struct Chunk {
     /// Every row up to this key is acknowledged: reading resumes after it.
     pub done_upto: Option<Key>,
     pub finished: bool,
-    /// Rows acknowledged in this chunk, across runs.
+    /// Rows acknowledged in this chunk, across runs and instances.
     pub rows: u64,
 }
 
@@ -28,132 +36,466 @@ impl Chunk {
     }
 }
 
-pub struct Store {
-    conn: Connection,
-    scan: String,
+/// A checkpoint moving on: the chunk, its new key (if it moved), rows newly acknowledged, and whether it is finished.
+pub type Move = (i32, Option<Key>, u64, bool);
+
+/// A statement parameter.
+#[derive(Debug, Clone)]
+enum P {
+    S(Option<String>),
+    I(i64),
+    F(f64),
 }
 
-fn failed(doing: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    move |e| Error::Checkpoint { doing: doing.to_string(), source: e.into() }
+pub struct Store {
+    conn: Conn,
+    engine: Engine,
+    scan: String,
+    /// This instance, as its leases name it: host and supervisor pid.
+    owner: String,
+    lease: Duration,
+}
+
+fn failed(doing: &str) -> impl Fn(DbError) -> Error + '_ {
+    move |e| Error::Checkpoint { doing: doing.to_string(), source: e }
+}
+
+/// The statement for `engine`: written with `$n` placeholders (each used once, in order) and PostgreSQL casts, which
+/// SQLite reads as `?n` and MySQL as `?`.
+fn dialect(engine: Engine, sql: &str) -> String {
+    if engine == Engine::Postgres {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut n = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                n.push(*d);
+                chars.next();
+            }
+            out.push('?');
+            if engine == Engine::Sqlite {
+                out.push_str(&n);
+            }
+            // A cast after a placeholder is PostgreSQL's alone.
+            if chars.peek() == Some(&':') {
+                chars.next();
+                if chars.peek() == Some(&':') {
+                    chars.next();
+                    while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_') {
+                        chars.next();
+                    }
+                } else {
+                    out.push(':');
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Store {
-    /// Opens (creating them if needed) the store at `url` and the scan named `scan` in it.
-    pub fn open(url: &TableUrl, scan: String) -> Result<Store> {
-        let path = std::path::Path::new(&url.connect);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Checkpoint {
-                doing: format!("creating the directory {}", dir.display()),
-                source: e.into(),
-            })?;
+    /// Opens (creating its tables if needed) the store at `url`, for the scan named `scan`.
+    pub fn open(url: &TableUrl, scan: String, lease: Duration) -> Result<Store> {
+        let conn = match url.engine {
+            Engine::Sqlite => {
+                let path = std::path::Path::new(&url.connect);
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::Checkpoint {
+                        doing: format!("creating the directory {}", dir.display()),
+                        source: e.into(),
+                    })?;
+                }
+                let c = crate::sql::open_sqlite(&url.connect, true)
+                    .map_err(|source| Error::Checkpoint { doing: format!("opening {url}"), source })?;
+                c.pragma_update(None, "synchronous", "FULL")
+                    .map_err(|e| Error::Checkpoint { doing: format!("opening {url}"), source: e.into() })?;
+                Conn::Sqlite(c)
+            }
+            _ => Conn::open(url)?,
+        };
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let owner = format!("{host}:{}", nix::unistd::getppid());
+        let mut store = Store { conn, engine: url.engine, scan, owner, lease };
+        store.create_tables()?;
+        Ok(store)
+    }
+
+    fn create_tables(&mut self) -> Result<()> {
+        let (key, text, ts) = match self.engine {
+            Engine::Mysql => ("VARCHAR(512)", "LONGTEXT", "TIMESTAMP"),
+            Engine::Postgres => ("TEXT", "TEXT", "TIMESTAMPTZ"),
+            Engine::Sqlite => ("TEXT", "TEXT", "TEXT"),
+        };
+        let statements = [
+            format!(
+                "CREATE TABLE IF NOT EXISTS supervisor_scan (scan {key} PRIMARY KEY, rows_estimate BIGINT NOT NULL, \
+                 chunks BIGINT NOT NULL, planned {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS supervisor_chunk (scan {key} NOT NULL, chunk BIGINT NOT NULL, lo {text}, \
+                 hi {text}, done_upto {text}, finished BIGINT NOT NULL DEFAULT 0, row_count BIGINT NOT NULL DEFAULT 0, \
+                 owner {text}, lease_until DOUBLE PRECISION, updated {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP, \
+                 PRIMARY KEY (scan, chunk))"
+            ),
+        ];
+        for sql in statements {
+            self.exec(&sql, vec![]).map_err(failed("creating its tables"))?;
         }
-        let conn = crate::sql::open_sqlite(&url.connect, true)
-            .map_err(|source| Error::Checkpoint { doing: format!("opening {url}"), source })?;
-        conn.execute_batch(
-            "PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS supervisor_scan (
-               scan TEXT PRIMARY KEY, rows_estimate INTEGER NOT NULL, chunks INTEGER NOT NULL,
-               planned TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
-             CREATE TABLE IF NOT EXISTS supervisor_chunk (
-               scan TEXT NOT NULL, chunk INTEGER NOT NULL, lo TEXT, hi TEXT, done_upto TEXT,
-               finished INTEGER NOT NULL DEFAULT 0, rows INTEGER NOT NULL DEFAULT 0,
-               updated TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
-               PRIMARY KEY (scan, chunk));",
-        )
-        .map_err(failed("creating its tables"))?;
-        Ok(Store { conn, scan })
+        Ok(())
+    }
+
+    /// The database's clock, in seconds since the epoch: every instance's leases are measured on it.
+    fn now(&self) -> &'static str {
+        match self.engine {
+            Engine::Postgres => "extract(epoch from clock_timestamp())::float8",
+            Engine::Mysql => "UNIX_TIMESTAMP(NOW(6))",
+            Engine::Sqlite => "((julianday('now') - 2440587.5) * 86400.0)",
+        }
+    }
+
+    fn exec(&mut self, sql: &str, params: Vec<P>) -> Result<u64, DbError> {
+        let sql = dialect(self.engine, sql);
+        match &mut self.conn {
+            Conn::Postgres(c) => {
+                let boxed = pg_params(&params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = boxed.iter().map(|b| b.as_ref()).collect();
+                Ok(c.execute(sql.as_str(), &refs)?)
+            }
+            Conn::Mysql(c) => {
+                c.exec_drop(sql, my_params(&params))?;
+                Ok(c.affected_rows())
+            }
+            Conn::Sqlite(c) => Ok(c.execute(&sql, rusqlite::params_from_iter(lite_params(&params)))? as u64),
+        }
+    }
+
+    fn begin(&mut self) -> Result<(), DbError> {
+        match &mut self.conn {
+            Conn::Postgres(c) => c.batch_execute("BEGIN")?,
+            Conn::Mysql(c) => c.query_drop("START TRANSACTION")?,
+            // At once the writer: two instances claiming on one file take turns.
+            Conn::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, commit: bool) -> Result<(), DbError> {
+        let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+        match &mut self.conn {
+            Conn::Postgres(c) => c.batch_execute(sql)?,
+            Conn::Mysql(c) => c.query_drop(sql)?,
+            Conn::Sqlite(c) => c.execute_batch(sql)?,
+        }
+        Ok(())
+    }
+
+    /// Runs `body` in a transaction, rolled back if it fails.
+    fn transaction<T>(&mut self, body: impl FnOnce(&mut Store) -> Result<T, DbError>) -> Result<T, DbError> {
+        self.begin()?;
+        match body(self) {
+            Ok(t) => {
+                self.end(true)?;
+                Ok(t)
+            }
+            Err(e) => {
+                let _ = self.end(false);
+                Err(e)
+            }
+        }
+    }
+
+    fn query_i64(&mut self, sql: &str, params: Vec<P>) -> Result<Option<i64>, DbError> {
+        let sql = dialect(self.engine, sql);
+        match &mut self.conn {
+            Conn::Postgres(c) => {
+                let boxed = pg_params(&params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = boxed.iter().map(|b| b.as_ref()).collect();
+                Ok(c.query_opt(sql.as_str(), &refs)?.map(|r| r.get::<_, i64>(0)))
+            }
+            Conn::Mysql(c) => Ok(c.exec_first::<i64, _, _>(sql, my_params(&params))?),
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare(&sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(lite_params(&params)))?;
+                Ok(match rows.next()? {
+                    Some(r) => Some(r.get::<_, i64>(0)?),
+                    None => None,
+                })
+            }
+        }
+    }
+
+    /// Chunks from a `SELECT chunk, lo, hi, done_upto, finished, row_count ...`.
+    fn query_chunks(&mut self, sql: &str, params: Vec<P>) -> Result<Vec<Chunk>, DbError> {
+        type Raw = (i64, Option<String>, Option<String>, Option<String>, i64, i64);
+        let sql = dialect(self.engine, sql);
+        let raw: Vec<Raw> = match &mut self.conn {
+            Conn::Postgres(c) => {
+                let boxed = pg_params(&params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = boxed.iter().map(|b| b.as_ref()).collect();
+                c.query(sql.as_str(), &refs)?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+                    .collect()
+            }
+            Conn::Mysql(c) => c.exec(sql, my_params(&params))?,
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(lite_params(&params)), |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            }
+        };
+        let key =
+            |k: Option<String>| -> Result<Option<Key>, DbError> { Ok(k.map(|t| Key::from_json(&t)).transpose()?) };
+        raw.into_iter()
+            .map(|(index, lo, hi, done_upto, finished, rows)| {
+                Ok(Chunk {
+                    index: i32::try_from(index)?,
+                    range: Range { lo: key(lo)?, hi: key(hi)? },
+                    done_upto: key(done_upto)?,
+                    finished: finished != 0,
+                    rows: rows.max(0) as u64,
+                })
+            })
+            .collect()
     }
 
     /// The scan's chunks and its row estimate, if it was planned before.
-    pub fn load(&self) -> Result<Option<(u64, Vec<Chunk>)>> {
-        let estimate: Option<i64> = self
-            .conn
-            .query_row("SELECT rows_estimate FROM supervisor_scan WHERE scan = ?1", [&self.scan], |r| r.get(0))
-            .optional()
+    pub fn load(&mut self) -> Result<Option<(u64, Vec<Chunk>)>> {
+        let scan = P::S(Some(self.scan.clone()));
+        let estimate = self
+            .query_i64("SELECT rows_estimate FROM supervisor_scan WHERE scan = $1", vec![scan.clone()])
             .map_err(failed("reading the scan"))?;
         let Some(estimate) = estimate else { return Ok(None) };
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT chunk, lo, hi, done_upto, finished, rows FROM supervisor_chunk WHERE scan = ?1 ORDER BY chunk",
+        let chunks = self
+            .query_chunks(
+                "SELECT chunk, lo, hi, done_upto, finished, row_count FROM supervisor_chunk WHERE scan = $1 \
+                 ORDER BY chunk",
+                vec![scan],
             )
             .map_err(failed("reading the chunks"))?;
-        let rows = stmt
-            .query_map([&self.scan], |r| {
-                Ok((
-                    r.get::<_, i32>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, bool>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })
-            .map_err(failed("reading the chunks"))?;
-        let key = |k: Option<String>| -> Result<Option<Key>> {
-            k.map(|t| Key::from_json(&t))
-                .transpose()
-                .map_err(|e| Error::Checkpoint { doing: "reading the chunks".into(), source: e.into() })
-        };
-        let mut chunks = Vec::new();
-        for row in rows {
-            let (index, lo, hi, done_upto, finished, count) = row.map_err(failed("reading the chunks"))?;
-            chunks.push(Chunk {
-                index,
-                range: Range { lo: key(lo)?, hi: key(hi)? },
-                done_upto: key(done_upto)?,
-                finished,
-                rows: count.max(0) as u64,
-            });
-        }
         Ok(Some((estimate.max(0) as u64, chunks)))
     }
 
-    /// Saves a new scan's plan, all in one transaction: a crash leaves no half plan.
-    pub fn plan(&mut self, estimate: u64, ranges: &[Range]) -> Result<()> {
-        let tx = self.conn.transaction().map_err(failed("saving the plan"))?;
-        tx.execute(
-            "INSERT INTO supervisor_scan (scan, rows_estimate, chunks) VALUES (?1, ?2, ?3)",
-            params![self.scan, estimate as i64, ranges.len() as i64],
-        )
-        .map_err(failed("saving the plan"))?;
-        for (i, r) in ranges.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO supervisor_chunk (scan, chunk, lo, hi) VALUES (?1, ?2, ?3, ?4)",
-                params![self.scan, i as i64, r.lo.as_ref().map(Key::to_json), r.hi.as_ref().map(Key::to_json)],
-            )
-            .map_err(failed("saving the plan"))?;
-        }
-        tx.commit().map_err(failed("saving the plan"))
+    /// Saves a new scan's plan in one transaction; false if another instance planned it first (then load theirs).
+    pub fn plan(&mut self, estimate: u64, ranges: &[Range]) -> Result<bool> {
+        let insert = match self.engine {
+            Engine::Postgres => {
+                "INSERT INTO supervisor_scan (scan, rows_estimate, chunks) VALUES ($1, $2, $3) ON CONFLICT (scan) DO NOTHING"
+            }
+            Engine::Mysql => "INSERT IGNORE INTO supervisor_scan (scan, rows_estimate, chunks) VALUES ($1, $2, $3)",
+            Engine::Sqlite => "INSERT OR IGNORE INTO supervisor_scan (scan, rows_estimate, chunks) VALUES ($1, $2, $3)",
+        };
+        let scan = self.scan.clone();
+        self.transaction(|s| {
+            let ours =
+                s.exec(insert, vec![P::S(Some(scan.clone())), P::I(estimate as i64), P::I(ranges.len() as i64)])?;
+            if ours == 0 {
+                return Ok(false);
+            }
+            for (i, r) in ranges.iter().enumerate() {
+                s.exec(
+                    "INSERT INTO supervisor_chunk (scan, chunk, lo, hi) VALUES ($1, $2, $3, $4)",
+                    vec![
+                        P::S(Some(scan.clone())),
+                        P::I(i as i64),
+                        P::S(r.lo.as_ref().map(Key::to_json)),
+                        P::S(r.hi.as_ref().map(Key::to_json)),
+                    ],
+                )?;
+            }
+            Ok(true)
+        })
+        .map_err(failed("saving the plan"))
     }
 
-    /// Moves checkpoints on, all in one transaction: per chunk, the key up to which all is acknowledged, the rows
-    /// newly acknowledged, and whether the chunk is now finished.
-    pub fn advance(&mut self, moves: &[(i32, Option<Key>, u64, bool)]) -> Result<()> {
-        if moves.is_empty() {
-            return Ok(());
+    /// Takes back, for claiming, the unfinished chunks that this instance held in an earlier generation, or that an
+    /// instance on this host which is no longer running held: no need to wait for their leases.
+    pub fn adopt_orphans(&mut self) -> Result<()> {
+        let host = self.owner.split(':').next().unwrap_or_default().to_string();
+        let holders = self.owners().map_err(failed("reading the leases"))?;
+        for holder in holders {
+            let Some((h, pid)) = holder.rsplit_once(':') else { continue };
+            let alive = pid.parse::<i32>().is_ok_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && holder != self.owner
+            });
+            if h == host && !alive {
+                self.exec(
+                    "UPDATE supervisor_chunk SET owner = NULL, lease_until = NULL WHERE scan = $1 AND owner = $2 \
+                     AND finished = 0",
+                    vec![P::S(Some(self.scan.clone())), P::S(Some(holder.clone()))],
+                )
+                .map_err(failed("adopting chunks"))?;
+            }
         }
-        let tx = self.conn.transaction().map_err(failed("saving checkpoints"))?;
-        for (chunk, key, rows, finished) in moves {
-            tx.execute(
-                "UPDATE supervisor_chunk SET done_upto = coalesce(?3, done_upto), rows = rows + ?4, \
-                 finished = finished OR ?5, updated = CURRENT_TIMESTAMP WHERE scan = ?1 AND chunk = ?2",
-                params![self.scan, chunk, key.as_ref().map(Key::to_json), *rows as i64, finished],
+        Ok(())
+    }
+
+    fn owners(&mut self) -> Result<Vec<String>, DbError> {
+        let sql = dialect(
+            self.engine,
+            "SELECT DISTINCT owner FROM supervisor_chunk WHERE scan = $1 AND finished = 0 AND owner IS NOT NULL",
+        );
+        let scan = self.scan.clone();
+        Ok(match &mut self.conn {
+            Conn::Postgres(c) => c.query(sql.as_str(), &[&scan])?.iter().map(|r| r.get(0)).collect(),
+            Conn::Mysql(c) => c.exec(sql, (scan,))?,
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map([scan], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            }
+        })
+    }
+
+    /// Claims the first chunk that is neither finished nor leased to a live instance, for this instance's lease.
+    pub fn claim(&mut self) -> Result<Option<Chunk>> {
+        let lock = match self.engine {
+            Engine::Sqlite => "",
+            _ => " FOR UPDATE SKIP LOCKED",
+        };
+        let now = self.now();
+        let (scan, owner, lease) = (self.scan.clone(), self.owner.clone(), self.lease.as_secs_f64());
+        self.transaction(|s| {
+            let free = format!(
+                "SELECT chunk FROM supervisor_chunk WHERE scan = $1 AND finished = 0 AND \
+                 (owner IS NULL OR lease_until < {now}) ORDER BY chunk LIMIT 1{lock}"
+            );
+            let Some(chunk) = s.query_i64(&free, vec![P::S(Some(scan.clone()))])? else { return Ok(None) };
+            s.exec(
+                &format!(
+                    "UPDATE supervisor_chunk SET owner = $1, lease_until = {now} + $2::float8 WHERE scan = $3 AND \
+                     chunk = $4::bigint"
+                ),
+                vec![P::S(Some(owner.clone())), P::F(lease), P::S(Some(scan.clone())), P::I(chunk)],
+            )?;
+            let claimed = s.query_chunks(
+                "SELECT chunk, lo, hi, done_upto, finished, row_count FROM supervisor_chunk WHERE scan = $1 AND \
+                 chunk = $2::bigint",
+                vec![P::S(Some(scan.clone())), P::I(chunk)],
+            )?;
+            Ok(claimed.into_iter().next())
+        })
+        .map_err(failed("claiming a chunk"))
+    }
+
+    /// Moves checkpoints on and renews this instance's leases, in one transaction. Returns the chunks whose lease
+    /// this instance lost (another took them over): they are no longer its to checkpoint.
+    pub fn advance(&mut self, moves: &[Move]) -> Result<Vec<i32>> {
+        let now = self.now();
+        let (scan, owner, lease) = (self.scan.clone(), self.owner.clone(), self.lease.as_secs_f64());
+        self.transaction(|s| {
+            let mut lost = Vec::new();
+            for (chunk, key, rows, finished) in moves {
+                let updated = s.exec(
+                    &format!(
+                        "UPDATE supervisor_chunk SET done_upto = COALESCE($1, done_upto), row_count = row_count + \
+                         $2::bigint, finished = CASE WHEN $3::bigint = 1 THEN 1 ELSE finished END, \
+                         lease_until = {now} + $4::float8, updated = CURRENT_TIMESTAMP \
+                         WHERE scan = $5 AND chunk = $6::bigint AND owner = $7"
+                    ),
+                    vec![
+                        P::S(key.as_ref().map(Key::to_json)),
+                        P::I(*rows as i64),
+                        P::I(i64::from(*finished)),
+                        P::F(lease),
+                        P::S(Some(scan.clone())),
+                        P::I(i64::from(*chunk)),
+                        P::S(Some(owner.clone())),
+                    ],
+                )?;
+                if updated == 0 {
+                    lost.push(*chunk);
+                }
+            }
+            s.exec(
+                &format!(
+                    "UPDATE supervisor_chunk SET lease_until = {now} + $1::float8 WHERE scan = $2 AND owner = $3 \
+                     AND finished = 0"
+                ),
+                vec![P::F(lease), P::S(Some(scan.clone())), P::S(Some(owner.clone()))],
+            )?;
+            Ok(lost)
+        })
+        .map_err(failed("saving checkpoints"))
+    }
+
+    /// Gives up this instance's unfinished chunks at once (a clean stop), so that another may take them now.
+    pub fn release(&mut self) -> Result<()> {
+        self.exec(
+            "UPDATE supervisor_chunk SET owner = NULL, lease_until = NULL WHERE scan = $1 AND owner = $2 AND \
+             finished = 0",
+            vec![P::S(Some(self.scan.clone())), P::S(Some(self.owner.clone()))],
+        )
+        .map(|_| ())
+        .map_err(failed("releasing chunks"))
+    }
+
+    /// Chunks of the scan not finished yet, whoever holds them.
+    pub fn unfinished(&mut self) -> Result<u64> {
+        let n = self
+            .query_i64(
+                "SELECT COUNT(*) FROM supervisor_chunk WHERE scan = $1 AND finished = 0",
+                vec![P::S(Some(self.scan.clone()))],
             )
-            .map_err(failed("saving checkpoints"))?;
-        }
-        tx.commit().map_err(failed("saving checkpoints"))
+            .map_err(failed("reading the chunks"))?;
+        Ok(n.unwrap_or_default().max(0) as u64)
     }
 
     /// Forgets the scan: the next run plans it afresh and reads every row again.
     pub fn forget(&mut self) -> Result<()> {
-        let tx = self.conn.transaction().map_err(failed("forgetting the scan"))?;
-        tx.execute("DELETE FROM supervisor_chunk WHERE scan = ?1", [&self.scan])
-            .map_err(failed("forgetting the scan"))?;
-        tx.execute("DELETE FROM supervisor_scan WHERE scan = ?1", [&self.scan])
-            .map_err(failed("forgetting the scan"))?;
-        tx.commit().map_err(failed("forgetting the scan"))
+        let scan = self.scan.clone();
+        self.transaction(|s| {
+            s.exec("DELETE FROM supervisor_chunk WHERE scan = $1", vec![P::S(Some(scan.clone()))])?;
+            s.exec("DELETE FROM supervisor_scan WHERE scan = $1", vec![P::S(Some(scan.clone()))])?;
+            Ok(())
+        })
+        .map_err(failed("forgetting the scan"))
     }
+}
+
+fn pg_params(params: &[P]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
+    params
+        .iter()
+        .map(|p| -> Box<dyn postgres::types::ToSql + Sync> {
+            match p {
+                P::S(s) => Box::new(s.clone()),
+                P::I(i) => Box::new(*i),
+                P::F(f) => Box::new(*f),
+            }
+        })
+        .collect()
+}
+
+fn my_params(params: &[P]) -> Vec<mysql::Value> {
+    params
+        .iter()
+        .map(|p| match p {
+            P::S(Some(s)) => mysql::Value::Bytes(s.clone().into_bytes()),
+            P::S(None) => mysql::Value::NULL,
+            P::I(i) => mysql::Value::Int(*i),
+            P::F(f) => mysql::Value::Double(*f),
+        })
+        .collect()
+}
+
+fn lite_params(params: &[P]) -> Vec<rusqlite::types::Value> {
+    params
+        .iter()
+        .map(|p| match p {
+            P::S(Some(s)) => rusqlite::types::Value::Text(s.clone()),
+            P::S(None) => rusqlite::types::Value::Null,
+            P::I(i) => rusqlite::types::Value::Integer(*i),
+            P::F(f) => rusqlite::types::Value::Real(*f),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -163,7 +505,15 @@ mod tests {
 
     fn store(dir: &std::path::Path, scan: &str) -> Store {
         let url = TableUrl::parse(&format!("sqlite:{}/state/checkpoints.db", dir.display())).unwrap();
-        Store::open(&url, scan.to_string()).unwrap()
+        Store::open(&url, scan.to_string(), Duration::from_secs(30)).unwrap()
+    }
+
+    #[test]
+    fn statements_are_written_once_for_every_engine() {
+        let sql = "UPDATE t SET a = $1::bigint, b = $2 WHERE c = $10::float8 AND d = 'x::y'";
+        assert_eq!(dialect(Engine::Postgres, sql), sql);
+        assert_eq!(dialect(Engine::Sqlite, sql), "UPDATE t SET a = ?1, b = ?2 WHERE c = ?10 AND d = 'x::y'");
+        assert_eq!(dialect(Engine::Mysql, sql), "UPDATE t SET a = ?, b = ? WHERE c = ? AND d = 'x::y'");
     }
 
     #[test]
@@ -172,20 +522,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut s = store(&dir, "a");
         assert_eq!(s.load().unwrap(), None, "a new scan has no plan");
-        s.plan(30, &plan(vec![Key::Int(10), Key::Int(20)])).unwrap();
-        s.advance(&[(0, Some(Key::Int(7)), 7, false), (1, Some(Key::Int(20)), 10, true)]).unwrap();
-        s.advance(&[(0, None, 0, false)]).unwrap();
+        assert!(s.plan(30, &plan(vec![Key::Int(10), Key::Int(20)])).unwrap());
+        assert!(!s.plan(30, &plan(vec![Key::Int(10)])).unwrap(), "planned once");
+        let (c0, c1) = (s.claim().unwrap().unwrap(), s.claim().unwrap().unwrap());
+        assert_eq!((c0.index, c1.index), (0, 1), "claimed in order, each once");
+        let lost =
+            s.advance(&[(0, Some(Key::Int(7)), 7, false), (1, Some(Key::Int(20)), 10, true), (2, None, 0, false)]);
+        assert_eq!(lost.unwrap(), vec![2], "chunk 2 is not ours");
         drop(s);
 
-        let s = store(&dir, "a");
+        let mut s = store(&dir, "a");
         let (estimate, chunks) = s.load().unwrap().unwrap();
         assert_eq!((estimate, chunks.len()), (30, 3));
         assert_eq!((chunks[0].resume_after(), chunks[0].rows, chunks[0].finished), (Some(&Key::Int(7)), 7, false));
         assert!(chunks[1].finished);
         assert_eq!(chunks[2].resume_after(), Some(&Key::Int(20)), "an untouched chunk resumes after its bound");
+        assert_eq!(s.unfinished().unwrap(), 2);
+        assert_eq!(s.claim().unwrap().map(|c| c.index), Some(2), "chunk 0 is still leased");
+        s.release().unwrap();
+        assert_eq!(s.claim().unwrap().map(|c| c.index), Some(0), "released, it is free again");
         assert_eq!(store(&dir, "b").load().unwrap(), None, "another scan's plan is its own");
 
-        let mut s = store(&dir, "a");
         s.forget().unwrap();
         assert_eq!(s.load().unwrap(), None);
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,43 +1,45 @@
 //! A database table as the pipeline's source: a parallel, resumable scan.
 //!
-//! The table's key range is cut into [chunks](chunks) of about `--chunk-rows` rows. `--readers` reader threads, each
-//! with its own connection, take chunks one at a time and read each in key order with keyset pagination (`key >
-//! last ORDER BY key LIMIT page`), so a page costs the same wherever it is. Each row becomes one JSON event, keyed by
-//! its key, and flows like any source's event: chunk = lane (so a chunk's rows keep their order through one
-//! worker), row number in the chunk = sequence number.
+//! The table's key range is cut into [chunks](chunks) of about `--chunk-rows` rows. The source hands chunks, one at
+//! a time, to `--readers` [reader](reader) processes, each with its own connection, which read them in key order with
+//! keyset pagination (`key > last ORDER BY key LIMIT page`), so a page costs the same wherever it is, and send the
+//! pages back. Each row becomes one JSON event, keyed by its key, and flows like any source's event: chunk = lane (so
+//! a chunk's rows keep their order through one worker), row number in the chunk = sequence number.
 //!
-//! The main thread dispatches the rows, applies the sink's acknowledgements, and moves each chunk's checkpoint to
-//! the key below which every row is acknowledged (the same contiguous rule as Kafka offsets). When every chunk is
-//! read and acknowledged it tells the supervisor, drains the pipeline and exits: a scan is finite.
+//! The source's main thread dispatches the rows, applies the sink's acknowledgements, and moves each chunk's
+//! checkpoint to the key below which every row is acknowledged (the same contiguous rule as Kafka offsets). When
+//! every chunk is read and acknowledged it tells the supervisor, drains the pipeline and exits: a scan is finite.
 
 pub mod checkpoint;
 pub mod chunks;
+pub mod reader;
 
 use crate::channel::batch::Record;
+use crate::channel::ipc::{BatchReceiver, Page, Work, WorkSender};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::position::{Lane, Position};
 use crate::source::flow::{Drained, Flow};
 use crate::source::pace::Pace;
 use crate::source::{drain_flag, SourceEnds};
-use crate::sql::key::Key;
-use crate::sql::{Conn, Resilient, Row, Schema};
-use crate::stage::{Hooks, Kind, Stage};
+use crate::sql::{Conn, Schema};
+use crate::stage::{Hooks, Kind, Role, Stage};
 use crate::telemetry::count;
 use crate::telemetry::events::{emit, ScanProgress};
 use checkpoint::{Chunk, Store};
 use chunks::InFlightKeys;
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use serde_bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Rows per keyset page.
-const PAGE_ROWS: usize = 2000;
-/// How often checkpoints are written while the scan runs (and at every chunk's end, and at the drain).
+/// How often checkpoints are written (and leases renewed) while the scan runs; also at every chunk's end and at the
+/// drain.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How often idle readers look for a chunk to claim (one another instance left, its lease run out), and the
+/// progress is refreshed from the store.
+const CLAIM_EVERY: Duration = Duration::from_millis(500);
 
 /// The table scan as the pipeline's source.
 pub struct TableSource;
@@ -58,7 +60,7 @@ pub fn scan_id(cfg: &Config) -> String {
 pub fn forget_scan(cfg: &Config) -> Result<()> {
     let Some(store) = &cfg.tables.checkpoint else { return Ok(()) };
     let id = scan_id(cfg);
-    Store::open(store, id.clone())?.forget()?;
+    Store::open(store, id.clone(), cfg.chunk_lease)?.forget()?;
     log::info!("--rescan: the checkpoints of \"{id}\" are forgotten; the scan starts over");
     Ok(())
 }
@@ -73,31 +75,37 @@ impl Stage for TableSource {
         let drain = drain_flag(ends.control)?;
         let mut conn = Conn::open(url)?;
         let schema = conn.schema(url)?;
-        let mut store = Store::open(store_url, scan_id(cfg))?;
+        let mut store = Store::open(store_url, scan_id(cfg), cfg.chunk_lease)?;
         let (estimate, chunks) = match store.load()? {
             Some(plan) => plan,
             None => {
                 let started = Instant::now();
                 let (estimate, bounds) = conn.boundaries(&schema, cfg.chunk_rows)?;
-                store.plan(estimate, &chunks::plan(bounds))?;
-                log::info!(
-                    "planned the scan of {}: {} of about {} rows each, for {} rows (walking the key's index took \
-                     {:.2?})",
-                    cfg.source_name(),
-                    count(store.load()?.map_or(0, |p| p.1.len()) as u64, "chunk"),
-                    cfg.chunk_rows,
-                    estimate,
-                    started.elapsed()
-                );
+                let ranges = chunks::plan(bounds);
+                if store.plan(estimate, &ranges)? {
+                    log::info!(
+                        "planned the scan of {}: {} of about {} rows each, for {} rows (walking the key's index took \
+                         {:.2?})",
+                        cfg.source_name(),
+                        count(ranges.len() as u64, "chunk"),
+                        cfg.chunk_rows,
+                        estimate,
+                        started.elapsed()
+                    );
+                } else {
+                    log::info!("another instance planned the scan of {} first: sharing its plan", cfg.source_name());
+                }
                 store.load()?.ok_or_else(|| Error::DbSchema { message: "the scan's plan was not saved".into() })?
             }
         };
         drop(conn);
+        store.adopt_orphans()?;
         let flow = Flow::new(cfg, ends.to_workers, ends.acks)?;
         let mut scan = Scan::new(cfg, schema, store, flow, estimate, chunks);
         hooks.ready();
-        hooks.assigned(&scan.todo_lanes());
-        let read = scan.run(url, &drain, hooks);
+        let lanes: Vec<Lane> = scan.chunks.iter().filter(|c| !c.finished).map(|c| c.index).collect();
+        hooks.assigned(&lanes);
+        let read = scan.run(ends.readers, &drain, hooks);
         if let Err(e) = &read {
             log::error!("stopping: {e}");
         }
@@ -106,27 +114,46 @@ impl Stage for TableSource {
     }
 }
 
-/// A page of rows from a reader.
+/// What comes from the readers' channels.
 enum FromReader {
-    Page { lane: Lane, rows: Vec<Row>, last: bool },
+    Page {
+        reader: usize,
+        page: Page,
+    },
+    /// The reader's channel closed: it exited, or died.
+    Gone {
+        reader: usize,
+    },
     Failed(Error),
 }
 
-/// The scan's state in the main thread.
+/// Where a reader stands, as the source sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReaderState {
+    Reading(Lane),
+    /// No chunk to give it now: others hold the rest.
+    Idle,
+    /// Told to stop.
+    Stopped,
+}
+
+/// The scan's state in the source's main thread.
 struct Scan {
-    schema: Arc<Schema>,
+    schema: Schema,
     store: Store,
     flow: Flow,
-    readers: usize,
-    max_retries: u32,
     capacity: usize,
     max_rate: Option<u64>,
     estimate: u64,
-    /// Every chunk of the plan.
+    /// Every chunk of the plan, as last seen: those this instance works on are current, the others as the store
+    /// last said.
     chunks: Vec<Chunk>,
-    /// The chunks this run reads, by lane, until finished.
+    /// The chunks this instance claimed and has not finished, by lane.
     open: BTreeMap<Lane, OpenChunk>,
     last_checkpoint: Instant,
+    last_claim: Instant,
+    /// Said once: the rest of the scan is in other instances' hands.
+    told_waiting: bool,
 }
 
 #[derive(Default)]
@@ -141,79 +168,113 @@ struct OpenChunk {
 
 impl Scan {
     fn new(cfg: &Config, schema: Schema, store: Store, flow: Flow, estimate: u64, chunks: Vec<Chunk>) -> Scan {
-        let open = chunks.iter().filter(|c| !c.finished).map(|c| (c.index, OpenChunk::default())).collect();
         Scan {
-            schema: Arc::new(schema),
+            schema,
             store,
             flow,
-            readers: cfg.readers,
-            max_retries: cfg.max_retries,
             capacity: cfg.queue_capacity,
             max_rate: cfg.max_rate,
             estimate,
             chunks,
-            open,
+            open: BTreeMap::new(),
             last_checkpoint: Instant::now(),
+            last_claim: Instant::now(),
+            told_waiting: false,
         }
     }
 
-    fn todo_lanes(&self) -> Vec<Lane> {
-        self.open.keys().copied().collect()
-    }
-
-    /// Reads until every chunk is read and acknowledged (then tells the supervisor), or the drain is asked for.
-    fn run(&mut self, url: &crate::sql::url::TableUrl, drain: &AtomicBool, hooks: &Hooks) -> Result<()> {
+    /// Reads until every chunk of the scan is finished (then tells the supervisor), or the drain is asked for.
+    fn run(&mut self, readers: Vec<(WorkSender, BatchReceiver)>, drain: &AtomicBool, hooks: &Hooks) -> Result<()> {
         self.report_progress();
-        let done_before = self.chunks.len() - self.open.len();
+        let done_before = self.chunks.iter().filter(|c| c.finished).count();
         let rows_before: u64 = self.chunks.iter().map(|c| c.rows).sum();
-        if self.open.is_empty() {
+        if self.store.unfinished()? == 0 {
             log::info!(
                 "the scan of {} is finished: {} read in an earlier run; --rescan starts it over",
                 self.schema.table,
                 count(rows_before, "row")
             );
             hooks.finished();
+            stop_readers(&readers);
             return Ok(());
         }
         log::info!(
             "scanning {}: {} to read{}, with {}",
             self.schema.table,
-            count(self.open.len() as u64, "chunk"),
+            count((self.chunks.len() - done_before) as u64, "chunk"),
             if done_before > 0 || rows_before > 0 {
                 format!(" (resuming: {done_before} finished earlier, {rows_before} rows acknowledged earlier)")
             } else {
                 String::new()
             },
-            count(self.readers.min(self.open.len()) as u64, "reader")
+            count(readers.len() as u64, "reader")
         );
-        let (work_tx, work_rx) = unbounded();
-        for c in self.chunks.iter().filter(|c| !c.finished) {
-            let _ = work_tx.send((c.index, c.resume_after().cloned(), c.range.hi.clone()));
-        }
-        drop(work_tx);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (page_tx, pages) = bounded(self.readers * 2);
-        for i in 0..self.readers.min(self.open.len()) {
-            let reader = Reader {
-                who: format!("reader-{i}"),
-                db: Resilient::connect(url, self.max_retries, format!("reader-{i}"))?,
-                schema: self.schema.clone(),
-                work: work_rx.clone(),
-                pages: page_tx.clone(),
-                stop: stop.clone(),
+        let (work, pages): (Vec<WorkSender>, Vec<BatchReceiver>) = readers.into_iter().unzip();
+        let (tx, rx) = bounded(pages.len() * 2);
+        for (reader, channel) in pages.into_iter().enumerate() {
+            let tx = tx.clone();
+            let read = move || loop {
+                let got = match channel.recv() {
+                    Ok(Some(bytes)) => Page::decode(&bytes).map(|page| FromReader::Page { reader, page }),
+                    Ok(None) => Ok(FromReader::Gone { reader }),
+                    Err(e) => Err(e),
+                };
+                let end = !matches!(got, Ok(FromReader::Page { .. }));
+                if tx.send(got.unwrap_or_else(FromReader::Failed)).is_err() || end {
+                    return;
+                }
             };
             std::thread::Builder::new()
-                .name(format!("reader-{i}"))
-                .spawn(move || reader.run())
-                .map_err(|source| Error::SpawnThread { name: "reader", source })?;
+                .name(format!("from-{}", Role::Reader(reader)))
+                .spawn(read)
+                .map_err(|source| Error::SpawnThread { name: "reader channel", source })?;
         }
-        drop(page_tx);
-        let outcome = self.pump(&pages, drain, hooks);
-        stop.store(true, Ordering::SeqCst);
+        drop(tx);
+        let mut states = vec![ReaderState::Idle; work.len()];
+        for reader in 0..work.len() {
+            self.give_work(reader, &work, &mut states)?;
+        }
+        let outcome = self.pump(&rx, &work, &mut states, drain, hooks);
+        for w in &work {
+            let _ = w.send(Work::Stop);
+        }
         outcome
     }
 
-    fn pump(&mut self, pages: &Receiver<FromReader>, drain: &AtomicBool, hooks: &Hooks) -> Result<()> {
+    /// Claims the next chunk for `reader` and sends it; leaves the reader idle when there is none to claim now.
+    fn give_work(&mut self, reader: usize, work: &[WorkSender], states: &mut [ReaderState]) -> Result<()> {
+        let Some(chunk) = self.store.claim()? else {
+            states[reader] = ReaderState::Idle;
+            return Ok(());
+        };
+        let lane = chunk.index;
+        let next = Work::Chunk { lane, after: chunk.resume_after().cloned(), upto: chunk.range.hi.clone() };
+        match &chunk.done_upto {
+            Some(k) => {
+                log::info!(
+                    "chunk {lane} resumes after key {k}, its checkpoint ({} rows acknowledged before)",
+                    chunk.rows
+                )
+            }
+            _ => log::debug!("chunk {lane} goes to {}", Role::Reader(reader)),
+        }
+        match self.chunks.iter_mut().find(|c| c.index == lane) {
+            Some(c) => *c = chunk,
+            None => self.chunks.push(chunk),
+        }
+        self.open.insert(lane, OpenChunk::default());
+        states[reader] = ReaderState::Reading(lane);
+        work[reader].send(next).map_err(|_| Error::ReaderGone { reader: Role::Reader(reader).to_string() })
+    }
+
+    fn pump(
+        &mut self,
+        pages: &Receiver<FromReader>,
+        work: &[WorkSender],
+        states: &mut [ReaderState],
+        drain: &AtomicBool,
+        hooks: &Hooks,
+    ) -> Result<()> {
         let mut pace = self.max_rate.map(|rate| Pace::new(rate, Instant::now()));
         while !drain.load(Ordering::Relaxed) {
             self.flow.apply_acks(Duration::ZERO);
@@ -221,10 +282,33 @@ impl Scan {
                 return Err(Error::PeerGone { peer: Kind::Sink.label() });
             }
             self.checkpoint(false)?;
-            if self.open.is_empty() {
-                log::info!("every chunk is read and acknowledged");
-                hooks.finished();
-                return Ok(());
+            // Idle readers look for work now and then; the end of this instance's work is looked at at once.
+            if self.last_claim.elapsed() >= CLAIM_EVERY || (self.open.is_empty() && !self.told_waiting) {
+                self.last_claim = Instant::now();
+                for reader in 0..states.len() {
+                    if states[reader] == ReaderState::Idle {
+                        self.give_work(reader, work, states)?;
+                    }
+                }
+                if self.open.is_empty() {
+                    match self.store.unfinished()? {
+                        0 => {
+                            log::info!("every chunk is read and acknowledged");
+                            hooks.finished();
+                            return Ok(());
+                        }
+                        left if !self.told_waiting => {
+                            self.told_waiting = true;
+                            log::info!(
+                                "{} of the scan are held by other instances: waiting, to take over any whose \
+                                 instance stops renewing its lease",
+                                count(left, "chunk")
+                            );
+                        }
+                        _ => {}
+                    }
+                    self.refresh();
+                }
             }
             // At the bound, or out of --max-rate's tokens, no page is taken: the readers wait, and so does the database.
             let wait = pace.as_mut().map_or(Duration::ZERO, |p| p.wait(Instant::now()));
@@ -234,11 +318,12 @@ impl Scan {
                 continue;
             }
             match pages.recv_timeout(Duration::from_millis(20)) {
-                Ok(FromReader::Page { lane, rows, last }) => {
-                    for row in rows {
+                Ok(FromReader::Page { reader, page: Page { lane, rows, last } }) => {
+                    for (row_key, json) in rows {
+                        // A chunk whose lease was lost is another instance's now.
                         let Some(open) = self.open.get_mut(&lane) else { break };
-                        let key = row.key.to_bytes();
-                        let seq = open.keys.push(row.key);
+                        let key = row_key.to_bytes();
+                        let seq = open.keys.push(row_key);
                         if let Some(p) = &mut pace {
                             p.took();
                         }
@@ -247,7 +332,7 @@ impl Scan {
                             timestamp: None,
                             key: Some(Bytes::new(&key)),
                             headers: Vec::new(),
-                            payload: Some(Bytes::new(&row.json)),
+                            payload: Some(Bytes::new(&json)),
                             dead_letter: None,
                             outputs: 1,
                         })?;
@@ -256,13 +341,19 @@ impl Scan {
                         if let Some(open) = self.open.get_mut(&lane) {
                             open.read_all = true;
                         }
+                        self.give_work(reader, work, states)?;
                     }
                     self.flow.flush_due(Instant::now())?;
                 }
+                Ok(FromReader::Gone { reader }) => match states[reader] {
+                    ReaderState::Reading(_) => {
+                        return Err(Error::ReaderGone { reader: Role::Reader(reader).to_string() });
+                    }
+                    _ => states[reader] = ReaderState::Stopped,
+                },
                 Ok(FromReader::Failed(e)) => return Err(e),
                 Err(RecvTimeoutError::Timeout) => self.flow.flush_all()?,
                 Err(RecvTimeoutError::Disconnected) => {
-                    // Every reader is done: what is left is in flight.
                     self.flow.flush_all()?;
                     self.flow.apply_acks(Duration::from_millis(20));
                 }
@@ -271,55 +362,31 @@ impl Scan {
         Ok(())
     }
 
-    /// Saves each chunk's new checkpoint, at most every [`CHECKPOINT_EVERY`] unless `now`, and at once when a chunk
-    /// finished; forgets finished chunks.
+    /// Moves each open chunk's checkpoint to the key below which all is acknowledged; writes them (renewing the
+    /// leases) at most every [`CHECKPOINT_EVERY`] unless `now`, and at once when a chunk finished.
     fn checkpoint(&mut self, now: bool) -> Result<()> {
-        let advanced = self.flow.marks_mut().take_advanced();
-        let mut moves = Vec::new();
         let mut any_finished = false;
-        for p in &advanced {
-            if let Some(open) = self.open.get_mut(&p.lane) {
-                let key = open.keys.passed(p.seq);
-                open.acked_since += (p.seq - open.passed).max(0) as u64;
-                open.passed = p.seq;
-                if key.is_some() {
-                    moves.push((p.lane, key));
-                }
+        for p in self.flow.marks_mut().take_advanced() {
+            let Some(open) = self.open.get_mut(&p.lane) else { continue };
+            let key = open.keys.passed(p.seq);
+            open.acked_since += (p.seq - open.passed).max(0) as u64;
+            open.passed = p.seq;
+            if let (Some(key), Some(c)) = (key, self.chunks.iter_mut().find(|c| c.index == p.lane)) {
+                c.done_upto = Some(key);
             }
-        }
-        // Moves not yet written are kept as the chunk's pending key.
-        let mut pending: BTreeMap<Lane, Option<Key>> = BTreeMap::new();
-        for (lane, key) in moves {
-            pending.insert(lane, key);
         }
         for (lane, open) in &self.open {
-            if open.read_all && open.keys.is_empty() && self.flow.marks().in_flight_of(*lane) == 0 {
-                any_finished = true;
-                pending.entry(*lane).or_insert(None);
-            }
+            any_finished |= open.read_all && open.keys.is_empty() && self.flow.marks().in_flight_of(*lane) == 0;
         }
-        self.carry(pending);
-        if !(now || any_finished || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY) {
-            return Ok(());
+        if now || any_finished || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.write_checkpoints()?;
         }
-        self.write_checkpoints()
-    }
-
-    /// Remembers the newest unwritten key of each chunk until the next write.
-    fn carry(&mut self, pending: BTreeMap<Lane, Option<Key>>) {
-        for (lane, key) in pending {
-            if let Some(c) = self.chunks.iter_mut().find(|c| c.index == lane) {
-                if key.is_some() {
-                    c.done_upto = key;
-                }
-            }
-        }
+        Ok(())
     }
 
     fn write_checkpoints(&mut self) -> Result<()> {
         self.last_checkpoint = Instant::now();
         let mut moves = Vec::new();
-        let mut finished = Vec::new();
         for (lane, open) in self.open.iter_mut() {
             let done = open.read_all && open.keys.is_empty() && self.flow.marks().in_flight_of(*lane) == 0;
             if open.acked_since == 0 && !done {
@@ -329,20 +396,40 @@ impl Scan {
             moves.push((*lane, c.done_upto.clone(), open.acked_since, done));
             c.rows += open.acked_since;
             open.acked_since = 0;
-            if done {
-                c.finished = true;
-                finished.push(*lane);
-            }
+            c.finished |= done;
         }
-        self.store.advance(&moves)?;
-        for lane in finished {
-            self.open.remove(&lane);
-            self.flow.marks_mut().forget(lane);
-            let c = self.chunks.iter().find(|c| c.index == lane);
-            log::debug!("chunk {lane} finished: {} rows", c.map_or(0, |c| c.rows));
+        let lost = self.store.advance(&moves)?;
+        for lane in lost {
+            log::warn!(
+                "chunk {lane}: its lease ran out and another instance took it over (this one stalled longer than \
+                 --chunk-lease); leaving it to that instance"
+            );
+            self.forget(lane);
+        }
+        for (lane, ..) in moves.iter().filter(|m| m.3) {
+            self.forget(*lane);
+            log::debug!("chunk {lane} finished");
         }
         self.report_progress();
         Ok(())
+    }
+
+    fn forget(&mut self, lane: Lane) {
+        self.open.remove(&lane);
+        self.flow.marks_mut().forget(lane);
+    }
+
+    /// The other instances' progress, from the store.
+    fn refresh(&mut self) {
+        if let Ok(Some((_, chunks))) = self.store.load() {
+            for c in chunks.into_iter().filter(|c| !self.open.contains_key(&c.index)) {
+                match self.chunks.iter_mut().find(|o| o.index == c.index) {
+                    Some(o) => *o = c,
+                    None => self.chunks.push(c),
+                }
+            }
+        }
+        self.report_progress();
     }
 
     fn report_progress(&self) {
@@ -351,11 +438,13 @@ impl Scan {
         emit(ScanProgress { chunks: self.chunks.len() as u64, done: done as u64, rows, estimate: self.estimate });
     }
 
-    /// The drain: the flow's handshake with the sink, then the last checkpoints. Names every chunk's checkpoint.
+    /// The drain: the flow's handshake with the sink, the last checkpoints, and the unfinished chunks released for
+    /// others. Names every chunk's checkpoint.
     fn drain(&mut self, cfg: &Config) -> Exit {
         let budget = cfg.drain_timeout.saturating_sub(Duration::from_secs(1).min(cfg.drain_timeout / 4));
         let drained = self.flow.drain(Instant::now() + budget);
-        let saved = self.checkpoint(true);
+        let saved = self.checkpoint(true).and_then(|()| self.store.release());
+        self.refresh();
         let finished = self.chunks.iter().filter(|c| c.finished).count();
         let rows: u64 = self.chunks.iter().map(|c| c.rows).sum();
         let mut lines = Vec::new();
@@ -394,65 +483,9 @@ impl Scan {
     }
 }
 
-/// A reader thread: takes chunks, reads them page by page, hands the pages to the main thread.
-struct Reader {
-    who: String,
-    db: Resilient,
-    schema: Arc<Schema>,
-    work: Receiver<(Lane, Option<Key>, Option<Key>)>,
-    pages: Sender<FromReader>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Reader {
-    fn run(mut self) {
-        while let Ok((lane, after, upto)) = self.work.recv() {
-            if let Err(e) = self.read_chunk(lane, after, upto) {
-                let _ = self.pages.send(FromReader::Failed(e));
-                return;
-            }
-            if self.stop.load(Ordering::Relaxed) {
-                return;
-            }
-        }
-    }
-
-    fn read_chunk(&mut self, lane: Lane, mut after: Option<Key>, upto: Option<Key>) -> Result<()> {
-        log::debug!("{} reads chunk {lane} after {after:?}", self.who);
-        loop {
-            let schema = self.schema.clone();
-            let doing = || {
-                format!(
-                    "reading chunk {lane} of {} after key {}",
-                    schema.table,
-                    after.as_ref().map_or("(start)".to_string(), |k| k.to_string())
-                )
-            };
-            let mut rows = Vec::with_capacity(PAGE_ROWS);
-            let read = self.db.run(&doing, |conn| {
-                rows.clear();
-                conn.page(&schema, after.as_ref(), upto.as_ref(), PAGE_ROWS, &mut rows)
-            })?;
-            read.map_err(|source| Error::DbQuery { doing: doing(), source })?;
-            let last = rows.len() < PAGE_ROWS;
-            if let Some(r) = rows.last() {
-                after = Some(r.key.clone());
-            }
-            // Waits while the main thread is behind: that is the back-pressure on the database.
-            let mut page = FromReader::Page { lane, rows, last };
-            loop {
-                if self.stop.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                match self.pages.send_timeout(page, Duration::from_millis(100)) {
-                    Ok(()) => break,
-                    Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => page = back,
-                    Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Ok(()),
-                }
-            }
-            if last {
-                return Ok(());
-            }
-        }
+/// Tells every reader there is nothing to read.
+fn stop_readers(readers: &[(WorkSender, BatchReceiver)]) {
+    for (w, _) in readers {
+        let _ = w.send(Work::Stop);
     }
 }

@@ -51,8 +51,8 @@ impl Counts {
 
     /// Each kind's counters, summed over its processes and over every generation since the start, in [`Kind::ALL`]
     /// order.
-    pub fn by_kind(&self) -> [StageStats; 3] {
-        let mut out: [StageStats; 3] = Default::default();
+    pub fn by_kind(&self) -> [StageStats; 4] {
+        let mut out: [StageStats; 4] = Default::default();
         for c in &self.children {
             let i = Kind::ALL.iter().position(|&k| k == c.role.kind()).unwrap_or_default();
             out[i].absorb(&c.stats);
@@ -119,7 +119,7 @@ mod tests {
         let t = c.totals();
         assert_eq!((t.consumed, t.received, t.in_flight), (130, 95, 0));
         assert_eq!(c.by_kind()[0].consumed, 130);
-        assert_eq!(c.by_kind()[1].received, 95);
+        assert_eq!(c.by_kind()[2].received, 95);
         assert!(c.any_consumed());
     }
 

@@ -182,7 +182,7 @@ pub struct Snapshot<'a> {
     pub source_topic: &'a str,
     /// Each kind's counters, summed over its processes and over every generation since the start, in [`Kind::ALL`]
     /// order.
-    pub stages: &'a [StageStats; 3],
+    pub stages: &'a [StageStats; 4],
     /// Consumed and not yet acknowledged, from the newest source; bounded by `capacity`.
     pub in_flight: u64,
     pub capacity: usize,
@@ -197,7 +197,7 @@ pub struct Snapshot<'a> {
     /// Pipeline restarts, by the kind of child whose failure caused them.
     pub restarts: &'a [(&'a str, u64)],
     /// Live child processes by kind, in [`Kind::ALL`] order.
-    pub children: &'a [usize; 3],
+    pub children: &'a [usize; 4],
     /// The workers' transform: md5, jq or exec.
     pub transform: &'a str,
     pub ready: bool,
@@ -225,7 +225,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
             .map(|(kind, stats)| (format!("{{stage=\"{}\"}}", kind.label()), value(stats) as f64))
             .collect()
     };
-    let [source, _, sink] = s.stages;
+    let [source, _, _, sink] = s.stages;
     family(
         "supervisor_events_in_total",
         "counter",
@@ -256,7 +256,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Events sent to the dead-letter topic: found unfit by a hasher, or written there by the producer.",
         &by_stage(&|st| st.rejected + st.dead_lettered, &[Kind::Worker, Kind::Sink]),
     );
-    let [_, workers, _] = s.stages;
+    let [_, _, workers, _] = s.stages;
     let per_transform = |value: u64| [(format!("{{transform=\"{}\"}}", s.transform), value as f64)];
     family(
         "supervisor_transform_outputs_total",
@@ -441,7 +441,7 @@ mod tests {
         };
         render(&Snapshot {
             source_topic: "src\"x",
-            stages: &[consumer, hashers, producer],
+            stages: &[consumer, StageStats::default(), hashers, producer],
             in_flight: 3,
             capacity: 100,
             sink_queue: 1,
@@ -449,7 +449,7 @@ mod tests {
             committed: &[Position::new(0, 4)],
             assigned: 2,
             restarts: &[("consumer", 0), ("hasher", 2)],
-            children: &[1, 4, 1],
+            children: &[1, 0, 4, 1],
             transform: "md5",
             ready: true,
             drains: 2,

@@ -236,6 +236,12 @@ impl Db {
         }
     }
 
+    /// The database's URL with no table: a checkpoint store.
+    pub fn base_url(&self) -> String {
+        let url = self.url("x");
+        url.strip_suffix("?table=x").unwrap_or(&url).to_string()
+    }
+
     /// Runs statements separated by `;`.
     pub fn exec(&self, sql: &str) {
         match self {
