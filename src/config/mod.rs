@@ -18,10 +18,11 @@ pub use transform::{ExecSpec, JqSpec, TransformSpec};
 
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0  clean drain: every consumed event delivered and committed
+  0  clean drain (or a finished table scan): every event taken in delivered and committed
   1  failure: the supervisor itself failed, or it was stopped while recovering from a crash
-  2  configuration error: bad flag or -X property, missing topic, TLS or SASL refused by the brokers
-  3  the brokers could not be reached at start-up
+  2  configuration error: bad flag or -X property, missing topic, table or column, credentials refused by the
+     brokers or the database
+  3  the brokers or the database could not be reached at start-up
   4  the drain did not finish within --drain-timeout (uncommitted events are re-read on the next start)
   5  fast stop: a second SIGINT/SIGTERM during the drain (uncommitted events are re-read on the next start)
   6  gave up: children failed more than --max-restarts times within --restart-window";
@@ -157,27 +158,28 @@ pub struct Cli {
     pub checkpoint: Option<String>,
 
     /// Directory for the default checkpoint store [default: $STATE_DIRECTORY, else ~/.local/state/supervisor].
-    #[arg(long, env = "SUPERVISOR_STATE_DIR", value_name = "DIR")]
+    #[arg(global = true, long, env = "SUPERVISOR_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
     /// Reader threads of a table scan, each with its own connection, each reading one chunk at a time.
-    #[arg(long, env = "SUPERVISOR_READERS", default_value_t = 4, value_name = "N",
+    #[arg(global = true, long, env = "SUPERVISOR_READERS", default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub readers: u16,
 
     /// Rows per chunk of a table scan: the unit that readers claim and checkpoints track.
-    #[arg(long, env = "SUPERVISOR_CHUNK_ROWS", default_value_t = 100_000, value_name = "N",
+    #[arg(global = true, long, env = "SUPERVISOR_CHUNK_ROWS", default_value_t = 100_000, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub chunk_rows: u64,
 
     /// Attempts of a failed database statement (with exponential backoff) before the stage fails and the restart
     /// policy takes over.
-    #[arg(long, env = "SUPERVISOR_MAX_RETRIES", default_value_t = 10, value_name = "N")]
+    #[arg(global = true, long, env = "SUPERVISOR_MAX_RETRIES", default_value_t = 10, value_name = "N")]
     pub max_retries: u32,
 
     /// Seconds a claimed chunk stays this instance's without a checkpoint or renewal; after that another instance
     /// sharing the --checkpoint store may take it over.
-    #[arg(long, env = "SUPERVISOR_CHUNK_LEASE", default_value = "30", value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(global = true, long, env = "SUPERVISOR_CHUNK_LEASE", default_value = "30", value_name = "SECS",
+          value_parser = parse_seconds)]
     pub chunk_lease: Duration,
 
     /// Start the table scan over, forgetting its checkpoints (a finished scan otherwise stays finished).

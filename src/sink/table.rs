@@ -22,8 +22,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 /// Rows per upsert at most; a batch also goes when it holds [`MAX_BYTES`] or no more events are waiting.
-const MAX_ROWS: usize = 2000;
-const MAX_BYTES: usize = 1 << 20;
+const MAX_ROWS: usize = 10_000;
+const MAX_BYTES: usize = 4 << 20;
 
 /// The table writer as the pipeline's sink.
 pub struct TableSink;

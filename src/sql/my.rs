@@ -13,6 +13,9 @@ use std::time::Duration;
 
 /// Placeholders one statement may hold.
 const MAX_PARAMS: usize = 65_535;
+/// Rows per `INSERT`: a batch is written as several, in one transaction, to keep each statement (and what the client
+/// and the server hold for it) small.
+const ROWS_PER_STATEMENT: usize = 1000;
 
 pub fn open(url: &TableUrl) -> Result<Conn> {
     let given = url.connect.replacen("mariadb://", "mysql://", 1);
@@ -20,6 +23,8 @@ pub fn open(url: &TableUrl) -> Result<Conn> {
     let opts = Opts::from_url(&given).map_err(|e| refused(e.into()))?;
     let opts = OptsBuilder::from_opts(opts)
         .tcp_connect_timeout(Some(Duration::from_secs(10)))
+        // Each batch size is a statement of its own: a small cache keeps few of them prepared, here and on the server.
+        .stmt_cache_size(Some(8))
         .init(vec!["SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')", "SET time_zone = '+00:00'"]);
     Conn::new(opts).map_err(|e| {
         let source: DbError = e.into();
@@ -179,7 +184,7 @@ fn param(v: Option<&serde_json::Value>) -> Value {
 }
 
 pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
-    let rows_per_statement = (MAX_PARAMS / fields.len().max(1)).max(1);
+    let rows_per_statement = (MAX_PARAMS / fields.len().max(1)).clamp(1, ROWS_PER_STATEMENT);
     let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
     let updates: Vec<String> =
         fields.iter().filter(|f| **f != s.key).map(|f| format!("{0} = VALUES({0})", quote(f))).collect();
