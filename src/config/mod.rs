@@ -182,6 +182,11 @@ pub struct Cli {
           value_parser = parse_seconds)]
     pub chunk_lease: Duration,
 
+    /// Create the --sink table if it does not exist, from the first events: a column per top-level field, typed by its
+    /// value; the key (?key=COLUMN, required) its primary key.
+    #[arg(long, env = "SUPERVISOR_CREATE_TABLE")]
+    pub create_table: bool,
+
     /// Start the table scan over, forgetting its checkpoints (a finished scan otherwise stays finished).
     #[arg(long)]
     pub rescan: bool,
@@ -522,6 +527,7 @@ pub struct Config {
     pub max_retries: u32,
     pub chunk_lease: Duration,
     pub rescan: bool,
+    pub create_table: bool,
 }
 
 /// The database tables `--source`, `--sink` and `--checkpoint` name.
@@ -617,6 +623,7 @@ impl Config {
             max_retries: cli.max_retries,
             chunk_lease: cli.chunk_lease,
             rescan: cli.rescan,
+            create_table: cli.create_table,
         }
     }
 
@@ -698,11 +705,12 @@ impl Config {
         // The state directory only places the default checkpoint store, shown above.
         out.push_str("# state-dir: where the default checkpoint store is\n");
         out.push_str(&format!(
-            "readers = {}\nchunk-rows = {}\nmax-retries = {}\nchunk-lease = {}\n",
+            "readers = {}\nchunk-rows = {}\nmax-retries = {}\nchunk-lease = {}\ncreate-table = {}\n",
             self.readers,
             self.chunk_rows,
             self.max_retries,
-            self.chunk_lease.as_secs_f64()
+            self.chunk_lease.as_secs_f64(),
+            self.create_table
         ));
         if !self.properties.is_empty() {
             out.push_str("\n[kafka]\n");

@@ -36,15 +36,33 @@ impl Stage for TableSink {
             return Err(Error::DbSchema { message: "no --sink table given".into() });
         };
         let mut db = Resilient::connect(url, cfg.max_retries, "the table sink".into())?;
-        let schema = db.conn()?.schema(url)?;
-        let columns: BTreeSet<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+        let table = url.table().map_err(|message| Error::DbSchema { message })?;
+        let schema = if cfg.create_table && !db.conn()?.exists(table)? {
+            if url.key.is_none() {
+                return Err(Error::DbSchema {
+                    message: format!("--create-table: name the key of table {table:?} with ?key=COLUMN in --sink"),
+                });
+            }
+            log::info!("table {table:?} does not exist: it is created from the first events (--create-table)");
+            None
+        } else {
+            Some(db.conn()?.schema(url)?)
+        };
         hooks.ready();
         let workers = ends.inputs.len();
         let inputs = read_workers(ends.inputs)?;
         let mut w = Writer {
             db,
-            schema,
-            columns,
+            url: url.clone(),
+            columns: schema.as_ref().map(|s| s.columns.iter().map(|c| c.name.clone()).collect()).unwrap_or_default(),
+            schema: schema.unwrap_or_else(|| Schema {
+                table: table.to_string(),
+                columns: Vec::new(),
+                key: url.key.clone().unwrap_or_default(),
+                key_kind: crate::sql::key::KeyKind::Text,
+                key_type: String::new(),
+            }),
+            created: false,
             acks: ends.acks,
             pending: Pending::default(),
             undelivered: HashMap::new(),
@@ -101,7 +119,10 @@ impl Pending {
 
 struct Writer {
     db: Resilient,
+    url: crate::sql::url::TableUrl,
     schema: Schema,
+    /// The table is still to be created from the first events (`--create-table`): its schema has no columns yet.
+    created: bool,
     columns: BTreeSet<String>,
     acks: AckSender,
     pending: Pending,
@@ -144,6 +165,10 @@ impl Writer {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        if self.schema.columns.is_empty() && !self.created {
+            let events: Vec<&[u8]> = pending.rows.iter().map(|(_, r)| &pending.bytes[r.clone()]).collect();
+            self.create_table(&events)?;
+        }
         let mut rejected = pending.rejected;
         let mut objects = Vec::with_capacity(pending.rows.len());
         let mut positions = Vec::with_capacity(pending.rows.len());
@@ -233,6 +258,43 @@ impl Writer {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `--create-table`: the table, from the fields of these events, each column typed by its first non-null value.
+    fn create_table(&mut self, events: &[&[u8]]) -> Result<()> {
+        let mut fields: Vec<(String, Option<serde_json::Value>)> = Vec::new();
+        for e in events {
+            let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(e) else { continue };
+            for (k, v) in map {
+                match fields.iter_mut().find(|(name, _)| *name == k) {
+                    Some((_, seen @ None)) if !v.is_null() => *seen = Some(v),
+                    Some(_) => {}
+                    None => fields.push((k, (!v.is_null()).then_some(v))),
+                }
+            }
+        }
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let key = self.schema.key.clone();
+        if !fields.iter().any(|(name, _)| *name == key) {
+            return Err(Error::DbSchema {
+                message: format!(
+                    "--create-table: the events have no {key:?} field, the key of table {}",
+                    self.schema.table
+                ),
+            });
+        }
+        let table = self.schema.table.clone();
+        self.db.conn()?.create_table(&table, &key, &fields)?;
+        self.schema = self.db.conn()?.schema(&self.url)?;
+        self.columns = self.schema.columns.iter().map(|c| c.name.clone()).collect();
+        self.created = true;
+        log::info!(
+            "created table {table:?} with columns {}",
+            fields.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", ")
+        );
         Ok(())
     }
 

@@ -184,6 +184,55 @@ impl Conn {
         }
     }
 
+    /// Whether the table exists.
+    pub fn exists(&mut self, table: &str) -> Result<bool> {
+        let (columns, _) = match self {
+            Conn::Postgres(c) => pg::columns(c, table),
+            Conn::Mysql(c) => my::columns(c, table),
+            Conn::Sqlite(c) => lite::columns(c, table),
+        }
+        .map_err(|source| Error::DbQuery { doing: format!("looking for table {table}"), source })?;
+        Ok(!columns.is_empty())
+    }
+
+    /// Creates `table` with a column per field, typed by the field's JSON value (text when it was only ever null),
+    /// `key` its primary key.
+    pub fn create_table(
+        &mut self,
+        table: &str,
+        key: &str,
+        fields: &[(String, Option<serde_json::Value>)],
+    ) -> Result<()> {
+        let mysql = matches!(self, Conn::Mysql(_));
+        let sqlite = matches!(self, Conn::Sqlite(_));
+        let columns: Vec<String> = fields
+            .iter()
+            .map(|(name, v)| {
+                let ty = match v {
+                    Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => "BIGINT",
+                    Some(serde_json::Value::Number(_)) if mysql => "DOUBLE",
+                    Some(serde_json::Value::Number(_)) => "DOUBLE PRECISION",
+                    Some(serde_json::Value::Bool(_)) => "BOOLEAN",
+                    Some(serde_json::Value::Object(_) | serde_json::Value::Array(_)) if mysql => "JSON",
+                    Some(serde_json::Value::Object(_) | serde_json::Value::Array(_)) if !sqlite => "JSONB",
+                    // MySQL keys cannot be TEXT.
+                    _ if mysql && name == key => "VARCHAR(255)",
+                    _ if mysql => "LONGTEXT",
+                    _ => "TEXT",
+                };
+                let primary = if name == key { " PRIMARY KEY" } else { "" };
+                format!("{} {ty}{primary}", quote(name))
+            })
+            .collect();
+        let sql = format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(table), columns.join(", "));
+        match self {
+            Conn::Postgres(c) => c.batch_execute(&sql).map_err(DbError::from),
+            Conn::Mysql(c) => mysql::prelude::Queryable::query_drop(c, &sql).map_err(DbError::from),
+            Conn::Sqlite(c) => c.execute_batch(&sql).map_err(DbError::from),
+        }
+        .map_err(|source| Error::DbQuery { doing: format!("creating table {table}"), source })
+    }
+
     /// Creates the dead-letter table beside `table` if it is missing, and returns its name.
     pub fn dead_letter_table(&mut self, table: &str) -> Result<String> {
         let name = format!("{table}_dead_letter");

@@ -15,6 +15,9 @@ pub fn open(url: &TableUrl) -> Result<Client> {
         fault: Fault::Refused,
         source: e.into(),
     })?;
+    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err(refused_tls(url));
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
@@ -25,6 +28,16 @@ pub fn open(url: &TableUrl) -> Result<Client> {
         let source: DbError = e.into();
         Error::DbConnect { url: url.to_string(), fault: fault(&source), source }
     })
+}
+
+fn refused_tls(url: &TableUrl) -> Error {
+    Error::DbConnect {
+        url: url.to_string(),
+        fault: Fault::Refused,
+        source: "sslmode=require: this build has no TLS for database connections yet (run next to the database, or \
+                 through a tunnel)"
+            .into(),
+    }
 }
 
 /// Every column with its type, and the primary key's columns; no columns when the table does not exist.

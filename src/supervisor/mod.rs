@@ -341,9 +341,10 @@ impl Supervisor {
             Report::Failed { pid, code, message, peer_gone } => {
                 let role = self.table.on_report(pid, Some(Transition::Failed)).map(|(role, _)| role);
                 let who = role.map_or_else(|| format!("pid {pid}"), |r| format!("{r} (pid {pid})"));
-                if peer_gone && self.outcome.cause().is_some() {
-                    // Only the consequence of the failure already told: a neighbour went away.
-                    log::debug!("{who} stopped: {message}");
+                if peer_gone {
+                    // Only the consequence of another failure, which is told as an error of its own (a failed
+                    // report, or a reaped child's end), in whichever order they come.
+                    log::warn!("{who} stopped: {message} (a neighbouring stage went away)");
                 } else {
                     log::error!("{who} failed: {message}");
                 }

@@ -265,6 +265,9 @@ fn bad_settings(engine: &str) {
     if let Some(wrong) = db.wrong_password("source") {
         cases.push((wrong, dst.clone(), 2, "refused this client"));
     }
+    if engine == "postgres" {
+        cases.push((format!("{src}&sslmode=require"), dst.clone(), 2, "no TLS for database connections"));
+    }
     if let Some(down) = db.unreachable("source") {
         cases.push((down, dst.clone(), 3, "cannot reach the database"));
     }
@@ -422,4 +425,22 @@ fn two_instances(engine: &str) {
     if let Some(password) = db.password() {
         assert!(!log.contains(password), "the password is never printed");
     }
+}
+
+for_each_engine!(create_table);
+/// `--create-table` makes the sink's table from the first events, typed by their values, keyed as told.
+fn create_table(engine: &str) {
+    let db = Db::start(engine, "create");
+    article(&db, 5000);
+    let state = scratch_dir(&format!("create-state-{engine}"));
+    let sink = format!("{}&key=value", db.url("made"));
+    let (code, log) = run_to_end(&args(&db.url("source"), &sink, &state, &["--jq", SQRT]), Duration::from_secs(60));
+    assert_eq!(code, 2, "without --create-table a missing table is an error: {log}");
+    assert!(log.contains("table \"made\" does not exist"), "{log}");
+    let a = args(&db.url("source"), &sink, &state, &["--jq", SQRT, "--create-table"]);
+    let (code, log) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("created table \"made\""), "{log}");
+    assert_eq!(db.count("made"), 5000);
+    assert_eq!(db.one("SELECT COUNT(*) FROM made WHERE ABS(root * root - value) > 1e-6 * value"), 0, "typed: numbers");
 }
