@@ -129,7 +129,7 @@ pub fn mask(url: &str) -> String {
         Some(password) => {
             let at = url.rfind('@').unwrap_or(url.len());
             let start = at - password.len();
-            format!("{}****{}", &url[..start], &url[at..])
+            format!("{}{}{}", &url[..start], crate::telemetry::redact::MASK, &url[at..])
         }
         None => url.to_string(),
     }
@@ -184,7 +184,7 @@ mod tests {
         let u = TableUrl::parse("postgres://app:hunter2@db/shop?table=t").unwrap();
         for shown in [u.to_string(), format!("{u:?}")] {
             assert!(!shown.contains("hunter2"), "{shown}");
-            assert!(shown.contains("app:****@db"), "{shown}");
+            assert!(shown.contains(&format!("app:{}@db", crate::telemetry::redact::MASK)), "{shown}");
         }
         let e = TableUrl::parse("postgres://app:hunter2@db/shop?table=a%zz").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
