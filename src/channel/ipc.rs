@@ -64,7 +64,8 @@ impl BatchReceiver {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Work {
     /// Read chunk `lane`: rows with `after < key <= upto` (either unbounded when absent), in key order.
-    Chunk { lane: Lane, after: Option<crate::sql::key::Key>, upto: Option<crate::sql::key::Key> },
+    /// `epoch` tells this claim of the chunk from an earlier one: pages carry it back.
+    Chunk { lane: Lane, epoch: u64, after: Option<crate::sql::key::Key>, upto: Option<crate::sql::key::Key> },
     /// Nothing more to read: exit.
     Stop,
 }
@@ -80,6 +81,8 @@ pub fn work_channel() -> Result<(WorkSender, WorkReceiver)> {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     pub lane: Lane,
+    /// The claim the page was read for: a page of an earlier claim of the same chunk is not this one's.
+    pub epoch: u64,
     pub rows: Vec<(crate::sql::key::Key, serde_bytes::ByteBuf)>,
     /// The chunk's last page: the reader wants its next chunk.
     pub last: bool,

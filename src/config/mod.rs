@@ -543,8 +543,8 @@ impl Tables {
     fn resolve(cli: &Cli) -> Result<Tables, String> {
         let parse = |flag: &str, given: &Option<String>| -> Result<Option<TableUrl>, String> {
             let Some(given) = given else { return Ok(None) };
-            if let Some(password) = url_password(given) {
-                redact::keep_secret(password);
+            for secret in crate::sql::url::secrets(given) {
+                redact::keep_secret(&secret);
             }
             let url = TableUrl::parse(given).map_err(|e| format!("--{flag}: {e}"))?;
             url.table().map_err(|e| format!("--{flag}: {e}"))?;
@@ -556,8 +556,8 @@ impl Tables {
             (None, _) => None,
             (Some(_), Some(given)) => {
                 let url = TableUrl::parse(given).map_err(|e| format!("--checkpoint: {e}"))?;
-                if let Some(password) = url_password(given) {
-                    redact::keep_secret(password);
+                for secret in crate::sql::url::secrets(given) {
+                    redact::keep_secret(&secret);
                 }
                 Some(url)
             }

@@ -13,12 +13,14 @@ use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::position::Position;
 use crate::sink::{read_workers, Input, SinkEnds};
-use crate::sql::{fields_of, Resilient, Schema};
+use crate::sql::{Resilient, Schema};
 use crate::stage::{Hooks, Role, Stage};
 use crate::telemetry::events::{emit, BatchReceived, Delivered};
 use crate::telemetry::heartbeat;
 use crossbeam_channel::RecvTimeoutError;
-use std::collections::{BTreeSet, HashMap};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// Rows per upsert at most; a batch also goes when it holds [`MAX_BYTES`] or no more events are waiting.
@@ -99,6 +101,9 @@ impl Stage for TableSink {
     }
 }
 
+/// A row to write: its source position, the event, and its key as written in the event.
+type Keyed<'a> = (Position, &'a [u8], String);
+
 /// Events waiting to be written, copied out of their batches.
 #[derive(Default)]
 struct Pending {
@@ -170,41 +175,54 @@ impl Writer {
             self.create_table(&events)?;
         }
         let mut rejected = pending.rejected;
-        let mut objects = Vec::with_capacity(pending.rows.len());
-        let mut positions = Vec::with_capacity(pending.rows.len());
-        let mut fields = BTreeSet::new();
+        let mut written = Vec::with_capacity(pending.rows.len());
+        // Rows by the columns they have: a row is written with its own fields only, never NULLs for the fields
+        // other events of the batch have. Each group keeps the batch's order.
+        let mut groups: BTreeMap<Vec<String>, Vec<Keyed<'_>>> = BTreeMap::new();
         for (at, range) in &pending.rows {
             let event = &pending.bytes[range.clone()];
-            match fields_of(event) {
-                Ok(names) => {
-                    for n in names {
-                        if self.columns.contains(&n) {
-                            fields.insert(n);
-                        } else if self.unknown_fields.insert(n.clone()) {
-                            log::warn!(
-                                "events have a field {n:?} that table {} has no column for: it is not written",
-                                self.schema.table
-                            );
-                        }
-                    }
-                    objects.push(event);
-                    positions.push(*at);
+            let map: HashMap<Cow<'_, str>, &RawValue> = match serde_json::from_slice(event) {
+                Ok(map) => map,
+                Err(e) => {
+                    let why = format!("not a JSON object: {e}");
+                    rejected.push((*at, why, String::from_utf8_lossy(event).into_owned()));
+                    continue;
                 }
-                Err(why) => rejected.push((*at, why, String::from_utf8_lossy(event).into_owned())),
-            }
-        }
-        let mut written = Vec::with_capacity(positions.len());
-        if !objects.is_empty() {
-            if !fields.contains(&self.schema.key) {
-                // No row can be placed without its key: every one of them is refused.
-                for (at, o) in positions.iter().zip(&objects) {
+            };
+            let key = match map.get(self.schema.key.as_str()).map(|v| v.get()) {
+                Some(k) if k != "null" => k.to_string(),
+                _ => {
                     let why = format!("no {:?} field, the key of table {}", self.schema.key, self.schema.table);
-                    rejected.push((*at, why, String::from_utf8_lossy(o).into_owned()));
+                    rejected.push((*at, why, String::from_utf8_lossy(event).into_owned()));
+                    continue;
                 }
-            } else {
-                let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
-                self.upsert(&objects, &positions, &fields, &mut written, &mut rejected)?;
+            };
+            let mut fields: Vec<String> = Vec::with_capacity(map.len());
+            for name in map.keys() {
+                if self.columns.contains(name.as_ref()) {
+                    fields.push(name.to_string());
+                } else if self.unknown_fields.insert(name.to_string()) {
+                    log::warn!(
+                        "events have a field {name:?} that table {} has no column for: it is not written",
+                        self.schema.table
+                    );
+                }
             }
+            fields.sort_unstable();
+            groups.entry(fields).or_default().push((*at, event, key));
+        }
+        for (fields, rows) in groups {
+            // One statement cannot write a key twice (PostgreSQL refuses it): the last row of a key is what the
+            // table ends with, as if they were written one after another, and every one of them is acknowledged.
+            let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+            for (i, (_, _, key)) in rows.iter().enumerate() {
+                last.insert(key.as_str(), i);
+            }
+            let kept: Vec<usize> = (0..rows.len()).filter(|&i| last.get(rows[i].2.as_str()) == Some(&i)).collect();
+            let objects: Vec<&[u8]> = kept.iter().map(|&i| rows[i].1).collect();
+            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+            let all: Vec<(Position, &[u8])> = rows.iter().map(|(at, e, _)| (*at, *e)).collect();
+            self.upsert(&objects, &all, &fields, &mut written, &mut rejected)?;
         }
         if !rejected.is_empty() {
             self.dead_letter(&rejected)?;
@@ -226,11 +244,12 @@ impl Writer {
         Ok(())
     }
 
-    /// One upsert for the whole batch; if the database refuses its data, one per row, the refused ones set aside.
+    /// One upsert of `objects` (the rows of `all`, one per key); if the database refuses their data, every row of
+    /// `all` one by one, in order, the refused ones set aside.
     fn upsert(
         &mut self,
         objects: &[&[u8]],
-        positions: &[Position],
+        all: &[(Position, &[u8])],
         fields: &[&str],
         written: &mut Vec<Position>,
         rejected: &mut Vec<(Position, String, String)>,
@@ -239,12 +258,12 @@ impl Writer {
         let doing = || format!("writing {} rows to {}", objects.len(), schema.table);
         match self.db.run(&doing, |conn| conn.upsert(schema, objects, fields))? {
             Ok(()) => {
-                written.extend_from_slice(positions);
+                written.extend(all.iter().map(|(at, _)| *at));
                 return Ok(());
             }
             Err(e) => log::debug!("a batch was refused ({e}); writing its rows one by one"),
         }
-        for (o, at) in objects.iter().zip(positions) {
+        for (at, o) in all {
             let doing = || format!("writing a row to {}", schema.table);
             match self.db.run(&doing, |conn| conn.upsert(schema, std::slice::from_ref(o), fields))? {
                 Ok(()) => written.push(*at),

@@ -48,6 +48,35 @@ pub fn columns(c: &mut Connection, table: &str) -> Result<TableColumns, DbError>
     Ok((columns, primary.into_iter().map(|p| p.1).collect()))
 }
 
+pub fn unique_columns(c: &mut Connection, table: &str) -> Result<Vec<String>, DbError> {
+    let mut stmt = c.prepare(
+        "SELECT min(ii.name) FROM pragma_index_list(?1) il, pragma_index_info(il.name) ii WHERE il.\"unique\" = 1 \
+         GROUP BY il.name HAVING count(*) = 1",
+    )?;
+    let rows = stmt.query_map([table], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A key column's kind from the values it holds, where its declared type says nothing (SQLite keeps what it is
+/// given in a column without one): integers only, or text.
+pub fn key_kind_of(c: &mut Connection, table: &str, key: &str, declared: KeyKind) -> Result<KeyKind, DbError> {
+    let mut stmt = c.prepare(&format!(
+        "SELECT DISTINCT typeof({k}) FROM {t} WHERE {k} IS NOT NULL LIMIT 3",
+        k = quote(key),
+        t = quote(table)
+    ))?;
+    let types: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    match types.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => Ok(declared),
+        ["integer"] => Ok(KeyKind::Int),
+        ["text"] => Ok(KeyKind::Text),
+        other => {
+            Err(format!("key column {key:?} holds values of types {other:?}: a key must be all integers or all text")
+                .into())
+        }
+    }
+}
+
 fn key_at(s: &Schema, v: ValueRef<'_>) -> Result<Key, DbError> {
     match (s.key_kind, v) {
         (KeyKind::Int, ValueRef::Integer(i)) => Ok(Key::Int(i)),

@@ -119,6 +119,29 @@ impl Conn {
             }
         };
         let key_type = columns.iter().find(|c| c.0.name == key).map(|c| c.1.clone()).unwrap_or_default();
+        // Keyset pages skip rows that share a key, and upserts need a key that can conflict: it must be unique.
+        if primary.as_slice() != [key.clone()] {
+            let unique = match self {
+                Conn::Postgres(c) => pg::unique_columns(c, table),
+                Conn::Mysql(c) => my::unique_columns(c, table),
+                Conn::Sqlite(c) => lite::unique_columns(c, table),
+            }
+            .map_err(|source| Error::DbQuery { doing: format!("reading the unique keys of {table}"), source })?;
+            if !unique.contains(&key) {
+                return Err(Error::DbSchema {
+                    message: format!(
+                        "column {key:?} of table {table:?} is neither its primary key nor unique: key= must name a \
+                         unique column"
+                    ),
+                });
+            }
+        }
+        let mut kind = key_kind(&key_type);
+        if let Conn::Sqlite(c) = self {
+            // A column declared without a type keeps what it is given: its values say what the key is.
+            kind = lite::key_kind_of(c, table, &key, kind)
+                .map_err(|source| Error::DbQuery { doing: format!("reading the keys of {table}"), source })?;
+        }
         let wanted: Vec<Column> = match &url.columns {
             Some(names) => {
                 let mut picked = Vec::new();
@@ -144,7 +167,21 @@ impl Conn {
             }
             None => columns.into_iter().map(|c| c.0).collect(),
         };
-        Ok(Schema { table: table.to_string(), columns: wanted, key_kind: key_kind(&key_type), key, key_type })
+        Ok(Schema { table: table.to_string(), columns: wanted, key_kind: kind, key, key_type })
+    }
+
+    /// Rows whose key is NULL: a scan in key order never reaches them.
+    pub fn null_keys(&mut self, s: &Schema) -> Result<u64> {
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE {} IS NULL", quote(&s.table), quote(&s.key));
+        let n: Result<i64, DbError> = match self {
+            Conn::Postgres(c) => c.query_one(sql.as_str(), &[]).map(|r| r.get(0)).map_err(DbError::from),
+            Conn::Mysql(c) => mysql::prelude::Queryable::query_first::<i64, _>(c, sql)
+                .map(Option::unwrap_or_default)
+                .map_err(DbError::from),
+            Conn::Sqlite(c) => c.query_row(&sql, [], |r| r.get(0)).map_err(DbError::from),
+        };
+        n.map(|n| n.max(0) as u64)
+            .map_err(|source| Error::DbQuery { doing: format!("counting NULL keys of {}", s.table), source })
     }
 
     /// About how many rows the table holds, and the keys that end every run of `every` rows in key order: the
@@ -313,7 +350,9 @@ impl Resilient {
                     Err(e) => match conn.fault(&e) {
                         Fault::Data => return Ok(Err(e)),
                         Fault::Refused => return Err(Error::DbQuery { doing: doing(), source: e }),
-                        Fault::Unreachable | Fault::Other => e.to_string(),
+                        // Not the database being away: a retry would fail the same way.
+                        Fault::Other => return Err(Error::DbQuery { doing: doing(), source: e }),
+                        Fault::Unreachable => e.to_string(),
                     },
                 },
                 Err(e @ Error::DbConnect { fault: Fault::Unreachable, .. }) => e.to_string(),

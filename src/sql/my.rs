@@ -51,6 +51,14 @@ pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
     Ok((columns, primary))
 }
 
+pub fn unique_columns(c: &mut Conn, table: &str) -> Result<Vec<String>, DbError> {
+    Ok(c.exec(
+        "SELECT MIN(COLUMN_NAME) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
+         AND NON_UNIQUE = 0 GROUP BY INDEX_NAME HAVING COUNT(*) = 1",
+        (table,),
+    )?)
+}
+
 fn key_of(s: &Schema, v: Value) -> Result<Key, DbError> {
     match (s.key_kind, v) {
         (KeyKind::Int, Value::Int(i)) => Ok(Key::Int(i)),
@@ -168,19 +176,29 @@ fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<(), DbError>
     Ok(())
 }
 
-/// A JSON value as a statement parameter.
-fn param(v: Option<&serde_json::Value>) -> Value {
-    match v {
-        None | Some(serde_json::Value::Null) => Value::NULL,
-        Some(serde_json::Value::Bool(b)) => Value::Int(i64::from(*b)),
-        Some(serde_json::Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Value::Int(i),
-            (None, Some(u)) => Value::UInt(u),
-            _ => Value::Double(n.as_f64().unwrap_or(f64::NAN)),
+/// A JSON value as a statement parameter, from its text: numbers as written (a DECIMAL stays exact), a binary
+/// column's base64 string decoded.
+fn param(v: Option<&serde_json::value::RawValue>, binary: bool) -> Result<Value, DbError> {
+    let Some(v) = v else { return Ok(Value::NULL) };
+    let raw = v.get();
+    Ok(match raw.as_bytes().first() {
+        Some(b'n') => Value::NULL,
+        Some(b't') => Value::Int(1),
+        Some(b'f') => Value::Int(0),
+        Some(b'"') => {
+            let s: String = serde_json::from_str(raw)?;
+            match base64::engine::general_purpose::STANDARD.decode(&s) {
+                Ok(bytes) if binary => Value::Bytes(bytes),
+                _ => Value::Bytes(s.into_bytes()),
+            }
+        }
+        Some(b'{' | b'[') => Value::Bytes(raw.as_bytes().to_vec()),
+        _ => match (raw.parse::<i64>(), raw.parse::<u64>()) {
+            (Ok(i), _) => Value::Int(i),
+            (_, Ok(u)) => Value::UInt(u),
+            _ => Value::Bytes(raw.as_bytes().to_vec()),
         },
-        Some(serde_json::Value::String(s)) => Value::Bytes(s.clone().into_bytes()),
-        Some(other) => Value::Bytes(other.to_string().into_bytes()),
-    }
+    })
 }
 
 pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
@@ -191,12 +209,16 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> R
     // With nothing else to update, the key is set to itself: the row stays as it is.
     let action = if updates.is_empty() { format!("{0} = {0}", quote(&s.key)) } else { updates.join(", ") };
     let one = format!("({})", vec!["?"; fields.len()].join(", "));
+    let binary: Vec<bool> = fields.iter().map(|f| s.columns.iter().any(|c| c.name == *f && c.binary)).collect();
     let mut tx = c.start_transaction(TxOpts::default())?;
     for part in objects.chunks(rows_per_statement) {
         let mut params = Vec::with_capacity(part.len() * fields.len());
         for o in part {
-            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(o)?;
-            params.extend(fields.iter().map(|f| param(map.get(*f))));
+            let map: std::collections::HashMap<std::borrow::Cow<'_, str>, &serde_json::value::RawValue> =
+                serde_json::from_slice(o)?;
+            for (f, binary) in fields.iter().zip(&binary) {
+                params.push(param(map.get(*f).copied(), *binary)?);
+            }
         }
         let sql = format!(
             "INSERT INTO {} ({}) VALUES {} ON DUPLICATE KEY UPDATE {action}",

@@ -5,6 +5,7 @@ use super::key::{Key, KeyKind};
 use super::url::TableUrl;
 use super::{quote, Column, DbError, Fault, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
+use base64::Engine as _;
 use postgres::{Client, Config, NoTls};
 use std::str::FromStr;
 use std::time::Duration;
@@ -65,6 +66,18 @@ pub fn columns(c: &mut Client, table: &str) -> Result<TableColumns, DbError> {
         .map(|r| r.get(0))
         .collect();
     Ok((columns, primary))
+}
+
+/// Columns that alone carry a unique index.
+pub fn unique_columns(c: &mut Client, table: &str) -> Result<Vec<String>, DbError> {
+    Ok(c.query(
+        "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+         WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisunique AND i.indnatts = 1",
+        &[&table],
+    )?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
 }
 
 fn key_of(s: &Schema, text: String) -> Result<Key, DbError> {
@@ -174,6 +187,8 @@ pub fn page(
     // The names, escaped once.
     let names: Vec<String> = s.columns.iter().map(|c| serde_json::to_string(&c.name).unwrap_or_default()).collect();
     for row in c.query(sql.as_str(), &refs)? {
+        let key: Option<String> = row.try_get(0)?;
+        let key = key.ok_or("a NULL key")?;
         let mut json = Vec::with_capacity(16 * names.len() + 2);
         json.push(b'{');
         for (i, (name, read)) in names.iter().zip(&reads).enumerate() {
@@ -221,7 +236,7 @@ pub fn page(
             }
         }
         json.push(b'}');
-        out.push(Row { key: key_of(s, row.get(0))?, json });
+        out.push(Row { key: key_of(s, key)?, json });
     }
     Ok(())
 }
@@ -242,13 +257,22 @@ fn text_of(v: &serde_json::value::RawValue) -> Result<Option<String>, DbError> {
 /// on a fresh table nothing is there.
 pub fn upsert(c: &mut Client, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
     let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(objects.len()); fields.len()];
+    let binary: Vec<bool> = fields.iter().map(|f| s.columns.iter().any(|c| c.name == *f && c.binary)).collect();
     for o in objects {
         let map: std::collections::HashMap<std::borrow::Cow<'_, str>, &serde_json::value::RawValue> =
             serde_json::from_slice(o)?;
-        for (column, f) in columns.iter_mut().zip(fields) {
-            column.push(match map.get(*f) {
+        for ((column, f), binary) in columns.iter_mut().zip(fields).zip(&binary) {
+            let text = match map.get(*f) {
                 Some(v) => text_of(v)?,
                 None => None,
+            };
+            // A bytes column's value travels as base64 (as a table source writes it): bytea's hex input here.
+            column.push(match text {
+                Some(t) if *binary => match base64::engine::general_purpose::STANDARD.decode(&t) {
+                    Ok(bytes) => Some(format!("\\x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())),
+                    Err(_) => Some(t),
+                },
+                other => other,
             });
         }
     }
@@ -336,7 +360,13 @@ pub fn fault(e: &DbError) -> Fault {
         return Fault::Other;
     };
     let Some(db) = pe.as_db_error() else {
-        return Fault::Unreachable;
+        // A closed connection, a socket error, a timeout: the server is away. A value that does not convert is not.
+        let io = std::error::Error::source(pe).is_some_and(|s| s.is::<std::io::Error>());
+        return if pe.is_closed() || io || pe.to_string().contains("timed out") {
+            Fault::Unreachable
+        } else {
+            Fault::Other
+        };
     };
     let code = db.code().code();
     match (code.get(..2).unwrap_or_default(), code) {
@@ -344,7 +374,8 @@ pub fn fault(e: &DbError) -> Fault {
         (_, "42804") => Fault::Data,
         ("08" | "57" | "53" | "40", _) => Fault::Unreachable,
         ("28" | "3D", _) => Fault::Refused,
-        ("22" | "23", _) => Fault::Data,
+        // 21: the same key twice in one statement.
+        ("21" | "22" | "23", _) => Fault::Data,
         _ => Fault::Other,
     }
 }

@@ -123,16 +123,44 @@ impl fmt::Debug for TableUrl {
     }
 }
 
-/// The URL with its password replaced by `****`.
+/// Query parameters whose value is a secret.
+const SECRET_PARAMETERS: &[&str] = &["password", "sslpassword"];
+
+/// The secret values a URL holds: its password, and `password=` parameters.
+pub fn secrets(url: &str) -> Vec<String> {
+    let mut out: Vec<String> = crate::config::url_password(url).map(str::to_string).into_iter().collect();
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split('&') {
+            if let Some((k, v)) = pair.split_once('=') {
+                if SECRET_PARAMETERS.contains(&k) && !v.is_empty() {
+                    out.push(v.to_string());
+                    out.extend(decode(v).ok());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The URL with its password, and any `password=` parameter, replaced by the mask every line uses.
 pub fn mask(url: &str) -> String {
-    match crate::config::url_password(url) {
+    let masked = match crate::config::url_password(url) {
         Some(password) => {
             let at = url.rfind('@').unwrap_or(url.len());
             let start = at - password.len();
             format!("{}{}{}", &url[..start], crate::telemetry::redact::MASK, &url[at..])
         }
         None => url.to_string(),
-    }
+    };
+    let Some((base, query)) = masked.split_once('?') else { return masked };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if SECRET_PARAMETERS.contains(&k) => format!("{k}={}", crate::telemetry::redact::MASK),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
 }
 
 /// Identifiers are quoted in every statement; these rules keep them to what quoting can carry.
@@ -189,6 +217,10 @@ mod tests {
         let e = TableUrl::parse("postgres://app:hunter2@db/shop?table=a%zz").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
         assert_eq!(mask("mysql://u@h/d"), "mysql://u@h/d");
+        let u = TableUrl::parse("postgres://app@db/shop?password=hunter2&table=t&sslmode=disable").unwrap();
+        assert!(!format!("{u} {u:?}").contains("hunter2"), "{u}");
+        assert!(u.to_string().ends_with("?password=********&table=t&sslmode=disable"), "{u}");
+        assert!(secrets("postgres://a:b@h/d?password=c%21").iter().any(|s| s == "c!"));
     }
 
     #[test]

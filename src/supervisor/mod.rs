@@ -226,6 +226,7 @@ impl Supervisor {
         let (mut pending, control) = wiring::wire(self.cfg.hashers, self.readers())?;
         self.parent.control = Some(control);
         self.outcome = Outcome::default();
+        self.finished = false;
         while let Some((role, ends)) = pending.pop_front() {
             self.spawn(role, ends, &mut pending)?;
             if !self.await_ready(role) {

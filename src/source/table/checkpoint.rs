@@ -120,7 +120,9 @@ impl Store {
         };
         let host =
             std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-        let owner = format!("{host}:{}", nix::unistd::getppid());
+        // The supervisor, on this host, as started: a pid reused later is another process.
+        let supervisor = nix::unistd::getppid().as_raw();
+        let owner = format!("{host}:{supervisor}.{}", start_time(supervisor).unwrap_or_default());
         let mut store = Store { conn, engine: url.engine, scan, owner, lease };
         store.create_tables()?;
         Ok(store)
@@ -323,9 +325,18 @@ impl Store {
         let holders = self.owners().map_err(failed("reading the leases"))?;
         for holder in holders {
             let Some((h, pid)) = holder.rsplit_once(':') else { continue };
-            let alive = pid.parse::<i32>().is_ok_and(|pid| {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && holder != self.owner
-            });
+            // Alive: its process is there (EPERM: there, another user's) and started when the holder's did.
+            let alive = holder != self.owner
+                && pid
+                    .split_once('.')
+                    .and_then(|(pid, started)| Some((pid.parse::<i32>().ok()?, started)))
+                    .is_some_and(|(pid, started)| {
+                        let there = !matches!(
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                            Err(nix::errno::Errno::ESRCH)
+                        );
+                        there && start_time(pid).is_none_or(|t| t.to_string() == started)
+                    });
             if h == host && !alive {
                 self.exec(
                     "UPDATE supervisor_chunk SET owner = NULL, lease_until = NULL WHERE scan = $1 AND owner = $2 \
@@ -364,11 +375,14 @@ impl Store {
         let now = self.now();
         let (scan, owner, lease) = (self.scan.clone(), self.owner.clone(), self.lease.as_secs_f64());
         self.transaction(|s| {
+            // Never one of ours, even with its lease run out (we stalled): it is still being read here.
             let free = format!(
                 "SELECT chunk FROM supervisor_chunk WHERE scan = $1 AND finished = 0 AND \
-                 (owner IS NULL OR lease_until < {now}) ORDER BY chunk LIMIT 1{lock}"
+                 (owner IS NULL OR (lease_until < {now} AND owner <> $2)) ORDER BY chunk LIMIT 1{lock}"
             );
-            let Some(chunk) = s.query_i64(&free, vec![P::S(Some(scan.clone()))])? else { return Ok(None) };
+            let Some(chunk) = s.query_i64(&free, vec![P::S(Some(scan.clone())), P::S(Some(owner.clone()))])? else {
+                return Ok(None);
+            };
             s.exec(
                 &format!(
                     "UPDATE supervisor_chunk SET owner = $1, lease_until = {now} + $2::float8 WHERE scan = $3 AND \
@@ -461,6 +475,12 @@ impl Store {
     }
 }
 
+/// When process `pid` started, in clock ticks since boot (`/proc/PID/stat`, field 22).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
 fn pg_params(params: &[P]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
     params
         .iter()
@@ -514,6 +534,20 @@ mod tests {
         assert_eq!(dialect(Engine::Postgres, sql), sql);
         assert_eq!(dialect(Engine::Sqlite, sql), "UPDATE t SET a = ?1, b = ?2 WHERE c = ?10 AND d = 'x::y'");
         assert_eq!(dialect(Engine::Mysql, sql), "UPDATE t SET a = ?, b = ? WHERE c = ? AND d = 'x::y'");
+    }
+
+    #[test]
+    fn a_chunk_whose_lease_ran_out_is_not_claimed_again_by_its_holder() {
+        let dir = std::env::temp_dir().join(format!("supervisor-lease-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let url = TableUrl::parse(&format!("sqlite:{}/checkpoints.db", dir.display())).unwrap();
+        let mut s = Store::open(&url, "lease".into(), Duration::ZERO).unwrap();
+        assert!(s.plan(2, &plan(vec![Key::Int(1)])).unwrap());
+        assert_eq!(s.claim().unwrap().map(|c| c.index), Some(0));
+        // Its lease is over at once, but it is still being read here: another chunk, then none.
+        assert_eq!(s.claim().unwrap().map(|c| c.index), Some(1));
+        assert_eq!(s.claim().unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

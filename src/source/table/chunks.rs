@@ -40,6 +40,17 @@ pub struct InFlightKeys {
 }
 
 impl InFlightKeys {
+    /// For a chunk whose earlier claim in this process numbered its rows up to `next`: numbers are never reused, so
+    /// a late acknowledgement of the earlier claim's rows cannot pass for one of this claim's.
+    pub fn starting_at(next: Seq) -> InFlightKeys {
+        InFlightKeys { keys: VecDeque::new(), next }
+    }
+
+    /// The sequence number the next row will have.
+    pub fn next(&self) -> Seq {
+        self.next
+    }
+
     /// A row read: returns its sequence number in the chunk.
     pub fn push(&mut self, key: Key) -> Seq {
         let seq = self.next;

@@ -75,6 +75,18 @@ impl Stage for TableSource {
         let drain = drain_flag(ends.control)?;
         let mut conn = Conn::open(url)?;
         let schema = conn.schema(url)?;
+        let nulls = conn.null_keys(&schema)?;
+        if nulls > 0 {
+            return Err(Error::DbSchema {
+                message: format!(
+                    "{} of table {:?} have a NULL {:?}: a scan in key order cannot reach them (key= must name a \
+                     column without NULLs)",
+                    count(nulls, "row"),
+                    schema.table,
+                    schema.key
+                ),
+            });
+        }
         let mut store = Store::open(store_url, scan_id(cfg), cfg.chunk_lease)?;
         let (estimate, chunks) = match store.load()? {
             Some(plan) => plan,
@@ -154,10 +166,15 @@ struct Scan {
     last_claim: Instant,
     /// Said once: the rest of the scan is in other instances' hands.
     told_waiting: bool,
+    /// Claims made by this process, numbered.
+    epochs: u64,
+    /// Per chunk opened before and let go, where its sequence numbers stopped.
+    seq_next: BTreeMap<Lane, i64>,
 }
 
-#[derive(Default)]
 struct OpenChunk {
+    /// Which claim of the chunk this is: pages of another are dropped.
+    epoch: u64,
     keys: InFlightKeys,
     read_all: bool,
     /// Rows acknowledged since the last checkpoint.
@@ -180,6 +197,8 @@ impl Scan {
             last_checkpoint: Instant::now(),
             last_claim: Instant::now(),
             told_waiting: false,
+            epochs: 0,
+            seq_next: BTreeMap::new(),
         }
     }
 
@@ -248,7 +267,9 @@ impl Scan {
             return Ok(());
         };
         let lane = chunk.index;
-        let next = Work::Chunk { lane, after: chunk.resume_after().cloned(), upto: chunk.range.hi.clone() };
+        self.epochs += 1;
+        let epoch = self.epochs;
+        let next = Work::Chunk { lane, epoch, after: chunk.resume_after().cloned(), upto: chunk.range.hi.clone() };
         match &chunk.done_upto {
             Some(k) => {
                 log::info!(
@@ -262,7 +283,10 @@ impl Scan {
             Some(c) => *c = chunk,
             None => self.chunks.push(chunk),
         }
-        self.open.insert(lane, OpenChunk::default());
+        let base = self.seq_next.get(&lane).copied().unwrap_or(0);
+        let open =
+            OpenChunk { epoch, keys: InFlightKeys::starting_at(base), read_all: false, acked_since: 0, passed: base };
+        self.open.insert(lane, open);
         states[reader] = ReaderState::Reading(lane);
         work[reader].send(next).map_err(|_| Error::ReaderGone { reader: Role::Reader(reader).to_string() })
     }
@@ -318,10 +342,11 @@ impl Scan {
                 continue;
             }
             match pages.recv_timeout(Duration::from_millis(20)) {
-                Ok(FromReader::Page { reader, page: Page { lane, rows, last } }) => {
+                Ok(FromReader::Page { reader, page: Page { lane, epoch, rows, last } }) => {
                     for (row_key, json) in rows {
-                        // A chunk whose lease was lost is another instance's now.
-                        let Some(open) = self.open.get_mut(&lane) else { break };
+                        // A chunk whose lease was lost is another instance's now; a page of an earlier claim of it
+                        // is not this claim's.
+                        let Some(open) = self.open.get_mut(&lane).filter(|o| o.epoch == epoch) else { break };
                         let key = row_key.to_bytes();
                         let seq = open.keys.push(row_key);
                         if let Some(p) = &mut pace {
@@ -338,7 +363,7 @@ impl Scan {
                         })?;
                     }
                     if last {
-                        if let Some(open) = self.open.get_mut(&lane) {
+                        if let Some(open) = self.open.get_mut(&lane).filter(|o| o.epoch == epoch) {
                             open.read_all = true;
                         }
                         self.give_work(reader, work, states)?;
@@ -415,7 +440,9 @@ impl Scan {
     }
 
     fn forget(&mut self, lane: Lane) {
-        self.open.remove(&lane);
+        if let Some(open) = self.open.remove(&lane) {
+            self.seq_next.insert(lane, open.keys.next());
+        }
         self.flow.marks_mut().forget(lane);
     }
 

@@ -39,8 +39,8 @@ impl Stage for TableReader {
         let mut reader = Reader { who, db, schema, pages: ends.pages };
         loop {
             match heartbeat::waiting_on_peer(|| ends.work.recv()) {
-                Ok(Work::Chunk { lane, after, upto }) => {
-                    if !reader.read_chunk(lane, after, upto)? {
+                Ok(Work::Chunk { lane, epoch, after, upto }) => {
+                    if !reader.read_chunk(lane, epoch, after, upto)? {
                         return Ok(Exit::Clean);
                     }
                 }
@@ -62,7 +62,7 @@ struct Reader {
 impl Reader {
     /// Reads a chunk to its end; false if the source stopped taking pages (it drained, or died: either way what was
     /// not acknowledged is read again from its checkpoint, by the next run).
-    fn read_chunk(&mut self, lane: Lane, mut after: Option<Key>, upto: Option<Key>) -> Result<bool> {
+    fn read_chunk(&mut self, lane: Lane, epoch: u64, mut after: Option<Key>, upto: Option<Key>) -> Result<bool> {
         log::debug!("{} reads chunk {lane} after {after:?}", self.who);
         let mut rows: Vec<Row> = Vec::with_capacity(PAGE_ROWS);
         loop {
@@ -84,7 +84,8 @@ impl Reader {
             if let Some(r) = rows.last() {
                 after = Some(r.key.clone());
             }
-            let page = Page { lane, rows: rows.drain(..).map(|r| (r.key, ByteBuf::from(r.json))).collect(), last };
+            let page =
+                Page { lane, epoch, rows: rows.drain(..).map(|r| (r.key, ByteBuf::from(r.json))).collect(), last };
             // Blocks while the source is behind: that is the back-pressure on the database.
             if let Err(e) = self.pages.send_bytes(&page.encode()?) {
                 log::debug!("the source takes no more pages ({e}): stopping");
