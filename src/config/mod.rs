@@ -627,20 +627,14 @@ impl Config {
         }
     }
 
-    /// Where events come from, as the logs name it: the table's URL (password masked) or the topic.
+    /// Where events come from, as the logs name it: the table and where it is (no credentials), or the topic.
     pub fn source_name(&self) -> String {
-        match &self.tables.source {
-            Some(url) => format!("table {} of {}", url.table.as_deref().unwrap_or_default(), url.location()),
-            None => self.source_topic.clone(),
-        }
+        self.tables.source.as_ref().map_or_else(|| self.source_topic.clone(), TableUrl::describe)
     }
 
     /// Where events go, as the logs name it.
     pub fn sink_name(&self) -> String {
-        match &self.tables.sink {
-            Some(url) => format!("table {} of {}", url.table.as_deref().unwrap_or_default(), url.location()),
-            None => self.dest_topic.clone(),
-        }
+        self.tables.sink.as_ref().map_or_else(|| self.dest_topic.clone(), TableUrl::describe)
     }
 
     /// Where rejected events go, as the logs name it.

@@ -13,13 +13,11 @@ use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::position::Position;
 use crate::sink::{read_workers, Input, SinkEnds};
-use crate::sql::{Resilient, Schema};
+use crate::sql::{Object, Resilient, Schema};
 use crate::stage::{Hooks, Role, Stage};
 use crate::telemetry::events::{emit, BatchReceived, Delivered};
 use crate::telemetry::heartbeat;
 use crossbeam_channel::RecvTimeoutError;
-use serde_json::value::RawValue;
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -102,7 +100,7 @@ impl Stage for TableSink {
 }
 
 /// A row to write: its source position, the event, and its key as written in the event.
-type Keyed<'a> = (Position, &'a [u8], String);
+type Keyed<'a> = (Position, Object<'a>, String);
 
 /// Events waiting to be written, copied out of their batches.
 #[derive(Default)]
@@ -181,15 +179,14 @@ impl Writer {
         let mut groups: BTreeMap<Vec<String>, Vec<Keyed<'_>>> = BTreeMap::new();
         for (at, range) in &pending.rows {
             let event = &pending.bytes[range.clone()];
-            let map: HashMap<Cow<'_, str>, &RawValue> = match serde_json::from_slice(event) {
-                Ok(map) => map,
-                Err(e) => {
-                    let why = format!("not a JSON object: {e}");
+            let object = match Object::parse(event) {
+                Ok(object) => object,
+                Err(why) => {
                     rejected.push((*at, why, String::from_utf8_lossy(event).into_owned()));
                     continue;
                 }
             };
-            let key = match map.get(self.schema.key.as_str()).map(|v| v.get()) {
+            let key = match object.fields.get(self.schema.key.as_str()).map(|v| v.get()) {
                 Some(k) if k != "null" => k.to_string(),
                 _ => {
                     let why = format!("no {:?} field, the key of table {}", self.schema.key, self.schema.table);
@@ -197,8 +194,8 @@ impl Writer {
                     continue;
                 }
             };
-            let mut fields: Vec<String> = Vec::with_capacity(map.len());
-            for name in map.keys() {
+            let mut fields: Vec<String> = Vec::with_capacity(object.fields.len());
+            for name in object.fields.keys() {
                 if self.columns.contains(name.as_ref()) {
                     fields.push(name.to_string());
                 } else if self.unknown_fields.insert(name.to_string()) {
@@ -209,7 +206,7 @@ impl Writer {
                 }
             }
             fields.sort_unstable();
-            groups.entry(fields).or_default().push((*at, event, key));
+            groups.entry(fields).or_default().push((*at, object, key));
         }
         for (fields, rows) in groups {
             // One statement cannot write a key twice (PostgreSQL refuses it): the last row of a key is what the
@@ -219,9 +216,9 @@ impl Writer {
                 last.insert(key.as_str(), i);
             }
             let kept: Vec<usize> = (0..rows.len()).filter(|&i| last.get(rows[i].2.as_str()) == Some(&i)).collect();
-            let objects: Vec<&[u8]> = kept.iter().map(|&i| rows[i].1).collect();
+            let objects: Vec<&Object<'_>> = kept.iter().map(|&i| &rows[i].1).collect();
             let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
-            let all: Vec<(Position, &[u8])> = rows.iter().map(|(at, e, _)| (*at, *e)).collect();
+            let all: Vec<(Position, &Object<'_>)> = rows.iter().map(|(at, o, _)| (*at, o)).collect();
             self.upsert(&objects, &all, &fields, &mut written, &mut rejected)?;
         }
         if !rejected.is_empty() {
@@ -248,8 +245,8 @@ impl Writer {
     /// `all` one by one, in order, the refused ones set aside.
     fn upsert(
         &mut self,
-        objects: &[&[u8]],
-        all: &[(Position, &[u8])],
+        objects: &[&Object<'_>],
+        all: &[(Position, &Object<'_>)],
         fields: &[&str],
         written: &mut Vec<Position>,
         rejected: &mut Vec<(Position, String, String)>,
@@ -273,7 +270,7 @@ impl Writer {
                         at: *at,
                         error: &e.to_string(),
                     });
-                    rejected.push((*at, e.to_string(), String::from_utf8_lossy(o).into_owned()));
+                    rejected.push((*at, e.to_string(), String::from_utf8_lossy(o.raw).into_owned()));
                 }
             }
         }

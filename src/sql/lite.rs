@@ -4,7 +4,7 @@
 
 use super::key::{Key, KeyKind};
 use super::url::TableUrl;
-use super::{quote, Column, DbError, Fault, Row, Schema, TableColumns};
+use super::{keyset, quote, Column, DbError, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use rusqlite::types::ValueRef;
@@ -117,17 +117,8 @@ pub fn page(
 ) -> Result<(), DbError> {
     let k = quote(&s.key);
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let mut conds = Vec::new();
-    let mut params = Vec::new();
-    if let Some(a) = after {
-        params.push(bind_key(a));
-        conds.push(format!("{k} > ?{}", params.len()));
-    }
-    if let Some(u) = upto {
-        params.push(bind_key(u));
-        conds.push(format!("{k} <= ?{}", params.len()));
-    }
-    let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+    let (filter, bounds) = keyset(&k, after, upto, |n| format!("?{n}"));
+    let params: Vec<rusqlite::types::Value> = bounds.into_iter().map(bind_key).collect();
     let sql = format!(
         "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",
         cols.join(", "),
@@ -136,21 +127,10 @@ pub fn page(
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-    // The names, escaped once.
-    let names: Vec<String> = s.columns.iter().map(|c| serde_json::to_string(&c.name).unwrap_or_default()).collect();
+    let writer = ObjectWriter::new(&s.columns);
     while let Some(r) = rows.next()? {
         let key = key_at(s, r.get_ref(0)?)?;
-        let mut json = Vec::with_capacity(64);
-        json.push(b'{');
-        for (i, name) in names.iter().enumerate() {
-            if i > 0 {
-                json.push(b',');
-            }
-            json.extend_from_slice(name.as_bytes());
-            json.push(b':');
-            write_value(&mut json, r.get_ref(i + 1)?)?;
-        }
-        json.push(b'}');
+        let json = writer.object(|i, out| write_value(out, r.get_ref(i + 1)?))?;
         out.push(Row { key, json });
     }
     Ok(())
@@ -169,14 +149,14 @@ fn write_value(out: &mut Vec<u8>, v: ValueRef<'_>) -> Result<(), DbError> {
     Ok(())
 }
 
-pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
-    let mut array = Vec::with_capacity(objects.iter().map(|o| o.len() + 1).sum::<usize>() + 2);
+pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &[&str]) -> Result<(), DbError> {
+    let mut array = Vec::with_capacity(objects.iter().map(|o| o.raw.len() + 1).sum::<usize>() + 2);
     array.push(b'[');
     for (i, o) in objects.iter().enumerate() {
         if i > 0 {
             array.push(b',');
         }
-        array.extend_from_slice(o);
+        array.extend_from_slice(o.raw);
     }
     array.push(b']');
     let array = String::from_utf8(array).map_err(|_| "an event is not UTF-8")?;

@@ -16,6 +16,9 @@ pub mod url;
 
 use crate::error::{Error, Result};
 use key::{Key, KeyKind};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use url::{Engine, TableUrl};
 
 pub use lite::open_path as open_sqlite;
@@ -88,12 +91,7 @@ impl Conn {
     /// error here, before anything is read or written.
     pub fn schema(&mut self, url: &TableUrl) -> Result<Schema> {
         let table = url.table().map_err(|message| Error::DbSchema { message })?;
-        let (columns, primary) = match self {
-            Conn::Postgres(c) => pg::columns(c, table),
-            Conn::Mysql(c) => my::columns(c, table),
-            Conn::Sqlite(c) => lite::columns(c, table),
-        }
-        .map_err(|source| Error::DbQuery { doing: format!("reading the columns of {table}"), source })?;
+        let (columns, primary) = self.columns(table)?;
         if columns.is_empty() {
             return Err(Error::DbSchema { message: format!("table {table:?} does not exist in {}", url.location()) });
         }
@@ -137,8 +135,11 @@ impl Conn {
             }
         }
         let mut kind = key_kind(&key_type);
-        if let Conn::Sqlite(c) = self {
-            // A column declared without a type keeps what it is given: its values say what the key is.
+        let declared = key_type.to_ascii_uppercase();
+        let affinity = ["INT", "CHAR", "CLOB", "TEXT"].iter().any(|a| declared.contains(a));
+        if let (Conn::Sqlite(c), false) = (&mut *self, affinity) {
+            // A column declared without a type (or a numeric one) keeps what it is given: its values say what the key
+            // is. One pass over the key's index, only then.
             kind = lite::key_kind_of(c, table, &key, kind)
                 .map_err(|source| Error::DbQuery { doing: format!("reading the keys of {table}"), source })?;
         }
@@ -211,9 +212,9 @@ impl Conn {
         }
     }
 
-    /// Writes JSON objects as rows in one transaction: inserted, or updated where the key is already there. Only
-    /// the columns that some object has are written.
-    pub fn upsert(&mut self, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
+    /// Writes events as rows in one transaction: inserted, or updated where the key is already there. Only `fields`
+    /// are written.
+    pub fn upsert(&mut self, s: &Schema, objects: &[&Object<'_>], fields: &[&str]) -> Result<(), DbError> {
         match self {
             Conn::Postgres(c) => pg::upsert(c, s, objects, fields),
             Conn::Mysql(c) => my::upsert(c, s, objects, fields),
@@ -223,13 +224,26 @@ impl Conn {
 
     /// Whether the table exists.
     pub fn exists(&mut self, table: &str) -> Result<bool> {
-        let (columns, _) = match self {
+        Ok(!self.columns(table)?.0.is_empty())
+    }
+
+    /// The table's columns and primary key; none when it does not exist.
+    fn columns(&mut self, table: &str) -> Result<TableColumns> {
+        match self {
             Conn::Postgres(c) => pg::columns(c, table),
             Conn::Mysql(c) => my::columns(c, table),
             Conn::Sqlite(c) => lite::columns(c, table),
         }
-        .map_err(|source| Error::DbQuery { doing: format!("looking for table {table}"), source })?;
-        Ok(!columns.is_empty())
+        .map_err(|source| Error::DbQuery { doing: format!("reading the columns of {table}"), source })
+    }
+
+    /// Runs a statement that returns nothing (DDL).
+    fn execute(&mut self, sql: &str) -> Result<(), DbError> {
+        match self {
+            Conn::Postgres(c) => c.batch_execute(sql).map_err(DbError::from),
+            Conn::Mysql(c) => mysql::prelude::Queryable::query_drop(c, sql).map_err(DbError::from),
+            Conn::Sqlite(c) => c.execute_batch(sql).map_err(DbError::from),
+        }
     }
 
     /// Creates `table` with a column per field, typed by the field's JSON value (text when it was only ever null),
@@ -262,12 +276,7 @@ impl Conn {
             })
             .collect();
         let sql = format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(table), columns.join(", "));
-        match self {
-            Conn::Postgres(c) => c.batch_execute(&sql).map_err(DbError::from),
-            Conn::Mysql(c) => mysql::prelude::Queryable::query_drop(c, &sql).map_err(DbError::from),
-            Conn::Sqlite(c) => c.execute_batch(&sql).map_err(DbError::from),
-        }
-        .map_err(|source| Error::DbQuery { doing: format!("creating table {table}"), source })
+        self.execute(&sql).map_err(|source| Error::DbQuery { doing: format!("creating table {table}"), source })
     }
 
     /// Creates the dead-letter table beside `table` if it is missing, and returns its name.
@@ -280,12 +289,8 @@ impl Conn {
              written TIMESTAMP DEFAULT CURRENT_TIMESTAMP)",
             quote(&name)
         );
-        match self {
-            Conn::Postgres(c) => c.batch_execute(&sql).map_err(DbError::from),
-            Conn::Mysql(c) => mysql::prelude::Queryable::query_drop(c, &sql).map_err(DbError::from),
-            Conn::Sqlite(c) => c.execute_batch(&sql).map_err(DbError::from),
-        }
-        .map_err(|source| Error::DbQuery { doing: format!("creating the dead-letter table {name}"), source })?;
+        self.execute(&sql)
+            .map_err(|source| Error::DbQuery { doing: format!("creating the dead-letter table {name}"), source })?;
         Ok(name)
     }
 
@@ -396,11 +401,64 @@ pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The top-level field names of a JSON object, or why it is not one.
-pub fn fields_of(event: &[u8]) -> Result<Vec<String>, String> {
-    let map: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
-        serde_json::from_slice(event).map_err(|e| format!("not a JSON object: {e}"))?;
-    Ok(map.into_keys().collect())
+/// The condition of a keyset page, `WHERE key > after AND key <= upto` with either bound left out when absent, its
+/// `n`-th parameter written by `placeholder(n)`; and the bounds, in the parameters' order.
+fn keyset<'k>(
+    key: &str,
+    after: Option<&'k Key>,
+    upto: Option<&'k Key>,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<&'k Key>) {
+    let mut conds = Vec::new();
+    let mut bounds = Vec::new();
+    for (bound, op) in [(after, ">"), (upto, "<=")] {
+        if let Some(b) = bound {
+            bounds.push(b);
+            conds.push(format!("{key} {op} {}", placeholder(bounds.len())));
+        }
+    }
+    let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+    (filter, bounds)
+}
+
+/// Rows as JSON objects, the column names escaped once per page.
+struct ObjectWriter {
+    names: Vec<String>,
+}
+
+impl ObjectWriter {
+    fn new(columns: &[Column]) -> ObjectWriter {
+        ObjectWriter { names: columns.iter().map(|c| serde_json::to_string(&c.name).unwrap_or_default()).collect() }
+    }
+
+    /// One object; `value(i, out)` writes column `i`'s value.
+    fn object(&self, mut value: impl FnMut(usize, &mut Vec<u8>) -> Result<(), DbError>) -> Result<Vec<u8>, DbError> {
+        let mut json = Vec::with_capacity(16 * self.names.len() + 2);
+        json.push(b'{');
+        for (i, name) in self.names.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(name.as_bytes());
+            json.push(b':');
+            value(i, &mut json)?;
+        }
+        json.push(b'}');
+        Ok(json)
+    }
+}
+
+/// An event on its way into a table: its bytes, and its top-level fields, parsed once.
+pub struct Object<'a> {
+    pub raw: &'a [u8],
+    pub fields: HashMap<Cow<'a, str>, &'a RawValue>,
+}
+
+impl<'a> Object<'a> {
+    pub fn parse(raw: &'a [u8]) -> Result<Object<'a>, String> {
+        let fields = serde_json::from_slice(raw).map_err(|e| format!("not a JSON object: {e}"))?;
+        Ok(Object { raw, fields })
+    }
 }
 
 #[cfg(test)]
@@ -418,10 +476,31 @@ mod tests {
     }
 
     #[test]
+    fn a_keyset_page_has_the_bounds_it_is_given() {
+        let (a, b) = (Key::Int(5), Key::Int(9));
+        let dollar = |n: usize| format!("${n}");
+        assert_eq!(keyset("k", None, None, dollar), (String::new(), vec![]));
+        assert_eq!(keyset("k", Some(&a), Some(&b), dollar), ("WHERE k > $1 AND k <= $2".to_string(), vec![&a, &b]));
+        assert_eq!(keyset("k", None, Some(&b), dollar), ("WHERE k <= $1".to_string(), vec![&b]));
+        let w = ObjectWriter::new(&[
+            Column { name: "a".into(), binary: false, type_name: String::new() },
+            Column { name: "q\"".into(), binary: false, type_name: String::new() },
+        ]);
+        let json = w
+            .object(|i, out| {
+                out.extend_from_slice(i.to_string().as_bytes());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(String::from_utf8(json).unwrap(), r#"{"a":0,"q\"":1}"#);
+    }
+
+    #[test]
     fn identifiers_are_quoted_and_fields_listed() {
         assert_eq!(quote("VALUE"), "\"VALUE\"");
         assert_eq!(quote("a\"b"), "\"a\"\"b\"");
-        assert_eq!(fields_of(br#"{"b":1,"a":{"x":2}}"#).unwrap(), ["a", "b"]);
-        assert!(fields_of(b"[1]").unwrap_err().contains("not a JSON object"));
+        let o = Object::parse(br#"{"b":1,"a":{"x":2}}"#).unwrap();
+        assert_eq!(o.fields.get("a").map(|v| v.get()), Some(r#"{"x":2}"#));
+        assert!(Object::parse(b"[1]").err().unwrap().contains("not a JSON object"));
     }
 }

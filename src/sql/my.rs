@@ -4,7 +4,7 @@
 
 use super::key::{Key, KeyKind};
 use super::url::TableUrl;
-use super::{quote, Column, DbError, Fault, Row, Schema, TableColumns};
+use super::{keyset, quote, Column, DbError, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use mysql::prelude::Queryable;
@@ -101,39 +101,21 @@ pub fn page(
 ) -> Result<(), DbError> {
     let k = quote(&s.key);
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let mut conds = Vec::new();
-    let mut params = Vec::new();
-    if let Some(a) = after {
-        params.push(bind(a));
-        conds.push(format!("{k} > ?"));
-    }
-    if let Some(u) = upto {
-        params.push(bind(u));
-        conds.push(format!("{k} <= ?"));
-    }
-    let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+    let (filter, bounds) = keyset(&k, after, upto, |_| "?".to_string());
+    let params: Vec<Value> = bounds.into_iter().map(bind).collect();
     let sql = format!(
         "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",
         cols.join(", "),
         quote(&s.table),
         limit.max(1)
     );
-    let names: Vec<String> = s.columns.iter().map(|c| serde_json::to_string(&c.name).unwrap_or_default()).collect();
+    let writer = ObjectWriter::new(&s.columns);
     let rows: Vec<mysql::Row> = c.exec(sql, params)?;
     for row in rows {
-        let mut values = row.unwrap().into_iter();
-        let key = key_of(s, values.next().unwrap_or(Value::NULL))?;
-        let mut json = Vec::with_capacity(64);
-        json.push(b'{');
-        for (i, (v, col)) in values.zip(&s.columns).enumerate() {
-            if i > 0 {
-                json.push(b',');
-            }
-            json.extend_from_slice(names[i].as_bytes());
-            json.push(b':');
-            write_value(&mut json, v, col)?;
-        }
-        json.push(b'}');
+        let mut values = row.unwrap();
+        let mut take = |i: usize| values.get_mut(i).map_or(Value::NULL, |v| std::mem::replace(v, Value::NULL));
+        let key = key_of(s, take(0))?;
+        let json = writer.object(|i, out| write_value(out, take(i + 1), &s.columns[i]))?;
         out.push(Row { key, json });
     }
     Ok(())
@@ -201,7 +183,7 @@ fn param(v: Option<&serde_json::value::RawValue>, binary: bool) -> Result<Value,
     })
 }
 
-pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
+pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]) -> Result<(), DbError> {
     let rows_per_statement = (MAX_PARAMS / fields.len().max(1)).clamp(1, ROWS_PER_STATEMENT);
     let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
     let updates: Vec<String> =
@@ -214,10 +196,8 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> R
     for part in objects.chunks(rows_per_statement) {
         let mut params = Vec::with_capacity(part.len() * fields.len());
         for o in part {
-            let map: std::collections::HashMap<std::borrow::Cow<'_, str>, &serde_json::value::RawValue> =
-                serde_json::from_slice(o)?;
             for (f, binary) in fields.iter().zip(&binary) {
-                params.push(param(map.get(*f).copied(), *binary)?);
+                params.push(param(o.fields.get(*f).copied(), *binary)?);
             }
         }
         let sql = format!(

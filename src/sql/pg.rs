@@ -3,7 +3,7 @@
 
 use super::key::{Key, KeyKind};
 use super::url::TableUrl;
-use super::{quote, Column, DbError, Fault, Row, Schema, TableColumns};
+use super::{keyset, quote, Column, DbError, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use postgres::{Client, Config, NoTls};
@@ -95,13 +95,6 @@ fn param(s: &Schema, n: usize) -> String {
     }
 }
 
-fn key_text(k: &Key) -> String {
-    match k {
-        Key::Int(i) => i.to_string(),
-        Key::Text(t) => t.clone(),
-    }
-}
-
 pub fn boundaries(c: &mut Client, s: &Schema, every: u64) -> Result<(u64, Vec<Key>), DbError> {
     let (t, k) = (quote(&s.table), quote(&s.key));
     let total: i64 = c.query_one(&format!("SELECT count(*) FROM {t}"), &[])?.get(0);
@@ -159,47 +152,28 @@ pub fn page(
 ) -> Result<(), DbError> {
     let k = quote(&s.key);
     let (reads, select): (Vec<Read>, Vec<String>) = s.columns.iter().map(read_as).unzip();
-    let mut conds = Vec::new();
-    let mut params: Vec<String> = Vec::new();
-    if let Some(a) = after {
-        params.push(key_text(a));
-        conds.push(format!("t.{k} > {}", param(s, params.len())));
-    }
-    if let Some(u) = upto {
-        params.push(key_text(u));
-        conds.push(format!("t.{k} <= {}", param(s, params.len())));
-    }
-    let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+    let (filter, bounds) = keyset(&format!("t.{k}"), after, upto, |n| param(s, n));
     let sql = format!(
         "SELECT t.{k}::text, {} FROM {} t {filter} ORDER BY t.{k} LIMIT {}",
         select.join(", "),
         quote(&s.table),
         limit.max(1)
     );
-    let ints: Vec<i64> = match s.key_kind {
-        KeyKind::Int => params.iter().map(|p| p.parse().unwrap_or_default()).collect(),
-        KeyKind::Text => Vec::new(),
-    };
-    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = match s.key_kind {
-        KeyKind::Int => ints.iter().map(|i| i as &(dyn postgres::types::ToSql + Sync)).collect(),
-        KeyKind::Text => params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect(),
-    };
-    // The names, escaped once.
-    let names: Vec<String> = s.columns.iter().map(|c| serde_json::to_string(&c.name).unwrap_or_default()).collect();
+    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = bounds
+        .iter()
+        .map(|b| match b {
+            Key::Int(i) => i as &(dyn postgres::types::ToSql + Sync),
+            Key::Text(t) => t as &(dyn postgres::types::ToSql + Sync),
+        })
+        .collect();
+    let writer = ObjectWriter::new(&s.columns);
     for row in c.query(sql.as_str(), &refs)? {
         let key: Option<String> = row.try_get(0)?;
         let key = key.ok_or("a NULL key")?;
-        let mut json = Vec::with_capacity(16 * names.len() + 2);
-        json.push(b'{');
-        for (i, (name, read)) in names.iter().zip(&reads).enumerate() {
-            if i > 0 {
-                json.push(b',');
-            }
-            json.extend_from_slice(name.as_bytes());
-            json.push(b':');
+        let json = writer.object(|i, json| {
             let at = i + 1;
             let null = b"null".as_slice();
-            match read {
+            match reads[i] {
                 Read::I16 => match row.try_get::<_, Option<i16>>(at)? {
                     Some(v) => json.extend_from_slice(v.to_string().as_bytes()),
                     None => json.extend_from_slice(null),
@@ -213,11 +187,11 @@ pub fn page(
                     None => json.extend_from_slice(null),
                 },
                 Read::F32 => match row.try_get::<_, Option<f32>>(at)? {
-                    Some(v) if v.is_finite() => serde_json::to_writer(&mut json, &v)?,
+                    Some(v) if v.is_finite() => serde_json::to_writer(&mut *json, &v)?,
                     _ => json.extend_from_slice(null),
                 },
                 Read::F64 => match row.try_get::<_, Option<f64>>(at)? {
-                    Some(v) if v.is_finite() => serde_json::to_writer(&mut json, &v)?,
+                    Some(v) if v.is_finite() => serde_json::to_writer(&mut *json, &v)?,
                     _ => json.extend_from_slice(null),
                 },
                 Read::Bool => match row.try_get::<_, Option<bool>>(at)? {
@@ -225,7 +199,7 @@ pub fn page(
                     None => json.extend_from_slice(null),
                 },
                 Read::Text => match row.try_get::<_, Option<&str>>(at)? {
-                    Some(v) => serde_json::to_writer(&mut json, v)?,
+                    Some(v) => serde_json::to_writer(&mut *json, v)?,
                     None => json.extend_from_slice(null),
                 },
                 Read::Json => match row.try_get::<_, Option<&str>>(at)? {
@@ -234,8 +208,8 @@ pub fn page(
                     Some(v) => json.extend_from_slice(v.as_bytes()),
                 },
             }
-        }
-        json.push(b'}');
+            Ok(())
+        })?;
         out.push(Row { key: key_of(s, key)?, json });
     }
     Ok(())
@@ -255,14 +229,12 @@ fn text_of(v: &serde_json::value::RawValue) -> Result<Option<String>, DbError> {
 /// key is already there (a replay), the same rows as an upsert: `INSERT ... SELECT FROM unnest(text arrays) ON
 /// CONFLICT DO UPDATE`, each column cast from text to its type. A copy costs the server a fraction of an upsert, and
 /// on a fresh table nothing is there.
-pub fn upsert(c: &mut Client, s: &Schema, objects: &[&[u8]], fields: &[&str]) -> Result<(), DbError> {
+pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&str]) -> Result<(), DbError> {
     let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(objects.len()); fields.len()];
     let binary: Vec<bool> = fields.iter().map(|f| s.columns.iter().any(|c| c.name == *f && c.binary)).collect();
     for o in objects {
-        let map: std::collections::HashMap<std::borrow::Cow<'_, str>, &serde_json::value::RawValue> =
-            serde_json::from_slice(o)?;
         for ((column, f), binary) in columns.iter_mut().zip(fields).zip(&binary) {
-            let text = match map.get(*f) {
+            let text = match o.fields.get(*f) {
                 Some(v) => text_of(v)?,
                 None => None,
             };

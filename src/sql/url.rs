@@ -96,6 +96,11 @@ impl TableUrl {
         self.table.as_deref().ok_or_else(|| format!("{}: which table? add ?table=NAME", self.shown))
     }
 
+    /// `table T of LOCATION`, as the logs name a table.
+    pub fn describe(&self) -> String {
+        format!("table {} of {}", self.table.as_deref().unwrap_or_default(), self.location())
+    }
+
     /// Where the database is, without credentials or parameters: what identifies a scan in the checkpoint store.
     pub fn location(&self) -> String {
         match self.engine {
