@@ -1,5 +1,6 @@
-//! PostgreSQL: rows leave the server as JSON (`row_to_json`), and arrive as JSON (`json_populate_recordset`), so
-//! that the server maps types both ways and no value is converted here.
+//! PostgreSQL: rows are read in the binary protocol where a Rust type maps the column (and as the server's JSON or
+//! number text where none does), and written as JSON objects here; events are written with `COPY`, and as an upsert
+//! from `unnest` of text arrays only when a key is already there.
 
 use super::key::{Key, KeyKind};
 use super::url::TableUrl;
