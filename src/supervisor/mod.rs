@@ -230,6 +230,12 @@ impl Supervisor {
         while let Some((role, ends)) = pending.pop_front() {
             self.spawn(role, ends, &mut pending)?;
             if !self.await_ready(role) {
+                // Nothing is consumed yet: end the started children now, while the ends of those never started are
+                // still open. Dropped first, they would close the started ones' channels, and each would fail on its
+                // own, a second error after the one that matters.
+                if !pending.is_empty() {
+                    self.kill_all();
+                }
                 break;
             }
         }
@@ -289,30 +295,35 @@ impl Supervisor {
 
     /// One round of waiting: child reports, then exits. A state change is recorded on `self`.
     fn pump(&mut self, wait: Duration) {
-        if let Some(reports) = &self.parent.reports {
-            let mut next = reports.try_recv_timeout(wait);
-            loop {
-                match next {
-                    Ok(report) => self.on_report(report),
-                    Err(TryRecvError::Empty) => break,
-                    Err(e) => {
-                        log::debug!("report channel: {e:?}");
-                        break;
-                    }
-                }
-                next = match &self.parent.reports {
-                    Some(r) => r.try_recv(),
-                    None => break,
-                };
-            }
-        } else {
-            std::thread::sleep(wait);
-        }
+        self.read_reports(wait);
         self.reap();
         let (table, timeout) = (&self.table, self.cfg.child_timeout);
         self.parent.systemd.watchdog(|| table.all_beating(timeout));
         self.report_status();
         self.serve_metrics();
+    }
+
+    /// Reads the children's reports, waiting up to `wait` for the first.
+    fn read_reports(&mut self, wait: Duration) {
+        let Some(reports) = &self.parent.reports else {
+            std::thread::sleep(wait);
+            return;
+        };
+        let mut next = if wait.is_zero() { reports.try_recv() } else { reports.try_recv_timeout(wait) };
+        loop {
+            match next {
+                Ok(report) => self.on_report(report),
+                Err(TryRecvError::Empty) => break,
+                Err(e) => {
+                    log::debug!("report channel: {e:?}");
+                    break;
+                }
+            }
+            next = match &self.parent.reports {
+                Some(r) => r.try_recv(),
+                None => break,
+            };
+        }
     }
 
     fn on_report(&mut self, report: Report) {
@@ -361,6 +372,10 @@ impl Supervisor {
 
     /// Collects the children that are gone, and what their ends say.
     fn reap(&mut self) {
+        // A child reports its failure before it exits: read what came meanwhile, so its end is judged with it.
+        if self.table.wait_exits() {
+            self.read_reports(Duration::ZERO);
+        }
         for gone in self.table.reap() {
             if let Err(e) = gone.status {
                 log::error!("waitpid({}): {e}", gone.pid);

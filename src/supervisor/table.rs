@@ -72,6 +72,8 @@ pub struct Child {
     pub last_seen: Instant,
     /// The lanes it owns, for a source.
     pub lanes: Vec<Lane>,
+    /// How it ended, once waited for; it leaves the table when its end has been judged.
+    pub exit: Option<Result<WaitStatus, Errno>>,
 }
 
 /// A child that is gone, and how.
@@ -124,7 +126,14 @@ pub struct ProcessTable {
 impl ProcessTable {
     pub fn spawned(&mut self, pid: Pid, role: Role) {
         let now = Instant::now();
-        self.children.push(Child { pid, role, state: ChildState::Starting, last_seen: now, lanes: Vec::new() });
+        self.children.push(Child {
+            pid,
+            role,
+            state: ChildState::Starting,
+            last_seen: now,
+            lanes: Vec::new(),
+            exit: None,
+        });
     }
 
     /// A child's report: it is alive, and maybe its state changes. Returns its role and its state before, if it is
@@ -145,16 +154,32 @@ impl ProcessTable {
         }
     }
 
-    /// Collects the children that are gone.
+    /// Waits for the children that are gone, keeping them in the table until [`ProcessTable::reap`]: what they
+    /// reported before they exited is read in between, so their ends are judged with their last words. Returns
+    /// whether any is gone.
+    pub fn wait_exits(&mut self) -> bool {
+        let mut any = false;
+        for c in self.children.iter_mut().filter(|c| c.exit.is_none()) {
+            if let status @ (Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_)) =
+                waitpid(c.pid, Some(WaitPidFlag::WNOHANG))
+            {
+                c.exit = Some(status);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Collects the children that are gone (waited for first, if not yet).
     pub fn reap(&mut self) -> Vec<Reaped> {
+        self.wait_exits();
         let mut gone = Vec::new();
-        self.children.retain(|c| {
-            let status = match waitpid(c.pid, Some(WaitPidFlag::WNOHANG)) {
-                status @ (Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_)) => status,
-                _ => return true,
-            };
-            gone.push(Reaped { pid: c.pid, role: c.role, state: c.state, status });
-            false
+        self.children.retain(|c| match c.exit {
+            Some(status) => {
+                gone.push(Reaped { pid: c.pid, role: c.role, state: c.state, status });
+                false
+            }
+            None => true,
         });
         gone
     }
