@@ -3,6 +3,7 @@
 mod file;
 pub mod librdkafka;
 mod secret;
+mod topics;
 mod transform;
 
 use crate::sql::url::TableUrl;
@@ -25,7 +26,8 @@ Exit codes:
   3  the brokers or the database could not be reached at start-up
   4  the drain did not finish within --drain-timeout (uncommitted events are re-read on the next start)
   5  fast stop: a second SIGINT/SIGTERM during the drain (uncommitted events are re-read on the next start)
-  6  gave up: children failed more than --max-restarts times within --restart-window";
+  6  gave up: children failed more than --max-restarts times in a row (a run of --restart-window without a failure
+     starts the count afresh)";
 
 /// This build's version, and what its Kafka client can do (TLS, SASL mechanisms, codecs), to check before deploying.
 fn version() -> &'static str {
@@ -77,12 +79,11 @@ pub struct Cli {
           value_parser = parse_seconds)]
     pub drain_timeout: Duration,
 
-    /// Restarts allowed within --restart-window; one more failure and the supervisor drains and exits 6. 0 never
-    /// restarts.
+    /// Restarts allowed in a row; one more failure and the supervisor drains and exits 6. 0 never restarts.
     #[arg(global = true, long, env = "SUPERVISOR_MAX_RESTARTS", default_value_t = 5, value_name = "N")]
     pub max_restarts: u32,
 
-    /// Seconds over which --max-restarts is counted.
+    /// Seconds a restarted pipeline (or --exec command) must run without failing for --max-restarts to count afresh.
     #[arg(global = true, long, env = "SUPERVISOR_RESTART_WINDOW", default_value = "60", value_name = "SECS",
           value_parser = parse_seconds)]
     pub restart_window: Duration,
@@ -303,6 +304,11 @@ impl Cli {
         }
     }
 
+    /// `--dlq-topic`, or the destination topic's name with `.dlq` added.
+    fn dead_letter_topic(&self) -> String {
+        self.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.dest_topic))
+    }
+
     /// Reads the config file first if there is one: its settings go in only where neither a flag nor an environment
     /// variable says otherwise. Then reads `@file` property values, and registers every secret value for masking.
     ///
@@ -312,9 +318,19 @@ impl Cli {
             Some(path) => Some(FileSettings::read(&path, &file_keys()).map_err(Invalid::Setting)?),
             None => None,
         };
+        // The transform is one choice: the level that names one (flags, then the environment, then the file) makes
+        // it, and the levels under it are not asked, so `--jq` wins over `exec` in the file.
+        let keys = file_keys();
+        let transform_env = |long: &str| keys.iter().find(|(l, _)| l == long).map(|(_, env)| env.as_str());
+        let typed_transform = TRANSFORM_FLAGS.iter().any(|long| typed(&args, long));
+        let env_transform =
+            TRANSFORM_FLAGS.iter().filter_map(|long| transform_env(long)).any(|env| std::env::var_os(env).is_some());
         let mut from_file = Vec::new();
         if let Some(file) = &file {
             for flag in &file.flags {
+                if TRANSFORM_FLAGS.contains(&flag.key.as_str()) && (typed_transform || env_transform) {
+                    continue;
+                }
                 if std::env::var_os(&flag.env).is_none() {
                     // Still single-threaded: nothing else reads the environment yet.
                     std::env::set_var(&flag.env, &flag.value);
@@ -323,6 +339,19 @@ impl Cli {
             }
         }
         let mut cli = Cli::try_parse_from(&args).map_err(|e| attribute(e, &args, file.as_ref(), &from_file))?;
+        if typed_transform {
+            // What the environment chose is overridden by the flag.
+            let typed = |long| typed(&args, long);
+            if !typed("jq") {
+                cli.jq = None;
+            }
+            if !typed("jq-file") {
+                cli.jq_file = None;
+            }
+            if !typed("exec") {
+                cli.exec = None;
+            }
+        }
         // File, then environment, then flags: for the same key the later wins. Only the environment's entries are
         // split on ';': on the command line a ';' may be part of a value (a password).
         let mut given = file.as_ref().map(|f| f.kafka.clone()).unwrap_or_default();
@@ -352,6 +381,15 @@ impl Cli {
         cli.properties = properties.into_iter().map(|p| (p.key, p.value)).collect();
         cli.transform = transform::resolve(&cli, credentials.as_deref()).map_err(Invalid::Setting)?;
         cli.tables = Tables::resolve(&cli).map_err(Invalid::Setting)?;
+        let to_kafka = cli.tables.sink.is_none();
+        let dead_letter = cli.dead_letter_topic();
+        topics::Topics {
+            source: cli.tables.source.is_none().then_some(cli.source_topic.as_str()),
+            dest: to_kafka.then_some(cli.dest_topic.as_str()),
+            dead_letter: to_kafka.then_some(dead_letter.as_str()),
+        }
+        .check()
+        .map_err(Invalid::Setting)?;
         Ok(cli)
     }
 }
@@ -383,12 +421,7 @@ fn attribute(e: clap::Error, args: &[OsString], file: Option<&FileSettings>, fro
     let Some(long) = arg.split_whitespace().next().and_then(|a| a.strip_prefix("--")) else {
         return Invalid::Flag(e);
     };
-    let typed = args.iter().skip(1).any(|a| {
-        let a = a.to_string_lossy();
-        a.strip_prefix("--")
-            .and_then(|a| a.strip_prefix(long))
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
-    });
+    let typed = typed(args, long);
     let env = file_keys().into_iter().find(|(l, _)| l == long).map(|(_, env)| env);
     let (Some(env), false) = (env, typed) else {
         return Invalid::Flag(e);
@@ -406,6 +439,19 @@ fn attribute(e: clap::Error, args: &[OsString], file: Option<&FileSettings>, fro
         )),
         _ => Invalid::Setting(format!("environment variable {env} (--{long}): {detail}")),
     }
+}
+
+/// The flags that choose the transform.
+const TRANSFORM_FLAGS: [&str; 3] = ["jq", "jq-file", "exec"];
+
+/// Whether `--long` was typed on the command line (as `--long VALUE` or `--long=VALUE`).
+fn typed(args: &[OsString], long: &str) -> bool {
+    args.iter().skip(1).take_while(|a| *a != "--").any(|a| {
+        let a = a.to_string_lossy();
+        a.strip_prefix("--")
+            .and_then(|a| a.strip_prefix(long))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+    })
 }
 
 /// `--config FILE`, `--config=FILE`, or `SUPERVISOR_CONFIG`, found before clap runs.
@@ -599,7 +645,7 @@ impl Config {
             brokers: cli.brokers.clone(),
             source_topic: cli.source_topic.clone(),
             dest_topic: cli.dest_topic.clone(),
-            dlq_topic: cli.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", cli.dest_topic)),
+            dlq_topic: cli.dead_letter_topic(),
             group_id: cli.group_id.clone(),
             hashers,
             queue_capacity: cli.queue_capacity as usize,

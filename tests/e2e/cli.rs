@@ -226,6 +226,49 @@ fn every_bad_setting_says_where_it_came_from_and_exits_2() {
 }
 
 #[test]
+fn an_output_topic_that_is_the_source_or_no_topic_name_exits_2_before_anything_connects() {
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let cases: [(&[&str], &str); 5] = [
+        (&["--source-topic", "in", "--dest-topic", "in"], "--dest-topic \"in\" is the source topic"),
+        (&["--source-topic", "in", "--dlq-topic", "in"], "--dlq-topic \"in\" is the source topic"),
+        (&["--dest-topic", "out", "--dlq-topic", "out"], "--dlq-topic \"out\" is the destination topic"),
+        (&["--dlq-topic", ""], "--dlq-topic: is empty"),
+        (&["--dest-topic", "a b"], "a topic name may hold only ASCII letters"),
+    ];
+    for (args, says) in cases {
+        // No broker listens there: a refusal before connecting is the only way to exit 2 rather than 3.
+        let out = command().args(["--brokers", &brokers]).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: ") && err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+}
+
+#[test]
+fn a_transform_flag_wins_over_the_transform_in_the_config_file_and_the_environment() {
+    let path = scratch_dir("transform-precedence").join("supervisor.toml");
+    std::fs::write(&path, "exec = \"cat\"\n").unwrap();
+    let out = command().args(["--config", path.to_str().unwrap(), "--jq", ".a", "--print-config"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(shown.contains("jq = \".a\"") && shown.contains("# exec: off"), "{shown}");
+    let out = command().env("SUPERVISOR_EXEC", "cat").args(["--jq", ".b", "--print-config"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(shown.contains("jq = \".b\"") && shown.contains("# exec: off"), "{shown}");
+    // The environment over the file.
+    let out = command()
+        .env("SUPERVISOR_JQ", ".c")
+        .args(["--config", path.to_str().unwrap(), "--print-config"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(shown.contains("jq = \".c\"") && shown.contains("# exec: off"), "{shown}");
+}
+
+#[test]
 fn version_says_what_the_kafka_client_can_do() {
     let out = command().arg("--version").output().unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
