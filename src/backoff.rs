@@ -2,7 +2,6 @@
 //! `--exec` command. The delay before each restart grows, and a budget of restarts within a window says when
 //! restarting has stopped helping.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// The first restart's delay; it doubles with every restart within the window, up to `BACKOFF_MAX`.
@@ -15,40 +14,43 @@ pub fn backoff(n: usize) -> Duration {
     BACKOFF_START.saturating_mul(1 << doublings).min(BACKOFF_MAX)
 }
 
-/// At most `max` restarts within any `window`.
+/// At most `max` restarts in a row, where a row ends once what was restarted runs a whole `window` without failing.
+///
+/// The window is measured from the restart, not as a sliding window over failure times: a failure that takes longer
+/// to show than the window divided by `max` (a drain that waits out its timeout, say) would otherwise never fill the
+/// window, and a failure that repeats forever would never give up.
 #[derive(Debug)]
 pub struct Window {
     max: u32,
     window: Duration,
-    /// When the restarts still inside the window happened.
-    recent: VecDeque<Instant>,
+    /// Restarts since the last run that lasted a whole window.
+    streak: usize,
 }
 
 /// What the window allows after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Restart after `delay`; this is restart number `n` within the window.
+    /// Restart after `delay`; this is restart number `n` in a row.
     Restart { delay: Duration, n: usize },
-    /// `n` restarts within the window did not help: give up.
+    /// `n` restarts in a row did not help: give up.
     GiveUp { n: usize },
 }
 
 impl Window {
     pub fn new(max: u32, window: Duration) -> Window {
-        Window { max, window, recent: VecDeque::new() }
+        Window { max, window, streak: 0 }
     }
 
-    /// Something failed at `now`: may it be restarted?
-    pub fn on_failure(&mut self, now: Instant) -> Verdict {
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) > self.window) {
-            self.recent.pop_front();
+    /// What was started at `started` failed at `now`: may it be restarted?
+    pub fn on_failure(&mut self, now: Instant, started: Instant) -> Verdict {
+        if now.saturating_duration_since(started) > self.window {
+            self.streak = 0;
         }
-        if self.recent.len() >= self.max as usize {
-            return Verdict::GiveUp { n: self.recent.len() };
+        if self.streak >= self.max as usize {
+            return Verdict::GiveUp { n: self.streak };
         }
-        self.recent.push_back(now);
-        let n = self.recent.len();
-        Verdict::Restart { delay: backoff(n), n }
+        self.streak += 1;
+        Verdict::Restart { delay: backoff(self.streak), n: self.streak }
     }
 
     pub fn max(&self) -> u32 {
@@ -74,25 +76,44 @@ mod tests {
     }
 
     #[test]
-    fn the_window_gives_up_once_max_restarts_came_within_it() {
+    fn the_window_gives_up_after_max_restarts_in_a_row() {
         let mut w = Window::new(2, 60 * SEC);
         let t = Instant::now();
-        assert_eq!(w.on_failure(t), Verdict::Restart { delay: backoff(1), n: 1 });
-        assert_eq!(w.on_failure(t + SEC), Verdict::Restart { delay: backoff(2), n: 2 });
-        assert_eq!(w.on_failure(t + 2 * SEC), Verdict::GiveUp { n: 2 });
+        assert_eq!(w.on_failure(t, t), Verdict::Restart { delay: backoff(1), n: 1 });
+        assert_eq!(w.on_failure(t + SEC, t), Verdict::Restart { delay: backoff(2), n: 2 });
+        assert_eq!(w.on_failure(t + 2 * SEC, t + SEC), Verdict::GiveUp { n: 2 });
     }
 
     #[test]
-    fn restarts_older_than_the_window_no_longer_count() {
+    fn a_run_that_lasted_the_window_starts_the_count_afresh() {
         let mut w = Window::new(1, 10 * SEC);
         let t = Instant::now();
-        assert!(matches!(w.on_failure(t), Verdict::Restart { n: 1, .. }));
-        assert!(matches!(w.on_failure(t + 5 * SEC), Verdict::GiveUp { n: 1 }));
-        assert_eq!(w.on_failure(t + 11 * SEC), Verdict::Restart { delay: backoff(1), n: 1 }, "the backoff too");
+        assert!(matches!(w.on_failure(t, t), Verdict::Restart { n: 1, .. }));
+        assert!(matches!(w.on_failure(t + 5 * SEC, t), Verdict::GiveUp { n: 1 }));
+        assert_eq!(
+            w.on_failure(t + 30 * SEC, t + 15 * SEC),
+            Verdict::Restart { delay: backoff(1), n: 1 },
+            "the backoff too"
+        );
+    }
+
+    #[test]
+    fn slow_failures_that_repeat_still_give_up() {
+        // Each run fails after 37 s: never more than two failures in any 60 s, yet it is the same failure each time.
+        let mut w = Window::new(3, 60 * SEC);
+        let mut started = Instant::now();
+        let mut verdicts = Vec::new();
+        for _ in 0..4 {
+            let failed = started + 37 * SEC;
+            verdicts.push(w.on_failure(failed, started));
+            started = failed + SEC;
+        }
+        assert!(matches!(verdicts[2], Verdict::Restart { n: 3, .. }), "{verdicts:?}");
+        assert_eq!(verdicts[3], Verdict::GiveUp { n: 3 });
     }
 
     #[test]
     fn zero_max_restarts_never_restarts() {
-        assert_eq!(Window::new(0, 60 * SEC).on_failure(Instant::now()), Verdict::GiveUp { n: 0 });
+        assert_eq!(Window::new(0, 60 * SEC).on_failure(Instant::now(), Instant::now()), Verdict::GiveUp { n: 0 });
     }
 }

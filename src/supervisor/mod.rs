@@ -82,6 +82,8 @@ pub struct Supervisor {
     /// The status is a live line on a terminal, refreshed in place; otherwise a log line now and then.
     live_status: bool,
     started: Instant,
+    /// When the current generation was started: the restart budget forgives a generation that ran long enough.
+    generation_started: Instant,
     drains: Drains,
     /// A finite source (a table scan) read everything: the run ends once this generation has drained.
     finished: bool,
@@ -173,6 +175,7 @@ impl Supervisor {
             status: StatusLine::new(every, transform),
             live_status,
             started: Instant::now(),
+            generation_started: Instant::now(),
             drains: Drains::default(),
             finished: false,
             report_tx,
@@ -187,19 +190,24 @@ impl Supervisor {
         let text = cause.map_or_else(|| "a child failed".to_string(), |c| c.text.clone());
         let kind = cause.and_then(|c| c.role).map(Role::kind);
         let (max, window) = (self.budget.max(), self.budget.window());
-        let delay = match self.budget.on_failure(Instant::now(), kind) {
+        let delay = match self.budget.on_failure(Instant::now(), self.generation_started, kind) {
             Verdict::GiveUp { n } => {
-                log::error!(
-                    "giving up: {n} restarts within {window:?} did not help (--max-restarts {max}); last failure: {text}"
-                );
+                let tried = match n {
+                    0 => "no restart is allowed (--max-restarts 0)".to_string(),
+                    n => format!(
+                        "{} in a row did not help (--max-restarts {max}; none of them ran {window:?} without failing)",
+                        count(n as u64, "restart")
+                    ),
+                };
+                log::error!("giving up: {tried}; last failure: {text}");
                 self.parent.systemd.status(&format!("gave up after {n} restarts: {text}"));
                 return Some(Exit::GaveUp);
             }
             Verdict::Restart { delay, n } => {
                 let total = self.budget.total();
                 log::warn!(
-                    "restarting the pipeline in {delay:?} (restart {n} of at most {max} within {window:?}; {total} in \
-                     all) after: {text}"
+                    "restarting the pipeline in {delay:?} (restart {n} of at most {max} in a row; {total} in all) \
+                     after: {text}"
                 );
                 self.parent.systemd.status(&format!("restarting (restart {total}) after: {text}"));
                 delay
@@ -225,6 +233,7 @@ impl Supervisor {
     fn start(&mut self) -> Result<()> {
         let (mut pending, control) = wiring::wire(self.cfg.hashers, self.readers())?;
         self.parent.control = Some(control);
+        self.generation_started = Instant::now();
         self.outcome = Outcome::default();
         self.finished = false;
         while let Some((role, ends)) = pending.pop_front() {

@@ -74,7 +74,8 @@ impl Outcome {
     }
 }
 
-/// `--max-restarts` within `--restart-window`: how many restarts there have been, and whether one more may come.
+/// `--max-restarts` in a row, a row ending once a generation runs `--restart-window` without failing: how many
+/// restarts there have been, and whether one more may come.
 #[derive(Debug)]
 pub struct RestartBudget {
     window: Window,
@@ -89,9 +90,9 @@ impl RestartBudget {
         RestartBudget { window: Window::new(max, window), total: 0, by_cause }
     }
 
-    /// A generation failed at `now` because of `caused_by`: may it be restarted?
-    pub fn on_failure(&mut self, now: Instant, caused_by: Option<Kind>) -> Verdict {
-        let verdict = self.window.on_failure(now);
+    /// A generation started at `started` failed at `now` because of `caused_by`: may it be restarted?
+    pub fn on_failure(&mut self, now: Instant, started: Instant, caused_by: Option<Kind>) -> Verdict {
+        let verdict = self.window.on_failure(now, started);
         if let Verdict::Restart { .. } = verdict {
             self.total += 1;
             *self.by_cause.entry(caused_by.map_or("none", Kind::label)).or_default() += 1;
@@ -126,24 +127,29 @@ mod tests {
     const SEC: Duration = Duration::from_secs(1);
 
     #[test]
-    fn the_budget_gives_up_once_max_restarts_came_within_the_window() {
+    fn the_budget_gives_up_after_max_restarts_in_a_row() {
         let mut b = RestartBudget::new(2, 60 * SEC);
         let t = Instant::now();
-        assert_eq!(b.on_failure(t, Some(Kind::Worker)), Verdict::Restart { delay: backoff(1), n: 1 });
-        assert_eq!(b.on_failure(t + SEC, Some(Kind::Sink)), Verdict::Restart { delay: backoff(2), n: 2 });
-        assert_eq!(b.on_failure(t + 2 * SEC, None), Verdict::GiveUp { n: 2 });
+        assert_eq!(b.on_failure(t, t, Some(Kind::Worker)), Verdict::Restart { delay: backoff(1), n: 1 });
+        assert_eq!(b.on_failure(t + SEC, t, Some(Kind::Sink)), Verdict::Restart { delay: backoff(2), n: 2 });
+        assert_eq!(b.on_failure(t + 2 * SEC, t + SEC, None), Verdict::GiveUp { n: 2 });
         assert_eq!(b.total(), 2, "giving up is no restart");
         let counted: Vec<_> = b.by_cause().collect();
         assert_eq!(counted, [("consumer", 0), ("hasher", 1), ("producer", 1), ("reader", 0)]);
     }
 
     #[test]
-    fn restarts_older_than_the_window_no_longer_count() {
+    fn a_generation_that_lasted_the_window_starts_the_count_afresh() {
         let mut b = RestartBudget::new(1, 10 * SEC);
         let t = Instant::now();
-        assert!(matches!(b.on_failure(t, None), Verdict::Restart { n: 1, .. }));
-        assert!(matches!(b.on_failure(t + 5 * SEC, None), Verdict::GiveUp { n: 1 }));
-        assert_eq!(b.on_failure(t + 11 * SEC, None), Verdict::Restart { delay: backoff(1), n: 1 }, "the backoff too");
+        assert!(matches!(b.on_failure(t, t, None), Verdict::Restart { n: 1, .. }));
+        assert!(matches!(b.on_failure(t + 5 * SEC, t + SEC, None), Verdict::GiveUp { n: 1 }));
+        let (started, failed) = (t + 6 * SEC, t + 17 * SEC);
+        assert_eq!(
+            b.on_failure(failed, started, None),
+            Verdict::Restart { delay: backoff(1), n: 1 },
+            "the backoff too"
+        );
         assert_eq!(b.by_cause().find(|(k, _)| *k == "none"), Some(("none", 2)));
     }
 
