@@ -4,9 +4,12 @@
 //! Rare control messages (drain, ready, failed) use ipc-channel's typed channels, which can wait with a timeout.
 //!
 //! A send blocks while the receiver's socket buffer is full: that is the backpressure between stages. The graph
-//! has no cycle of blocking sends: acknowledgements flow back to a source thread that only ever reads them.
+//! has no cycle of blocking sends: acknowledgements flow back to a source thread that only ever reads them. Data
+//! messages larger than one packet are cut into packets by [`fragment`], so that a blocked sender sees its receiver
+//! die whatever the message's size.
 
 use crate::channel::batch::{bincode_config, BatchWriter, Frame};
+use crate::channel::fragment::{self, Reassembly};
 use crate::error::{Error, Result};
 use crate::position::{Lane, Position};
 use crate::telemetry::counters::StageStats;
@@ -15,6 +18,7 @@ use crate::telemetry::heartbeat;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
 use ipc_channel::IpcError;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 
 /// The sending end of a stage's data channel: record batches, then one poison pill.
 #[derive(Debug)]
@@ -22,18 +26,47 @@ pub struct BatchSender(IpcBytesSender);
 
 /// The receiving end of a data channel. `recv` returns `None` once every sender is gone.
 #[derive(Debug)]
-pub struct BatchReceiver(IpcBytesReceiver);
+pub struct BatchReceiver(Packets);
 
 pub fn batch_channel() -> Result<(BatchSender, BatchReceiver)> {
     let (tx, rx) = ipc::bytes_channel().map_err(Error::CreateChannel)?;
-    Ok((BatchSender(tx), BatchReceiver(rx)))
+    Ok((BatchSender(tx), BatchReceiver(Packets::new(rx))))
+}
+
+/// A byte channel's receiving end, putting messages cut into packets back together.
+#[derive(Debug)]
+struct Packets {
+    rx: IpcBytesReceiver,
+    whole: RefCell<Reassembly>,
+}
+
+impl Packets {
+    fn new(rx: IpcBytesReceiver) -> Packets {
+        Packets { rx, whole: RefCell::new(Reassembly::default()) }
+    }
+
+    /// The next whole message, or `None` once every sender is gone (a message cut short by its sender's death
+    /// included).
+    fn recv(&self) -> Result<Option<Vec<u8>>> {
+        loop {
+            match self.rx.recv() {
+                Ok(packet) => {
+                    if let Some(message) = self.whole.borrow_mut().take(packet) {
+                        return Ok(Some(message));
+                    }
+                }
+                Err(IpcError::Disconnected) => return Ok(None),
+                Err(e) => return Err(Error::Receive(e)),
+            }
+        }
+    }
 }
 
 impl BatchSender {
     /// Sends the batch (blocking while the receiver is full) and empties it.
     pub fn send(&self, batch: &mut BatchWriter) -> Result<()> {
         if !batch.is_empty() {
-            heartbeat::waiting_on_peer(|| self.0.send(batch.bytes())).map_err(|e| Error::Send(e.into()))?;
+            heartbeat::waiting_on_peer(|| fragment::send(&self.0, batch.bytes())).map_err(|e| Error::Send(e.into()))?;
             emit(BatchSent { events: batch.len() as u64 });
             batch.clear();
         }
@@ -42,21 +75,17 @@ impl BatchSender {
 
     /// Sends an encoded message as it is (a reader's page), blocking while the receiver is full.
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
-        heartbeat::waiting_on_peer(|| self.0.send(bytes)).map_err(|e| Error::Send(e.into()))
+        heartbeat::waiting_on_peer(|| fragment::send(&self.0, bytes)).map_err(|e| Error::Send(e.into()))
     }
 
     pub fn send_pill(&self) -> Result<()> {
-        heartbeat::waiting_on_peer(|| self.0.send(&Frame::pill())).map_err(|e| Error::Send(e.into()))
+        heartbeat::waiting_on_peer(|| fragment::send(&self.0, &Frame::pill())).map_err(|e| Error::Send(e.into()))
     }
 }
 
 impl BatchReceiver {
     pub fn recv(&self) -> Result<Option<Vec<u8>>> {
-        match self.0.recv() {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(IpcError::Disconnected) => Ok(None),
-            Err(e) => Err(Error::Receive(e)),
-        }
+        self.0.recv()
     }
 }
 
@@ -110,29 +139,28 @@ pub enum AckMsg {
 pub struct AckSender(IpcBytesSender);
 
 #[derive(Debug)]
-pub struct AckReceiver(IpcBytesReceiver);
+pub struct AckReceiver(Packets);
 
 pub fn ack_channel() -> Result<(AckSender, AckReceiver)> {
     let (tx, rx) = ipc::bytes_channel().map_err(Error::CreateChannel)?;
-    Ok((AckSender(tx), AckReceiver(rx)))
+    Ok((AckSender(tx), AckReceiver(Packets::new(rx))))
 }
 
 impl AckSender {
     pub fn send(&self, msg: &AckMsg) -> Result<()> {
         let bytes = bincode::serde::encode_to_vec(msg, bincode_config()).map_err(Error::Encode)?;
-        self.0.send(&bytes).map_err(|e| Error::Send(e.into()))
+        fragment::send(&self.0, &bytes).map_err(|e| Error::Send(e.into()))
     }
 }
 
 impl AckReceiver {
     /// `None` once the sink is gone.
     pub fn recv(&self) -> Result<Option<AckMsg>> {
-        match self.0.recv() {
-            Ok(bytes) => {
+        match self.0.recv()? {
+            Some(bytes) => {
                 bincode::serde::decode_from_slice(&bytes, bincode_config()).map(|(m, _)| Some(m)).map_err(Error::Decode)
             }
-            Err(IpcError::Disconnected) => Ok(None),
-            Err(e) => Err(Error::Receive(e)),
+            None => Ok(None),
         }
     }
 }

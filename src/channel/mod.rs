@@ -5,4 +5,5 @@
 //! the source and sink are.
 
 pub mod batch;
+pub mod fragment;
 pub mod ipc;
