@@ -27,7 +27,7 @@ pub enum Exit {
     DrainTimeout = 4,
     /// A second SIGINT/SIGTERM stopped the pipeline at once; uncommitted events are re-read on the next start.
     FastStop = 5,
-    /// Children kept failing: more than `--max-restarts` restarts within `--restart-window`. systemd's
+    /// Children kept failing: more than `--max-restarts` restarts in a row, none running `--restart-window` without failing. systemd's
     /// `Restart=on-failure` takes over from here.
     GaveUp = 6,
 }
@@ -126,8 +126,11 @@ pub enum Error {
     JqCompile { origin: String, message: String },
     /// The `--exec` command could not be started.
     ExecStart { program: String, source: io::Error },
-    /// The `--exec` command kept ending or hanging: its restarts within the window are spent.
+    /// The `--exec` command kept ending, hanging or breaking the protocol: its restarts in a row are spent.
     ExecGaveUp { command: String, how: String, restarts: usize, window: std::time::Duration },
+    /// The `--exec` command does not speak the protocol at all: it wrote something else on stdout before any event,
+    /// or never wrote the sync line back.
+    ExecProtocol { command: String, message: String },
     /// A database could not be connected to: unreachable, or it refused us (`fault` says which).
     DbConnect { url: String, fault: crate::sql::Fault, source: crate::sql::DbError },
     /// A table, key or column the pipeline needs is missing, or the table cannot be used as asked.
@@ -158,7 +161,7 @@ impl Error {
                 Exit::Config
             }
             Error::MetricsAddress { .. } | Error::MetricsBind { .. } | Error::Refused { .. } => Exit::Config,
-            Error::JqCompile { .. } | Error::ExecStart { .. } => Exit::Config,
+            Error::JqCompile { .. } | Error::ExecStart { .. } | Error::ExecProtocol { .. } => Exit::Config,
             Error::ExecGaveUp { .. } => Exit::GaveUp,
             Error::Metadata { .. } => Exit::Unavailable,
             Error::DbConnect { fault: crate::sql::Fault::Unreachable, .. } => Exit::Unavailable,
@@ -220,11 +223,16 @@ impl fmt::Display for Error {
             Error::MetricsBind { addr, source } => write!(f, "cannot serve metrics on --metrics-addr {addr}: {source}"),
             Error::JqCompile { origin, message } => write!(f, "the jq filter ({origin}) does not compile: {message}"),
             Error::ExecStart { program, source } => write!(f, "cannot start the --exec command {program}: {source}"),
+            Error::ExecGaveUp { command, how, restarts: 0, .. } => {
+                write!(f, "giving up on the --exec command {command}: it {how}, and --max-restarts is 0")
+            }
             Error::ExecGaveUp { command, how, restarts, window } => write!(
                 f,
-                "giving up on the --exec command {command}: it {how} again after {restarts} restarts within \
-                 {window:?} (--max-restarts, --restart-window)"
+                "giving up on the --exec command {command}: it {how} again after {restarts} restart{} in a row, none \
+                 of which ran {window:?} without failing (--max-restarts, --restart-window)",
+                if *restarts == 1 { "" } else { "s" }
             ),
+            Error::ExecProtocol { command, message } => write!(f, "the --exec command {command} {message}"),
             Error::DbConnect { url, fault: crate::sql::Fault::Unreachable, source } => {
                 write!(f, "cannot reach the database at {url}: {source}")
             }
@@ -275,7 +283,8 @@ impl std::error::Error for Error {
             | Error::ReaderGone { .. }
             | Error::UnknownFrame { .. }
             | Error::JqCompile { .. }
-            | Error::ExecGaveUp { .. } => None,
+            | Error::ExecGaveUp { .. }
+            | Error::ExecProtocol { .. } => None,
         }
     }
 }

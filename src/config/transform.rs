@@ -178,18 +178,36 @@ pub fn resolve(cli: &Cli, credentials: Option<&Path>) -> Result<TransformSpec, S
 pub fn find_program(program: &str) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if program.contains('/') {
-        return match std::fs::metadata(program) {
-            Err(e) => Err(e.to_string()),
-            Ok(_) if executable(Path::new(program)) => Ok(PathBuf::from(program)),
-            Ok(_) => Err("not an executable file".to_string()),
-        };
+    let found = if program.contains('/') {
+        match std::fs::metadata(program) {
+            Err(e) => return Err(e.to_string()),
+            Ok(_) if executable(Path::new(program)) => PathBuf::from(program),
+            Ok(_) => return Err("not an executable file".to_string()),
+        }
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| executable(p))
+            .ok_or_else(|| "no such program in $PATH".to_string())?
+    };
+    // A script whose interpreter is missing fails to start with ENOENT, as if the script itself were missing.
+    match interpreter(&found) {
+        Some(interpreter) if interpreter.contains('/') && !executable(Path::new(&interpreter)) => {
+            Err(format!("its #! line names the interpreter {interpreter}, which is not an executable file here"))
+        }
+        _ => Ok(found),
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| executable(p))
-        .ok_or_else(|| "no such program in $PATH".to_string())
+}
+
+/// The interpreter a script's `#!` line names, if it has one.
+fn interpreter(script: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(script).and_then(|mut f| f.read(&mut head)).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    String::from_utf8_lossy(line).split_whitespace().next().map(str::to_string)
 }
 
 #[cfg(test)]
@@ -221,6 +239,16 @@ mod tests {
         std::fs::write(&plain, "#!/bin/sh\n").unwrap();
         let e = resolved(&["--exec", &plain.display().to_string()]).unwrap_err();
         assert!(e.ends_with("not an executable file"), "{e}");
+        std::fs::remove_file(&plain).unwrap();
+        std::fs::write(&plain, "#!/usr/bin/no-such-python3 -u\nprint(1)\n").unwrap();
+        std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let e = resolved(&["--exec", &plain.display().to_string()]).unwrap_err();
+        assert!(
+            e.ends_with(
+                "its #! line names the interpreter /usr/bin/no-such-python3, which is not an executable file here"
+            ),
+            "{e}"
+        );
         std::fs::remove_file(plain).unwrap();
         assert!(resolved(&["--exec", "cat 'open"]).unwrap_err().contains("unclosed quote"));
         assert!(resolved(&["--exec", ""]).unwrap_err().contains("empty"));

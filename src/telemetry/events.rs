@@ -308,18 +308,20 @@ impl InternalEvent for Transformed {
     }
 }
 
-/// A worker's `--exec` command ended or hung on an event and is being restarted.
+/// A worker's `--exec` command ended, hung or broke the protocol on some events and is being restarted.
 pub struct CommandRestarted<'a> {
     pub command: &'a str,
-    /// How it failed: "ended (exit status: 1)", "gave no reply within 30s and was killed".
+    /// How it failed: "ended (exit status: 1)", "gave no reply within 30s and was killed", "wrote 2 lines for 1
+    /// event".
     pub how: &'a str,
+    /// The first event it failed on, and how many there were from there.
     pub at: Position,
-    /// The event had already failed a command once: it is dead-lettered as a poison event.
-    pub retried: bool,
+    pub events: usize,
+    /// What becomes of them: "the event is tried once more in a fresh process".
+    pub next: &'a str,
     pub delay: std::time::Duration,
     pub n: usize,
     pub max: u32,
-    pub window: std::time::Duration,
 }
 
 impl InternalEvent for CommandRestarted<'_> {
@@ -327,22 +329,21 @@ impl InternalEvent for CommandRestarted<'_> {
         static LIMIT: RateLimit = RateLimit::every(EVERY);
         add(&COUNTERS.command_restarts, 1);
         if let Some(n) = LIMIT.check() {
-            let next = if self.retried {
-                "it failed on this event twice: the event goes to the dead-letter topic as a poison event"
-            } else {
-                "the event is tried once more in the fresh process"
+            let on = match self.events {
+                1 => "the event".to_string(),
+                k => format!("{k} events from"),
             };
             log::warn!(
-                "the --exec command {} {} on the event at partition {} offset {}; {next}; restarting it in {:?} \
-                 (restart {} of at most {} within {:?}){}",
+                "the --exec command {} {} on {on} at partition {} offset {}; {}; restarting it in {:?} (restart {} of \
+                 at most {} in a row){}",
                 self.command,
                 self.how,
                 self.at.lane,
                 self.at.seq,
+                self.next,
                 self.delay,
                 self.n,
                 self.max,
-                self.window,
                 held_back(n)
             );
         }

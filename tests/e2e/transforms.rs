@@ -20,7 +20,8 @@ fn python_script(name: &str, prologue: &str, body: &str) -> PathBuf {
     let indent = |code: &str| code.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
     let path = scratch_dir(name).join("transform.py");
     let script = format!(
-        "import json, os, sys, time\n{prologue}\nfor line in sys.stdin:\n    e = json.loads(line)\n{}\n",
+        "import json, os, sys, time\n{prologue}\nfor line in sys.stdin:\n    if line.startswith('#'):\n        \
+         print(line, end='', flush=True)\n        continue\n    e = json.loads(line)\n{}\n",
         indent(body)
     );
     std::fs::write(&path, script).unwrap();
@@ -214,6 +215,49 @@ fn a_command_that_hangs_is_killed_after_the_exec_timeout() {
     assert_eq!(dlq.len(), 1, "{dlq:?}");
     assert_eq!(dlq[0].headers["dlq.error"], "poison event: the --exec command hung on it twice, in two processes");
     assert!(sup.log().contains("gave no reply within 1s and was killed"), "{}", sup.log());
+}
+
+#[test]
+fn an_event_with_an_extra_reply_line_is_dead_lettered_and_no_reply_is_shifted() {
+    // The bad event gets two lines: before the sync lines, its second line became the next event's reply.
+    let (events, dst, dlq, _sup) = exec_with_one_bad_event(
+        "exec-extra",
+        "if e.get('bad'): print(json.dumps({'extra': 1}), flush=True)\nprint(json.dumps(e), flush=True)",
+        &[],
+    );
+    assert_each_arrived_once(&events, &dst);
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].payload.as_deref(), Some(&br#"{"bad": true}"#[..]));
+    let why = &dlq[0].headers["dlq.error"];
+    assert!(
+        why.contains("broke the protocol on this event twice") && why.contains("wrote 2 lines for one event"),
+        "{why}"
+    );
+}
+
+#[test]
+fn an_event_with_no_reply_line_is_dead_lettered_and_no_reply_is_shifted() {
+    let (events, dst, dlq, _sup) =
+        exec_with_one_bad_event("exec-missing", "if e.get('bad'): continue\nprint(json.dumps(e), flush=True)", &[]);
+    assert_each_arrived_once(&events, &dst);
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].payload.as_deref(), Some(&br#"{"bad": true}"#[..]));
+    assert!(dlq[0].headers["dlq.error"].contains("wrote no line for the event"), "{:?}", dlq[0].headers);
+}
+
+#[test]
+fn a_command_that_prints_a_banner_on_stdout_is_refused_before_anything_is_consumed() {
+    let broker = Broker::with_topics("exec-banner");
+    let landed = produce(&broker.addr, "src", &name_events(50, 4));
+    let script = python_script("exec-banner", "print('transform v1.2 starting', flush=True)", "print(json.dumps(e))");
+    let exec = format!("python3 {}", script.display());
+    let mut sup = start(&transform_args(&broker.addr, "exec-banner", &["--exec", &exec]));
+    let status = sup.wait_timeout(Duration::from_secs(60)).expect("exits");
+    assert_eq!(status.code(), Some(2), "{}", sup.log());
+    let log = sup.log();
+    assert!(log.contains("wrote \"transform v1.2 starting\" on stdout before its first event"), "{log}");
+    assert!(read_until(&broker.addr, "dst", Duration::from_secs(3), |_| true).is_empty());
+    assert!(committed(&broker.addr, "exec-banner", "src").iter().all(|&o| o <= 0), "nothing committed: {landed:?}");
 }
 
 /// The `--exec` commands running under the supervisor's workers, by pid.

@@ -162,6 +162,9 @@ pub enum Rejection {
     Reply(String),
     /// The `--exec` command ended or hung on the event, twice, in two processes: it is not tried again.
     Poison(String),
+    /// The `--exec` command's replies to the event broke the protocol (not one line for it), in a batch and then
+    /// alone in a fresh process.
+    Protocol(String),
 }
 
 impl Rejection {
@@ -174,7 +177,8 @@ impl Rejection {
             | Rejection::NotJson(why)
             | Rejection::Filter(why)
             | Rejection::Reply(why)
-            | Rejection::Poison(why) => why,
+            | Rejection::Poison(why)
+            | Rejection::Protocol(why) => why,
         }
     }
 }

@@ -1,13 +1,20 @@
 //! `--exec`: the user's own program, in any language, started once per worker and kept for the worker's life.
 //!
-//! The protocol: one event per line on the command's stdin (compact JSON), exactly one line back per event on its
-//! stdout (an object is the output event; an array is zero or more of them), its stderr to our log. A worker has at
-//! most one batch in flight per command.
+//! The protocol: one event per line on the command's stdin (compact JSON), each followed by a sync line, `#sync N`;
+//! on its stdout exactly one line per event (an object is the output event; an array is zero or more of them), then
+//! that sync line written back as it is; its stderr to our log. No JSON event starts with `#`, so the two never mix.
+//! The sync lines frame every reply: the lines between two of them belong to the one event between them, and must be
+//! exactly one. An extra line, a missing one, a stray banner are caught on the event they happen on, and are never
+//! shifted onto the next one. A whole batch is written at once, so the command works while its replies are read. A
+//! command must write one sync line back before its first event: one that writes anything else first, or never writes
+//! it back, does not speak the protocol (exit 2).
 //!
-//! A command that ends or hangs is restarted (after a backoff, within `--max-restarts` per `--restart-window`), and the
-//! event it was working on is tried once more in the fresh process. An event that ends or hangs two processes in a
-//! row is a poison event: it goes to the dead-letter destination, so that one bad event never loops forever. A
-//! command that keeps failing spends the restart budget, and the worker gives up (exit 6).
+//! A command that ends or hangs is restarted (after a backoff, within `--max-restarts` in a row), and the event it was
+//! working on is tried once more in the fresh process; one that ends or hangs two processes in a row is a poison
+//! event and goes to the dead-letter destination, so that one bad event never loops forever. Replies that break the
+//! protocol restart the command too, and their events are tried once more in the fresh process: an event that still
+//! gets no single line is dead-lettered with the reason, and the others go on. A command that keeps failing spends the
+//! restart budget, and the worker gives up (exit 6).
 
 mod command;
 pub mod reply;
@@ -20,6 +27,8 @@ use crate::error::{Error, Result};
 use crate::telemetry::events::{emit, CommandRestarted};
 use crate::telemetry::heartbeat;
 use command::{NoReply, Running};
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// How long a command may take to exit once its stdin is closed at the end of the worker.
@@ -29,62 +38,220 @@ const FINISH_GRACE: Duration = Duration::from_secs(5);
 pub struct Exec {
     spec: ExecSpec,
     running: Option<Running>,
+    /// When the running command was started: one that ran a whole `--restart-window` forgets earlier restarts.
+    started: Instant,
     restarts: Window,
     /// Request lines of the batch, and where each event's line is in them.
     lines: Vec<u8>,
+    /// Sync lines written so far: each batch's is new, so a late one from an earlier batch is told apart.
+    syncs: u64,
 }
 
 /// What became of one event of the batch before its outputs are read.
 enum Answer {
     /// Not sent: it is no JSON (or no payload).
     Refused(Rejection),
-    /// Sent; its line is at this range of the request buffer.
-    Waiting(std::ops::Range<usize>),
+    /// To be sent; its line is at this range of the request buffer.
+    Waiting(Range<usize>),
     Replied(Vec<u8>),
-    Poison(Rejection),
+    /// Given up on: it goes to the dead-letter destination.
+    Failed(Rejection),
+}
+
+/// What the command wrote for one event, between its sync lines.
+#[derive(Debug)]
+enum Framed {
+    Reply(Vec<u8>),
+    /// Not one line: this says how.
+    Broken(String),
+}
+
+/// How the first sync line went.
+enum Handshake {
+    Done,
+    Stopped(NoReply),
+    /// A line that is not the sync line: a banner, a log line on stdout.
+    Stray(Vec<u8>),
+}
+
+/// The sync line after the `n`th batch.
+fn sync_line(n: u64) -> String {
+    format!("#sync {n}")
+}
+
+/// A line of the command's output as a log would show it: the start of it, quoted.
+fn preview(line: &[u8]) -> String {
+    const MAX: usize = 80;
+    let text = String::from_utf8_lossy(&line[..line.len().min(MAX)]);
+    if line.len() > MAX {
+        format!("{text:?}… ({} bytes)", line.len())
+    } else {
+        format!("{text:?}")
+    }
 }
 
 impl Exec {
-    /// Starts the command. A program that cannot be started is a configuration error.
+    /// Starts the command and checks that it speaks the protocol. A program that cannot be started, or that does not
+    /// write the first sync line back, is a configuration error.
     pub fn start(spec: &ExecSpec) -> Result<Exec> {
-        let running = Running::start(&spec.argv, &spec.name())?;
-        log::debug!("started {} (pid {})", spec.name(), running.pid());
-        Ok(Exec {
+        let mut exec = Exec {
             restarts: Window::new(spec.max_restarts, spec.restart_window),
             spec: spec.clone(),
-            running: Some(running),
+            running: None,
+            started: Instant::now(),
             lines: Vec::new(),
+            syncs: 0,
+        };
+        match exec.launch()? {
+            Handshake::Done => Ok(exec),
+            Handshake::Stray(line) => Err(exec.stray(&line)),
+            Handshake::Stopped(why) => {
+                let how = exec.stop(Some(why));
+                Err(Error::ExecProtocol {
+                    command: exec.spec.name(),
+                    message: format!(
+                        "{how} before writing back the sync line {:?}: a command must write every line that starts \
+                         with '#' back as it is, and one reply line per event (see the README)",
+                        sync_line(0)
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Starts a process and waits for it to write back the sync line it is sent first.
+    fn launch(&mut self) -> Result<Handshake> {
+        let running = self.running.insert(Running::start(&self.spec.argv, &self.spec.name())?);
+        self.started = Instant::now();
+        log::debug!("started {} (pid {})", self.spec.name(), running.pid());
+        let sync = sync_line(self.syncs);
+        running.send(format!("{sync}\n").into_bytes());
+        Ok(match running.reply(Instant::now() + self.spec.timeout, heartbeat::tick) {
+            Ok(line) if line.trim_ascii_end() == sync.as_bytes() => Handshake::Done,
+            Ok(line) => Handshake::Stray(line),
+            Err(why) => Handshake::Stopped(why),
         })
     }
 
-    /// The command ended or hung on an event: reap or kill it, and wait out the backoff before the next one, or
-    /// give up when the budget is spent.
-    fn failed(&mut self, why: NoReply, at: crate::position::Position, retried: bool) -> Result<()> {
+    fn stray(&mut self, line: &[u8]) -> Error {
+        self.stop(None);
+        Error::ExecProtocol {
+            command: self.spec.name(),
+            message: format!(
+                "wrote {} on stdout before its first event: stdout carries only the replies and the sync lines; \
+                 write logs and banners to stderr",
+                preview(line)
+            ),
+        }
+    }
+
+    /// Ends the running process (killed, unless it already ended) and says how it went.
+    fn stop(&mut self, why: Option<NoReply>) -> String {
         let status = match self.running.take() {
-            Some(r) if why == NoReply::TimedOut => r.kill(),
-            Some(r) => r.end(),
+            Some(r) if why == Some(NoReply::Ended) => r.end(),
+            Some(r) => r.kill(),
             None => None,
         };
-        let how = match (why, status) {
-            (NoReply::TimedOut, _) => format!("gave no reply within {:?} and was killed", self.spec.timeout),
-            (NoReply::Ended, Some(status)) => format!("ended ({status})"),
-            (NoReply::Ended, None) => "ended".to_string(),
-        };
-        let (max, window) = (self.restarts.max(), self.restarts.window());
-        match self.restarts.on_failure(Instant::now()) {
-            Verdict::GiveUp { n } => Err(Error::ExecGaveUp { command: self.spec.name(), how, restarts: n, window }),
-            Verdict::Restart { delay, n } => {
-                emit(CommandRestarted { command: &self.spec.name(), how: &how, at, retried, delay, n, max, window });
-                let until = Instant::now() + delay;
-                while Instant::now() < until {
-                    heartbeat::tick();
-                    std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)));
+        match (why, status) {
+            (Some(NoReply::TimedOut), _) => format!("gave no reply within {:?} and was killed", self.spec.timeout),
+            (_, Some(status)) => format!("ended ({status})"),
+            (_, None) => "ended".to_string(),
+        }
+    }
+
+    /// The command failed on `events` events from `at` (`how`): end it, wait out the backoff and start a fresh one, or
+    /// give up when the budget is spent.
+    fn restart(&mut self, mut how: String, at: crate::position::Position, events: usize, next: &str) -> Result<()> {
+        loop {
+            let max = self.restarts.max();
+            match self.restarts.on_failure(Instant::now(), self.started) {
+                Verdict::GiveUp { n } => {
+                    return Err(Error::ExecGaveUp {
+                        command: self.spec.name(),
+                        how,
+                        restarts: n,
+                        window: self.restarts.window(),
+                    })
                 }
-                let running = Running::start(&self.spec.argv, &self.spec.name())?;
-                self.running = Some(running);
-                Ok(())
+                Verdict::Restart { delay, n } => {
+                    emit(CommandRestarted { command: &self.spec.name(), how: &how, at, events, next, delay, n, max });
+                    let until = Instant::now() + delay;
+                    while Instant::now() < until {
+                        heartbeat::tick();
+                        std::thread::sleep(
+                            until.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)),
+                        );
+                    }
+                }
+            }
+            match self.launch()? {
+                Handshake::Done => return Ok(()),
+                Handshake::Stray(line) => return Err(self.stray(&line)),
+                Handshake::Stopped(why) => {
+                    how = format!("{} when restarted, before its first event", self.stop(Some(why)))
+                }
             }
         }
+    }
+
+    /// Sends `events` (indices into the batch, each `Waiting`), each followed by its sync line, and reads what the
+    /// command wrote for each, in order. The command may stop (end or hang) on one of them: the events before it have
+    /// their answer, the rest none.
+    fn exchange(&mut self, events: &[usize], answers: &[Answer]) -> Result<(Vec<Framed>, Option<NoReply>)> {
+        if self.running.is_none() {
+            // Only a restart that gave up leaves none, and that ends the batch: start one all the same.
+            if let Handshake::Stray(line) = self.launch()? {
+                return Err(self.stray(&line));
+            }
+        }
+        let first_sync = self.syncs + 1;
+        let mut request = Vec::new();
+        for &i in events {
+            let Answer::Waiting(range) = &answers[i] else {
+                unreachable!("only events waiting for their reply are sent")
+            };
+            request.extend_from_slice(&self.lines[range.clone()]);
+            self.syncs += 1;
+            request.extend_from_slice(sync_line(self.syncs).as_bytes());
+            request.push(b'\n');
+        }
+        let Some(running) = self.running.as_mut() else { unreachable!("started above") };
+        running.send(request);
+        let mut framed = Vec::with_capacity(events.len());
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut due = first_sync;
+        while framed.len() < events.len() {
+            let line = match running.reply(Instant::now() + self.spec.timeout, heartbeat::tick) {
+                Ok(line) => line,
+                Err(why) => return Ok((framed, Some(why))),
+            };
+            if line.first() != Some(&b'#') {
+                lines.push(line);
+                continue;
+            }
+            let sync = sync_line(due);
+            if line.trim_ascii_end() != sync.as_bytes() {
+                // Out of step with its input: nothing more it writes can be placed. Its current event is the one it
+                // broke on; those after it are sent again.
+                let why = format!("wrote {} where {sync:?} was due", preview(&line));
+                framed.push(Framed::Broken(why));
+                return Ok((framed, None));
+            }
+            due += 1;
+            framed.push(match lines.len() {
+                1 => Framed::Reply(lines.pop().unwrap_or_default()),
+                0 => Framed::Broken(
+                    "wrote no line for the event: every event needs its one reply line ([] to drop it)".into(),
+                ),
+                n => Framed::Broken(format!(
+                    "wrote {n} lines for one event (the second: {}): a command writes exactly one line per event, and \
+                     its logs to stderr",
+                    preview(&lines[1])
+                )),
+            });
+            lines.clear();
+        }
+        Ok((framed, None))
     }
 }
 
@@ -101,48 +268,70 @@ impl Transform for Exec {
                 }
             })
             .collect();
-        let sent: Vec<usize> = (0..batch.len()).filter(|&i| matches!(answers[i], Answer::Waiting(_))).collect();
-        let mut next = 0;
-        // The event that already ended or hung one process.
-        let mut failed_once: Option<usize> = None;
-        while next < sent.len() {
-            let running = match &mut self.running {
-                Some(r) => r,
-                None => self.running.insert(Running::start(&self.spec.argv, &self.spec.name())?),
-            };
-            let from = match &answers[sent[next]] {
-                Answer::Waiting(range) => range.start,
-                _ => unreachable!("only waiting events are sent"),
-            };
-            running.send(self.lines[from..].to_vec());
-            let mut failure = None;
-            for (k, &i) in sent.iter().enumerate().skip(next) {
-                let deadline = Instant::now() + self.spec.timeout;
-                match running.reply(deadline, heartbeat::tick) {
-                    Ok(line) => answers[i] = Answer::Replied(line),
-                    Err(why) => {
-                        failure = Some((k, why));
-                        break;
+        // Events a process already failed on once: the next failure is their last.
+        let mut failed = vec![false; batch.len()];
+        let mut parts: VecDeque<Vec<usize>> =
+            VecDeque::from([(0..batch.len()).filter(|&i| matches!(answers[i], Answer::Waiting(_))).collect()]);
+        while let Some(part) = parts.pop_front() {
+            if part.is_empty() {
+                continue;
+            }
+            let (framed, stopped) = self.exchange(&part, &answers)?;
+            let answered = framed.len();
+            let mut again = Vec::new();
+            let mut broken = None;
+            for (&i, f) in part.iter().zip(framed) {
+                match f {
+                    Framed::Reply(line) => answers[i] = Answer::Replied(line),
+                    Framed::Broken(why) if failed[i] => {
+                        answers[i] = Answer::Failed(Rejection::Protocol(format!(
+                            "the --exec command broke the protocol on this event twice, in two processes: {why}"
+                        )));
+                        broken.get_or_insert((i, why));
+                    }
+                    Framed::Broken(why) => {
+                        failed[i] = true;
+                        again.push(i);
+                        broken.get_or_insert((i, why));
                     }
                 }
             }
-            let Some((k, why)) = failure else { break };
-            let i = sent[k];
-            let retried = failed_once == Some(i);
-            self.failed(why, batch[i].at, retried)?;
-            if retried {
-                let how = match why {
+            // The events it was not asked about, or whose answers are lost with the process.
+            let mut rest: Vec<usize> = part[answered..].to_vec();
+            if let Some(why) = stopped {
+                let on = rest[0];
+                let how = self.stop(Some(why));
+                let what = match why {
                     NoReply::Ended => "ended",
                     NoReply::TimedOut => "hung",
                 };
-                answers[i] = Answer::Poison(Rejection::Poison(format!(
-                    "poison event: the --exec command {how} on it twice, in two processes"
-                )));
-                failed_once = None;
-                next = k + 1;
-            } else {
-                failed_once = Some(i);
-                next = k;
+                if failed[on] {
+                    answers[on] = Answer::Failed(Rejection::Poison(format!(
+                        "poison event: the --exec command {what} on it twice, in two processes"
+                    )));
+                    rest.remove(0);
+                    let next = "it failed on this event twice: the event goes to the dead-letter destination as a \
+                                poison event";
+                    self.restart(how, batch[on].at, 1, next)?;
+                } else {
+                    failed[on] = true;
+                    self.restart(how, batch[on].at, 1, "the event is tried once more in a fresh process")?;
+                }
+            } else if let Some((i, why)) = broken {
+                self.stop(None);
+                let next = if again.is_empty() {
+                    "they go to the dead-letter destination"
+                } else {
+                    "those it failed on the first time are tried once more in a fresh process"
+                };
+                let failing = part.iter().filter(|&&k| matches!(answers[k], Answer::Failed(_))).count() + again.len();
+                self.restart(why, batch[i].at, failing, next)?;
+            }
+            if !rest.is_empty() {
+                parts.push_front(rest);
+            }
+            if !again.is_empty() {
+                parts.push_front(again);
             }
         }
         for answer in answers {
@@ -151,7 +340,7 @@ impl Transform for Exec {
                     Ok(()) => out.done(),
                     Err(why) => out.reject(why),
                 },
-                Answer::Refused(why) | Answer::Poison(why) => out.reject(why),
+                Answer::Refused(why) | Answer::Failed(why) => out.reject(why),
                 Answer::Waiting(_) => unreachable!("every sent event was answered or failed"),
             }
         }
@@ -179,7 +368,8 @@ mod tests {
     /// A Python command running `body` on each event `e` (a dict), printing what `body` returns.
     fn python(body: &str, timeout: Duration, max_restarts: u32) -> ExecSpec {
         let script = format!(
-            "import json, sys, os, time\nfor line in sys.stdin:\n    e = json.loads(line)\n{}\n",
+            "import json, sys, os, time\nfor line in sys.stdin:\n    if line.startswith('#'):\n        \
+             print(line, end='', flush=True)\n        continue\n    e = json.loads(line)\n{}\n",
             body.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
         );
         ExecSpec {
@@ -298,5 +488,74 @@ mod tests {
         let e = run(&mut exec, &events(&[b"{\"n\":0}", b"{\"n\":1}", b"{\"n\":2}"])).unwrap_err();
         assert_eq!(e.exit(), crate::error::Exit::GaveUp);
         assert!(e.to_string().starts_with("giving up on the --exec command python3: it ended"), "{e}");
+    }
+
+    #[test]
+    fn replies_that_do_not_match_their_events_are_never_shifted() {
+        // n == 1 gets two lines, n == 3 none: each is dead-lettered with the reason, and every other event gets its
+        // own reply, although the batch as a whole had the right number of lines.
+        let spec = python(
+            "if e['n'] == 1: print(json.dumps({'extra': 1}), flush=True)\nif e['n'] != 3: print(json.dumps(e), flush=True)",
+            Duration::from_secs(10),
+            5,
+        );
+        let mut exec = Exec::start(&spec).unwrap();
+        let got =
+            run(&mut exec, &events(&[b"{\"n\":0}", b"{\"n\":1}", b"{\"n\":2}", b"{\"n\":3}", b"{\"n\":4}"])).unwrap();
+        assert_eq!(got[0], Ok(vec!["{\"n\": 0}".to_string()]));
+        assert!(
+            matches!(&got[1], Err(Rejection::Protocol(m)) if m.contains("wrote 2 lines for one event")),
+            "{:?}",
+            got[1]
+        );
+        assert_eq!(got[2], Ok(vec!["{\"n\": 2}".to_string()]));
+        assert!(
+            matches!(&got[3], Err(Rejection::Protocol(m)) if m.contains("wrote no line for the event")),
+            "{:?}",
+            got[3]
+        );
+        assert_eq!(got[4], Ok(vec!["{\"n\": 4}".to_string()]));
+        // The command goes on serving the next batch.
+        assert_eq!(run(&mut exec, &events(&[b"{\"n\":5}"])).unwrap()[0], Ok(vec!["{\"n\": 5}".to_string()]));
+        exec.finish();
+    }
+
+    #[test]
+    fn a_reply_written_in_pieces_is_one_reply() {
+        let spec = python(
+            "sys.stdout.write('{\"n\": '); sys.stdout.flush(); time.sleep(0.05)\nprint(e['n'], end='}\\n', flush=True)",
+            Duration::from_secs(10),
+            0,
+        );
+        let mut exec = Exec::start(&spec).unwrap();
+        let got = run(&mut exec, &events(&[b"{\"n\":7}", b"{\"n\":8}"])).unwrap();
+        assert_eq!(got, [Ok(vec!["{\"n\": 7}".to_string()]), Ok(vec!["{\"n\": 8}".to_string()])]);
+        exec.finish();
+    }
+
+    #[test]
+    fn a_command_that_does_not_speak_the_protocol_is_refused_at_start() {
+        let banner = ExecSpec {
+            argv: vec!["sh".into(), "-c".into(), "echo 'starting v1.2'; cat".into()],
+            line: String::new(),
+            timeout: Duration::from_secs(5),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+        };
+        let e = Exec::start(&banner).err().expect("a banner on stdout is refused");
+        assert_eq!(e.exit(), crate::error::Exit::Config);
+        assert!(e.to_string().contains("wrote \"starting v1.2\" on stdout before its first event"), "{e}");
+        // Reads events, but chokes on the sync line.
+        let naive = ExecSpec {
+            argv: vec![
+                "python3".into(),
+                "-c".into(),
+                "import json, sys\nfor line in sys.stdin: print(json.dumps(json.loads(line)), flush=True)".into(),
+            ],
+            ..banner
+        };
+        let e = Exec::start(&naive).err().expect("a command that cannot take the sync line is refused");
+        assert_eq!(e.exit(), crate::error::Exit::Config);
+        assert!(e.to_string().contains("before writing back the sync line \"#sync 0\""), "{e}");
     }
 }
