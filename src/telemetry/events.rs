@@ -514,6 +514,31 @@ impl<E: Display> InternalEvent for DeadLetterRouted<'_, E> {
     }
 }
 
+/// A dead letter too large for the dead-letter topic is cut down to what fits (its key and value's first bytes,
+/// why and where from, the sizes).
+pub struct DeadLetterCut<'a, E: Display> {
+    pub at: Position,
+    pub size: usize,
+    pub error: &'a E,
+}
+
+impl<E: Display> InternalEvent for DeadLetterCut<'_, E> {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        if let Some(n) = LIMIT.check() {
+            log::warn!(
+                "event at partition {} offset {} is too large for the dead-letter topic too ({}): it goes there cut \
+                 down to its first {} bytes, with its sizes and the reason in its headers{}",
+                self.at.lane,
+                self.at.seq,
+                self.error,
+                self.size,
+                held_back(n)
+            );
+        }
+    }
+}
+
 /// Events handed to the sink's client and not yet acknowledged.
 pub struct SinkQueue {
     pub events: u64,

@@ -245,3 +245,40 @@ fn a_held_back_consumer_pauses_then_resumes_and_loses_nothing() {
     let checked = stop_and_check(&mut sup, Signal::SIGINT, &broker.addr, "g7", &events, &landed);
     assert_eq!(checked.duplicates, 0);
 }
+
+#[test]
+fn an_event_too_large_for_the_destination_and_the_dead_letter_topic_is_dead_lettered_cut_down_and_the_rest_flows() {
+    let broker = Broker::with_topics("toolarge");
+    let events = name_events(2_000, 16);
+    let huge = format!(r#"{{"key": "huge", "note": "{}"}}"#, "y".repeat(2 << 20));
+    let mut all = events.clone();
+    all.insert(1_000, (Some(b"huge".to_vec()), Some(huge.clone().into_bytes())));
+    let landed = produce(&broker.addr, "src", &all);
+    let huge_at = landed[1_000];
+    let mut sup = start(&base_args(&broker.addr, "gbig"));
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
+    let dst = read_until(&broker.addr, "dst", Duration::from_secs(90), |m| m.len() >= events.len());
+    let dlq = read_until(&broker.addr, "dst.dlq", Duration::from_secs(30), |m| !m.is_empty());
+    assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
+
+    let checked = check_destination(&events, &dst);
+    assert_eq!((checked.unique, checked.duplicates), (events.len(), 0), "every other event, once");
+    assert_eq!(dlq.len(), 1, "{:?}", dlq.iter().map(|m| &m.headers).collect::<Vec<_>>());
+    let m = &dlq[0];
+    assert_eq!(
+        (
+            m.headers["dlq.source.partition"].parse::<i32>().unwrap(),
+            m.headers["dlq.source.offset"].parse::<i64>().unwrap()
+        ),
+        huge_at
+    );
+    assert!(m.headers["dlq.error"].contains("too large"), "{:?}", m.headers);
+    assert!(m.headers["dlq.cut"].starts_with("too large for the dead-letter topic"), "{:?}", m.headers);
+    let size: usize = m.headers["dlq.original.size"].parse().unwrap();
+    assert!(size > huge.len(), "the size of the hashed event: {size}");
+    let payload = m.payload.as_deref().unwrap();
+    assert_eq!(payload.len(), 1024);
+    assert_eq!(payload, &huge.as_bytes()[..1024], "its first bytes");
+    assert_eq!(m.key.as_deref(), Some(&b"huge"[..]));
+    assert_eq!(committed(&broker.addr, "gbig", "src"), end_offsets(&landed), "committed past it");
+}

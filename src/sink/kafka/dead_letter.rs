@@ -14,6 +14,14 @@ pub const DLQ_ERROR: &str = "dlq.error";
 pub const DLQ_TOPIC: &str = "dlq.source.topic";
 pub const DLQ_PARTITION: &str = "dlq.source.partition";
 pub const DLQ_OFFSET: &str = "dlq.source.offset";
+/// On a dead letter cut down to fit: what was kept, and the sizes of what was not.
+pub const DLQ_CUT: &str = "dlq.cut";
+pub const DLQ_SIZE: &str = "dlq.original.size";
+pub const DLQ_KEY_SIZE: &str = "dlq.original.key.size";
+pub const DLQ_HEADERS: &str = "dlq.original.headers";
+
+/// How much of the value (and of the key) a dead letter cut down to fit keeps.
+pub const PREFIX: usize = 1024;
 
 /// A dead letter's headers: its own, plus why it is there and where it came from.
 pub fn headers(headers: OwnedHeaders, source_topic: &str, why: &str, at: Position) -> OwnedHeaders {
@@ -22,6 +30,34 @@ pub fn headers(headers: OwnedHeaders, source_topic: &str, why: &str, at: Positio
         .insert(Header { key: DLQ_TOPIC, value: Some(source_topic) })
         .insert(Header { key: DLQ_PARTITION, value: Some(&at.lane.to_string()) })
         .insert(Header { key: DLQ_OFFSET, value: Some(&at.seq.to_string()) })
+}
+
+/// A dead letter too large for the dead-letter topic, cut down to what always fits: the first [`PREFIX`] bytes of
+/// its key and value, why it is there and where it came from, and the sizes of what was dropped. Its own headers are
+/// left out (they may be what made it too large); `why` is the reason it was dead-lettered in the first place.
+pub fn cut<'a>(
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    headers: usize,
+    source_topic: &str,
+    why: &str,
+    at: Position,
+) -> (Option<&'a [u8]>, Option<&'a [u8]>, OwnedHeaders) {
+    let prefix = |b: &'a [u8]| &b[..b.len().min(PREFIX)];
+    let size = payload.map_or(0, <[u8]>::len);
+    let key_size = key.map_or(0, <[u8]>::len);
+    let kept = format!(
+        "too large for the dead-letter topic: the first {} of {size} value bytes and {} of {key_size} key bytes are \
+         kept, its {headers} headers are not",
+        size.min(PREFIX),
+        key_size.min(PREFIX)
+    );
+    let h = self::headers(OwnedHeaders::new_with_capacity(8), source_topic, why, at)
+        .insert(Header { key: DLQ_CUT, value: Some(&kept) })
+        .insert(Header { key: DLQ_SIZE, value: Some(&size.to_string()) })
+        .insert(Header { key: DLQ_KEY_SIZE, value: Some(&key_size.to_string()) })
+        .insert(Header { key: DLQ_HEADERS, value: Some(&headers.to_string()) });
+    (key.map(prefix), payload.map(prefix), h)
 }
 
 /// Like Kafka Connect, create the dead-letter topic when it is missing: the broker's default replication first,

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct Origin {
     pub at: Position,
     pub to_dlq: bool,
+    /// A dead letter cut down to what fits, because the whole event was too large for the dead-letter topic.
+    pub cut: bool,
     /// When the input became several outputs: how many of them are not delivered yet, shared by all of them. The
     /// input's position is acknowledged when the last one is.
     pub undelivered: Option<Arc<AtomicU32>>,
@@ -95,6 +97,13 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// The message (its key, value and headers together) is larger than the topic or the client accepts
+/// (`message.max.bytes`, the topic's `max.message.bytes`).
+pub fn is_too_large(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(e.rdkafka_error_code(), Some(MessageSizeTooLarge | MessageBatchTooLarge | InvalidMessageSize))
+}
+
 /// Errors that no retry can fix: the event goes to the dead-letter topic instead.
 pub fn is_permanent(e: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
@@ -121,11 +130,11 @@ mod tests {
     fn an_input_of_several_outputs_is_done_with_its_last() {
         let left = Arc::new(AtomicU32::new(3));
         let outputs: Vec<Origin> = (0..3)
-            .map(|_| Origin { at: Position::new(0, 7), to_dlq: false, undelivered: Some(left.clone()) })
+            .map(|_| Origin { at: Position::new(0, 7), to_dlq: false, cut: false, undelivered: Some(left.clone()) })
             .collect();
         let done: Vec<bool> = outputs.iter().map(Origin::input_done).collect();
         assert_eq!(done, [false, false, true]);
-        assert!(Origin { at: Position::new(0, 8), to_dlq: false, undelivered: None }.input_done());
+        assert!(Origin { at: Position::new(0, 8), to_dlq: false, cut: false, undelivered: None }.input_done());
     }
 
     #[test]

@@ -14,12 +14,14 @@ use crate::error::{Error, Exit, Result};
 use crate::sink::{read_workers, Input, SinkEnds};
 use crate::stage::{Hooks, Role, Stage};
 use crate::telemetry::events::SinkQueue;
-use crate::telemetry::events::{emit, BatchReceived, DeadLetterRouted, Delivered, DeliveryFailed, DeliveryRetried};
+use crate::telemetry::events::{
+    emit, BatchReceived, DeadLetterCut, DeadLetterRouted, Delivered, DeliveryFailed, DeliveryRetried,
+};
 use crate::telemetry::heartbeat;
 use crossbeam_channel::RecvTimeoutError;
-use delivery::{is_permanent, Deliveries, Failed, Origin};
+use delivery::{is_permanent, is_too_large, Deliveries, Failed, Origin};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -136,7 +138,7 @@ impl Writer<'_> {
                     Some(left)
                 }
             };
-            let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some(), undelivered });
+            let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some(), cut: false, undelivered });
             let headers = match r.dead_letter {
                 Some(why) => Some(self.dlq_headers(copy_headers(&r.headers), why, r.at)),
                 None if r.headers.is_empty() => None,
@@ -215,6 +217,21 @@ impl Writer<'_> {
         }
         let Failed { origin, error, key, payload, headers, timestamp } = f;
         emit(DeliveryFailed);
+        if origin.to_dlq && is_too_large(&error) && !origin.cut {
+            // Too large for the dead-letter topic too: what fits goes there, so that one event cannot stop the sink.
+            let why = headers
+                .as_ref()
+                .and_then(|h| h.iter().filter(|h| h.key == dead_letter::DLQ_ERROR).last())
+                .and_then(|h| h.value)
+                .map_or_else(|| error.to_string(), |v| String::from_utf8_lossy(v).into_owned());
+            let own = headers.as_ref().map_or(0, |h| h.count().saturating_sub(4));
+            let (key, payload, headers) =
+                dead_letter::cut(key.as_deref(), payload.as_deref(), own, &self.cfg.source_topic, &why, origin.at);
+            emit(DeadLetterCut { at: origin.at, size: payload.map_or(0, <[u8]>::len), error: &error });
+            let origin = Box::new(Origin { cut: true, ..*origin });
+            let topic = self.cfg.dlq_topic.clone();
+            return self.send(&topic, origin, key, payload, Some(headers), timestamp);
+        }
         if origin.to_dlq && is_permanent(&error) {
             return Err(Error::DeadLetter { at: origin.at, source: error });
         }

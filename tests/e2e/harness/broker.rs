@@ -193,6 +193,8 @@ fn produce_with(brokers: &str, topic: &str, events: &[Event], batch: &str) -> Ve
         .set("enable.idempotence", "true")
         .set("batch.num.messages", batch)
         .set("linger.ms", "20")
+        // Tests load events larger than a sink's default limit (1,000,000 bytes) on purpose.
+        .set("message.max.bytes", "10000000")
         .create_with_context(Acks::default())
         .unwrap();
     for (i, (k, v)) in events.iter().enumerate() {
