@@ -41,11 +41,19 @@ impl Stage for Worker {
     }
 }
 
+/// How long a worker works on one slice of a batch before it sends what it made: a slow transform (a command taking
+/// a second an event) delivers as it goes, and a drain delivers what was finished rather than nothing.
+const SLICE: Duration = Duration::from_millis(200);
+/// Events in a slice while the transform's speed is not known yet.
+const FIRST_SLICE: usize = 64;
+
 /// Runs until the source's poison pill (or its channel closing), then forwards the pill.
 pub fn work(ends: WorkerEnds, transform: &mut dyn Transform) -> Result<()> {
     let mut out = BatchWriter::new(usize::MAX, usize::MAX, Duration::ZERO);
     let mut outputs = Outputs::default();
     let mut capacity = 0;
+    // How long the transform takes per event, once measured.
+    let mut per_event: Option<Duration> = None;
     while let Some(message) = heartbeat::waiting_on_peer(|| ends.input.recv())? {
         let Frame::Records(records) = Frame::parse(&message)? else {
             break;
@@ -55,41 +63,51 @@ pub fn work(ends: WorkerEnds, transform: &mut dyn Transform) -> Result<()> {
         for record in records {
             inputs.push(record?);
         }
-        outputs.clear();
-        let started = Instant::now();
-        transform.run(&inputs, &mut outputs)?;
-        let took = started.elapsed();
-        let mut done = Transformed { took, ..Transformed::default() };
-        for (record, verdict) in inputs.iter().zip(outputs.verdicts()) {
-            match verdict {
-                Verdict::Outputs(range) => {
-                    let n = range.len();
-                    done.count(n);
-                    if n == 0 {
-                        // Nothing to write, but its position must still reach the sink to be acknowledged.
-                        out.push(&Record {
-                            payload: None,
-                            headers: Vec::new(),
-                            key: None,
-                            outputs: 0,
-                            ..record.clone()
-                        })?;
+        emit(BatchReceived { events: inputs.len() as u64 });
+        capacity = capacity.max(inputs.len());
+        let mut rest = &inputs[..];
+        while !rest.is_empty() {
+            let n = match per_event {
+                None => FIRST_SLICE,
+                Some(each) => (SLICE.as_nanos() / each.as_nanos().max(1)).max(1).try_into().unwrap_or(usize::MAX),
+            };
+            let (slice, after) = rest.split_at(n.min(rest.len()));
+            rest = after;
+            outputs.clear();
+            let started = Instant::now();
+            transform.run(slice, &mut outputs)?;
+            let took = started.elapsed();
+            per_event = Some(took / slice.len() as u32);
+            let mut done = Transformed { took, ..Transformed::default() };
+            for (record, verdict) in slice.iter().zip(outputs.verdicts()) {
+                match verdict {
+                    Verdict::Outputs(range) => {
+                        let n = range.len();
+                        done.count(n);
+                        if n == 0 {
+                            // Nothing to write, but its position must still reach the sink to be acknowledged.
+                            out.push(&Record {
+                                payload: None,
+                                headers: Vec::new(),
+                                key: None,
+                                outputs: 0,
+                                ..record.clone()
+                            })?;
+                        }
+                        for i in range.clone() {
+                            let payload = Some(Bytes::new(outputs.output(i)));
+                            out.push(&Record { payload, outputs: n as u32, ..record.clone() })?;
+                        }
                     }
-                    for i in range.clone() {
-                        let payload = Some(Bytes::new(outputs.output(i)));
-                        out.push(&Record { payload, outputs: n as u32, ..record.clone() })?;
+                    Verdict::Rejected(why) => {
+                        emit(Rejected { at: record.at, reason: why.as_str() });
+                        out.push(&Record { dead_letter: Some(why.as_str()), outputs: 1, ..record.clone() })?;
                     }
-                }
-                Verdict::Rejected(why) => {
-                    emit(Rejected { at: record.at, reason: why.as_str() });
-                    out.push(&Record { dead_letter: Some(why.as_str()), outputs: 1, ..record.clone() })?;
                 }
             }
+            emit(done);
+            ends.output.send(&mut out)?;
         }
-        emit(BatchReceived { events: inputs.len() as u64 });
-        emit(done);
-        capacity = capacity.max(inputs.len());
-        ends.output.send(&mut out)?;
     }
     ends.output.send_pill()?;
     log::debug!("done: the source sent its poison pill");

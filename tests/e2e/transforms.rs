@@ -276,6 +276,119 @@ fn commands(sup: &Running) -> Vec<i32> {
     out
 }
 
+/// 50 events of 500 KB, all on one partition (one key), bigger than a socket buffer: each IPC message that carries one
+/// is sent in several packets.
+fn large_events() -> Vec<Event> {
+    (0..50)
+        .map(|i| {
+            (Some(b"big".to_vec()), Some(format!(r#"{{"i": {i}, "pad": "{}"}}"#, "z".repeat(500_000)).into_bytes()))
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_of_a_worker_while_a_large_event_is_in_flight_to_it_and_from_it_is_recovered_at_once() {
+    let broker = Broker::with_topics("exec-large");
+    let events = large_events();
+    let landed = produce(&broker.addr, "src", &events);
+    // Slow, so that the source is blocked sending the next large batch to the worker when it dies.
+    let script = python_script("exec-large", "", "time.sleep(0.2)\nprint(json.dumps(e), flush=True)");
+    let exec = format!("python3 {}", script.display());
+    let mut args = base_args(&broker.addr, "exec-large");
+    args.extend(["--hashers", "1", "--exec", &exec].map(String::from));
+    let mut sup = start(&args);
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
+    wait_for_events(&broker.addr, "dst", 3, Duration::from_secs(60));
+    let killed = Instant::now();
+    kill(sup.child_pid("hasher-0"), Signal::SIGKILL).unwrap();
+    assert!(sup.wait_restarted("hasher", 1, Duration::from_secs(30)), "{}", sup.log());
+    let took = killed.elapsed();
+    // Before, the source stayed blocked in a send to the dead worker until the drain timeout (30 s).
+    assert!(took < Duration::from_secs(5), "back to work {took:?} after the kill:\n{}", sup.log());
+    let dst = read_until(&broker.addr, "dst", Duration::from_secs(90), |m| {
+        m.iter().filter_map(|m| m.payload.as_deref()).collect::<std::collections::HashSet<_>>().len() >= events.len()
+    });
+    assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
+    let arrived: std::collections::HashSet<&[u8]> = dst.iter().filter_map(|m| m.payload.as_deref()).collect();
+    for (_, v) in &events {
+        let sent: serde_json::Value = serde_json::from_slice(v.as_deref().unwrap()).unwrap();
+        assert!(
+            arrived.iter().any(|a| serde_json::from_slice::<serde_json::Value>(a).unwrap() == sent),
+            "{}",
+            sent["i"]
+        );
+    }
+    assert!(!sup.log().contains("the drain did not finish"), "{}", sup.log());
+    let partition = landed[0].0 as usize;
+    assert_eq!(committed(&broker.addr, "exec-large", "src")[partition], 50, "every event committed");
+}
+
+#[test]
+fn a_command_that_always_fails_on_large_events_reaches_exit_6_within_the_restart_budget() {
+    let broker = Broker::with_topics("exec-large-fail");
+    let landed = produce(&broker.addr, "src", &large_events());
+    let script = python_script("exec-large-fail", "", "os._exit(1)");
+    let exec = format!("python3 {}", script.display());
+    let mut args = base_args(&broker.addr, "exec-large-fail");
+    args.extend(["--hashers", "1", "--exec", &exec, "--max-restarts", "2"].map(String::from));
+    let started = Instant::now();
+    let mut sup = start(&args);
+    let status = sup.wait_timeout(Duration::from_secs(90)).expect("gives up");
+    assert_eq!(status.code(), Some(6), "{}", sup.log());
+    let log = sup.log();
+    assert!(
+        log.contains("giving up on the --exec command python3: it ended (exit status: 1) again after 2 restarts"),
+        "{log}"
+    );
+    assert!(!log.contains("the drain did not finish"), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    assert!(read_until(&broker.addr, "dst", Duration::from_secs(3), |_| true).is_empty());
+    let dlq = read_until(&broker.addr, "dst.dlq", Duration::from_secs(3), |_| true);
+    let dead: Vec<i64> = dlq.iter().map(|m| m.headers["dlq.source.offset"].parse().unwrap()).collect();
+    let committed = committed(&broker.addr, "exec-large-fail", "src");
+    for &(p, o) in &landed {
+        if o < committed[p as usize] {
+            assert!(dead.contains(&o), "offset {o} committed but neither delivered nor dead-lettered");
+        }
+    }
+}
+
+#[test]
+fn a_drain_that_times_out_under_a_slow_command_still_delivers_and_commits_what_the_workers_finished() {
+    let broker = Broker::with_topics("exec-slow-drain");
+    let events = name_events(300, 8);
+    let landed = produce(&broker.addr, "src", &events);
+    let script = python_script("exec-slow-drain", "", "time.sleep(0.05)\nprint(json.dumps(e), flush=True)");
+    let exec = format!("python3 {}", script.display());
+    let mut args = transform_args(&broker.addr, "exec-slow-drain", &["--exec", &exec]);
+    args.extend(["--drain-timeout", "3"].map(String::from));
+    let mut sup = start(&args);
+    assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
+    // 300 events at 50 ms on 2 workers take 7.5 s: the drain's 3 s cannot finish them, but each worker's batch is
+    // worked on in slices, and each slice is delivered as soon as it is done.
+    std::thread::sleep(Duration::from_secs(1));
+    let code = sup.stop(Signal::SIGTERM, Duration::from_secs(30));
+    assert!(code == Some(4) || code == Some(0), "{code:?}: {}", sup.log());
+    let dst = read_until(&broker.addr, "dst", Duration::from_secs(5), |_| true);
+    assert!(
+        dst.len() >= 40,
+        "only {} of the events finished before the stop were delivered:\n{}",
+        dst.len(),
+        sup.log()
+    );
+    let there: std::collections::HashSet<String> = dst
+        .iter()
+        .map(|m| serde_json::from_slice::<serde_json::Value>(m.payload.as_deref().unwrap()).unwrap().to_string())
+        .collect();
+    let committed = committed(&broker.addr, "exec-slow-drain", "src");
+    for (i, &(p, o)) in landed.iter().enumerate() {
+        if o < committed[p as usize] {
+            let sent: serde_json::Value = serde_json::from_slice(events[i].1.as_deref().unwrap()).unwrap();
+            assert!(there.contains(&sent.to_string()), "partition {p} offset {o} committed but not delivered");
+        }
+    }
+}
+
 #[test]
 fn kill_9_of_a_command_mid_stream_loses_nothing() {
     let broker = Broker::with_topics("exec-kill");
