@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Ctx, Native, RcIter, RunPtr};
 use jaq_json::Val;
+use serde_bytes::Bytes;
 use std::io::Write;
 use std::sync::OnceLock;
 
@@ -67,14 +68,9 @@ impl Jq {
     }
 
     fn meta(&self, record: &Record<'_>) -> Val {
-        let text = |b: &[u8]| serde_json::Value::String(String::from_utf8_lossy(b).into_owned());
-        let headers: serde_json::Map<String, serde_json::Value> = record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.map_or(serde_json::Value::Null, |v| text(v))))
-            .collect();
+        let headers = meta_headers(&record.headers);
         Val::from(serde_json::json!({
-            "key": record.key.map(|k| text(k)),
+            "key": record.key.map(|k| meta_bytes(k)),
             "topic": self.topic,
             "partition": record.at.lane,
             "offset": record.at.seq,
@@ -82,6 +78,35 @@ impl Jq {
             "headers": headers,
         }))
     }
+}
+
+/// Bytes in `$meta`: a string where they are UTF-8 text, else `{"base64": "..."}`, so that no byte is changed
+/// without a mark.
+fn meta_bytes(b: &[u8]) -> serde_json::Value {
+    use base64::Engine as _;
+    match std::str::from_utf8(b) {
+        Ok(text) => serde_json::Value::String(text.to_string()),
+        Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }),
+    }
+}
+
+/// The headers in `$meta`: each name with its value (null for a header with none), or an array of its values, in
+/// order, when the name comes more than once (Kafka allows that, and none may be lost).
+fn meta_headers(headers: &[(&str, Option<&Bytes>)]) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    let mut map = serde_json::Map::new();
+    // A single value is never an array, so an array here always means a repeated name.
+    for (name, value) in headers {
+        let value = value.map_or(Value::Null, |v| meta_bytes(v));
+        match map.get_mut(*name) {
+            None => {
+                map.insert(name.to_string(), value);
+            }
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => *first = Value::Array(vec![first.take(), value]),
+        }
+    }
+    map
 }
 
 impl PerEvent for Jq {
@@ -287,6 +312,22 @@ mod tests {
             serde_json::json!({"key": "k1", "topic": "in", "partition": 2, "offset": 40, "timestamp": 1_700_000_000_000i64,
                                "headers": {"trace": "t1", "none": null}})
         );
+    }
+
+    #[test]
+    fn meta_keeps_repeated_headers_and_marks_bytes_that_are_not_text() {
+        let headers = [
+            ("trace", Some(Bytes::new(b"t1"))),
+            ("hop", Some(Bytes::new(b"a"))),
+            ("hop", None),
+            ("bin", Some(Bytes::new(b"\xff\x00"))),
+            ("hop", Some(Bytes::new(b"c"))),
+        ];
+        assert_eq!(
+            serde_json::Value::Object(meta_headers(&headers)),
+            serde_json::json!({"trace": "t1", "hop": ["a", null, "c"], "bin": {"base64": "/wA="}})
+        );
+        assert_eq!(meta_bytes(b"\xc3\x28"), serde_json::json!({"base64": "wyg="}));
     }
 
     #[test]
