@@ -638,7 +638,9 @@ impl Supervisor {
         let totals = self.counts.totals();
         log::info!("{}", status::summary(&totals, &self.counts.committed(), self.budget.total(), took));
         if self.cfg.transform.label() != "md5" {
-            log::info!("transform {}", status::transform(self.cfg.transform.label(), &totals));
+            let workers = Kind::ALL.iter().position(|&k| k == Kind::Worker).map(|i| self.counts.by_kind()[i].clone());
+            let workers = workers.unwrap_or_default();
+            log::info!("transform {}", status::transform(self.cfg.transform.label(), &workers));
         }
     }
 

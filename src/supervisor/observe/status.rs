@@ -70,15 +70,21 @@ pub fn progress(scan: &Scan, rate: f64) -> String {
     format!("{} of {} chunks, {} of ~{} rows ({percent:.0}%), {eta}", scan.done, scan.chunks, scan.rows, scan.estimate)
 }
 
-/// What a transform other than the default did: inputs to outputs, filtered out, fanned out, failed, command restarts
-/// and the time it took per input.
+/// What a transform other than the default did, from the workers' counts: inputs to outputs, filtered out, fanned out,
+/// failed, command restarts, inputs never finished and the time it took per input.
 pub fn transform(name: &str, t: &StageStats) -> String {
     let inputs = t.transformed + t.rejected;
     let per_input = if inputs > 0 { t.transform_us as f64 / inputs as f64 } else { 0.0 };
     let restarts =
         if name == "exec" { format!(", {}", count(t.command_restarts, "command restart")) } else { String::new() };
+    // Handed to a worker that stopped (gave up, was killed, was drained out) before the transform finished them.
+    let unfinished = match t.received.saturating_sub(inputs) {
+        0 => String::new(),
+        n => format!(", {n} unfinished (not acknowledged: read again on the next start)"),
+    };
     format!(
-        "{name}: {inputs} in, {} out, {} filtered out, {} fanned out, {} failed{restarts}, {per_input:.1} µs per event",
+        "{name}: {inputs} in, {} out, {} filtered out, {} fanned out, {} failed{restarts}{unfinished}, {per_input:.1} \
+         µs per event",
         t.outputs, t.filtered, t.fanned_out, t.rejected
     )
 }
