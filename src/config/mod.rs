@@ -390,6 +390,14 @@ impl Cli {
         }
         .check()
         .map_err(Invalid::Setting)?;
+        if let (Some(source), Some(sink)) = (&cli.tables.source, &cli.tables.sink) {
+            if source.describe() == sink.describe() {
+                return Err(Invalid::Setting(format!(
+                    "--sink is the --source, {}: the scan would read back what it writes; write to another table",
+                    sink.describe()
+                )));
+            }
+        }
         Ok(cli)
     }
 }

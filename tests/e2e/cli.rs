@@ -228,12 +228,16 @@ fn every_bad_setting_says_where_it_came_from_and_exits_2() {
 #[test]
 fn an_output_topic_that_is_the_source_or_no_topic_name_exits_2_before_anything_connects() {
     let brokers = format!("127.0.0.1:{}", free_port());
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--source-topic", "in", "--dest-topic", "in"], "--dest-topic \"in\" is the source topic"),
         (&["--source-topic", "in", "--dlq-topic", "in"], "--dlq-topic \"in\" is the source topic"),
         (&["--dest-topic", "out", "--dlq-topic", "out"], "--dlq-topic \"out\" is the destination topic"),
         (&["--dlq-topic", ""], "--dlq-topic: is empty"),
         (&["--dest-topic", "a b"], "a topic name may hold only ASCII letters"),
+        (
+            &["--source", "sqlite:/tmp/same.db?table=t", "--sink", "sqlite:/tmp/same.db?table=t"],
+            "--sink is the --source",
+        ),
     ];
     for (args, says) in cases {
         // No broker listens there: a refusal before connecting is the only way to exit 2 rather than 3.
