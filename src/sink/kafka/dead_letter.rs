@@ -20,8 +20,10 @@ pub const DLQ_SIZE: &str = "dlq.original.size";
 pub const DLQ_KEY_SIZE: &str = "dlq.original.key.size";
 pub const DLQ_HEADERS: &str = "dlq.original.headers";
 
-/// How much of the value (and of the key) a dead letter cut down to fit keeps.
+/// How much of the value (and of the key) a dead letter cut down to fit keeps at most.
 pub const PREFIX: usize = 1024;
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MAX_BYTES: usize = 1_000_000;
 
 /// A dead letter's headers: its own, plus why it is there and where it came from.
 pub fn headers(headers: OwnedHeaders, source_topic: &str, why: &str, at: Position) -> OwnedHeaders {
@@ -32,26 +34,32 @@ pub fn headers(headers: OwnedHeaders, source_topic: &str, why: &str, at: Positio
         .insert(Header { key: DLQ_OFFSET, value: Some(&at.seq.to_string()) })
 }
 
-/// A dead letter too large for the dead-letter topic, cut down to what always fits: the first [`PREFIX`] bytes of
-/// its key and value, why it is there and where it came from, and the sizes of what was dropped. Its own headers are
-/// left out (they may be what made it too large); `why` is the reason it was dead-lettered in the first place.
+/// A dead letter too large for the dead-letter topic, cut down to what fits in a message of `max_bytes` (the
+/// producer's `message.max.bytes`): the first [`PREFIX`] bytes of its key and value (a quarter of `max_bytes` each
+/// when that is less, leaving room for the headers), why it is there and where it came from, and the sizes of what
+/// was dropped. Its own headers are left out (they may be what made it too large); `why` is the reason it was
+/// dead-lettered in the first place.
 pub fn cut<'a>(
     key: Option<&'a [u8]>,
     payload: Option<&'a [u8]>,
     headers: usize,
-    source_topic: &str,
-    why: &str,
-    at: Position,
+    max_bytes: usize,
+    origin: (&str, &str, Position),
 ) -> (Option<&'a [u8]>, Option<&'a [u8]>, OwnedHeaders) {
-    let prefix = |b: &'a [u8]| &b[..b.len().min(PREFIX)];
+    let (source_topic, why, at) = origin;
+    let keep = PREFIX.min(max_bytes / 4);
+    let prefix = |b: &'a [u8]| &b[..b.len().min(keep)];
     let size = payload.map_or(0, <[u8]>::len);
     let key_size = key.map_or(0, <[u8]>::len);
     let kept = format!(
         "too large for the dead-letter topic: the first {} of {size} value bytes and {} of {key_size} key bytes are \
          kept, its {headers} headers are not",
-        size.min(PREFIX),
-        key_size.min(PREFIX)
+        size.min(keep),
+        key_size.min(keep)
     );
+    // The reason is cut too: it may quote the event.
+    let end = (0..=keep.min(why.len())).rev().find(|&i| why.is_char_boundary(i)).unwrap_or(0);
+    let why = &why[..end];
     let h = self::headers(OwnedHeaders::new_with_capacity(8), source_topic, why, at)
         .insert(Header { key: DLQ_CUT, value: Some(&kept) })
         .insert(Header { key: DLQ_SIZE, value: Some(&size.to_string()) })

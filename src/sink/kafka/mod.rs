@@ -70,7 +70,10 @@ fn topic_partitions(producer: &BaseProducer<Deliveries>, cfg: &Config, topic: &s
 fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Result<()> {
     let workers = ends.inputs.len();
     let inputs = read_workers(ends.inputs)?;
-    let mut sink = Writer { cfg, producer, acks: ends.acks };
+    let config = cfg.producer_config();
+    let max_bytes =
+        config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(dead_letter::DEFAULT_MAX_BYTES);
+    let mut sink = Writer { cfg, producer, acks: ends.acks, max_bytes };
     let mut ended = 0;
     let outcome = (|| {
         while ended < workers {
@@ -106,6 +109,8 @@ struct Writer<'a> {
     cfg: &'a Config,
     producer: BaseProducer<Deliveries>,
     acks: AckSender,
+    /// The producer's `message.max.bytes`: what a dead letter cut down to fit must stay under.
+    max_bytes: usize,
 }
 
 impl Writer<'_> {
@@ -225,8 +230,9 @@ impl Writer<'_> {
                 .and_then(|h| h.value)
                 .map_or_else(|| error.to_string(), |v| String::from_utf8_lossy(v).into_owned());
             let own = headers.as_ref().map_or(0, |h| h.count().saturating_sub(4));
+            let origin_of = (self.cfg.source_topic.as_str(), why.as_str(), origin.at);
             let (key, payload, headers) =
-                dead_letter::cut(key.as_deref(), payload.as_deref(), own, &self.cfg.source_topic, &why, origin.at);
+                dead_letter::cut(key.as_deref(), payload.as_deref(), own, self.max_bytes, origin_of);
             emit(DeadLetterCut { at: origin.at, size: payload.map_or(0, <[u8]>::len), error: &error });
             let origin = Box::new(Origin { cut: true, ..*origin });
             let topic = self.cfg.dlq_topic.clone();
