@@ -303,6 +303,7 @@ fn kill_9_of_a_worker_while_a_large_event_is_in_flight_to_it_and_from_it_is_reco
     kill(sup.child_pid("hasher-0"), Signal::SIGKILL).unwrap();
     assert!(sup.wait_restarted("hasher", 1, Duration::from_secs(30)), "{}", sup.log());
     let took = killed.elapsed();
+    eprintln!("FAULT kill -9 with 500 KB events in flight: back to work after {took:?}");
     // Before, the source stayed blocked in a send to the dead worker until the drain timeout (30 s).
     assert!(took < Duration::from_secs(5), "back to work {took:?} after the kill:\n{}", sup.log());
     let dst = read_until(&broker.addr, "dst", Duration::from_secs(90), |m| {
