@@ -14,11 +14,13 @@ pub fn backoff(n: usize) -> Duration {
     BACKOFF_START.saturating_mul(1 << doublings).min(BACKOFF_MAX)
 }
 
-/// At most `max` restarts in a row, where a row ends once what was restarted runs a whole `window` without failing.
+/// At most `max` restarts in a row, where a row ends once what was restarted runs a whole `window` without failing
+/// and gets work done meanwhile.
 ///
 /// The window is measured from the restart, not as a sliding window over failure times: a failure that takes longer
-/// to show than the window divided by `max` (a drain that waits out its timeout, say) would otherwise never fill the
-/// window, and a failure that repeats forever would never give up.
+/// to show than the window divided by `max` would otherwise never fill the window, and a failure that repeats forever
+/// would never give up. Time alone does not forgive: a run that got nothing done (stuck on the same event until the
+/// liveness check or the drain timeout ended it) is the same failure again, however long it took.
 #[derive(Debug)]
 pub struct Window {
     max: u32,
@@ -41,9 +43,10 @@ impl Window {
         Window { max, window, streak: 0 }
     }
 
-    /// What was started at `started` failed at `now`: may it be restarted?
-    pub fn on_failure(&mut self, now: Instant, started: Instant) -> Verdict {
-        if now.saturating_duration_since(started) > self.window {
+    /// What was started at `started` failed at `failed`, having got work done (`progressed`) or not: may it be
+    /// restarted?
+    pub fn on_failure(&mut self, failed: Instant, started: Instant, progressed: bool) -> Verdict {
+        if progressed && failed.saturating_duration_since(started) > self.window {
             self.streak = 0;
         }
         if self.streak >= self.max as usize {
@@ -79,19 +82,19 @@ mod tests {
     fn the_window_gives_up_after_max_restarts_in_a_row() {
         let mut w = Window::new(2, 60 * SEC);
         let t = Instant::now();
-        assert_eq!(w.on_failure(t, t), Verdict::Restart { delay: backoff(1), n: 1 });
-        assert_eq!(w.on_failure(t + SEC, t), Verdict::Restart { delay: backoff(2), n: 2 });
-        assert_eq!(w.on_failure(t + 2 * SEC, t + SEC), Verdict::GiveUp { n: 2 });
+        assert_eq!(w.on_failure(t, t, true), Verdict::Restart { delay: backoff(1), n: 1 });
+        assert_eq!(w.on_failure(t + SEC, t, true), Verdict::Restart { delay: backoff(2), n: 2 });
+        assert_eq!(w.on_failure(t + 2 * SEC, t + SEC, true), Verdict::GiveUp { n: 2 });
     }
 
     #[test]
     fn a_run_that_lasted_the_window_starts_the_count_afresh() {
         let mut w = Window::new(1, 10 * SEC);
         let t = Instant::now();
-        assert!(matches!(w.on_failure(t, t), Verdict::Restart { n: 1, .. }));
-        assert!(matches!(w.on_failure(t + 5 * SEC, t), Verdict::GiveUp { n: 1 }));
+        assert!(matches!(w.on_failure(t, t, true), Verdict::Restart { n: 1, .. }));
+        assert!(matches!(w.on_failure(t + 5 * SEC, t, true), Verdict::GiveUp { n: 1 }));
         assert_eq!(
-            w.on_failure(t + 30 * SEC, t + 15 * SEC),
+            w.on_failure(t + 30 * SEC, t + 15 * SEC, true),
             Verdict::Restart { delay: backoff(1), n: 1 },
             "the backoff too"
         );
@@ -105,7 +108,7 @@ mod tests {
         let mut verdicts = Vec::new();
         for _ in 0..4 {
             let failed = started + 37 * SEC;
-            verdicts.push(w.on_failure(failed, started));
+            verdicts.push(w.on_failure(failed, started, true));
             started = failed + SEC;
         }
         assert!(matches!(verdicts[2], Verdict::Restart { n: 3, .. }), "{verdicts:?}");
@@ -113,7 +116,17 @@ mod tests {
     }
 
     #[test]
+    fn a_long_run_that_got_nothing_done_is_not_forgiven() {
+        // Stuck on one event each time, ended by the liveness check or the drain timeout after more than the window.
+        let mut w = Window::new(2, 60 * SEC);
+        let t = Instant::now();
+        assert!(matches!(w.on_failure(t + 90 * SEC, t, false), Verdict::Restart { n: 1, .. }));
+        assert!(matches!(w.on_failure(t + 190 * SEC, t + 100 * SEC, false), Verdict::Restart { n: 2, .. }));
+        assert_eq!(w.on_failure(t + 290 * SEC, t + 200 * SEC, false), Verdict::GiveUp { n: 2 });
+    }
+
+    #[test]
     fn zero_max_restarts_never_restarts() {
-        assert_eq!(Window::new(0, 60 * SEC).on_failure(Instant::now(), Instant::now()), Verdict::GiveUp { n: 0 });
+        assert_eq!(Window::new(0, 60 * SEC).on_failure(Instant::now(), Instant::now(), true), Verdict::GiveUp { n: 0 });
     }
 }

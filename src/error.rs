@@ -131,6 +131,8 @@ pub enum Error {
     /// The `--exec` command does not speak the protocol at all: it wrote something else on stdout before any event,
     /// or never wrote the sync line back.
     ExecProtocol { command: String, message: String },
+    /// The `--exec` command, which started before, ended or hung before its first sync line in a restarted pipeline.
+    ExecRestart { command: String, message: String },
     /// A database could not be connected to: unreachable, or it refused us (`fault` says which).
     DbConnect { url: String, fault: crate::sql::Fault, source: crate::sql::DbError },
     /// A table, key or column the pipeline needs is missing, or the table cannot be used as asked.
@@ -163,6 +165,7 @@ impl Error {
             Error::MetricsAddress { .. } | Error::MetricsBind { .. } | Error::Refused { .. } => Exit::Config,
             Error::JqCompile { .. } | Error::ExecStart { .. } | Error::ExecProtocol { .. } => Exit::Config,
             Error::ExecGaveUp { .. } => Exit::GaveUp,
+            Error::ExecRestart { .. } => Exit::Failure,
             Error::Metadata { .. } => Exit::Unavailable,
             Error::DbConnect { fault: crate::sql::Fault::Unreachable, .. } => Exit::Unavailable,
             Error::DbConnect { .. } | Error::DbSchema { .. } | Error::DbUnsupported { .. } => Exit::Config,
@@ -232,7 +235,9 @@ impl fmt::Display for Error {
                  of which ran {window:?} without failing (--max-restarts, --restart-window)",
                 if *restarts == 1 { "" } else { "s" }
             ),
-            Error::ExecProtocol { command, message } => write!(f, "the --exec command {command} {message}"),
+            Error::ExecProtocol { command, message } | Error::ExecRestart { command, message } => {
+                write!(f, "the --exec command {command} {message}")
+            }
             Error::DbConnect { url, fault: crate::sql::Fault::Unreachable, source } => {
                 write!(f, "cannot reach the database at {url}: {source}")
             }
@@ -284,7 +289,8 @@ impl std::error::Error for Error {
             | Error::UnknownFrame { .. }
             | Error::JqCompile { .. }
             | Error::ExecGaveUp { .. }
-            | Error::ExecProtocol { .. } => None,
+            | Error::ExecProtocol { .. }
+            | Error::ExecRestart { .. } => None,
         }
     }
 }

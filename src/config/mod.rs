@@ -83,7 +83,8 @@ pub struct Cli {
     #[arg(global = true, long, env = "SUPERVISOR_MAX_RESTARTS", default_value_t = 5, value_name = "N")]
     pub max_restarts: u32,
 
-    /// Seconds a restarted pipeline (or --exec command) must run without failing for --max-restarts to count afresh.
+    /// Seconds a restarted pipeline (or --exec command) must run, getting work done, without failing for
+    /// --max-restarts to count afresh.
     #[arg(global = true, long, env = "SUPERVISOR_RESTART_WINDOW", default_value = "60", value_name = "SECS",
           value_parser = parse_seconds)]
     pub restart_window: Duration,
@@ -582,6 +583,9 @@ pub struct Config {
     pub chunk_lease: Duration,
     pub rescan: bool,
     pub create_table: bool,
+    /// Which generation of the pipeline the process belongs to (1 for the first start); the supervisor sets it before
+    /// each fork. A child that fails to start in a later generation is a crash to restart, not a configuration error.
+    pub generation: u64,
 }
 
 /// The database tables `--source`, `--sink` and `--checkpoint` name.
@@ -678,6 +682,7 @@ impl Config {
             chunk_lease: cli.chunk_lease,
             rescan: cli.rescan,
             create_table: cli.create_table,
+            generation: 1,
         }
     }
 

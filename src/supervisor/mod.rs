@@ -82,8 +82,10 @@ pub struct Supervisor {
     /// The status is a live line on a terminal, refreshed in place; otherwise a log line now and then.
     live_status: bool,
     started: Instant,
-    /// When the current generation was started: the restart budget forgives a generation that ran long enough.
+    /// When the current generation was started, and how many positions the sources had acknowledged by then: the
+    /// restart budget forgives a generation that ran long enough and got work done.
     generation_started: Instant,
+    acked_before: u64,
     drains: Drains,
     /// A finite source (a table scan) read everything: the run ends once this generation has drained.
     finished: bool,
@@ -176,6 +178,7 @@ impl Supervisor {
             live_status,
             started: Instant::now(),
             generation_started: Instant::now(),
+            acked_before: 0,
             drains: Drains::default(),
             finished: false,
             report_tx,
@@ -190,7 +193,9 @@ impl Supervisor {
         let text = cause.map_or_else(|| "a child failed".to_string(), |c| c.text.clone());
         let kind = cause.and_then(|c| c.role).map(Role::kind);
         let (max, window) = (self.budget.max(), self.budget.window());
-        let delay = match self.budget.on_failure(Instant::now(), self.generation_started, kind) {
+        let failed = self.outcome.failed_at().unwrap_or_else(Instant::now);
+        let progressed = self.acked() > self.acked_before;
+        let delay = match self.budget.on_failure(failed, self.generation_started, progressed, kind) {
             Verdict::GiveUp { n } => {
                 let tried = match n {
                     0 => "no restart is allowed (--max-restarts 0)".to_string(),
@@ -234,6 +239,8 @@ impl Supervisor {
         let (mut pending, control) = wiring::wire(self.cfg.hashers, self.readers())?;
         self.parent.control = Some(control);
         self.generation_started = Instant::now();
+        self.acked_before = self.acked();
+        self.cfg.generation = self.generation;
         self.outcome = Outcome::default();
         self.finished = false;
         while let Some((role, ends)) = pending.pop_front() {
@@ -642,6 +649,11 @@ impl Supervisor {
             let workers = workers.unwrap_or_default();
             log::info!("transform {}", status::transform(self.cfg.transform.label(), &workers));
         }
+    }
+
+    /// Positions the sources of every generation so far acknowledged.
+    fn acked(&self) -> u64 {
+        Kind::ALL.iter().position(|&k| k == Kind::Source).map_or(0, |i| self.counts.by_kind()[i].acked)
     }
 
     /// Table readers per generation: none for Kafka.

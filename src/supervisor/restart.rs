@@ -26,6 +26,9 @@ fn severity(e: Exit) -> u8 {
 pub struct Outcome {
     worst: Option<Exit>,
     cause: Option<Cause>,
+    /// When it first went wrong: the restart budget judges a generation by how long it ran until then, not until
+    /// the drain and the restart after it.
+    failed_at: Option<Instant>,
 }
 
 /// What made a generation fail, for the restart and give-up lines and the restart metrics: its first failure, unless
@@ -46,8 +49,16 @@ impl Outcome {
         self.worst.unwrap_or(Exit::Clean)
     }
 
+    /// When it first went wrong, if it did.
+    pub fn failed_at(&self) -> Option<Instant> {
+        self.failed_at
+    }
+
     /// Records a reason to stop; the most severe one wins.
     pub fn record(&mut self, e: Exit) {
+        if e != Exit::Clean && self.failed_at.is_none() {
+            self.failed_at = Some(Instant::now());
+        }
         if severity(e) > severity(self.exit()) {
             self.worst = Some(e);
         }
@@ -90,9 +101,16 @@ impl RestartBudget {
         RestartBudget { window: Window::new(max, window), total: 0, by_cause }
     }
 
-    /// A generation started at `started` failed at `now` because of `caused_by`: may it be restarted?
-    pub fn on_failure(&mut self, now: Instant, started: Instant, caused_by: Option<Kind>) -> Verdict {
-        let verdict = self.window.on_failure(now, started);
+    /// A generation started at `started` failed at `failed` because of `caused_by`, having committed something
+    /// (`progressed`) or not: may it be restarted?
+    pub fn on_failure(
+        &mut self,
+        failed: Instant,
+        started: Instant,
+        progressed: bool,
+        caused_by: Option<Kind>,
+    ) -> Verdict {
+        let verdict = self.window.on_failure(failed, started, progressed);
         if let Verdict::Restart { .. } = verdict {
             self.total += 1;
             *self.by_cause.entry(caused_by.map_or("none", Kind::label)).or_default() += 1;
@@ -130,9 +148,9 @@ mod tests {
     fn the_budget_gives_up_after_max_restarts_in_a_row() {
         let mut b = RestartBudget::new(2, 60 * SEC);
         let t = Instant::now();
-        assert_eq!(b.on_failure(t, t, Some(Kind::Worker)), Verdict::Restart { delay: backoff(1), n: 1 });
-        assert_eq!(b.on_failure(t + SEC, t, Some(Kind::Sink)), Verdict::Restart { delay: backoff(2), n: 2 });
-        assert_eq!(b.on_failure(t + 2 * SEC, t + SEC, None), Verdict::GiveUp { n: 2 });
+        assert_eq!(b.on_failure(t, t, true, Some(Kind::Worker)), Verdict::Restart { delay: backoff(1), n: 1 });
+        assert_eq!(b.on_failure(t + SEC, t, true, Some(Kind::Sink)), Verdict::Restart { delay: backoff(2), n: 2 });
+        assert_eq!(b.on_failure(t + 2 * SEC, t + SEC, true, None), Verdict::GiveUp { n: 2 });
         assert_eq!(b.total(), 2, "giving up is no restart");
         let counted: Vec<_> = b.by_cause().collect();
         assert_eq!(counted, [("consumer", 0), ("hasher", 1), ("producer", 1), ("reader", 0)]);
@@ -142,11 +160,11 @@ mod tests {
     fn a_generation_that_lasted_the_window_starts_the_count_afresh() {
         let mut b = RestartBudget::new(1, 10 * SEC);
         let t = Instant::now();
-        assert!(matches!(b.on_failure(t, t, None), Verdict::Restart { n: 1, .. }));
-        assert!(matches!(b.on_failure(t + 5 * SEC, t + SEC, None), Verdict::GiveUp { n: 1 }));
+        assert!(matches!(b.on_failure(t, t, true, None), Verdict::Restart { n: 1, .. }));
+        assert!(matches!(b.on_failure(t + 5 * SEC, t + SEC, true, None), Verdict::GiveUp { n: 1 }));
         let (started, failed) = (t + 6 * SEC, t + 17 * SEC);
         assert_eq!(
-            b.on_failure(failed, started, None),
+            b.on_failure(failed, started, true, None),
             Verdict::Restart { delay: backoff(1), n: 1 },
             "the backoff too"
         );

@@ -42,18 +42,19 @@ impl Stage for Worker {
 }
 
 /// How long a worker works on one slice of a batch before it sends what it made: a slow transform (a command taking
-/// a second an event) delivers as it goes, and a drain delivers what was finished rather than nothing.
+/// a second an event) delivers as it goes, and a drain delivers what was finished rather than nothing. A slice starts
+/// at one event and at most doubles from one to the next, so neither the first slice nor one fast slice (events
+/// refused before the command saw them) can make a slow transform sit on a whole batch.
 const SLICE: Duration = Duration::from_millis(200);
-/// Events in a slice while the transform's speed is not known yet.
-const FIRST_SLICE: usize = 64;
 
 /// Runs until the source's poison pill (or its channel closing), then forwards the pill.
 pub fn work(ends: WorkerEnds, transform: &mut dyn Transform) -> Result<()> {
     let mut out = BatchWriter::new(usize::MAX, usize::MAX, Duration::ZERO);
     let mut outputs = Outputs::default();
     let mut capacity = 0;
-    // How long the transform takes per event, once measured.
-    let mut per_event: Option<Duration> = None;
+    // Events in the last slice, and how long the transform took per event there.
+    let mut slice_len = 0usize;
+    let mut per_event = Duration::ZERO;
     while let Some(message) = heartbeat::waiting_on_peer(|| ends.input.recv())? {
         let Frame::Records(records) = Frame::parse(&message)? else {
             break;
@@ -67,17 +68,16 @@ pub fn work(ends: WorkerEnds, transform: &mut dyn Transform) -> Result<()> {
         capacity = capacity.max(inputs.len());
         let mut rest = &inputs[..];
         while !rest.is_empty() {
-            let n = match per_event {
-                None => FIRST_SLICE,
-                Some(each) => (SLICE.as_nanos() / each.as_nanos().max(1)).max(1).try_into().unwrap_or(usize::MAX),
-            };
-            let (slice, after) = rest.split_at(n.min(rest.len()));
+            let in_time: usize =
+                (SLICE.as_nanos() / per_event.as_nanos().max(1)).max(1).try_into().unwrap_or(usize::MAX);
+            slice_len = slice_len.saturating_mul(2).clamp(1, in_time);
+            let (slice, after) = rest.split_at(slice_len.min(rest.len()));
             rest = after;
             outputs.clear();
             let started = Instant::now();
             transform.run(slice, &mut outputs)?;
             let took = started.elapsed();
-            per_event = Some(took / slice.len() as u32);
+            per_event = took / slice.len() as u32;
             let mut done = Transformed { took, ..Transformed::default() };
             for (record, verdict) in slice.iter().zip(outputs.verdicts()) {
                 match verdict {
@@ -148,15 +148,36 @@ mod tests {
         to.send(&mut batch).unwrap();
     }
 
+    /// Every message the worker sent up to its pill (a batch may leave in several slices), and whether a pill came.
+    fn messages(from: &BatchReceiver) -> (Vec<Vec<u8>>, bool) {
+        let mut out = Vec::new();
+        while let Some(m) = from.recv().unwrap() {
+            if matches!(Frame::parse(&m).unwrap(), Frame::Pill) {
+                return (out, true);
+            }
+            out.push(m);
+        }
+        (out, false)
+    }
+
+    fn records(messages: &[Vec<u8>]) -> Vec<Record<'_>> {
+        let mut all = Vec::new();
+        for m in messages {
+            let Frame::Records(rs) = Frame::parse(m).unwrap() else { panic!("expected records") };
+            all.extend(rs.map(|r| r.unwrap()));
+        }
+        all
+    }
+
     #[test]
     fn a_hasher_transforms_in_order_routes_bad_input_and_forwards_the_pill() {
         let (to_hasher, from_hasher, handle) = worker(Md5);
         send(&to_hasher, &[Some(b"{\"a\":1}"), Some(b"[1]"), None, Some(b"{}")]);
         to_hasher.send_pill().unwrap();
 
-        let msg = from_hasher.recv().unwrap().unwrap();
-        let Frame::Records(rs) = Frame::parse(&msg).unwrap() else { panic!("expected records") };
-        let rs: Vec<Record> = rs.collect::<Result<_>>().unwrap();
+        let (msgs, pill) = messages(&from_hasher);
+        assert!(pill, "the pill is forwarded");
+        let rs = records(&msgs);
         assert_eq!(rs.iter().map(|r| r.at.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         let h = String::from_utf8(md5::md5_hex(b"{\"a\":1}").to_vec()).unwrap();
         assert_eq!(&rs[0].payload.unwrap()[..], format!("{{\"a\":1,\"hash\":\"{h}\"}}").as_bytes());
@@ -166,7 +187,6 @@ mod tests {
         assert!(rs.iter().all(|r| r.key == Some(Bytes::new(b"key")) && r.headers.len() == 1));
         let (hashed, dead) = rs.iter().partition::<Vec<_>, _>(|r| r.dead_letter.is_none());
         assert_eq!((hashed.len(), dead.len()), (2, 2));
-        assert!(matches!(Frame::parse(&from_hasher.recv().unwrap().unwrap()).unwrap(), Frame::Pill));
         handle.join().unwrap().unwrap();
     }
 
@@ -196,9 +216,8 @@ mod tests {
         let (to_worker, from_worker, handle) = worker(Letters);
         send(&to_worker, &[Some(b"abc"), Some(b""), None, Some(b"d")]);
         drop(to_worker);
-        let msg = from_worker.recv().unwrap().unwrap();
-        let Frame::Records(rs) = Frame::parse(&msg).unwrap() else { panic!("expected records") };
-        let rs: Vec<Record> = rs.collect::<Result<_>>().unwrap();
+        let (msgs, _) = messages(&from_worker);
+        let rs = records(&msgs);
         type Seen<'a> = (i64, Option<Vec<u8>>, u32, Option<&'a str>);
         let seen: Vec<Seen> =
             rs.iter().map(|r| (r.at.seq, r.payload.map(|p| p.to_vec()), r.outputs, r.dead_letter)).collect();
@@ -214,6 +233,33 @@ mod tests {
             ]
         );
         assert!(rs[..3].iter().all(|r| r.key == Some(Bytes::new(b"key")) && r.headers.len() == 1), "metadata kept");
+        handle.join().unwrap().unwrap();
+    }
+
+    /// Takes 30 ms an event.
+    struct Slow;
+    impl PerEvent for Slow {
+        fn apply(&mut self, r: &Record<'_>, out: &mut Outputs) -> std::result::Result<(), Rejection> {
+            std::thread::sleep(Duration::from_millis(30));
+            out.push(r.payload.ok_or(Rejection::NullPayload)?);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_slow_transform_sends_its_outputs_slice_by_slice() {
+        let (to_worker, from_worker, handle) = worker(Slow);
+        let payloads: Vec<Option<&[u8]>> = (0..20).map(|_| Some(&b"{}"[..])).collect();
+        send(&to_worker, &payloads);
+        drop(to_worker);
+        let (msgs, pill) = messages(&from_worker);
+        assert!(pill);
+        let sizes: Vec<usize> = msgs.iter().map(|m| records(std::slice::from_ref(m)).len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 20, "{sizes:?}");
+        // 20 events at 30 ms are 600 ms: never one slice, and no slice over the 200 ms a slice may take.
+        assert_eq!(sizes[0], 1, "the first slice is one event: {sizes:?}");
+        assert!(sizes.windows(2).all(|w| w[1] <= 2 * w[0]), "slices at most double: {sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
         handle.join().unwrap().unwrap();
     }
 }

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct Origin {
     pub at: Position,
     pub to_dlq: bool,
-    /// A dead letter cut down to what fits, because the whole event was too large for the dead-letter topic.
-    pub cut: bool,
+    /// How far a dead letter was cut down because the whole event was too large for the dead-letter topic: 0 not at
+    /// all, 1 to a prefix, 2 to its headers alone.
+    pub cut: u8,
     /// When the input became several outputs: how many of them are not delivered yet, shared by all of them. The
     /// input's position is acknowledged when the last one is.
     pub undelivered: Option<Arc<AtomicU32>>,
@@ -130,11 +131,11 @@ mod tests {
     fn an_input_of_several_outputs_is_done_with_its_last() {
         let left = Arc::new(AtomicU32::new(3));
         let outputs: Vec<Origin> = (0..3)
-            .map(|_| Origin { at: Position::new(0, 7), to_dlq: false, cut: false, undelivered: Some(left.clone()) })
+            .map(|_| Origin { at: Position::new(0, 7), to_dlq: false, cut: 0, undelivered: Some(left.clone()) })
             .collect();
         let done: Vec<bool> = outputs.iter().map(Origin::input_done).collect();
         assert_eq!(done, [false, false, true]);
-        assert!(Origin { at: Position::new(0, 8), to_dlq: false, cut: false, undelivered: None }.input_done());
+        assert!(Origin { at: Position::new(0, 8), to_dlq: false, cut: 0, undelivered: None }.input_done());
     }
 
     #[test]

@@ -143,7 +143,7 @@ impl Writer<'_> {
                     Some(left)
                 }
             };
-            let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some(), cut: false, undelivered });
+            let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some(), cut: 0, undelivered });
             let headers = match r.dead_letter {
                 Some(why) => Some(self.dlq_headers(copy_headers(&r.headers), why, r.at)),
                 None if r.headers.is_empty() => None,
@@ -222,7 +222,22 @@ impl Writer<'_> {
         }
         let Failed { origin, error, key, payload, headers, timestamp } = f;
         emit(DeliveryFailed);
-        if origin.to_dlq && is_too_large(&error) && !origin.cut {
+        if origin.to_dlq && is_too_large(&error) && origin.cut == 1 {
+            // Even the prefix does not fit (a dead-letter topic with a small max.message.bytes): the headers alone,
+            // which say why, where from and how large, go there.
+            let said = "too large for the dead-letter topic even cut down: only these headers are kept";
+            let headers = headers.map(|h| {
+                h.iter().fold(OwnedHeaders::new_with_capacity(h.count()), |out, one| {
+                    let value = if one.key == dead_letter::DLQ_CUT { Some(said.as_bytes()) } else { one.value };
+                    out.insert(Header { key: one.key, value })
+                })
+            });
+            emit(DeadLetterCut { at: origin.at, size: 0, error: &error });
+            let origin = Box::new(Origin { cut: 2, ..*origin });
+            let topic = self.cfg.dlq_topic.clone();
+            return self.send(&topic, origin, None, None, headers, timestamp);
+        }
+        if origin.to_dlq && is_too_large(&error) && origin.cut == 0 {
             // Too large for the dead-letter topic too: what fits goes there, so that one event cannot stop the sink.
             let why = headers
                 .as_ref()
@@ -234,7 +249,7 @@ impl Writer<'_> {
             let (key, payload, headers) =
                 dead_letter::cut(key.as_deref(), payload.as_deref(), own, self.max_bytes, origin_of);
             emit(DeadLetterCut { at: origin.at, size: payload.map_or(0, <[u8]>::len), error: &error });
-            let origin = Box::new(Origin { cut: true, ..*origin });
+            let origin = Box::new(Origin { cut: 1, ..*origin });
             let topic = self.cfg.dlq_topic.clone();
             return self.send(&topic, origin, key, payload, Some(headers), timestamp);
         }

@@ -49,6 +49,7 @@ pub fn build(cfg: &Config) -> Result<Box<dyn Transform>> {
     Ok(match &cfg.transform {
         TransformSpec::Md5 => Box::new(md5::Md5),
         TransformSpec::Jq(program) => Box::new(jq::Jq::compile(program, &cfg.source_topic)?),
+        TransformSpec::Exec(command) if cfg.generation > 1 => Box::new(exec::Exec::start_again(command)?),
         TransformSpec::Exec(command) => Box::new(exec::Exec::start(command)?),
     })
 }

@@ -38,8 +38,10 @@ const FINISH_GRACE: Duration = Duration::from_secs(5);
 pub struct Exec {
     spec: ExecSpec,
     running: Option<Running>,
-    /// When the running command was started: one that ran a whole `--restart-window` forgets earlier restarts.
+    /// When the running command was started, and how many events it has replied to since: one that ran a whole
+    /// `--restart-window` and got work done forgets earlier restarts.
     started: Instant,
+    replied: u64,
     restarts: Window,
     /// Request lines of the batch, and where each event's line is in them.
     lines: Vec<u8>,
@@ -94,11 +96,23 @@ impl Exec {
     /// Starts the command and checks that it speaks the protocol. A program that cannot be started, or that does not
     /// write the first sync line back, is a configuration error.
     pub fn start(spec: &ExecSpec) -> Result<Exec> {
+        Exec::start_with(spec, true)
+    }
+
+    /// Starts the command in a restarted pipeline: it spoke the protocol before, so a command that ends or hangs
+    /// before its first sync line now (a slow start on a loaded machine, a dependency away) is a crash the
+    /// supervisor's restart budget judges, not a configuration error.
+    pub fn start_again(spec: &ExecSpec) -> Result<Exec> {
+        Exec::start_with(spec, false)
+    }
+
+    fn start_with(spec: &ExecSpec, first: bool) -> Result<Exec> {
         let mut exec = Exec {
             restarts: Window::new(spec.max_restarts, spec.restart_window),
             spec: spec.clone(),
             running: None,
             started: Instant::now(),
+            replied: 0,
             lines: Vec::new(),
             syncs: 0,
         };
@@ -107,13 +121,16 @@ impl Exec {
             Handshake::Stray(line) => Err(exec.stray(&line)),
             Handshake::Stopped(why) => {
                 let how = exec.stop(Some(why));
-                Err(Error::ExecProtocol {
-                    command: exec.spec.name(),
-                    message: format!(
-                        "{how} before writing back the sync line {:?}: a command must write every line that starts \
-                         with '#' back as it is, and one reply line per event (see the README)",
-                        sync_line(0)
-                    ),
+                let message = format!(
+                    "{how} before writing back the sync line {:?}: a command must write every line that starts with \
+                     '#' back as it is, and one reply line per event (see the README)",
+                    sync_line(0)
+                );
+                let command = exec.spec.name();
+                Err(if first {
+                    Error::ExecProtocol { command, message }
+                } else {
+                    Error::ExecRestart { command, message }
                 })
             }
         }
@@ -123,6 +140,7 @@ impl Exec {
     fn launch(&mut self) -> Result<Handshake> {
         let running = self.running.insert(Running::start(&self.spec.argv, &self.spec.name())?);
         self.started = Instant::now();
+        self.replied = 0;
         log::debug!("started {} (pid {})", self.spec.name(), running.pid());
         let sync = sync_line(self.syncs);
         running.send(format!("{sync}\n").into_bytes());
@@ -164,7 +182,7 @@ impl Exec {
     fn restart(&mut self, mut how: String, at: crate::position::Position, events: usize, next: &str) -> Result<()> {
         loop {
             let max = self.restarts.max();
-            match self.restarts.on_failure(Instant::now(), self.started) {
+            match self.restarts.on_failure(Instant::now(), self.started, self.replied > 0) {
                 Verdict::GiveUp { n } => {
                     return Err(Error::ExecGaveUp {
                         command: self.spec.name(),
@@ -218,38 +236,49 @@ impl Exec {
         let Some(running) = self.running.as_mut() else { unreachable!("started above") };
         running.send(request);
         let mut framed = Vec::with_capacity(events.len());
-        let mut lines: Vec<Vec<u8>> = Vec::new();
-        let mut due = first_sync;
-        while framed.len() < events.len() {
-            let line = match running.reply(Instant::now() + self.spec.timeout, heartbeat::tick) {
-                Ok(line) => line,
-                Err(why) => return Ok((framed, Some(why))),
-            };
-            if line.first() != Some(&b'#') {
-                lines.push(line);
-                continue;
-            }
-            let sync = sync_line(due);
-            if line.trim_ascii_end() != sync.as_bytes() {
-                // Out of step with its input: nothing more it writes can be placed. Its current event is the one it
-                // broke on; those after it are sent again.
-                let why = format!("wrote {} where {sync:?} was due", preview(&line));
+        for k in 0..events.len() {
+            // Each event has the whole timeout for its line and its sync line, however many lines it writes.
+            let deadline = Instant::now() + self.spec.timeout;
+            let sync = sync_line(first_sync + k as u64);
+            let mut reply = None;
+            let broken =
+                loop {
+                    let line = match running.reply(deadline, heartbeat::tick) {
+                        Ok(line) => line,
+                        Err(why) => return Ok((framed, Some(why))),
+                    };
+                    if line.first() != Some(&b'#') {
+                        if reply.is_some() {
+                            break Some(format!(
+                                "wrote a second line for one event ({}): a command writes exactly one line per event, \
+                             and its logs to stderr",
+                                preview(&line)
+                            ));
+                        }
+                        reply = Some(line);
+                        continue;
+                    }
+                    if line.trim_ascii_end() != sync.as_bytes() {
+                        break Some(format!("wrote {} where {sync:?} was due", preview(&line)));
+                    }
+                    match reply.take() {
+                        Some(line) => {
+                            framed.push(Framed::Reply(line));
+                            break None;
+                        }
+                        None => break Some(
+                            "wrote no line for the event before its sync line: every event needs its one reply line \
+                             ([] to drop it), written before the sync line that follows the event"
+                                .to_string(),
+                        ),
+                    }
+                };
+            if let Some(why) = broken {
+                // Out of step with its input: nothing more it writes can be placed (a late reply would land on the
+                // next event). Its current event is the one it broke on; those after it are sent again.
                 framed.push(Framed::Broken(why));
                 return Ok((framed, None));
             }
-            due += 1;
-            framed.push(match lines.len() {
-                1 => Framed::Reply(lines.pop().unwrap_or_default()),
-                0 => Framed::Broken(
-                    "wrote no line for the event: every event needs its one reply line ([] to drop it)".into(),
-                ),
-                n => Framed::Broken(format!(
-                    "wrote {n} lines for one event (the second: {}): a command writes exactly one line per event, and \
-                     its logs to stderr",
-                    preview(&lines[1])
-                )),
-            });
-            lines.clear();
         }
         Ok((framed, None))
     }
@@ -504,7 +533,7 @@ mod tests {
             run(&mut exec, &events(&[b"{\"n\":0}", b"{\"n\":1}", b"{\"n\":2}", b"{\"n\":3}", b"{\"n\":4}"])).unwrap();
         assert_eq!(got[0], Ok(vec!["{\"n\": 0}".to_string()]));
         assert!(
-            matches!(&got[1], Err(Rejection::Protocol(m)) if m.contains("wrote 2 lines for one event")),
+            matches!(&got[1], Err(Rejection::Protocol(m)) if m.contains("wrote a second line for one event")),
             "{:?}",
             got[1]
         );
@@ -557,5 +586,28 @@ mod tests {
         let e = Exec::start(&naive).err().expect("a command that cannot take the sync line is refused");
         assert_eq!(e.exit(), crate::error::Exit::Config);
         assert!(e.to_string().contains("before writing back the sync line \"#sync 0\""), "{e}");
+    }
+
+    #[test]
+    fn a_reply_written_after_its_sync_line_is_never_taken_for_the_next_event() {
+        // Event 1's reply comes late, after its sync line, as an asynchronous command might write it.
+        let script = "import json, sys\npending = None\nfor line in sys.stdin:\n    if line.startswith('#'):\n        \
+                      print(line, end='', flush=True)\n        if pending:\n            print(pending, flush=True)\n\
+                      \x20           pending = None\n        continue\n    e = json.loads(line)\n    if e['n'] == 1:\n\
+                      \x20       pending = json.dumps(e)\n        continue\n    print(json.dumps(e), flush=True)\n";
+        let spec = ExecSpec {
+            argv: vec!["python3".into(), "-c".into(), script.into()],
+            line: String::new(),
+            timeout: Duration::from_secs(10),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+        };
+        let mut exec = Exec::start(&spec).unwrap();
+        let got = run(&mut exec, &events(&[b"{\"n\":0}", b"{\"n\":1}", b"{\"n\":2}", b"{\"n\":3}"])).unwrap();
+        assert_eq!(got[0], Ok(vec!["{\"n\": 0}".to_string()]));
+        assert!(matches!(&got[1], Err(Rejection::Protocol(m)) if m.contains("no line for the event")), "{:?}", got[1]);
+        assert_eq!(got[2], Ok(vec!["{\"n\": 2}".to_string()]), "not event 1's late reply");
+        assert_eq!(got[3], Ok(vec!["{\"n\": 3}".to_string()]));
+        exec.finish();
     }
 }
