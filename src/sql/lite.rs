@@ -42,7 +42,9 @@ pub fn columns(c: &mut Connection, table: &str) -> Result<TableColumns, DbError>
             primary.push((pk, name.clone()));
         }
         let binary = ty.to_ascii_uppercase().contains("BLOB");
-        columns.push((Column { name, binary, type_name: ty.to_ascii_lowercase() }, ty));
+        // SQLite keeps JSON as text: a column declared JSON holds it, and is read and written as JSON.
+        let json = ty.to_ascii_uppercase().contains("JSON");
+        columns.push((Column { name, binary, json, type_name: ty.to_ascii_lowercase() }, ty));
     }
     primary.sort();
     Ok((columns, primary.into_iter().map(|p| p.1).collect()))
@@ -130,15 +132,20 @@ pub fn page(
     let writer = ObjectWriter::new(&s.columns);
     while let Some(r) = rows.next()? {
         let key = key_at(s, r.get_ref(0)?)?;
-        let json = writer.object(|i, out| write_value(out, r.get_ref(i + 1)?))?;
+        let json = writer.object(|i, out| write_value(out, r.get_ref(i + 1)?, s.columns[i].json))?;
         out.push(Row { key, json });
     }
     Ok(())
 }
 
-/// A value as JSON: numbers stay numbers, NULL is null, text is a string, bytes are base64.
-fn write_value(out: &mut Vec<u8>, v: ValueRef<'_>) -> Result<(), DbError> {
+/// A value as JSON: numbers stay numbers, NULL is null, text is a string, bytes are base64; a JSON column's text is
+/// the JSON value it holds, and its NULL no field at all (returns false).
+fn write_value(out: &mut Vec<u8>, v: ValueRef<'_>, json: bool) -> Result<bool, DbError> {
     match v {
+        ValueRef::Null if json => return Ok(false),
+        ValueRef::Text(t) if json && serde_json::from_slice::<serde::de::IgnoredAny>(t).is_ok() => {
+            out.extend_from_slice(t)
+        }
         ValueRef::Null => out.extend_from_slice(b"null"),
         ValueRef::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
         ValueRef::Real(f) if f.is_finite() => serde_json::to_writer(&mut *out, &f)?,
@@ -146,7 +153,7 @@ fn write_value(out: &mut Vec<u8>, v: ValueRef<'_>) -> Result<(), DbError> {
         ValueRef::Text(t) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(t))?,
         ValueRef::Blob(b) => serde_json::to_writer(&mut *out, &base64::engine::general_purpose::STANDARD.encode(b))?,
     }
-    Ok(())
+    Ok(true)
 }
 
 pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &[&str]) -> Result<(), DbError> {
@@ -161,20 +168,40 @@ pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &
     array.push(b']');
     let array = String::from_utf8(array).map_err(|_| "an event is not UTF-8")?;
     let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
-    let values: Vec<String> = fields.iter().map(|f| format!("json_extract(value, '$.{}')", quote(f))).collect();
+    // A JSON column takes the value's JSON text as the event has it (`->` would give it re-written: SQLite has no
+    // JSON type, the text is what it keeps), from a second array: per event, its JSON fields' texts as strings, taken
+    // by the event's index in the first (`key`). The others take `json_extract`'s SQL values (a string's text, null as
+    // NULL).
+    let json: Vec<&str> = fields.iter().copied().filter(|f| s.columns.iter().any(|c| c.name == *f && c.json)).collect();
+    let mut texts = Vec::with_capacity(objects.len());
+    if !json.is_empty() {
+        for o in objects {
+            let row: Vec<&str> = json.iter().map(|f| o.fields.get(*f).map_or("null", |v| v.get())).collect();
+            texts.push(row);
+        }
+    }
+    let texts = serde_json::to_string(&texts)?;
+    let values: Vec<String> = fields
+        .iter()
+        .map(|f| match json.iter().position(|j| j == f) {
+            Some(n) => format!("json_extract(?2, '$[' || key || '][{n}]')"),
+            None => format!("json_extract(value, '$.{}')", quote(f).replace('\'', "''")),
+        })
+        .collect();
     let updates: Vec<String> =
         fields.iter().filter(|f| **f != s.key).map(|f| format!("{0} = excluded.{0}", quote(f))).collect();
     let action =
         if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
-    // `WHERE true` tells the parser that ON CONFLICT is the upsert's, not a join's.
+    // A WHERE tells the parser that ON CONFLICT is the upsert's, not a join's; this one also names ?2, which the
+    // statement must, JSON columns or not.
     let sql = format!(
-        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE true ON CONFLICT ({}) {action}",
+        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE ?2 IS NOT NULL ON CONFLICT ({}) {action}",
         quote(&s.table),
         cols.join(", "),
         values.join(", "),
         quote(&s.key)
     );
-    c.prepare_cached(&sql)?.execute([array])?;
+    c.prepare_cached(&sql)?.execute([array, texts])?;
     Ok(())
 }
 

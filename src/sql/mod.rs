@@ -57,6 +57,9 @@ pub struct Column {
     pub name: String,
     /// Binary: read as base64 text.
     pub binary: bool,
+    /// Holds JSON (PostgreSQL json/jsonb, MySQL JSON, a MariaDB column checked with `json_valid`, a SQLite column
+    /// declared JSON): read as the JSON value itself, written as the event's JSON value, strings and null included.
+    pub json: bool,
     /// The type as the database names it, lower case.
     pub type_name: String,
 }
@@ -160,6 +163,7 @@ impl Conn {
                         columns.iter().find(|c| c.0.name == key).map(|c| c.0.clone()).unwrap_or(Column {
                             name: key.clone(),
                             binary: false,
+                            json: false,
                             type_name: key_type.clone(),
                         }),
                     );
@@ -431,17 +435,24 @@ impl ObjectWriter {
         ObjectWriter { names: columns.iter().map(|c| serde_json::to_string(&c.name).unwrap_or_default()).collect() }
     }
 
-    /// One object; `value(i, out)` writes column `i`'s value.
-    fn object(&self, mut value: impl FnMut(usize, &mut Vec<u8>) -> Result<(), DbError>) -> Result<Vec<u8>, DbError> {
+    /// One object; `value(i, out)` writes column `i`'s value, or returns false to leave the field out (a JSON
+    /// column's SQL NULL, which JSON null would not tell apart from a JSON null value).
+    fn object(&self, mut value: impl FnMut(usize, &mut Vec<u8>) -> Result<bool, DbError>) -> Result<Vec<u8>, DbError> {
         let mut json = Vec::with_capacity(16 * self.names.len() + 2);
         json.push(b'{');
+        let mut first = true;
         for (i, name) in self.names.iter().enumerate() {
-            if i > 0 {
+            let start = json.len();
+            if !first {
                 json.push(b',');
             }
             json.extend_from_slice(name.as_bytes());
             json.push(b':');
-            value(i, &mut json)?;
+            if value(i, &mut json)? {
+                first = false;
+            } else {
+                json.truncate(start);
+            }
         }
         json.push(b'}');
         Ok(json)
@@ -455,10 +466,30 @@ pub struct Object<'a> {
 }
 
 impl<'a> Object<'a> {
+    /// The event's fields; an error (the event's dead letter) when it is not a JSON object, or holds what no table
+    /// can hold as text: bytes that are not UTF-8, or an escaped lone surrogate (`"\ud800"`, which Python's
+    /// `json.dumps` writes), which is not a Unicode character.
     pub fn parse(raw: &'a [u8]) -> Result<Object<'a>, String> {
+        if let Err(e) = std::str::from_utf8(raw) {
+            return Err(format!("not UTF-8 text, which a table cannot hold: {e}"));
+        }
         let fields = serde_json::from_slice(raw).map_err(|e| format!("not a JSON object: {e}"))?;
+        // The fields' values are kept raw, their escapes unchecked: a full parse checks them, only where a surrogate
+        // escape may be.
+        if escapes_a_surrogate(raw) {
+            if let Err(e) = serde_json::from_slice::<serde_json::Value>(raw) {
+                return Err(format!("not valid Unicode text, which a table cannot hold (a lone surrogate?): {e}"));
+            }
+        }
         Ok(Object { raw, fields })
     }
+}
+
+/// Whether `raw` may hold a `\uD800`..`\uDFFF` escape (half of a surrogate pair, or a lone one).
+fn escapes_a_surrogate(raw: &[u8]) -> bool {
+    raw.windows(4).any(|w| {
+        w[0] == b'\\' && w[1] == b'u' && (w[2] | 0x20) == b'd' && matches!(w[3] | 0x20, b'8'..=b'9' | b'a'..=b'f')
+    })
 }
 
 #[cfg(test)]
@@ -483,16 +514,27 @@ mod tests {
         assert_eq!(keyset("k", Some(&a), Some(&b), dollar), ("WHERE k > $1 AND k <= $2".to_string(), vec![&a, &b]));
         assert_eq!(keyset("k", None, Some(&b), dollar), ("WHERE k <= $1".to_string(), vec![&b]));
         let w = ObjectWriter::new(&[
-            Column { name: "a".into(), binary: false, type_name: String::new() },
-            Column { name: "q\"".into(), binary: false, type_name: String::new() },
+            Column { name: "a".into(), binary: false, json: false, type_name: String::new() },
+            Column { name: "q\"".into(), binary: false, json: false, type_name: String::new() },
+            Column { name: "c".into(), binary: false, json: true, type_name: String::new() },
         ]);
         let json = w
             .object(|i, out| {
                 out.extend_from_slice(i.to_string().as_bytes());
-                Ok(())
+                Ok(true)
             })
             .unwrap();
-        assert_eq!(String::from_utf8(json).unwrap(), r#"{"a":0,"q\"":1}"#);
+        assert_eq!(String::from_utf8(json).unwrap(), r#"{"a":0,"q\"":1,"c":2}"#);
+        // A field left out leaves no comma behind, first or last.
+        let json = w
+            .object(|i, out| {
+                Ok(i == 1 && {
+                    out.push(b'1');
+                    true
+                })
+            })
+            .unwrap();
+        assert_eq!(String::from_utf8(json).unwrap(), r#"{"q\"":1}"#);
     }
 
     #[test]
@@ -502,5 +544,13 @@ mod tests {
         let o = Object::parse(br#"{"b":1,"a":{"x":2}}"#).unwrap();
         assert_eq!(o.fields.get("a").map(|v| v.get()), Some(r#"{"x":2}"#));
         assert!(Object::parse(b"[1]").err().unwrap().contains("not a JSON object"));
+        // A surrogate pair is a character; half of one is not, wherever it is.
+        assert!(Object::parse(br#"{"a":"\ud83d\ude00","b":"\\ud800"}"#).is_ok());
+        for lone in [r#"{"id":2,"name":"lone \ud800"}"#, r#"{"a":{"b":["\uDC00x"]}}"#, r#"{"a":"\ud800\u0041"}"#] {
+            let why = Object::parse(lone.as_bytes()).err().unwrap_or_default();
+            assert!(why.contains("not valid Unicode text"), "{lone}: {why}");
+        }
+        let why = Object::parse(b"{\"a\":\"\xff\"}").err().unwrap_or_default();
+        assert!(why.contains("not UTF-8"), "{why}");
     }
 }

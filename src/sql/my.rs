@@ -38,6 +38,18 @@ pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
         (table,),
     )?;
+    // MariaDB's JSON is LONGTEXT with a `json_valid` check (MySQL's is a type of its own); MySQL's CHECK_CONSTRAINTS
+    // has no TABLE_NAME: no such checks there.
+    let checks: Vec<String> = if rows.is_empty() {
+        Vec::new()
+    } else {
+        c.exec(
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE() \
+             AND TABLE_NAME = ?",
+            (table,),
+        )
+        .unwrap_or_default()
+    };
     let mut columns = Vec::new();
     let mut primary = Vec::new();
     for (name, ty, key) in rows {
@@ -45,8 +57,11 @@ pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
         if key == "PRI" {
             primary.push(name.clone());
         }
-        columns
-            .push((Column { name, binary: ty.contains("blob") || ty.contains("binary"), type_name: ty.clone() }, ty));
+        let checked = format!("json_valid(`{}`)", name.replace('`', "``"));
+        let json =
+            ty == "json" || checks.iter().any(|c| c.to_ascii_lowercase().contains(&checked.to_ascii_lowercase()));
+        let binary = ty.contains("blob") || ty.contains("binary");
+        columns.push((Column { name, binary, json, type_name: ty.clone() }, ty));
     }
     Ok((columns, primary))
 }
@@ -121,11 +136,19 @@ pub fn page(
     Ok(())
 }
 
-/// A value as JSON, by its column's type: numbers stay numbers (decimals too), bytes are base64, timestamps RFC 3339.
-fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<(), DbError> {
+/// A value as JSON, by its column's type: numbers stay numbers (decimals too), bytes are base64, timestamps RFC 3339,
+/// BIT an unsigned integer, JSON the value itself. Returns false for a JSON column's SQL NULL: no field (JSON null
+/// is one of the values such a column holds).
+fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<bool, DbError> {
     let numeric = ["decimal", "numeric"].contains(&col.type_name.as_str());
     match v {
+        Value::NULL if col.json => return Ok(false),
         Value::NULL => out.extend_from_slice(b"null"),
+        // BIT(n) comes as n bits, big-endian, in whole bytes.
+        Value::Bytes(b) if col.type_name == "bit" && b.len() <= 8 => {
+            let n = b.iter().fold(0u64, |n, byte| (n << 8) | u64::from(*byte));
+            out.extend_from_slice(n.to_string().as_bytes())
+        }
         Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
         Value::UInt(u) => out.extend_from_slice(u.to_string().as_bytes()),
         Value::Float(f) if f.is_finite() => serde_json::to_writer(&mut *out, &f)?,
@@ -135,7 +158,9 @@ fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<(), DbError>
             serde_json::to_writer(&mut *out, &base64::engine::general_purpose::STANDARD.encode(b))?
         }
         Value::Bytes(b) if numeric => out.extend_from_slice(&b),
-        Value::Bytes(b) if col.type_name == "json" => out.extend_from_slice(&b),
+        Value::Bytes(b) if col.json && serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok() => {
+            out.extend_from_slice(&b)
+        }
         Value::Bytes(b) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(&b))?,
         Value::Date(y, mo, d, h, mi, s, us) => {
             let text = match col.type_name.as_str() {
@@ -155,14 +180,17 @@ fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<(), DbError>
             serde_json::to_writer(&mut *out, &format!("{}{hours:02}:{mi:02}:{s:02}{frac}", if neg { "-" } else { "" }))?
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A JSON value as a statement parameter, from its text: numbers as written (a DECIMAL stays exact), a binary
-/// column's base64 string decoded.
-fn param(v: Option<&serde_json::value::RawValue>, binary: bool) -> Result<Value, DbError> {
+/// column's base64 string decoded, a JSON column's value as its JSON text (a string stays a string, null JSON null).
+fn param(v: Option<&serde_json::value::RawValue>, binary: bool, json: bool) -> Result<Value, DbError> {
     let Some(v) = v else { return Ok(Value::NULL) };
     let raw = v.get();
+    if json {
+        return Ok(Value::Bytes(raw.as_bytes().to_vec()));
+    }
     Ok(match raw.as_bytes().first() {
         Some(b'n') => Value::NULL,
         Some(b't') => Value::Int(1),
@@ -191,13 +219,16 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
     // With nothing else to update, the key is set to itself: the row stays as it is.
     let action = if updates.is_empty() { format!("{0} = {0}", quote(&s.key)) } else { updates.join(", ") };
     let one = format!("({})", vec!["?"; fields.len()].join(", "));
-    let binary: Vec<bool> = fields.iter().map(|f| s.columns.iter().any(|c| c.name == *f && c.binary)).collect();
+    let kinds: Vec<(bool, bool)> = fields
+        .iter()
+        .map(|f| s.columns.iter().find(|c| c.name == *f).map_or((false, false), |c| (c.binary, c.json)))
+        .collect();
     let mut tx = c.start_transaction(TxOpts::default())?;
     for part in objects.chunks(rows_per_statement) {
         let mut params = Vec::with_capacity(part.len() * fields.len());
         for o in part {
-            for (f, binary) in fields.iter().zip(&binary) {
-                params.push(param(o.fields.get(*f).copied(), *binary)?);
+            for (f, (binary, json)) in fields.iter().zip(&kinds) {
+                params.push(param(o.fields.get(*f).copied(), *binary, *json)?);
             }
         }
         let sql = format!(

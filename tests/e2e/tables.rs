@@ -460,3 +460,53 @@ fn create_table(engine: &str) {
     assert_eq!(db.count("made"), 5000);
     assert_eq!(db.one("SELECT COUNT(*) FROM made WHERE ABS(root * root - value) > 1e-6 * value"), 0, "typed: numbers");
 }
+
+for_each_engine!(json_values);
+/// JSON columns keep every value as it was, table → table: a JSON string stays a string (`"123"`, `"s"`), JSON null
+/// stays JSON null and SQL NULL stays SQL NULL, objects and arrays (and, for json, the text itself) unchanged.
+fn json_values(engine: &str) {
+    let db = Db::start(engine, "json");
+    let values: [(i64, &str); 11] = [
+        (1, r#""123""#),
+        (2, r#""true""#),
+        (3, r#""[1,2]""#),
+        (4, r#""{\"a\":1}""#),
+        (5, r#""s""#),
+        (6, "null"),
+        (8, r#"{"a":[1,"x",null],"b":{"c":false}}"#),
+        (9, "123"),
+        (10, r#""""#),
+        (11, r#""é 😀 \\ \" \n""#),
+        (12, "[]"),
+    ];
+    // MariaDB's string literals take backslash escapes.
+    let literal = |v: &str| if engine == "mariadb" { v.replace('\\', "\\\\") } else { v.to_string() };
+    let (ddl, compare) = match engine {
+        "postgres" => ("jsonb, t json", "id, j, t::text"),
+        _ => ("JSON, t JSON", "id, j, t"),
+    };
+    db.exec(&format!(
+        "CREATE TABLE docs (id INTEGER PRIMARY KEY, j {ddl}); CREATE TABLE docs_out (id INTEGER PRIMARY KEY, j {ddl}, \
+         hash {})",
+        db.text_key()
+    ));
+    for (id, v) in values {
+        db.exec(&format!("INSERT INTO docs (id, j, t) VALUES ({id}, '{0}', '{0}')", literal(v)));
+    }
+    // SQL NULL, and (for json) text as the user wrote it, spaces and all.
+    db.exec("INSERT INTO docs (id, j, t) VALUES (7, NULL, NULL)");
+    db.exec(r#"INSERT INTO docs (id, j, t) VALUES (13, '{"k": [1, 2]}', '{"k" :  [1,2] }')"#);
+    let state = scratch_dir(&format!("json-state-{engine}"));
+    let (code, log) = run_to_end(&args(&db.url("docs"), &db.url("docs_out"), &state, &[]), Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(db.count("docs_out"), 13, "{log}");
+    for (a, b) in [("docs", "docs_out"), ("docs_out", "docs")] {
+        let differ =
+            db.one(&format!("SELECT COUNT(*) FROM (SELECT {compare} FROM {a} EXCEPT SELECT {compare} FROM {b}) d"));
+        assert_eq!(differ, 0, "{a} has rows {b} has not: every JSON value as it was");
+    }
+    assert_eq!(db.one("SELECT COUNT(*) FROM docs_out WHERE j IS NULL AND t IS NULL"), 1, "SQL NULL stays SQL NULL");
+    assert_eq!(db.one("SELECT COUNT(*) FROM docs_out WHERE id = 6 AND j IS NOT NULL"), 1, "JSON null stays a value");
+    assert_eq!(db.one("SELECT COUNT(*) FROM docs_out WHERE LENGTH(hash) = 32"), 13);
+    assert_eq!(db.one("SELECT COUNT(*) FROM docs_out_dead_letter"), 0, "nothing refused");
+}
