@@ -5,7 +5,9 @@
 //!
 //! An event's top-level fields go to the columns of the same name; a field with no column is left out (said once). A
 //! batch the database refuses for its data is written again row by row, and each refused row goes, with the error, to
-//! the dead-letter table `<table>_dead_letter`, as do the events a worker rejected.
+//! the dead-letter table `<table>_dead_letter`, as do the events a worker rejected and those no table can hold (not
+//! UTF-8, a lone surrogate): an error about one event is that event's dead letter; only the database's own faults
+//! (away, refusing us) are the sink's.
 
 use crate::channel::batch::Frame;
 use crate::channel::ipc::{AckMsg, AckSender};
@@ -102,6 +104,9 @@ impl Stage for TableSink {
 /// A row to write: its source position, the event, and its key as written in the event.
 type Keyed<'a> = (Position, Object<'a>, String);
 
+/// An event for the dead-letter table: its position, why, and its bytes as they came.
+type Rejected = (Position, String, Vec<u8>);
+
 /// Events waiting to be written, copied out of their batches.
 #[derive(Default)]
 struct Pending {
@@ -109,7 +114,7 @@ struct Pending {
     /// Per row: its source position and its bytes' range.
     rows: Vec<(Position, std::ops::Range<usize>)>,
     /// Rejected by a worker: position, reason, event.
-    rejected: Vec<(Position, String, String)>,
+    rejected: Vec<Rejected>,
     /// Filtered out: acknowledged with the next write.
     filtered: Vec<Position>,
 }
@@ -151,7 +156,7 @@ impl Writer {
             }
             let payload = r.payload.map(|p| &p[..]).unwrap_or_default();
             if let Some(why) = r.dead_letter {
-                self.pending.rejected.push((r.at, why.to_string(), String::from_utf8_lossy(payload).into_owned()));
+                self.pending.rejected.push((r.at, why.to_string(), payload.to_vec()));
                 continue;
             }
             let start = self.pending.bytes.len();
@@ -182,7 +187,7 @@ impl Writer {
             let object = match Object::parse(event) {
                 Ok(object) => object,
                 Err(why) => {
-                    rejected.push((*at, why, String::from_utf8_lossy(event).into_owned()));
+                    rejected.push((*at, why, event.to_vec()));
                     continue;
                 }
             };
@@ -190,7 +195,7 @@ impl Writer {
                 Some(k) if k != "null" => k.to_string(),
                 _ => {
                     let why = format!("no {:?} field, the key of table {}", self.schema.key, self.schema.table);
-                    rejected.push((*at, why, String::from_utf8_lossy(event).into_owned()));
+                    rejected.push((*at, why, event.to_vec()));
                     continue;
                 }
             };
@@ -249,7 +254,7 @@ impl Writer {
         all: &[(Position, &Object<'_>)],
         fields: &[&str],
         written: &mut Vec<Position>,
-        rejected: &mut Vec<(Position, String, String)>,
+        rejected: &mut Vec<Rejected>,
     ) -> Result<()> {
         let schema = &self.schema;
         let doing = || format!("writing {} rows to {}", objects.len(), schema.table);
@@ -270,7 +275,7 @@ impl Writer {
                         at: *at,
                         error: &e.to_string(),
                     });
-                    rejected.push((*at, e.to_string(), String::from_utf8_lossy(o.raw).into_owned()));
+                    rejected.push((*at, e.to_string(), o.raw.to_vec()));
                 }
             }
         }
@@ -314,7 +319,7 @@ impl Writer {
         Ok(())
     }
 
-    fn dead_letter(&mut self, rows: &[(Position, String, String)]) -> Result<()> {
+    fn dead_letter(&mut self, rows: &[Rejected]) -> Result<()> {
         let table = match &self.dead_letter_table {
             Some(t) => t.clone(),
             None => {
@@ -323,8 +328,8 @@ impl Writer {
                 t
             }
         };
-        let rows: Vec<(String, String, String)> =
-            rows.iter().map(|(at, why, event)| (at.to_string(), why.clone(), event.clone())).collect();
+        let rows: Vec<crate::sql::DeadLetter<'_>> =
+            rows.iter().map(|(at, why, event)| crate::sql::DeadLetter::new(at.to_string(), why, event)).collect();
         let doing = || format!("writing {} rows to the dead-letter table {table}", rows.len());
         self.db
             .run(&doing, |conn| conn.dead_letters(&table, &rows))?

@@ -4,7 +4,7 @@
 
 use super::key::{Key, KeyKind};
 use super::url::TableUrl;
-use super::{keyset, quote, Column, DbError, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
+use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use rusqlite::types::ValueRef;
@@ -205,12 +205,15 @@ pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &
     Ok(())
 }
 
-pub fn dead_letters(c: &mut Connection, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+pub fn dead_letters(c: &mut Connection, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let tx = c.transaction()?;
     {
-        let mut stmt = tx.prepare(&format!("INSERT INTO {} (at, reason, event) VALUES (?1, ?2, ?3)", quote(table)))?;
-        for (at, reason, event) in rows {
-            stmt.execute([at, reason, event])?;
+        let mut stmt = tx.prepare(&format!(
+            "INSERT INTO {} (at, reason, event, event_bytes) VALUES (?1, ?2, ?3, ?4)",
+            quote(table)
+        ))?;
+        for d in rows {
+            stmt.execute(rusqlite::params![d.at, d.reason, d.text, d.bytes])?;
         }
     }
     tx.commit()?;

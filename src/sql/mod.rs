@@ -283,23 +283,37 @@ impl Conn {
         self.execute(&sql).map_err(|source| Error::DbQuery { doing: format!("creating table {table}"), source })
     }
 
-    /// Creates the dead-letter table beside `table` if it is missing, and returns its name.
+    /// Creates the dead-letter table beside `table` if it is missing, and returns its name. An event is kept as it
+    /// came: in `event` when it is text, else its bytes in `event_bytes`. On MySQL the table is utf8mb4 whatever the
+    /// database's default, so that any text fits; a table from an earlier version gets the column, and utf8mb4.
     pub fn dead_letter_table(&mut self, table: &str) -> Result<String> {
         let name = format!("{table}_dead_letter");
+        let doing = || format!("creating the dead-letter table {name}");
         // MySQL's TEXT holds 64 KiB; an event may be longer.
-        let text = if matches!(self, Conn::Mysql(_)) { "LONGTEXT" } else { "TEXT" };
+        let (text, bytes, charset) = match self {
+            Conn::Mysql(_) => ("LONGTEXT", "LONGBLOB", " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
+            Conn::Postgres(_) => ("TEXT", "BYTEA", ""),
+            Conn::Sqlite(_) => ("TEXT", "BLOB", ""),
+        };
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {} (at {text} NOT NULL, reason {text} NOT NULL, event {text}, \
-             written TIMESTAMP DEFAULT CURRENT_TIMESTAMP)",
+             event_bytes {bytes}, written TIMESTAMP DEFAULT CURRENT_TIMESTAMP){charset}",
             quote(&name)
         );
-        self.execute(&sql)
-            .map_err(|source| Error::DbQuery { doing: format!("creating the dead-letter table {name}"), source })?;
+        self.execute(&sql).map_err(|source| Error::DbQuery { doing: doing(), source })?;
+        let (columns, _) = self.columns(&name)?;
+        if !columns.iter().any(|c| c.0.name == "event_bytes") {
+            let sql = format!("ALTER TABLE {} ADD COLUMN event_bytes {bytes}", quote(&name));
+            self.execute(&sql).map_err(|source| Error::DbQuery { doing: doing(), source })?;
+        }
+        if let Conn::Mysql(c) = self {
+            my::utf8mb4(c, &name).map_err(|source| Error::DbQuery { doing: doing(), source })?;
+        }
         Ok(name)
     }
 
     /// Writes refused events to the dead-letter table, in one transaction.
-    pub fn dead_letters(&mut self, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+    pub fn dead_letters(&mut self, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
         match self {
             Conn::Postgres(c) => pg::dead_letters(c, table, rows),
             Conn::Mysql(c) => my::dead_letters(c, table, rows),
@@ -316,6 +330,41 @@ impl Conn {
         }
     }
 }
+
+/// A row of the dead-letter table: where the event came from, why it was refused, and the event as it came: as text
+/// when it is UTF-8 with no NUL (which PostgreSQL's text cannot hold), else as bytes.
+pub struct DeadLetter<'a> {
+    pub at: String,
+    pub reason: String,
+    pub text: Option<&'a str>,
+    pub bytes: Option<&'a [u8]>,
+}
+
+impl<'a> DeadLetter<'a> {
+    pub fn new(at: String, reason: &str, event: &'a [u8]) -> DeadLetter<'a> {
+        let text = std::str::from_utf8(event).ok().filter(|t| !t.contains('\0'));
+        DeadLetter {
+            at,
+            // The reason is ours, but it may quote the event.
+            reason: String::from_utf8_lossy(reason.as_bytes()).replace('\0', "\u{fffd}"),
+            text,
+            bytes: if text.is_some() { None } else { Some(event) },
+        }
+    }
+}
+
+/// An event the sink cannot put into a statement (what the database would refuse as no text or no number): the
+/// event's fault, which sends it to the dead-letter table.
+#[derive(Debug)]
+pub struct Unencodable(pub String);
+
+impl std::fmt::Display for Unencodable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unencodable {}
 
 /// A connection that comes back: statements that fail because the database is away (a restart, a lost connection, a
 /// timeout) are retried on a fresh connection, after a growing delay, `max_retries` times.
@@ -356,6 +405,8 @@ impl Resilient {
             let failure = match self.conn() {
                 Ok(conn) => match op(conn) {
                     Ok(t) => return Ok(Ok(t)),
+                    // An event that cannot be encoded is the event's fault, whatever the engine.
+                    Err(e) if e.is::<Unencodable>() || e.is::<serde_json::Error>() => return Ok(Err(e)),
                     Err(e) => match conn.fault(&e) {
                         Fault::Data => return Ok(Err(e)),
                         Fault::Refused => return Err(Error::DbQuery { doing: doing(), source: e }),

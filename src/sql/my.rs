@@ -4,7 +4,7 @@
 
 use super::key::{Key, KeyKind};
 use super::url::TableUrl;
-use super::{keyset, quote, Column, DbError, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
+use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use mysql::prelude::Queryable;
@@ -243,13 +243,28 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
     Ok(())
 }
 
-pub fn dead_letters(c: &mut Conn, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+pub fn dead_letters(c: &mut Conn, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let mut tx = c.start_transaction(TxOpts::default())?;
-    let sql = format!("INSERT INTO {} (at, reason, event) VALUES (?, ?, ?)", quote(table));
-    for (at, reason, event) in rows {
-        tx.exec_drop(&sql, (at, reason, event))?;
+    let sql = format!("INSERT INTO {} (at, reason, event, event_bytes) VALUES (?, ?, ?, ?)", quote(table));
+    for d in rows {
+        let text = d.text.map_or(Value::NULL, |t| Value::Bytes(t.as_bytes().to_vec()));
+        let bytes = d.bytes.map_or(Value::NULL, |b| Value::Bytes(b.to_vec()));
+        tx.exec_drop(&sql, (d.at.as_str(), d.reason.as_str(), text, bytes))?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Makes the dead-letter table utf8mb4 if it is not (one made by an earlier version, in the database's default
+/// charset, could not hold an emoji).
+pub fn utf8mb4(c: &mut Conn, table: &str) -> Result<(), DbError> {
+    let collation: Option<Option<String>> = c.exec_first(
+        "SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        (table,),
+    )?;
+    if collation.flatten().is_some_and(|c| !c.starts_with("utf8mb4")) {
+        c.query_drop(format!("ALTER TABLE {} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin", quote(table)))?;
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use super::key::{Key, KeyKind};
 use super::url::TableUrl;
-use super::{keyset, quote, Column, DbError, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
+use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use postgres::{Client, Config, NoTls};
@@ -379,11 +379,11 @@ fn copy(c: &mut Client, table: &str, cols: &[String], columns: &[Vec<Option<Stri
     writer.finish().map(|_| ())
 }
 
-pub fn dead_letters(c: &mut Client, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+pub fn dead_letters(c: &mut Client, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let mut tx = c.transaction()?;
-    let sql = format!("INSERT INTO {} (at, reason, event) VALUES ($1, $2, $3)", quote(table));
-    for (at, reason, event) in rows {
-        tx.execute(&sql, &[at, reason, event])?;
+    let sql = format!("INSERT INTO {} (at, reason, event, event_bytes) VALUES ($1, $2, $3, $4)", quote(table));
+    for d in rows {
+        tx.execute(&sql, &[&d.at, &d.reason, &d.text, &d.bytes])?;
     }
     tx.commit()?;
     Ok(())

@@ -510,3 +510,80 @@ fn json_values(engine: &str) {
     assert_eq!(db.one("SELECT COUNT(*) FROM docs_out WHERE LENGTH(hash) = 32"), 13);
     assert_eq!(db.one("SELECT COUNT(*) FROM docs_out_dead_letter"), 0, "nothing refused");
 }
+
+/// `hex` of a column, upper case, whatever the engine: text as its UTF-8 bytes.
+fn hex_of(engine: &str, column: &str, text: bool) -> String {
+    match (engine, text) {
+        ("postgres", true) => format!("upper(encode(convert_to({column}, 'UTF8'), 'hex'))"),
+        ("postgres", false) => format!("upper(encode({column}, 'hex'))"),
+        _ => format!("HEX({column})"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+for_each_engine!(unencodable_events);
+/// Topic → table: an event the table cannot hold (an escaped lone surrogate, bytes that are not UTF-8, not an object,
+/// a row the table refuses: too long, an emoji in MariaDB's latin1) is dead-lettered with its reason and its bytes as
+/// they came; every other event is written, and the run goes on.
+fn unencodable_events(engine: &str) {
+    // librdkafka's mock cluster: a real broker is not the point here.
+    let (_cluster, addr) = mock_cluster();
+    let db = Db::start(engine, "unencodable");
+    let name = match engine {
+        "postgres" => "varchar(10)",
+        // The database's default charset, latin1: no emoji.
+        "mariadb" => "VARCHAR(10)",
+        _ => "TEXT CHECK (length(name) <= 10)",
+    };
+    db.exec(&format!("CREATE TABLE people (id INTEGER PRIMARY KEY, name {name}, hash {})", db.text_key()));
+    let good = |id: usize| format!(r#"{{"id":{id},"name":"ok {id}"}}"#).into_bytes();
+    let mut bad: Vec<(usize, Vec<u8>, &str)> = vec![
+        (2, br#"{"id":2,"name":"lone \ud800"}"#.to_vec(), "lone surrogate"),
+        (4, b"{\"id\":4,\"name\":\"\xff\xfe\"}".to_vec(), "UTF-8"),
+        (5, r#"{"id":5,"name":"Zoë 😀 is far too long"}"#.as_bytes().to_vec(), ""),
+        (6, br#"[6]"#.to_vec(), ""),
+        (7, br#"{"id":7,"name":"\ud800\u0041"}"#.to_vec(), "lone surrogate"),
+    ];
+    if engine == "mariadb" {
+        // Short enough, but latin1 has no emoji.
+        bad.push((8, r#"{"id":8,"name":"😀"}"#.as_bytes().to_vec(), "Incorrect string value"));
+    }
+    let n = 300;
+    let events: Vec<Event> = (1..=n)
+        .map(|id| {
+            let payload = bad.iter().find(|b| b.0 == id).map_or_else(|| good(id), |b| b.1.clone());
+            (Some(id.to_string().into_bytes()), Some(payload))
+        })
+        .collect();
+    produce(&addr, "src", &events);
+    let mut a = base_args(&addr, "unencodable");
+    a.extend(["--sink".into(), db.url("people"), "--hashers".into(), "2".into()]);
+    let mut r = start(&a);
+    let all_committed = || committed(&addr, "unencodable", "src").iter().sum::<i64>() == n as i64;
+    assert!(until(Duration::from_secs(90), all_committed), "{}", r.log());
+    assert_eq!(r.stop(Signal::SIGINT, Duration::from_secs(30)), Some(0), "{}", r.log());
+    let log = r.log();
+    assert!(!log.contains("restarting the pipeline"), "one event never stops the sink: {log}");
+
+    let written = n - bad.len();
+    assert_eq!(db.count("people"), written as i64, "{log}");
+    let rows = db.one("SELECT COUNT(*) FROM people WHERE name = CONCAT('ok ', id) AND LENGTH(hash) = 32");
+    assert_eq!(rows, written as i64, "every good event written as it was");
+    assert_eq!(db.count("people_dead_letter"), bad.len() as i64, "{log}");
+    for (id, event, says) in &bad {
+        let text = std::str::from_utf8(event).is_ok();
+        let column = if text { "event" } else { "event_bytes" };
+        let other = if text { "event_bytes" } else { "event" };
+        // The event as the sink had it: the worker may have spliced its hash in before the closing brace.
+        let sql = format!(
+            "SELECT COUNT(*) FROM people_dead_letter WHERE {} LIKE '{}%' AND {other} IS NULL AND reason LIKE '%{says}%' \
+             AND reason <> ''",
+            hex_of(engine, column, text),
+            hex(&event[..event.len() - 1])
+        );
+        assert_eq!(db.one(&sql), 1, "event {id} dead-lettered as it came, its reason saying {says:?}: {log}");
+    }
+}
