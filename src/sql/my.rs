@@ -60,7 +60,18 @@ pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
         let checked = format!("json_valid(`{}`)", name.replace('`', "``"));
         let json =
             ty == "json" || checks.iter().any(|c| c.to_ascii_lowercase().contains(&checked.to_ascii_lowercase()));
-        let binary = ty.contains("blob") || ty.contains("binary");
+        // Geometries come as their internal bytes (SRID and WKB), which the same column takes back.
+        const GEOMETRY: [&str; 8] = [
+            "geometry",
+            "point",
+            "linestring",
+            "polygon",
+            "multipoint",
+            "multilinestring",
+            "multipolygon",
+            "geometrycollection",
+        ];
+        let binary = ty.contains("blob") || ty.contains("binary") || GEOMETRY.contains(&ty.as_str());
         columns.push((Column { name, binary, json, type_name: ty.clone() }, ty));
     }
     Ok((columns, primary))

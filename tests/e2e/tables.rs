@@ -587,3 +587,77 @@ fn unencodable_events(engine: &str) {
         assert_eq!(db.one(&sql), 1, "event {id} dead-lettered as it came, its reason saying {says:?}: {log}");
     }
 }
+
+#[test]
+/// MariaDB BIT (and YEAR, geometry) read as values the same column takes back: BIT as an unsigned integer.
+fn mariadb_bits_round_trip() {
+    let db = Db::start("mariadb", "bits");
+    let ddl = "id INT PRIMARY KEY, b BIT(8), b1 BIT(1), b64 BIT(64), y YEAR, g POINT";
+    db.exec(&format!("CREATE TABLE bits ({ddl}); CREATE TABLE bits_out ({ddl}, hash CHAR(32))"));
+    db.exec(
+        "INSERT INTO bits VALUES (1, b'10101010', b'1', b'1111111111111111111111111111111111111111111111111111111111111111', \
+         2026, POINT(1.5, -2)), (2, b'0', b'0', b'0', 1901, NULL), (3, NULL, NULL, b'1000000000000000000000000000000000000000000000000000000000000001', NULL, POINT(0, 0))",
+    );
+    let state = scratch_dir("bits-state");
+    let (code, log) = run_to_end(&args(&db.url("bits"), &db.url("bits_out"), &state, &[]), Duration::from_secs(60));
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(db.count("bits_out"), 3);
+    let cols = "id, b, b1, b64, y, ST_AsText(g)";
+    for (a, b) in [("bits", "bits_out"), ("bits_out", "bits")] {
+        let differ = db.one(&format!("SELECT COUNT(*) FROM (SELECT {cols} FROM {a} EXCEPT SELECT {cols} FROM {b}) d"));
+        assert_eq!(differ, 0, "{a} has rows {b} has not: every value as it was");
+    }
+    assert_eq!(db.one("SELECT COUNT(*) FROM bits_out WHERE id = 1 AND b = 170 AND b64 = 18446744073709551615"), 1);
+    assert_eq!(db.one("SELECT COUNT(*) FROM bits_out_dead_letter"), 0);
+
+    // What a BIT is as JSON: an integer.
+    db.exec("CREATE TABLE bits_text (id INT PRIMARY KEY, b TEXT, b1 TEXT, b64 TEXT, y TEXT, hash CHAR(32))");
+    let state = scratch_dir("bits-text-state");
+    let a = args(&format!("{}&columns=b,b1,b64,y", db.url("bits")), &db.url("bits_text"), &state, &[]);
+    let (code, log) = run_to_end(&a, Duration::from_secs(60));
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(
+        db.one("SELECT COUNT(*) FROM bits_text WHERE id = 1 AND b = '170' AND b1 = '1' AND b64 = '18446744073709551615' AND y = '2026'"),
+        1
+    );
+    assert_eq!(db.one("SELECT COUNT(*) FROM bits_text WHERE id = 2 AND b = '0' AND b1 = '0' AND b64 = '0'"), 1);
+}
+
+#[test]
+/// PostgreSQL BC dates: ISO 8601 with a year sign (astronomical: 4713 BC is -4712, 1 BC is 0000), and back.
+fn postgres_bc_dates_round_trip() {
+    let db = Db::start("postgres", "bc");
+    let ddl = "id int PRIMARY KEY, d date, ts timestamp, tz timestamptz";
+    db.exec(&format!(
+        "SET TIME ZONE 'UTC'; CREATE TABLE dates ({ddl}); CREATE TABLE dates_out ({ddl}, hash text);
+         CREATE TABLE dates_text (id int PRIMARY KEY, d text, ts text, tz text, hash text);
+         INSERT INTO dates VALUES
+           (1, '4713-01-01 BC', '4713-01-01 00:00:00 BC', '4713-01-01 00:00:00+00 BC'),
+           (2, '0001-12-31 BC', '0001-12-31 23:59:59.25 BC', '0001-06-30 12:00:00+00 BC'),
+           (3, '2026-01-02', '2026-01-02 03:04:05.5', '2026-01-02 03:04:05+00'),
+           (4, '0001-01-01', 'infinity', '-infinity'),
+           (5, NULL, NULL, NULL)"
+    ));
+    let state = scratch_dir("bc-state");
+    let (code, log) = run_to_end(&args(&db.url("dates"), &db.url("dates_out"), &state, &[]), Duration::from_secs(60));
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(db.count("dates_out"), 5);
+    let cols = "id, d, ts, tz";
+    for (a, b) in [("dates", "dates_out"), ("dates_out", "dates")] {
+        let differ = db.one(&format!("SELECT COUNT(*) FROM (SELECT {cols} FROM {a} EXCEPT SELECT {cols} FROM {b}) d"));
+        assert_eq!(differ, 0, "{a} has rows {b} has not: every date as it was");
+    }
+    let state = scratch_dir("bc-text-state");
+    let (code, log) = run_to_end(&args(&db.url("dates"), &db.url("dates_text"), &state, &[]), Duration::from_secs(60));
+    assert_eq!(code, 0, "{log}");
+    let expect = [
+        "id = 1 AND d = '-4712-01-01' AND ts = '-4712-01-01T00:00:00' AND tz = '-4712-01-01T00:00:00+00:00'",
+        "id = 2 AND d = '0000-12-31' AND ts = '0000-12-31T23:59:59.25' AND tz = '0000-06-30T12:00:00+00:00'",
+        "id = 3 AND d = '2026-01-02' AND ts = '2026-01-02T03:04:05.5' AND tz = '2026-01-02T03:04:05+00:00'",
+        "id = 4 AND d = '0001-01-01' AND ts = 'infinity' AND tz = '-infinity'",
+        "id = 5 AND d IS NULL AND ts IS NULL AND tz IS NULL",
+    ];
+    for e in expect {
+        assert_eq!(db.one(&format!("SELECT COUNT(*) FROM dates_text WHERE {e}")), 1, "{e}");
+    }
+}
