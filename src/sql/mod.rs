@@ -366,6 +366,22 @@ impl std::fmt::Display for Unencodable {
 
 impl std::error::Error for Unencodable {}
 
+/// A write refused for the data of one row that the database named: its index among the rows written. Lets a sink
+/// set that row aside and write the others, without searching for it.
+#[derive(Debug)]
+pub struct RefusedRow {
+    pub index: usize,
+    pub error: DbError,
+}
+
+impl std::fmt::Display for RefusedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for RefusedRow {}
+
 /// A connection that comes back: statements that fail because the database is away (a restart, a lost connection, a
 /// timeout) are retried on a fresh connection, after a growing delay, `max_retries` times.
 pub struct Resilient {
@@ -406,7 +422,9 @@ impl Resilient {
                 Ok(conn) => match op(conn) {
                     Ok(t) => return Ok(Ok(t)),
                     // An event that cannot be encoded is the event's fault, whatever the engine.
-                    Err(e) if e.is::<Unencodable>() || e.is::<serde_json::Error>() => return Ok(Err(e)),
+                    Err(e) if e.is::<Unencodable>() || e.is::<serde_json::Error>() || e.is::<RefusedRow>() => {
+                        return Ok(Err(e))
+                    }
                     Err(e) => match conn.fault(&e) {
                         Fault::Data => return Ok(Err(e)),
                         Fault::Refused => return Err(Error::DbQuery { doing: doing(), source: e }),

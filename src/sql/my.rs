@@ -235,7 +235,7 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
         .map(|f| s.columns.iter().find(|c| c.name == *f).map_or((false, false), |c| (c.binary, c.json)))
         .collect();
     let mut tx = c.start_transaction(TxOpts::default())?;
-    for part in objects.chunks(rows_per_statement) {
+    for (n, part) in objects.chunks(rows_per_statement).enumerate() {
         let mut params = Vec::with_capacity(part.len() * fields.len());
         for o in part {
             for (f, (binary, json)) in fields.iter().zip(&kinds) {
@@ -248,7 +248,22 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
             cols.join(", "),
             vec![one.as_str(); part.len()].join(", ")
         );
-        tx.exec_drop(sql, params)?;
+        if let Err(e) = tx.exec_drop(sql, params) {
+            // A row's data refused: the server names its row in the statement (`... at row 42`).
+            let row = match &e {
+                mysql::Error::MySqlError(m) => {
+                    m.message.rsplit(" at row ").next().and_then(|r| r.trim().parse::<usize>().ok())
+                }
+                _ => None,
+            };
+            let error: DbError = e.into();
+            return match row {
+                Some(r) if r >= 1 && r <= part.len() && fault(&error) == Fault::Data => {
+                    Err(Box::new(super::RefusedRow { index: n * rows_per_statement + r - 1, error }))
+                }
+                _ => Err(error),
+            };
+        }
     }
     tx.commit()?;
     Ok(())

@@ -336,7 +336,20 @@ pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&st
     match copy(c, &t, &cols, &columns) {
         Ok(()) => return Ok(()),
         Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            // A row's data refused: COPY names its line (`COPY t, line 42, column v: ...`).
+            let line = e.as_db_error().and_then(|d| d.where_()).and_then(|w| {
+                let after = w.split(", line ").nth(1)?;
+                after.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok()
+            });
+            let error: DbError = e.into();
+            return match line {
+                Some(n) if n >= 1 && fault(&error) == Fault::Data => {
+                    Err(Box::new(super::RefusedRow { index: n - 1, error }))
+                }
+                _ => Err(error),
+            };
+        }
     }
     let updates: Vec<String> =
         fields.iter().filter(|f| **f != s.key).map(|f| format!("{0} = EXCLUDED.{0}", quote(f))).collect();
