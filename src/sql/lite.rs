@@ -20,6 +20,11 @@ pub fn open(url: &TableUrl) -> Result<Connection> {
 }
 
 /// Opens (or with `create`, creates) a database file in WAL mode, waiting on locks rather than failing.
+///
+/// WAL lets a scan's readers go on while the sink, in another process, writes to the same file; in a rollback
+/// journal each commit waits for every reader. The mode belongs to the file and outlives the run: it cannot be set
+/// back while another process has the file open, and a crashed run could not set it back at all. So the switch is
+/// said, once, by the process that makes it (README: Tables).
 pub fn open_path(path: &str, create: bool) -> Result<Connection, DbError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     if create {
@@ -27,8 +32,23 @@ pub fn open_path(path: &str, create: bool) -> Result<Connection, DbError> {
     }
     let c = Connection::open_with_flags(path, flags).map_err(|e| format!("cannot open {path}: {e}"))?;
     c.busy_timeout(Duration::from_secs(30))?;
-    c.pragma_update(None, "journal_mode", "WAL")?;
+    let was: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if !was.eq_ignore_ascii_case("wal") {
+        let now: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        // A file just created has nothing to tell: only a user's file that changes is worth a line.
+        if now.eq_ignore_ascii_case("wal") && !(create && was.eq_ignore_ascii_case("delete") && is_empty(&c)) {
+            log::info!(
+                "switched {path} from journal mode {was} to WAL, so that readers and the writer share it; it stays \
+                 so (PRAGMA journal_mode = {was} sets it back when nothing has it open)"
+            );
+        }
+    }
     Ok(c)
+}
+
+/// Whether the database has no tables yet.
+fn is_empty(c: &Connection) -> bool {
+    c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0)).is_ok_and(|n| n == 0)
 }
 
 pub fn columns(c: &mut Connection, table: &str) -> Result<TableColumns, DbError> {
@@ -59,24 +79,31 @@ pub fn unique_columns(c: &mut Connection, table: &str) -> Result<Vec<String>, Db
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// A key column's kind from the values it holds, where its declared type says nothing (SQLite keeps what it is
-/// given in a column without one): integers only, or text.
-pub fn key_kind_of(c: &mut Connection, table: &str, key: &str, declared: KeyKind) -> Result<KeyKind, DbError> {
+/// A key column's kind from the values it holds (SQLite keeps what it is given where the column's affinity cannot
+/// convert it): integers only, or text; the declared kind when the table is empty. `Ok(Err)`: a key of other values,
+/// or of both, which a scan cannot order and split.
+pub fn key_kind_of(
+    c: &mut Connection,
+    table: &str,
+    key: &str,
+    declared: KeyKind,
+) -> Result<Result<KeyKind, String>, DbError> {
     let mut stmt = c.prepare(&format!(
         "SELECT DISTINCT typeof({k}) FROM {t} WHERE {k} IS NOT NULL LIMIT 3",
         k = quote(key),
         t = quote(table)
     ))?;
     let types: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    match types.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    Ok(match types.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => Ok(declared),
         ["integer"] => Ok(KeyKind::Int),
         ["text"] => Ok(KeyKind::Text),
-        other => {
-            Err(format!("key column {key:?} holds values of types {other:?}: a key must be all integers or all text")
-                .into())
-        }
-    }
+        other => Err(format!(
+            "key column {key:?} of table {table:?} holds values of types {}: a key must be all integers or all text \
+             (SQLite keeps a REAL or a BLOB in any column whose type cannot convert it)",
+            other.join(", ")
+        )),
+    })
 }
 
 fn key_at(s: &Schema, v: ValueRef<'_>) -> Result<Key, DbError> {

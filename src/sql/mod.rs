@@ -138,13 +138,14 @@ impl Conn {
             }
         }
         let mut kind = key_kind(&key_type);
-        let declared = key_type.to_ascii_uppercase();
-        let affinity = ["INT", "CHAR", "CLOB", "TEXT"].iter().any(|a| declared.contains(a));
-        if let (Conn::Sqlite(c), false) = (&mut *self, affinity) {
-            // A column declared without a type (or a numeric one) keeps what it is given: its values say what the key
-            // is. One pass over the key's index, only then.
+        if let Conn::Sqlite(c) = &mut *self {
+            // SQLite keeps what it is given where its type affinity cannot convert it (a REAL in an INTEGER column, a
+            // BLOB anywhere), and a column declared without a type keeps anything: the values say what the key is.
+            // One pass over the key's index; a key that is not all integers or all text is an error now, not a
+            // reader failing on it again after every restart.
             kind = lite::key_kind_of(c, table, &key, kind)
-                .map_err(|source| Error::DbQuery { doing: format!("reading the keys of {table}"), source })?;
+                .map_err(|source| Error::DbQuery { doing: format!("reading the keys of {table}"), source })?
+                .map_err(|message| Error::DbSchema { message })?;
         }
         let wanted: Vec<Column> = match &url.columns {
             Some(names) => {

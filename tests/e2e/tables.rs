@@ -703,3 +703,66 @@ fn refused_rows_bisected(engine: &str) {
     );
     assert_eq!(dead, 100);
 }
+
+for_each_engine!(empty_and_finished_scans);
+/// An empty table, and a scan run again once finished, end like any other run: exit 0 and a summary line.
+fn empty_and_finished_scans(engine: &str) {
+    let db = Db::start(engine, "empty");
+    db.exec(
+        "CREATE TABLE source (value BIGINT PRIMARY KEY);
+         CREATE TABLE destination (value BIGINT PRIMARY KEY, root DOUBLE PRECISION NOT NULL)",
+    );
+    let state = scratch_dir(&format!("empty-state-{engine}"));
+    let a = args(&db.url("source"), &db.url("destination"), &state, &["--jq", SQRT]);
+    let (code, log) = run_to_end(&a, Duration::from_secs(60));
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("summary: 0 consumed, 0 delivered, 0 dead-lettered"), "an empty table's summary: {log}");
+
+    let other = scratch_dir(&format!("finished-state-{engine}"));
+    db.fill("source", "value", "v", 500);
+    let a = args(&db.url("source"), &db.url("destination"), &other, &["--jq", SQRT]);
+    let (code, log) = run_to_end(&a, Duration::from_secs(60));
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("summary: 500 consumed, 500 delivered"), "{log}");
+    assert_eq!(checked_roots(&db), 500);
+    let (code, log) = run_to_end(&a, Duration::from_secs(60));
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("is finished"), "{log}");
+    let summary = log.lines().find(|l| l.contains("summary: ")).unwrap_or_else(|| panic!("no summary: {log}"));
+    assert!(summary.contains("0 consumed") && summary.contains("1 of 1 chunks finished, 500 rows in all"), "{log}");
+}
+
+#[test]
+/// SQLite keeps a REAL in an INTEGER key column: one clear error at start (exit 2), not a reader failing after every
+/// restart. And a user's file switched to WAL says so.
+fn sqlite_real_key_and_journal_mode() {
+    let dir = scratch_dir("sqlite-real-key");
+    let path = dir.join("user.db");
+    let _ = std::fs::remove_file(&path);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE src (id INTEGER NOT NULL UNIQUE, v INTEGER); INSERT INTO src VALUES (1, 1), (2.5, 2), (3, 3);
+         CREATE TABLE ok (id INTEGER PRIMARY KEY, v INTEGER); INSERT INTO ok VALUES (1, 1), (2, 2);
+         CREATE TABLE dst (id INTEGER PRIMARY KEY, v INTEGER, hash TEXT);",
+    )
+    .unwrap();
+    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "delete");
+    drop(c);
+    let url = |t: &str| format!("sqlite:{}?table={t}", path.display());
+    let state = scratch_dir("sqlite-real-key-state");
+    let a = args(&format!("{}&key=id", url("src")), &url("dst"), &state, &[]);
+    let (code, log) = run_to_end(&a, Duration::from_secs(60));
+    assert_eq!(code, 2, "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.len() == 1 && errors[0].contains("holds values of types integer, real"), "{log}");
+    assert!(!log.contains("restarting"), "{log}");
+    assert!(log.contains("from journal mode delete to WAL"), "the switch is said: {log}");
+    let dst = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(dst.query_row("SELECT count(*) FROM dst", [], |r| r.get::<_, i64>(0)).unwrap(), 0);
+
+    let (code, log) = run_to_end(&args(&url("ok"), &url("dst"), &state, &[]), Duration::from_secs(60));
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(dst.query_row("SELECT count(*) FROM dst", [], |r| r.get::<_, i64>(0)).unwrap(), 2);
+    assert!(!log.contains("journal mode"), "said once: {log}");
+}
