@@ -766,3 +766,49 @@ fn sqlite_real_key_and_journal_mode() {
     assert_eq!(dst.query_row("SELECT count(*) FROM dst", [], |r| r.get::<_, i64>(0)).unwrap(), 2);
     assert!(!log.contains("journal mode"), "said once: {log}");
 }
+
+#[test]
+/// `rm checkpoints.db*` in the middle of a scan: the run fails with a clear line and a non-zero exit, never
+/// "finished"; the next run does not start over unseen (its state directory says the plan was there), and only
+/// --rescan starts the scan over.
+fn checkpoint_store_deleted_mid_scan() {
+    let n = 100_000;
+    let db = Db::start("sqlite", "store-gone");
+    article(&db, n);
+    let state = scratch_dir("store-gone-state");
+    let store = state.join("checkpoints.db");
+    let a = args(
+        &db.url("source"),
+        &db.url("destination"),
+        &state,
+        &["--jq", SQRT, "--chunk-rows", "10000", "--max-rate", "20000"],
+    );
+    let mut r = start(&a);
+    assert!(until(Duration::from_secs(60), || db.count("destination") > 10_000), "{}", r.log());
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", store.display()));
+    }
+    let status = r.wait_timeout(Duration::from_secs(60));
+    let log = r.log();
+    let code = status.and_then(|s| s.code());
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains(&format!("the checkpoint store {} was deleted during the run", store.display())), "{log}");
+    assert!(!log.contains("every chunk is read and acknowledged"), "{log}");
+    assert!(!log.contains("committed 10 of 10 chunks finished"), "{log}");
+    assert!(!log.contains("restarting the pipeline"), "a store gone is not mended by a restart: {log}");
+    let written = db.count("destination");
+    assert!(written < n, "stopped in the middle: {written}");
+
+    // The next run: the store is there again (empty), the state directory says the plan was in it.
+    let (code, log) = run_to_end(&a, Duration::from_secs(60));
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("has no plan for the scan of") && log.contains("--rescan starts the scan over"), "{log}");
+    assert!(!log.contains("planned the scan"), "{log}");
+    assert_eq!(db.count("destination"), written, "nothing read again");
+
+    // --rescan: the user's choice, every row.
+    let a = [a, vec!["--rescan".into()]].concat();
+    let (code, log) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(checked_roots(&db), n);
+}
