@@ -57,9 +57,13 @@ pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
         if key == "PRI" {
             primary.push(name.clone());
         }
-        let checked = format!("json_valid(`{}`)", name.replace('`', "``"));
+        // The clause quotes the name as the session does: in ANSI_QUOTES mode (ours) with double quotes.
+        let checked = [
+            format!("json_valid(`{}`)", name.replace('`', "``")).to_ascii_lowercase(),
+            format!("json_valid({})", quote(&name)).to_ascii_lowercase(),
+        ];
         let json =
-            ty == "json" || checks.iter().any(|c| c.to_ascii_lowercase().contains(&checked.to_ascii_lowercase()));
+            ty == "json" || checks.iter().any(|c| checked.iter().any(|k| c.to_ascii_lowercase().contains(k.as_str())));
         // Geometries come as their internal bytes (SRID and WKB), which the same column takes back.
         const GEOMETRY: [&str; 8] = [
             "geometry",

@@ -509,6 +509,18 @@ fn json_values(engine: &str) {
     assert_eq!(db.one("SELECT COUNT(*) FROM docs_out WHERE id = 6 AND j IS NOT NULL"), 1, "JSON null stays a value");
     assert_eq!(db.one("SELECT COUNT(*) FROM docs_out WHERE LENGTH(hash) = 32"), 13);
     assert_eq!(db.one("SELECT COUNT(*) FROM docs_out_dead_letter"), 0, "nothing refused");
+
+    // What the source emits, seen through text columns: a JSON string is a string (its text, unquoted), JSON null
+    // and SQL NULL both SQL NULL there.
+    db.exec(&format!("CREATE TABLE docs_text (id INTEGER PRIMARY KEY, j TEXT, t TEXT, hash {})", db.text_key()));
+    let state = scratch_dir(&format!("json-text-state-{engine}"));
+    let (code, log) = run_to_end(&args(&db.url("docs"), &db.url("docs_text"), &state, &[]), Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    for (id, text) in [(1, "'123'"), (5, "'s'"), (9, "'123'"), (10, "''"), (3, "'[1,2]'")] {
+        let sql = format!("SELECT COUNT(*) FROM docs_text WHERE id = {id} AND j = {text} AND t = {text}");
+        assert_eq!(db.one(&sql), 1, "{sql}");
+    }
+    assert_eq!(db.one("SELECT COUNT(*) FROM docs_text WHERE id IN (6, 7) AND j IS NULL AND t IS NULL"), 2);
 }
 
 /// `hex` of a column, upper case, whatever the engine: text as its UTF-8 bytes.
@@ -538,8 +550,21 @@ fn unencodable_events(engine: &str) {
         "mariadb" => "VARCHAR(10)",
         _ => "TEXT CHECK (length(name) <= 10)",
     };
-    db.exec(&format!("CREATE TABLE people (id INTEGER PRIMARY KEY, name {name}, hash {})", db.text_key()));
-    let good = |id: usize| format!(r#"{{"id":{id},"name":"ok {id}"}}"#).into_bytes();
+    let json = if engine == "postgres" { "jsonb" } else { "JSON" };
+    db.exec(&format!("CREATE TABLE people (id INTEGER PRIMARY KEY, name {name}, j {json}, hash {})", db.text_key()));
+    if engine == "mariadb" {
+        // A dead-letter table as an earlier version made it: latin1 (the database's default), no event_bytes.
+        db.exec(
+            "CREATE TABLE people_dead_letter (at LONGTEXT NOT NULL, reason LONGTEXT NOT NULL, event LONGTEXT, \
+             written TIMESTAMP DEFAULT CURRENT_TIMESTAMP) CHARACTER SET latin1",
+        );
+    }
+    // JSON values from a topic keep their type: a string stays a string, null is JSON null, absent is SQL NULL.
+    let j = ["\"123\"", "null", r#"{"a":["s",1]}"#];
+    let good = |id: usize| match id % 4 {
+        3 => format!(r#"{{"id":{id},"name":"ok {id}"}}"#).into_bytes(),
+        k => format!(r#"{{"id":{id},"name":"ok {id}","j":{}}}"#, j[k]).into_bytes(),
+    };
     let mut bad: Vec<(usize, Vec<u8>, &str)> = vec![
         (2, br#"{"id":2,"name":"lone \ud800"}"#.to_vec(), "lone surrogate"),
         (4, b"{\"id\":4,\"name\":\"\xff\xfe\"}".to_vec(), "UTF-8"),
@@ -572,6 +597,22 @@ fn unencodable_events(engine: &str) {
     assert_eq!(db.count("people"), written as i64, "{log}");
     let rows = db.one("SELECT COUNT(*) FROM people WHERE name = CONCAT('ok ', id) AND LENGTH(hash) = 32");
     assert_eq!(rows, written as i64, "every good event written as it was");
+    let (is_string, is_null) = match engine {
+        "postgres" => ("j = '\"123\"'::jsonb", "j = 'null'::jsonb"),
+        _ => ("j = '\"123\"'", "j = 'null'"),
+    };
+    let of_kind = |k: usize| {
+        let bad_ids: Vec<usize> = bad.iter().map(|b| b.0).collect();
+        (1..=n).filter(|id| id % 4 == k && !bad_ids.contains(id)).count() as i64
+    };
+    assert_eq!(
+        db.one(&format!("SELECT COUNT(*) FROM people WHERE {is_string}")),
+        of_kind(0),
+        "strings stay strings: {}",
+        db.one("SELECT COUNT(*) FROM people WHERE j = 123")
+    );
+    assert_eq!(db.one(&format!("SELECT COUNT(*) FROM people WHERE {is_null}")), of_kind(1), "null is JSON null");
+    assert_eq!(db.one("SELECT COUNT(*) FROM people WHERE j IS NULL"), of_kind(3), "absent is SQL NULL");
     assert_eq!(db.count("people_dead_letter"), bad.len() as i64, "{log}");
     for (id, event, says) in &bad {
         let text = std::str::from_utf8(event).is_ok();
@@ -695,6 +736,11 @@ fn refused_rows_bisected(engine: &str) {
     assert_eq!(db.count("narrow"), n - 100);
     assert_eq!(db.one("SELECT COUNT(*) FROM narrow n JOIN src s ON s.id = n.id AND s.v = n.v AND s.v = 'ok'"), n - 100);
     assert_eq!(db.count("narrow_dead_letter"), 100);
+    if engine == "mariadb" {
+        let utf8mb4 = "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND \
+                       TABLE_NAME = 'narrow_dead_letter' AND TABLE_COLLATION LIKE 'utf8mb4%'";
+        assert_eq!(db.one(utf8mb4), 1, "the dead-letter table is made utf8mb4, whatever the database's default");
+    }
     // Each refused row once, its event the source's row (and the hash), the reason the database's.
     let dead = db.one(
         "SELECT COUNT(DISTINCT s.id) FROM narrow_dead_letter d JOIN src s
