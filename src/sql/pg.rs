@@ -267,6 +267,41 @@ fn era_of(text: &str) -> Option<String> {
     }
 }
 
+/// A JSON value as an element of a PostgreSQL array literal: arrays nested in braces, null as NULL, strings quoted,
+/// numbers and booleans as written, objects (and, in an array of json, every element, null included) as their quoted
+/// JSON text.
+fn array_literal(v: &serde_json::Value, json: bool, out: &mut String) {
+    use serde_json::Value;
+    let quoted = |text: &str, out: &mut String| {
+        out.push('"');
+        for ch in text.chars() {
+            if ch == '"' || ch == '\\' {
+                out.push('\\');
+            }
+            out.push(ch);
+        }
+        out.push('"');
+    };
+    match v {
+        Value::Array(items) => {
+            out.push('{');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                array_literal(item, json, out);
+            }
+            out.push('}');
+        }
+        // An array of json holds JSON null (to_json reads its SQL NULL as null too: the one case that changes).
+        _ if json => quoted(&v.to_string(), out),
+        Value::Null => out.push_str("NULL"),
+        Value::String(s) => quoted(s, out),
+        Value::Number(_) | Value::Bool(_) => out.push_str(&v.to_string()),
+        Value::Object(_) => quoted(&v.to_string(), out),
+    }
+}
+
 /// A JSON value as the text PostgreSQL casts to the column's type: strings unquoted, null as NULL, the rest as
 /// written. A JSON column takes the JSON value itself, a string as a JSON string and null as JSON null (the event's
 /// escapes were checked when it was parsed: it is valid Unicode).
@@ -274,6 +309,16 @@ fn text_of(v: &serde_json::value::RawValue, col: Option<&Column>) -> Result<Opti
     let raw = v.get();
     if col.is_some_and(|c| c.json) {
         return Ok(Some(raw.to_string()));
+    }
+    // An array column (its udt_name starts with `_`) takes a JSON array, as a table source reads one, as an array
+    // literal.
+    if let (Some(c), Some(b'[')) = (col, raw.as_bytes().first()) {
+        if let Some(element) = c.type_name.strip_prefix('_') {
+            let value: serde_json::Value = serde_json::from_str(raw)?;
+            let mut out = String::with_capacity(raw.len() + 2);
+            array_literal(&value, matches!(element, "json" | "jsonb"), &mut out);
+            return Ok(Some(out));
+        }
     }
     Ok(match raw.as_bytes().first() {
         Some(b'n') => None,
@@ -432,6 +477,23 @@ pub fn fault(e: &DbError) -> Fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_arrays_are_array_literals() {
+        let literal = |raw: &str, json: bool| {
+            let mut out = String::new();
+            array_literal(&serde_json::from_str(raw).unwrap(), json, &mut out);
+            out
+        };
+        assert_eq!(literal("[1,null,-2.5]", false), "{1,NULL,-2.5}");
+        assert_eq!(literal("[[1,2],[3,4]]", false), "{{1,2},{3,4}}");
+        assert_eq!(
+            literal(r#"["a b","q\"uote","back\\slash","{,}",""]"#, false),
+            r#"{"a b","q\"uote","back\\slash","{,}",""}"#
+        );
+        assert_eq!(literal("[]", false), "{}");
+        assert_eq!(literal(r#"[{"a":1},"s",true,null]"#, true), r#"{"{\"a\":1}","\"s\"","true","null"}"#);
+    }
 
     #[test]
     fn bc_years_are_signed_both_ways() {

@@ -858,3 +858,30 @@ fn checkpoint_store_deleted_mid_scan() {
     assert_eq!(code, 0, "{log}");
     assert_eq!(checked_roots(&db), n);
 }
+
+#[test]
+/// PostgreSQL arrays, read as JSON arrays, are written back into array columns as they were.
+fn postgres_arrays_round_trip() {
+    let db = Db::start("postgres", "arrays");
+    let ddl = "id int PRIMARY KEY, ints int[], texts text[], grid int[][], docs jsonb[], at timestamptz[], \
+               flags boolean[], nums numeric[]";
+    db.exec(&format!(
+        r#"SET TIME ZONE 'UTC'; CREATE TABLE arrays ({ddl}); CREATE TABLE arrays_out ({ddl}, hash text);
+         INSERT INTO arrays VALUES
+           (1, '{{1,NULL,-3}}', ARRAY['a b', 'q"uote', 'back\slash', '{{,}}', '', NULL, 'NULL'], '{{{{1,2}},{{3,4}}}}',
+            ARRAY['{{"a":[1,"x"]}}'::jsonb, '"s"'::jsonb, 'null'::jsonb, '12'::jsonb],
+            ARRAY['2026-01-02 03:04:05.5+00'::timestamptz], '{{true,false}}', '{{1.50,-0.001}}'),
+           (2, '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}'),
+           (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"#
+    ));
+    let state = scratch_dir("arrays-state");
+    let (code, log) = run_to_end(&args(&db.url("arrays"), &db.url("arrays_out"), &state, &[]), Duration::from_secs(60));
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(db.count("arrays_out"), 3, "{log}");
+    assert_eq!(db.count("arrays_out_dead_letter"), 0, "{log}");
+    let cols = "id, ints, texts, grid, docs, at, flags, nums";
+    for (a, b) in [("arrays", "arrays_out"), ("arrays_out", "arrays")] {
+        let differ = db.one(&format!("SELECT COUNT(*) FROM (SELECT {cols} FROM {a} EXCEPT SELECT {cols} FROM {b}) d"));
+        assert_eq!(differ, 0, "{a} has rows {b} has not: every array as it was");
+    }
+}
