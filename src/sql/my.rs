@@ -304,7 +304,9 @@ pub fn fault(e: &DbError) -> Fault {
     match e.downcast_ref::<mysql::Error>() {
         Some(mysql::Error::MySqlError(m)) => match m.code {
             1044 | 1045 | 1049 | 1142 | 1698 => Fault::Refused,
-            1048 | 1062 | 1216 | 1217 | 1264 | 1265 | 1292 | 1366 | 1406 | 1451 | 1452 | 3819 | 4025 => Fault::Data,
+            // Also: 1367 an illegal number, 1411 an illegal date, 1690 out of range, 3140/3146/3156 MySQL's JSON.
+            1048 | 1062 | 1216 | 1217 | 1264 | 1265 | 1292 | 1366 | 1367 | 1406 | 1411 | 1451 | 1452 | 1690 | 3140
+            | 3146 | 3156 | 3819 | 4025 => Fault::Data,
             1040 | 1053 | 1205 | 1213 | 2006 | 2013 => Fault::Unreachable,
             _ => Fault::Other,
         },
