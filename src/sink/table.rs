@@ -271,12 +271,13 @@ impl Writer {
             Err(e) => e,
         };
         if let [(at, o, _)] = rows {
+            let why = crate::error::db_message(e.as_ref());
             crate::telemetry::events::emit(crate::telemetry::events::RowRefused {
                 table: &schema.table,
                 at: *at,
-                error: &e.to_string(),
+                error: &why,
             });
-            rejected.push((*at, e.to_string(), o.raw.to_vec()));
+            rejected.push((*at, why, o.raw.to_vec()));
             return Ok(());
         }
         // The database named the row: the rows before it, it alone, then the rest.

@@ -377,7 +377,7 @@ pub struct RefusedRow {
 
 impl std::fmt::Display for RefusedRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.error.fmt(f)
+        f.write_str(&crate::error::db_message(self.error.as_ref()))
     }
 }
 
