@@ -891,3 +891,38 @@ fn postgres_arrays_round_trip() {
         assert_eq!(differ, 0, "{a} has rows {b} has not: every array as it was");
     }
 }
+
+#[test]
+/// A PostgreSQL checkpoint store whose tables are dropped mid-scan: the run fails, never "finished", and the scan
+/// does not start over unseen.
+fn postgres_checkpoint_store_dropped_mid_scan() {
+    let n = 100_000;
+    let db = Db::start("postgres", "store-dropped");
+    article(&db, n);
+    let state = scratch_dir("store-dropped-state");
+    let mut a = args(
+        &db.url("source"),
+        &db.url("destination"),
+        &state,
+        &["--jq", SQRT, "--chunk-rows", "10000", "--max-rate", "20000"],
+    );
+    a.extend(["--checkpoint".into(), db.base_url()]);
+    let mut r = start(&a);
+    assert!(until(Duration::from_secs(60), || db.count("destination") > 10_000), "{}", r.log());
+    db.exec("DROP TABLE supervisor_chunk, supervisor_scan, supervisor_store");
+    let status = r.wait_timeout(Duration::from_secs(90));
+    let log = r.log();
+    assert!(!log.contains("every chunk is read and acknowledged"), "{log}");
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
+    assert!(
+        log.contains("the checkpoint store postgres://") && log.contains("lost its tables during the run"),
+        "{log}"
+    );
+    assert!(!log.contains("restarting the pipeline"), "a store gone is not mended by a restart: {log}");
+    let written = db.count("destination");
+    assert!(written < n, "stopped in the middle: {written}");
+    let (code, log) = run_to_end(&a, Duration::from_secs(60));
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("has no plan for the scan of"), "{log}");
+    assert_eq!(db.count("destination"), written, "nothing read again");
+}

@@ -60,6 +60,8 @@ pub struct Store {
     /// A SQLite store's file as it was opened (device, inode): a file deleted or replaced under an open connection
     /// goes on working on the old one, unseen, unless looked at.
     file: Option<(std::path::PathBuf, u64, u64)>,
+    /// Where it is, for the log (no credentials).
+    location: String,
 }
 
 fn failed(doing: &str) -> impl Fn(DbError) -> Error + '_ {
@@ -135,7 +137,8 @@ impl Store {
             }
             _ => None,
         };
-        let mut store = Store { conn, engine: url.engine, scan, owner, lease, id: String::new(), file };
+        let location = url.location();
+        let mut store = Store { conn, engine: url.engine, scan, owner, lease, id: String::new(), file, location };
         store.create_tables()?;
         store.id = store.read_id().map_err(failed("reading its id"))?.unwrap_or_default();
         Ok(store)
@@ -182,10 +185,12 @@ impl Store {
         match self.read_id() {
             Ok(Some(id)) if id == self.id => Ok(()),
             Ok(other) => Err(gone(format!(
-                "changed: its id is {} where it was {}",
+                "{} changed: its id is {} where it was {}",
+                self.location,
                 other.as_deref().unwrap_or("(none)"),
                 self.id
             ))),
+            Err(e) if no_such_table(&e) => Err(gone(format!("{} lost its tables", self.location))),
             Err(e) => Err(Error::Checkpoint { doing: "reading its id".into(), source: e }),
         }
     }
@@ -547,6 +552,17 @@ impl Store {
         })
         .map_err(failed("forgetting the scan"))
     }
+}
+
+/// Whether `e` says a table is not there: the store's tables were dropped.
+fn no_such_table(e: &DbError) -> bool {
+    if let Some(pe) = e.downcast_ref::<postgres::Error>() {
+        return pe.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE);
+    }
+    if let Some(mysql::Error::MySqlError(m)) = e.downcast_ref::<mysql::Error>() {
+        return m.code == 1146;
+    }
+    e.to_string().contains("no such table")
 }
 
 /// When process `pid` started, in clock ticks since boot (`/proc/PID/stat`, field 22).
