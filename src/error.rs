@@ -239,13 +239,17 @@ impl fmt::Display for Error {
                 write!(f, "the --exec command {command} {message}")
             }
             Error::DbConnect { url, fault: crate::sql::Fault::Unreachable, source } => {
-                write!(f, "cannot reach the database at {url}: {source}")
+                write!(f, "cannot reach the database at {url}: {}", db_message(source.as_ref()))
             }
-            Error::DbConnect { url, source, .. } => write!(f, "the database at {url} refused this client: {source}"),
+            Error::DbConnect { url, source, .. } => {
+                write!(f, "the database at {url} refused this client: {}", db_message(source.as_ref()))
+            }
             Error::DbSchema { message } => f.write_str(message),
-            Error::DbQuery { doing, source } => write!(f, "{doing}: {source}"),
+            Error::DbQuery { doing, source } => write!(f, "{doing}: {}", db_message(source.as_ref())),
             Error::DbUnsupported { url, what } => write!(f, "{url}: this build cannot use {what} yet"),
-            Error::Checkpoint { doing, source } => write!(f, "checkpoint store: {doing}: {source}"),
+            Error::Checkpoint { doing, source } => {
+                write!(f, "checkpoint store: {doing}: {}", db_message(source.as_ref()))
+            }
             Error::MockCluster(e) => write!(f, "embedded Kafka (mock cluster): {e}"),
             Error::DemoStart(e) => write!(f, "the embedded Kafka did not start: {e}"),
         }
@@ -296,6 +300,24 @@ impl std::error::Error for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A database client's error as text that says what happened: PostgreSQL's client displays only `db error`, and
+/// the server's message, SQLSTATE, detail and hint are inside it.
+pub fn db_message(e: &(dyn std::error::Error + 'static)) -> String {
+    let Some(db) = e.downcast_ref::<postgres::Error>().and_then(postgres::Error::as_db_error) else {
+        return e.to_string();
+    };
+    let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    if let Some(detail) = db.detail() {
+        text.push_str(": ");
+        text.push_str(detail);
+    }
+    if let Some(hint) = db.hint() {
+        text.push_str("; hint: ");
+        text.push_str(hint);
+    }
+    text
+}
 
 #[cfg(test)]
 mod tests {

@@ -595,6 +595,8 @@ pub struct Tables {
     pub sink: Option<TableUrl>,
     /// Where a table source keeps its checkpoints.
     pub checkpoint: Option<TableUrl>,
+    /// `--state-dir` (or its default), with a table source: where a scan notes that its store holds its plan.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Tables {
@@ -625,7 +627,8 @@ impl Tables {
                 Some(TableUrl::parse(&format!("sqlite:{}", path.display())).map_err(|e| format!("--state-dir: {e}"))?)
             }
         };
-        Ok(Tables { source, sink, checkpoint })
+        let state_dir = source.as_ref().map(|_| cli.state_dir.clone().unwrap_or_else(default_state_dir));
+        Ok(Tables { source, sink, checkpoint, state_dir })
     }
 }
 

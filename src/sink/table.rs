@@ -4,8 +4,10 @@
 //! table ends with each row once.
 //!
 //! An event's top-level fields go to the columns of the same name; a field with no column is left out (said once). A
-//! batch the database refuses for its data is written again row by row, and each refused row goes, with the error, to
-//! the dead-letter table `<table>_dead_letter`, as do the events a worker rejected.
+//! batch the database refuses for its data is written again in halves, recursively, and each row refused on its own goes, with the error, to
+//! the dead-letter table `<table>_dead_letter`, as do the events a worker rejected and those no table can hold (not
+//! UTF-8, a lone surrogate): an error about one event is that event's dead letter; only the database's own faults
+//! (away, refusing us) are the sink's.
 
 use crate::channel::batch::Frame;
 use crate::channel::ipc::{AckMsg, AckSender};
@@ -102,6 +104,9 @@ impl Stage for TableSink {
 /// A row to write: its source position, the event, and its key as written in the event.
 type Keyed<'a> = (Position, Object<'a>, String);
 
+/// An event for the dead-letter table: its position, why, and its bytes as they came.
+type Rejected = (Position, String, Vec<u8>);
+
 /// Events waiting to be written, copied out of their batches.
 #[derive(Default)]
 struct Pending {
@@ -109,7 +114,7 @@ struct Pending {
     /// Per row: its source position and its bytes' range.
     rows: Vec<(Position, std::ops::Range<usize>)>,
     /// Rejected by a worker: position, reason, event.
-    rejected: Vec<(Position, String, String)>,
+    rejected: Vec<Rejected>,
     /// Filtered out: acknowledged with the next write.
     filtered: Vec<Position>,
 }
@@ -151,7 +156,7 @@ impl Writer {
             }
             let payload = r.payload.map(|p| &p[..]).unwrap_or_default();
             if let Some(why) = r.dead_letter {
-                self.pending.rejected.push((r.at, why.to_string(), String::from_utf8_lossy(payload).into_owned()));
+                self.pending.rejected.push((r.at, why.to_string(), payload.to_vec()));
                 continue;
             }
             let start = self.pending.bytes.len();
@@ -182,7 +187,7 @@ impl Writer {
             let object = match Object::parse(event) {
                 Ok(object) => object,
                 Err(why) => {
-                    rejected.push((*at, why, String::from_utf8_lossy(event).into_owned()));
+                    rejected.push((*at, why, event.to_vec()));
                     continue;
                 }
             };
@@ -190,7 +195,7 @@ impl Writer {
                 Some(k) if k != "null" => k.to_string(),
                 _ => {
                     let why = format!("no {:?} field, the key of table {}", self.schema.key, self.schema.table);
-                    rejected.push((*at, why, String::from_utf8_lossy(event).into_owned()));
+                    rejected.push((*at, why, event.to_vec()));
                     continue;
                 }
             };
@@ -209,17 +214,9 @@ impl Writer {
             groups.entry(fields).or_default().push((*at, object, key));
         }
         for (fields, rows) in groups {
-            // One statement cannot write a key twice (PostgreSQL refuses it): the last row of a key is what the
-            // table ends with, as if they were written one after another, and every one of them is acknowledged.
-            let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
-            for (i, (_, _, key)) in rows.iter().enumerate() {
-                last.insert(key.as_str(), i);
-            }
-            let kept: Vec<usize> = (0..rows.len()).filter(|&i| last.get(rows[i].2.as_str()) == Some(&i)).collect();
-            let objects: Vec<&Object<'_>> = kept.iter().map(|&i| &rows[i].1).collect();
             let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
-            let all: Vec<(Position, &Object<'_>)> = rows.iter().map(|(at, o, _)| (*at, o)).collect();
-            self.upsert(&objects, &all, &fields, &mut written, &mut rejected)?;
+            let all: Vec<(Position, &Object<'_>, &str)> = rows.iter().map(|(at, o, k)| (*at, o, k.as_str())).collect();
+            self.upsert(&all, &fields, &mut written, &mut rejected)?;
         }
         if !rejected.is_empty() {
             self.dead_letter(&rejected)?;
@@ -241,40 +238,59 @@ impl Writer {
         Ok(())
     }
 
-    /// One upsert of `objects` (the rows of `all`, one per key); if the database refuses their data, every row of
-    /// `all` one by one, in order, the refused ones set aside.
+    /// One upsert of `rows`, the last row of each key (as if they were written one after the other). If the
+    /// database refuses their data and names the row (PostgreSQL's COPY, MySQL), the rows before it, it alone, and
+    /// the rest; else each half again, and so on down. Only a row refused on its own is set aside. Where writing row
+    /// by row cost n statements, a batch with k refused rows in n costs about 2n rows written with a named row, and
+    /// (log2(k) + 1) n without.
     fn upsert(
         &mut self,
-        objects: &[&Object<'_>],
-        all: &[(Position, &Object<'_>)],
+        rows: &[(Position, &Object<'_>, &str)],
         fields: &[&str],
         written: &mut Vec<Position>,
-        rejected: &mut Vec<(Position, String, String)>,
+        rejected: &mut Vec<Rejected>,
     ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // One statement cannot write a key twice (PostgreSQL refuses it): the last row of a key is what the table
+        // ends with, and every one of them is acknowledged.
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+        for (i, (_, _, key)) in rows.iter().enumerate() {
+            last.insert(key, i);
+        }
+        let kept: Vec<usize> = (0..rows.len()).filter(|i| last.get(rows[*i].2) == Some(i)).collect();
+        let objects: Vec<&Object<'_>> = kept.iter().map(|&i| rows[i].1).collect();
         let schema = &self.schema;
         let doing = || format!("writing {} rows to {}", objects.len(), schema.table);
-        match self.db.run(&doing, |conn| conn.upsert(schema, objects, fields))? {
+        let e = match self.db.run(&doing, |conn| conn.upsert(schema, &objects, fields))? {
             Ok(()) => {
-                written.extend(all.iter().map(|(at, _)| *at));
+                written.extend(rows.iter().map(|(at, _, _)| *at));
                 return Ok(());
             }
-            Err(e) => log::debug!("a batch was refused ({e}); writing its rows one by one"),
+            Err(e) => e,
+        };
+        if let [(at, o, _)] = rows {
+            let why = crate::error::db_message(e.as_ref());
+            crate::telemetry::events::emit(crate::telemetry::events::RowRefused {
+                table: &schema.table,
+                at: *at,
+                error: &why,
+            });
+            rejected.push((*at, why, o.raw.to_vec()));
+            return Ok(());
         }
-        for (at, o) in all {
-            let doing = || format!("writing a row to {}", schema.table);
-            match self.db.run(&doing, |conn| conn.upsert(schema, std::slice::from_ref(o), fields))? {
-                Ok(()) => written.push(*at),
-                Err(e) => {
-                    crate::telemetry::events::emit(crate::telemetry::events::RowRefused {
-                        table: &schema.table,
-                        at: *at,
-                        error: &e.to_string(),
-                    });
-                    rejected.push((*at, e.to_string(), String::from_utf8_lossy(o.raw).into_owned()));
-                }
-            }
+        // The database named the row: the rows before it, it alone, then the rest.
+        if let Some(&at) = e.downcast_ref::<crate::sql::RefusedRow>().and_then(|r| kept.get(r.index)) {
+            log::debug!("{} rows were refused for row {at} ({e}); writing it alone", rows.len());
+            self.upsert(&rows[..at], fields, written, rejected)?;
+            self.upsert(&rows[at..=at], fields, written, rejected)?;
+            return self.upsert(&rows[at + 1..], fields, written, rejected);
         }
-        Ok(())
+        log::debug!("{} rows were refused ({e}); writing them in halves", rows.len());
+        let (first, second) = rows.split_at(rows.len() / 2);
+        self.upsert(first, fields, written, rejected)?;
+        self.upsert(second, fields, written, rejected)
     }
 
     /// `--create-table`: the table, from the fields of these events, each column typed by its first non-null value.
@@ -314,7 +330,7 @@ impl Writer {
         Ok(())
     }
 
-    fn dead_letter(&mut self, rows: &[(Position, String, String)]) -> Result<()> {
+    fn dead_letter(&mut self, rows: &[Rejected]) -> Result<()> {
         let table = match &self.dead_letter_table {
             Some(t) => t.clone(),
             None => {
@@ -323,8 +339,8 @@ impl Writer {
                 t
             }
         };
-        let rows: Vec<(String, String, String)> =
-            rows.iter().map(|(at, why, event)| (at.to_string(), why.clone(), event.clone())).collect();
+        let rows: Vec<crate::sql::DeadLetter<'_>> =
+            rows.iter().map(|(at, why, event)| crate::sql::DeadLetter::new(at.to_string(), why, event)).collect();
         let doing = || format!("writing {} rows to the dead-letter table {table}", rows.len());
         self.db
             .run(&doing, |conn| conn.dead_letters(&table, &rows))?

@@ -4,7 +4,7 @@
 
 use super::key::{Key, KeyKind};
 use super::url::TableUrl;
-use super::{keyset, quote, Column, DbError, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
+use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use rusqlite::types::ValueRef;
@@ -20,6 +20,11 @@ pub fn open(url: &TableUrl) -> Result<Connection> {
 }
 
 /// Opens (or with `create`, creates) a database file in WAL mode, waiting on locks rather than failing.
+///
+/// WAL lets a scan's readers go on while the sink, in another process, writes to the same file; in a rollback
+/// journal each commit waits for every reader. The mode belongs to the file and outlives the run: it cannot be set
+/// back while another process has the file open, and a crashed run could not set it back at all. So the switch is
+/// said, once, by the process that makes it (README: Tables).
 pub fn open_path(path: &str, create: bool) -> Result<Connection, DbError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     if create {
@@ -27,8 +32,23 @@ pub fn open_path(path: &str, create: bool) -> Result<Connection, DbError> {
     }
     let c = Connection::open_with_flags(path, flags).map_err(|e| format!("cannot open {path}: {e}"))?;
     c.busy_timeout(Duration::from_secs(30))?;
-    c.pragma_update(None, "journal_mode", "WAL")?;
+    let was: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if !was.eq_ignore_ascii_case("wal") {
+        let now: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        // A file just created has nothing to tell: only a user's file that changes is worth a line.
+        if now.eq_ignore_ascii_case("wal") && !(create && was.eq_ignore_ascii_case("delete") && is_empty(&c)) {
+            log::info!(
+                "switched {path} from journal mode {was} to WAL, so that readers and the writer share it; it stays \
+                 so (PRAGMA journal_mode = {was} sets it back when nothing has it open)"
+            );
+        }
+    }
     Ok(c)
+}
+
+/// Whether the database has no tables yet.
+fn is_empty(c: &Connection) -> bool {
+    c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0)).is_ok_and(|n| n == 0)
 }
 
 pub fn columns(c: &mut Connection, table: &str) -> Result<TableColumns, DbError> {
@@ -42,7 +62,9 @@ pub fn columns(c: &mut Connection, table: &str) -> Result<TableColumns, DbError>
             primary.push((pk, name.clone()));
         }
         let binary = ty.to_ascii_uppercase().contains("BLOB");
-        columns.push((Column { name, binary, type_name: ty.to_ascii_lowercase() }, ty));
+        // SQLite keeps JSON as text: a column declared JSON holds it, and is read and written as JSON.
+        let json = ty.to_ascii_uppercase().contains("JSON");
+        columns.push((Column { name, binary, json, type_name: ty.to_ascii_lowercase() }, ty));
     }
     primary.sort();
     Ok((columns, primary.into_iter().map(|p| p.1).collect()))
@@ -57,24 +79,31 @@ pub fn unique_columns(c: &mut Connection, table: &str) -> Result<Vec<String>, Db
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// A key column's kind from the values it holds, where its declared type says nothing (SQLite keeps what it is
-/// given in a column without one): integers only, or text.
-pub fn key_kind_of(c: &mut Connection, table: &str, key: &str, declared: KeyKind) -> Result<KeyKind, DbError> {
+/// A key column's kind from the values it holds (SQLite keeps what it is given where the column's affinity cannot
+/// convert it): integers only, or text; the declared kind when the table is empty. `Ok(Err)`: a key of other values,
+/// or of both, which a scan cannot order and split.
+pub fn key_kind_of(
+    c: &mut Connection,
+    table: &str,
+    key: &str,
+    declared: KeyKind,
+) -> Result<Result<KeyKind, String>, DbError> {
     let mut stmt = c.prepare(&format!(
         "SELECT DISTINCT typeof({k}) FROM {t} WHERE {k} IS NOT NULL LIMIT 3",
         k = quote(key),
         t = quote(table)
     ))?;
     let types: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    match types.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    Ok(match types.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => Ok(declared),
         ["integer"] => Ok(KeyKind::Int),
         ["text"] => Ok(KeyKind::Text),
-        other => {
-            Err(format!("key column {key:?} holds values of types {other:?}: a key must be all integers or all text")
-                .into())
-        }
-    }
+        other => Err(format!(
+            "key column {key:?} of table {table:?} holds values of types {}: a key must be all integers or all text \
+             (SQLite keeps a REAL or a BLOB in any column whose type cannot convert it)",
+            other.join(", ")
+        )),
+    })
 }
 
 fn key_at(s: &Schema, v: ValueRef<'_>) -> Result<Key, DbError> {
@@ -130,15 +159,20 @@ pub fn page(
     let writer = ObjectWriter::new(&s.columns);
     while let Some(r) = rows.next()? {
         let key = key_at(s, r.get_ref(0)?)?;
-        let json = writer.object(|i, out| write_value(out, r.get_ref(i + 1)?))?;
+        let json = writer.object(|i, out| write_value(out, r.get_ref(i + 1)?, s.columns[i].json))?;
         out.push(Row { key, json });
     }
     Ok(())
 }
 
-/// A value as JSON: numbers stay numbers, NULL is null, text is a string, bytes are base64.
-fn write_value(out: &mut Vec<u8>, v: ValueRef<'_>) -> Result<(), DbError> {
+/// A value as JSON: numbers stay numbers, NULL is null, text is a string, bytes are base64; a JSON column's text is
+/// the JSON value it holds, and its NULL no field at all (returns false).
+fn write_value(out: &mut Vec<u8>, v: ValueRef<'_>, json: bool) -> Result<bool, DbError> {
     match v {
+        ValueRef::Null if json => return Ok(false),
+        ValueRef::Text(t) if json && serde_json::from_slice::<serde::de::IgnoredAny>(t).is_ok() => {
+            out.extend_from_slice(t)
+        }
         ValueRef::Null => out.extend_from_slice(b"null"),
         ValueRef::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
         ValueRef::Real(f) if f.is_finite() => serde_json::to_writer(&mut *out, &f)?,
@@ -146,7 +180,7 @@ fn write_value(out: &mut Vec<u8>, v: ValueRef<'_>) -> Result<(), DbError> {
         ValueRef::Text(t) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(t))?,
         ValueRef::Blob(b) => serde_json::to_writer(&mut *out, &base64::engine::general_purpose::STANDARD.encode(b))?,
     }
-    Ok(())
+    Ok(true)
 }
 
 pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &[&str]) -> Result<(), DbError> {
@@ -161,29 +195,52 @@ pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &
     array.push(b']');
     let array = String::from_utf8(array).map_err(|_| "an event is not UTF-8")?;
     let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
-    let values: Vec<String> = fields.iter().map(|f| format!("json_extract(value, '$.{}')", quote(f))).collect();
+    // A JSON column takes the value's JSON text as the event has it (`->` would give it re-written: SQLite has no
+    // JSON type, the text is what it keeps), from a second array: per event, its JSON fields' texts as strings, taken
+    // by the event's index in the first (`key`). The others take `json_extract`'s SQL values (a string's text, null as
+    // NULL).
+    let json: Vec<&str> = fields.iter().copied().filter(|f| s.columns.iter().any(|c| c.name == *f && c.json)).collect();
+    let mut texts = Vec::with_capacity(objects.len());
+    if !json.is_empty() {
+        for o in objects {
+            let row: Vec<&str> = json.iter().map(|f| o.fields.get(*f).map_or("null", |v| v.get())).collect();
+            texts.push(row);
+        }
+    }
+    let texts = serde_json::to_string(&texts)?;
+    let values: Vec<String> = fields
+        .iter()
+        .map(|f| match json.iter().position(|j| j == f) {
+            Some(n) => format!("json_extract(?2, '$[' || key || '][{n}]')"),
+            None => format!("json_extract(value, '$.{}')", quote(f).replace('\'', "''")),
+        })
+        .collect();
     let updates: Vec<String> =
         fields.iter().filter(|f| **f != s.key).map(|f| format!("{0} = excluded.{0}", quote(f))).collect();
     let action =
         if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
-    // `WHERE true` tells the parser that ON CONFLICT is the upsert's, not a join's.
+    // A WHERE tells the parser that ON CONFLICT is the upsert's, not a join's; this one also names ?2, which the
+    // statement must, JSON columns or not.
     let sql = format!(
-        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE true ON CONFLICT ({}) {action}",
+        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE ?2 IS NOT NULL ON CONFLICT ({}) {action}",
         quote(&s.table),
         cols.join(", "),
         values.join(", "),
         quote(&s.key)
     );
-    c.prepare_cached(&sql)?.execute([array])?;
+    c.prepare_cached(&sql)?.execute([array, texts])?;
     Ok(())
 }
 
-pub fn dead_letters(c: &mut Connection, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+pub fn dead_letters(c: &mut Connection, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let tx = c.transaction()?;
     {
-        let mut stmt = tx.prepare(&format!("INSERT INTO {} (at, reason, event) VALUES (?1, ?2, ?3)", quote(table)))?;
-        for (at, reason, event) in rows {
-            stmt.execute([at, reason, event])?;
+        let mut stmt = tx.prepare(&format!(
+            "INSERT INTO {} (at, reason, event, event_bytes) VALUES (?1, ?2, ?3, ?4)",
+            quote(table)
+        ))?;
+        for d in rows {
+            stmt.execute(rusqlite::params![d.at, d.reason, d.text, d.bytes])?;
         }
     }
     tx.commit()?;

@@ -57,6 +57,9 @@ pub struct Column {
     pub name: String,
     /// Binary: read as base64 text.
     pub binary: bool,
+    /// Holds JSON (PostgreSQL json/jsonb, MySQL JSON, a MariaDB column checked with `json_valid`, a SQLite column
+    /// declared JSON): read as the JSON value itself, written as the event's JSON value, strings and null included.
+    pub json: bool,
     /// The type as the database names it, lower case.
     pub type_name: String,
 }
@@ -135,13 +138,14 @@ impl Conn {
             }
         }
         let mut kind = key_kind(&key_type);
-        let declared = key_type.to_ascii_uppercase();
-        let affinity = ["INT", "CHAR", "CLOB", "TEXT"].iter().any(|a| declared.contains(a));
-        if let (Conn::Sqlite(c), false) = (&mut *self, affinity) {
-            // A column declared without a type (or a numeric one) keeps what it is given: its values say what the key
-            // is. One pass over the key's index, only then.
+        if let Conn::Sqlite(c) = &mut *self {
+            // SQLite keeps what it is given where its type affinity cannot convert it (a REAL in an INTEGER column, a
+            // BLOB anywhere), and a column declared without a type keeps anything: the values say what the key is.
+            // One pass over the key's index; a key that is not all integers or all text is an error now, not a
+            // reader failing on it again after every restart.
             kind = lite::key_kind_of(c, table, &key, kind)
-                .map_err(|source| Error::DbQuery { doing: format!("reading the keys of {table}"), source })?;
+                .map_err(|source| Error::DbQuery { doing: format!("reading the keys of {table}"), source })?
+                .map_err(|message| Error::DbSchema { message })?;
         }
         let wanted: Vec<Column> = match &url.columns {
             Some(names) => {
@@ -160,6 +164,7 @@ impl Conn {
                         columns.iter().find(|c| c.0.name == key).map(|c| c.0.clone()).unwrap_or(Column {
                             name: key.clone(),
                             binary: false,
+                            json: false,
                             type_name: key_type.clone(),
                         }),
                     );
@@ -279,23 +284,37 @@ impl Conn {
         self.execute(&sql).map_err(|source| Error::DbQuery { doing: format!("creating table {table}"), source })
     }
 
-    /// Creates the dead-letter table beside `table` if it is missing, and returns its name.
+    /// Creates the dead-letter table beside `table` if it is missing, and returns its name. An event is kept as it
+    /// came: in `event` when it is text, else its bytes in `event_bytes`. On MySQL the table is utf8mb4 whatever the
+    /// database's default, so that any text fits; a table from an earlier version gets the column, and utf8mb4.
     pub fn dead_letter_table(&mut self, table: &str) -> Result<String> {
         let name = format!("{table}_dead_letter");
+        let doing = || format!("creating the dead-letter table {name}");
         // MySQL's TEXT holds 64 KiB; an event may be longer.
-        let text = if matches!(self, Conn::Mysql(_)) { "LONGTEXT" } else { "TEXT" };
+        let (text, bytes, charset) = match self {
+            Conn::Mysql(_) => ("LONGTEXT", "LONGBLOB", " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
+            Conn::Postgres(_) => ("TEXT", "BYTEA", ""),
+            Conn::Sqlite(_) => ("TEXT", "BLOB", ""),
+        };
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {} (at {text} NOT NULL, reason {text} NOT NULL, event {text}, \
-             written TIMESTAMP DEFAULT CURRENT_TIMESTAMP)",
+             event_bytes {bytes}, written TIMESTAMP DEFAULT CURRENT_TIMESTAMP){charset}",
             quote(&name)
         );
-        self.execute(&sql)
-            .map_err(|source| Error::DbQuery { doing: format!("creating the dead-letter table {name}"), source })?;
+        self.execute(&sql).map_err(|source| Error::DbQuery { doing: doing(), source })?;
+        let (columns, _) = self.columns(&name)?;
+        if !columns.iter().any(|c| c.0.name == "event_bytes") {
+            let sql = format!("ALTER TABLE {} ADD COLUMN event_bytes {bytes}", quote(&name));
+            self.execute(&sql).map_err(|source| Error::DbQuery { doing: doing(), source })?;
+        }
+        if let Conn::Mysql(c) = self {
+            my::utf8mb4(c, &name).map_err(|source| Error::DbQuery { doing: doing(), source })?;
+        }
         Ok(name)
     }
 
     /// Writes refused events to the dead-letter table, in one transaction.
-    pub fn dead_letters(&mut self, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+    pub fn dead_letters(&mut self, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
         match self {
             Conn::Postgres(c) => pg::dead_letters(c, table, rows),
             Conn::Mysql(c) => my::dead_letters(c, table, rows),
@@ -312,6 +331,57 @@ impl Conn {
         }
     }
 }
+
+/// A row of the dead-letter table: where the event came from, why it was refused, and the event as it came: as text
+/// when it is UTF-8 with no NUL (which PostgreSQL's text cannot hold), else as bytes.
+pub struct DeadLetter<'a> {
+    pub at: String,
+    pub reason: String,
+    pub text: Option<&'a str>,
+    pub bytes: Option<&'a [u8]>,
+}
+
+impl<'a> DeadLetter<'a> {
+    pub fn new(at: String, reason: &str, event: &'a [u8]) -> DeadLetter<'a> {
+        let text = std::str::from_utf8(event).ok().filter(|t| !t.contains('\0'));
+        DeadLetter {
+            at,
+            // The reason is ours, but it may quote the event.
+            reason: String::from_utf8_lossy(reason.as_bytes()).replace('\0', "\u{fffd}"),
+            text,
+            bytes: if text.is_some() { None } else { Some(event) },
+        }
+    }
+}
+
+/// An event the sink cannot put into a statement (what the database would refuse as no text or no number): the
+/// event's fault, which sends it to the dead-letter table.
+#[derive(Debug)]
+pub struct Unencodable(pub String);
+
+impl std::fmt::Display for Unencodable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unencodable {}
+
+/// A write refused for the data of one row that the database named: its index among the rows written. Lets a sink
+/// set that row aside and write the others, without searching for it.
+#[derive(Debug)]
+pub struct RefusedRow {
+    pub index: usize,
+    pub error: DbError,
+}
+
+impl std::fmt::Display for RefusedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::error::db_message(self.error.as_ref()))
+    }
+}
+
+impl std::error::Error for RefusedRow {}
 
 /// A connection that comes back: statements that fail because the database is away (a restart, a lost connection, a
 /// timeout) are retried on a fresh connection, after a growing delay, `max_retries` times.
@@ -352,6 +422,10 @@ impl Resilient {
             let failure = match self.conn() {
                 Ok(conn) => match op(conn) {
                     Ok(t) => return Ok(Ok(t)),
+                    // An event that cannot be encoded is the event's fault, whatever the engine.
+                    Err(e) if e.is::<Unencodable>() || e.is::<serde_json::Error>() || e.is::<RefusedRow>() => {
+                        return Ok(Err(e))
+                    }
                     Err(e) => match conn.fault(&e) {
                         Fault::Data => return Ok(Err(e)),
                         Fault::Refused => return Err(Error::DbQuery { doing: doing(), source: e }),
@@ -431,17 +505,24 @@ impl ObjectWriter {
         ObjectWriter { names: columns.iter().map(|c| serde_json::to_string(&c.name).unwrap_or_default()).collect() }
     }
 
-    /// One object; `value(i, out)` writes column `i`'s value.
-    fn object(&self, mut value: impl FnMut(usize, &mut Vec<u8>) -> Result<(), DbError>) -> Result<Vec<u8>, DbError> {
+    /// One object; `value(i, out)` writes column `i`'s value, or returns false to leave the field out (a JSON
+    /// column's SQL NULL, which JSON null would not tell apart from a JSON null value).
+    fn object(&self, mut value: impl FnMut(usize, &mut Vec<u8>) -> Result<bool, DbError>) -> Result<Vec<u8>, DbError> {
         let mut json = Vec::with_capacity(16 * self.names.len() + 2);
         json.push(b'{');
+        let mut first = true;
         for (i, name) in self.names.iter().enumerate() {
-            if i > 0 {
+            let start = json.len();
+            if !first {
                 json.push(b',');
             }
             json.extend_from_slice(name.as_bytes());
             json.push(b':');
-            value(i, &mut json)?;
+            if value(i, &mut json)? {
+                first = false;
+            } else {
+                json.truncate(start);
+            }
         }
         json.push(b'}');
         Ok(json)
@@ -455,10 +536,30 @@ pub struct Object<'a> {
 }
 
 impl<'a> Object<'a> {
+    /// The event's fields; an error (the event's dead letter) when it is not a JSON object, or holds what no table
+    /// can hold as text: bytes that are not UTF-8, or an escaped lone surrogate (`"\ud800"`, which Python's
+    /// `json.dumps` writes), which is not a Unicode character.
     pub fn parse(raw: &'a [u8]) -> Result<Object<'a>, String> {
+        if let Err(e) = std::str::from_utf8(raw) {
+            return Err(format!("not UTF-8 text, which a table cannot hold: {e}"));
+        }
         let fields = serde_json::from_slice(raw).map_err(|e| format!("not a JSON object: {e}"))?;
+        // The fields' values are kept raw, their escapes unchecked: a full parse checks them, only where a surrogate
+        // escape may be.
+        if escapes_a_surrogate(raw) {
+            if let Err(e) = serde_json::from_slice::<serde_json::Value>(raw) {
+                return Err(format!("not valid Unicode text, which a table cannot hold (a lone surrogate?): {e}"));
+            }
+        }
         Ok(Object { raw, fields })
     }
+}
+
+/// Whether `raw` may hold a `\uD800`..`\uDFFF` escape (half of a surrogate pair, or a lone one).
+fn escapes_a_surrogate(raw: &[u8]) -> bool {
+    raw.windows(4).any(|w| {
+        w[0] == b'\\' && w[1] == b'u' && (w[2] | 0x20) == b'd' && matches!(w[3] | 0x20, b'8'..=b'9' | b'a'..=b'f')
+    })
 }
 
 #[cfg(test)]
@@ -483,16 +584,27 @@ mod tests {
         assert_eq!(keyset("k", Some(&a), Some(&b), dollar), ("WHERE k > $1 AND k <= $2".to_string(), vec![&a, &b]));
         assert_eq!(keyset("k", None, Some(&b), dollar), ("WHERE k <= $1".to_string(), vec![&b]));
         let w = ObjectWriter::new(&[
-            Column { name: "a".into(), binary: false, type_name: String::new() },
-            Column { name: "q\"".into(), binary: false, type_name: String::new() },
+            Column { name: "a".into(), binary: false, json: false, type_name: String::new() },
+            Column { name: "q\"".into(), binary: false, json: false, type_name: String::new() },
+            Column { name: "c".into(), binary: false, json: true, type_name: String::new() },
         ]);
         let json = w
             .object(|i, out| {
                 out.extend_from_slice(i.to_string().as_bytes());
-                Ok(())
+                Ok(true)
             })
             .unwrap();
-        assert_eq!(String::from_utf8(json).unwrap(), r#"{"a":0,"q\"":1}"#);
+        assert_eq!(String::from_utf8(json).unwrap(), r#"{"a":0,"q\"":1,"c":2}"#);
+        // A field left out leaves no comma behind, first or last.
+        let json = w
+            .object(|i, out| {
+                Ok(i == 1 && {
+                    out.push(b'1');
+                    true
+                })
+            })
+            .unwrap();
+        assert_eq!(String::from_utf8(json).unwrap(), r#"{"q\"":1}"#);
     }
 
     #[test]
@@ -502,5 +614,13 @@ mod tests {
         let o = Object::parse(br#"{"b":1,"a":{"x":2}}"#).unwrap();
         assert_eq!(o.fields.get("a").map(|v| v.get()), Some(r#"{"x":2}"#));
         assert!(Object::parse(b"[1]").err().unwrap().contains("not a JSON object"));
+        // A surrogate pair is a character; half of one is not, wherever it is.
+        assert!(Object::parse(br#"{"a":"\ud83d\ude00","b":"\\ud800"}"#).is_ok());
+        for lone in [r#"{"id":2,"name":"lone \ud800"}"#, r#"{"a":{"b":["\uDC00x"]}}"#, r#"{"a":"\ud800\u0041"}"#] {
+            let why = Object::parse(lone.as_bytes()).err().unwrap_or_default();
+            assert!(why.contains("not valid Unicode text"), "{lone}: {why}");
+        }
+        let why = Object::parse(b"{\"a\":\"\xff\"}").err().unwrap_or_default();
+        assert!(why.contains("not UTF-8"), "{why}");
     }
 }

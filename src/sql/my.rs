@@ -4,7 +4,7 @@
 
 use super::key::{Key, KeyKind};
 use super::url::TableUrl;
-use super::{keyset, quote, Column, DbError, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
+use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use mysql::prelude::Queryable;
@@ -38,6 +38,18 @@ pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
         (table,),
     )?;
+    // MariaDB's JSON is LONGTEXT with a `json_valid` check (MySQL's is a type of its own); MySQL's CHECK_CONSTRAINTS
+    // has no TABLE_NAME: no such checks there.
+    let checks: Vec<String> = if rows.is_empty() {
+        Vec::new()
+    } else {
+        c.exec(
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE() \
+             AND TABLE_NAME = ?",
+            (table,),
+        )
+        .unwrap_or_default()
+    };
     let mut columns = Vec::new();
     let mut primary = Vec::new();
     for (name, ty, key) in rows {
@@ -45,8 +57,26 @@ pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
         if key == "PRI" {
             primary.push(name.clone());
         }
-        columns
-            .push((Column { name, binary: ty.contains("blob") || ty.contains("binary"), type_name: ty.clone() }, ty));
+        // The clause quotes the name as the session does: in ANSI_QUOTES mode (ours) with double quotes.
+        let checked = [
+            format!("json_valid(`{}`)", name.replace('`', "``")).to_ascii_lowercase(),
+            format!("json_valid({})", quote(&name)).to_ascii_lowercase(),
+        ];
+        let json =
+            ty == "json" || checks.iter().any(|c| checked.iter().any(|k| c.to_ascii_lowercase().contains(k.as_str())));
+        // Geometries come as their internal bytes (SRID and WKB), which the same column takes back.
+        const GEOMETRY: [&str; 8] = [
+            "geometry",
+            "point",
+            "linestring",
+            "polygon",
+            "multipoint",
+            "multilinestring",
+            "multipolygon",
+            "geometrycollection",
+        ];
+        let binary = ty.contains("blob") || ty.contains("binary") || GEOMETRY.contains(&ty.as_str());
+        columns.push((Column { name, binary, json, type_name: ty.clone() }, ty));
     }
     Ok((columns, primary))
 }
@@ -121,11 +151,19 @@ pub fn page(
     Ok(())
 }
 
-/// A value as JSON, by its column's type: numbers stay numbers (decimals too), bytes are base64, timestamps RFC 3339.
-fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<(), DbError> {
+/// A value as JSON, by its column's type: numbers stay numbers (decimals too), bytes are base64, timestamps RFC 3339,
+/// BIT an unsigned integer, JSON the value itself. Returns false for a JSON column's SQL NULL: no field (JSON null
+/// is one of the values such a column holds).
+fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<bool, DbError> {
     let numeric = ["decimal", "numeric"].contains(&col.type_name.as_str());
     match v {
+        Value::NULL if col.json => return Ok(false),
         Value::NULL => out.extend_from_slice(b"null"),
+        // BIT(n) comes as n bits, big-endian, in whole bytes.
+        Value::Bytes(b) if col.type_name == "bit" && b.len() <= 8 => {
+            let n = b.iter().fold(0u64, |n, byte| (n << 8) | u64::from(*byte));
+            out.extend_from_slice(n.to_string().as_bytes())
+        }
         Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
         Value::UInt(u) => out.extend_from_slice(u.to_string().as_bytes()),
         Value::Float(f) if f.is_finite() => serde_json::to_writer(&mut *out, &f)?,
@@ -135,7 +173,9 @@ fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<(), DbError>
             serde_json::to_writer(&mut *out, &base64::engine::general_purpose::STANDARD.encode(b))?
         }
         Value::Bytes(b) if numeric => out.extend_from_slice(&b),
-        Value::Bytes(b) if col.type_name == "json" => out.extend_from_slice(&b),
+        Value::Bytes(b) if col.json && serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok() => {
+            out.extend_from_slice(&b)
+        }
         Value::Bytes(b) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(&b))?,
         Value::Date(y, mo, d, h, mi, s, us) => {
             let text = match col.type_name.as_str() {
@@ -155,14 +195,17 @@ fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<(), DbError>
             serde_json::to_writer(&mut *out, &format!("{}{hours:02}:{mi:02}:{s:02}{frac}", if neg { "-" } else { "" }))?
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A JSON value as a statement parameter, from its text: numbers as written (a DECIMAL stays exact), a binary
-/// column's base64 string decoded.
-fn param(v: Option<&serde_json::value::RawValue>, binary: bool) -> Result<Value, DbError> {
+/// column's base64 string decoded, a JSON column's value as its JSON text (a string stays a string, null JSON null).
+fn param(v: Option<&serde_json::value::RawValue>, binary: bool, json: bool) -> Result<Value, DbError> {
     let Some(v) = v else { return Ok(Value::NULL) };
     let raw = v.get();
+    if json {
+        return Ok(Value::Bytes(raw.as_bytes().to_vec()));
+    }
     Ok(match raw.as_bytes().first() {
         Some(b'n') => Value::NULL,
         Some(b't') => Value::Int(1),
@@ -191,13 +234,16 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
     // With nothing else to update, the key is set to itself: the row stays as it is.
     let action = if updates.is_empty() { format!("{0} = {0}", quote(&s.key)) } else { updates.join(", ") };
     let one = format!("({})", vec!["?"; fields.len()].join(", "));
-    let binary: Vec<bool> = fields.iter().map(|f| s.columns.iter().any(|c| c.name == *f && c.binary)).collect();
+    let kinds: Vec<(bool, bool)> = fields
+        .iter()
+        .map(|f| s.columns.iter().find(|c| c.name == *f).map_or((false, false), |c| (c.binary, c.json)))
+        .collect();
     let mut tx = c.start_transaction(TxOpts::default())?;
-    for part in objects.chunks(rows_per_statement) {
+    for (n, part) in objects.chunks(rows_per_statement).enumerate() {
         let mut params = Vec::with_capacity(part.len() * fields.len());
         for o in part {
-            for (f, binary) in fields.iter().zip(&binary) {
-                params.push(param(o.fields.get(*f).copied(), *binary)?);
+            for (f, (binary, json)) in fields.iter().zip(&kinds) {
+                params.push(param(o.fields.get(*f).copied(), *binary, *json)?);
             }
         }
         let sql = format!(
@@ -206,19 +252,49 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
             cols.join(", "),
             vec![one.as_str(); part.len()].join(", ")
         );
-        tx.exec_drop(sql, params)?;
+        if let Err(e) = tx.exec_drop(sql, params) {
+            // A row's data refused: the server names its row in the statement (`... at row 42`).
+            let row = match &e {
+                mysql::Error::MySqlError(m) => {
+                    m.message.rsplit(" at row ").next().and_then(|r| r.trim().parse::<usize>().ok())
+                }
+                _ => None,
+            };
+            let error: DbError = e.into();
+            return match row {
+                Some(r) if r >= 1 && r <= part.len() && fault(&error) == Fault::Data => {
+                    Err(Box::new(super::RefusedRow { index: n * rows_per_statement + r - 1, error }))
+                }
+                _ => Err(error),
+            };
+        }
     }
     tx.commit()?;
     Ok(())
 }
 
-pub fn dead_letters(c: &mut Conn, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+pub fn dead_letters(c: &mut Conn, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let mut tx = c.start_transaction(TxOpts::default())?;
-    let sql = format!("INSERT INTO {} (at, reason, event) VALUES (?, ?, ?)", quote(table));
-    for (at, reason, event) in rows {
-        tx.exec_drop(&sql, (at, reason, event))?;
+    let sql = format!("INSERT INTO {} (at, reason, event, event_bytes) VALUES (?, ?, ?, ?)", quote(table));
+    for d in rows {
+        let text = d.text.map_or(Value::NULL, |t| Value::Bytes(t.as_bytes().to_vec()));
+        let bytes = d.bytes.map_or(Value::NULL, |b| Value::Bytes(b.to_vec()));
+        tx.exec_drop(&sql, (d.at.as_str(), d.reason.as_str(), text, bytes))?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Makes the dead-letter table utf8mb4 if it is not (one made by an earlier version, in the database's default
+/// charset, could not hold an emoji).
+pub fn utf8mb4(c: &mut Conn, table: &str) -> Result<(), DbError> {
+    let collation: Option<Option<String>> = c.exec_first(
+        "SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        (table,),
+    )?;
+    if collation.flatten().is_some_and(|c| !c.starts_with("utf8mb4")) {
+        c.query_drop(format!("ALTER TABLE {} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin", quote(table)))?;
+    }
     Ok(())
 }
 
@@ -228,7 +304,9 @@ pub fn fault(e: &DbError) -> Fault {
     match e.downcast_ref::<mysql::Error>() {
         Some(mysql::Error::MySqlError(m)) => match m.code {
             1044 | 1045 | 1049 | 1142 | 1698 => Fault::Refused,
-            1048 | 1062 | 1216 | 1217 | 1264 | 1265 | 1292 | 1366 | 1406 | 1451 | 1452 | 3819 | 4025 => Fault::Data,
+            // Also: 1367 an illegal number, 1411 an illegal date, 1690 out of range, 3140/3146/3156 MySQL's JSON.
+            1048 | 1062 | 1216 | 1217 | 1264 | 1265 | 1292 | 1366 | 1367 | 1406 | 1411 | 1451 | 1452 | 1690 | 3140
+            | 3146 | 3156 | 3819 | 4025 => Fault::Data,
             1040 | 1053 | 1205 | 1213 | 2006 | 2013 => Fault::Unreachable,
             _ => Fault::Other,
         },

@@ -4,7 +4,7 @@
 
 use super::key::{Key, KeyKind};
 use super::url::TableUrl;
-use super::{keyset, quote, Column, DbError, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
+use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use postgres::{Client, Config, NoTls};
@@ -53,7 +53,8 @@ pub fn columns(c: &mut Client, table: &str) -> Result<TableColumns, DbError> {
         .iter()
         .map(|r| {
             let (name, udt): (String, String) = (r.get(0), r.get(1));
-            (Column { name, binary: udt == "bytea", type_name: udt.clone() }, udt)
+            let json = udt == "json" || udt == "jsonb";
+            (Column { name, binary: udt == "bytea", json, type_name: udt.clone() }, udt)
         })
         .collect();
     let primary = c
@@ -124,6 +125,9 @@ enum Read {
     Text,
     /// Text that is already JSON: numeric, json, to_json() of anything else.
     Json,
+    /// A date or timestamp as to_json() writes it, its era turned into a year sign: `"4713-01-01T00:00:00 BC"` is
+    /// `"-4712-01-01T00:00:00"` (ISO 8601, astronomical years: 1 BC is year 0).
+    Time,
 }
 
 fn read_as(col: &super::Column) -> (Read, String) {
@@ -138,6 +142,7 @@ fn read_as(col: &super::Column) -> (Read, String) {
         "text" | "varchar" | "bpchar" | "name" => (Read::Text, format!("t.{q}::text")),
         "bytea" => (Read::Text, format!("encode(t.{q}, 'base64')")),
         "numeric" | "json" => (Read::Json, format!("t.{q}::text")),
+        "date" | "timestamp" | "timestamptz" => (Read::Time, format!("to_json(t.{q})::text")),
         // Timestamps (RFC 3339, with their offset), dates, uuids, arrays, jsonb: as PostgreSQL writes them in JSON.
         _ => (Read::Json, format!("to_json(t.{q})::text")),
     }
@@ -173,55 +178,157 @@ pub fn page(
         let key = key.ok_or("a NULL key")?;
         let json = writer.object(|i, json| {
             let at = i + 1;
-            let null = b"null".as_slice();
+            // A JSON column's SQL NULL is no field at all: JSON null is a value such a column holds.
+            let null = !s.columns[i].json;
+            macro_rules! number {
+                ($t:ty) => {
+                    match row.try_get::<_, Option<$t>>(at)? {
+                        Some(v) => json.extend_from_slice(v.to_string().as_bytes()),
+                        None => return Ok(put_null(json, null)),
+                    }
+                };
+            }
             match reads[i] {
-                Read::I16 => match row.try_get::<_, Option<i16>>(at)? {
-                    Some(v) => json.extend_from_slice(v.to_string().as_bytes()),
-                    None => json.extend_from_slice(null),
-                },
-                Read::I32 => match row.try_get::<_, Option<i32>>(at)? {
-                    Some(v) => json.extend_from_slice(v.to_string().as_bytes()),
-                    None => json.extend_from_slice(null),
-                },
-                Read::I64 => match row.try_get::<_, Option<i64>>(at)? {
-                    Some(v) => json.extend_from_slice(v.to_string().as_bytes()),
-                    None => json.extend_from_slice(null),
-                },
+                Read::I16 => number!(i16),
+                Read::I32 => number!(i32),
+                Read::I64 => number!(i64),
                 Read::F32 => match row.try_get::<_, Option<f32>>(at)? {
                     Some(v) if v.is_finite() => serde_json::to_writer(&mut *json, &v)?,
-                    _ => json.extend_from_slice(null),
+                    _ => json.extend_from_slice(b"null"),
                 },
                 Read::F64 => match row.try_get::<_, Option<f64>>(at)? {
                     Some(v) if v.is_finite() => serde_json::to_writer(&mut *json, &v)?,
-                    _ => json.extend_from_slice(null),
+                    _ => json.extend_from_slice(b"null"),
                 },
                 Read::Bool => match row.try_get::<_, Option<bool>>(at)? {
                     Some(v) => json.extend_from_slice(if v { b"true" } else { b"false" }),
-                    None => json.extend_from_slice(null),
+                    None => json.extend_from_slice(b"null"),
                 },
                 Read::Text => match row.try_get::<_, Option<&str>>(at)? {
                     Some(v) => serde_json::to_writer(&mut *json, v)?,
-                    None => json.extend_from_slice(null),
+                    None => json.extend_from_slice(b"null"),
                 },
                 Read::Json => match row.try_get::<_, Option<&str>>(at)? {
                     // numeric's special values are not JSON numbers.
-                    Some("NaN" | "Infinity" | "-Infinity") | None => json.extend_from_slice(null),
+                    Some("NaN" | "Infinity" | "-Infinity") => json.extend_from_slice(b"null"),
+                    None => return Ok(put_null(json, null)),
                     Some(v) => json.extend_from_slice(v.as_bytes()),
                 },
+                Read::Time => match row.try_get::<_, Option<&str>>(at)? {
+                    None => json.extend_from_slice(b"null"),
+                    Some(v) => match v.strip_suffix(" BC\"").and_then(|v| v.strip_prefix('"')) {
+                        Some(bc) => serde_json::to_writer(&mut *json, &signed_year(bc))?,
+                        None => json.extend_from_slice(v.as_bytes()),
+                    },
+                },
             }
-            Ok(())
+            Ok(true)
         })?;
         out.push(Row { key: key_of(s, key)?, json });
     }
     Ok(())
 }
 
-/// A JSON value as the text PostgreSQL casts to the column's type: strings unquoted, null as NULL, the rest as written.
-fn text_of(v: &serde_json::value::RawValue) -> Result<Option<String>, DbError> {
+/// Writes JSON null, or leaves the field out (returns false) where `null` says SQL NULL has no JSON form.
+fn put_null(json: &mut Vec<u8>, null: bool) -> bool {
+    if null {
+        json.extend_from_slice(b"null");
+    }
+    null
+}
+
+/// A BC date or timestamp (`4713-01-01T00:00:00`, its " BC" taken off) with a signed astronomical year instead:
+/// `-4712-01-01T00:00:00`; 1 BC is year `0000`.
+fn signed_year(bc: &str) -> String {
+    let digits = bc.bytes().take_while(u8::is_ascii_digit).count();
+    match bc[..digits].parse::<i64>() {
+        Ok(1) => format!("0000{}", &bc[digits..]),
+        Ok(year) => format!("-{:04}{}", year - 1, &bc[digits..]),
+        Err(_) => format!("{bc} BC"),
+    }
+}
+
+/// The other way, for PostgreSQL's input, which takes no year sign: `-4712-01-01` is `4713-01-01 BC`. Anything
+/// else is left as it is.
+fn era_of(text: &str) -> Option<String> {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits < 4 || rest.as_bytes().get(digits) != Some(&b'-') {
+        return None;
+    }
+    let year: i64 = rest[..digits].parse().ok()?;
+    match (negative, year) {
+        (false, 0) => Some(format!("0001{} BC", &rest[digits..])),
+        (true, y) if y > 0 => Some(format!("{:04}{} BC", y + 1, &rest[digits..])),
+        _ => None,
+    }
+}
+
+/// A JSON value as an element of a PostgreSQL array literal: arrays nested in braces, null as NULL, strings quoted,
+/// numbers and booleans as written, objects (and, in an array of json, every element, null included) as their quoted
+/// JSON text.
+fn array_literal(v: &serde_json::Value, json: bool, out: &mut String) {
+    use serde_json::Value;
+    let quoted = |text: &str, out: &mut String| {
+        out.push('"');
+        for ch in text.chars() {
+            if ch == '"' || ch == '\\' {
+                out.push('\\');
+            }
+            out.push(ch);
+        }
+        out.push('"');
+    };
+    match v {
+        Value::Array(items) => {
+            out.push('{');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                array_literal(item, json, out);
+            }
+            out.push('}');
+        }
+        // An array of json holds JSON null (to_json reads its SQL NULL as null too: the one case that changes).
+        _ if json => quoted(&v.to_string(), out),
+        Value::Null => out.push_str("NULL"),
+        Value::String(s) => quoted(s, out),
+        Value::Number(_) | Value::Bool(_) => out.push_str(&v.to_string()),
+        Value::Object(_) => quoted(&v.to_string(), out),
+    }
+}
+
+/// A JSON value as the text PostgreSQL casts to the column's type: strings unquoted, null as NULL, the rest as
+/// written. A JSON column takes the JSON value itself, a string as a JSON string and null as JSON null (the event's
+/// escapes were checked when it was parsed: it is valid Unicode).
+fn text_of(v: &serde_json::value::RawValue, col: Option<&Column>) -> Result<Option<String>, DbError> {
     let raw = v.get();
+    if col.is_some_and(|c| c.json) {
+        return Ok(Some(raw.to_string()));
+    }
+    // An array column (its udt_name starts with `_`) takes a JSON array, as a table source reads one, as an array
+    // literal.
+    if let (Some(c), Some(b'[')) = (col, raw.as_bytes().first()) {
+        if let Some(element) = c.type_name.strip_prefix('_') {
+            let value: serde_json::Value = serde_json::from_str(raw)?;
+            let mut out = String::with_capacity(raw.len() + 2);
+            array_literal(&value, matches!(element, "json" | "jsonb"), &mut out);
+            return Ok(Some(out));
+        }
+    }
     Ok(match raw.as_bytes().first() {
         Some(b'n') => None,
-        Some(b'"') => Some(serde_json::from_str::<String>(raw)?),
+        Some(b'"') => {
+            let text = serde_json::from_str::<String>(raw)?;
+            match col.map(|c| c.type_name.as_str()) {
+                Some("date" | "timestamp" | "timestamptz") => Some(era_of(&text).unwrap_or(text)),
+                _ => Some(text),
+            }
+        }
         _ => Some(raw.to_string()),
     })
 }
@@ -232,11 +339,12 @@ fn text_of(v: &serde_json::value::RawValue) -> Result<Option<String>, DbError> {
 /// on a fresh table nothing is there.
 pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&str]) -> Result<(), DbError> {
     let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(objects.len()); fields.len()];
-    let binary: Vec<bool> = fields.iter().map(|f| s.columns.iter().any(|c| c.name == *f && c.binary)).collect();
+    let cols_of: Vec<Option<&Column>> = fields.iter().map(|f| s.columns.iter().find(|c| c.name == *f)).collect();
+    let binary: Vec<bool> = cols_of.iter().map(|c| c.is_some_and(|c| c.binary)).collect();
     for o in objects {
-        for ((column, f), binary) in columns.iter_mut().zip(fields).zip(&binary) {
+        for (((column, f), binary), col) in columns.iter_mut().zip(fields).zip(&binary).zip(&cols_of) {
             let text = match o.fields.get(*f) {
-                Some(v) => text_of(v)?,
+                Some(v) => text_of(v, *col)?,
                 None => None,
             };
             // A bytes column's value travels as base64 (as a table source writes it): bytea's hex input here.
@@ -273,7 +381,20 @@ pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&st
     match copy(c, &t, &cols, &columns) {
         Ok(()) => return Ok(()),
         Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            // A row's data refused: COPY names its line (`COPY t, line 42, column v: ...`).
+            let line = e.as_db_error().and_then(|d| d.where_()).and_then(|w| {
+                let after = w.split(", line ").nth(1)?;
+                after.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok()
+            });
+            let error: DbError = e.into();
+            return match line {
+                Some(n) if n >= 1 && fault(&error) == Fault::Data => {
+                    Err(Box::new(super::RefusedRow { index: n - 1, error }))
+                }
+                _ => Err(error),
+            };
+        }
     }
     let updates: Vec<String> =
         fields.iter().filter(|f| **f != s.key).map(|f| format!("{0} = EXCLUDED.{0}", quote(f))).collect();
@@ -316,11 +437,11 @@ fn copy(c: &mut Client, table: &str, cols: &[String], columns: &[Vec<Option<Stri
     writer.finish().map(|_| ())
 }
 
-pub fn dead_letters(c: &mut Client, table: &str, rows: &[(String, String, String)]) -> Result<(), DbError> {
+pub fn dead_letters(c: &mut Client, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let mut tx = c.transaction()?;
-    let sql = format!("INSERT INTO {} (at, reason, event) VALUES ($1, $2, $3)", quote(table));
-    for (at, reason, event) in rows {
-        tx.execute(&sql, &[at, reason, event])?;
+    let sql = format!("INSERT INTO {} (at, reason, event, event_bytes) VALUES ($1, $2, $3, $4)", quote(table));
+    for d in rows {
+        tx.execute(&sql, &[&d.at, &d.reason, &d.text, &d.bytes])?;
     }
     tx.commit()?;
     Ok(())
@@ -350,5 +471,43 @@ pub fn fault(e: &DbError) -> Fault {
         // 21: the same key twice in one statement.
         ("21" | "22" | "23", _) => Fault::Data,
         _ => Fault::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_arrays_are_array_literals() {
+        let literal = |raw: &str, json: bool| {
+            let mut out = String::new();
+            array_literal(&serde_json::from_str(raw).unwrap(), json, &mut out);
+            out
+        };
+        assert_eq!(literal("[1,null,-2.5]", false), "{1,NULL,-2.5}");
+        assert_eq!(literal("[[1,2],[3,4]]", false), "{{1,2},{3,4}}");
+        assert_eq!(
+            literal(r#"["a b","q\"uote","back\\slash","{,}",""]"#, false),
+            r#"{"a b","q\"uote","back\\slash","{,}",""}"#
+        );
+        assert_eq!(literal("[]", false), "{}");
+        assert_eq!(literal(r#"[{"a":1},"s",true,null]"#, true), r#"{"{\"a\":1}","\"s\"","true","null"}"#);
+    }
+
+    #[test]
+    fn bc_years_are_signed_both_ways() {
+        assert_eq!(signed_year("4713-01-01T00:00:00"), "-4712-01-01T00:00:00");
+        assert_eq!(signed_year("0001-12-31T23:59:59.25+00:00"), "0000-12-31T23:59:59.25+00:00");
+        assert_eq!(signed_year("0002-01-01"), "-0001-01-01");
+        assert_eq!(era_of("-4712-01-01T00:00:00Z").as_deref(), Some("4713-01-01T00:00:00Z BC"));
+        assert_eq!(era_of("0000-12-31").as_deref(), Some("0001-12-31 BC"));
+        assert_eq!(era_of("-0001-01-01").as_deref(), Some("0002-01-01 BC"));
+        for text in ["2026-01-02", "infinity", "-infinity", "12:00", "-1 day", ""] {
+            assert_eq!(era_of(text), None, "{text}");
+        }
+        for bc in ["4713-01-01", "0001-01-01T00:00:00", "0123-06-30T12:00:00+02:00"] {
+            assert_eq!(era_of(&signed_year(bc)), Some(format!("{bc} BC")));
+        }
     }
 }

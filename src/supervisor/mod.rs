@@ -144,7 +144,9 @@ impl Supervisor {
                 Ended::Crashed => sup.before_restart(),
             };
             if let Some(exit) = exit {
-                if sup.budget.total() > 0 || sup.counts.any_consumed() {
+                // A table scan that ends well says so, even with nothing to read (an empty table, a finished scan).
+                let scanned = sup.cfg.tables.source.is_some() && exit == Exit::Clean;
+                if sup.budget.total() > 0 || sup.counts.any_consumed() || scanned {
                     sup.summary();
                 }
                 return (exit, sup.counts.totals());

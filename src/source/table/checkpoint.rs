@@ -15,6 +15,7 @@ use crate::sql::key::Key;
 use crate::sql::url::{Engine, TableUrl};
 use crate::sql::{Conn, DbError};
 use mysql::prelude::Queryable;
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 /// A chunk as the store has it.
@@ -54,6 +55,13 @@ pub struct Store {
     /// This instance, as its leases name it: host and supervisor pid.
     owner: String,
     lease: Duration,
+    /// The store's own id, made once when its tables are: a store deleted and made again has another.
+    id: String,
+    /// A SQLite store's file as it was opened (device, inode): a file deleted or replaced under an open connection
+    /// goes on working on the old one, unseen, unless looked at.
+    file: Option<(std::path::PathBuf, u64, u64)>,
+    /// Where it is, for the log (no credentials).
+    location: String,
 }
 
 fn failed(doing: &str) -> impl Fn(DbError) -> Error + '_ {
@@ -123,9 +131,68 @@ impl Store {
         // The supervisor, on this host, as started: a pid reused later is another process.
         let supervisor = nix::unistd::getppid().as_raw();
         let owner = format!("{host}:{supervisor}.{}", start_time(supervisor).unwrap_or_default());
-        let mut store = Store { conn, engine: url.engine, scan, owner, lease };
+        let file = match url.engine {
+            Engine::Sqlite => {
+                std::fs::metadata(&url.connect).ok().map(|m| (std::path::PathBuf::from(&url.connect), m.dev(), m.ino()))
+            }
+            _ => None,
+        };
+        let location = url.location();
+        let mut store = Store { conn, engine: url.engine, scan, owner, lease, id: String::new(), file, location };
         store.create_tables()?;
+        store.id = store.read_id().map_err(failed("reading its id"))?.unwrap_or_default();
         Ok(store)
+    }
+
+    /// The store's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn read_id(&mut self) -> Result<Option<String>, DbError> {
+        let sql = "SELECT id FROM supervisor_store WHERE one = 1";
+        Ok(match &mut self.conn {
+            Conn::Postgres(c) => c.query_opt(sql, &[])?.map(|r| r.get(0)),
+            Conn::Mysql(c) => c.query_first(sql)?,
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare(sql)?;
+                let mut rows = stmt.query([])?;
+                match rows.next()? {
+                    Some(r) => Some(r.get(0)?),
+                    None => None,
+                }
+            }
+        })
+    }
+
+    /// Fails if the store is no longer the one this run opened: its file deleted or replaced, or its id changed (its
+    /// tables dropped and made again). Saving checkpoints into a store nobody will read again would end in a
+    /// "finished" scan that the next run starts over.
+    pub fn watch(&mut self) -> Result<()> {
+        let gone = |why: String| Error::DbSchema {
+            message: format!(
+                "the checkpoint store {why} during the run: the checkpoints of this run cannot be kept, and the scan \
+                 stops here (the next run says what to do)"
+            ),
+        };
+        if let Some((path, dev, ino)) = &self.file {
+            match std::fs::metadata(path) {
+                Ok(m) if m.dev() == *dev && m.ino() == *ino => {}
+                Ok(_) => return Err(gone(format!("{} was replaced by another file", path.display()))),
+                Err(_) => return Err(gone(format!("{} was deleted", path.display()))),
+            }
+        }
+        match self.read_id() {
+            Ok(Some(id)) if id == self.id => Ok(()),
+            Ok(other) => Err(gone(format!(
+                "{} changed: its id is {} where it was {}",
+                self.location,
+                other.as_deref().unwrap_or("(none)"),
+                self.id
+            ))),
+            Err(e) if no_such_table(&e) => Err(gone(format!("{} lost its tables", self.location))),
+            Err(e) => Err(Error::Checkpoint { doing: "reading its id".into(), source: e }),
+        }
     }
 
     fn create_tables(&mut self) -> Result<()> {
@@ -139,6 +206,7 @@ impl Store {
                 "CREATE TABLE IF NOT EXISTS supervisor_scan (scan {key} PRIMARY KEY, rows_estimate BIGINT NOT NULL, \
                  chunks BIGINT NOT NULL, planned {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP)"
             ),
+            format!("CREATE TABLE IF NOT EXISTS supervisor_store (one BIGINT PRIMARY KEY, id {text} NOT NULL)"),
             format!(
                 "CREATE TABLE IF NOT EXISTS supervisor_chunk (scan {key} NOT NULL, chunk BIGINT NOT NULL, lo {text}, \
                  hi {text}, done_upto {text}, finished BIGINT NOT NULL DEFAULT 0, row_count BIGINT NOT NULL DEFAULT 0, \
@@ -149,6 +217,15 @@ impl Store {
         for sql in statements {
             self.exec(&sql, vec![]).map_err(failed("creating its tables"))?;
         }
+        // Made once, by whichever instance comes first.
+        let insert = match self.engine {
+            Engine::Postgres => "INSERT INTO supervisor_store (one, id) VALUES (1, $1) ON CONFLICT (one) DO NOTHING",
+            Engine::Mysql => "INSERT IGNORE INTO supervisor_store (one, id) VALUES (1, $1)",
+            Engine::Sqlite => "INSERT OR IGNORE INTO supervisor_store (one, id) VALUES (1, $1)",
+        };
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let id = format!("{}-{}-{nanos:x}", self.owner, std::process::id());
+        self.exec(insert, vec![P::S(Some(id))]).map_err(failed("creating its id"))?;
         Ok(())
     }
 
@@ -403,6 +480,7 @@ impl Store {
     /// Moves checkpoints on and renews this instance's leases, in one transaction. Returns the chunks whose lease
     /// this instance lost (another took them over): they are no longer its to checkpoint.
     pub fn advance(&mut self, moves: &[Move]) -> Result<Vec<i32>> {
+        self.watch()?;
         let now = self.now();
         let (scan, owner, lease) = (self.scan.clone(), self.owner.clone(), self.lease.as_secs_f64());
         self.transaction(|s| {
@@ -454,6 +532,7 @@ impl Store {
 
     /// Chunks of the scan not finished yet, whoever holds them.
     pub fn unfinished(&mut self) -> Result<u64> {
+        self.watch()?;
         let n = self
             .query_i64(
                 "SELECT COUNT(*) FROM supervisor_chunk WHERE scan = $1 AND finished = 0",
@@ -473,6 +552,17 @@ impl Store {
         })
         .map_err(failed("forgetting the scan"))
     }
+}
+
+/// Whether `e` says a table is not there: the store's tables were dropped.
+fn no_such_table(e: &DbError) -> bool {
+    if let Some(pe) = e.downcast_ref::<postgres::Error>() {
+        return pe.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE);
+    }
+    if let Some(mysql::Error::MySqlError(m)) = e.downcast_ref::<mysql::Error>() {
+        return m.code == 1146;
+    }
+    e.to_string().contains("no such table")
 }
 
 /// When process `pid` started, in clock ticks since boot (`/proc/PID/stat`, field 22).

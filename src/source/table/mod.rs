@@ -56,10 +56,42 @@ pub fn scan_id(cfg: &Config) -> String {
     )
 }
 
+/// The file in the state directory that says the scan's plan was saved in its store (the scan and the store's URL
+/// name it): a store that comes back without the plan was deleted or replaced, and the scan does not start over
+/// unseen.
+fn plan_marker(cfg: &Config) -> Option<std::path::PathBuf> {
+    use md5::{Digest, Md5};
+    let (dir, store) = (cfg.tables.state_dir.as_ref()?, cfg.tables.checkpoint.as_ref()?);
+    let digest = Md5::digest(format!("{}\n{}", scan_id(cfg), store.location()).as_bytes());
+    let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(dir.join("scans").join(name))
+}
+
+/// Notes that the store holds the scan's plan (once; a failure to is said, and changes nothing else).
+fn mark_planned(cfg: &Config, store: &Store) {
+    let Some(marker) = plan_marker(cfg) else { return };
+    if marker.exists() {
+        return;
+    }
+    let text = format!(
+        "scan: {}\nstore: {}\nstore id: {}\n",
+        scan_id(cfg),
+        cfg.tables.checkpoint.as_ref().map(crate::sql::url::TableUrl::location).unwrap_or_default(),
+        store.id()
+    );
+    let written = marker.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&marker, text));
+    if let Err(e) = written {
+        log::warn!("cannot note the scan's plan in {}: {e}", marker.display());
+    }
+}
+
 /// `--rescan`: forgets the scan's checkpoints.
 pub fn forget_scan(cfg: &Config) -> Result<()> {
     let Some(store) = &cfg.tables.checkpoint else { return Ok(()) };
     let id = scan_id(cfg);
+    if let Some(marker) = plan_marker(cfg) {
+        let _ = std::fs::remove_file(marker);
+    }
     Store::open(store, id.clone(), cfg.chunk_lease)?.forget()?;
     log::info!("--rescan: the checkpoints of \"{id}\" are forgotten; the scan starts over");
     Ok(())
@@ -91,6 +123,18 @@ impl Stage for TableSource {
         let (estimate, chunks) = match store.load()? {
             Some(plan) => plan,
             None => {
+                if let Some(marker) = plan_marker(cfg).filter(|m| m.exists()) {
+                    return Err(Error::DbSchema {
+                        message: format!(
+                            "the checkpoint store {} has no plan for the scan of {}, but {} says it had one: the \
+                             store was deleted or replaced, and starting over would read every row again; \
+                             --rescan starts the scan over",
+                            store_url.location(),
+                            cfg.source_name(),
+                            marker.display()
+                        ),
+                    });
+                }
                 let started = Instant::now();
                 let (estimate, bounds) = conn.boundaries(&schema, cfg.chunk_rows)?;
                 let ranges = chunks::plan(bounds);
@@ -111,6 +155,7 @@ impl Stage for TableSource {
             }
         };
         drop(conn);
+        mark_planned(cfg, &store);
         store.adopt_orphans()?;
         let flow = Flow::new(cfg, ends.to_workers, ends.acks)?;
         let mut scan = Scan::new(cfg, schema, store, flow, estimate, chunks);
@@ -471,6 +516,11 @@ impl Scan {
         let budget = cfg.drain_timeout.saturating_sub(Duration::from_secs(1).min(cfg.drain_timeout / 4));
         let drained = self.flow.drain(Instant::now() + budget);
         let saved = self.checkpoint(true).and_then(|()| self.store.release());
+        if let Err(Error::DbSchema { .. }) = &saved {
+            // The store is gone (said where it was found): what it says is no one's to rely on.
+            log::warn!("the checkpoints of this run are not kept: the store is gone");
+            return Exit::Failure;
+        }
         self.refresh();
         let finished = self.chunks.iter().filter(|c| c.finished).count();
         let rows: u64 = self.chunks.iter().map(|c| c.rows).sum();
