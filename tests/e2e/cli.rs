@@ -277,9 +277,21 @@ fn version_says_what_the_kafka_client_can_do() {
     let out = command().arg("--version").output().unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for feature in ["ssl", "sasl_scram", "sasl_plain", "sasl_oauthbearer", "sasl_gssapi"] {
+    for feature in ["ssl", "sasl_scram", "sasl_plain", "sasl_oauthbearer"] {
         assert!(shown.contains(feature), "{feature}: {shown}");
     }
+    assert_eq!(shown.contains("sasl_gssapi"), cfg!(feature = "gssapi"), "{shown}");
+    assert_eq!(shown.contains("oidc"), cfg!(feature = "oidc"), "{shown}");
+}
+
+#[test]
+fn the_default_build_links_neither_cyrus_sasl_nor_libcurl() {
+    // A fresh machine has OpenSSL's headers but not these: the default build must not need them.
+    let out = std::process::Command::new("ldd").arg(env!("CARGO_BIN_EXE_supervisor")).output().unwrap();
+    let linked = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && linked.contains("libc.so"), "{linked}");
+    assert_eq!(linked.contains("libsasl2"), cfg!(feature = "gssapi"), "{linked}");
+    assert_eq!(linked.contains("libcurl"), cfg!(feature = "oidc"), "{linked}");
 }
 
 #[test]
