@@ -80,9 +80,9 @@ const BAD_EVERY: u64 = 997;
 /// Parent → broker process.
 #[derive(serde::Serialize, serde::Deserialize, Debug)]
 enum Cmd {
-    /// The pipeline has exited: stop generating, check, and report. `filtered` is how many events the pipeline's
-    /// transform filtered out (they have no output to find).
-    Check { group: String, filtered: u64 },
+    /// The pipeline has exited with `exit`: stop generating, check, and report. `filtered` is how many events the
+    /// pipeline's transform filtered out (they have no output to find).
+    Check { group: String, filtered: u64, exit: i32 },
 }
 
 /// The header every generated event carries its sequence number in: outputs keep their input's headers, so the
@@ -156,7 +156,7 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
         (exit, totals.filtered)
     };
     let verdict = cmd_tx
-        .send(Cmd::Check { group: cfg.group_id.clone(), filtered })
+        .send(Cmd::Check { group: cfg.group_id.clone(), filtered, exit: exit.code() })
         .ok()
         .and_then(|()| verdict_rx.try_recv_timeout(Duration::from_secs(120)).ok());
     let _ = nix::sys::wait::waitpid(broker, None);
@@ -268,7 +268,7 @@ fn broker_main(
     let mut signalled = false;
     let mut first_arrival: Option<Instant> = None;
     let mut first_arrival_us = 0;
-    let (group, filtered) = loop {
+    let (group, filtered, exit) = loop {
         checker.read(&mut checked, Duration::from_millis(100));
         let arrived = checked.arrived();
         let now = Instant::now();
@@ -325,7 +325,7 @@ fn broker_main(
             signalled = true;
         }
         match cmd_rx.try_recv() {
-            Ok(Cmd::Check { group, filtered }) => break (group, filtered),
+            Ok(Cmd::Check { group, filtered, exit }) => break (group, filtered, exit),
             Err(ipc_channel::TryRecvError::Empty) => {}
             Err(_) => return Ok(()),
         }
@@ -340,6 +340,16 @@ fn broker_main(
         }
     }
     let ok = verdict(&brokers, cfg, args.partitions, &group, &generated, &checked, filtered)?;
+    // A pipeline that failed never gets an OK, whatever the check found.
+    let said = match (ok, exit) {
+        (true, 0) => "OK: nothing lost".to_string(),
+        (true, code) => format!("FAILED: the pipeline exited {code} (what it committed is there)"),
+        (false, 0) => "FAILED".to_string(),
+        (false, code) => format!("FAILED: the pipeline exited {code}, and the check failed"),
+    };
+    println!("  verdict                   {said}");
+    println!();
+    let ok = ok && exit == 0;
     // What was written while the group formed waited for it: time only what came after.
     if let Some(line) = latency_line(&checked.latencies, first_arrival_us + LATENCY_WARM_UP_US, args.rate) {
         println!("{line}\n");
@@ -638,7 +648,5 @@ fn verdict(
         println!("  below them: {below} events, missing {missing}, wrong hashes {}", seen.wrong_hash);
         missing == 0 && seen.wrong_hash == 0
     };
-    println!("  verdict                   {}", if ok { "OK: nothing lost" } else { "FAILED" });
-    println!();
     Ok(ok)
 }

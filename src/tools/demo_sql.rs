@@ -72,13 +72,20 @@ fn run_inner(cli: &Cli, args: &SqlDemoArgs, signals: Signals) -> Result<Exit> {
     println!();
     println!("  rows in SOURCE            {n}");
     println!("  rows in DESTINATION       {rows}");
+    // A pipeline that failed never gets an OK, whatever the check found.
     let (said, exit) = match (exit, verdict) {
         (Exit::Clean, Verdict::Complete) => ("OK: nothing lost".to_string(), Exit::Clean),
-        (exit, Verdict::Partial) => {
-            (format!("stopped after {rows} of {n} rows, each right; run `supervisor demo sql` again to resume"), exit)
-        }
+        (Exit::Clean, Verdict::Partial) => (
+            format!("stopped after {rows} of {n} rows, each right; run `supervisor demo sql` again to resume"),
+            Exit::Clean,
+        ),
         (_, Verdict::Wrong(why)) => (format!("FAILED: {why}"), Exit::Failure),
-        (exit, Verdict::Complete) => ("every row is there, but the pipeline did not end cleanly".to_string(), exit),
+        (exit, Verdict::Partial) => {
+            (format!("FAILED: the pipeline exited {} after {rows} of {n} rows (each right)", exit.code()), exit)
+        }
+        (exit, Verdict::Complete) => {
+            (format!("FAILED: every row is there, but the pipeline exited {}", exit.code()), exit)
+        }
     };
     println!("  verdict                   {said}");
     Ok(exit)
