@@ -155,7 +155,8 @@ pub struct Cli {
     #[arg(long, env = "SUPERVISOR_SINK", value_name = "URL")]
     pub sink: Option<String>,
 
-    /// Where a table scan keeps its per-chunk checkpoints: sqlite:PATH [default: sqlite:<state-dir>/checkpoints.db].
+    /// Where a table scan keeps its per-chunk checkpoints: sqlite:PATH, or a postgres:// or mysql:// database that
+    /// several instances share [default: sqlite:<state-dir>/checkpoints.db].
     #[arg(long, env = "SUPERVISOR_CHECKPOINT", value_name = "URL")]
     pub checkpoint: Option<String>,
 
@@ -163,7 +164,7 @@ pub struct Cli {
     #[arg(global = true, long, env = "SUPERVISOR_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Reader threads of a table scan, each with its own connection, each reading one chunk at a time.
+    /// Reader processes of a table scan (reader-N), each with its own connection, each reading one chunk at a time.
     #[arg(global = true, long, env = "SUPERVISOR_READERS", default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub readers: u16,
