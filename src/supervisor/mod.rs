@@ -647,15 +647,13 @@ impl Supervisor {
         let totals = self.counts.totals();
         log::info!("{}", status::summary(&totals, &self.counts.committed(), self.budget.total(), took));
         if self.cfg.transform.label() != "md5" {
-            let workers = Kind::ALL.iter().position(|&k| k == Kind::Worker).map(|i| self.counts.by_kind()[i].clone());
-            let workers = workers.unwrap_or_default();
-            log::info!("transform {}", status::transform(self.cfg.transform.label(), &workers));
+            log::info!("transform {}", status::transform(self.cfg.transform.label(), &self.counts.of(Kind::Worker)));
         }
     }
 
     /// Positions the sources of every generation so far acknowledged.
     fn acked(&self) -> u64 {
-        Kind::ALL.iter().position(|&k| k == Kind::Source).map_or(0, |i| self.counts.by_kind()[i].acked)
+        self.counts.of(Kind::Source).acked
     }
 
     /// Table readers per generation: none for Kafka.

@@ -25,6 +25,9 @@ pub const PREFIX: usize = 1024;
 /// librdkafka's default `message.max.bytes`.
 pub const DEFAULT_MAX_BYTES: usize = 1_000_000;
 
+/// How many headers [`headers`] adds to a dead letter's own.
+pub const ADDED_HEADERS: usize = 4;
+
 /// A dead letter's headers: its own, plus why it is there and where it came from.
 pub fn headers(headers: OwnedHeaders, source_topic: &str, why: &str, at: Position) -> OwnedHeaders {
     headers

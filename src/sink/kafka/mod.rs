@@ -244,7 +244,7 @@ impl Writer<'_> {
                 .and_then(|h| h.iter().filter(|h| h.key == dead_letter::DLQ_ERROR).last())
                 .and_then(|h| h.value)
                 .map_or_else(|| error.to_string(), |v| String::from_utf8_lossy(v).into_owned());
-            let own = headers.as_ref().map_or(0, |h| h.count().saturating_sub(4));
+            let own = headers.as_ref().map_or(0, |h| h.count().saturating_sub(dead_letter::ADDED_HEADERS));
             let origin_of = (self.cfg.source_topic.as_str(), why.as_str(), origin.at);
             let (key, payload, headers) =
                 dead_letter::cut(key.as_deref(), payload.as_deref(), own, self.max_bytes, origin_of);

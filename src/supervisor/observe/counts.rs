@@ -60,6 +60,15 @@ impl Counts {
         out
     }
 
+    /// One kind's counters, summed over its processes and over every generation since the start.
+    pub fn of(&self, kind: Kind) -> StageStats {
+        let mut out = StageStats::default();
+        for c in self.children.iter().filter(|c| c.role.kind() == kind) {
+            out.absorb(&c.stats);
+        }
+        out
+    }
+
     /// Every counter summed over every child, with the newest source's gauges.
     pub fn totals(&self) -> StageStats {
         let mut total = StageStats::default();
@@ -120,6 +129,7 @@ mod tests {
         assert_eq!((t.consumed, t.received, t.in_flight), (130, 95, 0));
         assert_eq!(c.by_kind()[0].consumed, 130);
         assert_eq!(c.by_kind()[2].received, 95);
+        assert_eq!(c.of(Kind::ALL[2]), c.by_kind()[2], "one kind's counters are its row of by_kind");
         assert!(c.any_consumed());
     }
 
