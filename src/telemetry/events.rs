@@ -314,9 +314,8 @@ pub struct CommandRestarted<'a> {
     /// How it failed: "ended (exit status: 1)", "gave no reply within 30s and was killed", "wrote 2 lines for 1
     /// event".
     pub how: &'a str,
-    /// The first event it failed on, and how many there were from there.
+    /// The event it failed on.
     pub at: Position,
-    pub events: usize,
     /// What becomes of them: "the event is tried once more in a fresh process".
     pub next: &'a str,
     pub delay: std::time::Duration,
@@ -329,13 +328,9 @@ impl InternalEvent for CommandRestarted<'_> {
         static LIMIT: RateLimit = RateLimit::every(EVERY);
         add(&COUNTERS.command_restarts, 1);
         if let Some(n) = LIMIT.check() {
-            let on = match self.events {
-                1 => "the event".to_string(),
-                k => format!("{k} events from"),
-            };
             log::warn!(
-                "the --exec command {} {} on {on} at partition {} offset {}; {}; restarting it in {:?} (restart {} of \
-                 at most {} in a row){}",
+                "the --exec command {} {} on the event at partition {} offset {}; {}; restarting it in {:?} (restart \
+                 {} of at most {} in a row){}",
                 self.command,
                 self.how,
                 self.at.lane,

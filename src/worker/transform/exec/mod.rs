@@ -27,7 +27,6 @@ use crate::error::{Error, Result};
 use crate::telemetry::events::{emit, CommandRestarted};
 use crate::telemetry::heartbeat;
 use command::{NoReply, Running};
-use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -177,9 +176,9 @@ impl Exec {
         }
     }
 
-    /// The command failed on `events` events from `at` (`how`): end it, wait out the backoff and start a fresh one, or
-    /// give up when the budget is spent.
-    fn restart(&mut self, mut how: String, at: crate::position::Position, events: usize, next: &str) -> Result<()> {
+    /// The command failed on the event at `at` (`how`): wait out the backoff and start a fresh one, or give up when
+    /// the budget is spent.
+    fn restart(&mut self, mut how: String, at: crate::position::Position, next: &str) -> Result<()> {
         loop {
             let max = self.restarts.max();
             match self.restarts.on_failure(Instant::now(), self.started, self.replied > 0) {
@@ -192,7 +191,7 @@ impl Exec {
                     })
                 }
                 Verdict::Restart { delay, n } => {
-                    emit(CommandRestarted { command: &self.spec.name(), how: &how, at, events, next, delay, n, max });
+                    emit(CommandRestarted { command: &self.spec.name(), how: &how, at, next, delay, n, max });
                     let until = Instant::now() + delay;
                     while Instant::now() < until {
                         heartbeat::tick();
@@ -299,69 +298,51 @@ impl Transform for Exec {
             .collect();
         // Events a process already failed on once: the next failure is their last.
         let mut failed = vec![false; batch.len()];
-        let mut parts: VecDeque<Vec<usize>> =
-            VecDeque::from([(0..batch.len()).filter(|&i| matches!(answers[i], Answer::Waiting(_))).collect()]);
-        while let Some(part) = parts.pop_front() {
-            if part.is_empty() {
-                continue;
-            }
+        // The events still to send, in order: all at first, then those after (and at) where a process failed.
+        let mut part: Vec<usize> = (0..batch.len()).filter(|&i| matches!(answers[i], Answer::Waiting(_))).collect();
+        while !part.is_empty() {
             let (framed, stopped) = self.exchange(&part, &answers)?;
-            let answered = framed.len();
-            let mut again = Vec::new();
+            // The events it was not asked about, or whose answers are lost with the process.
+            let mut rest: Vec<usize> = part[framed.len()..].to_vec();
+            // The exchange ends at the first frame that is not one line: only the last can be broken.
             let mut broken = None;
             for (&i, f) in part.iter().zip(framed) {
                 match f {
                     Framed::Reply(line) => answers[i] = Answer::Replied(line),
-                    Framed::Broken(why) if failed[i] => {
-                        answers[i] = Answer::Failed(Rejection::Protocol(format!(
-                            "the --exec command broke the protocol on this event twice, in two processes: {why}"
-                        )));
-                        broken.get_or_insert((i, why));
-                    }
-                    Framed::Broken(why) => {
-                        failed[i] = true;
-                        again.push(i);
-                        broken.get_or_insert((i, why));
-                    }
+                    Framed::Broken(why) => broken = Some((i, why)),
                 }
             }
-            // The events it was not asked about, or whose answers are lost with the process.
-            let mut rest: Vec<usize> = part[answered..].to_vec();
-            if let Some(why) = stopped {
-                let on = rest[0];
-                let how = self.stop(Some(why));
-                let what = match why {
-                    NoReply::Ended => "ended",
-                    NoReply::TimedOut => "hung",
-                };
+            // The event the process failed on, how, and what the event is if it failed a process before.
+            let failure = match (stopped, broken) {
+                (Some(why), _) => {
+                    let what = match why {
+                        NoReply::Ended => "ended",
+                        NoReply::TimedOut => "hung",
+                    };
+                    let poison = format!("poison event: the --exec command {what} on it twice, in two processes");
+                    Some((rest.remove(0), self.stop(Some(why)), Rejection::Poison(poison)))
+                }
+                (None, Some((i, why))) => {
+                    self.stop(None);
+                    let protocol =
+                        format!("the --exec command broke the protocol on this event twice, in two processes: {why}");
+                    Some((i, why, Rejection::Protocol(protocol)))
+                }
+                (None, None) => None,
+            };
+            if let Some((on, how, rejection)) = failure {
                 if failed[on] {
-                    answers[on] = Answer::Failed(Rejection::Poison(format!(
-                        "poison event: the --exec command {what} on it twice, in two processes"
-                    )));
-                    rest.remove(0);
-                    let next = "it failed on this event twice: the event goes to the dead-letter destination as a \
-                                poison event";
-                    self.restart(how, batch[on].at, 1, next)?;
+                    answers[on] = Answer::Failed(rejection);
+                    let next = "it failed on this event twice, in two processes: the event goes to the dead-letter \
+                                destination";
+                    self.restart(how, batch[on].at, next)?;
                 } else {
                     failed[on] = true;
-                    self.restart(how, batch[on].at, 1, "the event is tried once more in a fresh process")?;
+                    rest.insert(0, on);
+                    self.restart(how, batch[on].at, "the event is tried once more in a fresh process")?;
                 }
-            } else if let Some((i, why)) = broken {
-                self.stop(None);
-                let next = if again.is_empty() {
-                    "they go to the dead-letter destination"
-                } else {
-                    "those it failed on the first time are tried once more in a fresh process"
-                };
-                let failing = part.iter().filter(|&&k| matches!(answers[k], Answer::Failed(_))).count() + again.len();
-                self.restart(why, batch[i].at, failing, next)?;
             }
-            if !rest.is_empty() {
-                parts.push_front(rest);
-            }
-            if !again.is_empty() {
-                parts.push_front(again);
-            }
+            part = rest;
         }
         for answer in answers {
             match answer {
