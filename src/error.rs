@@ -27,8 +27,8 @@ pub enum Exit {
     DrainTimeout = 4,
     /// A second SIGINT/SIGTERM stopped the pipeline at once; uncommitted events are re-read on the next start.
     FastStop = 5,
-    /// Children kept failing: more than `--max-restarts` restarts in a row, none running `--restart-window` without failing. systemd's
-    /// `Restart=on-failure` takes over from here.
+    /// Children kept failing: more than `--max-restarts` restarts in a row, none running `--restart-window` and
+    /// getting work done before failing. systemd's `Restart=on-failure` takes over from here.
     GaveUp = 6,
 }
 
@@ -232,7 +232,7 @@ impl fmt::Display for Error {
             Error::ExecGaveUp { command, how, restarts, window } => write!(
                 f,
                 "giving up on the --exec command {command}: it {how} again after {restarts} restart{} in a row, none \
-                 of which ran {window:?} without failing (--max-restarts, --restart-window)",
+                 of which ran {window:?} and got work done before failing (--max-restarts, --restart-window)",
                 if *restarts == 1 { "" } else { "s" }
             ),
             Error::ExecProtocol { command, message } | Error::ExecRestart { command, message } => {

@@ -4,10 +4,10 @@
 //! table ends with each row once.
 //!
 //! An event's top-level fields go to the columns of the same name; a field with no column is left out (said once). A
-//! batch the database refuses for its data is written again in halves, recursively, and each row refused on its own goes, with the error, to
-//! the dead-letter table `<table>_dead_letter`, as do the events a worker rejected and those no table can hold (not
-//! UTF-8, a lone surrogate): an error about one event is that event's dead letter; only the database's own faults
-//! (away, refusing us) are the sink's.
+//! batch the database refuses for its data is written again around the row it names, else in halves, and each row
+//! refused on its own goes, with the error, to the dead-letter table `<table>_dead_letter`, as do the events a worker
+//! rejected and those no table can hold (not UTF-8, a lone surrogate): an error about one event is that event's dead
+//! letter; only the database's own faults (away, refusing us) are the sink's.
 
 use crate::channel::batch::Frame;
 use crate::channel::ipc::{AckMsg, AckSender};

@@ -202,7 +202,8 @@ impl Supervisor {
                 let tried = match n {
                     0 => "no restart is allowed (--max-restarts 0)".to_string(),
                     n => format!(
-                        "{} in a row did not help (--max-restarts {max}; none of them ran {window:?} without failing)",
+                        "{} in a row did not help (--max-restarts {max}; none of them ran {window:?} and got work \
+                         done before failing)",
                         count(n as u64, "restart")
                     ),
                 };

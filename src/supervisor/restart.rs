@@ -85,8 +85,8 @@ impl Outcome {
     }
 }
 
-/// `--max-restarts` in a row, a row ending once a generation runs `--restart-window` without failing: how many
-/// restarts there have been, and whether one more may come.
+/// `--max-restarts` in a row, a row ending once a generation runs `--restart-window` and gets work done before
+/// failing: how many restarts there have been, and whether one more may come.
 #[derive(Debug)]
 pub struct RestartBudget {
     window: Window,
