@@ -30,6 +30,10 @@ pub enum Exit {
     /// Children kept failing: more than `--max-restarts` restarts in a row, none running `--restart-window` and
     /// getting work done before failing. systemd's `Restart=on-failure` takes over from here.
     GaveUp = 6,
+    /// Dead letters were more than `--max-dead-letters` allows: refusals are systematic (a wrong column type, a
+    /// transform that fails on every event), not the odd bad event. What was written or dead-lettered before the stop
+    /// is committed, nothing after it.
+    TooManyDeadLetters = 7,
 }
 
 impl Exit {
@@ -46,6 +50,7 @@ impl Exit {
             4 => Exit::DrainTimeout,
             5 => Exit::FastStop,
             6 => Exit::GaveUp,
+            7 => Exit::TooManyDeadLetters,
             _ => Exit::Failure,
         }
     }
@@ -59,6 +64,7 @@ impl Exit {
             Exit::DrainTimeout => "drain timed out",
             Exit::FastStop => "fast stop",
             Exit::GaveUp => "gave up after repeated restarts",
+            Exit::TooManyDeadLetters => "too many dead letters",
         }
     }
 }
@@ -143,6 +149,8 @@ pub enum Error {
     DbUnsupported { url: String, what: &'static str },
     /// The checkpoint store could not be read or written.
     Checkpoint { doing: String, source: crate::sql::DbError },
+    /// More events were dead-lettered than `--max-dead-letters` allows; `at` names the example's position.
+    TooManyDeadLetters { verdict: crate::sink::refusals::TooMany, at: String },
     /// The demo's embedded cluster failed.
     MockCluster(KafkaError),
     /// The demo's broker process did not say where it listens.
@@ -165,6 +173,7 @@ impl Error {
             Error::MetricsAddress { .. } | Error::MetricsBind { .. } | Error::Refused { .. } => Exit::Config,
             Error::JqCompile { .. } | Error::ExecStart { .. } | Error::ExecProtocol { .. } => Exit::Config,
             Error::ExecGaveUp { .. } => Exit::GaveUp,
+            Error::TooManyDeadLetters { .. } => Exit::TooManyDeadLetters,
             Error::ExecRestart { .. } => Exit::Failure,
             Error::Metadata { .. } => Exit::Unavailable,
             Error::DbConnect { fault: crate::sql::Fault::Unreachable, .. } => Exit::Unavailable,
@@ -250,6 +259,7 @@ impl fmt::Display for Error {
             Error::Checkpoint { doing, source } => {
                 write!(f, "checkpoint store: {doing}: {}", db_message(source.as_ref()))
             }
+            Error::TooManyDeadLetters { verdict, at } => write!(f, "too many dead letters: {}", verdict.describe(at)),
             Error::MockCluster(e) => write!(f, "embedded Kafka (mock cluster): {e}"),
             Error::DemoStart(e) => write!(f, "the embedded Kafka did not start: {e}"),
         }
@@ -294,7 +304,8 @@ impl std::error::Error for Error {
             | Error::JqCompile { .. }
             | Error::ExecGaveUp { .. }
             | Error::ExecProtocol { .. }
-            | Error::ExecRestart { .. } => None,
+            | Error::ExecRestart { .. }
+            | Error::TooManyDeadLetters { .. } => None,
         }
     }
 }

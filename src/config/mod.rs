@@ -27,7 +27,9 @@ Exit codes:
   4  the drain did not finish within --drain-timeout (uncommitted events are re-read on the next start)
   5  fast stop: a second SIGINT/SIGTERM during the drain (uncommitted events are re-read on the next start)
   6  gave up: children failed more than --max-restarts times in a row (a run of --restart-window without a failure
-     starts the count afresh)";
+     starts the count afresh)
+  7  too many dead letters: more than --max-dead-letters (what was written or dead-lettered before the stop is
+     committed, nothing after it)";
 
 /// This build's version, and what its Kafka client can do (TLS, SASL mechanisms, codecs), to check before deploying.
 fn version() -> &'static str {
@@ -193,6 +195,17 @@ pub struct Cli {
     /// Start the table scan over, forgetting its checkpoints (a finished scan otherwise stays finished).
     #[arg(long)]
     pub rescan: bool,
+
+    /// When dead letters mean something is wrong, not an odd bad event: a share of the last 1000 events written or
+    /// dead-lettered (judged from the 100th), a count in all, or off. Past it the pipeline stops with exit 7.
+    #[arg(
+        global = true,
+        long,
+        env = "SUPERVISOR_MAX_DEAD_LETTERS",
+        default_value = "10%",
+        value_name = "SHARE%|N|off"
+    )]
+    pub max_dead_letters: crate::sink::refusals::MaxDeadLetters,
 
     /// The tables the URLs above name.
     #[arg(skip)]
@@ -584,6 +597,7 @@ pub struct Config {
     pub chunk_lease: Duration,
     pub rescan: bool,
     pub create_table: bool,
+    pub max_dead_letters: crate::sink::refusals::MaxDeadLetters,
     /// Which generation of the pipeline the process belongs to (1 for the first start); the supervisor sets it before
     /// each fork. A child that fails to start in a later generation is a crash to restart, not a configuration error.
     pub generation: u64,
@@ -686,6 +700,7 @@ impl Config {
             chunk_lease: cli.chunk_lease,
             rescan: cli.rescan,
             create_table: cli.create_table,
+            max_dead_letters: cli.max_dead_letters,
             generation: 1,
         }
     }
@@ -769,6 +784,7 @@ impl Config {
             self.chunk_lease.as_secs_f64(),
             self.create_table
         ));
+        out.push_str(&format!("max-dead-letters = {}\n", q(&self.max_dead_letters.to_string())));
         if !self.properties.is_empty() {
             out.push_str("\n[kafka]\n");
             // Later entries win (file, then environment or flags): show each key once, with its effective value.

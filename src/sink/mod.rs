@@ -5,6 +5,7 @@
 //! worker has sent its poison pill, it flushes, sends the last acknowledgements and `Done`.
 
 pub mod kafka;
+pub mod refusals;
 pub mod table;
 
 use crate::channel::batch::Frame;

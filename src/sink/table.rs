@@ -14,6 +14,7 @@ use crate::channel::ipc::{AckMsg, AckSender};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::position::Position;
+use crate::sink::refusals::{Judge, TooMany};
 use crate::sink::{read_workers, Input, SinkEnds};
 use crate::sql::{Object, Resilient, Schema};
 use crate::stage::{Hooks, Role, Stage};
@@ -70,9 +71,11 @@ impl Stage for TableSink {
             undelivered: HashMap::new(),
             unknown_fields: BTreeSet::new(),
             dead_letter_table: None,
+            judge: Judge::new(cfg.max_dead_letters),
+            too_many: None,
         };
         let mut ended = 0;
-        while ended < workers {
+        while ended < workers && w.too_many.is_none() {
             let wait = if w.pending.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
             match inputs.recv_timeout(wait) {
                 Ok(Input::Batch(bytes)) => w.take(&bytes)?,
@@ -95,6 +98,11 @@ impl Stage for TableSink {
             heartbeat::tick();
         }
         w.write()?;
+        if let Some(verdict) = w.too_many.take() {
+            // The rows taken after the stop are neither written nor acknowledged: the source checkpoints up to them.
+            let at = format!("chunk {} row {}", verdict.at.lane, verdict.at.seq);
+            return Err(Error::TooManyDeadLetters { verdict, at });
+        }
         w.acks.send(&AckMsg::Done)?;
         log::debug!("done: every worker's output is written and acknowledged");
         Ok(Exit::Clean)
@@ -138,6 +146,10 @@ struct Writer {
     undelivered: HashMap<Position, u32>,
     unknown_fields: BTreeSet<String>,
     dead_letter_table: Option<String>,
+    /// Whether the dead letters are past `--max-dead-letters`.
+    judge: Judge,
+    /// They are: no more rows are written.
+    too_many: Option<TooMany>,
 }
 
 impl Writer {
@@ -169,7 +181,8 @@ impl Writer {
 
     /// Writes what is pending, then acknowledges it.
     fn write(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+        // Past --max-dead-letters nothing more is written: what is pending stays unacknowledged.
+        if self.pending.is_empty() || self.too_many.is_some() {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
@@ -177,17 +190,26 @@ impl Writer {
             let events: Vec<&[u8]> = pending.rows.iter().map(|(_, r)| &pending.bytes[r.clone()]).collect();
             self.create_table(&events)?;
         }
-        let mut rejected = pending.rejected;
+        let mut rejected = Vec::with_capacity(pending.rejected.len());
+        for r in pending.rejected {
+            if self.too_many.is_some() {
+                break;
+            }
+            self.refused(r, &mut rejected);
+        }
         let mut written = Vec::with_capacity(pending.rows.len());
         // Rows by the columns they have: a row is written with its own fields only, never NULLs for the fields
         // other events of the batch have. Each group keeps the batch's order.
         let mut groups: BTreeMap<Vec<String>, Vec<Keyed<'_>>> = BTreeMap::new();
         for (at, range) in &pending.rows {
             let event = &pending.bytes[range.clone()];
+            if self.too_many.is_some() {
+                break;
+            }
             let object = match Object::parse(event) {
                 Ok(object) => object,
                 Err(why) => {
-                    rejected.push((*at, why, event.to_vec()));
+                    self.refused((*at, why, event.to_vec()), &mut rejected);
                     continue;
                 }
             };
@@ -195,7 +217,7 @@ impl Writer {
                 Some(k) if k != "null" => k.to_string(),
                 _ => {
                     let why = format!("no {:?} field, the key of table {}", self.schema.key, self.schema.table);
-                    rejected.push((*at, why, event.to_vec()));
+                    self.refused((*at, why, event.to_vec()), &mut rejected);
                     continue;
                 }
             };
@@ -254,12 +276,13 @@ impl Writer {
     ) -> Result<()> {
         let mut rest = rows;
         let mut span = rows.len();
-        while !rest.is_empty() {
+        while !rest.is_empty() && self.too_many.is_none() {
             // A batch with many refused rows takes many statements: the supervisor must still see this stage alive.
             heartbeat::tick();
             let (attempt, after) = rest.split_at(span.clamp(1, rest.len()));
             let Some((e, named)) = self.statement(attempt, fields)? else {
                 written.extend(attempt.iter().map(|(at, _, _)| *at));
+                self.judge.written(attempt.len() as u64);
                 rest = after;
                 span = span.saturating_mul(2);
                 continue;
@@ -271,7 +294,7 @@ impl Writer {
                     at: *at,
                     error: &why,
                 });
-                rejected.push((*at, why, o.raw.to_vec()));
+                self.refused((*at, why, o.raw.to_vec()), rejected);
                 rest = after;
                 continue;
             }
@@ -295,6 +318,15 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Sets an event aside for the dead-letter table, and judges whether that is one too many.
+    fn refused(&mut self, r: Rejected, rejected: &mut Vec<Rejected>) {
+        self.judge.dead_lettered(&r.1, r.0);
+        if self.too_many.is_none() {
+            self.too_many = self.judge.verdict();
+        }
+        rejected.push(r);
     }
 
     /// One statement upserting `rows`: `None` once it is committed, or the database's refusal of their data, with

@@ -446,6 +446,8 @@ impl Supervisor {
     fn after_failure(&self, started: bool) -> Ended {
         match self.outcome.exit() {
             Exit::Config => Ended::Exit(Exit::Config),
+            // The same refusals would come again after a restart.
+            Exit::TooManyDeadLetters => Ended::Exit(Exit::TooManyDeadLetters),
             // A child gave up by itself (its --exec command kept failing, within its own restart budget).
             Exit::GaveUp => Ended::Exit(Exit::GaveUp),
             // Unreachable brokers at the very first start are most likely a wrong address: say so and stop.
@@ -565,7 +567,8 @@ impl Supervisor {
                 | Exit::FastStop
                 | Exit::Config
                 | Exit::Unavailable
-                | Exit::GaveUp),
+                | Exit::GaveUp
+                | Exit::TooManyDeadLetters),
             ) => Ended::Exit(exit),
             (true, _) => {
                 log::warn!("stopped while recovering from a failure; uncommitted events are re-read on the next start");

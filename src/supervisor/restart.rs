@@ -18,6 +18,7 @@ fn severity(e: Exit) -> u8 {
         Exit::FastStop => 4,
         Exit::Unavailable => 5,
         Exit::Config => 6,
+        Exit::TooManyDeadLetters => 7,
     }
 }
 
@@ -196,7 +197,15 @@ mod tests {
         assert_eq!(o.exit(), Exit::Config);
         let first = Cause { text: "hasher-1 was killed".into(), role: Some(Role::Worker(1)), peer_gone: false };
         assert_eq!(o.cause(), Some(&first));
-        let ranked = [Exit::DrainTimeout, Exit::Failure, Exit::GaveUp, Exit::FastStop, Exit::Unavailable, Exit::Config];
+        let ranked = [
+            Exit::DrainTimeout,
+            Exit::Failure,
+            Exit::GaveUp,
+            Exit::FastStop,
+            Exit::Unavailable,
+            Exit::Config,
+            Exit::TooManyDeadLetters,
+        ];
         assert!(ranked.windows(2).all(|w| severity(w[0]) < severity(w[1])), "the documented ranking");
     }
 }

@@ -10,6 +10,7 @@ mod cli;
 mod demo;
 mod faults;
 mod install;
+mod outcomes;
 mod pipeline;
 mod readme;
 mod secured;

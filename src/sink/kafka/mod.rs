@@ -11,6 +11,7 @@ use crate::channel::batch::Frame;
 use crate::channel::ipc::{AckMsg, AckSender};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
+use crate::sink::refusals::{Judge, TooMany};
 use crate::sink::{read_workers, Input, SinkEnds};
 use crate::stage::{Hooks, Role, Stage};
 use crate::telemetry::events::SinkQueue;
@@ -73,10 +74,11 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
     let config = cfg.producer_config();
     let max_bytes =
         config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(dead_letter::DEFAULT_MAX_BYTES);
-    let mut sink = Writer { cfg, producer, acks: ends.acks, max_bytes };
+    let judge = Judge::new(cfg.max_dead_letters);
+    let mut sink = Writer { cfg, producer, acks: ends.acks, max_bytes, judge, too_many: None };
     let mut ended = 0;
     let outcome = (|| {
-        while ended < workers {
+        while ended < workers && sink.too_many.is_none() {
             let wait =
                 if sink.producer.in_flight_count() > 0 { Duration::from_millis(2) } else { Duration::from_millis(100) };
             match inputs.recv_timeout(wait) {
@@ -99,6 +101,11 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
     })();
     // Whatever happened, deliver and ack what is already in librdkafka, so the source commits as far as it can.
     outcome.and(sink.flush())?;
+    if let Some(verdict) = sink.too_many.take() {
+        // What was taken after the stop is neither written nor acknowledged: the source commits up to it.
+        let at = format!("partition {} offset {}", verdict.at.lane, verdict.at.seq);
+        return Err(Error::TooManyDeadLetters { verdict, at });
+    }
     sink.acks.send(&AckMsg::Done)?;
     log::debug!("done: every worker's output is delivered and acknowledged");
     Ok(())
@@ -111,6 +118,10 @@ struct Writer<'a> {
     acks: AckSender,
     /// The producer's `message.max.bytes`: what a dead letter cut down to fit must stay under.
     max_bytes: usize,
+    /// Whether the dead letters are past `--max-dead-letters`.
+    judge: Judge,
+    /// They are: nothing more is sent.
+    too_many: Option<TooMany>,
 }
 
 impl Writer<'_> {
@@ -124,6 +135,9 @@ impl Writer<'_> {
         // (The input's position, the count, how many outputs took it: a position read twice starts a new count.)
         let mut siblings: Option<(crate::position::Position, Arc<AtomicU32>, u32)> = None;
         for record in records {
+            if self.too_many.is_some() {
+                break;
+            }
             let r = record?;
             received += 1;
             if r.outputs == 0 {
@@ -145,7 +159,11 @@ impl Writer<'_> {
             };
             let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some(), cut: 0, undelivered });
             let headers = match r.dead_letter {
-                Some(why) => Some(self.dlq_headers(copy_headers(&r.headers), why, r.at)),
+                Some(why) => {
+                    self.judge.dead_lettered(why, r.at);
+                    self.too_many = self.judge.verdict();
+                    Some(self.dlq_headers(copy_headers(&r.headers), why, r.at))
+                }
                 None if r.headers.is_empty() => None,
                 None => Some(copy_headers(&r.headers)),
             };
@@ -207,6 +225,7 @@ impl Writer<'_> {
         emit(SinkQueue { events: self.producer.in_flight_count().max(0) as u64 });
         let outcomes = self.producer.context().take();
         emit(Delivered { events: outcomes.delivered, dead_letters: outcomes.dead_lettered });
+        self.judge.written(outcomes.delivered);
         if !outcomes.acked.is_empty() {
             self.acks.send(&AckMsg::Acked(outcomes.acked))?;
         }
@@ -258,6 +277,8 @@ impl Writer<'_> {
         }
         if is_permanent(&error) {
             emit(DeadLetterRouted { at: origin.at, destination: &self.cfg.dest_topic, error: &error });
+            self.judge.dead_lettered(&error.to_string(), origin.at);
+            self.too_many = self.too_many.take().or_else(|| self.judge.verdict());
             let headers = self.dlq_headers(headers.unwrap_or_default(), &error.to_string(), origin.at);
             let origin = Box::new(Origin { to_dlq: true, ..*origin });
             let topic = self.cfg.dlq_topic.clone();

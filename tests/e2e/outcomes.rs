@@ -1,0 +1,140 @@
+//! Honest outcomes: a run whose dead letters are systematic (every row refused by the table, a transform that fails on
+//! every event) stops with exit 7 and the reason, within seconds, and commits only what was written or dead-lettered;
+//! the odd bad event still ends in exit 0.
+
+use crate::harness::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Runs to its end; returns the exit code, the log and how long it took.
+fn run_to_end(args: &[String], timeout: Duration) -> (i32, String, Duration) {
+    let t0 = Instant::now();
+    let mut r = start(args);
+    let status = r.wait_timeout(timeout);
+    if status.is_none() {
+        let _ = r.stop(Signal::SIGKILL, Duration::from_secs(5));
+        panic!("did not finish within {timeout:?}:\n{}", r.log());
+    }
+    (status.and_then(|s| s.code()).unwrap_or(-1), r.log(), t0.elapsed())
+}
+
+fn table_args(source: &str, sink: &str, name: &str, extra: &[&str]) -> Vec<String> {
+    let state = scratch_dir(&format!("{name}-state"));
+    let mut a = vec!["--source".to_string(), source.into(), "--sink".into(), sink.into()];
+    a.extend(["--state-dir".to_string(), state.display().to_string(), "--hashers".into(), "2".into()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// The one error line that says why the run stopped.
+fn too_many_line(log: &str) -> &str {
+    log.lines().find(|l| l.contains("too many dead letters: ")).unwrap_or_else(|| panic!("no verdict line:\n{log}"))
+}
+
+/// Rows acknowledged by the table source, from the summary (`…, N rows in all`).
+fn rows_in_all(log: &str) -> i64 {
+    let summary = log.lines().find(|l| l.contains("summary: ")).unwrap_or_else(|| panic!("no summary:\n{log}"));
+    let before = summary.split(" rows in all").next().unwrap_or_default();
+    before.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no rows count: {summary}"))
+}
+
+#[test]
+fn a_table_that_refuses_every_row_stops_the_run_with_exit_7() {
+    // A PostgreSQL column of text that a MariaDB INT column refuses on every row ("n/a" is no integer).
+    let pg = Db::start("postgres", "refuse-all-pg");
+    pg.exec("CREATE TABLE readings (id BIGINT PRIMARY KEY, level TEXT NOT NULL)");
+    pg.fill("readings", "id, level", "v, 'n/a'", 20_000);
+    let maria = Db::start("mariadb", "refuse-all-maria");
+    maria.exec("CREATE TABLE readings (id BIGINT PRIMARY KEY, level INT NOT NULL)");
+    let a = table_args(&pg.url("readings"), &maria.url("readings"), "refuse-all", &["--chunk-rows", "2000"]);
+    let (code, log, took) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 7, "{log}");
+    assert!(took < Duration::from_secs(30), "stopped within seconds, not after the whole table: {took:?}");
+    let line = too_many_line(&log);
+    assert!(line.contains("of the last") && line.contains("more than --max-dead-letters 10%"), "{line}");
+    assert!(line.contains("Incorrect integer value: 'n/a'"), "the database's own words: {line}");
+    assert!(line.contains("e.g. the event at chunk "), "{line}");
+    assert_eq!(error_lines(&log).iter().filter(|l| l.contains("too many dead letters")).count(), 1, "{log}");
+    assert_eq!(maria.count("readings"), 0, "nothing written");
+    let dead = maria.count("readings_dead_letter");
+    assert!((100..20_000).contains(&dead), "stopped early: {dead} dead letters");
+    // What the source checkpointed is no more than what went somewhere: every checkpointed row is a dead letter.
+    let acked = rows_in_all(&log);
+    assert!(acked <= dead, "checkpointed {acked} rows, dead-lettered {dead}:\n{log}");
+}
+
+#[test]
+fn a_transform_that_makes_no_rows_stops_the_run_with_exit_7() {
+    // `--jq '.name'` makes strings, and a table row is an object: every event would be a dead letter.
+    let db = Db::start("sqlite", "jq-name");
+    db.exec(
+        "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+         CREATE TABLE people_out (id INTEGER PRIMARY KEY, name TEXT)",
+    );
+    db.fill("people", "id, name", "v, 'person ' || v", 50_000);
+    let a = table_args(&db.url("people"), &db.url("people_out"), "jq-name", &["--jq", ".name"]);
+    let (code, log, took) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 7, "{log}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let line = too_many_line(&log);
+    assert!(line.contains("not a JSON object"), "the reason is named: {line}");
+    assert_eq!(db.count("people_out"), 0);
+    let dead = db.count("people_out_dead_letter");
+    assert!((100..50_000).contains(&dead), "{dead}");
+    assert!(rows_in_all(&log) <= dead, "{log}");
+}
+
+#[test]
+fn a_jq_filter_that_fails_on_every_event_stops_and_commits_only_the_dead_letters() {
+    let broker = Broker::with_topics("jq-every");
+    let events = name_events(5_000, 64);
+    produce(&broker.addr, "src", &events);
+    let mut args = base_args(&broker.addr, "jq-every");
+    args.extend(["--hashers", "2", "--jq", r#"error("no tax rate for \(.name)")"#].map(String::from));
+    let (code, log, took) = run_to_end(&args, Duration::from_secs(90));
+    assert_eq!(code, 7, "{log}");
+    assert!(took < Duration::from_secs(40), "{took:?}");
+    let line = too_many_line(&log);
+    assert!(line.contains("no tax rate for") && line.contains("e.g. the event at partition "), "{line}");
+    let dlq = read_until(&broker.addr, "dst.dlq", Duration::from_secs(10), |m| m.len() >= 100);
+    let committed = committed(&broker.addr, "jq-every", "src");
+    // Every offset below a committed one is in the dead-letter topic: nothing committed went nowhere.
+    let mut dead: HashMap<i32, Vec<i64>> = HashMap::new();
+    for m in &dlq {
+        let p: i32 = m.headers["dlq.source.partition"].parse().unwrap();
+        dead.entry(p).or_default().push(m.headers["dlq.source.offset"].parse().unwrap());
+    }
+    for (p, &c) in committed.iter().enumerate() {
+        let have = dead.get(&(p as i32)).map_or(&[][..], Vec::as_slice);
+        for o in 0..c.max(0) {
+            assert!(have.contains(&o), "partition {p} committed to {c} but offset {o} is in no topic");
+        }
+    }
+    let total: i64 = committed.iter().map(|c| c.max(&0)).sum();
+    assert!(total >= 1 && (total as usize) < events.len(), "committed {committed:?} of {}", events.len());
+    assert!(read_until(&broker.addr, "dst", Duration::from_secs(2), |_| false).is_empty());
+}
+
+#[test]
+fn the_odd_bad_row_still_ends_in_exit_0() {
+    let db = Db::start("sqlite", "odd-bad");
+    db.exec(
+        "CREATE TABLE source (value INTEGER PRIMARY KEY);
+         CREATE TABLE destination (value INTEGER PRIMARY KEY CHECK (value % 1000 <> 0))",
+    );
+    db.fill("source", "value", "v", 5_000);
+    let a = table_args(&db.url("source"), &db.url("destination"), "odd-bad", &[]);
+    let (code, log, _) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(db.count("destination"), 4_995);
+    assert_eq!(db.count("destination_dead_letter"), 5, "one row in a thousand refused");
+    assert!(log.contains("summary: 5000 consumed, 4995 delivered, 5 dead-lettered"), "{log}");
+}
+
+#[test]
+fn a_wrong_max_dead_letters_is_refused() {
+    let out = command().args(["--max-dead-letters", "lots"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-dead-letters") && err.contains("expected a share"), "{err}");
+}
