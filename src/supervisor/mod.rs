@@ -592,8 +592,11 @@ impl Supervisor {
             return;
         };
         if self.live_status {
-            // Ends with a carriage return: the next log line, from any process, overwrites it.
-            eprint!("status: {line}\x1b[K\r");
+            // Ends with a carriage return: the next log line, from any process, overwrites it. Cut to the
+            // terminal's width, asked each time as the window may be resized.
+            let shown = format!("status: {line}");
+            let shown = status::terminal_width().map_or_else(|| shown.clone(), |w| status::fit(&shown, w));
+            eprint!("{shown}\x1b[K\r");
         } else {
             log::info!("status: {line}");
         }

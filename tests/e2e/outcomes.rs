@@ -138,3 +138,24 @@ fn a_wrong_max_dead_letters_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--max-dead-letters") && err.contains("expected a share"), "{err}");
 }
+
+#[test]
+fn a_jq_halt_error_fails_its_event_only() {
+    let db = Db::start("sqlite", "halt-error");
+    db.exec(
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER NOT NULL);
+         CREATE TABLE orders_out (id INTEGER PRIMARY KEY, total INTEGER)",
+    );
+    db.fill("orders", "id, total", "v, v * 10", 2_000);
+    let filter =
+        r#"if .id == 700 then "no tax rate for order \(.id)" | halt_error elif .id == 900 then halt else . end"#;
+    let a = table_args(&db.url("orders"), &db.url("orders_out"), "halt-error", &["--jq", filter]);
+    let (code, log, _) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains("restarting"), "no worker ended: {log}");
+    assert_eq!(db.one("SELECT COUNT(*) FROM orders_out o JOIN orders s ON s.id = o.id AND s.total = o.total"), 1_998);
+    assert_eq!(db.count("orders_out_dead_letter"), 2);
+    let said = "the jq filter failed: halt_error (exit code 5): no tax rate for order 700";
+    assert_eq!(db.one(&format!("SELECT COUNT(*) FROM orders_out_dead_letter WHERE reason = '{said}'")), 1, "{log}");
+    assert_eq!(db.one("SELECT COUNT(*) FROM orders_out_dead_letter WHERE reason = 'the jq filter failed: halt'"), 1);
+}

@@ -256,6 +256,15 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Events sent to the dead-letter topic: found unfit by a hasher, or written there by the producer.",
         &by_stage(&|st| st.rejected + st.dead_lettered, &[Kind::Worker, Kind::Sink]),
     );
+    family(
+        "supervisor_sink_events_total",
+        "counter",
+        "Events the sink's destination acknowledged, by outcome: written where they belong, or dead-lettered.",
+        &[
+            ("{outcome=\"written\"}".to_string(), sink.delivered as f64),
+            ("{outcome=\"dead_lettered\"}".to_string(), sink.dead_lettered as f64),
+        ],
+    );
     let [_, _, workers, _] = s.stages;
     let per_transform = |value: u64| [(format!("{{transform=\"{}\"}}", s.transform), value as f64)];
     family(

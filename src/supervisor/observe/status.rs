@@ -49,11 +49,33 @@ fn line(before: &StageStats, now: &StageStats, since: Duration, restarts: u64) -
         None => format!("lag {}", now.lanes.total_lag().map_or_else(|| "not known yet".to_string(), |l| l.to_string())),
     };
     format!(
-        "in {:.0}/s, out {out:.0}/s, in flight {}, {behind}, dead letters {}, restarts {restarts}",
+        "in {:.0}/s, out {out:.0}/s, in flight {}, {behind}, written {}, dead letters {}, restarts {restarts}",
         per_s(now.consumed, before.consumed),
         now.in_flight,
+        now.delivered,
         now.dead_lettered,
     )
+}
+
+/// The line cut to `width` columns, ending in `…` where cut: a line redrawn in place must not wrap, or each redraw
+/// leaves a wrapped remainder behind on a narrow terminal.
+pub fn fit(line: &str, width: usize) -> String {
+    // The last column stays free: a character written there makes some terminals wrap at once.
+    let room = width.saturating_sub(1);
+    if line.chars().count() <= room {
+        return line.to_string();
+    }
+    let mut cut: String = line.chars().take(room.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// The columns of the terminal on stderr, if it is one.
+pub fn terminal_width() -> Option<usize> {
+    let mut size = nix::libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct it is given, which lives for the call.
+    let r = unsafe { nix::libc::ioctl(nix::libc::STDERR_FILENO, nix::libc::TIOCGWINSZ, &mut size) };
+    (r == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
 }
 
 /// A table scan's progress: chunks and rows done, and when it should end at the rate rows go out now.
@@ -126,7 +148,7 @@ mod tests {
         };
         assert_eq!(s.due(t0 + Duration::from_secs(1), totals(10, 10), 0), None, "not due yet");
         let first = s.due(t0 + Duration::from_secs(2), totals(1000, 600), 1).unwrap();
-        assert_eq!(first, "in 500/s, out 301/s, in flight 7, lag 7, dead letters 2, restarts 1");
+        assert_eq!(first, "in 500/s, out 301/s, in flight 7, lag 7, written 600, dead letters 2, restarts 1");
         let second = s.due(t0 + Duration::from_secs(4), totals(1200, 1000), 1).unwrap();
         assert!(second.starts_with("in 100/s, out 200/s,"), "{second}");
         let unknown = line(&StageStats::default(), &StageStats::default(), Duration::from_secs(1), 0);
@@ -174,6 +196,17 @@ mod tests {
         assert!(
             summary(&totals, &[], 0, Duration::ZERO).ends_with("committed 4 of 11 chunks finished, 400 rows in all")
         );
+    }
+
+    #[test]
+    fn a_redrawn_line_never_wraps() {
+        let line = "in 5433/s, out 4050/s, in flight 0, lag 0, written 40500, dead letters 27, restarts 0";
+        assert_eq!(fit(line, 200), line);
+        let cut = fit(line, 40);
+        assert_eq!(cut.chars().count(), 39, "{cut}");
+        assert_eq!(cut, "in 5433/s, out 4050/s, in flight 0, la…");
+        assert_eq!(fit("µs µs", 4), "µs…");
+        assert_eq!(fit(line, 0), "…");
     }
 
     #[test]

@@ -54,7 +54,12 @@ impl Jq {
         let arena = Arena::default();
         let modules =
             loader.load(&arena, File { code, path: () }).map_err(|errors| refuse(load_errors(code, errors)))?;
-        let funs = jaq_std::funs().chain(jaq_json::funs()).chain(ours(spec.hmac_key.is_some()).map(jaq_std::run));
+        // jaq's halt and halt_error end the process: in a worker they would end it on every event that reaches
+        // them, and it would be restarted onto the same event. Here they fail that event instead.
+        let funs = jaq_std::funs()
+            .filter(|(name, _, _)| !matches!(*name, "halt" | "halt_error"))
+            .chain(jaq_json::funs())
+            .chain(ours(spec.hmac_key.is_some()).map(jaq_std::run));
         let filter = jaq_core::Compiler::default().with_funs(funs).with_global_vars([META]).compile(modules).map_err(
             |errors| {
                 let mut message = compile_errors(code, errors);
@@ -155,7 +160,20 @@ fn ours(keyed: bool) -> impl Iterator<Item = jaq_std::Filter<RunPtr<Val>>> {
     let hmac: jaq_std::Filter<RunPtr<Val>> = ("hmac_sha256", jaq_std::v(0), |_, cv| {
         digest(cv.1, |b| hash::hmac_sha256_hex(HMAC_KEY.get().map_or(&[][..], Vec::as_slice), b))
     });
-    [md5, sha256].into_iter().chain(keyed.then_some(hmac))
+    let halt: jaq_std::Filter<RunPtr<Val>> = ("halt", jaq_std::v(0), |_, _| {
+        Box::new(core::iter::once(Err(jaq_core::Error::new(Val::from("halt".to_string())).into())))
+    });
+    let halt_error: jaq_std::Filter<RunPtr<Val>> = ("halt_error", jaq_std::v(1), |_, mut cv| {
+        let code = cv.0.pop_var();
+        // As jq prints it: a string as it is, anything else as JSON.
+        let said = match &cv.1 {
+            Val::Str(s) => s.trim_end().to_string(),
+            other => other.to_string(),
+        };
+        let why = format!("halt_error (exit code {code}): {said}");
+        Box::new(core::iter::once(Err(jaq_core::Error::new(Val::from(why)).into())))
+    });
+    [md5, sha256, halt, halt_error].into_iter().chain(keyed.then_some(hmac))
 }
 
 /// A digest of a string's UTF-8 bytes, or of any other value's compact JSON.
@@ -267,6 +285,13 @@ mod tests {
         assert!(matches!(&e, Rejection::Filter(m) if m.starts_with("the jq filter failed: ")), "{e:?}");
         let e = run("1, error(\"boom\")", br#"{}"#).unwrap_err();
         assert_eq!(e.as_str(), "the jq filter failed: boom", "an error after an output rejects it all");
+        let e = run("if .id == 2 then halt else . end", br#"{"id":2}"#).unwrap_err();
+        assert_eq!(e.as_str(), "the jq filter failed: halt", "halt fails the event, never the worker");
+        let e = run(r#""no such customer\n" | halt_error"#, br#"{}"#).unwrap_err();
+        assert_eq!(e.as_str(), "the jq filter failed: halt_error (exit code 5): no such customer");
+        let e = run("{bad: .id} | halt_error(1)", br#"{"id":2}"#).unwrap_err();
+        assert_eq!(e.as_str(), r#"the jq filter failed: halt_error (exit code 1): {"bad":2}"#);
+        assert_eq!(run("if .id == 2 then halt else . end", br#"{"id":1}"#).unwrap(), [r#"{"id":1}"#]);
         assert!(matches!(run(".", b"{\"a\":"), Err(Rejection::NotJson(_))));
         assert_eq!(run(".", b"\xff").unwrap_err().as_str(), "not UTF-8 text (invalid byte at offset 0)");
         assert_eq!(run(".", b"  "), Err(Rejection::EmptyPayload));

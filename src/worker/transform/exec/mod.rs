@@ -30,6 +30,11 @@ use command::{NoReply, Running};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+/// Said with a timeout: most commands that time out on their first event hold their replies in a buffer, as C's
+/// stdio, Python and jq do when stdout is a pipe.
+const BUFFERED: &str = " (does it buffer its output? A command's stdout is a pipe: flush after each line, e.g. \
+                        python3 -u, jq --unbuffered, stdbuf -oL COMMAND)";
+
 /// How long a command may take to exit once its stdin is closed at the end of the worker.
 const FINISH_GRACE: Duration = Duration::from_secs(5);
 
@@ -120,9 +125,15 @@ impl Exec {
             Handshake::Stray(line) => Err(exec.stray(&line)),
             Handshake::Stopped(why) => {
                 let how = exec.stop(Some(why));
+                let buffers = match why {
+                    // jq cannot write the sync lines back: they are not JSON.
+                    _ if exec.spec.name() == "jq" => " (for a jq filter, use --jq FILTER: jaq runs it in the workers)",
+                    NoReply::TimedOut => BUFFERED,
+                    _ => "",
+                };
                 let message = format!(
                     "{how} before writing back the sync line {:?}: a command must write every line that starts with \
-                     '#' back as it is, and one reply line per event (see the README)",
+                     '#' back as it is, and one reply line per event (see the README){buffers}",
                     sync_line(0)
                 );
                 let command = exec.spec.name();
@@ -170,7 +181,9 @@ impl Exec {
             None => None,
         };
         match (why, status) {
-            (Some(NoReply::TimedOut), _) => format!("gave no reply within {:?} and was killed", self.spec.timeout),
+            (Some(NoReply::TimedOut), _) => {
+                format!("gave no reply within {:?} and was killed{BUFFERED}", self.spec.timeout)
+            }
             (_, Some(status)) => format!("ended ({status})"),
             (_, None) => "ended".to_string(),
         }
