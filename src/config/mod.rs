@@ -396,6 +396,7 @@ impl Cli {
         cli.properties = properties.into_iter().map(|p| (p.key, p.value)).collect();
         cli.transform = transform::resolve(&cli, credentials.as_deref()).map_err(Invalid::Setting)?;
         cli.tables = Tables::resolve(&cli).map_err(Invalid::Setting)?;
+        refuse_unused(&args, &cli.tables, &keys).map_err(Invalid::Setting)?;
         let to_kafka = cli.tables.sink.is_none();
         let dead_letter = cli.dead_letter_topic();
         topics::Topics {
@@ -462,6 +463,36 @@ fn attribute(e: clap::Error, args: &[OsString], file: Option<&FileSettings>, fro
         )),
         _ => Invalid::Setting(format!("environment variable {env} (--{long}): {detail}")),
     }
+}
+
+/// Refuses a Kafka flag given (typed, in the environment or in the config file) where no topic is read or written: a
+/// `--source-topic` next to a table `--source` is a mistake the user should hear of, not a setting silently dropped.
+fn refuse_unused(args: &[OsString], tables: &Tables, keys: &[(String, String)]) -> Result<(), String> {
+    // Where it was given: typed, or else the environment variable (which the config file's settings go through).
+    let given = |long: &str| -> Option<String> {
+        if typed(args, long) {
+            return Some(format!("--{long}"));
+        }
+        let (_, env) =
+            keys.iter().find(|(l, env)| l == long && std::env::var_os(env).is_some_and(|v| !v.is_empty()))?;
+        Some(format!("--{long} (from {env} or the config file)"))
+    };
+    let end = |url: &Option<TableUrl>, flag: &str| url.as_ref().map(|u| format!("{flag} is {}", u.describe()));
+    let unused: [(&str, Option<String>); 4] = [
+        ("source-topic", end(&tables.source, "--source")),
+        ("group-id", end(&tables.source, "--source")),
+        ("dest-topic", end(&tables.sink, "--sink")),
+        ("dlq-topic", end(&tables.sink, "--sink").map(|s| format!("{s}, whose dead letters go to a table"))),
+    ];
+    for (long, why) in unused {
+        if let (Some(why), Some(flag)) = (why, given(long)) {
+            return Err(format!("{flag} does not apply: {why}; leave it out"));
+        }
+    }
+    if let (Some(_), Some(_), Some(flag)) = (&tables.source, &tables.sink, given("brokers")) {
+        return Err(format!("{flag} does not apply: --source and --sink are both tables; leave it out"));
+    }
+    Ok(())
 }
 
 /// The flags that choose the transform.

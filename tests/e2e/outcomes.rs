@@ -159,3 +159,24 @@ fn a_jq_halt_error_fails_its_event_only() {
     assert_eq!(db.one(&format!("SELECT COUNT(*) FROM orders_out_dead_letter WHERE reason = '{said}'")), 1, "{log}");
     assert_eq!(db.one("SELECT COUNT(*) FROM orders_out_dead_letter WHERE reason = 'the jq filter failed: halt'"), 1);
 }
+
+#[test]
+fn kafka_flags_next_to_tables_are_refused() {
+    let db = "sqlite:/nonexistent/x.db?table=t";
+    for (args, says) in [
+        (vec!["--source", db, "--source-topic", "orders"], "--source-topic does not apply: --source is table t of"),
+        (vec!["--source", db, "--group-id", "g"], "--group-id does not apply"),
+        (vec!["--sink", db, "--dest-topic", "out"], "--dest-topic does not apply: --sink is table t of"),
+        (vec!["--sink", db, "--dlq-topic", "bad"], "whose dead letters go to a table"),
+        (vec!["--source", db, "--sink", "sqlite:/nonexistent/y.db?table=u", "--brokers", "k:9092"], "--brokers"),
+    ] {
+        let out = command().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says) && err.contains("leave it out"), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let out = command().args(["--sink", db]).env("SUPERVISOR_DEST_TOPIC", "out").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--dest-topic (from SUPERVISOR_DEST_TOPIC or the config file) does not apply"), "{err}");
+}

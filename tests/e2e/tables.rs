@@ -310,7 +310,7 @@ fn topics(engine: &str) {
     ));
     db.fill("people", "id, name", "v, CONCAT('person ', v)", 3000);
     let state = scratch_dir(&format!("topics-state-{engine}"));
-    let mut a = base_args(&broker.addr, "to-topic");
+    let mut a = without(&base_args(&broker.addr, "to-topic"), &["source-topic", "group-id"]);
     a.extend(["--source".into(), db.url("people"), "--state-dir".into(), state.display().to_string()]);
     let (code, log) = run_to_end(&a, Duration::from_secs(120));
     assert_eq!(code, 0, "{log}");
@@ -328,7 +328,7 @@ fn topics(engine: &str) {
     }
 
     // Topic → table: the topic's events become rows (they have their hash already: kept as they are).
-    let mut a = base_args(&broker.addr, "from-topic");
+    let mut a = without(&base_args(&broker.addr, "from-topic"), &["dest-topic"]);
     a.iter_mut().filter(|s| *s == "src").for_each(|s| *s = "dst".into());
     a.extend(["--sink".into(), db.url("copy"), "--jq".into(), ".".into()]);
     let mut r = start(&a);
@@ -591,7 +591,7 @@ fn unencodable_events(engine: &str) {
         })
         .collect();
     produce(&addr, "src", &events);
-    let mut a = base_args(&addr, "unencodable");
+    let mut a = without(&base_args(&addr, "unencodable"), &["dest-topic"]);
     a.extend(["--sink".into(), db.url("people"), "--hashers".into(), "2".into()]);
     let mut r = start(&a);
     let all_committed = || committed(&addr, "unencodable", "src").iter().sum::<i64>() == n as i64;

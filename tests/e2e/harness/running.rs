@@ -37,6 +37,23 @@ pub fn base_args(brokers: &str, group: &str) -> Vec<String> {
     .collect()
 }
 
+/// `args` without these flags and their values: the Kafka flags of `base_args` where an end is a table.
+pub fn without(args: &[String], flags: &[&str]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut skip = false;
+    for a in args {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if flags.iter().any(|f| a.strip_prefix("--") == Some(*f)) {
+            skip = true;
+            continue;
+        }
+        out.push(a.clone());
+    }
+    out
+}
+
 /// The binary with none of the caller's SUPERVISOR_* settings, so that a test says exactly what it sets.
 pub fn command() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_supervisor"));
