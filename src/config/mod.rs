@@ -247,7 +247,7 @@ pub enum DemoCommand {
 #[derive(clap::Args, Debug, Clone)]
 pub struct SqlDemoArgs {
     /// Rows in SOURCE.
-    #[arg(long, default_value_t = 1_000_000, value_name = "N",
+    #[arg(long, default_value_t = crate::tools::demo_sql::DEFAULT_ROWS, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub rows: u64,
 
@@ -279,6 +279,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(i32).range(1..=256))]
     pub partitions: i32,
+
+    /// Not the demo's: it runs its own embedded Kafka. Taken only to say so, rather than have clap suggest --readers.
+    #[arg(long, hide = true, value_name = "HOST:PORT")]
+    pub brokers: Option<String>,
 
     #[command(subcommand)]
     pub what: Option<DemoCommand>,
@@ -397,6 +401,13 @@ impl Cli {
         cli.transform = transform::resolve(&cli, credentials.as_deref()).map_err(Invalid::Setting)?;
         cli.tables = Tables::resolve(&cli).map_err(Invalid::Setting)?;
         refuse_unused(&args, &cli.tables, &keys).map_err(Invalid::Setting)?;
+        if let Some(Command::Demo(DemoArgs { brokers: Some(_), .. })) = &cli.command {
+            return Err(Invalid::Setting(
+                "demo runs its own embedded Kafka and takes no --brokers; to run the pipeline on your cluster, leave \
+                 out demo: supervisor --brokers HOST:PORT --source-topic T --dest-topic T"
+                    .into(),
+            ));
+        }
         let to_kafka = cli.tables.sink.is_none();
         let dead_letter = cli.dead_letter_topic();
         topics::Topics {

@@ -13,6 +13,9 @@ use std::path::Path;
 
 const SQRT: &str = ".ROOT = (.VALUE | sqrt)";
 
+/// `--rows` when not given.
+pub const DEFAULT_ROWS: u64 = 1_000_000;
+
 pub fn run(cli: &Cli, args: &SqlDemoArgs, signals: Signals) -> Exit {
     match run_inner(cli, args, signals) {
         Ok(exit) => exit,
@@ -53,8 +56,14 @@ fn run_inner(cli: &Cli, args: &SqlDemoArgs, signals: Signals) -> Result<Exit> {
         cfg.transform =
             TransformSpec::Jq(JqSpec { filter: SQRT.into(), file: None, hmac_key: None, hmac_key_file: None });
     }
-    // A finished scan stays finished; the demo starts a new one instead.
-    cfg.rescan = !resuming;
+    // A finished scan stays finished; the demo starts a new one instead (a new directory has none to forget).
+    cfg.rescan = !resuming && dir.join("checkpoints.db").exists();
+    // The command that resumes this run: the same rows, in the same directory.
+    let again = format!(
+        "supervisor demo sql{}{}",
+        if n == DEFAULT_ROWS { String::new() } else { format!(" --rows {n}") },
+        args.dir.as_ref().map_or_else(String::new, |d| format!(" --dir {}", d.display()))
+    );
     log::info!(
         "demo sql: SOURCE(VALUE) 1..{n} → {} ({}) → DESTINATION(VALUE, ROOT), in {}, with {} readers and {} workers; \
          Ctrl-C stops it, running it again resumes",
@@ -75,10 +84,9 @@ fn run_inner(cli: &Cli, args: &SqlDemoArgs, signals: Signals) -> Result<Exit> {
     // A pipeline that failed never gets an OK, whatever the check found.
     let (said, exit) = match (exit, verdict) {
         (Exit::Clean, Verdict::Complete) => ("OK: nothing lost".to_string(), Exit::Clean),
-        (Exit::Clean, Verdict::Partial) => (
-            format!("stopped after {rows} of {n} rows, each right; run `supervisor demo sql` again to resume"),
-            Exit::Clean,
-        ),
+        (Exit::Clean, Verdict::Partial) => {
+            (format!("stopped after {rows} of {n} rows, each right; run `{again}` to resume"), Exit::Clean)
+        }
         (_, Verdict::Wrong(why)) => (format!("FAILED: {why}"), Exit::Failure),
         (exit, Verdict::Partial) => {
             (format!("FAILED: the pipeline exited {} after {rows} of {n} rows (each right)", exit.code()), exit)

@@ -97,6 +97,15 @@ pub fn forget_scan(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// `; a; b; …` for the first `most` items, and how many more there are: a line, not a page, whatever the count.
+fn listed(items: &[String], most: usize) -> String {
+    let mut out: String = items.iter().take(most).map(|i| format!("; {i}")).collect();
+    if items.len() > most {
+        out.push_str(&format!("; and {} more", items.len() - most));
+    }
+    out
+}
+
 impl Stage for TableSource {
     type Ends = SourceEnds;
 
@@ -524,21 +533,20 @@ impl Scan {
         self.refresh();
         let finished = self.chunks.iter().filter(|c| c.finished).count();
         let rows: u64 = self.chunks.iter().map(|c| c.rows).sum();
-        let mut lines = Vec::new();
-        for c in &self.chunks {
-            let at = match (&c.finished, &c.done_upto) {
-                (true, _) => "finished".to_string(),
-                (false, Some(k)) => format!("up to key {k}"),
-                (false, None) => "not started".to_string(),
-            };
-            lines.push(format!("{}: {at} ({} rows)", c.index, c.rows));
-        }
+        let started: Vec<String> = self
+            .chunks
+            .iter()
+            .filter(|c| !c.finished)
+            .filter_map(|c| Some(format!("chunk {}: up to key {} ({} rows)", c.index, c.done_upto.as_ref()?, c.rows)))
+            .collect();
+        let not_started = self.chunks.iter().filter(|c| !c.finished && c.done_upto.is_none()).count();
         log::info!(
-            "checkpoints of {}: {finished} of {} finished, {} acknowledged; chunk {}",
+            "checkpoints of {}: {finished} of {} finished, {} acknowledged{}{}",
             self.schema.table,
             count(self.chunks.len() as u64, "chunk"),
             count(rows, "row"),
-            lines.join("; chunk ")
+            if not_started > 0 { format!(", {not_started} not started") } else { String::new() },
+            listed(&started, 8)
         );
         if let Err(e) = saved {
             log::error!("the last checkpoints could not be saved ({e}); their rows are read again on the next start");
@@ -564,5 +572,16 @@ impl Scan {
 fn stop_readers(readers: &[(WorkSender, BatchReceiver)]) {
     for (w, _) in readers {
         let _ = w.send(Work::Stop);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_lists_are_cut_with_a_count() {
+        let items: Vec<String> = (0..31).map(|i| format!("chunk {i}")).collect();
+        assert_eq!(super::listed(&items[..2], 8), "; chunk 0; chunk 1");
+        assert_eq!(super::listed(&items, 2), "; chunk 0; chunk 1; and 29 more");
+        assert_eq!(super::listed(&[], 8), "");
     }
 }
