@@ -588,7 +588,8 @@ impl Supervisor {
         if self.table.is_empty() {
             return;
         }
-        let Some(line) = self.status.due(Instant::now(), self.counts.totals(), self.budget.total()) else {
+        let workers = self.counts.of(Kind::Worker);
+        let Some(line) = self.status.due(Instant::now(), self.counts.totals(), &workers, self.budget.total()) else {
             return;
         };
         if self.live_status {

@@ -34,6 +34,20 @@ impl InternalEvent for BatchReceived {
     }
 }
 
+/// A table reader read a page of rows from the database and handed it on to the source.
+pub struct PageRead {
+    pub rows: u64,
+}
+
+impl InternalEvent for PageRead {
+    fn emit(self) {
+        // The database is the reader's input: its rows are what it took in, and passed on.
+        add(&COUNTERS.received, self.rows);
+        add(&COUNTERS.sent, self.rows);
+        add(&COUNTERS.batches_out, 1);
+    }
+}
+
 /// A batch was written to an output channel.
 pub struct BatchSent {
     pub events: u64,

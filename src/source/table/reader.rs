@@ -10,6 +10,7 @@ use crate::position::Lane;
 use crate::sql::key::Key;
 use crate::sql::{Resilient, Row, Schema};
 use crate::stage::{Hooks, Stage};
+use crate::telemetry::events::{emit, PageRead};
 use crate::telemetry::heartbeat;
 use serde_bytes::ByteBuf;
 
@@ -84,6 +85,7 @@ impl Reader {
             if let Some(r) = rows.last() {
                 after = Some(r.key.clone());
             }
+            let read = rows.len() as u64;
             let page =
                 Page { lane, epoch, rows: rows.drain(..).map(|r| (r.key, ByteBuf::from(r.json))).collect(), last };
             // Blocks while the source is behind: that is the back-pressure on the database.
@@ -91,6 +93,7 @@ impl Reader {
                 log::debug!("the source takes no more pages ({e}): stopping");
                 return Ok(false);
             }
+            emit(PageRead { rows: read });
             if last {
                 return Ok(true);
             }

@@ -24,15 +24,16 @@ impl StatusLine {
         StatusLine { last: Instant::now(), last_totals: StageStats::default(), every, transform }
     }
 
-    /// The status line when one is due at `now`.
-    pub fn due(&mut self, now: Instant, totals: StageStats, restarts: u64) -> Option<String> {
+    /// The status line when one is due at `now`: from the totals of every stage, and the workers' own counts for the
+    /// transform's figures (the totals add the sink's received events to the workers').
+    pub fn due(&mut self, now: Instant, totals: StageStats, workers: &StageStats, restarts: u64) -> Option<String> {
         let since = now.duration_since(self.last);
         if since < self.every {
             return None;
         }
         let mut line = line(&self.last_totals, &totals, since, restarts);
         if let Some(name) = self.transform {
-            line.push_str(&format!("; {}", transform(name, &totals)));
+            line.push_str(&format!("; {}", transform(name, workers)));
         }
         self.last = now;
         self.last_totals = totals;
@@ -146,10 +147,11 @@ mod tests {
             lanes: Lanes { lag: vec![(0, 3), (1, 4)], ..Lanes::default() },
             ..StageStats::default()
         };
-        assert_eq!(s.due(t0 + Duration::from_secs(1), totals(10, 10), 0), None, "not due yet");
-        let first = s.due(t0 + Duration::from_secs(2), totals(1000, 600), 1).unwrap();
+        let none = StageStats::default();
+        assert_eq!(s.due(t0 + Duration::from_secs(1), totals(10, 10), &none, 0), None, "not due yet");
+        let first = s.due(t0 + Duration::from_secs(2), totals(1000, 600), &none, 1).unwrap();
         assert_eq!(first, "in 500/s, out 301/s, in flight 7, lag 7, written 600, dead letters 2, restarts 1");
-        let second = s.due(t0 + Duration::from_secs(4), totals(1200, 1000), 1).unwrap();
+        let second = s.due(t0 + Duration::from_secs(4), totals(1200, 1000), &none, 1).unwrap();
         assert!(second.starts_with("in 100/s, out 200/s,"), "{second}");
         let unknown = line(&StageStats::default(), &StageStats::default(), Duration::from_secs(1), 0);
         assert!(unknown.contains("lag not known yet,"), "{unknown}");
@@ -173,7 +175,9 @@ mod tests {
         );
         assert!(transform("jq", &t).ends_with("1 failed, 4.5 µs per event"));
         let mut s = StatusLine::new(Duration::from_secs(1), "jq");
-        let line = s.due(s.last + Duration::from_secs(1), t, 0).unwrap();
+        // The sink's received events are not the workers': they never count as unfinished.
+        let totals = StageStats { received: 500, ..t.clone() };
+        let line = s.due(s.last + Duration::from_secs(1), totals, &t, 0).unwrap();
         assert!(
             line.ends_with("; jq: 10 in, 12 out, 2 filtered out, 3 fanned out, 1 failed, 4.5 µs per event"),
             "{line}"
