@@ -160,12 +160,13 @@ fn the_readme_shows_the_unit_file_as_shipped() {
     assert!(readme.contains(&shown), "README.md's copy of scripts/stream-supervisor@.service.in is out of date");
 }
 
-/// A table scan's metrics: the readers count the rows they read, and the sink what it wrote.
+/// A table scan's metrics: the readers count the rows they read, the sink what it wrote, and in flight stays within
+/// --queue-capacity.
 #[test]
 fn a_table_scan_counts_what_its_readers_read() {
     let db = Db::start("sqlite", "scan-metrics");
     db.exec("CREATE TABLE src (id INTEGER PRIMARY KEY); CREATE TABLE dst (id INTEGER PRIMARY KEY, hash TEXT)");
-    db.fill("src", "id", "v", 20_000);
+    db.fill("src", "id", "v", 200_000);
     let state = scratch_dir("scan-metrics-state");
     let mut sup = start(
         &[
@@ -177,8 +178,8 @@ fn a_table_scan_counts_what_its_readers_read() {
             &state.display().to_string(),
             "--hashers",
             "2",
-            "--max-rate",
-            "4000",
+            "--queue-capacity",
+            "5000",
             "--metrics-addr",
             "127.0.0.1:0",
         ]
@@ -187,12 +188,15 @@ fn a_table_scan_counts_what_its_readers_read() {
     assert!(sup.wait_for_log("metrics at http://", Duration::from_secs(30)), "{}", sup.log());
     let log = sup.log();
     let addr = log.split("metrics at http://").nth(1).and_then(|r| r.split("/metrics").next()).unwrap().to_string();
+    // Pages of up to 2,000 rows are taken whole, only while one fits: never more in flight than --queue-capacity.
     let text = scrape_until(&addr, "rows written", |t| {
-        t.get("supervisor_sink_events_total{outcome=\"written\"}").is_some_and(|w| w >= 4_000.0)
+        let in_flight = t.get("supervisor_in_flight_events").unwrap_or(0.0);
+        assert!(in_flight <= 5_000.0, "{in_flight} in flight:\n{t}");
+        t.get("supervisor_sink_events_total{outcome=\"written\"}").is_some_and(|w| w >= 50_000.0)
     });
     let read = text.get("supervisor_events_in_total{stage=\"reader\"}").unwrap_or(0.0);
     let written = text.get("supervisor_sink_events_total{outcome=\"written\"}").unwrap_or(0.0);
-    assert!(read >= written && read <= 20_000.0, "readers read {read}, the sink wrote {written}:\n{text}");
+    assert!(read >= written && read <= 200_000.0, "readers read {read}, the sink wrote {written}:\n{text}");
     assert_eq!(text.get("supervisor_events_out_total{stage=\"reader\"}"), Some(read), "{text}");
     assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
 }

@@ -389,8 +389,11 @@ impl Scan {
                 }
             }
             // At the bound, or out of --max-rate's tokens, no page is taken: the readers wait, and so does the database.
+            // A page is taken whole, so only while a whole one fits under the bound (or nothing is in flight: a
+            // --queue-capacity under one page still gets one at a time).
             let wait = pace.as_mut().map_or(Duration::ZERO, |p| p.wait(Instant::now()));
-            if self.flow.marks().in_flight() >= self.capacity || !wait.is_zero() {
+            let in_flight = self.flow.marks().in_flight();
+            if (in_flight > 0 && in_flight + reader::PAGE_ROWS > self.capacity) || !wait.is_zero() {
                 self.flow.flush_all()?;
                 self.flow.apply_acks(wait.clamp(Duration::from_millis(1), Duration::from_millis(20)));
                 continue;
