@@ -70,15 +70,16 @@ fn the_sql_demo_checks_every_row_and_resumes_after_ctrl_c() {
 
 #[test]
 fn a_demo_whose_pipeline_failed_never_says_ok() {
-    for bad in
-        [&["--jq", "select("][..], &["--metrics-addr", "nonsense"], &["--exec", "python3 /nonexistent/nosuch.py"]]
-    {
+    for bad in [
+        &["--jq", "select("][..],
+        &["--metrics-addr", "nonsense"],
+        &["-X", "nosuch.prop=1"],
+        &["--exec", "python3 /nonexistent/nosuch.py"],
+    ] {
         let out = command().args(["demo", "--events", "2000"]).args(bad).output().unwrap();
         let (report, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert_ne!(out.status.code(), Some(0), "{bad:?}: {report}\n{log}");
         assert!(!report.contains("OK: nothing lost"), "{bad:?}: {report}");
-        if report.contains("verdict") {
-            assert!(after(&report, "verdict").starts_with("FAILED: the pipeline exited "), "{bad:?}: {report}");
-        }
+        assert!(after(&report, "verdict").starts_with("FAILED: the pipeline exited 2"), "{bad:?}: {report}");
     }
 }
