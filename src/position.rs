@@ -34,6 +34,22 @@ impl fmt::Display for Position {
     }
 }
 
+/// A position in its source's words: `partition 0 offset 5` for a topic, `chunk 0 row 5` for a table scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub at: Position,
+    pub table: bool,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.table {
+            true => write!(f, "chunk {} row {}", self.at.lane, self.at.seq),
+            false => write!(f, "partition {} offset {}", self.at.lane, self.at.seq),
+        }
+    }
+}
+
 /// Positions as `[(lane, seq), ...]`, the way the consumer has always logged its commits.
 pub struct Listed<'a>(pub &'a [Position]);
 
@@ -60,5 +76,7 @@ mod tests {
         assert_eq!(Listed(&ps).to_string(), "[(0, 24805), (1, 25195)]");
         assert_eq!(Listed(&[]).to_string(), "[]");
         assert_eq!(ps[1].to_string(), "1:25195");
+        assert_eq!(Place { at: ps[0], table: false }.to_string(), "partition 0 offset 24805");
+        assert_eq!(Place { at: ps[0], table: true }.to_string(), "chunk 0 row 24805");
     }
 }

@@ -757,6 +757,11 @@ impl Config {
         self.tables.sink.as_ref().map_or_else(|| self.dest_topic.clone(), TableUrl::describe)
     }
 
+    /// An event's place in the source, in the source's words: a partition and offset, or a chunk and row.
+    pub fn place(&self, at: crate::position::Position) -> crate::position::Place {
+        crate::position::Place { at, table: self.tables.source.is_some() }
+    }
+
     /// Where rejected events go, as the logs name it.
     pub fn dead_letter_name(&self) -> String {
         match &self.tables.sink {

@@ -100,7 +100,7 @@ impl Stage for TableSink {
         w.write()?;
         if let Some(verdict) = w.too_many.take() {
             // The rows taken after the stop are neither written nor acknowledged: the source checkpoints up to them.
-            let at = format!("chunk {} row {}", verdict.at.lane, verdict.at.seq);
+            let at = cfg.place(verdict.at).to_string();
             return Err(Error::TooManyDeadLetters { verdict, at });
         }
         w.acks.send(&AckMsg::Done)?;

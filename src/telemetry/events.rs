@@ -433,8 +433,10 @@ impl InternalEvent for ScanProgress {
 
 /// A worker found an event unfit to transform: it goes to the dead-letter destination unchanged.
 pub struct Rejected<'a> {
-    pub at: Position,
+    pub at: crate::position::Place,
     pub reason: &'a str,
+    /// Where dead letters go: the topic or the table.
+    pub to: &'a str,
 }
 
 impl InternalEvent for Rejected<'_> {
@@ -443,9 +445,9 @@ impl InternalEvent for Rejected<'_> {
         let so_far = COUNTERS.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if let Some(n) = LIMIT.check() {
             log::warn!(
-                "event at partition {} offset {} goes to the dead-letter topic: {} ({so_far} bad {} so far){}",
-                self.at.lane,
-                self.at.seq,
+                "event at {} goes to the dead letters ({}): {} ({so_far} bad {} so far){}",
+                self.at,
+                self.to,
                 self.reason,
                 if so_far == 1 { "event" } else { "events" },
                 held_back(n)
@@ -570,7 +572,8 @@ mod tests {
         emit(BatchSent { events: 7 });
         emit(Consumed { events: 2 });
         emit(Delivered { events: 3, dead_letters: 1 });
-        emit(Rejected { at: Position::new(0, 1), reason: "not JSON" });
+        let at = crate::position::Place { at: Position::new(0, 1), table: false };
+        emit(Rejected { at, reason: "not JSON", to: "topic dst.dlq" });
         emit(DeliveryRetried { at: Position::new(0, 1), error: &"timed out" });
         let after = COUNTERS.snapshot();
         assert!(after.sent >= before.sent + 7 && after.batches_out > before.batches_out);

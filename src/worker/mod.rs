@@ -35,7 +35,8 @@ impl Stage for Worker {
         // Built after the fork: each worker has its own compiled filter or command.
         let mut transform = transform::build(cfg)?;
         hooks.ready();
-        let worked = work(ends, transform.as_mut());
+        let names = Names { table_source: cfg.tables.source.is_some(), dead_letters: cfg.dead_letter_name() };
+        let worked = work(ends, transform.as_mut(), &names);
         transform.finish();
         worked.map(|()| Exit::Clean)
     }
@@ -47,8 +48,15 @@ impl Stage for Worker {
 /// refused before the command saw them) can make a slow transform sit on a whole batch.
 const SLICE: Duration = Duration::from_millis(200);
 
+/// How a worker's log lines name an event's place and where dead letters go, in the words of this pipeline's ends.
+#[derive(Debug, Default)]
+pub struct Names {
+    pub table_source: bool,
+    pub dead_letters: String,
+}
+
 /// Runs until the source's poison pill (or its channel closing), then forwards the pill.
-pub fn work(ends: WorkerEnds, transform: &mut dyn Transform) -> Result<()> {
+pub fn work(ends: WorkerEnds, transform: &mut dyn Transform, names: &Names) -> Result<()> {
     let mut out = BatchWriter::new(usize::MAX, usize::MAX, Duration::ZERO);
     let mut outputs = Outputs::default();
     let mut capacity = 0;
@@ -100,7 +108,8 @@ pub fn work(ends: WorkerEnds, transform: &mut dyn Transform) -> Result<()> {
                         }
                     }
                     Verdict::Rejected(why) => {
-                        emit(Rejected { at: record.at, reason: why.as_str() });
+                        let at = crate::position::Place { at: record.at, table: names.table_source };
+                        emit(Rejected { at, reason: why.as_str(), to: &names.dead_letters });
                         out.push(&Record { dead_letter: Some(why.as_str()), outputs: 1, ..record.clone() })?;
                     }
                 }
@@ -127,7 +136,9 @@ mod tests {
     ) -> (BatchSender, BatchReceiver, std::thread::JoinHandle<Result<()>>) {
         let (to_worker, worker_in) = batch_channel().unwrap();
         let (worker_out, from_worker) = batch_channel().unwrap();
-        let handle = std::thread::spawn(move || work(WorkerEnds { input: worker_in, output: worker_out }, &mut t));
+        let handle = std::thread::spawn(move || {
+            work(WorkerEnds { input: worker_in, output: worker_out }, &mut t, &Names::default())
+        });
         (to_worker, from_worker, handle)
     }
 

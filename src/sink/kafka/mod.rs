@@ -103,7 +103,7 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
     outcome.and(sink.flush())?;
     if let Some(verdict) = sink.too_many.take() {
         // What was taken after the stop is neither written nor acknowledged: the source commits up to it.
-        let at = format!("partition {} offset {}", verdict.at.lane, verdict.at.seq);
+        let at = cfg.place(verdict.at).to_string();
         return Err(Error::TooManyDeadLetters { verdict, at });
     }
     sink.acks.send(&AckMsg::Done)?;

@@ -35,12 +35,12 @@ pub struct Jq {
     filter: Filter,
     /// Whether the filter mentions `$meta` at all: building it costs, and most filters never look.
     wants_meta: bool,
-    topic: String,
+    source: MetaSource,
 }
 
 impl Jq {
     /// Compiles the filter; a filter that does not compile is a configuration error that says where.
-    pub fn compile(spec: &JqSpec, topic: &str) -> Result<Jq> {
+    pub fn compile(spec: &JqSpec, source: MetaSource) -> Result<Jq> {
         if let Some(key) = &spec.hmac_key {
             let _ = HMAC_KEY.set(key.as_bytes().to_vec());
         }
@@ -69,20 +69,31 @@ impl Jq {
                 refuse(message)
             },
         )?;
-        Ok(Jq { filter, wants_meta: code.contains(META), topic: topic.to_string() })
+        Ok(Jq { filter, wants_meta: code.contains(META), source })
     }
 
     fn meta(&self, record: &Record<'_>) -> Val {
-        let headers = meta_headers(&record.headers);
-        Val::from(serde_json::json!({
-            "key": record.key.map(|k| meta_bytes(k)),
-            "topic": self.topic,
-            "partition": record.at.lane,
-            "offset": record.at.seq,
-            "timestamp": record.timestamp,
-            "headers": headers,
-        }))
+        let key = record.key.map(|k| meta_bytes(k));
+        Val::from(match &self.source {
+            MetaSource::Topic(topic) => serde_json::json!({
+                "key": key,
+                "topic": topic,
+                "partition": record.at.lane,
+                "offset": record.at.seq,
+                "timestamp": record.timestamp,
+                "headers": meta_headers(&record.headers),
+            }),
+            // A row has a table and a key; partitions, offsets and headers are Kafka's.
+            MetaSource::Table(table) => serde_json::json!({ "key": key, "table": table }),
+        })
     }
+}
+
+/// Where events come from, as `$meta` tells it.
+#[derive(Debug, Clone)]
+pub enum MetaSource {
+    Topic(String),
+    Table(String),
 }
 
 /// Bytes in `$meta`: a string where they are UTF-8 text, else `{"base64": "..."}`, so that no byte is changed
@@ -255,7 +266,7 @@ mod tests {
     }
 
     fn run(filter: &str, payload: &[u8]) -> std::result::Result<Vec<String>, Rejection> {
-        let mut jq = Jq::compile(&spec(filter), "in").unwrap();
+        let mut jq = Jq::compile(&spec(filter), MetaSource::Topic("in".into())).unwrap();
         let record = Record {
             at: Position::new(2, 40),
             timestamp: Some(1_700_000_000_000),
@@ -310,10 +321,11 @@ mod tests {
 
     #[test]
     fn hmac_needs_a_key_and_uses_it() {
-        let e = Jq::compile(&spec(".h = (.a | hmac_sha256)"), "in").err().unwrap().to_string();
+        let e =
+            Jq::compile(&spec(".h = (.a | hmac_sha256)"), MetaSource::Topic("in".into())).err().unwrap().to_string();
         assert!(e.contains("undefined filter") && e.contains("--hmac-key-file"), "{e}");
         let keyed = JqSpec { hmac_key: Some("Jefe".into()), ..spec(".a | hmac_sha256") };
-        let mut jq = Jq::compile(&keyed, "in").unwrap();
+        let mut jq = Jq::compile(&keyed, MetaSource::Topic("in".into())).unwrap();
         let record = Record {
             at: Position::new(0, 0),
             timestamp: None,
@@ -340,6 +352,23 @@ mod tests {
     }
 
     #[test]
+    fn a_table_rows_meta_has_its_table_and_key() {
+        let mut jq = Jq::compile(&spec("$meta"), MetaSource::Table("orders".into())).unwrap();
+        let record = Record {
+            at: crate::position::Position::new(3, 17),
+            timestamp: None,
+            key: Some(Bytes::new(b"42")),
+            headers: Vec::new(),
+            payload: Some(Bytes::new(b"{}")),
+            dead_letter: None,
+            outputs: 1,
+        };
+        let mut out = Outputs::default();
+        jq.apply(&record, &mut out).unwrap();
+        assert_eq!(out.output(0), br#"{"key":"42","table":"orders"}"#);
+    }
+
+    #[test]
     fn meta_keeps_repeated_headers_and_marks_bytes_that_are_not_text() {
         let headers = [
             ("trace", Some(Bytes::new(b"t1"))),
@@ -357,14 +386,14 @@ mod tests {
 
     #[test]
     fn a_filter_that_does_not_compile_says_where() {
-        let e = Jq::compile(&spec(".a |\n  foo(1)"), "in").err().unwrap().to_string();
+        let e = Jq::compile(&spec(".a |\n  foo(1)"), MetaSource::Topic("in".into())).err().unwrap().to_string();
         assert_eq!(
             e,
             "the jq filter (--jq) does not compile: undefined filter (with 1 arguments) foo at line 2, column 3"
         );
-        let e = Jq::compile(&spec(".a | | .b"), "in").err().unwrap().to_string();
+        let e = Jq::compile(&spec(".a | | .b"), MetaSource::Topic("in".into())).err().unwrap().to_string();
         assert!(e.starts_with("the jq filter (--jq) does not compile: expected term"), "{e}");
-        let e = Jq::compile(&spec("if . then 1"), "in").err().unwrap().to_string();
+        let e = Jq::compile(&spec("if . then 1"), MetaSource::Topic("in".into())).err().unwrap().to_string();
         assert!(e.contains("expected else or end"), "{e}");
     }
 }

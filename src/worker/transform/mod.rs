@@ -48,17 +48,25 @@ impl<T: PerEvent> Transform for T {
 pub fn build(cfg: &Config) -> Result<Box<dyn Transform>> {
     Ok(match &cfg.transform {
         TransformSpec::Md5 => Box::new(md5::Md5),
-        TransformSpec::Jq(program) => Box::new(jq::Jq::compile(program, &cfg.source_topic)?),
+        TransformSpec::Jq(program) => Box::new(jq::Jq::compile(program, meta_source(cfg))?),
         TransformSpec::Exec(command) if cfg.generation > 1 => Box::new(exec::Exec::start_again(command)?),
         TransformSpec::Exec(command) => Box::new(exec::Exec::start(command)?),
     })
+}
+
+/// Where the events come from, for jq's `$meta`.
+fn meta_source(cfg: &Config) -> jq::MetaSource {
+    match &cfg.tables.source {
+        Some(url) => jq::MetaSource::Table(url.table.clone().unwrap_or_default()),
+        None => jq::MetaSource::Topic(cfg.source_topic.clone()),
+    }
 }
 
 /// Checks, before anything is forked or consumed, what can be checked of the transform: a filter must compile (a
 /// command is looked up when the settings are read, and started by each worker before it says it is ready).
 pub fn check(cfg: &Config) -> Result<()> {
     if let TransformSpec::Jq(program) = &cfg.transform {
-        jq::Jq::compile(program, &cfg.source_topic)?;
+        jq::Jq::compile(program, meta_source(cfg))?;
     }
     Ok(())
 }
