@@ -7,6 +7,7 @@ use super::url::TableUrl;
 use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
+use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use std::time::Duration;
@@ -32,6 +33,9 @@ pub fn open_path(path: &str, create: bool) -> Result<Connection, DbError> {
     }
     let c = Connection::open_with_flags(path, flags).map_err(|e| format!("cannot open {path}: {e}"))?;
     c.busy_timeout(Duration::from_secs(30))?;
+    c.create_scalar_function(UNBASE64, 1, FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_UTF8, |ctx| {
+        Ok(unbase64(ctx.get_raw(0)))
+    })?;
     let was: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
     if !was.eq_ignore_ascii_case("wal") {
         let now: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -44,6 +48,25 @@ pub fn open_path(path: &str, create: bool) -> Result<Connection, DbError> {
         }
     }
     Ok(c)
+}
+
+/// The SQL function that turns a base64 string back into the bytes it stands for (SQLite has none of its own).
+const UNBASE64: &str = "supervisor_unbase64";
+
+/// A BLOB column's value: bytes travel as base64 (as a table source writes them), so a string that is base64 is stored
+/// as its bytes; anything else as it is, for the column to take or refuse.
+fn unbase64(v: ValueRef<'_>) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match v {
+        ValueRef::Text(t) => match base64::engine::general_purpose::STANDARD.decode(t) {
+            Ok(bytes) => Value::Blob(bytes),
+            Err(_) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        },
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(r) => Value::Real(r),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
 }
 
 /// Whether the database has no tables yet.
@@ -212,6 +235,9 @@ pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &
         .iter()
         .map(|f| match json.iter().position(|j| j == f) {
             Some(n) => format!("json_extract(?2, '$[' || key || '][{n}]')"),
+            None if s.columns.iter().any(|c| c.name == *f && c.binary) => {
+                format!("{UNBASE64}(json_extract(value, '$.{}'))", quote(f).replace('\'', "''"))
+            }
             None => format!("json_extract(value, '$.{}')", quote(f).replace('\'', "''")),
         })
         .collect();

@@ -12,6 +12,7 @@ pub mod key;
 mod lite;
 mod my;
 mod pg;
+mod time;
 pub mod url;
 
 use crate::error::{Error, Result};

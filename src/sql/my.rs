@@ -200,10 +200,11 @@ fn write_value(out: &mut Vec<u8>, v: Value, col: &Column) -> Result<bool, DbErro
 
 /// A JSON value as a statement parameter, from its text: numbers as written (a DECIMAL stays exact), a binary
 /// column's base64 string decoded, a JSON column's value as its JSON text (a string stays a string, null JSON null).
-fn param(v: Option<&serde_json::value::RawValue>, binary: bool, json: bool) -> Result<Value, DbError> {
+fn param(v: Option<&serde_json::value::RawValue>, kind: Kind) -> Result<Value, DbError> {
     let Some(v) = v else { return Ok(Value::NULL) };
     let raw = v.get();
-    if json {
+    let binary = kind == Kind::Binary;
+    if kind == Kind::Json {
         return Ok(Value::Bytes(raw.as_bytes().to_vec()));
     }
     Ok(match raw.as_bytes().first() {
@@ -212,6 +213,11 @@ fn param(v: Option<&serde_json::value::RawValue>, binary: bool, json: bool) -> R
         Some(b'f') => Value::Int(0),
         Some(b'"') => {
             let s: String = serde_json::from_str(raw)?;
+            // A time with an offset (a timestamptz as PostgreSQL writes it) is the same instant in UTC, the session's
+            // zone: DATETIME and TIMESTAMP take no offset.
+            if let Some(utc) = (kind == Kind::Time).then(|| super::time::utc_datetime(&s)).flatten() {
+                return Ok(Value::Bytes(utc.into_bytes()));
+            }
             match base64::engine::general_purpose::STANDARD.decode(&s) {
                 Ok(bytes) if binary => Value::Bytes(bytes),
                 _ => Value::Bytes(s.into_bytes()),
@@ -226,6 +232,29 @@ fn param(v: Option<&serde_json::value::RawValue>, binary: bool, json: bool) -> R
     })
 }
 
+/// What a column needs of a value written to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    /// Bytes: a base64 string decoded.
+    Binary,
+    /// JSON: the value's JSON text.
+    Json,
+    /// DATETIME or TIMESTAMP: a time with an offset made UTC.
+    Time,
+}
+
+impl Kind {
+    fn of(c: &Column) -> Kind {
+        match () {
+            _ if c.json => Kind::Json,
+            _ if c.binary => Kind::Binary,
+            _ if matches!(c.type_name.as_str(), "datetime" | "timestamp") => Kind::Time,
+            _ => Kind::Plain,
+        }
+    }
+}
+
 pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]) -> Result<(), DbError> {
     let rows_per_statement = (MAX_PARAMS / fields.len().max(1)).clamp(1, ROWS_PER_STATEMENT);
     let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
@@ -234,16 +263,14 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
     // With nothing else to update, the key is set to itself: the row stays as it is.
     let action = if updates.is_empty() { format!("{0} = {0}", quote(&s.key)) } else { updates.join(", ") };
     let one = format!("({})", vec!["?"; fields.len()].join(", "));
-    let kinds: Vec<(bool, bool)> = fields
-        .iter()
-        .map(|f| s.columns.iter().find(|c| c.name == *f).map_or((false, false), |c| (c.binary, c.json)))
-        .collect();
+    let kinds: Vec<Kind> =
+        fields.iter().map(|f| s.columns.iter().find(|c| c.name == *f).map_or(Kind::Plain, Kind::of)).collect();
     let mut tx = c.start_transaction(TxOpts::default())?;
     for (n, part) in objects.chunks(rows_per_statement).enumerate() {
         let mut params = Vec::with_capacity(part.len() * fields.len());
         for o in part {
-            for (f, (binary, json)) in fields.iter().zip(&kinds) {
-                params.push(param(o.fields.get(*f).copied(), *binary, *json)?);
+            for (f, kind) in fields.iter().zip(&kinds) {
+                params.push(param(o.fields.get(*f).copied(), *kind)?);
             }
         }
         let sql = format!(

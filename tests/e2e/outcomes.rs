@@ -180,3 +180,52 @@ fn kafka_flags_next_to_tables_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--dest-topic (from SUPERVISOR_DEST_TOPIC or the config file) does not apply"), "{err}");
 }
+
+/// PostgreSQL → MariaDB and → SQLite: a timestamptz into DATETIME(6) as the same instant in UTC with its fraction,
+/// bytea into BLOB as the same bytes, booleans, numeric and JSON exactly.
+#[test]
+fn values_convert_without_loss_across_engines() {
+    let pg = Db::start("postgres", "convert-pg");
+    pg.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, at TIMESTAMPTZ NOT NULL, raw BYTEA NOT NULL, ok BOOLEAN NOT NULL,
+                              amount NUMERIC(40,18) NOT NULL, doc JSONB NOT NULL)",
+    );
+    pg.fill(
+        "events",
+        "id, at, raw, ok, amount, doc",
+        "v, timestamptz '2024-03-10 10:41:00.123456+02' + v * interval '1 hour 1.5 second',
+         decode(lpad(to_hex(v * 7919), 8, '0'), 'hex'), v % 3 = 0,
+         12345678901234567890.123456789012345678 + v, jsonb_build_object('v', v, 's', 'x' || v)",
+        3_000,
+    );
+    let maria = Db::start("mariadb", "convert-maria");
+    maria.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, at DATETIME(6) NOT NULL, raw BLOB NOT NULL, ok BOOLEAN NOT NULL,
+                              amount DECIMAL(40,18) NOT NULL, doc JSON NOT NULL)",
+    );
+    let a = table_args(&pg.url("events"), &maria.url("events"), "convert-maria", &["--jq", "."]);
+    let (code, log, _) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(maria.count("events_dead_letter"), 0, "{log}");
+    // Each value computed again on MariaDB's side, in UTC.
+    let same = maria.one(
+        "SELECT COUNT(*) FROM events WHERE
+           at = TIMESTAMP('2024-03-10 08:41:00.123456') + INTERVAL id HOUR + INTERVAL id * 1500000 MICROSECOND
+           AND raw = UNHEX(LPAD(HEX(id * 7919), 8, '0')) AND ok = (id % 3 = 0)
+           AND amount = 12345678901234567890.123456789012345678 + id
+           AND JSON_VALUE(doc, '$.v') = id AND JSON_VALUE(doc, '$.s') = CONCAT('x', id)",
+    );
+    assert_eq!(same, 3_000, "every value exact");
+
+    let lite = Db::start("sqlite", "convert-lite");
+    lite.exec("CREATE TABLE events (id INTEGER PRIMARY KEY, at TEXT, raw BLOB, ok INTEGER, amount TEXT, doc JSON)");
+    let a = table_args(&pg.url("events"), &lite.url("events"), "convert-lite", &["--jq", "."]);
+    let (code, log, _) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    let blobs = lite.one("SELECT COUNT(*) FROM events WHERE typeof(raw) = 'blob' AND length(raw) = 4");
+    assert_eq!(blobs, 3_000, "bytes stored as a BLOB of the same bytes, not base64 text");
+    let v = 1234;
+    let hex = format!("{:08X}", v * 7919);
+    assert_eq!(lite.one(&format!("SELECT COUNT(*) FROM events WHERE id = {v} AND hex(raw) = '{hex}'")), 1);
+    assert_eq!(lite.one("SELECT COUNT(*) FROM events WHERE ok = (id % 3 = 0)"), 3_000);
+}
