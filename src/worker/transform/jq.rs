@@ -18,7 +18,6 @@ use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Ctx, Native, RcIter, RunPtr};
 use jaq_json::Val;
 use serde_bytes::Bytes;
-use std::io::Write;
 use std::sync::OnceLock;
 
 type Filter = jaq_core::Filter<Native<Val>>;
@@ -144,7 +143,10 @@ impl PerEvent for Jq {
                 Rejection::Filter(format!("the jq filter failed: {why}"))
             })?;
             // Writing to a Vec cannot fail.
-            let _ = out.push_with(|bytes| write!(bytes, "{output}"));
+            let _ = out.push_with(|bytes| {
+                super::json_out::write_val(bytes, &output);
+                Ok::<(), std::convert::Infallible>(())
+            });
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 pub mod exec;
 pub mod hash;
 pub mod jq;
+mod json_out;
 pub mod md5;
 
 use crate::channel::batch::Record;
