@@ -1,8 +1,8 @@
 //! `--source URL`, `--sink URL` and `--checkpoint URL`: which database, which table, which key.
 //!
 //! `postgres://user:password@host:port/db?table=T&key=K&columns=a,b`, `sqlite:PATH?table=T`. `table`, `key` and
-//! `columns` are ours and taken out; every other parameter is the client's (`sslmode`, `connect_timeout`). The
-//! password is masked wherever the URL is shown.
+//! `columns` are ours and taken out; every other parameter is the dialect's (`sslmode`, `ssl-mode`,
+//! `connect_timeout`): see [`take_parameters`]. The password is masked wherever the URL is shown.
 
 use std::fmt;
 
@@ -128,6 +128,23 @@ impl fmt::Debug for TableUrl {
     }
 }
 
+/// Takes the parameters named in `names` out of a client URL's query: the URL without them, and their values
+/// percent-decoded, in the order given. A dialect applies these itself (TLS settings its client cannot parse).
+pub fn take_parameters(url: &str, names: &[&str]) -> Result<(String, Vec<(String, String)>), String> {
+    let Some((base, query)) = url.split_once('?') else { return Ok((url.to_string(), Vec::new())) };
+    let (mut kept, mut taken) = (Vec::new(), Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if names.contains(&k) {
+            taken.push((k.to_string(), decode(v).map_err(|e| format!("parameter {k}: {e}"))?));
+        } else {
+            kept.push(pair);
+        }
+    }
+    let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    Ok((rest, taken))
+}
+
 /// Query parameters whose value is a secret.
 const SECRET_PARAMETERS: &[&str] = &["password", "sslpassword"];
 
@@ -226,6 +243,18 @@ mod tests {
         assert!(!format!("{u} {u:?}").contains("hunter2"), "{u}");
         assert!(u.to_string().ends_with("?password=********&table=t&sslmode=disable"), "{u}");
         assert!(secrets("postgres://a:b@h/d?password=c%21").iter().any(|s| s == "c!"));
+    }
+
+    #[test]
+    fn client_parameters_are_taken_out() {
+        let (rest, taken) = take_parameters(
+            "postgres://h/d?sslmode=verify-full&connect_timeout=3&sslrootcert=%2Fca.pem",
+            &["sslmode", "sslrootcert"],
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://h/d?connect_timeout=3");
+        assert_eq!(taken, [("sslmode".into(), "verify-full".into()), ("sslrootcert".into(), "/ca.pem".into())]);
+        assert_eq!(take_parameters("postgres://h/d?sslmode=x", &["sslmode"]).unwrap().0, "postgres://h/d");
     }
 
     #[test]
