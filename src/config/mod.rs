@@ -11,7 +11,7 @@ use crate::telemetry::redact;
 use clap::{Parser, Subcommand};
 use file::{FileFlag, FileSettings};
 use rdkafka::config::ClientConfig;
-pub use secret::{is_secret, url_password, Property};
+pub use secret::{is_secret, read_value, url_password, Property};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -665,6 +665,7 @@ impl Tables {
             }
             let url = TableUrl::parse(given).map_err(|e| format!("--{flag}: {e}"))?;
             url.table().map_err(|e| format!("--{flag}: {e}"))?;
+            keep_password(&url);
             Ok(Some(url))
         };
         let source = parse("source", &cli.source)?;
@@ -676,6 +677,7 @@ impl Tables {
                 for secret in crate::sql::url::secrets(given) {
                     redact::keep_secret(&secret);
                 }
+                keep_password(&url);
                 Some(url)
             }
             (Some(_), None) => {
@@ -686,6 +688,18 @@ impl Tables {
         };
         let state_dir = source.as_ref().map(|_| cli.state_dir.clone().unwrap_or_else(default_state_dir));
         Ok(Tables { source, sink, checkpoint, state_dir })
+    }
+}
+
+/// Registers for masking a URL's password read from a file, and `PGPASSWORD`, which a PostgreSQL URL may use.
+fn keep_password(url: &TableUrl) {
+    if let Some(password) = &url.password {
+        redact::keep_secret(password);
+    }
+    if url.engine == crate::sql::url::Engine::Postgres {
+        if let Some(password) = std::env::var_os("PGPASSWORD") {
+            redact::keep_secret(&password.to_string_lossy());
+        }
     }
 }
 

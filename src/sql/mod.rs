@@ -12,6 +12,7 @@ pub mod key;
 mod lite;
 mod my;
 mod pg;
+mod pgpass;
 mod time;
 pub mod url;
 

@@ -25,11 +25,14 @@ pub fn open(url: &TableUrl) -> Result<Conn> {
     let (rest, taken) = super::url::take_parameters(&given, &["ssl-mode", "ssl-ca"]).map_err(|e| refused(e.into()))?;
     let tls = Tls::from_parameters(&taken).map_err(|e| refused(e.into()))?;
     let opts = Opts::from_url(&rest).map_err(|e| refused(e.into()))?;
-    let opts = OptsBuilder::from_opts(opts)
+    let mut opts = OptsBuilder::from_opts(opts)
         .tcp_connect_timeout(Some(Duration::from_secs(10)))
         // Each batch size is a statement of its own: a small cache keeps few of them prepared, here and on the server.
         .stmt_cache_size(Some(8))
         .init(vec!["SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')", "SET time_zone = '+00:00'"]);
+    if let Some(password) = &url.password {
+        opts = opts.pass(Some(password));
+    }
     if let Some(ca) = &tls.ca {
         // Read here, so that a missing file says so and not the handshake.
         std::fs::metadata(ca).map_err(|e| Error::DbTls {

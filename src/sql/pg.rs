@@ -11,7 +11,8 @@ use postgres::{Client, Config};
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Connects as libpq would: TLS as `sslmode` says (verified against `sslrootcert`, or the system's roots).
+/// Connects as libpq would: TLS as `sslmode` says (verified against `sslrootcert`, or the system's roots), the
+/// password from the URL, else `PGPASSWORD`, else the password file.
 pub fn open(url: &TableUrl) -> Result<Client> {
     let refused = |source: DbError| Error::DbConnect { url: url.to_string(), fault: Fault::Refused, source };
     // The client's own parser knows neither verify-ca/verify-full nor the certificate files: they are ours.
@@ -26,6 +27,13 @@ pub fn open(url: &TableUrl) -> Result<Client> {
     } else {
         postgres::config::SslMode::Require
     });
+    if let Some(password) = &url.password {
+        config.password(password);
+    } else if config.get_password().is_none() {
+        if let Some(password) = environment_password(&config) {
+            config.password(password);
+        }
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
@@ -36,6 +44,23 @@ pub fn open(url: &TableUrl) -> Result<Client> {
         .connector()
         .map_err(|message| Error::DbTls { url: url.to_string(), message: format!("{message}: {}", tls.files()) })?;
     config.connect(connector).map_err(|e| connect_error(url, &tls, e))
+}
+
+/// `PGPASSWORD` or the password file's line for this connection's first host.
+fn environment_password(config: &Config) -> Option<String> {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let user = config.get_user().unwrap_or_default();
+    let target = super::pgpass::Target {
+        host: &host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        database: config.get_dbname().unwrap_or(user),
+        user,
+    };
+    super::pgpass::lookup(&target)
 }
 
 /// libpq's `sslmode`.
@@ -164,6 +189,15 @@ fn connect_error(url: &TableUrl, tls: &Tls, e: postgres::Error) -> Error {
     let plain_refused = e.as_db_error().is_some_and(|db| {
         db.code().code() == "28000" && (db.message().contains("no encryption") || db.message().contains("SSL off"))
     });
+    if text.contains("password missing") {
+        return Error::DbConnect {
+            url: url.to_string(),
+            fault: Fault::Refused,
+            source: "no password given: add password=@FILE to the URL, or set PGPASSWORD or a password file \
+                     (PGPASSFILE, ~/.pgpass)"
+                .into(),
+        };
+    }
     let source: DbError = e.into();
     if plain_refused {
         let message = crate::error::db_message(source.as_ref());

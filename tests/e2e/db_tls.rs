@@ -1,5 +1,6 @@
 //! Real servers as users have them: TLS-only PostgreSQL and MariaDB (a CA and certificate made per test, plain TCP
-//! refused).
+//! refused), passwords that never sit on a command line (`PGPASSWORD`, a password file, `password=@FILE`,
+//! `$CREDENTIALS_DIRECTORY`), and the server's own words when it refuses us.
 
 use crate::harness::*;
 use std::path::Path;
@@ -117,5 +118,111 @@ mod tls {
         assert_eq!(code, 0, "{log}");
         assert_copied(&db, 3000);
         assert!(!log.contains(MARIA_PASSWORD), "the password is never printed");
+    }
+}
+
+mod passwords {
+    use super::*;
+
+    /// Runs the copy with `source` and `sink` and `env`, into an emptied destination; every row must arrive and the
+    /// password never show.
+    fn copies(db: &Db, what: &str, source: &str, sink: &str, env: &[(&str, &str)], password: &str) {
+        db.exec("DELETE FROM destination");
+        let state = scratch_dir(&format!("passwords-state-{}", what.replace(' ', "-")));
+        let a = args(source, sink, &state, &["--jq", SQRT]);
+        let (code, log) = run_to_end(&a, env, Duration::from_secs(120));
+        assert_eq!(code, 0, "{what}: {log}");
+        assert_copied(db, 500);
+        assert!(!log.contains(password), "{what}: the password is never printed: {log}");
+    }
+
+    /// PostgreSQL: `PGPASSWORD`, `PGPASSFILE`, `~/.pgpass`, `password=@FILE`, `$CREDENTIALS_DIRECTORY`; a password
+    /// file others may read is ignored with a warning. And the server's own words: a wrong password, an unknown
+    /// database, a port nobody listens on.
+    #[test]
+    fn postgres() {
+        let db = Db::start("postgres", "passwords");
+        article(&db, 500);
+        let Db::Postgres(pg) = &db else { unreachable!() };
+        let port = pg.port;
+        let dir = scratch_dir("passwords-postgres-files");
+        let url = |table: &str| format!("postgres://postgres@127.0.0.1:{port}/test?table={table}");
+        let (src, dst) = (url("source"), url("destination"));
+
+        copies(&db, "PGPASSWORD", &src, &dst, &[("PGPASSWORD", PG_PASSWORD)], PG_PASSWORD);
+
+        std::fs::write(dir.join("db-password"), format!("{PG_PASSWORD}\n")).unwrap();
+        let file = dir.join("db-password").display().to_string();
+        let with = |u: &str, p: &str| format!("{u}&password={p}");
+        copies(
+            &db,
+            "password file",
+            &with(&src, &format!("@{file}")),
+            &with(&dst, &format!("@{file}")),
+            &[],
+            PG_PASSWORD,
+        );
+        let dir_s = dir.display().to_string();
+        let credentials = [("CREDENTIALS_DIRECTORY", dir_s.as_str())];
+        copies(&db, "credentials", &with(&src, "@db-password"), &with(&dst, "@db-password"), &credentials, PG_PASSWORD);
+
+        // libpq's password file: host:port:database:user:password, `*` for any; mode 0600 or it is ignored.
+        let pgpass = dir.join("pgpass");
+        std::fs::write(&pgpass, format!("# ours\nelsewhere:*:*:*:no\n127.0.0.1:{port}:*:postgres:{PG_PASSWORD}\n"))
+            .unwrap();
+        let mode = |m| std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+        mode(0o600);
+        let pgpass_s = pgpass.display().to_string();
+        copies(&db, "PGPASSFILE", &src, &dst, &[("PGPASSFILE", pgpass_s.as_str())], PG_PASSWORD);
+        std::fs::copy(&pgpass, dir.join(".pgpass")).unwrap();
+        copies(&db, "home pgpass", &src, &dst, &[("HOME", dir_s.as_str())], PG_PASSWORD);
+        mode(0o644);
+        let state = scratch_dir("passwords-state-open-pgpass");
+        let (code, log) =
+            run_to_end(&args(&src, &dst, &state, &[]), &[("PGPASSFILE", pgpass_s.as_str())], Duration::from_secs(60));
+        assert_eq!(code, 2, "{log}");
+        assert!(log.contains("has group or world access and is ignored"), "{log}");
+        assert!(log.contains("no password given: add password=@FILE"), "{log}");
+
+        // The server's own words, never the client's "db error".
+        let dst = db.url("destination");
+        let wrong = format!("postgres://postgres:not-the-password@127.0.0.1:{port}/test?table=source");
+        assert_refused(&wrong, &dst, &state, "password authentication failed for user \"postgres\" (SQLSTATE 28P01)");
+        let unknown = format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:{port}/nope?table=source");
+        assert_refused(&unknown, &dst, &state, "database \"nope\" does not exist (SQLSTATE 3D000)");
+        let nobody = format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:{}/test?table=source", free_port());
+        let (code, log) = run_to_end(&args(&nobody, &dst, &state, &[]), &[], Duration::from_secs(60));
+        assert_eq!(code, 3, "{log}");
+        assert!(log.contains("cannot reach the database") && log.contains("Connection refused"), "{log}");
+    }
+
+    /// MariaDB: `password=@FILE` and `$CREDENTIALS_DIRECTORY`; the server's words.
+    #[test]
+    fn mariadb() {
+        let db = Db::start("mariadb", "passwords");
+        article(&db, 500);
+        let Db::Mariadb(m) = &db else { unreachable!() };
+        let port = m.port;
+        let dir = scratch_dir("passwords-mariadb-files");
+        std::fs::write(dir.join("db-password"), format!("{MARIA_PASSWORD}\n")).unwrap();
+        let file = dir.join("db-password").display().to_string();
+        let url = |table: &str, p: &str| format!("mysql://test@127.0.0.1:{port}/test?table={table}&password={p}");
+        let at_file = format!("@{file}");
+        copies(&db, "password file", &url("source", &at_file), &url("destination", &at_file), &[], MARIA_PASSWORD);
+        let dir_s = dir.display().to_string();
+        let credentials = [("CREDENTIALS_DIRECTORY", dir_s.as_str())];
+        let (src, dst) = (url("source", "@db-password"), url("destination", "@db-password"));
+        copies(&db, "credentials", &src, &dst, &credentials, MARIA_PASSWORD);
+
+        let state = scratch_dir("passwords-state-mariadb-words");
+        let dst = db.url("destination");
+        let wrong = format!("mysql://test:not-the-password@127.0.0.1:{port}/test?table=source");
+        assert_refused(&wrong, &dst, &state, "ERROR 1045 (28000): Access denied for user 'test'");
+        let unknown = format!("mysql://test:{MARIA_PASSWORD}@127.0.0.1:{port}/nope?table=source");
+        assert_refused(&unknown, &dst, &state, "Unknown database 'nope'");
+        let nobody = format!("mysql://test:{MARIA_PASSWORD}@127.0.0.1:{}/test?table=source", free_port());
+        let (code, log) = run_to_end(&args(&nobody, &dst, &state, &[]), &[], Duration::from_secs(60));
+        assert_eq!(code, 3, "{log}");
+        assert!(log.contains("cannot reach the database") && log.contains("Connection refused"), "{log}");
     }
 }
