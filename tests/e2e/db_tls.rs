@@ -1,6 +1,7 @@
 //! Real servers as users have them: TLS-only PostgreSQL and MariaDB (a CA and certificate made per test, plain TCP
 //! refused), passwords that never sit on a command line (`PGPASSWORD`, a password file, `password=@FILE`,
-//! `$CREDENTIALS_DIRECTORY`), and the server's own words when it refuses us.
+//! `$CREDENTIALS_DIRECTORY`), a password that does is in no process's `ps` line, and the server's own words when it
+//! refuses us.
 
 use crate::harness::*;
 use std::path::Path;
@@ -121,6 +122,26 @@ mod tls {
     }
 }
 
+/// Every process of the tree under `root`, itself included.
+fn tree(root: i32) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok()) {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    out
+}
+
 mod passwords {
     use super::*;
 
@@ -224,5 +245,45 @@ mod passwords {
         let (code, log) = run_to_end(&args(&nobody, &dst, &state, &[]), &[], Duration::from_secs(60));
         assert_eq!(code, 3, "{log}");
         assert!(log.contains("cannot reach the database") && log.contains("Connection refused"), "{log}");
+    }
+
+    /// A password that does come in an argument (the URL's, a `password=` parameter, the checkpoint store's) is in
+    /// no process's command line while the pipeline runs, and in none of its output.
+    #[test]
+    fn not_on_any_command_line() {
+        let db = Db::start("postgres", "cmdline");
+        article(&db, 20_000);
+        let Db::Postgres(pg) = &db else { unreachable!() };
+        let base = format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:{}/test", pg.port);
+        let as_parameter = format!("postgres://postgres@127.0.0.1:{}/test?password={PG_PASSWORD}", pg.port);
+        let state = scratch_dir("cmdline-state");
+        let a = args(
+            &format!("{base}?table=source"),
+            &format!("{as_parameter}&table=destination"),
+            &state,
+            &["--jq", SQRT, "--checkpoint", &base, "--readers", "2", "--max-rate", "4000"],
+        );
+        let mut r = start(&a);
+        assert!(r.wait_ready(Duration::from_secs(60)), "{}", r.log());
+        let mut seen = 0;
+        for _ in 0..5 {
+            let pids = tree(r.child.id() as i32);
+            for pid in &pids {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                assert!(!cmdline.contains(PG_PASSWORD), "pid {pid}: {cmdline}");
+                if *pid == r.child.id() as i32 {
+                    assert!(cmdline.contains("--source postgres://postgres:********@127.0.0.1"), "{cmdline}");
+                }
+            }
+            seen = seen.max(pids.len());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The supervisor, its source, 2 readers, 2 hashers and its sink.
+        assert!(seen >= 7, "{seen} processes: {}", r.log());
+        let status = r.wait_timeout(Duration::from_secs(120));
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", r.log());
+        assert_copied(&db, 20_000);
+        assert!(!r.log().contains(PG_PASSWORD), "{}", r.log());
     }
 }
