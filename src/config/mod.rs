@@ -11,7 +11,7 @@ use crate::telemetry::redact;
 use clap::{Parser, Subcommand};
 use file::{FileFlag, FileSettings};
 use rdkafka::config::ClientConfig;
-pub use secret::{is_secret, read_value, url_password, Property};
+pub use secret::{is_secret, read_value, Property};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -393,7 +393,7 @@ impl Cli {
         }
         // A URL's password, whole: the line rule cannot tell where one ends if it holds a '/' or a ','.
         for p in &properties {
-            if let Some(password) = secret::url_password(&p.value) {
+            if let Some(password) = redact::url_password(&p.value) {
                 redact::keep_secret(password);
             }
         }

@@ -171,7 +171,7 @@ const SECRET_PARAMETERS: &[&str] = &["password", "sslpassword"];
 
 /// The secret values a URL holds: its password, and `password=` parameters.
 pub fn secrets(url: &str) -> Vec<String> {
-    let mut out: Vec<String> = crate::config::url_password(url).map(str::to_string).into_iter().collect();
+    let mut out: Vec<String> = crate::telemetry::redact::url_password(url).map(str::to_string).into_iter().collect();
     if let Some((_, query)) = url.split_once('?') {
         for pair in query.split('&') {
             if let Some((k, v)) = pair.split_once('=') {
@@ -187,7 +187,7 @@ pub fn secrets(url: &str) -> Vec<String> {
 
 /// The URL with its password, and any `password=` parameter, replaced by the mask every line uses.
 pub fn mask(url: &str) -> String {
-    let masked = match crate::config::url_password(url) {
+    let masked = match crate::telemetry::redact::url_password(url) {
         Some(password) => {
             let at = url.rfind('@').unwrap_or(url.len());
             let start = at - password.len();
