@@ -146,9 +146,11 @@ pub struct Cli {
     #[arg(skip)]
     pub transform: TransformSpec,
 
-    /// Read a database table instead of --source-topic: postgres://USER:PASSWORD@HOST/DB?table=T or sqlite:PATH?table=T;
-    /// key=COLUMN (default: the primary key) orders and splits the scan, columns=A,B picks columns. The scan ends when
-    /// every row is delivered.
+    /// Read a database table instead of --source-topic: postgres://USER@HOST/DB?table=T, mysql://USER@HOST/DB?table=T or
+    /// sqlite:PATH?table=T; key=COLUMN (default: the primary key) orders and splits the scan, columns=A,B picks
+    /// columns. The scan ends when every row is delivered. password=@FILE reads the password from a file (relative:
+    /// in $CREDENTIALS_DIRECTORY); PostgreSQL also reads PGPASSWORD and ~/.pgpass. TLS: sslmode=verify-full and
+    /// sslrootcert=CA.pem (PostgreSQL), ssl-mode=VERIFY_IDENTITY and ssl-ca=CA.pem (MySQL).
     #[arg(long, env = "SUPERVISOR_SOURCE", value_name = "URL")]
     pub source: Option<String>,
 
