@@ -480,6 +480,19 @@ fn verify_failure(text: &str) -> Option<String> {
     })
 }
 
+/// The line for a certificate the handshake refused: why, in OpenSSL's words, and what to check: the trusted roots
+/// (`roots`, as the URL names them), or, for a name that does not match, the mode that skips the name check.
+fn certificate_refused(why: &str, roots: &str, without_name_check: &str) -> String {
+    if why.to_ascii_lowercase().contains("mismatch") {
+        format!(
+            "certificate verification failed ({why}): the server's certificate does not name the URL's host; connect \
+             by a name it holds, or use {without_name_check}, which does not check the name"
+        )
+    } else {
+        format!("certificate verification failed ({why}): the server's certificate is not trusted by {roots}")
+    }
+}
+
 /// Integer columns split and compare as numbers; everything else as text.
 fn key_kind(type_name: &str) -> KeyKind {
     let t = type_name.to_ascii_lowercase();
@@ -641,6 +654,10 @@ mod tests {
                        certificate in certificate chain) }";
         assert_eq!(verify_failure(wrapped).as_deref(), Some("self-signed certificate in certificate chain"));
         assert_eq!(verify_failure("Connection refused (os error 111)"), None);
+        let line = certificate_refused("Hostname mismatch", "sslrootcert=ca.pem", "sslmode=verify-ca");
+        assert!(line.contains("does not name the URL's host") && line.contains("sslmode=verify-ca"), "{line}");
+        let line = certificate_refused("unable to get local issuer certificate", "ssl-ca=ca.pem", "x");
+        assert!(line.ends_with("is not trusted by ssl-ca=ca.pem"), "{line}");
     }
 
     #[test]

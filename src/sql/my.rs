@@ -121,13 +121,8 @@ impl Tls {
 fn connect_error(url: &TableUrl, tls: &Tls, e: mysql::Error) -> Error {
     let text = crate::error::with_causes(&e);
     if let Some(why) = super::verify_failure(&text) {
-        return Error::DbTls {
-            url: url.to_string(),
-            message: format!(
-                "certificate verification failed ({why}): the server's certificate is not trusted by {}",
-                tls.files()
-            ),
-        };
+        let message = super::certificate_refused(&why, &tls.files(), "ssl-mode=VERIFY_CA");
+        return Error::DbTls { url: url.to_string(), message };
     }
     if let mysql::Error::DriverError(mysql::DriverError::TlsNotSupported) = e {
         return Error::DbTls {

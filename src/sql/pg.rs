@@ -40,9 +40,7 @@ pub fn open(url: &TableUrl) -> Result<Client> {
     if config.get_application_name().is_none() {
         config.application_name("supervisor");
     }
-    let connector = tls
-        .connector()
-        .map_err(|message| Error::DbTls { url: url.to_string(), message: format!("{message}: {}", tls.files()) })?;
+    let connector = tls.connector().map_err(|message| Error::DbTls { url: url.to_string(), message })?;
     config.connect(connector).map_err(|e| connect_error(url, &tls, e))
 }
 
@@ -133,9 +131,9 @@ impl Tls {
         let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(stack)?;
         if self.verifies() {
             if let Some(root) = self.root.as_deref().filter(|r| *r != "system") {
-                let pem = std::fs::read(root).map_err(|e| format!("cannot read the root certificate: {e}"))?;
+                let pem = std::fs::read(root).map_err(|e| format!("sslrootcert={root}: cannot read it: {e}"))?;
                 let certs = openssl::x509::X509::stack_from_pem(&pem)
-                    .map_err(|e| format!("no PEM certificate in the root certificate file: {e}"))?;
+                    .map_err(|e| format!("sslrootcert={root}: no PEM certificate in it: {e}"))?;
                 let mut store = openssl::x509::store::X509StoreBuilder::new().map_err(stack)?;
                 for cert in certs {
                     store.add_cert(cert).map_err(stack)?;
@@ -167,18 +165,8 @@ impl Tls {
 fn connect_error(url: &TableUrl, tls: &Tls, e: postgres::Error) -> Error {
     let text = crate::error::with_causes(&e);
     if let Some(why) = super::verify_failure(&text) {
-        let fix = match tls.mode {
-            SslMode::VerifyFull => "; or sslmode=verify-ca, which does not check the host name",
-            _ => "",
-        };
-        return Error::DbTls {
-            url: url.to_string(),
-            message: format!(
-                "certificate verification failed ({why}): the server's certificate is not trusted by {}{}",
-                tls.files(),
-                if why.to_ascii_lowercase().contains("mismatch") { fix } else { "" }
-            ),
-        };
+        let message = super::certificate_refused(&why, &tls.files(), "sslmode=verify-ca");
+        return Error::DbTls { url: url.to_string(), message };
     }
     if text.contains("server does not support TLS") {
         return Error::DbTls {

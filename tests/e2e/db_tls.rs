@@ -83,9 +83,21 @@ mod tls {
             let wrong = format!("{base}?table=source&sslmode={mode}&sslrootcert={stranger}");
             assert_refused(&wrong, &format!("{base}?table=destination"), &state, "certificate verification failed");
         }
+        let missing = format!("{base}?table=source&sslmode=verify-full&sslrootcert=/nonexistent/ca.pem");
+        assert_refused(
+            &missing,
+            &format!("{base}?table=destination"),
+            &state,
+            "sslrootcert=/nonexistent/ca.pem: cannot read it",
+        );
 
         // Verified, host name included, for the source, the sink and the checkpoint store.
-        let tls = |table: &str| format!("{base}?table={table}&sslmode=verify-full&sslrootcert={ca}");
+        // The sink by name (localhost), the source and the store by address: both are in the certificate.
+        let by_name = base.replace("@127.0.0.1:", "@localhost:");
+        let tls = |table: &str| {
+            let base = if table == "destination" { &by_name } else { &base };
+            format!("{base}?table={table}&sslmode=verify-full&sslrootcert={ca}")
+        };
         let checkpoint = format!("{base}?sslmode=verify-full&sslrootcert={ca}");
         let a = args(&tls("source"), &tls("destination"), &state, &["--jq", SQRT, "--checkpoint", &checkpoint]);
         let (code, log) = run_to_end(&a, &[], Duration::from_secs(120));
@@ -111,6 +123,13 @@ mod tls {
             let wrong = format!("{base}?table=source&ssl-mode={mode}&ssl-ca={stranger}");
             assert_refused(&wrong, &format!("{base}?table=destination"), &state, "certificate verification failed");
         }
+        let missing = format!("{base}?table=source&ssl-mode=VERIFY_IDENTITY&ssl-ca=/nonexistent/ca.pem");
+        assert_refused(
+            &missing,
+            &format!("{base}?table=destination"),
+            &state,
+            "ssl-ca=/nonexistent/ca.pem: cannot read",
+        );
 
         let tls = |table: &str| format!("{base}?table={table}&ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}");
         let checkpoint = format!("{base}?ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}");
