@@ -9,6 +9,8 @@ fn main() {
     // First of all: a SIGINT or SIGTERM from now on is a request to stop, never the default instant death.
     let signals = Signals::install();
     let cli = Cli::parse_with_file();
+    // Before any fork or thread: no `ps` line shows a password that came in an argument.
+    let _ = supervisor::telemetry::title::mask_secrets();
     if cli.print_config {
         print!("{}", supervisor::telemetry::redact::mask(&Config::from_cli(&cli).describe()));
         return;

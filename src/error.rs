@@ -141,6 +141,9 @@ pub enum Error {
     ExecRestart { command: String, message: String },
     /// A database could not be connected to: unreachable, or it refused us (`fault` says which).
     DbConnect { url: String, fault: crate::sql::Fault, source: crate::sql::DbError },
+    /// A TLS connection to a database failed on our side: the server's certificate is not trusted, the server offers
+    /// no TLS, a certificate file cannot be read. Retrying will not help.
+    DbTls { url: String, message: String },
     /// A table, key or column the pipeline needs is missing, or the table cannot be used as asked.
     DbSchema { message: String },
     /// A database statement failed.
@@ -177,7 +180,9 @@ impl Error {
             Error::ExecRestart { .. } => Exit::Failure,
             Error::Metadata { .. } => Exit::Unavailable,
             Error::DbConnect { fault: crate::sql::Fault::Unreachable, .. } => Exit::Unavailable,
-            Error::DbConnect { .. } | Error::DbSchema { .. } | Error::DbUnsupported { .. } => Exit::Config,
+            Error::DbConnect { .. } | Error::DbTls { .. } | Error::DbSchema { .. } | Error::DbUnsupported { .. } => {
+                Exit::Config
+            }
             _ => Exit::Failure,
         }
     }
@@ -253,6 +258,7 @@ impl fmt::Display for Error {
             Error::DbConnect { url, source, .. } => {
                 write!(f, "the database at {url} refused this client: {}", db_message(source.as_ref()))
             }
+            Error::DbTls { url, message } => write!(f, "cannot connect to the database at {url} over TLS: {message}"),
             Error::DbSchema { message } => f.write_str(message),
             Error::DbQuery { doing, source } => write!(f, "{doing}: {}", db_message(source.as_ref())),
             Error::DbUnsupported { url, what } => write!(f, "{url}: this build cannot use {what} yet"),
@@ -295,7 +301,7 @@ impl std::error::Error for Error {
             Error::DbConnect { source, .. } | Error::DbQuery { source, .. } | Error::Checkpoint { source, .. } => {
                 Some(source.as_ref())
             }
-            Error::DbSchema { .. } | Error::DbUnsupported { .. } => None,
+            Error::DbSchema { .. } | Error::DbTls { .. } | Error::DbUnsupported { .. } => None,
             Error::MissingTopic { .. }
             | Error::Refused { .. }
             | Error::PeerGone { .. }
@@ -312,11 +318,19 @@ impl std::error::Error for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A database client's error as text that says what happened: PostgreSQL's client displays only `db error`, and
-/// the server's message, SQLSTATE, detail and hint are inside it.
+/// A database client's error as text that says what happened: the server's message and SQLSTATE where the server
+/// refused (PostgreSQL's client displays only `db error`, and the message, SQLSTATE, detail and hint are inside it;
+/// MySQL's wraps it in `MySqlError { }`), else the error and its causes (PostgreSQL's `error connecting to server`
+/// keeps `Connection refused` among them).
 pub fn db_message(e: &(dyn std::error::Error + 'static)) -> String {
-    let Some(db) = e.downcast_ref::<postgres::Error>().and_then(postgres::Error::as_db_error) else {
+    if let Some(mysql::Error::MySqlError(m)) = e.downcast_ref::<mysql::Error>() {
+        return m.to_string();
+    }
+    let Some(pe) = e.downcast_ref::<postgres::Error>() else {
         return e.to_string();
+    };
+    let Some(db) = pe.as_db_error() else {
+        return with_causes(pe);
     };
     let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
     if let Some(detail) = db.detail() {
@@ -326,6 +340,21 @@ pub fn db_message(e: &(dyn std::error::Error + 'static)) -> String {
     if let Some(hint) = db.hint() {
         text.push_str("; hint: ");
         text.push_str(hint);
+    }
+    text
+}
+
+/// An error and each of its causes whose words are not already in it, joined by `: `.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let words = c.to_string();
+        if !text.contains(&words) {
+            text.push_str(": ");
+            text.push_str(&words);
+        }
+        cause = c.source();
     }
     text
 }

@@ -11,7 +11,7 @@ use crate::telemetry::redact;
 use clap::{Parser, Subcommand};
 use file::{FileFlag, FileSettings};
 use rdkafka::config::ClientConfig;
-pub use secret::{is_secret, url_password, Property};
+pub use secret::{is_secret, read_value, Property};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -146,9 +146,11 @@ pub struct Cli {
     #[arg(skip)]
     pub transform: TransformSpec,
 
-    /// Read a database table instead of --source-topic: postgres://USER:PASSWORD@HOST/DB?table=T or sqlite:PATH?table=T;
-    /// key=COLUMN (default: the primary key) orders and splits the scan, columns=A,B picks columns. The scan ends when
-    /// every row is delivered.
+    /// Read a database table instead of --source-topic: postgres://USER@HOST/DB?table=T, mysql://USER@HOST/DB?table=T or
+    /// sqlite:PATH?table=T; key=COLUMN (default: the primary key) orders and splits the scan, columns=A,B picks
+    /// columns. The scan ends when every row is delivered. password=@FILE reads the password from a file (relative:
+    /// in $CREDENTIALS_DIRECTORY); PostgreSQL also reads PGPASSWORD and ~/.pgpass. TLS: sslmode=verify-full and
+    /// sslrootcert=CA.pem (PostgreSQL), ssl-mode=VERIFY_IDENTITY and ssl-ca=CA.pem (MySQL).
     #[arg(long, env = "SUPERVISOR_SOURCE", value_name = "URL")]
     pub source: Option<String>,
 
@@ -393,7 +395,7 @@ impl Cli {
         }
         // A URL's password, whole: the line rule cannot tell where one ends if it holds a '/' or a ','.
         for p in &properties {
-            if let Some(password) = secret::url_password(&p.value) {
+            if let Some(password) = redact::url_password(&p.value) {
                 redact::keep_secret(password);
             }
         }
@@ -666,6 +668,7 @@ impl Tables {
             }
             let url = TableUrl::parse(given).map_err(|e| format!("--{flag}: {e}"))?;
             url.table().map_err(|e| format!("--{flag}: {e}"))?;
+            keep_password(&url);
             Ok(Some(url))
         };
         let source = parse("source", &cli.source)?;
@@ -677,6 +680,7 @@ impl Tables {
                 for secret in crate::sql::url::secrets(given) {
                     redact::keep_secret(&secret);
                 }
+                keep_password(&url);
                 Some(url)
             }
             (Some(_), None) => {
@@ -687,6 +691,18 @@ impl Tables {
         };
         let state_dir = source.as_ref().map(|_| cli.state_dir.clone().unwrap_or_else(default_state_dir));
         Ok(Tables { source, sink, checkpoint, state_dir })
+    }
+}
+
+/// Registers for masking a URL's password read from a file, and `PGPASSWORD`, which a PostgreSQL URL may use.
+fn keep_password(url: &TableUrl) {
+    if let Some(password) = &url.password {
+        redact::keep_secret(password);
+    }
+    if url.engine == crate::sql::url::Engine::Postgres {
+        if let Some(password) = std::env::var_os("PGPASSWORD") {
+            redact::keep_secret(&password.to_string_lossy());
+        }
     }
 }
 

@@ -46,14 +46,6 @@ pub fn secret_values<'a>(properties: &'a [Property]) -> impl Iterator<Item = &'a
     })
 }
 
-/// The password in a `scheme://user:password@host` value, if it has one. The userinfo ends at the value's last '@',
-/// so a password may hold any character.
-pub fn url_password(value: &str) -> Option<&str> {
-    let rest = &value[value.find("://")? + 3..];
-    let userinfo = &rest[..rest.rfind('@')?];
-    userinfo.split_once(':').map(|(_, password)| password).filter(|p| !p.is_empty())
-}
-
 /// Reads a secret value from the file at `path`; `credentials` is `$CREDENTIALS_DIRECTORY`, where a relative path is
 /// looked up. One final newline is not part of the value. The error never quotes the file.
 pub fn read_value(path: &str, credentials: Option<&Path>) -> Result<String, String> {
@@ -144,14 +136,6 @@ mod tests {
         ];
         let secret: Vec<&str> = secret_values(&props).collect();
         assert_eq!(secret, ["MyS3cretPw", "pw", "-----BEGIN"]);
-    }
-
-    #[test]
-    fn url_passwords_are_found_whatever_they_hold() {
-        assert_eq!(url_password("https://client:pa/s,s@idp.example/token"), Some("pa/s,s"));
-        assert_eq!(url_password("https://idp.example/token"), None);
-        assert_eq!(url_password("https://user@idp.example/"), None);
-        assert_eq!(url_password("plain"), None);
     }
 
     #[test]

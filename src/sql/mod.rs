@@ -12,6 +12,7 @@ pub mod key;
 mod lite;
 mod my;
 mod pg;
+mod pgpass;
 mod time;
 pub mod url;
 
@@ -432,7 +433,7 @@ impl Resilient {
                         Fault::Refused => return Err(Error::DbQuery { doing: doing(), source: e }),
                         // Not the database being away: a retry would fail the same way.
                         Fault::Other => return Err(Error::DbQuery { doing: doing(), source: e }),
-                        Fault::Unreachable => e.to_string(),
+                        Fault::Unreachable => crate::error::db_message(e.as_ref()),
                     },
                 },
                 Err(e @ Error::DbConnect { fault: Fault::Unreachable, .. }) => e.to_string(),
@@ -458,6 +459,37 @@ impl Resilient {
             });
             crate::telemetry::heartbeat::waiting_on_peer(|| std::thread::sleep(delay));
         }
+    }
+}
+
+/// Why a TLS handshake's certificate check failed, when `text` (a client's error, OpenSSL's words in it) says it
+/// did: OpenSSL's verify result, which the PostgreSQL client appends after `: ` and native-tls in parentheses.
+fn verify_failure(text: &str) -> Option<String> {
+    let at = text.find("certificate verify failed")?;
+    // The MySQL client wraps it: `TlsError { ... }`.
+    let after = text[at..].trim_end().trim_end_matches('}').trim_end();
+    let why = match after.strip_suffix(')').and_then(|t| t.rsplit_once('(')) {
+        Some((_, why)) => why,
+        None => after.rsplit_once(": ").map_or("", |(_, why)| why),
+    };
+    let why = why.trim();
+    Some(if why.is_empty() || why.starts_with("certificate verify failed") {
+        "untrusted".to_string()
+    } else {
+        why.to_string()
+    })
+}
+
+/// The line for a certificate the handshake refused: why, in OpenSSL's words, and what to check: the trusted roots
+/// (`roots`, as the URL names them), or, for a name that does not match, the mode that skips the name check.
+fn certificate_refused(why: &str, roots: &str, without_name_check: &str) -> String {
+    if why.to_ascii_lowercase().contains("mismatch") {
+        format!(
+            "certificate verification failed ({why}): the server's certificate does not name the URL's host; connect \
+             by a name it holds, or use {without_name_check}, which does not check the name"
+        )
+    } else {
+        format!("certificate verification failed ({why}): the server's certificate is not trusted by {roots}")
     }
 }
 
@@ -608,6 +640,24 @@ mod tests {
             })
             .unwrap();
         assert_eq!(String::from_utf8(json).unwrap(), r#"{"q\"":1}"#);
+    }
+
+    #[test]
+    fn certificate_failures_say_why() {
+        let pg = "error performing TLS handshake: error:0A000086:SSL routines:tls_post_process_server_certificate:\
+                  certificate verify failed:../ssl/statem/statem_clnt.c:1889:: unable to get local issuer certificate";
+        assert_eq!(verify_failure(pg).as_deref(), Some("unable to get local issuer certificate"));
+        let my = "TLS error: error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify \
+                  failed:../ssl/statem/statem_clnt.c:1889: (Hostname mismatch)";
+        assert_eq!(verify_failure(my).as_deref(), Some("Hostname mismatch"));
+        let wrapped = "TlsError { error:0A000086:SSL routines::certificate verify failed:c:1889: (self-signed \
+                       certificate in certificate chain) }";
+        assert_eq!(verify_failure(wrapped).as_deref(), Some("self-signed certificate in certificate chain"));
+        assert_eq!(verify_failure("Connection refused (os error 111)"), None);
+        let line = certificate_refused("Hostname mismatch", "sslrootcert=ca.pem", "sslmode=verify-ca");
+        assert!(line.contains("does not name the URL's host") && line.contains("sslmode=verify-ca"), "{line}");
+        let line = certificate_refused("unable to get local issuer certificate", "ssl-ca=ca.pem", "x");
+        assert!(line.ends_with("is not trusted by ssl-ca=ca.pem"), "{line}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWri
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder, TxOpts, Value};
+use mysql::{Conn, Opts, OptsBuilder, SslOpts, TxOpts, Value};
 use std::time::Duration;
 
 /// Placeholders one statement may hold.
@@ -17,19 +17,137 @@ const MAX_PARAMS: usize = 65_535;
 /// and the server hold for it) small.
 const ROWS_PER_STATEMENT: usize = 1000;
 
+/// Connects as the MySQL client would: TLS as `ssl-mode` says (PREFERRED by default), verified against `ssl-ca`.
 pub fn open(url: &TableUrl) -> Result<Conn> {
     let given = url.connect.replacen("mariadb://", "mysql://", 1);
     let refused = |source: DbError| Error::DbConnect { url: url.to_string(), fault: Fault::Refused, source };
-    let opts = Opts::from_url(&given).map_err(|e| refused(e.into()))?;
-    let opts = OptsBuilder::from_opts(opts)
+    // The client's parser knows neither: they are ours.
+    let (rest, taken) = super::url::take_parameters(&given, &["ssl-mode", "ssl-ca"]).map_err(|e| refused(e.into()))?;
+    let tls = Tls::from_parameters(&taken).map_err(|e| refused(e.into()))?;
+    let opts = Opts::from_url(&rest).map_err(|e| refused(e.into()))?;
+    let mut opts = OptsBuilder::from_opts(opts)
         .tcp_connect_timeout(Some(Duration::from_secs(10)))
         // Each batch size is a statement of its own: a small cache keeps few of them prepared, here and on the server.
         .stmt_cache_size(Some(8))
         .init(vec!["SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')", "SET time_zone = '+00:00'"]);
-    Conn::new(opts).map_err(|e| {
-        let source: DbError = e.into();
-        Error::DbConnect { url: url.to_string(), fault: fault(&source), source }
-    })
+    if let Some(password) = &url.password {
+        opts = opts.pass(Some(password));
+    }
+    if let Some(ca) = &tls.ca {
+        // Read here, so that a missing file says so and not the handshake.
+        std::fs::metadata(ca).map_err(|e| Error::DbTls {
+            url: url.to_string(),
+            message: format!("ssl-ca={ca}: cannot read the CA certificate: {e}"),
+        })?;
+    }
+    let connected = match Conn::new(opts.clone().ssl_opts(tls.ssl_opts())) {
+        // PREFERRED: a server without TLS is spoken to in the clear, as the MySQL client does.
+        Err(mysql::Error::DriverError(mysql::DriverError::TlsNotSupported)) if tls.mode == SslMode::Preferred => {
+            Conn::new(opts)
+        }
+        other => other,
+    };
+    connected.map_err(|e| connect_error(url, &tls, e))
+}
+
+/// MySQL's `ssl-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SslMode {
+    Disabled,
+    Preferred,
+    Required,
+    VerifyCa,
+    VerifyIdentity,
+}
+
+/// How a connection uses TLS: `ssl-mode` and `ssl-ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tls {
+    mode: SslMode,
+    ca: Option<String>,
+}
+
+impl Tls {
+    fn from_parameters(taken: &[(String, String)]) -> Result<Tls, String> {
+        let mut tls = Tls { mode: SslMode::Preferred, ca: None };
+        for (k, v) in taken {
+            if k == "ssl-ca" {
+                tls.ca = Some(v.clone());
+                continue;
+            }
+            tls.mode = match v.to_ascii_uppercase().as_str() {
+                "DISABLED" => SslMode::Disabled,
+                "PREFERRED" => SslMode::Preferred,
+                "REQUIRED" => SslMode::Required,
+                "VERIFY_CA" => SslMode::VerifyCa,
+                "VERIFY_IDENTITY" => SslMode::VerifyIdentity,
+                other => {
+                    return Err(format!(
+                        "ssl-mode={other}: expected DISABLED, PREFERRED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY"
+                    ))
+                }
+            };
+        }
+        Ok(tls)
+    }
+
+    /// The client's TLS settings: none when disabled; the chain checked in VERIFY_CA and VERIFY_IDENTITY, and
+    /// whenever `ssl-ca` is given (as PostgreSQL's require does with a root certificate); the host name in
+    /// VERIFY_IDENTITY only.
+    fn ssl_opts(&self) -> Option<SslOpts> {
+        if self.mode == SslMode::Disabled {
+            return None;
+        }
+        let verify = matches!(self.mode, SslMode::VerifyCa | SslMode::VerifyIdentity) || self.ca.is_some();
+        let mut opts = SslOpts::default()
+            .with_danger_accept_invalid_certs(!verify)
+            .with_danger_skip_domain_validation(self.mode != SslMode::VerifyIdentity);
+        if let Some(ca) = &self.ca {
+            opts = opts.with_root_cert_path(Some(std::path::PathBuf::from(ca)));
+        }
+        Some(opts)
+    }
+
+    /// What the user names the trusted roots by, for messages.
+    fn files(&self) -> String {
+        match &self.ca {
+            Some(ca) => format!("ssl-ca={ca}"),
+            None => "the system's trusted roots (no ssl-ca)".to_string(),
+        }
+    }
+}
+
+/// A failed connection as one line that says what to do where the cause is TLS.
+fn connect_error(url: &TableUrl, tls: &Tls, e: mysql::Error) -> Error {
+    let text = crate::error::with_causes(&e);
+    if let Some(why) = super::verify_failure(&text) {
+        let message = super::certificate_refused(&why, &tls.files(), "ssl-mode=VERIFY_CA");
+        return Error::DbTls { url: url.to_string(), message };
+    }
+    if let mysql::Error::DriverError(mysql::DriverError::TlsNotSupported) = e {
+        return Error::DbTls {
+            url: url.to_string(),
+            message: "the server does not offer TLS, which this URL's ssl-mode requires".to_string(),
+        };
+    }
+    // MySQL says a plain connection is refused; MariaDB says only "access denied", as for a wrong password.
+    let denied = matches!(&e, mysql::Error::MySqlError(m) if m.code == 1045) && tls.mode == SslMode::Disabled;
+    if text.contains("insecure transport") || denied {
+        let message = crate::error::db_message(&e);
+        let hint = if denied {
+            "if the password is right, the server may require TLS (MariaDB refuses plain connections so): drop \
+             ssl-mode=DISABLED, or use ssl-mode=VERIFY_IDENTITY&ssl-ca=CA.pem"
+        } else {
+            "the server requires TLS: drop ssl-mode=DISABLED, or use ssl-mode=VERIFY_IDENTITY&ssl-ca=CA.pem"
+        };
+        return Error::DbConnect {
+            url: url.to_string(),
+            fault: Fault::Refused,
+            source: format!("{message}; {hint}").into(),
+        };
+    }
+    let source: DbError = e.into();
+    Error::DbConnect { url: url.to_string(), fault: fault(&source), source }
 }
 
 pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {

@@ -7,18 +7,32 @@ use super::url::TableUrl;
 use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
 use std::str::FromStr;
 use std::time::Duration;
 
+/// Connects as libpq would: TLS as `sslmode` says (verified against `sslrootcert`, or the system's roots), the
+/// password from the URL, else `PGPASSWORD`, else the password file.
 pub fn open(url: &TableUrl) -> Result<Client> {
-    let mut config = Config::from_str(&url.connect).map_err(|e| Error::DbConnect {
-        url: url.to_string(),
-        fault: Fault::Refused,
-        source: e.into(),
-    })?;
-    if config.get_ssl_mode() == postgres::config::SslMode::Require {
-        return Err(refused_tls(url));
+    let refused = |source: DbError| Error::DbConnect { url: url.to_string(), fault: Fault::Refused, source };
+    // The client's own parser knows neither verify-ca/verify-full nor the certificate files: they are ours.
+    let (rest, taken) = super::url::take_parameters(&url.connect, &["sslmode", "sslrootcert", "sslcert", "sslkey"])
+        .map_err(|e| refused(e.into()))?;
+    let tls = Tls::from_parameters(&taken).map_err(|e| refused(e.into()))?;
+    let mut config = Config::from_str(&rest).map_err(|e| refused(e.into()))?;
+    config.ssl_mode(if tls.mode == SslMode::Disable {
+        postgres::config::SslMode::Disable
+    } else if tls.mode == SslMode::Prefer {
+        postgres::config::SslMode::Prefer
+    } else {
+        postgres::config::SslMode::Require
+    });
+    if let Some(password) = &url.password {
+        config.password(password);
+    } else if config.get_password().is_none() {
+        if let Some(password) = environment_password(&config) {
+            config.password(password);
+        }
     }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
@@ -26,20 +40,163 @@ pub fn open(url: &TableUrl) -> Result<Client> {
     if config.get_application_name().is_none() {
         config.application_name("supervisor");
     }
-    config.connect(NoTls).map_err(|e| {
-        let source: DbError = e.into();
-        Error::DbConnect { url: url.to_string(), fault: fault(&source), source }
-    })
+    let connector = tls.connector().map_err(|message| Error::DbTls { url: url.to_string(), message })?;
+    config.connect(connector).map_err(|e| connect_error(url, &tls, e))
 }
 
-fn refused_tls(url: &TableUrl) -> Error {
-    Error::DbConnect {
-        url: url.to_string(),
-        fault: Fault::Refused,
-        source: "sslmode=require: this build has no TLS for database connections yet (run next to the database, or \
-                 through a tunnel)"
-            .into(),
+/// `PGPASSWORD` or the password file's line for this connection's first host.
+fn environment_password(config: &Config) -> Option<String> {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let user = config.get_user().unwrap_or_default();
+    let target = super::pgpass::Target {
+        host: &host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        database: config.get_dbname().unwrap_or(user),
+        user,
+    };
+    super::pgpass::lookup(&target)
+}
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// How a connection uses TLS: `sslmode` and the certificate files, as libpq reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tls {
+    mode: SslMode,
+    root: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl Tls {
+    fn from_parameters(taken: &[(String, String)]) -> Result<Tls, String> {
+        let mut tls = Tls { mode: SslMode::Prefer, root: None, cert: None, key: None };
+        for (k, v) in taken {
+            match k.as_str() {
+                "sslmode" => {
+                    tls.mode = match v.as_str() {
+                        "disable" => SslMode::Disable,
+                        "prefer" => SslMode::Prefer,
+                        "require" => SslMode::Require,
+                        "verify-ca" => SslMode::VerifyCa,
+                        "verify-full" => SslMode::VerifyFull,
+                        other => {
+                            return Err(format!(
+                                "sslmode={other}: expected disable, prefer, require, verify-ca or verify-full"
+                            ))
+                        }
+                    }
+                }
+                "sslrootcert" => tls.root = Some(v.clone()),
+                "sslcert" => tls.cert = Some(v.clone()),
+                _ => tls.key = Some(v.clone()),
+            }
+        }
+        Ok(tls)
     }
+
+    /// The chain is verified in verify-ca and verify-full, and in require when a root certificate is given (libpq:
+    /// require with a root certificate behaves as verify-ca).
+    fn verifies(&self) -> bool {
+        matches!(self.mode, SslMode::VerifyCa | SslMode::VerifyFull)
+            || (self.mode == SslMode::Require && self.root.is_some())
+    }
+
+    /// What the user names the trusted roots by, for messages.
+    fn files(&self) -> String {
+        match &self.root {
+            Some(root) => format!("sslrootcert={root}"),
+            None => "the system's trusted roots (no sslrootcert)".to_string(),
+        }
+    }
+
+    /// An OpenSSL connector: the chain checked against `sslrootcert` alone (`system`: the system's roots, as libpq
+    /// says), or against the system's roots when none is given; the host name checked in verify-full only; the
+    /// client certificate and key if given.
+    fn connector(&self) -> Result<postgres_openssl::MakeTlsConnector, String> {
+        use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+        let stack = |e: openssl::error::ErrorStack| e.to_string();
+        let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(stack)?;
+        if self.verifies() {
+            if let Some(root) = self.root.as_deref().filter(|r| *r != "system") {
+                let pem = std::fs::read(root).map_err(|e| format!("sslrootcert={root}: cannot read it: {e}"))?;
+                let certs = openssl::x509::X509::stack_from_pem(&pem)
+                    .map_err(|e| format!("sslrootcert={root}: no PEM certificate in it: {e}"))?;
+                let mut store = openssl::x509::store::X509StoreBuilder::new().map_err(stack)?;
+                for cert in certs {
+                    store.add_cert(cert).map_err(stack)?;
+                }
+                b.set_cert_store(store.build());
+            }
+            b.set_verify(SslVerifyMode::PEER);
+        } else {
+            b.set_verify(SslVerifyMode::NONE);
+        }
+        if let Some(cert) = &self.cert {
+            b.set_certificate_chain_file(cert).map_err(|e| format!("sslcert={cert}: {e}"))?;
+        }
+        if let Some(key) = &self.key {
+            b.set_private_key_file(key, SslFiletype::PEM).map_err(|e| format!("sslkey={key}: {e}"))?;
+        }
+        let mut connector = postgres_openssl::MakeTlsConnector::new(b.build());
+        if self.mode != SslMode::VerifyFull {
+            connector.set_callback(|config, _| {
+                config.set_verify_hostname(false);
+                Ok(())
+            });
+        }
+        Ok(connector)
+    }
+}
+
+/// A failed connection as one line that says what to do where the cause is TLS.
+fn connect_error(url: &TableUrl, tls: &Tls, e: postgres::Error) -> Error {
+    let text = crate::error::with_causes(&e);
+    if let Some(why) = super::verify_failure(&text) {
+        let message = super::certificate_refused(&why, &tls.files(), "sslmode=verify-ca");
+        return Error::DbTls { url: url.to_string(), message };
+    }
+    if text.contains("server does not support TLS") {
+        return Error::DbTls {
+            url: url.to_string(),
+            message: "the server does not offer TLS, which this URL's sslmode requires".to_string(),
+        };
+    }
+    let plain_refused = e.as_db_error().is_some_and(|db| {
+        db.code().code() == "28000" && (db.message().contains("no encryption") || db.message().contains("SSL off"))
+    });
+    if text.contains("password missing") {
+        return Error::DbConnect {
+            url: url.to_string(),
+            fault: Fault::Refused,
+            source: "no password given: add password=@FILE to the URL, or set PGPASSWORD or a password file \
+                     (PGPASSFILE, ~/.pgpass)"
+                .into(),
+        };
+    }
+    let source: DbError = e.into();
+    if plain_refused {
+        let message = crate::error::db_message(source.as_ref());
+        let hint = "the server requires TLS: add sslmode=require, or sslmode=verify-full&sslrootcert=CA.pem";
+        return Error::DbConnect {
+            url: url.to_string(),
+            fault: Fault::Refused,
+            source: format!("{message}; {hint}").into(),
+        };
+    }
+    Error::DbConnect { url: url.to_string(), fault: fault(&source), source }
 }
 
 /// Every column with its type, and the primary key's columns; no columns when the table does not exist.

@@ -1,8 +1,10 @@
 //! `--source URL`, `--sink URL` and `--checkpoint URL`: which database, which table, which key.
 //!
 //! `postgres://user:password@host:port/db?table=T&key=K&columns=a,b`, `sqlite:PATH?table=T`. `table`, `key` and
-//! `columns` are ours and taken out; every other parameter is the client's (`sslmode`, `connect_timeout`). The
-//! password is masked wherever the URL is shown.
+//! `columns` are ours and taken out; so is `password`, whose value may be read from a file (`password=@PATH`, the
+//! `-X` rule: a relative path is looked up in `$CREDENTIALS_DIRECTORY` when systemd set it). Every other parameter is
+//! the dialect's (`sslmode`, `ssl-mode`, `connect_timeout`): see [`take_parameters`]. The password is masked wherever
+//! the URL is shown.
 
 use std::fmt;
 
@@ -33,13 +35,22 @@ pub struct TableUrl {
     pub table: Option<String>,
     pub key: Option<String>,
     pub columns: Option<Vec<String>>,
+    /// The `password=` parameter, read from its file if it said `@PATH`; it wins over the URL's `user:password@`.
+    pub password: Option<String>,
     /// The URL as given, its password masked.
     shown: String,
 }
 
 impl TableUrl {
-    /// Parses a URL; the error says what is wrong without quoting the password.
+    /// Parses a URL; the error says what is wrong without quoting the password. A `password=@PATH` is read now, a
+    /// relative path in `$CREDENTIALS_DIRECTORY` when it is set.
     pub fn parse(given: &str) -> Result<TableUrl, String> {
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        TableUrl::parse_with(given, credentials.as_deref())
+    }
+
+    /// [`parse`](Self::parse), `credentials` standing for `$CREDENTIALS_DIRECTORY`.
+    pub fn parse_with(given: &str, credentials: Option<&std::path::Path>) -> Result<TableUrl, String> {
         let shown = mask(given);
         let (engine, rest) = if let Some(rest) = given.strip_prefix("sqlite://") {
             (Engine::Sqlite, rest)
@@ -57,6 +68,7 @@ impl TableUrl {
         };
         let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (mut table, mut key, mut columns, mut passed) = (None, None, None, Vec::new());
+        let mut password = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let value = || decode(v).map_err(|e| format!("{shown}: parameter {k}: {e}"));
@@ -66,6 +78,15 @@ impl TableUrl {
                 "columns" => {
                     columns =
                         Some(value()?.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect())
+                }
+                "password" if engine != Engine::Sqlite => {
+                    let given = value()?;
+                    password = Some(match given.strip_prefix('@') {
+                        Some(literal) if literal.starts_with('@') => literal.to_string(),
+                        Some(path) => crate::config::read_value(path, credentials)
+                            .map_err(|e| format!("{shown}: parameter password: {e}"))?,
+                        None => given,
+                    });
                 }
                 _ if engine == Engine::Sqlite => {
                     return Err(format!("{shown}: unknown parameter {k:?} (sqlite: takes table, key and columns)"))
@@ -88,7 +109,7 @@ impl TableUrl {
         for name in table.iter().chain(key.iter()).chain(columns.iter().flatten()) {
             check_identifier(name).map_err(|e| format!("{shown}: {e}"))?;
         }
-        Ok(TableUrl { engine, connect, table, key, columns, shown })
+        Ok(TableUrl { engine, connect, table, key, columns, password, shown })
     }
 
     /// The table, or the error that this use needs one.
@@ -128,12 +149,29 @@ impl fmt::Debug for TableUrl {
     }
 }
 
+/// Takes the parameters named in `names` out of a client URL's query: the URL without them, and their values
+/// percent-decoded, in the order given. A dialect applies these itself (TLS settings its client cannot parse).
+pub fn take_parameters(url: &str, names: &[&str]) -> Result<(String, Vec<(String, String)>), String> {
+    let Some((base, query)) = url.split_once('?') else { return Ok((url.to_string(), Vec::new())) };
+    let (mut kept, mut taken) = (Vec::new(), Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if names.contains(&k) {
+            taken.push((k.to_string(), decode(v).map_err(|e| format!("parameter {k}: {e}"))?));
+        } else {
+            kept.push(pair);
+        }
+    }
+    let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    Ok((rest, taken))
+}
+
 /// Query parameters whose value is a secret.
 const SECRET_PARAMETERS: &[&str] = &["password", "sslpassword"];
 
 /// The secret values a URL holds: its password, and `password=` parameters.
 pub fn secrets(url: &str) -> Vec<String> {
-    let mut out: Vec<String> = crate::config::url_password(url).map(str::to_string).into_iter().collect();
+    let mut out: Vec<String> = crate::telemetry::redact::url_password(url).map(str::to_string).into_iter().collect();
     if let Some((_, query)) = url.split_once('?') {
         for pair in query.split('&') {
             if let Some((k, v)) = pair.split_once('=') {
@@ -149,7 +187,7 @@ pub fn secrets(url: &str) -> Vec<String> {
 
 /// The URL with its password, and any `password=` parameter, replaced by the mask every line uses.
 pub fn mask(url: &str) -> String {
-    let masked = match crate::config::url_password(url) {
+    let masked = match crate::telemetry::redact::url_password(url) {
         Some(password) => {
             let at = url.rfind('@').unwrap_or(url.len());
             let start = at - password.len();
@@ -226,6 +264,35 @@ mod tests {
         assert!(!format!("{u} {u:?}").contains("hunter2"), "{u}");
         assert!(u.to_string().ends_with("?password=********&table=t&sslmode=disable"), "{u}");
         assert!(secrets("postgres://a:b@h/d?password=c%21").iter().any(|s| s == "c!"));
+    }
+
+    #[test]
+    fn passwords_come_from_parameters_and_files() {
+        let dir = std::env::temp_dir().join(format!("supervisor-url-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("db-password"), "from file\n").unwrap();
+        let abs = dir.join("db-password").display().to_string();
+        let u = TableUrl::parse_with(&format!("postgres://app@db/shop?password=@{abs}&table=t"), None).unwrap();
+        assert_eq!((u.password.as_deref(), u.connect.as_str()), (Some("from file"), "postgres://app@db/shop"));
+        let u = TableUrl::parse_with("mysql://app@db/shop?table=t&password=@db-password", Some(&dir)).unwrap();
+        assert_eq!(u.password.as_deref(), Some("from file"), "relative to $CREDENTIALS_DIRECTORY");
+        let u = TableUrl::parse_with("mysql://app@db/shop?password=@@at%26amp&table=t", None).unwrap();
+        assert_eq!(u.password.as_deref(), Some("@at&amp"));
+        let e = TableUrl::parse_with("postgres://app@db/shop?password=@missing&table=t", Some(&dir)).unwrap_err();
+        assert!(e.contains("parameter password: cannot read its value from") && !e.contains("@missing"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn client_parameters_are_taken_out() {
+        let (rest, taken) = take_parameters(
+            "postgres://h/d?sslmode=verify-full&connect_timeout=3&sslrootcert=%2Fca.pem",
+            &["sslmode", "sslrootcert"],
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://h/d?connect_timeout=3");
+        assert_eq!(taken, [("sslmode".into(), "verify-full".into()), ("sslrootcert".into(), "/ca.pem".into())]);
+        assert_eq!(take_parameters("postgres://h/d?sslmode=x", &["sslmode"]).unwrap().0, "postgres://h/d");
     }
 
     #[test]

@@ -10,7 +10,6 @@ use crate::telemetry::{heartbeat, logging};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::{getpid, getppid, Pid};
 use std::ffi::CString;
-use std::io::{Seek, SeekFrom, Write};
 
 /// Runs stage `S` as `role` in a freshly forked child and returns the process's exit code. The caller exits with it
 /// at once: nothing of the parent's may run in the child.
@@ -70,33 +69,5 @@ fn set_title(name: &str) {
     if let Ok(c) = CString::new(format!("sv-{name}")) {
         let _ = nix::sys::prctl::set_name(&c);
     }
-    let _ = rewrite_cmdline(&format!("supervisor: {name}"));
-}
-
-/// Overwrites the argv area the kernel shows as /proc/self/cmdline (what setproctitle does), through /proc/self/mem
-/// so that no pointer is forged.
-fn rewrite_cmdline(title: &str) -> std::io::Result<()> {
-    // valgrind still reads its own options from that memory after a fork (it then fails at exit); it shows itself
-    // through the preload library it injects.
-    if std::env::var_os("LD_PRELOAD").is_some_and(|p| p.to_string_lossy().contains("vgpreload")) {
-        return Ok(());
-    }
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    // Fields 48 and 49 of stat are arg_start and arg_end; after the comm the list starts at field 3.
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
-    let (Some(start), Some(end)) = (field(48), field(49)) else {
-        return Ok(());
-    };
-    let len = end.saturating_sub(start) as usize;
-    if len < 2 {
-        return Ok(());
-    }
-    let mut area = vec![0u8; len];
-    let n = title.len().min(len - 1);
-    area[..n].copy_from_slice(&title.as_bytes()[..n]);
-    let mut mem = std::fs::OpenOptions::new().write(true).open("/proc/self/mem")?;
-    mem.seek(SeekFrom::Start(start))?;
-    mem.write_all(&area)
+    let _ = crate::telemetry::title::set(&format!("supervisor: {name}"));
 }

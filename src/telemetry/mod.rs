@@ -9,6 +9,7 @@ pub mod heartbeat;
 pub mod logging;
 pub mod rate_limit;
 pub mod redact;
+pub mod title;
 
 pub use events::emit;
 

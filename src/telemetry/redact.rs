@@ -3,7 +3,9 @@
 //!
 //! Two rules. The values registered with [`keep_secret`] (what the configuration marks secret: see `config::secret`)
 //! are replaced wherever they appear verbatim. And a password inside a URL
-//! (`scheme://user:password@host`) is replaced whatever it is.
+//! (`scheme://user:password@host`) is replaced whatever it is. A URL's password is found here alone: in a value
+//! ([`url_password`], which the configuration and `sql::url` use) and in running text, by one rule
+//! ([`userinfo_password`]).
 //!
 //! The parent registers the secrets before it forks, so every child masks the same values.
 
@@ -47,6 +49,21 @@ pub fn mask(line: &str) -> Cow<'_, str> {
     }
 }
 
+/// The password in a `scheme://user:password@host` value, if it has one. The userinfo ends at the value's last '@',
+/// so a password may hold any character.
+pub fn url_password(value: &str) -> Option<&str> {
+    let rest = &value[value.find("://")? + 3..];
+    userinfo_password(rest).map(|(start, end)| &rest[start..end])
+}
+
+/// Where the password is in what follows a URL's `://`: from the first ':' of its userinfo, which ends at the last
+/// '@'; `None` when there is no userinfo, no ':' in it, or an empty password.
+fn userinfo_password(authority: &str) -> Option<(usize, usize)> {
+    let at = authority.rfind('@')?;
+    let colon = authority[..at].find(':')?;
+    (colon + 1 < at).then_some((colon + 1, at))
+}
+
 /// Masks the password of every `scheme://user:password@host`; `None` when there is none.
 fn mask_url_passwords(line: &str) -> Option<String> {
     let mut out = String::new();
@@ -58,11 +75,11 @@ fn mask_url_passwords(line: &str) -> Option<String> {
         // The authority ends at the path, or where the URL ends in running text.
         let end = tail.find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>,;)]".contains(c));
         let authority = &tail[..end.unwrap_or(tail.len())];
-        match authority.rfind('@').and_then(|a| authority[..a].find(':').map(|c| (c, a))) {
-            Some((colon, at)) => {
-                out.push_str(&authority[..=colon]);
+        match userinfo_password(authority) {
+            Some((start, end)) => {
+                out.push_str(&authority[..start]);
                 out.push_str(MASK);
-                out.push_str(&authority[at..]);
+                out.push_str(&authority[end..]);
                 changed = true;
             }
             None => out.push_str(authority),
@@ -101,5 +118,15 @@ mod tests {
         );
         assert_eq!(mask_url_passwords("sasl_ssl://broker:9093 and http://user@host/"), None);
         assert_eq!(mask_url_passwords("no url here"), None);
+    }
+
+    #[test]
+    fn url_passwords_are_found_whatever_they_hold() {
+        assert_eq!(url_password("https://client:pa/s,s@idp.example/token"), Some("pa/s,s"));
+        assert_eq!(url_password("postgres://app:s3cr@t@db:5432/shop"), Some("s3cr@t"));
+        assert_eq!(url_password("https://idp.example/token"), None);
+        assert_eq!(url_password("https://user@idp.example/"), None);
+        assert_eq!(url_password("https://user:@idp.example/"), None);
+        assert_eq!(url_password("plain"), None);
     }
 }

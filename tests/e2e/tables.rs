@@ -279,7 +279,7 @@ fn bad_settings(engine: &str) {
         cases.push((wrong, dst.clone(), 2, "refused this client"));
     }
     if engine == "postgres" {
-        cases.push((format!("{src}&sslmode=require"), dst.clone(), 2, "no TLS for database connections"));
+        cases.push((format!("{src}&sslmode=require"), dst.clone(), 2, "the server does not offer TLS"));
         // A password may come as a parameter too: refused, and never printed.
         let as_parameter = src.replace(&format!(":{PG_PASSWORD}@"), "@") + "&password=not-the-password";
         cases.push((as_parameter, dst.clone(), 2, "refused this client"));

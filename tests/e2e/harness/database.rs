@@ -1,7 +1,10 @@
 //! Real database servers for the table tests: a PostgreSQL cluster of its own per test (Debian's `postgresql-15`,
 //! run as the `postgres` user when the tests run as root) on a free loopback port, stopped on drop; and SQLite files.
+//! Either server may be TLS-only (`start_tls`): a CA and server certificate made per test, plain TCP refused; the
+//! harness itself then connects through the server's Unix socket.
 
 use super::broker::{free_port, scratch_dir, wait_listening};
+use super::secured::Certs;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -46,13 +49,28 @@ fn run(mut c: Command, what: &str) {
 pub struct Postgres {
     pub port: u16,
     dir: PathBuf,
+    /// A TLS-only cluster's certificates: `ssl=on`, and a `pg_hba.conf` with `hostssl` lines only.
+    pub certs: Option<Certs>,
 }
 
 impl Postgres {
     pub fn start(name: &str) -> Postgres {
+        Postgres::start_with(name, false)
+    }
+
+    /// A cluster that takes TCP connections over TLS only, its certificate for 127.0.0.1 and localhost.
+    pub fn start_tls(name: &str) -> Postgres {
+        Postgres::start_with(name, true)
+    }
+
+    fn start_with(name: &str, tls: bool) -> Postgres {
         let dir = scratch_dir(&format!("pg-{name}"));
         let port = free_port();
         std::fs::write(dir.join("pwfile"), PG_PASSWORD).unwrap();
+        let certs = tls.then(|| {
+            std::fs::create_dir_all(dir.join("certs")).unwrap();
+            Certs::make(&dir.join("certs"))
+        });
         if is_root() {
             run(
                 {
@@ -68,7 +86,17 @@ impl Postgres {
         init.arg("-D").arg(&data).args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C"]);
         init.arg(format!("--pwfile={}", dir.join("pwfile").display()));
         run(init, "initdb");
-        let pg = Postgres { port, dir };
+        if let Some(certs) = &certs {
+            // The server wants its key readable by itself alone.
+            std::fs::set_permissions(&certs.server_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n\
+                 host all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+        }
+        let pg = Postgres { port, dir, certs };
         pg.pg_ctl("start");
         let mut admin = pg.client("postgres");
         admin.batch_execute("CREATE DATABASE test").unwrap();
@@ -78,11 +106,19 @@ impl Postgres {
     fn pg_ctl(&self, action: &str) {
         let mut c = pg_command("pg_ctl");
         c.arg("-D").arg(self.dir.join("data")).args(["-w", "-m", "fast", "-l"]).arg(self.dir.join("log"));
-        c.arg("-o").arg(format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
             self.port,
             self.dir.display()
-        ));
+        );
+        if let Some(certs) = &self.certs {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                certs.server_cert.display(),
+                certs.server_key.display()
+            ));
+        }
+        c.arg("-o").arg(options);
         c.arg(action);
         run(c, &format!("pg_ctl {action}"));
         if action != "stop" {
@@ -102,12 +138,14 @@ impl Postgres {
         format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:{}/test?table={table}", self.port)
     }
 
+    /// The harness's own connection string: over TCP, or through the Unix socket to a TLS-only cluster.
+    pub fn connect_string(&self, db: &str) -> String {
+        let host = if self.certs.is_some() { self.dir.display().to_string() } else { "127.0.0.1".to_string() };
+        format!("host={host} port={} user=postgres password={PG_PASSWORD} dbname={db}", self.port)
+    }
+
     pub fn client(&self, db: &str) -> postgres::Client {
-        postgres::Client::connect(
-            &format!("host=127.0.0.1 port={} user=postgres password={PG_PASSWORD} dbname={db}", self.port),
-            postgres::NoTls,
-        )
-        .unwrap()
+        postgres::Client::connect(&self.connect_string(db), postgres::NoTls).unwrap()
     }
 }
 
@@ -138,11 +176,26 @@ pub struct Mariadb {
     pub port: u16,
     dir: PathBuf,
     child: Option<std::process::Child>,
+    /// A TLS-only server's certificates: `--require-secure-transport=ON`.
+    pub certs: Option<Certs>,
 }
 
 impl Mariadb {
     pub fn start(name: &str) -> Mariadb {
+        Mariadb::start_with(name, false)
+    }
+
+    /// A server that takes TCP connections over TLS only, its certificate for 127.0.0.1 and localhost.
+    pub fn start_tls(name: &str) -> Mariadb {
+        Mariadb::start_with(name, true)
+    }
+
+    fn start_with(name: &str, tls: bool) -> Mariadb {
         let dir = scratch_dir(&format!("maria-{name}"));
+        let certs = tls.then(|| {
+            std::fs::create_dir_all(dir.join("certs")).unwrap();
+            Certs::make(&dir.join("certs"))
+        });
         let mut init = Command::new("mariadb-install-db");
         init.arg("--no-defaults").arg(format!("--datadir={}", dir.join("data").display()));
         init.args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
@@ -150,7 +203,7 @@ impl Mariadb {
             init.arg("--user=root");
         }
         run(init, "mariadb-install-db (scripts/install-deps installs mariadb-server)");
-        let mut m = Mariadb { port: free_port(), dir, child: None };
+        let mut m = Mariadb { port: free_port(), dir, child: None, certs };
         m.spawn();
         let mut c = Command::new("mariadb");
         c.arg("--no-defaults").arg(format!("--socket={}", m.dir.join("sock").display())).args(["-u", "root", "-e"]);
@@ -171,6 +224,12 @@ impl Mariadb {
             .args(["--bind-address=127.0.0.1", "--skip-name-resolve", "--skip-log-bin"])
             .args(["--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=2"])
             .arg(format!("--log-error={}", self.dir.join("error.log").display()));
+        if let Some(certs) = &self.certs {
+            c.arg(format!("--ssl-cert={}", certs.server_cert.display()))
+                .arg(format!("--ssl-key={}", certs.server_key.display()))
+                .arg(format!("--ssl-ca={}", certs.ca.display()))
+                .arg("--require-secure-transport=ON");
+        }
         if is_root() {
             c.arg("--user=root");
         }
@@ -195,9 +254,18 @@ impl Mariadb {
         format!("mysql://test:{MARIA_PASSWORD}@127.0.0.1:{}/test?table={table}", self.port)
     }
 
-    pub fn client(&self) -> mysql::Conn {
+    /// The harness's own connection settings: over TCP, or through the Unix socket to a TLS-only server.
+    pub fn opts(&self) -> mysql::Opts {
         let url = format!("mysql://test:{MARIA_PASSWORD}@127.0.0.1:{}/test", self.port);
-        mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap()
+        let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&url).unwrap());
+        match self.certs {
+            Some(_) => opts.socket(Some(self.dir.join("sock").display().to_string())).into(),
+            None => opts.into(),
+        }
+    }
+
+    pub fn client(&self) -> mysql::Conn {
+        mysql::Conn::new(self.opts()).unwrap()
     }
 }
 
@@ -259,21 +327,16 @@ impl Db {
     /// The integer the query returns; 0 when it fails (a table not there yet).
     pub fn one(&self, sql: &str) -> i64 {
         match self {
-            Db::Postgres(pg) => postgres::Client::connect(
-                &format!("host=127.0.0.1 port={} user=postgres password={PG_PASSWORD} dbname=test", pg.port),
-                postgres::NoTls,
-            )
-            .ok()
-            .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::bigint"), &[]).ok())
-            .map_or(0, |r| r.get(0)),
-            Db::Mariadb(m) => mysql::Conn::new(
-                mysql::Opts::from_url(&format!("mysql://test:{MARIA_PASSWORD}@127.0.0.1:{}/test", m.port)).unwrap(),
-            )
-            .ok()
-            .and_then(|mut c| {
-                mysql::prelude::Queryable::query_first::<Option<i64>, _>(&mut c, sql).ok().flatten().flatten()
-            })
-            .unwrap_or(0),
+            Db::Postgres(pg) => postgres::Client::connect(&pg.connect_string("test"), postgres::NoTls)
+                .ok()
+                .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::bigint"), &[]).ok())
+                .map_or(0, |r| r.get(0)),
+            Db::Mariadb(m) => mysql::Conn::new(m.opts())
+                .ok()
+                .and_then(|mut c| {
+                    mysql::prelude::Queryable::query_first::<Option<i64>, _>(&mut c, sql).ok().flatten().flatten()
+                })
+                .unwrap_or(0),
             Db::Sqlite(path) => rusqlite::Connection::open(path)
                 .and_then(|c| c.query_row(sql, [], |r| r.get::<_, Option<i64>>(0)))
                 .ok()

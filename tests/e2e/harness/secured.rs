@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 pub struct Certs {
     pub ca: PathBuf,
     pub stranger_ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
