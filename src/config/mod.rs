@@ -782,7 +782,10 @@ impl Config {
     /// Where rejected events go, as the logs name it.
     pub fn dead_letter_name(&self) -> String {
         match &self.tables.sink {
-            Some(url) => format!("table {}_dead_letter", url.table.as_deref().unwrap_or_default()),
+            Some(url) => format!(
+                "table {}",
+                url.table.as_ref().map(|t| t.beside("_dead_letter").to_string()).unwrap_or_default()
+            ),
             None => self.dlq_topic.clone(),
         }
     }

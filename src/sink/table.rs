@@ -1,5 +1,6 @@
 //! A database table as the pipeline's sink: batches of events become multi-row upserts, one statement (one
-//! transaction) each, on the table's primary key (or `key=COLUMN`). A batch is acknowledged only once committed, so
+//! transaction) each, on the table's primary key (or `key=A,B`, the columns of a unique index), every key column the
+//! conflict target. A batch is acknowledged only once committed, so
 //! the source checkpoints only rows that are in the table; a replay after a crash overwrites the same rows, so the
 //! table ends with each row once.
 //!
@@ -43,13 +44,15 @@ impl Stage for TableSink {
         let schema = if cfg.create_table && !db.conn()?.exists(table)? {
             if url.key.is_none() {
                 return Err(Error::DbSchema {
-                    message: format!("--create-table: name the key of table {table:?} with ?key=COLUMN in --sink"),
+                    message: format!(
+                        "--create-table: name the key of table {table:?} with ?key=COLUMN (or ?key=A,B) in --sink"
+                    ),
                 });
             }
             log::info!("table {table:?} does not exist: it is created from the first events (--create-table)");
             None
         } else {
-            Some(db.conn()?.schema(url)?)
+            Some(db.conn()?.schema(url, crate::sql::Access::Write)?)
         };
         hooks.ready();
         let workers = ends.inputs.len();
@@ -59,12 +62,21 @@ impl Stage for TableSink {
             url: url.clone(),
             columns: schema.as_ref().map(|s| s.columns.iter().map(|c| c.name.clone()).collect()).unwrap_or_default(),
             schema: schema.unwrap_or_else(|| Schema {
-                table: table.to_string(),
+                table: table.clone(),
                 columns: Vec::new(),
-                key: url.key.clone().unwrap_or_default(),
-                key_kind: crate::sql::key::KeyKind::Text,
-                key_type: String::new(),
+                key: url
+                    .key
+                    .iter()
+                    .flatten()
+                    .map(|name| crate::sql::KeyColumn {
+                        name: name.clone(),
+                        kind: crate::sql::key::KeyKind::Text,
+                        type_name: String::new(),
+                    })
+                    .collect(),
             }),
+            // A table source's rows are named by their key (the event's key) where they are dead letters.
+            keyed_at: cfg.tables.source.is_some(),
             created: false,
             acks: ends.acks,
             pending: Pending::default(),
@@ -125,6 +137,8 @@ struct Pending {
     rejected: Vec<Rejected>,
     /// Filtered out: acknowledged with the next write.
     filtered: Vec<Position>,
+    /// A row's key, where the dead-letter table names rows by it (a table source's).
+    keys: HashMap<Position, String>,
 }
 
 impl Pending {
@@ -145,7 +159,8 @@ struct Writer {
     /// Inputs that became several rows: how many are not written yet.
     undelivered: HashMap<Position, u32>,
     unknown_fields: BTreeSet<String>,
-    dead_letter_table: Option<String>,
+    dead_letter_table: Option<crate::sql::url::TableName>,
+    keyed_at: bool,
     /// Whether the dead letters are past `--max-dead-letters`.
     judge: Judge,
     /// They are: no more rows are written.
@@ -165,6 +180,9 @@ impl Writer {
             }
             if r.outputs > 1 {
                 self.undelivered.entry(r.at).or_insert(r.outputs);
+            }
+            if let (true, Some(key)) = (self.keyed_at, r.key) {
+                self.pending.keys.insert(r.at, String::from_utf8_lossy(&key[..]).into_owned());
             }
             let payload = r.payload.map(|p| &p[..]).unwrap_or_default();
             if let Some(why) = r.dead_letter {
@@ -213,10 +231,22 @@ impl Writer {
                     continue;
                 }
             };
-            let key = match object.fields.get(self.schema.key.as_str()).map(|v| v.get()) {
-                Some(k) if k != "null" => k.to_string(),
+            // The key as the event writes it, a composite one as the array of its parts' JSON: what tells two
+            // rows of one statement apart.
+            let mut parts = Vec::with_capacity(self.schema.key.len());
+            for k in &self.schema.key {
+                match object.fields.get(k.name.as_str()).map(|v| v.get()) {
+                    Some(v) if v != "null" => parts.push(v),
+                    _ => break,
+                }
+            }
+            let key = match parts.as_slice() {
+                [one] if self.schema.key.len() == 1 => one.to_string(),
+                all if all.len() == self.schema.key.len() => format!("[{}]", all.join(",")),
                 _ => {
-                    let why = format!("no {:?} field, the key of table {}", self.schema.key, self.schema.table);
+                    let missing = &self.schema.key[parts.len()].name;
+                    let of = if self.schema.key.len() == 1 { "the key" } else { "part of the key" };
+                    let why = format!("no {missing:?} field, {of} of table {}", self.schema.table);
                     self.refused((*at, why, event.to_vec()), &mut rejected);
                     continue;
                 }
@@ -241,7 +271,7 @@ impl Writer {
             self.upsert(&all, &fields, &mut written, &mut rejected)?;
         }
         if !rejected.is_empty() {
-            self.dead_letter(&rejected)?;
+            self.dead_letter(&rejected, &pending.keys)?;
         }
         let dead = rejected.len() as u64;
         let mut acked = pending.filtered;
@@ -290,7 +320,7 @@ impl Writer {
             if let [(at, o, _)] = attempt {
                 let why = crate::error::db_message(e.as_ref());
                 crate::telemetry::events::emit(crate::telemetry::events::RowRefused {
-                    table: &self.schema.table,
+                    table: &self.schema.table.to_string(),
                     at: *at,
                     error: &why,
                 });
@@ -371,18 +401,19 @@ impl Writer {
         if fields.is_empty() {
             return Ok(());
         }
-        let key = self.schema.key.clone();
-        if !fields.iter().any(|(name, _)| *name == key) {
+        let key: Vec<String> = self.schema.key.iter().map(|k| k.name.clone()).collect();
+        if let Some(k) = key.iter().find(|k| !fields.iter().any(|(name, _)| name == *k)) {
             return Err(Error::DbSchema {
                 message: format!(
-                    "--create-table: the events have no {key:?} field, the key of table {}",
+                    "--create-table: the events have no {k:?} field, {} of table {}",
+                    if key.len() == 1 { "the key" } else { "part of the key" },
                     self.schema.table
                 ),
             });
         }
         let table = self.schema.table.clone();
         self.db.conn()?.create_table(&table, &key, &fields)?;
-        self.schema = self.db.conn()?.schema(&self.url)?;
+        self.schema = self.db.conn()?.schema(&self.url, crate::sql::Access::Write)?;
         self.columns = self.schema.columns.iter().map(|c| c.name.clone()).collect();
         self.created = true;
         log::info!(
@@ -392,7 +423,8 @@ impl Writer {
         Ok(())
     }
 
-    fn dead_letter(&mut self, rows: &[Rejected]) -> Result<()> {
+    /// Writes rows to the dead-letter table, each named by its key where `keys` has it, else by its position.
+    fn dead_letter(&mut self, rows: &[Rejected], keys: &HashMap<Position, String>) -> Result<()> {
         let table = match &self.dead_letter_table {
             Some(t) => t.clone(),
             None => {
@@ -401,8 +433,13 @@ impl Writer {
                 t
             }
         };
-        let rows: Vec<crate::sql::DeadLetter<'_>> =
-            rows.iter().map(|(at, why, event)| crate::sql::DeadLetter::new(at.to_string(), why, event)).collect();
+        let rows: Vec<crate::sql::DeadLetter<'_>> = rows
+            .iter()
+            .map(|(at, why, event)| {
+                let at = keys.get(at).cloned().unwrap_or_else(|| at.to_string());
+                crate::sql::DeadLetter::new(at, why, event)
+            })
+            .collect();
         let doing = || format!("writing {} rows to the dead-letter table {table}", rows.len());
         self.db
             .run(&doing, |conn| conn.dead_letters(&table, &rows))?

@@ -2,8 +2,8 @@
 //! `json_each`/`json_extract`, one statement per batch. Files are opened in WAL mode, so that a scan's readers and a
 //! sink in another process share one file.
 
-use super::key::{Key, KeyKind};
-use super::url::TableUrl;
+use super::key::{Key, KeyKind, Part};
+use super::url::{TableName, TableUrl};
 use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
 use crate::error::{Error, Result};
 use base64::Engine as _;
@@ -74,11 +74,20 @@ fn is_empty(c: &Connection) -> bool {
     c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0)).is_ok_and(|n| n == 0)
 }
 
-pub fn columns(c: &mut Connection, table: &str) -> Result<TableColumns, DbError> {
-    let mut stmt = c.prepare("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid")?;
+/// A table-valued pragma's arguments for `table`: its name, and its schema (an attached database) when named.
+fn pragma_args(table: &TableName) -> (&'static str, Vec<String>) {
+    match &table.schema {
+        Some(schema) => ("?1, ?2", vec![table.name.clone(), schema.clone()]),
+        None => ("?1", vec![table.name.clone()]),
+    }
+}
+
+pub fn columns(c: &mut Connection, table: &TableName) -> Result<TableColumns, DbError> {
+    let (args, params) = pragma_args(table);
+    let mut stmt = c.prepare(&format!("SELECT name, type, pk FROM pragma_table_info({args}) ORDER BY cid"))?;
     let mut columns = Vec::new();
     let mut primary: Vec<(i64, String)> = Vec::new();
-    let mut rows = stmt.query([table])?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     while let Some(r) = rows.next()? {
         let (name, ty, pk): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
         if pk > 0 {
@@ -93,13 +102,24 @@ pub fn columns(c: &mut Connection, table: &str) -> Result<TableColumns, DbError>
     Ok((columns, primary.into_iter().map(|p| p.1).collect()))
 }
 
-pub fn unique_columns(c: &mut Connection, table: &str) -> Result<Vec<String>, DbError> {
-    let mut stmt = c.prepare(
-        "SELECT min(ii.name) FROM pragma_index_list(?1) il, pragma_index_info(il.name) ii WHERE il.\"unique\" = 1 \
-         GROUP BY il.name HAVING count(*) = 1",
-    )?;
-    let rows = stmt.query_map([table], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+/// The column sets of the unique indexes (not partial), each in index order.
+pub fn unique_keys(c: &mut Connection, table: &TableName) -> Result<Vec<Vec<String>>, DbError> {
+    let (args, params) = pragma_args(table);
+    let info = if table.schema.is_some() { "il.name, ?2" } else { "il.name" };
+    let mut stmt = c.prepare(&format!(
+        "SELECT il.name, ii.name FROM pragma_index_list({args}) il, pragma_index_info({info}) ii \
+         WHERE il.\"unique\" = 1 AND il.partial = 0 AND ii.name IS NOT NULL ORDER BY il.name, ii.seqno"
+    ))?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for row in rows {
+        let (index, column) = row?;
+        match out.last_mut() {
+            Some((name, columns)) if *name == index => columns.push(column),
+            _ => out.push((index, vec![column])),
+        }
+    }
+    Ok(out.into_iter().map(|(_, columns)| columns).collect())
 }
 
 /// A key column's kind from the values it holds (SQLite keeps what it is given where the column's affinity cannot
@@ -107,14 +127,14 @@ pub fn unique_columns(c: &mut Connection, table: &str) -> Result<Vec<String>, Db
 /// or of both, which a scan cannot order and split.
 pub fn key_kind_of(
     c: &mut Connection,
-    table: &str,
+    table: &TableName,
     key: &str,
     declared: KeyKind,
 ) -> Result<Result<KeyKind, String>, DbError> {
     let mut stmt = c.prepare(&format!(
         "SELECT DISTINCT typeof({k}) FROM {t} WHERE {k} IS NOT NULL LIMIT 3",
         k = quote(key),
-        t = quote(table)
+        t = table.quoted()
     ))?;
     let types: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
     Ok(match types.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -129,32 +149,40 @@ pub fn key_kind_of(
     })
 }
 
-fn key_at(s: &Schema, v: ValueRef<'_>) -> Result<Key, DbError> {
-    match (s.key_kind, v) {
-        (KeyKind::Int, ValueRef::Integer(i)) => Ok(Key::Int(i)),
-        (KeyKind::Text, ValueRef::Text(t)) => Ok(Key::Text(String::from_utf8_lossy(t).into_owned())),
-        (KeyKind::Text, ValueRef::Integer(i)) => Ok(Key::Text(i.to_string())),
-        (_, other) => Err(format!("key column {:?} holds {:?}, not a usable key", s.key, other.data_type()).into()),
+/// A row's key, from its first columns.
+fn key_at(s: &Schema, r: &rusqlite::Row<'_>) -> Result<Key, DbError> {
+    let mut parts = Vec::with_capacity(s.key.len());
+    for (i, k) in s.key.iter().enumerate() {
+        parts.push(match (k.kind, r.get_ref(i)?) {
+            (KeyKind::Int, ValueRef::Integer(i)) => Part::Int(i),
+            (KeyKind::Text, ValueRef::Text(t)) => Part::Text(String::from_utf8_lossy(t).into_owned()),
+            (KeyKind::Text, ValueRef::Integer(i)) => Part::Text(i.to_string()),
+            (_, other) => {
+                return Err(format!("key column {:?} holds {:?}, not a usable key", k.name, other.data_type()).into())
+            }
+        });
     }
+    Ok(Key(parts))
 }
 
-fn bind_key(k: &Key) -> rusqlite::types::Value {
+fn bind_key(k: &Part) -> rusqlite::types::Value {
     match k {
-        Key::Int(i) => rusqlite::types::Value::Integer(*i),
-        Key::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        Part::Int(i) => rusqlite::types::Value::Integer(*i),
+        Part::Text(t) => rusqlite::types::Value::Text(t.clone()),
     }
 }
 
 pub fn boundaries(c: &mut Connection, s: &Schema, every: u64) -> Result<(u64, Vec<Key>), DbError> {
-    let (t, k) = (quote(&s.table), quote(&s.key));
+    let (t, k) = (s.table.quoted(), s.key_list(""));
     let total: i64 = c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
     let mut stmt = c.prepare(&format!(
-        "SELECT k FROM (SELECT {k} AS k, row_number() OVER (ORDER BY {k}) AS n FROM {t}) WHERE n % ?1 = 0 ORDER BY n"
+        "SELECT {k} FROM (SELECT {k}, row_number() OVER (ORDER BY {k}) AS supervisor_n FROM {t}) \
+         WHERE supervisor_n % ?1 = 0 ORDER BY supervisor_n"
     ))?;
     let mut rows = stmt.query([every.max(1) as i64])?;
     let mut keys = Vec::new();
     while let Some(r) = rows.next()? {
-        keys.push(key_at(s, r.get_ref(0)?)?);
+        keys.push(key_at(s, r)?);
     }
     Ok((total.max(0) as u64, keys))
 }
@@ -167,22 +195,24 @@ pub fn page(
     limit: usize,
     out: &mut Vec<Row>,
 ) -> Result<(), DbError> {
-    let k = quote(&s.key);
+    let k = s.key_list("");
+    let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let (filter, bounds) = keyset(&k, after, upto, |n| format!("?{n}"));
+    let (filter, bounds) = keyset(&keys, after, upto, |n, _| format!("?{n}"));
     let params: Vec<rusqlite::types::Value> = bounds.into_iter().map(bind_key).collect();
     let sql = format!(
         "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",
         cols.join(", "),
-        quote(&s.table),
+        s.table.quoted(),
         limit.max(1)
     );
+    let first = s.key.len();
     let mut stmt = c.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let writer = ObjectWriter::new(&s.columns);
     while let Some(r) = rows.next()? {
-        let key = key_at(s, r.get_ref(0)?)?;
-        let json = writer.object(|i, out| write_value(out, r.get_ref(i + 1)?, s.columns[i].json))?;
+        let key = key_at(s, r)?;
+        let json = writer.object(|i, out| write_value(out, r.get_ref(i + first)?, s.columns[i].json))?;
         out.push(Row { key, json });
     }
     Ok(())
@@ -242,28 +272,28 @@ pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &
         })
         .collect();
     let updates: Vec<String> =
-        fields.iter().filter(|f| **f != s.key).map(|f| format!("{0} = excluded.{0}", quote(f))).collect();
+        fields.iter().filter(|f| !s.is_key(f)).map(|f| format!("{0} = excluded.{0}", quote(f))).collect();
     let action =
         if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
     // A WHERE tells the parser that ON CONFLICT is the upsert's, not a join's; this one also names ?2, which the
     // statement must, JSON columns or not.
     let sql = format!(
         "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE ?2 IS NOT NULL ON CONFLICT ({}) {action}",
-        quote(&s.table),
+        s.table.quoted(),
         cols.join(", "),
         values.join(", "),
-        quote(&s.key)
+        s.key_list("")
     );
     c.prepare_cached(&sql)?.execute([array, texts])?;
     Ok(())
 }
 
-pub fn dead_letters(c: &mut Connection, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
+pub fn dead_letters(c: &mut Connection, table: &TableName, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let tx = c.transaction()?;
     {
         let mut stmt = tx.prepare(&format!(
             "INSERT INTO {} (at, reason, event, event_bytes) VALUES (?1, ?2, ?3, ?4)",
-            quote(table)
+            table.quoted()
         ))?;
         for d in rows {
             stmt.execute(rusqlite::params![d.at, d.reason, d.text, d.bytes])?;

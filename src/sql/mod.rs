@@ -17,11 +17,11 @@ mod time;
 pub mod url;
 
 use crate::error::{Error, Result};
-use key::{Key, KeyKind};
+use key::{Key, KeyKind, Part};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use url::{Engine, TableUrl};
+use url::{Engine, TableName, TableUrl};
 
 pub use lite::open_path as open_sqlite;
 
@@ -44,14 +44,57 @@ pub enum Fault {
 /// A table as a stage uses it.
 #[derive(Debug, Clone)]
 pub struct Schema {
-    pub table: String,
+    pub table: TableName,
     /// The columns a source reads (the key among them), or a sink may write.
     pub columns: Vec<Column>,
-    /// The column a scan orders and splits on; for a sink, the conflict target of its upserts.
-    pub key: String,
-    pub key_kind: KeyKind,
-    /// The key column's type as the database names it.
-    pub key_type: String,
+    /// The columns a scan orders and splits on, in order (a tuple when there are several); for a sink, the conflict
+    /// target of its upserts. Never empty.
+    pub key: Vec<KeyColumn>,
+}
+
+/// One column of a key.
+#[derive(Debug, Clone)]
+pub struct KeyColumn {
+    pub name: String,
+    pub kind: KeyKind,
+    /// The column's type as the database names it.
+    pub type_name: String,
+}
+
+impl Schema {
+    /// Whether `name` is one of the key's columns.
+    pub fn is_key(&self, name: &str) -> bool {
+        self.key.iter().any(|k| k.name == name)
+    }
+
+    /// The key's columns, as a message names them: `"id"`, or `("tenant_id", "id")`.
+    pub fn key_names(&self) -> String {
+        match self.key.as_slice() {
+            [one] => format!("{:?}", one.name),
+            key => format!("({})", key.iter().map(|k| format!("{:?}", k.name)).collect::<Vec<_>>().join(", ")),
+        }
+    }
+
+    /// The key's columns quoted, each behind `prefix` (`t.`), separated by commas: an `ORDER BY`, a conflict target.
+    fn key_list(&self, prefix: &str) -> String {
+        self.key.iter().map(|k| format!("{prefix}{}", quote(&k.name))).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// What a stage does with a table, for the privileges it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A scan: SELECT.
+    Read,
+    /// A sink's upserts: INSERT and UPDATE.
+    Write,
+}
+
+/// The privileges a role lacks on a table, and the statement that grants them.
+pub struct Denied {
+    pub missing: Vec<&'static str>,
+    /// `GRANT SELECT ON t TO app`, the statement an administrator runs.
+    pub grant: String,
 }
 
 #[derive(Debug, Clone)]
@@ -92,62 +135,77 @@ impl Conn {
         }
     }
 
-    /// The table's columns and key, checked against what the URL asks for: a missing table, key or column is an
-    /// error here, before anything is read or written.
-    pub fn schema(&mut self, url: &TableUrl) -> Result<Schema> {
+    /// The table's columns and key, checked against what the URL asks for and the privileges `access` needs: a
+    /// missing table, key or column, a key that is not unique, or a privilege the role lacks is an error here, before
+    /// anything is read or written.
+    pub fn schema(&mut self, url: &TableUrl, access: Access) -> Result<Schema> {
         let table = url.table().map_err(|message| Error::DbSchema { message })?;
         let (columns, primary) = self.columns(table)?;
         if columns.is_empty() {
+            if let Some(denied) = self.hidden(table)? {
+                return Err(denied);
+            }
             return Err(Error::DbSchema { message: format!("table {table:?} does not exist in {}", url.location()) });
         }
         let has = |name: &str| columns.iter().any(|c| c.0.name == name);
-        let key = match (&url.key, primary.as_slice()) {
-            (Some(k), _) if !has(k) => {
-                return Err(Error::DbSchema { message: format!("table {table:?} has no column {k:?} (key={k})") })
+        let key: Vec<String> = match (&url.key, primary.as_slice()) {
+            (Some(key), _) => {
+                if let Some(k) = key.iter().find(|k| !has(k)) {
+                    return Err(Error::DbSchema {
+                        message: format!("table {table:?} has no column {k:?} (key={})", key.join(",")),
+                    });
+                }
+                key.clone()
             }
-            (Some(k), _) => k.clone(),
-            (None, [one]) => one.clone(),
             (None, []) => {
-                return Err(Error::DbSchema {
-                    message: format!("table {table:?} has no primary key: name the key column with ?key=COLUMN"),
-                })
+                let unique = self.unique_keys(table)?;
+                let message = if unique.is_empty() {
+                    format!(
+                        "table {table:?} has no primary key or unique index: add one, or name unique columns with \
+                         ?key=a,b"
+                    )
+                } else {
+                    let sets: Vec<String> = unique.iter().map(|u| u.join(",")).collect();
+                    format!(
+                        "table {table:?} has no primary key: name the columns of one of its unique indexes with ?key= \
+                         ({})",
+                        sets.join(" or ")
+                    )
+                };
+                return Err(Error::DbSchema { message });
             }
-            (None, _) => {
-                return Err(Error::DbSchema {
-                    message: format!(
-                        "table {table:?} has a primary key of {} columns: name one unique column with ?key=COLUMN",
-                        primary.len()
-                    ),
-                })
-            }
+            (None, primary) => primary.to_vec(),
         };
-        let key_type = columns.iter().find(|c| c.0.name == key).map(|c| c.1.clone()).unwrap_or_default();
-        // Keyset pages skip rows that share a key, and upserts need a key that can conflict: it must be unique.
-        if primary.as_slice() != [key.clone()] {
-            let unique = match self {
-                Conn::Postgres(c) => pg::unique_columns(c, table),
-                Conn::Mysql(c) => my::unique_columns(c, table),
-                Conn::Sqlite(c) => lite::unique_columns(c, table),
-            }
-            .map_err(|source| Error::DbQuery { doing: format!("reading the unique keys of {table}"), source })?;
-            if !unique.contains(&key) {
-                return Err(Error::DbSchema {
-                    message: format!(
-                        "column {key:?} of table {table:?} is neither its primary key nor unique: key= must name a \
-                         unique column"
-                    ),
-                });
-            }
+        if let Some(k) = key.iter().enumerate().find(|(i, k)| key[..*i].contains(k)).map(|(_, k)| k) {
+            return Err(Error::DbSchema { message: format!("key= names column {k:?} twice") });
         }
-        let mut kind = key_kind(&key_type);
-        if let Conn::Sqlite(c) = &mut *self {
-            // SQLite keeps what it is given where its type affinity cannot convert it (a REAL in an INTEGER column, a
-            // BLOB anywhere), and a column declared without a type keeps anything: the values say what the key is.
-            // One pass over the key's index; a key that is not all integers or all text is an error now, not a
-            // reader failing on it again after every restart.
-            kind = lite::key_kind_of(c, table, &key, kind)
-                .map_err(|source| Error::DbQuery { doing: format!("reading the keys of {table}"), source })?
-                .map_err(|message| Error::DbSchema { message })?;
+        // Keyset pages skip rows that share a key, and upserts need a key that can conflict: it must be unique, the
+        // whole column set of the primary key or of a unique index.
+        let same = |set: &[String]| set.len() == key.len() && set.iter().all(|c| key.contains(c));
+        if !same(&primary) && !self.unique_keys(table)?.iter().any(|u| same(u)) {
+            return Err(Error::DbSchema {
+                message: format!(
+                    "{} of table {table:?} {} neither its primary key nor unique: key= must name the columns of its \
+                     primary key or of a unique index",
+                    if key.len() == 1 { format!("column {:?}", key[0]) } else { format!("columns {}", key.join(",")) },
+                    if key.len() == 1 { "is" } else { "are" },
+                ),
+            });
+        }
+        let mut key_columns = Vec::with_capacity(key.len());
+        for name in &key {
+            let type_name = columns.iter().find(|c| c.0.name == *name).map(|c| c.1.clone()).unwrap_or_default();
+            let mut kind = key_kind(&type_name);
+            if let Conn::Sqlite(c) = &mut *self {
+                // SQLite keeps what it is given where its type affinity cannot convert it (a REAL in an INTEGER
+                // column, a BLOB anywhere), and a column declared without a type keeps anything: the values say what
+                // the key is. One pass over the key's index; a key that is not all integers or all text is an error
+                // now, not a reader failing on it again after every restart.
+                kind = lite::key_kind_of(c, table, name, kind)
+                    .map_err(|source| Error::DbQuery { doing: format!("reading the keys of {table}"), source })?
+                    .map_err(|message| Error::DbSchema { message })?;
+            }
+            key_columns.push(KeyColumn { name: name.clone(), kind, type_name });
         }
         let wanted: Vec<Column> = match &url.columns {
             Some(names) => {
@@ -160,27 +218,51 @@ impl Conn {
                     };
                     picked.push(c.clone());
                 }
-                if !names.contains(&key) {
-                    picked.insert(
-                        0,
-                        columns.iter().find(|c| c.0.name == key).map(|c| c.0.clone()).unwrap_or(Column {
-                            name: key.clone(),
-                            binary: false,
-                            json: false,
-                            type_name: key_type.clone(),
-                        }),
-                    );
+                for (i, k) in key.iter().filter(|k| !names.contains(k)).enumerate() {
+                    if let Some((c, _)) = columns.iter().find(|c| c.0.name == *k) {
+                        picked.insert(i, c.clone());
+                    }
                 }
                 picked
             }
             None => columns.into_iter().map(|c| c.0).collect(),
         };
-        Ok(Schema { table: table.to_string(), columns: wanted, key_kind: kind, key, key_type })
+        let schema = Schema { table: table.clone(), columns: wanted, key: key_columns };
+        let denied = match self {
+            Conn::Postgres(c) => pg::denied(c, &schema, access),
+            Conn::Mysql(c) => my::denied(c, &schema, access),
+            Conn::Sqlite(_) => Ok(None),
+        }
+        .map_err(|source| Error::DbQuery { doing: format!("reading the privileges on {table}"), source })?;
+        if let Some(d) = denied {
+            return Err(permission_denied(table, &d));
+        }
+        Ok(schema)
+    }
+
+    /// For a table the catalog does not show: whether the role may not see it (MySQL shows no table to a role with
+    /// no privilege on it), as the error to report.
+    fn hidden(&mut self, table: &TableName) -> Result<Option<Error>> {
+        let Conn::Mysql(c) = self else { return Ok(None) };
+        let denied = my::hidden(c, table)
+            .map_err(|source| Error::DbQuery { doing: format!("reading the privileges on {table}"), source })?;
+        Ok(denied.map(|d| permission_denied(table, &d)))
+    }
+
+    /// The full column sets of the table's unique indexes (the primary key's too), each in index order.
+    fn unique_keys(&mut self, table: &TableName) -> Result<Vec<Vec<String>>> {
+        match self {
+            Conn::Postgres(c) => pg::unique_keys(c, table),
+            Conn::Mysql(c) => my::unique_keys(c, table),
+            Conn::Sqlite(c) => lite::unique_keys(c, table),
+        }
+        .map_err(|source| Error::DbQuery { doing: format!("reading the unique keys of {table}"), source })
     }
 
     /// Rows whose key is NULL: a scan in key order never reaches them.
     pub fn null_keys(&mut self, s: &Schema) -> Result<u64> {
-        let sql = format!("SELECT COUNT(*) FROM {} WHERE {} IS NULL", quote(&s.table), quote(&s.key));
+        let nulls: Vec<String> = s.key.iter().map(|k| format!("{} IS NULL", quote(&k.name))).collect();
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE {}", s.table.quoted(), nulls.join(" OR "));
         let n: Result<i64, DbError> = match self {
             Conn::Postgres(c) => c.query_one(sql.as_str(), &[]).map(|r| r.get(0)).map_err(DbError::from),
             Conn::Mysql(c) => mysql::prelude::Queryable::query_first::<i64, _>(c, sql)
@@ -212,6 +294,18 @@ impl Conn {
         limit: usize,
         out: &mut Vec<Row>,
     ) -> Result<(), DbError> {
+        // A checkpoint of a scan keyed otherwise (the table's key changed under a scan's plan) cannot be resumed.
+        if let Some(k) = after.iter().chain(upto.iter()).find(|k| k.0.len() != s.key.len()) {
+            return Err(format!(
+                "the key {k} has {} parts, but the key {} of table {:?} has {}: the scan's plan is of another key \
+                 (--rescan plans it again)",
+                k.0.len(),
+                s.key_names(),
+                s.table,
+                s.key.len()
+            )
+            .into());
+        }
         match self {
             Conn::Postgres(c) => pg::page(c, s, after, upto, limit, out),
             Conn::Mysql(c) => my::page(c, s, after, upto, limit, out),
@@ -229,19 +323,34 @@ impl Conn {
         }
     }
 
-    /// Whether the table exists.
-    pub fn exists(&mut self, table: &str) -> Result<bool> {
-        Ok(!self.columns(table)?.0.is_empty())
+    /// Whether the table exists (or is there, but hidden from this role: then the error says so).
+    pub fn exists(&mut self, table: &TableName) -> Result<bool> {
+        if !self.columns(table)?.0.is_empty() {
+            return Ok(true);
+        }
+        match self.hidden(table)? {
+            Some(denied) => Err(denied),
+            None => Ok(false),
+        }
     }
 
     /// The table's columns and primary key; none when it does not exist.
-    fn columns(&mut self, table: &str) -> Result<TableColumns> {
+    fn columns(&mut self, table: &TableName) -> Result<TableColumns> {
         match self {
             Conn::Postgres(c) => pg::columns(c, table),
             Conn::Mysql(c) => my::columns(c, table),
             Conn::Sqlite(c) => lite::columns(c, table),
         }
-        .map_err(|source| Error::DbQuery { doing: format!("reading the columns of {table}"), source })
+        .map_err(|source| match self.fault(&source) {
+            // A schema the role may not use.
+            Fault::Refused => Error::DbSchema {
+                message: format!(
+                    "permission denied reading the columns of table {table:?}: {}",
+                    crate::error::db_message(source.as_ref())
+                ),
+            },
+            _ => Error::DbQuery { doing: format!("reading the columns of {table}"), source },
+        })
     }
 
     /// Runs a statement that returns nothing (DDL).
@@ -257,8 +366,8 @@ impl Conn {
     /// `key` its primary key.
     pub fn create_table(
         &mut self,
-        table: &str,
-        key: &str,
+        table: &TableName,
+        key: &[String],
         fields: &[(String, Option<serde_json::Value>)],
     ) -> Result<()> {
         let mysql = matches!(self, Conn::Mysql(_));
@@ -274,23 +383,28 @@ impl Conn {
                     Some(serde_json::Value::Object(_) | serde_json::Value::Array(_)) if mysql => "JSON",
                     Some(serde_json::Value::Object(_) | serde_json::Value::Array(_)) if !sqlite => "JSONB",
                     // MySQL keys cannot be TEXT.
-                    _ if mysql && name == key => "VARCHAR(255)",
+                    _ if mysql && key.contains(name) => "VARCHAR(255)",
                     _ if mysql => "LONGTEXT",
                     _ => "TEXT",
                 };
-                let primary = if name == key { " PRIMARY KEY" } else { "" };
-                format!("{} {ty}{primary}", quote(name))
+                format!("{} {ty}", quote(name))
             })
             .collect();
-        let sql = format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(table), columns.join(", "));
+        let primary: Vec<String> = key.iter().map(|k| quote(k)).collect();
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
+            table.quoted(),
+            columns.join(", "),
+            primary.join(", ")
+        );
         self.execute(&sql).map_err(|source| Error::DbQuery { doing: format!("creating table {table}"), source })
     }
 
     /// Creates the dead-letter table beside `table` if it is missing, and returns its name. An event is kept as it
     /// came: in `event` when it is text, else its bytes in `event_bytes`. On MySQL the table is utf8mb4 whatever the
     /// database's default, so that any text fits; a table from an earlier version gets the column, and utf8mb4.
-    pub fn dead_letter_table(&mut self, table: &str) -> Result<String> {
-        let name = format!("{table}_dead_letter");
+    pub fn dead_letter_table(&mut self, table: &TableName) -> Result<TableName> {
+        let name = table.beside("_dead_letter");
         let doing = || format!("creating the dead-letter table {name}");
         // MySQL's TEXT holds 64 KiB; an event may be longer.
         let (text, bytes, charset) = match self {
@@ -301,12 +415,12 @@ impl Conn {
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {} (at {text} NOT NULL, reason {text} NOT NULL, event {text}, \
              event_bytes {bytes}, written TIMESTAMP DEFAULT CURRENT_TIMESTAMP){charset}",
-            quote(&name)
+            name.quoted()
         );
         self.execute(&sql).map_err(|source| Error::DbQuery { doing: doing(), source })?;
         let (columns, _) = self.columns(&name)?;
         if !columns.iter().any(|c| c.0.name == "event_bytes") {
-            let sql = format!("ALTER TABLE {} ADD COLUMN event_bytes {bytes}", quote(&name));
+            let sql = format!("ALTER TABLE {} ADD COLUMN event_bytes {bytes}", name.quoted());
             self.execute(&sql).map_err(|source| Error::DbQuery { doing: doing(), source })?;
         }
         if let Conn::Mysql(c) = self {
@@ -316,7 +430,7 @@ impl Conn {
     }
 
     /// Writes refused events to the dead-letter table, in one transaction.
-    pub fn dead_letters(&mut self, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
+    pub fn dead_letters(&mut self, table: &TableName, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
         match self {
             Conn::Postgres(c) => pg::dead_letters(c, table, rows),
             Conn::Mysql(c) => my::dead_letters(c, table, rows),
@@ -508,24 +622,41 @@ pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The condition of a keyset page, `WHERE key > after AND key <= upto` with either bound left out when absent, its
-/// `n`-th parameter written by `placeholder(n)`; and the bounds, in the parameters' order.
+/// The error a stage reports for privileges the role lacks on `table`.
+fn permission_denied(table: &TableName, d: &Denied) -> Error {
+    Error::DbSchema {
+        message: format!(
+            "permission denied for table {table:?}: the role lacks {} on it ({}; or name another table)",
+            d.missing.join(" and "),
+            d.grant
+        ),
+    }
+}
+
+/// The condition of a keyset page, `WHERE key > after AND key <= upto` with either bound left out when absent, a
+/// composite key compared as a row value (`(a, b) > ($1, $2)`); its `n`-th parameter, for key column `i`, written by
+/// `placeholder(n, i)`. Returns the condition and the bounds' parts, in the parameters' order.
 fn keyset<'k>(
-    key: &str,
+    key: &[String],
     after: Option<&'k Key>,
     upto: Option<&'k Key>,
-    placeholder: impl Fn(usize) -> String,
-) -> (String, Vec<&'k Key>) {
+    placeholder: impl Fn(usize, usize) -> String,
+) -> (String, Vec<&'k Part>) {
+    let row = |items: Vec<String>| if items.len() == 1 { items.concat() } else { format!("({})", items.join(", ")) };
     let mut conds = Vec::new();
-    let mut bounds = Vec::new();
+    let mut parts = Vec::new();
     for (bound, op) in [(after, ">"), (upto, "<=")] {
         if let Some(b) = bound {
-            bounds.push(b);
-            conds.push(format!("{key} {op} {}", placeholder(bounds.len())));
+            let mut params = Vec::new();
+            for (i, p) in b.0.iter().enumerate() {
+                parts.push(p);
+                params.push(placeholder(parts.len(), i));
+            }
+            conds.push(format!("{} {op} {}", row(key.to_vec()), row(params)));
         }
     }
     let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
-    (filter, bounds)
+    (filter, parts)
 }
 
 /// Rows as JSON objects, the column names escaped once per page.
@@ -613,11 +744,20 @@ mod tests {
 
     #[test]
     fn a_keyset_page_has_the_bounds_it_is_given() {
-        let (a, b) = (Key::Int(5), Key::Int(9));
-        let dollar = |n: usize| format!("${n}");
-        assert_eq!(keyset("k", None, None, dollar), (String::new(), vec![]));
-        assert_eq!(keyset("k", Some(&a), Some(&b), dollar), ("WHERE k > $1 AND k <= $2".to_string(), vec![&a, &b]));
-        assert_eq!(keyset("k", None, Some(&b), dollar), ("WHERE k <= $1".to_string(), vec![&b]));
+        let (a, b) = (Key::int(5), Key::int(9));
+        let dollar = |n: usize, _| format!("${n}");
+        let k = ["k".to_string()];
+        assert_eq!(keyset(&k, None, None, dollar), (String::new(), vec![]));
+        assert_eq!(
+            keyset(&k, Some(&a), Some(&b), dollar),
+            ("WHERE k > $1 AND k <= $2".to_string(), vec![&a.0[0], &b.0[0]])
+        );
+        assert_eq!(keyset(&k, None, Some(&b), dollar), ("WHERE k <= $1".to_string(), vec![&b.0[0]]));
+        // A composite key is compared as a row value, each parameter knowing its column.
+        let (c, d) = (Key(vec![Part::Int(1), Part::Text("x".into())]), Key(vec![Part::Int(2), Part::Text("y".into())]));
+        let (filter, parts) = keyset(&["a".into(), "b".into()], Some(&c), Some(&d), |n, i| format!("${n}:{i}"));
+        assert_eq!(filter, "WHERE (a, b) > ($1:0, $2:1) AND (a, b) <= ($3:0, $4:1)");
+        assert_eq!(parts.len(), 4);
         let w = ObjectWriter::new(&[
             Column { name: "a".into(), binary: false, json: false, type_name: String::new() },
             Column { name: "q\"".into(), binary: false, json: false, type_name: String::new() },

@@ -2,9 +2,11 @@
 //! in UTC, so timestamps read as RFC 3339. Rows are read with the binary protocol and written as JSON here, by the
 //! column's type; events are written as multi-row `INSERT ... ON DUPLICATE KEY UPDATE` with typed parameters.
 
-use super::key::{Key, KeyKind};
-use super::url::TableUrl;
-use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
+use super::key::{Key, KeyKind, Part};
+use super::url::{TableName, TableUrl};
+use super::{
+    keyset, quote, Access, Column, DbError, DeadLetter, Denied, Fault, Object, ObjectWriter, Row, Schema, TableColumns,
+};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use mysql::prelude::Queryable;
@@ -150,11 +152,14 @@ fn connect_error(url: &TableUrl, tls: &Tls, e: mysql::Error) -> Error {
     Error::DbConnect { url: url.to_string(), fault: fault(&source), source }
 }
 
-pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
-    let rows: Vec<(String, String, String)> = c.exec(
-        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY FROM information_schema.COLUMNS \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-        (table,),
+/// Every column with its type, and the primary key's columns in the key's order; no columns when the table does not
+/// exist, or the role has no privilege on it at all (see [`hidden`]). A table named `db.table` is in database `db`.
+pub fn columns(c: &mut Conn, table: &TableName) -> Result<TableColumns, DbError> {
+    let at = (table.schema.clone(), table.name.clone());
+    let rows: Vec<(String, String)> = c.exec(
+        "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+        at.clone(),
     )?;
     // MariaDB's JSON is LONGTEXT with a `json_valid` check (MySQL's is a type of its own); MySQL's CHECK_CONSTRAINTS
     // has no TABLE_NAME: no such checks there.
@@ -162,19 +167,16 @@ pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
         Vec::new()
     } else {
         c.exec(
-            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE() \
-             AND TABLE_NAME = ?",
-            (table,),
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE \
+             CONSTRAINT_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+            at,
         )
         .unwrap_or_default()
     };
     let mut columns = Vec::new();
-    let mut primary = Vec::new();
-    for (name, ty, key) in rows {
+    let primary = if rows.is_empty() { Vec::new() } else { indexes(c, table)?.remove("PRIMARY").unwrap_or_default() };
+    for (name, ty) in rows {
         let ty = ty.to_ascii_lowercase();
-        if key == "PRI" {
-            primary.push(name.clone());
-        }
         // The clause quotes the name as the session does: in ANSI_QUOTES mode (ours) with double quotes.
         let checked = [
             format!("json_valid(`{}`)", name.replace('`', "``")).to_ascii_lowercase(),
@@ -199,44 +201,134 @@ pub fn columns(c: &mut Conn, table: &str) -> Result<TableColumns, DbError> {
     Ok((columns, primary))
 }
 
-pub fn unique_columns(c: &mut Conn, table: &str) -> Result<Vec<String>, DbError> {
-    Ok(c.exec(
-        "SELECT MIN(COLUMN_NAME) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
-         AND NON_UNIQUE = 0 GROUP BY INDEX_NAME HAVING COUNT(*) = 1",
-        (table,),
-    )?)
+/// The unique indexes' columns in index order, by index name (the primary key's is `PRIMARY`).
+fn indexes(c: &mut Conn, table: &TableName) -> Result<std::collections::BTreeMap<String, Vec<String>>, DbError> {
+    let rows: Vec<(String, String)> = c.exec(
+        "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS WHERE \
+         TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND COLUMN_NAME IS NOT NULL \
+         ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+        (table.schema.clone(), table.name.clone()),
+    )?;
+    let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (index, column) in rows {
+        out.entry(index).or_default().push(column);
+    }
+    Ok(out)
 }
 
-fn key_of(s: &Schema, v: Value) -> Result<Key, DbError> {
-    match (s.key_kind, v) {
-        (KeyKind::Int, Value::Int(i)) => Ok(Key::Int(i)),
-        (KeyKind::Int, Value::UInt(u)) => Ok(Key::Int(i64::try_from(u)?)),
-        (KeyKind::Int, Value::Bytes(b)) => Ok(Key::Int(String::from_utf8_lossy(&b).parse()?)),
-        (KeyKind::Text, Value::Bytes(b)) => Ok(Key::Text(String::from_utf8_lossy(&b).into_owned())),
-        (KeyKind::Text, Value::Int(i)) => Ok(Key::Text(i.to_string())),
-        (_, other) => Err(format!("key column {:?} holds {other:?}, not a usable key", s.key).into()),
+pub fn unique_keys(c: &mut Conn, table: &TableName) -> Result<Vec<Vec<String>>, DbError> {
+    Ok(indexes(c, table)?.into_values().collect())
+}
+
+/// Whether a MySQL error is a privilege refused: a command denied on a table (1142), a column (1143), or the
+/// database (1044).
+fn is_denied(e: &mysql::Error) -> bool {
+    matches!(e, mysql::Error::MySqlError(m) if matches!(m.code, 1044 | 1142 | 1143))
+}
+
+/// The grant statement for `missing` on `table`, to the role this connection is.
+fn grant(c: &mut Conn, table: &TableName, missing: &[&str]) -> Result<String, DbError> {
+    let user: Option<String> = c.query_first("SELECT CURRENT_USER()")?;
+    let user = user.unwrap_or_default();
+    let grantee = match user.rsplit_once('@') {
+        Some((name, host)) => format!("'{name}'@'{host}'"),
+        None => format!("'{user}'"),
+    };
+    let database: Option<Option<String>> = c.query_first("SELECT DATABASE()")?;
+    let on = match &table.schema {
+        Some(_) => table.quoted(),
+        None => format!("{}.{}", quote(&database.flatten().unwrap_or_default()), quote(&table.name)),
+    };
+    Ok(format!("GRANT {} ON {on} TO {grantee}", missing.join(", ")))
+}
+
+/// For a table the catalog does not show: MySQL shows no table to a role with no privilege on it, and refuses a
+/// statement on it as denied whether it is there or not. Then the role lacks SELECT, at least.
+pub fn hidden(c: &mut Conn, table: &TableName) -> Result<Option<Denied>, DbError> {
+    match c.query_drop(format!("SELECT 1 FROM {} LIMIT 0", table.quoted())) {
+        Err(e) if is_denied(&e) => Ok(Some(Denied { missing: vec!["SELECT"], grant: grant(c, table, &["SELECT"])? })),
+        _ => Ok(None),
     }
 }
 
-fn bind(k: &Key) -> Value {
+/// The privileges `access` needs that the role lacks, found by preparing what the stage will run (MySQL checks
+/// privileges as it prepares): a page's SELECT; an upsert's INSERT ... ON DUPLICATE KEY UPDATE.
+pub fn denied(c: &mut Conn, s: &Schema, access: Access) -> Result<Option<Denied>, DbError> {
+    let t = s.table.quoted();
+    let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
+    let (probe, missing) = match access {
+        Access::Read => (format!("SELECT {} FROM {t} LIMIT 0", cols.join(", ")), vec!["SELECT"]),
+        Access::Write => {
+            let key: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
+            let updates: Vec<String> = key.iter().map(|k| format!("{k} = VALUES({k})")).collect();
+            let sql = format!(
+                "INSERT INTO {t} ({}) VALUES ({}) ON DUPLICATE KEY UPDATE {}",
+                key.join(", "),
+                vec!["?"; key.len()].join(", "),
+                updates.join(", ")
+            );
+            (sql, vec!["INSERT", "UPDATE"])
+        }
+    };
+    match c.prep(probe) {
+        Ok(stmt) => {
+            c.close(stmt)?;
+            Ok(None)
+        }
+        Err(e) if is_denied(&e) => {
+            let grant = grant(c, &s.table, &missing)?;
+            Ok(Some(Denied { missing, grant }))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn part_of(s: &Schema, i: usize, v: Value) -> Result<Part, DbError> {
+    let kind = s.key.get(i).map_or(KeyKind::Text, |k| k.kind);
+    match (kind, v) {
+        (KeyKind::Int, Value::Int(i)) => Ok(Part::Int(i)),
+        (KeyKind::Int, Value::UInt(u)) => Ok(Part::Int(i64::try_from(u)?)),
+        (KeyKind::Int, Value::Bytes(b)) => Ok(Part::Int(String::from_utf8_lossy(&b).parse()?)),
+        (KeyKind::Text, Value::Bytes(b)) => Ok(Part::Text(String::from_utf8_lossy(&b).into_owned())),
+        (KeyKind::Text, Value::Int(i)) => Ok(Part::Text(i.to_string())),
+        (_, other) => Err(format!(
+            "key column {:?} holds {other:?}, not a usable key",
+            s.key.get(i).map(|k| k.name.as_str()).unwrap_or_default()
+        )
+        .into()),
+    }
+}
+
+/// A row's key, from its first values.
+fn key_of(s: &Schema, take: &mut impl FnMut(usize) -> Value) -> Result<Key, DbError> {
+    (0..s.key.len()).map(|i| part_of(s, i, take(i))).collect::<Result<_, _>>().map(Key)
+}
+
+fn bind(k: &Part) -> Value {
     match k {
-        Key::Int(i) => Value::Int(*i),
-        Key::Text(t) => Value::Bytes(t.clone().into_bytes()),
+        Part::Int(i) => Value::Int(*i),
+        Part::Text(t) => Value::Bytes(t.clone().into_bytes()),
     }
 }
 
 pub fn boundaries(c: &mut Conn, s: &Schema, every: u64) -> Result<(u64, Vec<Key>), DbError> {
-    let (t, k) = (quote(&s.table), quote(&s.key));
+    let t = s.table.quoted();
     let total: Option<u64> = c.query_first(format!("SELECT COUNT(*) FROM {t}"))?;
-    let rows: Vec<Value> = c.exec(
+    let keys = s.key_list("");
+    let rows: Vec<mysql::Row> = c.exec(
         format!(
-            "SELECT k FROM (SELECT {k} AS k, ROW_NUMBER() OVER (ORDER BY {k}) AS n FROM {t}) s WHERE MOD(n, ?) = 0 \
-             ORDER BY n"
+            "SELECT {keys} FROM (SELECT {keys}, ROW_NUMBER() OVER (ORDER BY {keys}) AS supervisor_n FROM {t}) s \
+             WHERE MOD(supervisor_n, ?) = 0 ORDER BY supervisor_n"
         ),
         (every.max(1),),
     )?;
-    let keys = rows.into_iter().map(|v| key_of(s, v)).collect::<Result<_, _>>()?;
-    Ok((total.unwrap_or_default(), keys))
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut values = row.unwrap();
+        let mut take = |i: usize| values.get_mut(i).map_or(Value::NULL, |v| std::mem::replace(v, Value::NULL));
+        out.push(key_of(s, &mut take)?);
+    }
+    Ok((total.unwrap_or_default(), out))
 }
 
 pub fn page(
@@ -247,23 +339,25 @@ pub fn page(
     limit: usize,
     out: &mut Vec<Row>,
 ) -> Result<(), DbError> {
-    let k = quote(&s.key);
+    let k = s.key_list("");
+    let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let (filter, bounds) = keyset(&k, after, upto, |_| "?".to_string());
+    let (filter, bounds) = keyset(&keys, after, upto, |_, _| "?".to_string());
     let params: Vec<Value> = bounds.into_iter().map(bind).collect();
     let sql = format!(
         "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",
         cols.join(", "),
-        quote(&s.table),
+        s.table.quoted(),
         limit.max(1)
     );
+    let first = s.key.len();
     let writer = ObjectWriter::new(&s.columns);
     let rows: Vec<mysql::Row> = c.exec(sql, params)?;
     for row in rows {
         let mut values = row.unwrap();
         let mut take = |i: usize| values.get_mut(i).map_or(Value::NULL, |v| std::mem::replace(v, Value::NULL));
-        let key = key_of(s, take(0))?;
-        let json = writer.object(|i, out| write_value(out, take(i + 1), &s.columns[i]))?;
+        let key = key_of(s, &mut take)?;
+        let json = writer.object(|i, out| write_value(out, take(i + first), &s.columns[i]))?;
         out.push(Row { key, json });
     }
     Ok(())
@@ -377,9 +471,10 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
     let rows_per_statement = (MAX_PARAMS / fields.len().max(1)).clamp(1, ROWS_PER_STATEMENT);
     let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
     let updates: Vec<String> =
-        fields.iter().filter(|f| **f != s.key).map(|f| format!("{0} = VALUES({0})", quote(f))).collect();
+        fields.iter().filter(|f| !s.is_key(f)).map(|f| format!("{0} = VALUES({0})", quote(f))).collect();
     // With nothing else to update, the key is set to itself: the row stays as it is.
-    let action = if updates.is_empty() { format!("{0} = {0}", quote(&s.key)) } else { updates.join(", ") };
+    let first_key = s.key.first().map(|k| quote(&k.name)).unwrap_or_default();
+    let action = if updates.is_empty() { format!("{first_key} = {first_key}") } else { updates.join(", ") };
     let one = format!("({})", vec!["?"; fields.len()].join(", "));
     let kinds: Vec<Kind> =
         fields.iter().map(|f| s.columns.iter().find(|c| c.name == *f).map_or(Kind::Plain, Kind::of)).collect();
@@ -393,7 +488,7 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
         }
         let sql = format!(
             "INSERT INTO {} ({}) VALUES {} ON DUPLICATE KEY UPDATE {action}",
-            quote(&s.table),
+            s.table.quoted(),
             cols.join(", "),
             vec![one.as_str(); part.len()].join(", ")
         );
@@ -418,9 +513,9 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
     Ok(())
 }
 
-pub fn dead_letters(c: &mut Conn, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
+pub fn dead_letters(c: &mut Conn, table: &TableName, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let mut tx = c.start_transaction(TxOpts::default())?;
-    let sql = format!("INSERT INTO {} (at, reason, event, event_bytes) VALUES (?, ?, ?, ?)", quote(table));
+    let sql = format!("INSERT INTO {} (at, reason, event, event_bytes) VALUES (?, ?, ?, ?)", table.quoted());
     for d in rows {
         let text = d.text.map_or(Value::NULL, |t| Value::Bytes(t.as_bytes().to_vec()));
         let bytes = d.bytes.map_or(Value::NULL, |b| Value::Bytes(b.to_vec()));
@@ -432,13 +527,14 @@ pub fn dead_letters(c: &mut Conn, table: &str, rows: &[DeadLetter<'_>]) -> Resul
 
 /// Makes the dead-letter table utf8mb4 if it is not (one made by an earlier version, in the database's default
 /// charset, could not hold an emoji).
-pub fn utf8mb4(c: &mut Conn, table: &str) -> Result<(), DbError> {
+pub fn utf8mb4(c: &mut Conn, table: &TableName) -> Result<(), DbError> {
     let collation: Option<Option<String>> = c.exec_first(
-        "SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
-        (table,),
+        "SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) \
+         AND TABLE_NAME = ?",
+        (table.schema.clone(), table.name.clone()),
     )?;
     if collation.flatten().is_some_and(|c| !c.starts_with("utf8mb4")) {
-        c.query_drop(format!("ALTER TABLE {} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin", quote(table)))?;
+        c.query_drop(format!("ALTER TABLE {} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin", table.quoted()))?;
     }
     Ok(())
 }
@@ -448,7 +544,7 @@ pub fn utf8mb4(c: &mut Conn, table: &str) -> Result<(), DbError> {
 pub fn fault(e: &DbError) -> Fault {
     match e.downcast_ref::<mysql::Error>() {
         Some(mysql::Error::MySqlError(m)) => match m.code {
-            1044 | 1045 | 1049 | 1142 | 1698 => Fault::Refused,
+            1044 | 1045 | 1049 | 1142 | 1143 | 1698 => Fault::Refused,
             // Also: 1367 an illegal number, 1411 an illegal date, 1690 out of range, 3140/3146/3156 MySQL's JSON.
             1048 | 1062 | 1216 | 1217 | 1264 | 1265 | 1292 | 1366 | 1367 | 1406 | 1411 | 1451 | 1452 | 1690 | 3140
             | 3146 | 3156 | 3819 | 4025 => Fault::Data,

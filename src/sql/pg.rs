@@ -2,9 +2,11 @@
 //! number text where none does), and written as JSON objects here; events are written with `COPY`, and as an upsert
 //! from `unnest` of text arrays only when a key is already there.
 
-use super::key::{Key, KeyKind};
-use super::url::TableUrl;
-use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
+use super::key::{Key, KeyKind, Part};
+use super::url::{TableName, TableUrl};
+use super::{
+    keyset, quote, Access, Column, DbError, DeadLetter, Denied, Fault, Object, ObjectWriter, Row, Schema, TableColumns,
+};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use postgres::{Client, Config};
@@ -199,12 +201,16 @@ fn connect_error(url: &TableUrl, tls: &Tls, e: postgres::Error) -> Error {
     Error::DbConnect { url: url.to_string(), fault: fault(&source), source }
 }
 
-/// Every column with its type, and the primary key's columns; no columns when the table does not exist.
-pub fn columns(c: &mut Client, table: &str) -> Result<TableColumns, DbError> {
+/// Every column with its type, and the primary key's columns in the key's order; no columns when the table does not
+/// exist. Read from the catalog, which shows a table the role may not read (information_schema hides it), and found
+/// as a statement finds it: in the named schema, else on the search path.
+pub fn columns(c: &mut Client, table: &TableName) -> Result<TableColumns, DbError> {
+    let name = table.quoted();
     let rows = c.query(
-        "SELECT column_name::text, udt_name::text FROM information_schema.columns \
-         WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
-        &[&table],
+        "SELECT a.attname::text, (CASE WHEN t.typtype = 'd' THEN b.typname ELSE t.typname END)::text \
+         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type b ON b.oid = t.typbasetype \
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        &[&name],
     )?;
     let columns = rows
         .iter()
@@ -218,8 +224,8 @@ pub fn columns(c: &mut Client, table: &str) -> Result<TableColumns, DbError> {
         .query(
             "SELECT a.attname::text FROM pg_index i \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-             WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisprimary",
-            &[&table],
+             WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&name],
         )?
         .iter()
         .map(|r| r.get(0))
@@ -227,45 +233,90 @@ pub fn columns(c: &mut Client, table: &str) -> Result<TableColumns, DbError> {
     Ok((columns, primary))
 }
 
-/// Columns that alone carry a unique index.
-pub fn unique_columns(c: &mut Client, table: &str) -> Result<Vec<String>, DbError> {
+/// The column sets of the unique indexes (not partial, not of expressions), each in index order.
+pub fn unique_keys(c: &mut Client, table: &TableName) -> Result<Vec<Vec<String>>, DbError> {
     Ok(c.query(
-        "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-         WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisunique AND i.indnatts = 1",
-        &[&table],
+        "SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i \
+         CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
+         AND k.n <= i.indnkeyatts GROUP BY i.indexrelid",
+        &[&table.quoted()],
     )?
     .iter()
     .map(|r| r.get(0))
     .collect())
 }
 
-fn key_of(s: &Schema, text: String) -> Result<Key, DbError> {
-    match s.key_kind {
-        KeyKind::Int => Ok(Key::Int(text.parse().map_err(|e| format!("key {text:?} is not an integer: {e}"))?)),
-        KeyKind::Text => Ok(Key::Text(text)),
+/// The privileges `access` needs that the role lacks: SELECT on every column a scan reads; INSERT and UPDATE for
+/// upserts.
+pub fn denied(c: &mut Client, s: &Schema, access: Access) -> Result<Option<Denied>, DbError> {
+    let columns: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
+    let row = c.query_one(
+        "SELECT current_user::text, \
+         (SELECT coalesce(bool_and(has_column_privilege(to_regclass($1), x, 'SELECT')), true) FROM unnest($2::text[]) x), \
+         has_any_column_privilege(to_regclass($1), 'INSERT'), has_any_column_privilege(to_regclass($1), 'UPDATE')",
+        &[&s.table.quoted(), &columns],
+    )?;
+    let (role, select, insert, update): (String, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let missing: Vec<&'static str> = match access {
+        Access::Read => [("SELECT", select)].iter().filter(|p| !p.1).map(|p| p.0).collect(),
+        Access::Write => [("INSERT", insert), ("UPDATE", update)].iter().filter(|p| !p.1).map(|p| p.0).collect(),
+    };
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let grant = format!("GRANT {} ON {} TO {}", missing.join(", "), s.table.quoted(), quote(&role));
+    Ok(Some(Denied { missing, grant }))
+}
+
+fn part_of(kind: KeyKind, text: String) -> Result<Part, DbError> {
+    match kind {
+        KeyKind::Int => Ok(Part::Int(text.parse().map_err(|e| format!("key {text:?} is not an integer: {e}"))?)),
+        KeyKind::Text => Ok(Part::Text(text)),
     }
 }
 
-/// A key as a statement parameter: integers as int8, the rest as text cast to the column's type.
-fn param(s: &Schema, n: usize) -> String {
-    match s.key_kind {
-        KeyKind::Int => format!("${n}::int8"),
-        KeyKind::Text => format!("${n}::text::{}", quote(&s.key_type)),
+/// A row's key from its key columns' text, at `at..` in the row.
+fn key_at(s: &Schema, row: &postgres::Row, at: usize) -> Result<Key, DbError> {
+    let mut parts = Vec::with_capacity(s.key.len());
+    for (i, k) in s.key.iter().enumerate() {
+        let text: Option<String> = row.try_get(at + i)?;
+        parts.push(part_of(k.kind, text.ok_or("a NULL key")?)?);
     }
+    Ok(Key(parts))
+}
+
+/// A key part as statement parameter `n`, for key column `i`: integers as int8, the rest as text cast to the
+/// column's type.
+fn param(s: &Schema, n: usize, i: usize) -> String {
+    match s.key.get(i) {
+        Some(k) if k.kind == KeyKind::Int => format!("${n}::int8"),
+        Some(k) => format!("${n}::text::{}", quote(&k.type_name)),
+        None => format!("${n}"),
+    }
+}
+
+/// The key's columns as text, each `prefix`ed: what a statement selects to read a key.
+fn key_texts(s: &Schema, prefix: &str) -> String {
+    s.key.iter().map(|k| format!("{prefix}{}::text", quote(&k.name))).collect::<Vec<_>>().join(", ")
 }
 
 pub fn boundaries(c: &mut Client, s: &Schema, every: u64) -> Result<(u64, Vec<Key>), DbError> {
-    let (t, k) = (quote(&s.table), quote(&s.key));
+    let t = s.table.quoted();
     let total: i64 = c.query_one(&format!("SELECT count(*) FROM {t}"), &[])?.get(0);
     let rows = c.query(
         &format!(
             // Ordered by n, not by the text: "10" sorts before "9".
-            "SELECT k::text FROM (SELECT {k} AS k, row_number() OVER (ORDER BY {k}) AS n FROM {t}) s \
-             WHERE n % $1 = 0 ORDER BY n"
+            "SELECT {} FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS supervisor_n FROM {t}) s \
+             WHERE supervisor_n % $1 = 0 ORDER BY supervisor_n",
+            key_texts(s, "s."),
+            s.key_list(""),
+            s.key_list("")
         ),
         &[&(every.max(1) as i64)],
     )?;
-    let keys = rows.into_iter().map(|r| key_of(s, r.get(0))).collect::<Result<_, _>>()?;
+    let keys = rows.iter().map(|r| key_at(s, r, 0)).collect::<Result<_, _>>()?;
     Ok((total.max(0) as u64, keys))
 }
 
@@ -313,28 +364,30 @@ pub fn page(
     limit: usize,
     out: &mut Vec<Row>,
 ) -> Result<(), DbError> {
-    let k = quote(&s.key);
     let (reads, select): (Vec<Read>, Vec<String>) = s.columns.iter().map(read_as).unzip();
-    let (filter, bounds) = keyset(&format!("t.{k}"), after, upto, |n| param(s, n));
+    let keys: Vec<String> = s.key.iter().map(|k| format!("t.{}", quote(&k.name))).collect();
+    let (filter, bounds) = keyset(&keys, after, upto, |n, i| param(s, n, i));
     let sql = format!(
-        "SELECT t.{k}::text, {} FROM {} t {filter} ORDER BY t.{k} LIMIT {}",
+        "SELECT {}, {} FROM {} t {filter} ORDER BY {} LIMIT {}",
+        key_texts(s, "t."),
         select.join(", "),
-        quote(&s.table),
+        s.table.quoted(),
+        s.key_list("t."),
         limit.max(1)
     );
     let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = bounds
         .iter()
         .map(|b| match b {
-            Key::Int(i) => i as &(dyn postgres::types::ToSql + Sync),
-            Key::Text(t) => t as &(dyn postgres::types::ToSql + Sync),
+            Part::Int(i) => i as &(dyn postgres::types::ToSql + Sync),
+            Part::Text(t) => t as &(dyn postgres::types::ToSql + Sync),
         })
         .collect();
     let writer = ObjectWriter::new(&s.columns);
+    let first = s.key.len();
     for row in c.query(sql.as_str(), &refs)? {
-        let key: Option<String> = row.try_get(0)?;
-        let key = key.ok_or("a NULL key")?;
+        let key = key_at(s, &row, 0)?;
         let json = writer.object(|i, json| {
-            let at = i + 1;
+            let at = i + first;
             // A JSON column's SQL NULL is no field at all: JSON null is a value such a column holds.
             let null = !s.columns[i].json;
             macro_rules! number {
@@ -381,7 +434,7 @@ pub fn page(
             }
             Ok(true)
         })?;
-        out.push(Row { key: key_of(s, key)?, json });
+        out.push(Row { key, json });
     }
     Ok(())
 }
@@ -514,7 +567,7 @@ pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&st
             });
         }
     }
-    let t = quote(&s.table);
+    let t = s.table.quoted();
     let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
     let arrays: Vec<String> = (1..=fields.len()).map(|i| format!("${i}::text[]")).collect();
     let names: Vec<String> = (0..fields.len()).map(|i| format!("u{i}")).collect();
@@ -554,10 +607,10 @@ pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&st
         }
     }
     let updates: Vec<String> =
-        fields.iter().filter(|f| **f != s.key).map(|f| format!("{0} = EXCLUDED.{0}", quote(f))).collect();
+        fields.iter().filter(|f| !s.is_key(f)).map(|f| format!("{0} = EXCLUDED.{0}", quote(f))).collect();
     let action =
         if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
-    c.execute(format!("{insert} ON CONFLICT ({}) {action}", quote(&s.key)).as_str(), &params)?;
+    c.execute(format!("{insert} ON CONFLICT ({}) {action}", s.key_list("")).as_str(), &params)?;
     Ok(())
 }
 
@@ -594,9 +647,9 @@ fn copy(c: &mut Client, table: &str, cols: &[String], columns: &[Vec<Option<Stri
     writer.finish().map(|_| ())
 }
 
-pub fn dead_letters(c: &mut Client, table: &str, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
+pub fn dead_letters(c: &mut Client, table: &TableName, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let mut tx = c.transaction()?;
-    let sql = format!("INSERT INTO {} (at, reason, event, event_bytes) VALUES ($1, $2, $3, $4)", quote(table));
+    let sql = format!("INSERT INTO {} (at, reason, event, event_bytes) VALUES ($1, $2, $3, $4)", table.quoted());
     for d in rows {
         tx.execute(&sql, &[&d.at, &d.reason, &d.text, &d.bytes])?;
     }

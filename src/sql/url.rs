@@ -5,6 +5,11 @@
 //! `-X` rule: a relative path is looked up in `$CREDENTIALS_DIRECTORY` when systemd set it). Every other parameter is
 //! the dialect's (`sslmode`, `ssl-mode`, `connect_timeout`): see [`take_parameters`]. The password is masked wherever
 //! the URL is shown.
+//!
+//! Names are read as SQL reads them: `table=sales.orders` is table `orders` of schema `sales` (MySQL: of database
+//! `sales`), `key=tenant_id,id` two columns, and a name in double quotes is taken as it is (`table="Order Items"`,
+//! `%22Order%20Items%22` in a URL; `""` is a quote in it) while an unquoted one is folded as the engine folds it
+//! (PostgreSQL: to lower case).
 
 use std::fmt;
 
@@ -32,8 +37,9 @@ pub struct TableUrl {
     pub engine: Engine,
     /// What the client connects with: the URL without our parameters (for SQLite, the file's path).
     pub connect: String,
-    pub table: Option<String>,
-    pub key: Option<String>,
+    pub table: Option<TableName>,
+    /// The key's columns, in the order a scan sorts on them.
+    pub key: Option<Vec<String>>,
     pub columns: Option<Vec<String>>,
     /// The `password=` parameter, read from its file if it said `@PATH`; it wins over the URL's `user:password@`.
     pub password: Option<String>,
@@ -67,18 +73,32 @@ impl TableUrl {
             ));
         };
         let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+        // PostgreSQL folds unquoted names to lower case; MySQL and SQLite keep them as written.
+        let fold = engine == Engine::Postgres;
         let (mut table, mut key, mut columns, mut passed) = (None, None, None, Vec::new());
         let mut password = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let value = || decode(v).map_err(|e| format!("{shown}: parameter {k}: {e}"));
             match k {
-                "table" => table = Some(value()?),
-                "key" => key = Some(value()?),
-                "columns" => {
-                    columns =
-                        Some(value()?.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect())
+                "table" => {
+                    let names = identifiers(&value()?, '.', fold).map_err(|e| format!("{shown}: table: {e}"))?;
+                    table = Some(match <[String; 2]>::try_from(names) {
+                        Ok([schema, name]) => TableName { schema: Some(schema), name },
+                        Err(names) => match <[String; 1]>::try_from(names) {
+                            Ok([name]) => TableName { schema: None, name },
+                            Err(_) => return Err(format!("{shown}: table= takes NAME or SCHEMA.NAME")),
+                        },
+                    });
                 }
+                "key" => {
+                    let names = identifiers(&value()?, ',', fold).map_err(|e| format!("{shown}: key: {e}"))?;
+                    if names.is_empty() {
+                        return Err(format!("{shown}: key= names no column"));
+                    }
+                    key = Some(names)
+                }
+                "columns" => columns = Some(identifiers(&value()?, ',', fold).map_err(|e| format!("{shown}: {e}"))?),
                 "password" if engine != Engine::Sqlite => {
                     let given = value()?;
                     password = Some(match given.strip_prefix('@') {
@@ -106,20 +126,21 @@ impl TableUrl {
                 return Err(format!("{shown}: no database name (mysql://USER@HOST:PORT/DB)"));
             }
         }
-        for name in table.iter().chain(key.iter()).chain(columns.iter().flatten()) {
+        let tables = table.iter().flat_map(|t| t.schema.iter().chain([&t.name]));
+        for name in tables.chain(key.iter().flatten()).chain(columns.iter().flatten()) {
             check_identifier(name).map_err(|e| format!("{shown}: {e}"))?;
         }
         Ok(TableUrl { engine, connect, table, key, columns, password, shown })
     }
 
     /// The table, or the error that this use needs one.
-    pub fn table(&self) -> Result<&str, String> {
-        self.table.as_deref().ok_or_else(|| format!("{}: which table? add ?table=NAME", self.shown))
+    pub fn table(&self) -> Result<&TableName, String> {
+        self.table.as_ref().ok_or_else(|| format!("{}: which table? add ?table=NAME", self.shown))
     }
 
     /// `table T of LOCATION`, as the logs name a table.
     pub fn describe(&self) -> String {
-        format!("table {} of {}", self.table.as_deref().unwrap_or_default(), self.location())
+        format!("table {} of {}", self.table.as_ref().map(ToString::to_string).unwrap_or_default(), self.location())
     }
 
     /// Where the database is, without credentials or parameters: what identifies a scan in the checkpoint store.
@@ -206,9 +227,90 @@ pub fn mask(url: &str) -> String {
     format!("{base}?{}", pairs.join("&"))
 }
 
+/// A table as the database knows it: its schema, if named (PostgreSQL's schema, MySQL's database, SQLite's attached
+/// database), and its name, both as the database spells them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl TableName {
+    /// The name as a statement writes it: each part quoted (`"sales"."orders"`).
+    pub fn quoted(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", super::quote(schema), super::quote(&self.name)),
+            None => super::quote(&self.name),
+        }
+    }
+
+    /// The table named `NAME{suffix}` in the same schema: the dead-letter table beside this one.
+    pub fn beside(&self, suffix: &str) -> TableName {
+        TableName { schema: self.schema.clone(), name: format!("{}{suffix}", self.name) }
+    }
+}
+
+/// `schema.name`, as the logs name a table.
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// In quotes, as a message quotes a name: `table "sales.orders"`.
+impl fmt::Debug for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+/// Names separated by `sep` (`.` in `schema.table`, `,` in a list of columns), as SQL reads them: one in double
+/// quotes is taken as it is (`""` a quote inside it, `sep` no separator), one without is trimmed and, with `fold`,
+/// put in lower case. Empty unquoted names are left out.
+fn identifiers(text: &str, sep: char, fold: bool) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    Some('"') if chars.next_if_eq(&'"').is_some() => name.push('"'),
+                    Some('"') => break,
+                    Some(c) => name.push(c),
+                    None => return Err(format!("{text:?}: a quoted name is not closed")),
+                }
+            }
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            if chars.peek().is_some_and(|c| *c != sep) {
+                return Err(format!("{text:?}: {sep:?} or the end expected after a quoted name"));
+            }
+            names.push(name);
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != sep) {
+                name.push(c);
+            }
+            let name = name.trim();
+            if name.contains('"') {
+                return Err(format!("{name:?} is not a usable table or column name (quote a name as \"a b\")"));
+            }
+            if !name.is_empty() {
+                names.push(if fold { name.to_ascii_lowercase() } else { name.to_string() });
+            }
+        }
+        if chars.next().is_none() {
+            return Ok(names);
+        }
+    }
+}
+
 /// Identifiers are quoted in every statement; these rules keep them to what quoting can carry.
 fn check_identifier(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 63 || name.contains(['"', '`', '\0']) {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
         return Err(format!("{name:?} is not a usable table or column name"));
     }
     Ok(())
@@ -244,8 +346,8 @@ mod tests {
         .unwrap();
         assert_eq!(u.engine, Engine::Postgres);
         assert_eq!(u.connect, "postgres://app:s3cr@t@db:5432/shop?sslmode=require");
-        assert_eq!(u.table.as_deref(), Some("orders"));
-        assert_eq!(u.key.as_deref(), Some("id"));
+        assert_eq!(u.table.as_ref().map(ToString::to_string).as_deref(), Some("orders"));
+        assert_eq!(u.key, Some(vec!["id".to_string()]));
         assert_eq!(u.columns, Some(vec!["id".to_string(), "total".to_string()]));
         assert_eq!(u.location(), "postgres://db:5432/shop");
     }
@@ -298,11 +400,36 @@ mod tests {
     #[test]
     fn sqlite_urls_are_paths() {
         let u = TableUrl::parse("sqlite:/tmp/my%20db.sqlite?table=source").unwrap();
-        assert_eq!((u.engine, u.connect.as_str(), u.table().unwrap()), (Engine::Sqlite, "/tmp/my db.sqlite", "source"));
+        assert_eq!((u.engine, u.connect.as_str()), (Engine::Sqlite, "/tmp/my db.sqlite"));
+        assert_eq!(u.table().unwrap().quoted(), "\"source\"");
         assert_eq!(TableUrl::parse("sqlite://rel.db").unwrap().connect, "rel.db");
         assert!(TableUrl::parse("sqlite:").is_err());
         assert!(TableUrl::parse("sqlite:x.db?sslmode=1").unwrap_err().contains("unknown parameter"));
         assert!(TableUrl::parse("sqlite:x.db").unwrap().table().unwrap_err().contains("?table=NAME"));
+    }
+
+    #[test]
+    fn names_are_read_as_sql_reads_them() {
+        let pg = |q: &str| TableUrl::parse(&format!("postgres://u@h/d?{q}"));
+        let u = pg("table=Sales.Orders&key=Tenant_ID,%20id&columns=a,%22B%20c%22").unwrap();
+        let t = u.table().unwrap();
+        assert_eq!((t.schema.as_deref(), t.name.as_str()), (Some("sales"), "orders"), "PostgreSQL folds unquoted");
+        assert_eq!(t.quoted(), "\"sales\".\"orders\"");
+        assert_eq!(format!("{t:?} {t}"), "\"sales.orders\" sales.orders");
+        assert_eq!(t.beside("_dead_letter").quoted(), "\"sales\".\"orders_dead_letter\"");
+        assert_eq!(u.key, Some(vec!["tenant_id".to_string(), "id".to_string()]));
+        assert_eq!(u.columns, Some(vec!["a".to_string(), "B c".to_string()]));
+        let u = pg("table=%22Order%20Items%22").unwrap();
+        assert_eq!((u.table().unwrap().schema.clone(), u.table().unwrap().name.as_str()), (None, "Order Items"));
+        let u = pg("table=%22My.Schema%22.%22Mixed%22%22Case%22").unwrap();
+        assert_eq!(u.table().unwrap().quoted(), "\"My.Schema\".\"Mixed\"\"Case\"");
+        // MySQL and SQLite keep unquoted names as written.
+        let u = TableUrl::parse("mysql://u@h/d?table=Shop.Orders&key=A,b").unwrap();
+        assert_eq!(u.table().unwrap().quoted(), "\"Shop\".\"Orders\"");
+        assert_eq!(u.key, Some(vec!["A".to_string(), "b".to_string()]));
+        for wrong in ["table=a.b.c", "table=%22open", "table=%22a%22b", "key=", "key=,"] {
+            assert!(pg(wrong).is_err(), "{wrong}");
+        }
     }
 
     #[test]

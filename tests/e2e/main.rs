@@ -14,6 +14,7 @@ mod install;
 mod outcomes;
 mod pipeline;
 mod readme;
+mod real_tables;
 mod secured;
 mod service;
 mod tables;

@@ -25,9 +25,10 @@ macro_rules! for_each_engine {
         }
     };
 }
+pub(crate) use for_each_engine;
 
 /// The args of a table run: source, sink, state directory, and more.
-fn args(source: &str, sink: &str, state: &Path, extra: &[&str]) -> Vec<String> {
+pub(crate) fn args(source: &str, sink: &str, state: &Path, extra: &[&str]) -> Vec<String> {
     let mut a = vec!["--source".to_string(), source.to_string(), "--sink".into(), sink.to_string()];
     a.extend(["--state-dir".to_string(), state.display().to_string(), "--hashers".into(), "2".into()]);
     a.extend(extra.iter().map(|s| s.to_string()));
@@ -35,7 +36,7 @@ fn args(source: &str, sink: &str, state: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 /// Runs to its end; returns the exit code and the log.
-fn run_to_end(args: &[String], timeout: Duration) -> (i32, String) {
+pub(crate) fn run_to_end(args: &[String], timeout: Duration) -> (i32, String) {
     let mut r = start(args);
     let status = r.wait_timeout(timeout);
     if status.is_none() {
@@ -45,7 +46,7 @@ fn run_to_end(args: &[String], timeout: Duration) -> (i32, String) {
     (status.and_then(|s| s.code()).unwrap_or(-1), r.log())
 }
 
-fn until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < timeout {
         if cond() {

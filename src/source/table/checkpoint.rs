@@ -632,7 +632,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let url = TableUrl::parse(&format!("sqlite:{}/checkpoints.db", dir.display())).unwrap();
         let mut s = Store::open(&url, "lease".into(), Duration::ZERO).unwrap();
-        assert!(s.plan(2, &plan(vec![Key::Int(1)])).unwrap());
+        assert!(s.plan(2, &plan(vec![Key::int(1)])).unwrap());
         assert_eq!(s.claim().unwrap().map(|c| c.index), Some(0));
         // Its lease is over at once, but it is still being read here: another chunk, then none.
         assert_eq!(s.claim().unwrap().map(|c| c.index), Some(1));
@@ -646,21 +646,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut s = store(&dir, "a");
         assert_eq!(s.load().unwrap(), None, "a new scan has no plan");
-        assert!(s.plan(30, &plan(vec![Key::Int(10), Key::Int(20)])).unwrap());
-        assert!(!s.plan(30, &plan(vec![Key::Int(10)])).unwrap(), "planned once");
+        assert!(s.plan(30, &plan(vec![Key::int(10), Key::int(20)])).unwrap());
+        assert!(!s.plan(30, &plan(vec![Key::int(10)])).unwrap(), "planned once");
         let (c0, c1) = (s.claim().unwrap().unwrap(), s.claim().unwrap().unwrap());
         assert_eq!((c0.index, c1.index), (0, 1), "claimed in order, each once");
         let lost =
-            s.advance(&[(0, Some(Key::Int(7)), 7, false), (1, Some(Key::Int(20)), 10, true), (2, None, 0, false)]);
+            s.advance(&[(0, Some(Key::int(7)), 7, false), (1, Some(Key::int(20)), 10, true), (2, None, 0, false)]);
         assert_eq!(lost.unwrap(), vec![2], "chunk 2 is not ours");
         drop(s);
 
         let mut s = store(&dir, "a");
         let (estimate, chunks) = s.load().unwrap().unwrap();
         assert_eq!((estimate, chunks.len()), (30, 3));
-        assert_eq!((chunks[0].resume_after(), chunks[0].rows, chunks[0].finished), (Some(&Key::Int(7)), 7, false));
+        assert_eq!((chunks[0].resume_after(), chunks[0].rows, chunks[0].finished), (Some(&Key::int(7)), 7, false));
         assert!(chunks[1].finished);
-        assert_eq!(chunks[2].resume_after(), Some(&Key::Int(20)), "an untouched chunk resumes after its bound");
+        assert_eq!(chunks[2].resume_after(), Some(&Key::int(20)), "an untouched chunk resumes after its bound");
         assert_eq!(s.unfinished().unwrap(), 2);
         assert_eq!(s.claim().unwrap().map(|c| c.index), Some(2), "chunk 0 is still leased");
         s.release().unwrap();

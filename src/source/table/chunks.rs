@@ -84,31 +84,31 @@ mod tests {
 
     #[test]
     fn boundaries_cut_the_key_space_into_chunks_open_at_both_ends() {
-        let chunks = plan(vec![Key::Int(10), Key::Int(20)]);
+        let chunks = plan(vec![Key::int(10), Key::int(20)]);
         assert_eq!(
             chunks,
             vec![
-                Range { lo: None, hi: Some(Key::Int(10)) },
-                Range { lo: Some(Key::Int(10)), hi: Some(Key::Int(20)) },
-                Range { lo: Some(Key::Int(20)), hi: None },
+                Range { lo: None, hi: Some(Key::int(10)) },
+                Range { lo: Some(Key::int(10)), hi: Some(Key::int(20)) },
+                Range { lo: Some(Key::int(20)), hi: None },
             ]
         );
         assert_eq!(plan(vec![]), vec![Range { lo: None, hi: None }], "a small table is one chunk");
-        assert_eq!(plan(vec![Key::Text("b".into()), Key::Text("b".into())]).len(), 2, "no empty range");
+        assert_eq!(plan(vec![Key::text("b"), Key::text("b")]).len(), 2, "no empty range");
     }
 
     #[test]
     fn a_chunk_is_checkpointed_at_the_key_below_which_all_is_acknowledged() {
         let mut keys = InFlightKeys::default();
         for k in [5, 7, 9, 12] {
-            keys.push(Key::Int(k));
+            keys.push(Key::int(k));
         }
         assert_eq!(keys.passed(0), None, "nothing acknowledged");
-        assert_eq!(keys.passed(2), Some(Key::Int(7)), "rows 0 and 1 (keys 5 and 7) are");
+        assert_eq!(keys.passed(2), Some(Key::int(7)), "rows 0 and 1 (keys 5 and 7) are");
         assert_eq!(keys.passed(2), None, "no news");
         assert_eq!(keys.len(), 2);
-        assert_eq!(keys.push(Key::Int(15)), 4, "sequence numbers go on");
-        assert_eq!(keys.passed(5), Some(Key::Int(15)));
+        assert_eq!(keys.push(Key::int(15)), 4, "sequence numbers go on");
+        assert_eq!(keys.passed(5), Some(Key::int(15)));
         assert!(keys.is_empty());
     }
 }

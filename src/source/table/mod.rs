@@ -50,8 +50,8 @@ pub fn scan_id(cfg: &Config) -> String {
     format!(
         "{} table={} key={} -> {}",
         url.location(),
-        url.table.as_deref().unwrap_or_default(),
-        url.key.as_deref().unwrap_or("(primary key)"),
+        url.table.as_ref().map(ToString::to_string).unwrap_or_default(),
+        url.key.as_ref().map_or("(primary key)".to_string(), |k| k.join(",")),
         cfg.sink_name()
     )
 }
@@ -115,16 +115,16 @@ impl Stage for TableSource {
         };
         let drain = drain_flag(ends.control)?;
         let mut conn = Conn::open(url)?;
-        let schema = conn.schema(url)?;
+        let schema = conn.schema(url, crate::sql::Access::Read)?;
         let nulls = conn.null_keys(&schema)?;
         if nulls > 0 {
             return Err(Error::DbSchema {
                 message: format!(
-                    "{} of table {:?} have a NULL {:?}: a scan in key order cannot reach them (key= must name a \
-                     column without NULLs)",
+                    "{} of table {:?} have a NULL in key {}: a scan in key order cannot reach them (key= must name \
+                     columns without NULLs)",
                     count(nulls, "row"),
                     schema.table,
-                    schema.key
+                    schema.key_names()
                 ),
             });
         }

@@ -35,7 +35,7 @@ impl Stage for TableReader {
         };
         let who = crate::telemetry::logging::process_name().to_string();
         let mut db = Resilient::connect(url, cfg.max_retries, who.clone())?;
-        let schema = db.conn()?.schema(url)?;
+        let schema = db.conn()?.schema(url, crate::sql::Access::Read)?;
         hooks.ready();
         let mut reader = Reader { who, db, schema, pages: ends.pages };
         loop {

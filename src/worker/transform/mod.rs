@@ -58,7 +58,7 @@ pub fn build(cfg: &Config) -> Result<Box<dyn Transform>> {
 /// Where the events come from, for jq's `$meta`.
 fn meta_source(cfg: &Config) -> jq::MetaSource {
     match &cfg.tables.source {
-        Some(url) => jq::MetaSource::Table(url.table.clone().unwrap_or_default()),
+        Some(url) => jq::MetaSource::Table(url.table.as_ref().map(ToString::to_string).unwrap_or_default()),
         None => jq::MetaSource::Topic(cfg.source_topic.clone()),
     }
 }

@@ -209,7 +209,7 @@ impl Mariadb {
         c.arg("--no-defaults").arg(format!("--socket={}", m.dir.join("sock").display())).args(["-u", "root", "-e"]);
         c.arg(format!(
             "CREATE DATABASE test; CREATE USER 'test'@'%' IDENTIFIED BY '{MARIA_PASSWORD}'; \
-             GRANT ALL ON *.* TO 'test'@'%';"
+             GRANT ALL ON *.* TO 'test'@'%' WITH GRANT OPTION;"
         ));
         run(c, "creating the test user");
         m
