@@ -234,11 +234,13 @@ fn grant(c: &mut Conn, table: &TableName, missing: &[&str]) -> Result<String, Db
         Some((name, host)) => format!("'{name}'@'{host}'"),
         None => format!("'{user}'"),
     };
-    let database: Option<Option<String>> = c.query_first("SELECT DATABASE()")?;
-    let on = match &table.schema {
-        Some(_) => table.quoted(),
-        None => format!("{}.{}", quote(&database.flatten().unwrap_or_default()), quote(&table.name)),
+    // Quoted as the mysql client reads it, without ANSI_QUOTES.
+    let tick = |name: &str| format!("`{}`", name.replace('`', "``"));
+    let database = match &table.schema {
+        Some(schema) => schema.clone(),
+        None => c.query_first::<Option<String>, _>("SELECT DATABASE()")?.flatten().unwrap_or_default(),
     };
+    let on = format!("{}.{}", tick(&database), tick(&table.name));
     Ok(format!("GRANT {} ON {on} TO {grantee}", missing.join(", ")))
 }
 
