@@ -58,6 +58,17 @@ fn composite_keys(engine: &str) {
     assert_eq!(code, 0, "{log}");
     assert_eq!(db.count("orders_copy"), n);
     assert_eq!(every_row(), n, "every row updated in place");
+
+    // --create-table keyed on both columns; the event's key is the JSON array of the key's parts.
+    let made = format!("{}&key=tenant,id", db.url("made"));
+    let a = args(&db.url("orders"), &made, &state, &["--create-table", "--jq", ".event_key = $meta.key"]);
+    let (code, log) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    let keyed = db.one(
+        "SELECT COUNT(*) FROM orders o JOIN made m ON m.tenant = o.tenant AND m.id = o.id \
+         AND m.event_key = CONCAT('[\"', o.tenant, '\",', o.id, ']')",
+    );
+    assert_eq!(keyed, n, "every row, its event keyed [\"tenant\",id]");
 }
 
 for_each_engine!(no_unique_key);
