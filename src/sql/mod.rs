@@ -145,7 +145,17 @@ impl Conn {
             if let Some(denied) = self.hidden(table)? {
                 return Err(denied);
             }
-            return Err(Error::DbSchema { message: format!("table {table:?} does not exist in {}", url.location()) });
+            let hint = match self {
+                Conn::Postgres(c) => pg::similar(c, table).unwrap_or_default(),
+                _ => None,
+            };
+            return Err(Error::DbSchema {
+                message: format!(
+                    "table {table:?} does not exist in {}{}",
+                    url.location(),
+                    hint.map(|h| format!(" (did you mean {h})")).unwrap_or_default()
+                ),
+            });
         }
         let has = |name: &str| columns.iter().any(|c| c.0.name == name);
         let key: Vec<String> = match (&url.key, primary.as_slice()) {

@@ -233,6 +233,36 @@ pub fn columns(c: &mut Client, table: &TableName) -> Result<TableColumns, DbErro
     Ok((columns, primary))
 }
 
+/// For a table not found: one whose name differs only in case, or that is in another schema, as `table=` would name
+/// it, and why it was not found.
+pub fn similar(c: &mut Client, table: &TableName) -> Result<Option<String>, DbError> {
+    let found = c.query_opt(
+        "SELECT n.nspname::text, c.relname::text, n.nspname = ANY(current_schemas(false)) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE lower(c.relname) = lower($1) \
+         AND ($2::text IS NULL OR lower(n.nspname) = lower($2)) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+         ORDER BY 3 DESC, 1, 2 LIMIT 1",
+        &[&table.name, &table.schema],
+    )?;
+    let Some(row) = found else { return Ok(None) };
+    let (schema, name, visible): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+    // As a URL writes a name: bare where PostgreSQL reads it back unchanged, else quoted and percent-encoded.
+    let write = |part: &str| {
+        let bare = part.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if bare {
+            part.to_string()
+        } else {
+            format!("%22{}%22", part.replace('"', "%22%22").replace(' ', "%20"))
+        }
+    };
+    let named = match (&table.schema, visible) {
+        (None, true) => write(&name),
+        _ => format!("{}.{}", write(&schema), write(&name)),
+    };
+    let folded = if name != name.to_lowercase() { "; an unquoted name is folded to lower case" } else { "" };
+    Ok(Some(format!("table={named}{folded}")))
+}
+
 /// The column sets of the unique indexes (not partial, not of expressions), each in index order.
 pub fn unique_keys(c: &mut Client, table: &TableName) -> Result<Vec<Vec<String>>, DbError> {
     Ok(c.query(

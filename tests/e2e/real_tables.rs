@@ -159,6 +159,14 @@ fn names(engine: &str) {
         let (code, log) = run_to_end(&args(&db.url("MixedCase"), &sink, &state, &[]), Duration::from_secs(60));
         assert_eq!(code, 2, "{log}");
         assert!(log.contains("table \"mixedcase\" does not exist"), "an unquoted name is folded: {log}");
+        assert!(
+            log.contains("(did you mean table=%22MixedCase%22; an unquoted name is folded to lower case)"),
+            "{log}"
+        );
+        let (code, log) = run_to_end(&args(&db.url("orders"), &sink, &state, &[]), Duration::from_secs(60));
+        assert_eq!(code, 2, "{log}");
+        assert!(log.contains("table \"orders\" does not exist in postgres://"), "{log}");
+        assert!(log.contains("(did you mean table=sales.orders)"), "{log}");
     }
 }
 
