@@ -198,7 +198,7 @@ pub fn page(
     let k = s.key_list("");
     let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let (filter, bounds) = keyset(&keys, after, upto, |n, _| format!("?{n}"));
+    let (filter, bounds) = keyset(&keys, after, upto, super::Compare::RowValue, |n, _| format!("?{n}"));
     let params: Vec<rusqlite::types::Value> = bounds.into_iter().map(bind_key).collect();
     let sql = format!(
         "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",

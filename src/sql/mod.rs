@@ -643,27 +643,53 @@ fn permission_denied(table: &TableName, d: &Denied) -> Error {
     }
 }
 
+/// How a keyset page compares a composite key with its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// As a row value, `(a, b) > ($1, $2)`: PostgreSQL and SQLite walk the key's index from the bound.
+    RowValue,
+    /// Column by column, `a >= ? AND (a > ? OR (a = ? AND b > ?))`: MySQL and MariaDB scan the whole index for a
+    /// row value (`EXPLAIN`: type index, no key), a page near the end costing as much as the table; this form is a
+    /// range on the index.
+    Expanded,
+}
+
 /// The condition of a keyset page, `WHERE key > after AND key <= upto` with either bound left out when absent, a
-/// composite key compared as a row value (`(a, b) > ($1, $2)`); its `n`-th parameter, for key column `i`, written by
-/// `placeholder(n, i)`. Returns the condition and the bounds' parts, in the parameters' order.
+/// composite key compared as `compare` says; its `n`-th parameter, for key column `i`, written by `placeholder(n, i)`.
+/// Returns the condition and the bounds' parts, one per parameter, in the parameters' order.
 fn keyset<'k>(
     key: &[String],
     after: Option<&'k Key>,
     upto: Option<&'k Key>,
+    compare: Compare,
     placeholder: impl Fn(usize, usize) -> String,
 ) -> (String, Vec<&'k Part>) {
-    let row = |items: Vec<String>| if items.len() == 1 { items.concat() } else { format!("({})", items.join(", ")) };
     let mut conds = Vec::new();
-    let mut parts = Vec::new();
-    for (bound, op) in [(after, ">"), (upto, "<=")] {
-        if let Some(b) = bound {
-            let mut params = Vec::new();
-            for (i, p) in b.0.iter().enumerate() {
-                parts.push(p);
-                params.push(placeholder(parts.len(), i));
-            }
-            conds.push(format!("{} {op} {}", row(key.to_vec()), row(params)));
+    let mut parts: Vec<&Part> = Vec::new();
+    let param = |parts: &mut Vec<&'k Part>, b: &'k Key, i: usize| {
+        parts.push(&b.0[i]);
+        placeholder(parts.len(), i)
+    };
+    // The operator on a column before the last (strict), on the last, and on the first alone (a range's start).
+    for (bound, strict, last, lead) in [(after, ">", ">", ">="), (upto, "<", "<=", "<=")] {
+        let Some(b) = bound else { continue };
+        let n = key.len().min(b.0.len());
+        if n == 1 || compare == Compare::RowValue {
+            let row =
+                |items: Vec<String>| if items.len() == 1 { items.concat() } else { format!("({})", items.join(", ")) };
+            let params: Vec<String> = (0..b.0.len()).map(|i| param(&mut parts, b, i)).collect();
+            conds.push(format!("{} {last} {}", row(key.to_vec()), row(params)));
+            continue;
         }
+        let mut cond = format!("{} {lead} {} AND ", key[0], param(&mut parts, b, 0));
+        for (i, k) in key.iter().enumerate().take(n - 1) {
+            let p = param(&mut parts, b, i);
+            let again = param(&mut parts, b, i);
+            cond.push_str(&format!("({k} {strict} {p} OR ({k} = {again} AND "));
+        }
+        cond.push_str(&format!("{} {last} {}", key[n - 1], param(&mut parts, b, n - 1)));
+        cond.push_str(&"))".repeat(n - 1));
+        conds.push(cond);
     }
     let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
     (filter, parts)
@@ -757,17 +783,34 @@ mod tests {
         let (a, b) = (Key::int(5), Key::int(9));
         let dollar = |n: usize, _| format!("${n}");
         let k = ["k".to_string()];
-        assert_eq!(keyset(&k, None, None, dollar), (String::new(), vec![]));
-        assert_eq!(
-            keyset(&k, Some(&a), Some(&b), dollar),
-            ("WHERE k > $1 AND k <= $2".to_string(), vec![&a.0[0], &b.0[0]])
-        );
-        assert_eq!(keyset(&k, None, Some(&b), dollar), ("WHERE k <= $1".to_string(), vec![&b.0[0]]));
+        for compare in [Compare::RowValue, Compare::Expanded] {
+            assert_eq!(keyset(&k, None, None, compare, dollar), (String::new(), vec![]));
+            assert_eq!(
+                keyset(&k, Some(&a), Some(&b), compare, dollar),
+                ("WHERE k > $1 AND k <= $2".to_string(), vec![&a.0[0], &b.0[0]])
+            );
+            assert_eq!(keyset(&k, None, Some(&b), compare, dollar), ("WHERE k <= $1".to_string(), vec![&b.0[0]]));
+        }
         // A composite key is compared as a row value, each parameter knowing its column.
         let (c, d) = (Key(vec![Part::Int(1), Part::Text("x".into())]), Key(vec![Part::Int(2), Part::Text("y".into())]));
-        let (filter, parts) = keyset(&["a".into(), "b".into()], Some(&c), Some(&d), |n, i| format!("${n}:{i}"));
+        let ab = ["a".to_string(), "b".to_string()];
+        let (filter, parts) = keyset(&ab, Some(&c), Some(&d), Compare::RowValue, |n, i| format!("${n}:{i}"));
         assert_eq!(filter, "WHERE (a, b) > ($1:0, $2:1) AND (a, b) <= ($3:0, $4:1)");
         assert_eq!(parts.len(), 4);
+        // Or column by column, which MySQL ranges on.
+        let (filter, parts) = keyset(&ab, Some(&c), Some(&d), Compare::Expanded, |n, i| format!("${n}:{i}"));
+        assert_eq!(
+            filter,
+            "WHERE a >= $1:0 AND (a > $2:0 OR (a = $3:0 AND b > $4:1)) AND a <= $5:0 AND (a < $6:0 OR (a = $7:0 AND b \
+             <= $8:1))"
+        );
+        let expected: Vec<&Part> = [&c.0[0], &c.0[0], &c.0[0], &c.0[1], &d.0[0], &d.0[0], &d.0[0], &d.0[1]].to_vec();
+        assert_eq!(parts, expected);
+        let three = Key(vec![Part::Int(1), Part::Int(2), Part::Int(3)]);
+        let abc = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let (filter, parts) = keyset(&abc, Some(&three), None, Compare::Expanded, |_, _| "?".to_string());
+        assert_eq!(filter, "WHERE a >= ? AND (a > ? OR (a = ? AND (b > ? OR (b = ? AND c > ?))))");
+        assert_eq!(parts.len(), 6);
         let w = ObjectWriter::new(&[
             Column { name: "a".into(), binary: false, json: false, type_name: String::new() },
             Column { name: "q\"".into(), binary: false, json: false, type_name: String::new() },

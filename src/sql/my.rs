@@ -344,7 +344,7 @@ pub fn page(
     let k = s.key_list("");
     let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let (filter, bounds) = keyset(&keys, after, upto, |_, _| "?".to_string());
+    let (filter, bounds) = keyset(&keys, after, upto, super::Compare::Expanded, |_, _| "?".to_string());
     let params: Vec<Value> = bounds.into_iter().map(bind).collect();
     let sql = format!(
         "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",

@@ -396,7 +396,7 @@ pub fn page(
 ) -> Result<(), DbError> {
     let (reads, select): (Vec<Read>, Vec<String>) = s.columns.iter().map(read_as).unzip();
     let keys: Vec<String> = s.key.iter().map(|k| format!("t.{}", quote(&k.name))).collect();
-    let (filter, bounds) = keyset(&keys, after, upto, |n, i| param(s, n, i));
+    let (filter, bounds) = keyset(&keys, after, upto, super::Compare::RowValue, |n, i| param(s, n, i));
     let sql = format!(
         "SELECT {}, {} FROM {} t {filter} ORDER BY {} LIMIT {}",
         key_texts(s, "t."),
