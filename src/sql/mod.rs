@@ -637,7 +637,11 @@ fn permission_denied(table: &TableName, d: &Denied) -> Error {
     Error::DbSchema {
         message: format!(
             "permission denied for table {table:?}: the role lacks {} on it ({}; or name another table)",
-            d.missing.join(" and "),
+            match d.missing.split_last() {
+                Some((last, [])) => last.to_string(),
+                Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                None => String::new(),
+            },
             d.grant
         ),
     }

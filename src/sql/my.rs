@@ -254,35 +254,62 @@ pub fn hidden(c: &mut Conn, table: &TableName) -> Result<Option<Denied>, DbError
 }
 
 /// The privileges `access` needs that the role lacks, found by preparing what the stage will run (MySQL checks
-/// privileges as it prepares): a page's SELECT; an upsert's INSERT ... ON DUPLICATE KEY UPDATE.
+/// privileges as it prepares, and says which one it found missing): a page's SELECT; for an upsert, an INSERT, an
+/// UPDATE, and the whole INSERT ... ON DUPLICATE KEY UPDATE of every column, which needs SELECT too.
 pub fn denied(c: &mut Conn, s: &Schema, access: Access) -> Result<Option<Denied>, DbError> {
     let t = s.table.quoted();
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let (probe, missing) = match access {
-        Access::Read => (format!("SELECT {} FROM {t} LIMIT 0", cols.join(", ")), vec!["SELECT"]),
+    let values = vec!["?"; cols.len()].join(", ");
+    let probes = match access {
+        Access::Read => vec![(format!("SELECT {} FROM {t} LIMIT 0", cols.join(", ")), "SELECT")],
         Access::Write => {
-            let key: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
-            let updates: Vec<String> = key.iter().map(|k| format!("{k} = VALUES({k})")).collect();
-            let sql = format!(
-                "INSERT INTO {t} ({}) VALUES ({}) ON DUPLICATE KEY UPDATE {}",
-                key.join(", "),
-                vec!["?"; key.len()].join(", "),
-                updates.join(", ")
-            );
-            (sql, vec!["INSERT", "UPDATE"])
+            let others = s.columns.iter().filter(|c| !s.is_key(&c.name));
+            let mut updates: Vec<String> = others.map(|c| format!("{0} = VALUES({0})", quote(&c.name))).collect();
+            if updates.is_empty() {
+                let k = s.key.first().map(|k| quote(&k.name)).unwrap_or_default();
+                updates.push(format!("{k} = {k}"));
+            }
+            let sets: Vec<String> = cols.iter().map(|c| format!("{c} = ?")).collect();
+            vec![
+                (format!("INSERT INTO {t} ({}) VALUES ({values})", cols.join(", ")), "INSERT"),
+                (format!("UPDATE {t} SET {}", sets.join(", ")), "UPDATE"),
+                (
+                    format!(
+                        "INSERT INTO {t} ({}) VALUES ({values}) ON DUPLICATE KEY UPDATE {}",
+                        cols.join(", "),
+                        updates.join(", ")
+                    ),
+                    "SELECT",
+                ),
+            ]
         }
     };
-    match c.prep(probe) {
-        Ok(stmt) => {
-            c.close(stmt)?;
-            Ok(None)
+    let mut missing: Vec<&'static str> = Vec::new();
+    for (probe, privilege) in probes {
+        match c.prep(probe) {
+            Ok(stmt) => c.close(stmt)?,
+            Err(e) if is_denied(&e) => {
+                // `SELECT command denied to user ...`: the one it names, where it is one we know. The upsert's
+                // refusal names SELECT only once INSERT and UPDATE are there.
+                let named = match &e {
+                    mysql::Error::MySqlError(m) => ["SELECT", "INSERT", "UPDATE"].into_iter().find(|p| {
+                        m.message.strip_prefix(p).is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphabetic()))
+                    }),
+                    _ => None,
+                };
+                let privilege = named.unwrap_or(privilege);
+                if !missing.contains(&privilege) && (named.is_some() || missing.is_empty()) {
+                    missing.push(privilege);
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) if is_denied(&e) => {
-            let grant = grant(c, &s.table, &missing)?;
-            Ok(Some(Denied { missing, grant }))
-        }
-        Err(e) => Err(e.into()),
     }
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let grant = grant(c, &s.table, &missing)?;
+    Ok(Some(Denied { missing, grant }))
 }
 
 fn part_of(s: &Schema, i: usize, v: Value) -> Result<Part, DbError> {

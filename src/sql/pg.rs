@@ -279,19 +279,23 @@ pub fn unique_keys(c: &mut Client, table: &TableName) -> Result<Vec<Vec<String>>
 }
 
 /// The privileges `access` needs that the role lacks: SELECT on every column a scan reads; INSERT and UPDATE for
-/// upserts.
+/// upserts, and SELECT on the columns they write, which `ON CONFLICT (key) DO UPDATE SET v = EXCLUDED.v` reads (a
+/// role without it writes a fresh table with COPY, and is refused at the first replay).
 pub fn denied(c: &mut Client, s: &Schema, access: Access) -> Result<Option<Denied>, DbError> {
     let columns: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
     let row = c.query_one(
         "SELECT current_user::text, \
-         (SELECT coalesce(bool_and(has_column_privilege(to_regclass($1), x, 'SELECT')), true) FROM unnest($2::text[]) x), \
+         (SELECT coalesce(bool_and(has_column_privilege(to_regclass($1), x, 'SELECT')), true) \
+          FROM unnest($2::text[]) x), \
          has_any_column_privilege(to_regclass($1), 'INSERT'), has_any_column_privilege(to_regclass($1), 'UPDATE')",
         &[&s.table.quoted(), &columns],
     )?;
     let (role, select, insert, update): (String, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
     let missing: Vec<&'static str> = match access {
         Access::Read => [("SELECT", select)].iter().filter(|p| !p.1).map(|p| p.0).collect(),
-        Access::Write => [("INSERT", insert), ("UPDATE", update)].iter().filter(|p| !p.1).map(|p| p.0).collect(),
+        Access::Write => {
+            [("INSERT", insert), ("UPDATE", update), ("SELECT", select)].iter().filter(|p| !p.1).map(|p| p.0).collect()
+        }
     };
     if missing.is_empty() {
         return Ok(None);

@@ -179,32 +179,47 @@ fn permission_denied(engine: &str) {
          CREATE TABLE target (id BIGINT PRIMARY KEY, v INTEGER, hash VARCHAR(64))",
     );
     db.fill("secret", "id, v", "v, v", 100);
-    let as_app = |table: &str| match &db {
-        Db::Postgres(_) => db.url(table).replace(&format!("postgres:{PG_PASSWORD}@"), "app:app-secret@"),
-        _ => db.url(table).replace(&format!("test:{MARIA_PASSWORD}@"), "app:app-secret@"),
+    let as_role = |role: &str, table: &str| match &db {
+        Db::Postgres(_) => db.url(table).replace(&format!("postgres:{PG_PASSWORD}@"), &format!("{role}:app-secret@")),
+        _ => db.url(table).replace(&format!("test:{MARIA_PASSWORD}@"), &format!("{role}:app-secret@")),
     };
     match &db {
-        Db::Postgres(_) => db.exec("CREATE ROLE app LOGIN PASSWORD 'app-secret'; GRANT SELECT ON target TO app"),
-        _ => db.exec("CREATE USER 'app'@'%' IDENTIFIED BY 'app-secret'; GRANT SELECT ON test.target TO 'app'@'%'"),
+        Db::Postgres(_) => db.exec(
+            "CREATE ROLE app LOGIN PASSWORD 'app-secret'; GRANT SELECT ON target TO app;
+             CREATE ROLE writer LOGIN PASSWORD 'app-secret'; GRANT INSERT, UPDATE ON target TO writer",
+        ),
+        _ => db.exec(
+            "CREATE USER 'app'@'%' IDENTIFIED BY 'app-secret'; GRANT SELECT ON test.target TO 'app'@'%';
+             CREATE USER 'writer'@'%' IDENTIFIED BY 'app-secret'; GRANT INSERT, UPDATE ON test.target TO 'writer'@'%'",
+        ),
     }
     let state = scratch_dir(&format!("denied-state-{engine}"));
     // What to run to grant it, as the engine's own client reads it.
-    let grant = |what: &str, table: &str| match &db {
-        Db::Postgres(_) => format!("GRANT {what} ON \"{table}\" TO \"app\""),
-        _ => format!("GRANT {what} ON `test`.`{table}` TO 'app'@'%'"),
+    let grant = |what: &str, table: &str, role: &str| match &db {
+        Db::Postgres(_) => format!("GRANT {what} ON \"{table}\" TO \"{role}\""),
+        _ => format!("GRANT {what} ON `test`.`{table}` TO '{role}'@'%'"),
     };
     let cases = [
         (
-            as_app("secret"),
+            as_role("app", "secret"),
             db.url("target"),
             "permission denied for table \"secret\": the role lacks SELECT on it",
-            grant("SELECT", "secret"),
+            grant("SELECT", "secret", "app"),
         ),
         (
             db.url("secret"),
-            as_app("target"),
+            as_role("app", "target"),
             "permission denied for table \"target\": the role lacks INSERT and UPDATE on it",
-            grant("INSERT, UPDATE", "target"),
+            grant("INSERT, UPDATE", "target", "app"),
+        ),
+        // An upsert reads the key and the values it replaces (PostgreSQL's ON CONFLICT ... EXCLUDED, MySQL's ON
+        // DUPLICATE KEY UPDATE ... VALUES()): a role that may only INSERT and UPDATE would copy a fresh table with
+        // PostgreSQL's COPY and fail at the first replay.
+        (
+            db.url("secret"),
+            as_role("writer", "target"),
+            "permission denied for table \"target\": the role lacks SELECT on it",
+            grant("SELECT", "target", "writer"),
         ),
     ];
     for (source, sink, says, grant) in cases {
