@@ -380,8 +380,8 @@ mod tests {
         assert_eq!(e.source().map(|s| s.to_string()), Some(Errno::EAGAIN.to_string()));
         let e = Error::MetricsBind { addr: "x:1".into(), source: io::Error::from(io::ErrorKind::AddrInUse) };
         assert_eq!(e.exit(), Exit::Config);
-        assert!(Error::PeerGone { peer: "producer" }.source().is_none());
-        assert!(Error::PeerGone { peer: "producer" }.is_peer_gone());
+        assert!(Error::PeerGone { peer: "sink" }.source().is_none());
+        assert!(Error::PeerGone { peer: "sink" }.is_peer_gone());
         assert!(!Error::Fork(Errno::EAGAIN).is_peer_gone());
     }
 }

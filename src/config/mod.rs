@@ -61,13 +61,13 @@ pub struct Cli {
     #[arg(long, env = "SUPERVISOR_GROUP_ID", default_value = "supervisor", value_name = "GROUP")]
     pub group_id: String,
 
-    /// Number of hasher processes [default: the number of CPUs].
+    /// Worker processes (worker-N), each running the transform: md5, --jq or --exec [default: the number of CPUs].
     #[arg(global = true, long, env = "SUPERVISOR_HASHERS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub hashers: Option<u16>,
 
-    /// Most events in flight between the consumer and the producer's acknowledgements; a full pipeline holds the
-    /// consumer back.
+    /// Most events in flight between the source and the sink's acknowledgements; a full pipeline holds the source
+    /// back.
     #[arg(global = true, long, env = "SUPERVISOR_QUEUE_CAPACITY", default_value_t = 10_000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub queue_capacity: u32,

@@ -27,13 +27,14 @@ impl Kind {
     /// Every kind: the one list that metrics are labelled from.
     pub const ALL: [Kind; 4] = [Kind::Source, Kind::Reader, Kind::Worker, Kind::Sink];
 
-    /// The name users see for the kind, in metrics labels and logs: what the stage is today.
+    /// The name users see for the kind, in metrics labels and logs: its place in the pipeline, whatever its ends
+    /// are (a Kafka topic or a table) and whatever transform the workers run.
     pub fn label(self) -> &'static str {
         match self {
-            Kind::Source => "consumer",
+            Kind::Source => "source",
             Kind::Reader => "reader",
-            Kind::Worker => "hasher",
-            Kind::Sink => "producer",
+            Kind::Worker => "worker",
+            Kind::Sink => "sink",
         }
     }
 }
@@ -58,7 +59,7 @@ impl Role {
     }
 }
 
-/// The role as `ps` and the logs show it: `consumer`, `hasher-N`, `producer`.
+/// The role as `ps` and the logs show it: `source`, `reader-N`, `worker-N`, `sink`.
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -131,8 +132,8 @@ mod tests {
         let shown: Vec<String> = [Role::Source, Role::Reader(2), Role::Worker(0), Role::Worker(11), Role::Sink]
             .map(|r| r.to_string())
             .into();
-        assert_eq!(shown, ["consumer", "reader-2", "hasher-0", "hasher-11", "producer"]);
-        assert_eq!(Kind::ALL.map(Kind::label), ["consumer", "reader", "hasher", "producer"]);
+        assert_eq!(shown, ["source", "reader-2", "worker-0", "worker-11", "sink"]);
+        assert_eq!(Kind::ALL.map(Kind::label), ["source", "reader", "worker", "sink"]);
         assert_eq!(Role::Worker(3).kind(), Kind::Worker);
     }
 }

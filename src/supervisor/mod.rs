@@ -267,7 +267,7 @@ impl Supervisor {
             log::info!(
                 "pipeline running: {} → {} → {} (dead letters to {}); pids {}",
                 self.cfg.source_name(),
-                count(self.cfg.hashers as u64, "hasher"),
+                count(self.cfg.hashers as u64, "worker"),
                 self.cfg.sink_name(),
                 self.cfg.dead_letter_name(),
                 pids.join(" ")
@@ -689,7 +689,7 @@ impl Supervisor {
         let status = format!(
             "running: {} → {} → {}{}",
             self.cfg.source_name(),
-            count(self.cfg.hashers as u64, "hasher"),
+            count(self.cfg.hashers as u64, "worker"),
             self.cfg.sink_name(),
             if restarts > 0 { format!(" ({})", count(restarts, "restart")) } else { String::new() }
         );

@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(b.on_failure(t + 2 * SEC, t + SEC, true, None), Verdict::GiveUp { n: 2 });
         assert_eq!(b.total(), 2, "giving up is no restart");
         let counted: Vec<_> = b.by_cause().collect();
-        assert_eq!(counted, [("consumer", 0), ("hasher", 1), ("producer", 1), ("reader", 0)]);
+        assert_eq!(counted, [("reader", 0), ("sink", 1), ("source", 0), ("worker", 1)]);
     }
 
     #[test]
@@ -175,14 +175,14 @@ mod tests {
     #[test]
     fn a_neighbour_gone_is_the_cause_only_until_the_real_one_comes() {
         let mut o = Outcome::default();
-        o.peer_gone(Exit::Failure, Some(Role::Worker(0)), "hasher-0 failed: broken pipe".into());
-        o.peer_gone(Exit::Failure, Some(Role::Worker(1)), "hasher-1 failed: broken pipe".into());
+        o.peer_gone(Exit::Failure, Some(Role::Worker(0)), "worker-0 failed: broken pipe".into());
+        o.peer_gone(Exit::Failure, Some(Role::Worker(1)), "worker-1 failed: broken pipe".into());
         assert_eq!(o.cause().map(|c| c.role), Some(Some(Role::Worker(0))));
-        o.fail(Exit::Failure, Some(Role::Sink), "producer was killed by SIGKILL".into());
+        o.fail(Exit::Failure, Some(Role::Sink), "sink was killed by SIGKILL".into());
         o.fail(Exit::Failure, Some(Role::Source), "later".into());
         assert_eq!(
             o.cause().map(|c| (c.role, c.text.as_str())),
-            Some((Some(Role::Sink), "producer was killed by SIGKILL"))
+            Some((Some(Role::Sink), "sink was killed by SIGKILL"))
         );
     }
 
@@ -190,12 +190,12 @@ mod tests {
     fn the_most_telling_outcome_wins_and_the_first_cause_stays() {
         let mut o = Outcome::default();
         assert_eq!(o.exit(), Exit::Clean);
-        o.fail(Exit::Failure, Some(Role::Worker(1)), "hasher-1 was killed".into());
+        o.fail(Exit::Failure, Some(Role::Worker(1)), "worker-1 was killed".into());
         o.record(Exit::DrainTimeout);
         assert_eq!(o.exit(), Exit::Failure, "a timeout tells less than the failure");
         o.fail(Exit::Config, None, "later".into());
         assert_eq!(o.exit(), Exit::Config);
-        let first = Cause { text: "hasher-1 was killed".into(), role: Some(Role::Worker(1)), peer_gone: false };
+        let first = Cause { text: "worker-1 was killed".into(), role: Some(Role::Worker(1)), peer_gone: false };
         assert_eq!(o.cause(), Some(&first));
         let ranked = [
             Exit::DrainTimeout,

@@ -312,7 +312,7 @@ mod tests {
             reaped(S::Ready, WaitStatus::Exited(pid, 3)),
             Ending::Failure {
                 exit: Exit::Unavailable,
-                cause: "hasher-1 (pid 42) exited with code 3 (broker unavailable)".into(),
+                cause: "worker-1 (pid 42) exited with code 3 (broker unavailable)".into(),
                 log: true
             }
         );
@@ -323,13 +323,13 @@ mod tests {
             reaped(S::Hung { since: Instant::now() }, killed),
             Ending::Failure {
                 exit: Exit::Failure,
-                cause: "hasher-1 (pid 42) hung and was killed by SIGKILL".into(),
+                cause: "worker-1 (pid 42) hung and was killed by SIGKILL".into(),
                 log: true
             }
         );
         assert_eq!(
             reaped(S::Joined, killed),
-            Ending::Failure { exit: Exit::Failure, cause: "hasher-1 (pid 42) was killed by SIGKILL".into(), log: true }
+            Ending::Failure { exit: Exit::Failure, cause: "worker-1 (pid 42) was killed by SIGKILL".into(), log: true }
         );
     }
 }

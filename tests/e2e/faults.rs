@@ -67,19 +67,19 @@ fn kill_mid_stream(name: &str, role: &str) -> (Checked, Duration, Running) {
 
 #[test]
 fn a_killed_hasher_is_restarted_and_nothing_is_lost() {
-    let (checked, _, _) = kill_mid_stream("killhasher", "hasher-0");
+    let (checked, _, _) = kill_mid_stream("killhasher", "worker-0");
     assert!(checked.duplicates <= CAPACITY, "{checked:?}");
 }
 
 #[test]
 fn a_killed_producer_is_restarted_and_nothing_is_lost() {
-    let (checked, _, _) = kill_mid_stream("killproducer", "producer");
+    let (checked, _, _) = kill_mid_stream("killproducer", "sink");
     assert!(checked.duplicates <= CAPACITY, "{checked:?}");
 }
 
 #[test]
 fn a_killed_consumer_is_restarted_and_nothing_is_lost() {
-    let (checked, _, _) = kill_mid_stream("killconsumer", "consumer");
+    let (checked, _, _) = kill_mid_stream("killconsumer", "source");
     assert!(checked.duplicates <= consumer_loss_bound(KILL_CHUNK, KILL_PAUSE), "{checked:?}");
 }
 
@@ -94,15 +94,15 @@ fn a_hung_hasher_is_killed_and_restarted() {
     std::thread::sleep(Duration::from_secs(4));
     assert!(!sup.log().contains("no heartbeat"), "an idle stage was taken for hung:\n{}", sup.log());
 
-    let hasher = sup.child_pid("hasher-1");
+    let hasher = sup.child_pid("worker-1");
     kill(hasher, Signal::SIGSTOP).unwrap();
     let stopped_at = Instant::now();
     let landed = produce(&broker.addr, "src", &events);
-    assert!(sup.wait_restarted("hasher", 1, Duration::from_secs(60)), "{}", sup.log());
+    assert!(sup.wait_restarted("worker", 1, Duration::from_secs(60)), "{}", sup.log());
     let recovery = stopped_at.elapsed();
     let log = sup.log();
-    assert!(log.contains(&format!("hasher-1 (pid {hasher}) sent no heartbeat")), "{log}");
-    assert!(log.contains(&format!("hasher-1 (pid {hasher}) hung and was killed by SIGKILL")), "{log}");
+    assert!(log.contains(&format!("worker-1 (pid {hasher}) sent no heartbeat")), "{log}");
+    assert!(log.contains(&format!("worker-1 (pid {hasher}) hung and was killed by SIGKILL")), "{log}");
     assert_eq!(log.matches("sent no heartbeat").count(), 1, "only the stuck stage is killed:\n{log}");
 
     let checked = stop_and_check(&mut sup, Signal::SIGTERM, &broker.addr, "hung", &events, &landed);
@@ -123,9 +123,9 @@ fn failing_again_and_again_gives_up_with_exit_6_and_commits_only_what_was_delive
     assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     let loader = trickle(&broker.addr, &events, 2_000, Duration::from_millis(100));
     wait_for_events(&broker.addr, "dst", 2_000, Duration::from_secs(60));
-    kill(sup.child_pid("hasher-0"), Signal::SIGKILL).unwrap();
-    assert!(sup.wait_restarted("hasher", 1, Duration::from_secs(60)), "{}", sup.log());
-    kill(sup.child_pid("hasher-1"), Signal::SIGKILL).unwrap();
+    kill(sup.child_pid("worker-0"), Signal::SIGKILL).unwrap();
+    assert!(sup.wait_restarted("worker", 1, Duration::from_secs(60)), "{}", sup.log());
+    kill(sup.child_pid("worker-1"), Signal::SIGKILL).unwrap();
     let status = sup.wait_timeout(Duration::from_secs(60)).expect("gives up");
     assert_eq!(status.code(), Some(6), "{}", sup.log());
     assert!(sup.log().contains("giving up: 1 restart in a row did not help"), "{}", sup.log());
@@ -312,7 +312,7 @@ fn a_partition_rewound_while_events_are_in_flight_is_delivered_again_and_the_dra
     let mut sup = start(&args);
     assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     // Nothing is acknowledged while the producer is frozen: every event taken stays in flight.
-    let producer = sup.child_pid("producer");
+    let producer = sup.child_pid("sink");
     kill(producer, Signal::SIGSTOP).unwrap();
     let landed = produce(&addr, "src", &events);
     let all_in_flight = |m: &Metrics| m.get("supervisor_in_flight_events") == Some(events.len() as f64);

@@ -163,7 +163,7 @@ fn children_show_their_role_die_with_a_killed_supervisor_and_a_restart_loses_not
     let pids = sup.children();
     let mut roles: Vec<&str> = pids.keys().map(String::as_str).collect();
     roles.sort_unstable();
-    assert_eq!(roles, ["consumer", "hasher-0", "hasher-1", "producer"], "{pids:?}");
+    assert_eq!(roles, ["source", "worker-0", "worker-1", "sink"], "{pids:?}");
     for (role, pid) in &pids {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
         assert_eq!(comm.trim_end(), format!("sv-{role}"), "comm for {role}");
@@ -198,7 +198,7 @@ fn stuck_pipeline(name: &str, group: &str, extra: &[&str]) -> Stuck {
     let mut sup = start(&args);
     assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     // Frozen before any event exists: whatever the consumer takes stays in flight.
-    kill(sup.child_pid("producer"), Signal::SIGSTOP).unwrap();
+    kill(sup.child_pid("sink"), Signal::SIGSTOP).unwrap();
     let events = name_events(30_000, 64);
     let landed = produce(&broker.addr, "src", &events);
     std::thread::sleep(Duration::from_millis(1500));
@@ -240,7 +240,7 @@ fn a_held_back_consumer_pauses_then_resumes_and_loses_nothing() {
     let (broker, events, landed, mut sup) = stuck_pipeline("pause", "g7", &[]);
     // The producer has been frozen long enough for the consumer to sit at its bound and pause.
     assert!(sup.wait_for_log("paused the partitions", Duration::from_secs(10)), "{}", sup.log());
-    kill(sup.child_pid("producer"), Signal::SIGCONT).unwrap();
+    kill(sup.child_pid("sink"), Signal::SIGCONT).unwrap();
     assert!(sup.wait_for_log("resumed the partitions", Duration::from_secs(30)), "{}", sup.log());
     let checked = stop_and_check(&mut sup, Signal::SIGINT, &broker.addr, "g7", &events, &landed);
     assert_eq!(checked.duplicates, 0);

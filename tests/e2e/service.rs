@@ -95,7 +95,7 @@ fn metrics_show_the_pipeline_per_stage_and_partition_and_its_restarts() {
         .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
         .to_string();
     let idle = scrape_until(&addr, "readiness", |m| m.get("supervisor_ready") == Some(1.0));
-    assert_eq!(idle.get("supervisor_children{role=\"hasher\"}"), Some(2.0), "{idle}");
+    assert_eq!(idle.get("supervisor_children{role=\"worker\"}"), Some(2.0), "{idle}");
     assert_eq!(idle.get("supervisor_queue_capacity_events"), Some(10_000.0), "{idle}");
 
     let mut events = name_events(3_000, 16);
@@ -103,7 +103,7 @@ fn metrics_show_the_pipeline_per_stage_and_partition_and_its_restarts() {
     let landed = produce(&broker.addr, "src", &events);
     let ends = end_offsets(&landed);
     let through = |t: &Metrics| {
-        t.get("supervisor_events_out_total{stage=\"producer\"}") == Some(events.len() as f64)
+        t.get("supervisor_events_out_total{stage=\"sink\"}") == Some(events.len() as f64)
             && (0..PARTITIONS).all(|p| {
                 let labels = format!("{{topic=\"src\",partition=\"{p}\"}}");
                 t.get(&format!("supervisor_committed_offset{labels}")) == Some(ends[p as usize] as f64)
@@ -113,38 +113,38 @@ fn metrics_show_the_pipeline_per_stage_and_partition_and_its_restarts() {
     let text = scrape_until(&addr, "every event delivered and committed, with no lag", through);
     let n = events.len() as f64;
     for (series, value) in [
-        ("supervisor_events_in_total{stage=\"consumer\"}", n),
-        ("supervisor_events_in_total{stage=\"hasher\"}", n),
-        ("supervisor_events_out_total{stage=\"hasher\"}", n),
-        ("supervisor_events_in_total{stage=\"producer\"}", n),
-        ("supervisor_dead_letters_total{stage=\"hasher\"}", 3.0),
-        ("supervisor_dead_letters_total{stage=\"producer\"}", 3.0),
+        ("supervisor_events_in_total{stage=\"source\"}", n),
+        ("supervisor_events_in_total{stage=\"worker\"}", n),
+        ("supervisor_events_out_total{stage=\"worker\"}", n),
+        ("supervisor_events_in_total{stage=\"sink\"}", n),
+        ("supervisor_dead_letters_total{stage=\"worker\"}", 3.0),
+        ("supervisor_dead_letters_total{stage=\"sink\"}", 3.0),
         ("supervisor_sink_events_total{outcome=\"written\"}", n - 3.0),
         ("supervisor_sink_events_total{outcome=\"dead_lettered\"}", 3.0),
         ("supervisor_acked_total", n),
         ("supervisor_produce_errors_total", 0.0),
         ("supervisor_in_flight_events", 0.0),
-        ("supervisor_restarts_total{role=\"hasher\"}", 0.0),
+        ("supervisor_restarts_total{role=\"worker\"}", 0.0),
         ("supervisor_ready", 1.0),
     ] {
         assert_eq!(text.get(series), Some(value), "{series} in\n{text}");
     }
-    let batches = text.get("supervisor_batches_out_total{stage=\"consumer\"}").unwrap();
+    let batches = text.get("supervisor_batches_out_total{stage=\"source\"}").unwrap();
     assert!(batches >= 2.0 && batches < n, "events travel in batches: {batches}\n{text}");
 
     // A hasher dies: the pipeline drains and restarts, and the metrics say whose fault it was.
-    let victim = sup.child_pid("hasher-0");
+    let victim = sup.child_pid("worker-0");
     kill(victim, Signal::SIGKILL).unwrap();
     let text = scrape_until(&addr, "the restart", |t| {
-        t.get("supervisor_restarts_total{role=\"hasher\"}") == Some(1.0) && t.get("supervisor_ready") == Some(1.0)
+        t.get("supervisor_restarts_total{role=\"worker\"}") == Some(1.0) && t.get("supervisor_ready") == Some(1.0)
     });
-    assert_eq!(text.get("supervisor_restarts_total{role=\"consumer\"}"), Some(0.0), "{text}");
+    assert_eq!(text.get("supervisor_restarts_total{role=\"source\"}"), Some(0.0), "{text}");
     assert_eq!(text.get("supervisor_drains_total"), Some(1.0), "{text}");
     assert!(text.get("supervisor_last_drain_seconds").is_some_and(|s| s > 0.0 && s < 10.0), "{text}");
-    assert_eq!(text.get("supervisor_children{role=\"hasher\"}"), Some(2.0), "{text}");
-    assert_ne!(sup.child_pid("hasher-0"), victim, "a fresh hasher-0 runs");
+    assert_eq!(text.get("supervisor_children{role=\"worker\"}"), Some(2.0), "{text}");
+    assert_ne!(sup.child_pid("worker-0"), victim, "a fresh worker-0 runs");
     // Counters carry over the restart: the dead generation's counts are still in.
-    assert_eq!(text.get("supervisor_events_in_total{stage=\"consumer\"}"), Some(n), "{text}");
+    assert_eq!(text.get("supervisor_events_in_total{stage=\"source\"}"), Some(n), "{text}");
 
     assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
     assert!(std::net::TcpStream::connect(&addr).is_err(), "the port is closed with the supervisor");

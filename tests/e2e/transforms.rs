@@ -154,7 +154,7 @@ fn an_exec_command_transforms_its_garbage_goes_to_the_dead_letters_and_its_stder
     assert_eq!(committed(&broker.addr, "exec", "src"), end_offsets(&landed));
     let log = sup.log();
     assert!(
-        log.lines().any(|l| l.contains("hasher-0[") && l.contains("hello from the command")),
+        log.lines().any(|l| l.contains("worker-0[") && l.contains("hello from the command")),
         "each command's stderr reaches the log under its worker's name:\n{log}"
     );
 }
@@ -263,7 +263,7 @@ fn a_command_that_prints_a_banner_on_stdout_is_refused_before_anything_is_consum
 /// The `--exec` commands running under the supervisor's workers, by pid.
 fn commands(sup: &Running) -> Vec<i32> {
     let workers: Vec<String> =
-        sup.children().iter().filter(|(r, _)| r.starts_with("hasher")).map(|(_, p)| p.to_string()).collect();
+        sup.children().iter().filter(|(r, _)| r.starts_with("worker")).map(|(_, p)| p.to_string()).collect();
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
@@ -300,8 +300,8 @@ fn kill_9_of_a_worker_while_a_large_event_is_in_flight_to_it_and_from_it_is_reco
     assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     wait_for_events(&broker.addr, "dst", 3, Duration::from_secs(60));
     let killed = Instant::now();
-    kill(sup.child_pid("hasher-0"), Signal::SIGKILL).unwrap();
-    assert!(sup.wait_restarted("hasher", 1, Duration::from_secs(30)), "{}", sup.log());
+    kill(sup.child_pid("worker-0"), Signal::SIGKILL).unwrap();
+    assert!(sup.wait_restarted("worker", 1, Duration::from_secs(30)), "{}", sup.log());
     let took = killed.elapsed();
     eprintln!("FAULT kill -9 with 500 KB events in flight: back to work after {took:?}");
     // Before, the source stayed blocked in a send to the dead worker until the drain timeout (30 s).
@@ -460,8 +460,8 @@ fn a_fan_out_survives_kill_9_of_a_worker_then_sigterm_and_a_restart() {
     assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     let loader = trickle(&broker.addr, &events, 1_000, Duration::from_millis(50));
     wait_for_events(&broker.addr, "dst", 4_000, Duration::from_secs(60));
-    kill(sup.child_pid("hasher-1"), Signal::SIGKILL).unwrap();
-    assert!(sup.wait_restarted("hasher", 1, Duration::from_secs(30)), "{}", sup.log());
+    kill(sup.child_pid("worker-1"), Signal::SIGKILL).unwrap();
+    assert!(sup.wait_restarted("worker", 1, Duration::from_secs(30)), "{}", sup.log());
     wait_for_events(&broker.addr, "dst", 20_000, Duration::from_secs(60));
     assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
     let landed = loader.join().unwrap();

@@ -69,8 +69,8 @@ fn connect(cfg: &Config, context: Context) -> Result<BaseConsumer<Context>> {
     if cfg.hashers > partitions {
         // Partition p goes to hasher p mod N, to keep each partition's order: the rest have nothing to do.
         log::warn!(
-            "{} for {} of \"{}\": {} will idle (each partition goes to one hasher, to keep its order)",
-            count(cfg.hashers as u64, "hasher"),
+            "{} for {} of \"{}\": {} will idle (each partition goes to one worker, to keep its order)",
+            count(cfg.hashers as u64, "worker"),
             count(partitions as u64, "partition"),
             cfg.source_topic,
             cfg.hashers - partitions

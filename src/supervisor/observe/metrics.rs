@@ -229,13 +229,13 @@ pub fn render(s: &Snapshot<'_>) -> String {
     family(
         "supervisor_events_in_total",
         "counter",
-        "Events a stage took in: from the source topic (consumer), or from its input channel.",
+        "Events a stage took in: from the source (source, reader), or from its input channel.",
         &by_stage(&|st| st.consumed + st.received, &Kind::ALL),
     );
     family(
         "supervisor_events_out_total",
         "counter",
-        "Events a stage passed on: to its output channel, or acknowledged by the brokers (producer).",
+        "Events a stage passed on: to its output channel, or acknowledged by the destination (sink).",
         &by_stage(&|st| st.sent + st.delivered + st.dead_lettered, &Kind::ALL),
     );
     family(
@@ -253,7 +253,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     family(
         "supervisor_dead_letters_total",
         "counter",
-        "Events sent to the dead-letter topic: found unfit by a hasher, or written there by the producer.",
+        "Dead letters: events a worker found unfit, and events the sink wrote to the dead-letter destination.",
         &by_stage(&|st| st.rejected + st.dead_lettered, &[Kind::Worker, Kind::Sink]),
     );
     family(
@@ -306,7 +306,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     family(
         "supervisor_acked_total",
         "counter",
-        "Source events whose output the brokers acknowledged, as the consumer counted them for its commits.",
+        "Source events whose output the destination acknowledged, as the source counted them for its commits.",
         &[(String::new(), source.acked as f64)],
     );
     family(
@@ -330,7 +330,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     family(
         "supervisor_queue_capacity_events",
         "gauge",
-        "The bound on in-flight events (--queue-capacity); at the bound the consumer waits.",
+        "The bound on in-flight events (--queue-capacity); at the bound the source waits.",
         &[(String::new(), s.capacity as f64)],
     );
     family(
@@ -339,7 +339,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "In-flight events by where they are: the IPC channels and stages, or librdkafka's produce queue.",
         &[
             ("{queue=\"ipc\"}".to_string(), s.in_flight.saturating_sub(s.sink_queue) as f64),
-            ("{queue=\"producer\"}".to_string(), s.sink_queue.min(s.in_flight) as f64),
+            ("{queue=\"sink\"}".to_string(), s.sink_queue.min(s.in_flight) as f64),
         ],
     );
     let topic = escape(s.source_topic);
@@ -355,13 +355,13 @@ pub fn render(s: &Snapshot<'_>) -> String {
     family(
         "supervisor_committed_offset",
         "gauge",
-        "The last committed offset per source partition the consumer owns: everything before it is delivered.",
+        "The last committed offset per source partition this instance owns: everything before it is delivered.",
         &per_partition(&mut s.committed.iter().map(|p| (p.lane, p.seq))),
     );
     family(
         "supervisor_assigned_partitions",
         "gauge",
-        "Source partitions this instance's consumer owns now.",
+        "Source partitions this instance owns now.",
         &[(String::new(), s.assigned as f64)],
     );
     if let Some(scan) = &s.scan {
@@ -402,7 +402,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     family(
         "supervisor_ready",
         "gauge",
-        "1 while every child is up and the consumer has joined its group.",
+        "1 while every child is up and the source is reading (a Kafka source has joined its group).",
         &[(String::new(), if s.ready { 1.0 } else { 0.0 })],
     );
     family(
@@ -457,7 +457,7 @@ mod tests {
             lag: &[(0, 2)],
             committed: &[Position::new(0, 4)],
             assigned: 2,
-            restarts: &[("consumer", 0), ("hasher", 2)],
+            restarts: &[("source", 0), ("worker", 2)],
             children: &[1, 0, 4, 1],
             transform: "md5",
             ready: true,
@@ -492,25 +492,25 @@ mod tests {
     fn the_counts_land_where_they_belong() {
         let text = snapshot_text();
         for expected in [
-            "supervisor_events_in_total{stage=\"consumer\"} 10",
-            "supervisor_events_out_total{stage=\"hasher\"} 8",
-            "supervisor_events_out_total{stage=\"producer\"} 7",
-            "supervisor_dead_letters_total{stage=\"hasher\"} 1",
+            "supervisor_events_in_total{stage=\"source\"} 10",
+            "supervisor_events_out_total{stage=\"worker\"} 8",
+            "supervisor_events_out_total{stage=\"sink\"} 7",
+            "supervisor_dead_letters_total{stage=\"worker\"} 1",
             "supervisor_transform_failed_total{transform=\"md5\"} 1",
             "supervisor_produce_errors_total 3",
             "supervisor_produce_retries_total 2",
             "supervisor_queue_depth_events{queue=\"ipc\"} 2",
             "supervisor_consumer_lag_events{topic=\"src\\\"x\",partition=\"0\"} 2",
             "supervisor_committed_offset{topic=\"src\\\"x\",partition=\"0\"} 4",
-            "supervisor_restarts_total{role=\"hasher\"} 2",
-            "supervisor_children{role=\"hasher\"} 4",
+            "supervisor_restarts_total{role=\"worker\"} 2",
+            "supervisor_children{role=\"worker\"} 4",
             "supervisor_assigned_partitions 2",
             "supervisor_last_drain_seconds 0.25",
         ] {
             assert!(text.lines().any(|l| l == expected), "missing {expected:?} in\n{text}");
         }
         assert!(!text.contains("partition=\"1\""), "unknown lag and offsets are left out");
-        assert!(!text.contains("supervisor_batches_in_total{stage=\"consumer\"}"), "the consumer reads no batches");
+        assert!(!text.contains("supervisor_batches_in_total{stage=\"source\"}"), "the source reads no batches");
     }
 
     fn get(addr: SocketAddr, request: &str, server: &mut Server) -> String {

@@ -201,7 +201,7 @@ impl Running {
         self.wait_metrics(timeout, done).is_some()
     }
 
-    /// The live children by role, as `ps` shows them (`supervisor: hasher-0`).
+    /// The live children by role, as `ps` shows them (`supervisor: worker-0`).
     pub fn children(&self) -> HashMap<String, i32> {
         let parent = self.child.id().to_string();
         let mut out = HashMap::new();
