@@ -304,5 +304,5 @@ fn more_hashers_than_partitions_is_warned_about() {
     assert!(sup.wait_ready(Duration::from_secs(30)), "{}", sup.log());
     assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
     let log = sup.log();
-    assert!(log.contains("3 hashers for 2 partitions of \"src\": 1 will idle"), "{log}");
+    assert!(log.contains("3 workers for 2 partitions of \"src\": 1 will idle"), "{log}");
 }

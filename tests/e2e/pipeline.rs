@@ -163,7 +163,7 @@ fn children_show_their_role_die_with_a_killed_supervisor_and_a_restart_loses_not
     let pids = sup.children();
     let mut roles: Vec<&str> = pids.keys().map(String::as_str).collect();
     roles.sort_unstable();
-    assert_eq!(roles, ["source", "worker-0", "worker-1", "sink"], "{pids:?}");
+    assert_eq!(roles, ["sink", "source", "worker-0", "worker-1"], "{pids:?}");
     for (role, pid) in &pids {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
         assert_eq!(comm.trim_end(), format!("sv-{role}"), "comm for {role}");

@@ -46,7 +46,7 @@ fn systemd_hears_ready_then_watchdog_then_stopping() {
         let got = got.lock().unwrap();
         got[first(&got, "READY=1").unwrap()].1.clone()
     };
-    assert!(ready.contains("STATUS=running: src → 2 hashers → dst"), "{ready}");
+    assert!(ready.contains("STATUS=running: src → 2 workers → dst"), "{ready}");
 
     let events = name_events(2_000, 16);
     produce(&broker.addr, "src", &events);
