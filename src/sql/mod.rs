@@ -14,6 +14,7 @@ mod my;
 mod pg;
 mod pgpass;
 mod time;
+pub mod types;
 pub mod url;
 
 use crate::error::{Error, Result};
