@@ -2,6 +2,7 @@
 //!
 //! - [`url`]: what `--source`, `--sink` and `--checkpoint` name;
 //! - [`key`]: the key a scan orders, splits and checkpoints on;
+//! - [`types`]: the column types `--create-table` chooses, the source table's kept or mapped without loss;
 //! - [`Conn`]: a connection to PostgreSQL ([`postgres`](self::pg)) or SQLite ([`sqlite`](self::lite)), with what a
 //!   scan and an upsert need of it: the table's schema, chunk boundaries, keyset pages, multi-row upserts.
 //!
