@@ -50,7 +50,10 @@ fn pg_rows(db: &Db, sql: &str) -> Vec<Vec<Option<String>>> {
 /// Every row of a MariaDB query, each value as text (the text protocol).
 fn maria_rows(db: &Db, sql: &str) -> Vec<Vec<Option<String>>> {
     let Db::Mariadb(m) = db else { panic!("not MariaDB") };
-    let rows: Vec<mysql::Row> = mysql::prelude::Queryable::query(&mut m.client(), sql).unwrap();
+    let mut c = m.client();
+    // TIMESTAMP columns shown in UTC.
+    mysql::prelude::Queryable::query_drop(&mut c, "SET time_zone = '+00:00'").unwrap();
+    let rows: Vec<mysql::Row> = mysql::prelude::Queryable::query(&mut c, sql).unwrap();
     rows.into_iter().map(|r| (0..r.len()).map(|i| r.get::<Option<String>, _>(i).flatten()).collect()).collect()
 }
 
@@ -228,5 +231,69 @@ fn sqlite_keeps_bytes_and_digits() {
     assert_eq!(copied.len(), ROWS as usize);
     for (got, want) in copied.iter().zip(&expected) {
         assert_eq!(got, want, "the exact numeric text, the bytes as a BLOB");
+    }
+}
+
+#[test]
+/// MariaDB → PostgreSQL: decimal(40,18) → numeric(40,18), datetime(6) → timestamp, timestamp(6) → timestamptz, blobs →
+/// bytea, JSON → jsonb, tinyint(1) → smallint, enum → text, bigint unsigned → numeric(20,0); every value equal.
+fn mariadb_source_into_postgres() {
+    let maria = Db::start("mariadb", "types-from-my");
+    let db = Db::start("postgres", "types-from-my-pg");
+    maria.exec(
+        "CREATE TABLE msrc (id INT PRIMARY KEY, d DECIMAL(40,18), dt DATETIME(6), ts TIMESTAMP(6) NULL, b LONGBLOB,
+                            j JSON, f TINYINT(1), e ENUM('a','b','c'), big BIGINT UNSIGNED)",
+    );
+    maria.fill(
+        "msrc",
+        "id, d, dt, ts, b, j, f, e, big",
+        "v, CAST('12345678901234567890.123456789012345678' AS DECIMAL(40,18)) - v * 1.000000000000000001, \
+         TIMESTAMPADD(MICROSECOND, v * 7000007, '2024-03-10 10:41:00.123456'), \
+         TIMESTAMPADD(MICROSECOND, v * 7000007, '2024-03-10 10:41:00.123456'), CONCAT(UNHEX('00ff'), UNHEX(MD5(v))), \
+         JSON_OBJECT('v', v, 'big', 12345678901234567890.5), v % 2, ELT(v % 3 + 1, 'a', 'b', 'c'), \
+         18446744073709551615 - v",
+        ROWS,
+    );
+    let state = scratch_dir("types-from-my-state");
+    let a = args(&maria.url("msrc"), &db.url("mdst"), &state, &["--create-table"]);
+    let (code, log) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    let types: Vec<String> = pg_types(&db, "mdst").into_iter().map(|(n, t)| format!("{n} {t}")).collect();
+    assert_eq!(
+        types,
+        [
+            "id integer",
+            "d numeric(40,18)",
+            "dt timestamp without time zone",
+            "ts timestamp with time zone",
+            "b bytea",
+            "j jsonb",
+            "f smallint",
+            "e text",
+            "big numeric(20,0)",
+            "hash text",
+        ],
+        "{log}"
+    );
+    let copied = pg_rows(
+        &db,
+        "SELECT id::text, d::text, to_char(dt, 'YYYY-MM-DD HH24:MI:SS.US'), \
+         to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), encode(b, 'hex'), j::text, f::text, e, big::text \
+         FROM mdst m ORDER BY m.id",
+    );
+    let expected = maria_rows(
+        &maria,
+        "SELECT CAST(id AS CHAR), CAST(d AS CHAR), DATE_FORMAT(dt, '%Y-%m-%d %H:%i:%s.%f'), \
+         DATE_FORMAT(ts, '%Y-%m-%d %H:%i:%s.%f'), LOWER(HEX(b)), j, CAST(f AS CHAR), e, CAST(big AS CHAR) \
+         FROM msrc ORDER BY id",
+    );
+    assert_eq!(copied.len(), ROWS as usize);
+    let json = |v: &Option<String>| v.as_deref().map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap());
+    for (got, want) in copied.iter().zip(&expected) {
+        assert_eq!(json(&got[5]), json(&want[5]), "the same JSON");
+        let (mut got, mut want) = (got.clone(), want.clone());
+        got.remove(5);
+        want.remove(5);
+        assert_eq!(got, want, "numbers to the last digit, the same times, bytes, flags, enums");
     }
 }
