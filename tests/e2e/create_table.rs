@@ -82,17 +82,26 @@ fn pg_types(db: &Db, table: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-/// PostgreSQL → PostgreSQL: the created table has the source's very types (and the primary key, taken from the source
-/// as the sink's URL names none), the md5 worker's `hash` typed from the events; every value is equal.
+/// PostgreSQL → PostgreSQL: the created table has the source's very types (an enum the database has kept, a domain as
+/// its base type) and the primary key, taken from the source as the sink's URL names none; the md5 worker's `hash` is
+/// typed from the events; every value is equal.
 fn postgres_keeps_the_types() {
     let db = Db::start("postgres", "types-pg");
     source(&db);
+    // An enum, which this database has, is kept; a domain is made as its base type.
+    db.exec(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok'); CREATE DOMAIN positive AS integer CHECK (VALUE > 0);
+         ALTER TABLE src ADD COLUMN m mood DEFAULT 'ok', ADD COLUMN p positive DEFAULT 7",
+    );
     let state = scratch_dir("types-pg-state");
     let (code, log) =
         run_to_end(&args(&db.url("src"), &db.url("dst"), &state, &["--create-table"]), Duration::from_secs(120));
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("with the source table's column types"), "{log}");
     let mut expected = pg_types(&db, "src");
+    let domain =
+        expected.iter_mut().find(|(name, _)| name == "p").map(|(_, ty)| std::mem::replace(ty, "integer".into()));
+    assert_eq!(domain.as_deref(), Some("positive"));
     expected.push(("hash".into(), "text".into()));
     assert_eq!(pg_types(&db, "dst"), expected, "{log}");
     assert_eq!(
@@ -108,7 +117,7 @@ fn postgres_keeps_the_types() {
         "SELECT COUNT(*) FROM src s JOIN dst d USING (id) WHERE s.n::text IS NOT DISTINCT FROM d.n::text \
          AND s.ts IS NOT DISTINCT FROM d.ts AND s.u IS NOT DISTINCT FROM d.u AND s.b IS NOT DISTINCT FROM d.b \
          AND s.j IS NOT DISTINCT FROM d.j AND s.v IS NOT DISTINCT FROM d.v AND s.a IS NOT DISTINCT FROM d.a \
-         AND d.hash IS NOT NULL",
+         AND s.m = d.m AND s.p = d.p AND d.hash IS NOT NULL",
     );
     assert_eq!(same, ROWS, "every value of every row");
 }
