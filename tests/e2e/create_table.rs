@@ -120,6 +120,15 @@ fn postgres_keeps_the_types() {
          AND s.m = d.m AND s.p = d.p AND d.hash IS NOT NULL",
     );
     assert_eq!(same, ROWS, "every value of every row");
+
+    // The source's key taken, but the events do not carry it: one line that says how to name a key.
+    let a = args(&db.url("src"), &db.url("other"), &state, &["--create-table", "--jq", "{x: .n}", "--rescan"]);
+    let (code, log) = run_to_end(&a, Duration::from_secs(120));
+    assert_eq!(code, 2, "{log}");
+    assert!(
+        log.contains("the events have no \"id\" field, the key of table other (the source table's key): name the key"),
+        "{log}"
+    );
 }
 
 #[test]
