@@ -41,18 +41,32 @@ impl Stage for TableSink {
         };
         let mut db = Resilient::connect(url, cfg.max_retries, "the table sink".into())?;
         let table = url.table().map_err(|message| Error::DbSchema { message })?;
-        let schema = if cfg.create_table && !db.conn()?.exists(table)? {
-            if url.key.is_none() {
-                return Err(Error::DbSchema {
-                    message: format!(
-                        "--create-table: name the key of table {table:?} with ?key=COLUMN (or ?key=A,B) in --sink"
-                    ),
-                });
-            }
-            log::info!("table {table:?} does not exist: it is created from the first events (--create-table)");
-            None
+        let (schema, key, source) = if cfg.create_table && !db.conn()?.exists(table)? {
+            // The source table's declared types, read now, in this process: what the new table keeps.
+            let source = match &cfg.tables.source {
+                Some(from) => crate::sql::Conn::open(from)?.source_columns(from)?,
+                None => None,
+            };
+            let key = match (&url.key, &source) {
+                (Some(key), _) => key.clone(),
+                (None, Some(source)) if !source.key.is_empty() => source.key.clone(),
+                _ => {
+                    let why = if source.is_some() { " (the source table has no primary key to take)" } else { "" };
+                    return Err(Error::DbSchema {
+                        message: format!(
+                            "--create-table: name the key of table {table:?} with ?key=COLUMN (or ?key=A,B) in \
+                             --sink{why}"
+                        ),
+                    });
+                }
+            };
+            log::info!(
+                "table {table:?} does not exist: it is created from the first events (--create-table){}",
+                if source.is_some() { ", with the source table's column types" } else { "" }
+            );
+            (None, key, source)
         } else {
-            Some(db.conn()?.schema(url, crate::sql::Access::Write)?)
+            (Some(db.conn()?.schema(url, crate::sql::Access::Write)?), Vec::new(), None)
         };
         hooks.ready();
         let workers = ends.inputs.len();
@@ -64,10 +78,8 @@ impl Stage for TableSink {
             schema: schema.unwrap_or_else(|| Schema {
                 table: table.clone(),
                 columns: Vec::new(),
-                key: url
-                    .key
+                key: key
                     .iter()
-                    .flatten()
                     .map(|name| crate::sql::KeyColumn {
                         name: name.clone(),
                         kind: crate::sql::key::KeyKind::Text,
@@ -78,6 +90,8 @@ impl Stage for TableSink {
             // A table source's rows are named by their key (the event's key) where they are dead letters.
             keyed_at: cfg.tables.source.is_some(),
             created: false,
+            key_from_source: url.key.is_none(),
+            source,
             acks: ends.acks,
             pending: Pending::default(),
             undelivered: HashMap::new(),
@@ -153,6 +167,10 @@ struct Writer {
     schema: Schema,
     /// The table is still to be created from the first events (`--create-table`): its schema has no columns yet.
     created: bool,
+    /// The key to create the table with is the source table's (the sink's URL names none).
+    key_from_source: bool,
+    /// The source table's columns, whose types a table created here keeps.
+    source: Option<crate::sql::types::SourceColumns>,
     columns: BTreeSet<String>,
     acks: AckSender,
     pending: Pending,
@@ -385,7 +403,9 @@ impl Writer {
         })
     }
 
-    /// `--create-table`: the table, from the fields of these events, each column typed by its first non-null value.
+    /// `--create-table`: the table, from the fields of these events: a field the source table has as a column keeps
+    /// that column's type (the same on the same engine, the nearest that loses nothing on another), any other is
+    /// typed by its first non-null value.
     fn create_table(&mut self, events: &[&[u8]]) -> Result<()> {
         let mut fields: Vec<(String, Option<serde_json::Value>)> = Vec::new();
         for e in events {
@@ -405,21 +425,46 @@ impl Writer {
         if let Some(k) = key.iter().find(|k| !fields.iter().any(|(name, _)| name == *k)) {
             return Err(Error::DbSchema {
                 message: format!(
-                    "--create-table: the events have no {k:?} field, {} of table {}",
+                    "--create-table: the events have no {k:?} field, {} of table {}{}",
                     if key.len() == 1 { "the key" } else { "part of the key" },
-                    self.schema.table
+                    self.schema.table,
+                    if self.key_from_source {
+                        " (the source table's key): name the key with ?key=COLUMN (or ?key=A,B) in --sink"
+                    } else {
+                        ""
+                    }
                 ),
             });
         }
+        // The source's columns in the source's order, then the events' other fields.
+        if let Some(source) = &self.source {
+            let place = |name: &str| source.columns.iter().position(|c| c.name == name).unwrap_or(usize::MAX);
+            fields.sort_by_key(|(name, _)| place(name));
+        }
+        let target = self.db.conn()?.engine();
+        let mut columns: Vec<(String, String)> = Vec::with_capacity(fields.len());
+        let mut described = Vec::with_capacity(fields.len());
+        for (name, value) in &fields {
+            let is_key = key.contains(name);
+            let declared = self.source.as_ref().and_then(|s| s.get(name).map(|d| (s.engine, d.clone())));
+            let ty = match declared {
+                // A type of the source's database alone (an enum, an extension's): kept where this one has it too.
+                Some((from, d)) if from == target && !d.builtin && self.db.conn()?.has_type(&d.type_name)? => {
+                    d.type_name
+                }
+                Some((from, d)) => crate::sql::types::convert(from, &d, target, is_key),
+                None => crate::sql::types::inferred(value.as_ref(), target, is_key).to_string(),
+            };
+            let from = if self.source.as_ref().is_some_and(|s| s.get(name).is_some()) { "source" } else { "events" };
+            described.push(format!("{name} {ty} ({from})"));
+            columns.push((name.clone(), ty));
+        }
         let table = self.schema.table.clone();
-        self.db.conn()?.create_table(&table, &key, &fields)?;
+        self.db.conn()?.create_table(&table, &key, &columns)?;
         self.schema = self.db.conn()?.schema(&self.url, crate::sql::Access::Write)?;
         self.columns = self.schema.columns.iter().map(|c| c.name.clone()).collect();
         self.created = true;
-        log::info!(
-            "created table {table:?} with columns {}",
-            fields.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", ")
-        );
+        log::info!("created table {table:?} with columns {}", described.join(", "));
         Ok(())
     }
 

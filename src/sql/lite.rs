@@ -268,6 +268,15 @@ pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &
             None if s.columns.iter().any(|c| c.name == *f && c.binary) => {
                 format!("{UNBASE64}(json_extract(value, '$.{}'))", quote(f).replace('\'', "''"))
             }
+            // A number into a text column is its text as the event writes it: json_extract would make a REAL of it
+            // first, which keeps 15 significant digits (a PostgreSQL numeric(40,18) written into TEXT).
+            None if s.columns.iter().any(|c| c.name == *f && text_affinity(&c.type_name)) => {
+                let path = format!("'$.{}'", quote(f).replace('\'', "''"));
+                format!(
+                    "CASE WHEN json_type(value, {path}) IN ('integer', 'real') THEN value -> {path} \
+                     ELSE json_extract(value, {path}) END"
+                )
+            }
             None => format!("json_extract(value, '$.{}')", quote(f).replace('\'', "''")),
         })
         .collect();
@@ -286,6 +295,12 @@ pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &
     );
     c.prepare_cached(&sql)?.execute([array, texts])?;
     Ok(())
+}
+
+/// Whether a declared type gives a column TEXT affinity (SQLite's rules: no INT, and CHAR, CLOB or TEXT).
+fn text_affinity(declared: &str) -> bool {
+    let t = declared.to_ascii_uppercase();
+    !t.contains("INT") && ["CHAR", "CLOB", "TEXT"].iter().any(|w| t.contains(w))
 }
 
 pub fn dead_letters(c: &mut Connection, table: &TableName, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
@@ -314,5 +329,35 @@ pub fn fault(e: &DbError) -> Fault {
             Fault::Refused
         }
         _ => Fault::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_into_text_columns_keep_their_digits() {
+        let mut c = open_path(":memory:", true).unwrap();
+        c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, n TEXT, r REAL, b BLOB)").unwrap();
+        let (columns, _) = columns(&mut c, &TableName { schema: None, name: "t".into() }).unwrap();
+        let s = Schema {
+            table: TableName { schema: None, name: "t".into() },
+            columns: columns.into_iter().map(|c| c.0).collect(),
+            key: vec![super::super::KeyColumn { name: "id".into(), kind: KeyKind::Int, type_name: "integer".into() }],
+        };
+        let raw = br#"{"id":1,"n":12345678901234567890.123456789012345678,"r":1.5,"b":"AAEC/w=="}"#;
+        let o = Object::parse(raw).unwrap();
+        let raw2 = br#"{"id":2,"n":"text","r":2,"b":null}"#;
+        let o2 = Object::parse(raw2).unwrap();
+        upsert(&mut c, &s, &[&o, &o2], &["b", "id", "n", "r"]).unwrap();
+        let row: (String, String, f64, Vec<u8>) = c
+            .query_row("SELECT typeof(n), n, r, b FROM t WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .unwrap();
+        assert_eq!(row, ("text".into(), "12345678901234567890.123456789012345678".into(), 1.5, vec![0, 1, 2, 255]));
+        let n: String = c.query_row("SELECT n FROM t WHERE id = 2", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, "text");
     }
 }

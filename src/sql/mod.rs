@@ -2,6 +2,7 @@
 //!
 //! - [`url`]: what `--source`, `--sink` and `--checkpoint` name;
 //! - [`key`]: the key a scan orders, splits and checkpoints on;
+//! - [`types`]: the column types `--create-table` chooses, the source table's kept or mapped without loss;
 //! - [`Conn`]: a connection to PostgreSQL ([`postgres`](self::pg)) or SQLite ([`sqlite`](self::lite)), with what a
 //!   scan and an upsert need of it: the table's schema, chunk boundaries, keyset pages, multi-row upserts.
 //!
@@ -14,6 +15,7 @@ mod my;
 mod pg;
 mod pgpass;
 mod time;
+pub mod types;
 pub mod url;
 
 use crate::error::{Error, Result};
@@ -21,6 +23,7 @@ use key::{Key, KeyKind, Part};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use types::{Declared, SourceColumns};
 use url::{Engine, TableName, TableUrl};
 
 pub use lite::open_path as open_sqlite;
@@ -372,37 +375,74 @@ impl Conn {
         }
     }
 
-    /// Creates `table` with a column per field, typed by the field's JSON value (text when it was only ever null),
-    /// `key` its primary key.
-    pub fn create_table(
-        &mut self,
-        table: &TableName,
-        key: &[String],
-        fields: &[(String, Option<serde_json::Value>)],
-    ) -> Result<()> {
-        let mysql = matches!(self, Conn::Mysql(_));
-        let sqlite = matches!(self, Conn::Sqlite(_));
-        let columns: Vec<String> = fields
-            .iter()
-            .map(|(name, v)| {
-                let ty = match v {
-                    Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => "BIGINT",
-                    Some(serde_json::Value::Number(_)) if mysql => "DOUBLE",
-                    Some(serde_json::Value::Number(_)) => "DOUBLE PRECISION",
-                    Some(serde_json::Value::Bool(_)) => "BOOLEAN",
-                    Some(serde_json::Value::Object(_) | serde_json::Value::Array(_)) if mysql => "JSON",
-                    Some(serde_json::Value::Object(_) | serde_json::Value::Array(_)) if !sqlite => "JSONB",
-                    // MySQL keys cannot be TEXT.
-                    _ if mysql && key.contains(name) => "VARCHAR(255)",
-                    _ if mysql => "LONGTEXT",
-                    _ => "TEXT",
-                };
-                format!("{} {ty}", quote(name))
-            })
-            .collect();
+    /// The engine this connection speaks to.
+    pub fn engine(&self) -> Engine {
+        match self {
+            Conn::Postgres(_) => Engine::Postgres,
+            Conn::Mysql(_) => Engine::Mysql,
+            Conn::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    /// A source table's columns with their full declared types, and its key (the URL's `key=`, else its primary
+    /// key): what `--create-table` keeps. `None` when the table is not there (the source says so itself).
+    pub fn source_columns(&mut self, url: &TableUrl) -> Result<Option<SourceColumns>> {
+        let table = url.table().map_err(|message| Error::DbSchema { message })?;
+        let (columns, primary) = self.columns(table)?;
+        if columns.is_empty() {
+            return Ok(None);
+        }
+        let doing = || format!("reading the column types of {table}");
+        let declared: Vec<Declared> = match self {
+            Conn::Postgres(c) => pg::declared(c, table)
+                .map_err(|source| Error::DbQuery { doing: doing(), source })?
+                .into_iter()
+                .map(|(name, type_name, builtin)| {
+                    let json = columns.iter().any(|c| c.0.name == name && c.0.json);
+                    Declared { name, type_name, json, builtin }
+                })
+                .collect(),
+            Conn::Mysql(c) => my::declared(c, table)
+                .map_err(|source| Error::DbQuery { doing: doing(), source })?
+                .into_iter()
+                .map(|(name, type_name)| {
+                    // MariaDB's JSON is a LONGTEXT with a json_valid check, which `columns` found.
+                    let json = columns.iter().any(|c| c.0.name == name && c.0.json);
+                    Declared { name, type_name, json, builtin: true }
+                })
+                .collect(),
+            Conn::Sqlite(_) => columns
+                .iter()
+                .map(|(c, declared)| Declared {
+                    name: c.name.clone(),
+                    type_name: declared.clone(),
+                    json: c.json,
+                    builtin: true,
+                })
+                .collect(),
+        };
+        let key = url.key.clone().unwrap_or(primary);
+        Ok(Some(SourceColumns { engine: self.engine(), columns: declared, key }))
+    }
+
+    /// Whether a type a PostgreSQL source declared (an enum, an extension's type) is known here too.
+    pub fn has_type(&mut self, name: &str) -> Result<bool> {
+        match self {
+            Conn::Postgres(c) => pg::has_type(c, name)
+                .map_err(|source| Error::DbQuery { doing: format!("looking up type {name}"), source }),
+            _ => Ok(false),
+        }
+    }
+
+    /// Creates `table` with `columns` (a name and its SQL type each), `key` its primary key. On MySQL the table is
+    /// utf8mb4 with a binary collation: any text fits, and keys that differ only in case or accents stay apart, as
+    /// they are on PostgreSQL and SQLite.
+    pub fn create_table(&mut self, table: &TableName, key: &[String], columns: &[(String, String)]) -> Result<()> {
+        let columns: Vec<String> = columns.iter().map(|(name, ty)| format!("{} {ty}", quote(name))).collect();
         let primary: Vec<String> = key.iter().map(|k| quote(k)).collect();
+        let options = if matches!(self, Conn::Mysql(_)) { " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" } else { "" };
         let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
+            "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({})){options}",
             table.quoted(),
             columns.join(", "),
             primary.join(", ")

@@ -201,6 +201,15 @@ pub fn columns(c: &mut Conn, table: &TableName) -> Result<TableColumns, DbError>
     Ok((columns, primary))
 }
 
+/// Every column's full declared type, as `COLUMN_TYPE` writes it (`decimal(40,18)`, `int(10) unsigned`).
+pub fn declared(c: &mut Conn, table: &TableName) -> Result<Vec<(String, String)>, DbError> {
+    Ok(c.exec(
+        "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+        (table.schema.clone(), table.name.clone()),
+    )?)
+}
+
 /// The unique indexes' columns in index order, by index name (the primary key's is `PRIMARY`).
 fn indexes(c: &mut Conn, table: &TableName) -> Result<std::collections::BTreeMap<String, Vec<String>>, DbError> {
     let rows: Vec<(String, String)> = c.exec(

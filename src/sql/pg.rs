@@ -233,6 +233,26 @@ pub fn columns(c: &mut Client, table: &TableName) -> Result<TableColumns, DbErro
     Ok((columns, primary))
 }
 
+/// Every column's full declared type, as `format_type` writes it (`numeric(40,18)`, `timestamp with time zone`,
+/// `integer[]`), a domain's as its base type's; `builtin` where the type (an array's element) is `pg_catalog`'s.
+pub fn declared(c: &mut Client, table: &TableName) -> Result<Vec<(String, String, bool)>, DbError> {
+    let rows = c.query(
+        "SELECT a.attname::text, format_type(b.oid, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END), \
+         coalesce(e.typnamespace, b.typnamespace) = 'pg_catalog'::regnamespace \
+         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+         JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+         LEFT JOIN pg_type e ON e.oid = b.typelem AND b.typcategory = 'A' \
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        &[&table.quoted()],
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+/// Whether this database knows the type `name` (an enum or an extension's type of another database).
+pub fn has_type(c: &mut Client, name: &str) -> Result<bool, DbError> {
+    Ok(c.query_one("SELECT to_regtype($1) IS NOT NULL", &[&name])?.get(0))
+}
+
 /// For a table not found: one whose name differs only in case, or that is in another schema, as `table=` would name
 /// it, and why it was not found.
 pub fn similar(c: &mut Client, table: &TableName) -> Result<Option<String>, DbError> {

@@ -7,6 +7,7 @@
 mod harness;
 
 mod cli;
+mod create_table;
 mod db_tls;
 mod demo;
 mod faults;
