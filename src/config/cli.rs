@@ -27,13 +27,17 @@ fn version() -> &'static str {
     VERSION.get_or_init(|| format!("{}\n{}", env!("CARGO_PKG_VERSION"), librdkafka::describe()))
 }
 
+// Each setting is declared here once: its flag, help, environment variable and default (clap), its config-file key
+// (the long name, see `file_keys`), its `--print-config` line (serde: the field under its long name, see
+// `describe.rs`) and its value for the pipeline (`Config` derefs to this struct). The doc comment below is --help's.
 /// Consume JSON events, transform them in N worker processes, produce them on. The default transform adds "hash" (md5
 /// hex of the raw bytes); --jq runs a jq filter, --exec your own program.
 ///
 /// At-least-once: an offset is committed only after the output event (or its dead-letter copy) was acknowledged by
 /// the brokers. The first SIGINT/SIGTERM drains every queue and exits 0; a second one stops at once.
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Debug, Clone, serde::Serialize)]
 #[command(name = "supervisor", version = version(), after_help = EXIT_CODES_HELP)]
+#[serde(rename_all = "kebab-case")]
 pub struct Cli {
     /// Kafka bootstrap servers.
     #[arg(long, env = "SUPERVISOR_BROKERS", default_value = "localhost:9092", value_name = "HOST:PORT,...")]
@@ -46,6 +50,10 @@ pub struct Cli {
     /// Topic to write hashed events to.
     #[arg(long, env = "SUPERVISOR_DEST_TOPIC", default_value = "name_stream_transformed", value_name = "TOPIC")]
     pub dest_topic: String,
+
+    /// Topic for events that are not JSON objects [default: <dest-topic>.dlq]; created if missing.
+    #[arg(long, env = "SUPERVISOR_DLQ_TOPIC", value_name = "TOPIC")]
+    pub dlq_topic: Option<String>,
 
     /// Consumer group; run more instances with the same group to spread the partitions across machines.
     #[arg(long, env = "SUPERVISOR_GROUP_ID", default_value = "supervisor", value_name = "GROUP")]
@@ -62,13 +70,10 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub queue_capacity: u32,
 
-    /// Topic for events that are not JSON objects [default: <dest-topic>.dlq]; created if missing.
-    #[arg(long, env = "SUPERVISOR_DLQ_TOPIC", value_name = "TOPIC")]
-    pub dlq_topic: Option<String>,
-
     /// Seconds a drain may take after the first SIGINT/SIGTERM before the pipeline is stopped anyway.
     #[arg(global = true, long, env = "SUPERVISOR_DRAIN_TIMEOUT", default_value = "30", value_name = "SECS",
           value_parser = parse_seconds)]
+    #[serde(serialize_with = "seconds")]
     pub drain_timeout: Duration,
 
     /// Restarts allowed in a row; one more failure and the supervisor drains and exits 6. 0 never restarts.
@@ -79,17 +84,20 @@ pub struct Cli {
     /// --max-restarts to count afresh.
     #[arg(global = true, long, env = "SUPERVISOR_RESTART_WINDOW", default_value = "60", value_name = "SECS",
           value_parser = parse_seconds)]
+    #[serde(serialize_with = "seconds")]
     pub restart_window: Duration,
 
     /// Seconds a child may go without a heartbeat before it is deemed hung, killed (SIGABRT, then SIGKILL) and
     /// restarted.
     #[arg(global = true, long, env = "SUPERVISOR_CHILD_TIMEOUT", default_value = "30", value_name = "SECS",
           value_parser = parse_seconds)]
+    #[serde(serialize_with = "seconds")]
     pub child_timeout: Duration,
 
     /// Seconds between status lines (rates, in flight, lag, restarts) [default: 1 on a terminal, where the line is
     /// redrawn in place; 30 otherwise, as a log line].
     #[arg(global = true, long, env = "SUPERVISOR_STATUS_INTERVAL", value_name = "SECS", value_parser = parse_seconds)]
+    #[serde(serialize_with = "optional_seconds")]
     pub status_interval: Option<Duration>,
 
     /// Serve Prometheus metrics on http://HOST:PORT/metrics (port 0 picks a free one, and the log says which)
@@ -120,6 +128,7 @@ pub struct Cli {
     /// Seconds an --exec command may take to reply to an event before it is killed and restarted.
     #[arg(global = true, long, env = "SUPERVISOR_EXEC_TIMEOUT", default_value = "30", value_name = "SECS",
           value_parser = parse_seconds)]
+    #[serde(serialize_with = "seconds")]
     pub exec_timeout: Duration,
 
     /// File holding the key of hmac_sha256 in --jq filters; a relative path is looked up in $CREDENTIALS_DIRECTORY.
@@ -133,6 +142,7 @@ pub struct Cli {
     pub max_rate: Option<u64>,
 
     /// The transform the flags above chose, their files read.
+    #[serde(skip)]
     #[arg(skip)]
     pub transform: TransformSpec,
 
@@ -177,6 +187,7 @@ pub struct Cli {
     /// sharing the --checkpoint store may take it over.
     #[arg(global = true, long, env = "SUPERVISOR_CHUNK_LEASE", default_value = "30", value_name = "SECS",
           value_parser = parse_seconds)]
+    #[serde(serialize_with = "seconds")]
     pub chunk_lease: Duration,
 
     /// Create the --sink table if it does not exist, from the first events: a column per top-level field, typed by its
@@ -197,9 +208,11 @@ pub struct Cli {
         default_value = "10%",
         value_name = "SHARE%|N|off"
     )]
+    #[serde(serialize_with = "text")]
     pub max_dead_letters: crate::sink::refusals::MaxDeadLetters,
 
     /// The tables the URLs above name.
+    #[serde(skip)]
     #[arg(skip)]
     pub tables: Tables,
 
@@ -216,8 +229,10 @@ pub struct Cli {
     /// Repeatable; a value may be read from a file: K=@PATH. In the environment: SUPERVISOR_KAFKA_CONFIG, entries
     /// separated by ';'.
     #[arg(global = true, short = 'X', value_name = "KEY=VALUE", value_parser = PropertyParser)]
+    #[serde(skip)]
     pub properties: Vec<(String, String)>,
 
+    #[serde(skip)]
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -289,6 +304,23 @@ pub fn file_keys() -> Vec<(String, String)> {
         .filter(|a| a.get_id() != "config")
         .filter_map(|a| Some((a.get_long()?.to_string(), a.get_env()?.to_string_lossy().into_owned())))
         .collect()
+}
+
+/// A duration as `--print-config` shows it: seconds, as the flag takes them.
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn optional_seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => seconds(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// A value as its flag takes it, quoted.
+fn text<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// The levels a log filter may name.

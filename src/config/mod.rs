@@ -20,28 +20,21 @@ pub use secret::{is_secret, read_value, Property};
 use std::time::Duration;
 pub use transform::{ExecSpec, JqSpec, TransformSpec};
 
-/// The settled configuration every process of the pipeline works from.
+/// The settled configuration every process of the pipeline works from: the settings as given (`settings`, read
+/// through `Deref` as `cfg.brokers`), what is derived from them, and the pipeline's fixed tunables.
+///
+/// A setting is declared once, in [`Cli`]; only a value computed from others (or from the machine) gets a field here,
+/// under the setting's own name, which then shadows the setting as given.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub brokers: String,
-    pub source_topic: String,
-    pub dest_topic: String,
+    /// Every setting as given: flags over the environment over the config file over the defaults, files read.
+    pub settings: Cli,
+    /// `--dlq-topic`, or the destination topic's name with `.dlq` added.
     pub dlq_topic: String,
-    pub group_id: String,
+    /// `--hashers`, or the number of CPUs.
     pub hashers: usize,
     pub queue_capacity: usize,
-    pub drain_timeout: Duration,
-    pub max_restarts: u32,
-    pub restart_window: Duration,
-    pub child_timeout: Duration,
-    pub status_interval: Option<Duration>,
-    pub metrics_addr: Option<String>,
-    pub log_level: Option<String>,
-    pub properties: Vec<(String, String)>,
-    /// What the workers do to each event.
-    pub transform: TransformSpec,
-    /// Most events per second the source takes in.
-    pub max_rate: Option<u64>,
+    pub readers: usize,
     /// Events per IPC batch; a batch is sent when it is full or its linger has passed.
     pub batch_events: usize,
     /// Bytes per IPC batch, kept under ipc-channel's single-fragment size so a send is one syscall.
@@ -51,18 +44,24 @@ pub struct Config {
     pub batch_linger: Duration,
     /// How long start-up may wait for the brokers' metadata.
     pub startup_timeout: Duration,
-    /// The table source, sink and checkpoint store, when given.
-    pub tables: Tables,
-    pub readers: usize,
-    pub chunk_rows: u64,
-    pub max_retries: u32,
-    pub chunk_lease: Duration,
-    pub rescan: bool,
-    pub create_table: bool,
-    pub max_dead_letters: crate::sink::refusals::MaxDeadLetters,
     /// Which generation of the pipeline the process belongs to (1 for the first start); the supervisor sets it before
     /// each fork. A child that fails to start in a later generation is a crash to restart, not a configuration error.
     pub generation: u64,
+}
+
+/// The settings as given, for those that need nothing derived: `cfg.brokers`, `cfg.tables`, `cfg.transform`.
+impl std::ops::Deref for Config {
+    type Target = Cli;
+
+    fn deref(&self) -> &Cli {
+        &self.settings
+    }
+}
+
+impl std::ops::DerefMut for Config {
+    fn deref_mut(&mut self) -> &mut Cli {
+        &mut self.settings
+    }
 }
 
 /// The database tables `--source`, `--sink` and `--checkpoint` name.
@@ -88,35 +87,15 @@ impl Config {
         let hashers =
             cli.hashers.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Config {
-            brokers: cli.brokers.clone(),
-            source_topic: cli.source_topic.clone(),
-            dest_topic: cli.dest_topic.clone(),
+            settings: cli.clone(),
             dlq_topic: cli.dead_letter_topic(),
-            group_id: cli.group_id.clone(),
             hashers,
             queue_capacity: cli.queue_capacity as usize,
-            drain_timeout: cli.drain_timeout,
-            max_restarts: cli.max_restarts,
-            restart_window: cli.restart_window,
-            child_timeout: cli.child_timeout,
-            status_interval: cli.status_interval,
-            metrics_addr: cli.metrics_addr.clone(),
-            log_level: cli.log_level.clone(),
-            properties: cli.properties.clone(),
-            transform: cli.transform.clone(),
-            max_rate: cli.max_rate,
+            readers: usize::from(cli.readers),
             batch_events: 512,
             batch_bytes: 64 * 1024,
             batch_linger: Duration::from_millis(5),
             startup_timeout: Duration::from_secs(10),
-            tables: cli.tables.clone(),
-            readers: usize::from(cli.readers),
-            chunk_rows: cli.chunk_rows,
-            max_retries: cli.max_retries,
-            chunk_lease: cli.chunk_lease,
-            rescan: cli.rescan,
-            create_table: cli.create_table,
-            max_dead_letters: cli.max_dead_letters,
             generation: 1,
         }
     }

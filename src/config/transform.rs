@@ -2,6 +2,7 @@
 //! words split, the key of `hmac_sha256` read and registered as a secret. Whether a filter compiles or a program can be
 //! started is checked by the [worker](crate::worker::transform) that runs it, before anything is consumed.
 
+use super::describe::{quoted, Shown};
 use super::secret;
 use super::Cli;
 use crate::telemetry::redact;
@@ -75,10 +76,9 @@ impl TransformSpec {
         }
     }
 
-    /// The transform settings as a config file would say them.
-    pub fn describe(&self) -> String {
-        let q = |s: &str| format!("{s:?}");
-        let mut out = String::new();
+    /// The `--print-config` line of one of the transform's settings (`jq`, `jq-file`, `exec`, `exec-timeout`,
+    /// `hmac-key-file`): only those that made the transform are set.
+    pub(super) fn shown(&self, long: &str) -> Option<Shown> {
         let (jq, jq_file, exec, hmac) = match self {
             TransformSpec::Md5 => (None, None, None, None),
             TransformSpec::Jq(j) => match &j.file {
@@ -87,29 +87,21 @@ impl TransformSpec {
             },
             TransformSpec::Exec(e) => (None, None, Some(e.line.clone()), None),
         };
-        match jq {
-            Some(filter) => out.push_str(&format!("jq = {}\n", q(&filter))),
-            None => {
-                out.push_str("# jq: off (without --jq, --jq-file or --exec, \"hash\" is added: the md5 of the event)\n")
-            }
-        }
-        match jq_file {
-            Some(file) => out.push_str(&format!("jq-file = {}\n", q(&file))),
-            None => out.push_str("# jq-file: off\n"),
-        }
-        match exec {
-            Some(line) => out.push_str(&format!("exec = {}\n", q(&line))),
-            None => out.push_str("# exec: off\n"),
-        }
-        match self {
-            TransformSpec::Exec(e) => out.push_str(&format!("exec-timeout = {}\n", e.timeout.as_secs_f64())),
-            _ => out.push_str("# exec-timeout: 30 (with --exec)\n"),
-        }
-        match hmac {
-            Some(file) => out.push_str(&format!("hmac-key-file = {}\n", q(&file.display().to_string()))),
-            None => out.push_str("# hmac-key-file: none (or the key in SUPERVISOR_HMAC_KEY)\n"),
-        }
-        out
+        let set = |value: Option<String>, unset: &str| match value {
+            Some(value) => Shown::Set(quoted(&value)),
+            None => Shown::Unset(unset.to_string()),
+        };
+        Some(match long {
+            "jq" => set(jq, "off (without --jq, --jq-file or --exec, \"hash\" is added: the md5 of the event)"),
+            "jq-file" => set(jq_file, "off"),
+            "exec" => set(exec, "off"),
+            "exec-timeout" => match self {
+                TransformSpec::Exec(e) => Shown::Set(e.timeout.as_secs_f64().to_string()),
+                _ => Shown::Unset("30 (with --exec)".to_string()),
+            },
+            "hmac-key-file" => set(hmac.map(|f| f.display().to_string()), "none (or the key in SUPERVISOR_HMAC_KEY)"),
+            _ => return None,
+        })
     }
 }
 
@@ -264,7 +256,11 @@ mod tests {
         assert_eq!(j.hmac_key.as_deref(), Some("k3y-from-file"));
         assert!(!format!("{j:?}").contains("k3y"));
         assert!(redact::is_kept("k3y-from-file"));
-        assert!(!TransformSpec::Jq(j).describe().contains("k3y"));
+        let spec = TransformSpec::Jq(j);
+        for long in ["jq", "jq-file", "exec", "exec-timeout", "hmac-key-file"] {
+            let (Some(Shown::Set(line)) | Some(Shown::Unset(line))) = spec.shown(long) else { panic!("{long}") };
+            assert!(!line.contains("k3y"), "{long}: {line}");
+        }
         let e = resolved(&["--hmac-key-file", "/nonexistent/key"]).unwrap_err();
         assert!(e.contains("none is given"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
