@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod kafka;
 pub mod position;
+pub mod secret_file;
 pub mod sink;
 pub mod source;
 pub mod sql;

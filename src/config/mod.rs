@@ -16,7 +16,7 @@ use crate::sql::url::TableUrl;
 pub use cli::{file_keys, Cli, Command, DemoArgs, DemoCommand, SqlDemoArgs, EXIT_CODES_HELP};
 pub use load::{default_state_dir, Invalid};
 use rdkafka::config::ClientConfig;
-pub use secret::{is_secret, read_value, Property};
+pub use secret::{is_secret, Property};
 use std::time::Duration;
 pub use transform::{ExecSpec, JqSpec, TransformSpec};
 

@@ -9,7 +9,8 @@
 //! the working directory. `@@` stands for a value that really starts with `@`.
 
 use super::librdkafka::is_known_property;
-use std::path::{Path, PathBuf};
+use crate::secret_file::read_value;
+use std::path::Path;
 
 /// Words in a property's name that say its value is a secret. `pas` covers password, passwd, passphrase and their
 /// misspellings (no other librdkafka property has it).
@@ -44,23 +45,6 @@ pub fn secret_values<'a>(properties: &'a [Property]) -> impl Iterator<Item = &'a
             p.from_file || is_secret(&p.key) || (p.value.len() >= MIN_UNKNOWN_SECRET && !is_known_property(&p.key));
         secret.then_some(p.value.as_str())
     })
-}
-
-/// Reads a secret value from the file at `path`; `credentials` is `$CREDENTIALS_DIRECTORY`, where a relative path is
-/// looked up. One final newline is not part of the value. The error never quotes the file.
-pub fn read_value(path: &str, credentials: Option<&Path>) -> Result<String, String> {
-    let path = match credentials {
-        Some(dir) if Path::new(path).is_relative() => dir.join(path),
-        _ => PathBuf::from(path),
-    };
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("cannot read its value from {}: {e}", path.display()))?;
-    // A file written by `echo` or an editor ends in a newline that is not part of the secret.
-    let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string();
-    if value.is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(value)
 }
 
 /// One librdkafka property as the user gave it, its value read from a file if it said `@path`.

@@ -3,7 +3,6 @@
 //! started is checked by the [worker](crate::worker::transform) that runs it, before anything is consumed.
 
 use super::describe::{quoted, Shown};
-use super::secret;
 use super::Cli;
 use crate::telemetry::redact;
 use std::fmt;
@@ -153,7 +152,7 @@ pub fn resolve(cli: &Cli, credentials: Option<&Path>) -> Result<TransformSpec, S
     };
     let hmac_key = match (&cli.hmac_key_file, std::env::var(HMAC_KEY_ENV)) {
         (Some(path), _) => Some(
-            secret::read_value(&path.to_string_lossy(), credentials)
+            crate::secret_file::read_value(&path.to_string_lossy(), credentials)
                 .map_err(|why| format!("--hmac-key-file: {why}"))?,
         ),
         (None, Ok(key)) if !key.is_empty() => Some(key),

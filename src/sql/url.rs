@@ -103,7 +103,7 @@ impl TableUrl {
                     let given = value()?;
                     password = Some(match given.strip_prefix('@') {
                         Some(literal) if literal.starts_with('@') => literal.to_string(),
-                        Some(path) => crate::config::read_value(path, credentials)
+                        Some(path) => crate::secret_file::read_value(path, credentials)
                             .map_err(|e| format!("{shown}: parameter password: {e}"))?,
                         None => given,
                     });
