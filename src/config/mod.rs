@@ -33,6 +33,7 @@ pub struct Config {
     pub dlq_topic: String,
     /// `--hashers`, or the number of CPUs.
     pub hashers: usize,
+    /// `--queue-capacity` and `--readers`, as the counts they are used as.
     pub queue_capacity: usize,
     pub readers: usize,
     /// Events per IPC batch; a batch is sent when it is full or its linger has passed.
