@@ -151,8 +151,20 @@ struct Pending {
     rejected: Vec<Rejected>,
     /// Filtered out: acknowledged with the next write.
     filtered: Vec<Position>,
-    /// A row's key, where the dead-letter table names rows by it (a table source's).
-    keys: HashMap<Position, String>,
+    /// Rows' keys, back to back, where the dead-letter table names rows by them (a table source's): looked up only
+    /// when a row is refused, so a write with no dead letter pays for no map or string per row.
+    key_bytes: Vec<u8>,
+    keys: Vec<(Position, std::ops::Range<usize>)>,
+}
+
+impl Pending {
+    /// The keys of the rows, by position, as the dead-letter table names them.
+    fn keys_by_position(&self) -> HashMap<Position, String> {
+        self.keys
+            .iter()
+            .map(|(at, r)| (*at, String::from_utf8_lossy(&self.key_bytes[r.clone()]).into_owned()))
+            .collect()
+    }
 }
 
 impl Pending {
@@ -200,7 +212,9 @@ impl Writer {
                 self.undelivered.entry(r.at).or_insert(r.outputs);
             }
             if let (true, Some(key)) = (self.keyed_at, r.key) {
-                self.pending.keys.insert(r.at, String::from_utf8_lossy(&key[..]).into_owned());
+                let start = self.pending.key_bytes.len();
+                self.pending.key_bytes.extend_from_slice(&key[..]);
+                self.pending.keys.push((r.at, start..self.pending.key_bytes.len()));
             }
             let payload = r.payload.map(|p| &p[..]).unwrap_or_default();
             if let Some(why) = r.dead_letter {
@@ -221,13 +235,13 @@ impl Writer {
         if self.pending.is_empty() || self.too_many.is_some() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
         if self.schema.columns.is_empty() && !self.created {
             let events: Vec<&[u8]> = pending.rows.iter().map(|(_, r)| &pending.bytes[r.clone()]).collect();
             self.create_table(&events)?;
         }
         let mut rejected = Vec::with_capacity(pending.rejected.len());
-        for r in pending.rejected {
+        for r in std::mem::take(&mut pending.rejected) {
             if self.too_many.is_some() {
                 break;
             }
@@ -289,7 +303,7 @@ impl Writer {
             self.upsert(&all, &fields, &mut written, &mut rejected)?;
         }
         if !rejected.is_empty() {
-            self.dead_letter(&rejected, &pending.keys)?;
+            self.dead_letter(&rejected, &pending.keys_by_position())?;
         }
         let dead = rejected.len() as u64;
         let mut acked = pending.filtered;

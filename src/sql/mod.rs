@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use key::{Key, KeyKind, Part};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use types::{Declared, SourceColumns};
 use url::{Engine, TableName, TableUrl};
 
@@ -776,7 +776,8 @@ impl ObjectWriter {
 /// An event on its way into a table: its bytes, and its top-level fields, parsed once.
 pub struct Object<'a> {
     pub raw: &'a [u8],
-    pub fields: HashMap<Cow<'a, str>, &'a RawValue>,
+    /// In name order: an event has few fields, and comparing names costs less than hashing them.
+    pub fields: BTreeMap<Cow<'a, str>, &'a RawValue>,
 }
 
 impl<'a> Object<'a> {
