@@ -69,6 +69,22 @@ impl Exit {
     }
 }
 
+/// A database error, whatever the client.
+pub type DbError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a failed database call means for the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The server cannot be reached or the connection broke: retry, it may come back.
+    Unreachable,
+    /// The server refused us: wrong password, unknown database, no privilege. Retrying will not help.
+    Refused,
+    /// The statement failed on the data: a type, a constraint. Retrying the same rows will not help.
+    Data,
+    /// Any other failure of a statement.
+    Other,
+}
+
 /// Everything that can go wrong, one variant per failing operation, each keeping its cause for [`source`].
 ///
 /// [`source`]: std::error::Error::source
@@ -140,20 +156,20 @@ pub enum Error {
     /// The `--exec` command, which started before, ended or hung before its first sync line in a restarted pipeline.
     ExecRestart { command: String, message: String },
     /// A database could not be connected to: unreachable, or it refused us (`fault` says which).
-    DbConnect { url: String, fault: crate::sql::Fault, source: crate::sql::DbError },
+    DbConnect { url: String, fault: Fault, source: DbError },
     /// A TLS connection to a database failed on our side: the server's certificate is not trusted, the server offers
     /// no TLS, a certificate file cannot be read. Retrying will not help.
     DbTls { url: String, message: String },
     /// A table, key or column the pipeline needs is missing, or the table cannot be used as asked.
     DbSchema { message: String },
     /// A database statement failed.
-    DbQuery { doing: String, source: crate::sql::DbError },
+    DbQuery { doing: String, source: DbError },
     /// This build cannot use that database yet.
     DbUnsupported { url: String, what: &'static str },
     /// The checkpoint store could not be read or written.
-    Checkpoint { doing: String, source: crate::sql::DbError },
-    /// More events were dead-lettered than `--max-dead-letters` allows; `at` names the example's position.
-    TooManyDeadLetters { verdict: crate::sink::refusals::TooMany, at: String },
+    Checkpoint { doing: String, source: DbError },
+    /// More events were dead-lettered than `--max-dead-letters` allows: the sink's verdict, its reason and example.
+    TooManyDeadLetters { verdict: String },
     /// The demo's embedded cluster failed.
     MockCluster(KafkaError),
     /// The demo's broker process did not say where it listens.
@@ -179,7 +195,7 @@ impl Error {
             Error::TooManyDeadLetters { .. } => Exit::TooManyDeadLetters,
             Error::ExecRestart { .. } => Exit::Failure,
             Error::Metadata { .. } => Exit::Unavailable,
-            Error::DbConnect { fault: crate::sql::Fault::Unreachable, .. } => Exit::Unavailable,
+            Error::DbConnect { fault: Fault::Unreachable, .. } => Exit::Unavailable,
             Error::DbConnect { .. } | Error::DbTls { .. } | Error::DbSchema { .. } | Error::DbUnsupported { .. } => {
                 Exit::Config
             }
@@ -252,7 +268,7 @@ impl fmt::Display for Error {
             Error::ExecProtocol { command, message } | Error::ExecRestart { command, message } => {
                 write!(f, "the --exec command {command} {message}")
             }
-            Error::DbConnect { url, fault: crate::sql::Fault::Unreachable, source } => {
+            Error::DbConnect { url, fault: Fault::Unreachable, source } => {
                 write!(f, "cannot reach the database at {url}: {}", db_message(source.as_ref()))
             }
             Error::DbConnect { url, source, .. } => {
@@ -265,7 +281,7 @@ impl fmt::Display for Error {
             Error::Checkpoint { doing, source } => {
                 write!(f, "checkpoint store: {doing}: {}", db_message(source.as_ref()))
             }
-            Error::TooManyDeadLetters { verdict, at } => write!(f, "too many dead letters: {}", verdict.describe(at)),
+            Error::TooManyDeadLetters { verdict } => write!(f, "too many dead letters: {verdict}"),
             Error::MockCluster(e) => write!(f, "embedded Kafka (mock cluster): {e}"),
             Error::DemoStart(e) => write!(f, "the embedded Kafka did not start: {e}"),
         }

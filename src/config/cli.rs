@@ -209,7 +209,7 @@ pub struct Cli {
         value_name = "SHARE%|N|off"
     )]
     #[serde(serialize_with = "text")]
-    pub max_dead_letters: crate::sink::refusals::MaxDeadLetters,
+    pub max_dead_letters: super::MaxDeadLetters,
 
     /// The tables the URLs above name.
     #[serde(skip)]
@@ -251,10 +251,13 @@ pub enum DemoCommand {
     Sql(SqlDemoArgs),
 }
 
+/// `demo sql --rows` when not given.
+pub const DEMO_SQL_ROWS: u64 = 1_000_000;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct SqlDemoArgs {
     /// Rows in SOURCE.
-    #[arg(long, default_value_t = crate::tools::demo_sql::DEFAULT_ROWS, value_name = "N",
+    #[arg(long, default_value_t = DEMO_SQL_ROWS, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub rows: u64,
 

@@ -4,6 +4,7 @@
 //! them into the [`Config`] every process works from, and `describe.rs` prints them back (`--print-config`).
 
 mod cli;
+pub mod dead_letters;
 mod describe;
 mod file;
 pub mod librdkafka;
@@ -13,7 +14,8 @@ mod topics;
 mod transform;
 
 use crate::sql::url::TableUrl;
-pub use cli::{file_keys, Cli, Command, DemoArgs, DemoCommand, SqlDemoArgs, EXIT_CODES_HELP};
+pub use cli::{file_keys, Cli, Command, DemoArgs, DemoCommand, SqlDemoArgs, DEMO_SQL_ROWS, EXIT_CODES_HELP};
+pub use dead_letters::MaxDeadLetters;
 pub use load::{default_state_dir, Invalid};
 use rdkafka::config::ClientConfig;
 pub use secret::{is_secret, Property};

@@ -5,63 +5,15 @@
 //! refused" stops the pipeline within the first hundred events, while a bad event in a thousand never does. A count
 //! (`500`) allows that many dead letters in all, since the sink started; `off` never stops.
 
+pub use crate::config::MaxDeadLetters;
 use crate::position::Position;
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
-use std::str::FromStr;
 
-/// Fates a share is judged over: the most recent ones.
-pub const WINDOW: usize = 1000;
+pub use crate::config::dead_letters::WINDOW;
 /// Fates a share waits for before it judges: fewer say little.
 pub const MIN_SAMPLE: usize = 100;
 /// Distinct reasons tallied; beyond that, new ones are counted but not told apart.
 const REASONS: usize = 64;
-
-/// The `--max-dead-letters` setting.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum MaxDeadLetters {
-    Off,
-    /// Percent of the last [`WINDOW`] events, above which the pipeline stops.
-    Share(f64),
-    /// Dead letters in all, above which the pipeline stops.
-    Count(u64),
-}
-
-impl Default for MaxDeadLetters {
-    fn default() -> MaxDeadLetters {
-        MaxDeadLetters::Share(10.0)
-    }
-}
-
-impl FromStr for MaxDeadLetters {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<MaxDeadLetters, String> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("off") {
-            return Ok(MaxDeadLetters::Off);
-        }
-        let wrong = || format!("{s:?}: expected a share of the last {WINDOW} events (10%), a count (500) or off");
-        match s.strip_suffix('%') {
-            Some(share) => match share.trim().parse::<f64>() {
-                Ok(p) if (0.0..100.0).contains(&p) => Ok(MaxDeadLetters::Share(p)),
-                Ok(_) => Err(format!("{s:?}: a share is at least 0% and under 100% (use off to never stop)")),
-                Err(_) => Err(wrong()),
-            },
-            None => s.parse::<u64>().map(MaxDeadLetters::Count).map_err(|_| wrong()),
-        }
-    }
-}
-
-impl fmt::Display for MaxDeadLetters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MaxDeadLetters::Off => f.write_str("off"),
-            MaxDeadLetters::Share(p) => write!(f, "{p}%"),
-            MaxDeadLetters::Count(n) => write!(f, "{n}"),
-        }
-    }
-}
 
 /// A reason as seen so far: how often, and the first event it was given for.
 #[derive(Debug, Clone)]
@@ -215,17 +167,6 @@ mod tests {
 
     fn at(seq: u64) -> Position {
         Position::new(0, seq as i64)
-    }
-
-    #[test]
-    fn the_setting_reads_a_share_a_count_or_off() {
-        assert_eq!("10%".parse(), Ok(MaxDeadLetters::Share(10.0)));
-        assert_eq!(" 0.5 % ".parse(), Ok(MaxDeadLetters::Share(0.5)));
-        assert_eq!("500".parse(), Ok(MaxDeadLetters::Count(500)));
-        assert_eq!("OFF".parse(), Ok(MaxDeadLetters::Off));
-        assert!("100%".parse::<MaxDeadLetters>().unwrap_err().contains("under 100%"));
-        assert!("ten".parse::<MaxDeadLetters>().unwrap_err().contains("expected a share"));
-        assert_eq!(MaxDeadLetters::default().to_string(), "10%");
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Stage for TableSink {
         if let Some(verdict) = w.too_many.take() {
             // The rows taken after the stop are neither written nor acknowledged: the source checkpoints up to them.
             let at = cfg.place(verdict.at).to_string();
-            return Err(Error::TooManyDeadLetters { verdict, at });
+            return Err(Error::TooManyDeadLetters { verdict: verdict.describe(&at) });
         }
         w.acks.send(&AckMsg::Done)?;
         log::debug!("done: every worker's output is written and acknowledged");

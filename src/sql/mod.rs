@@ -28,21 +28,8 @@ use url::{Engine, TableName, TableUrl};
 
 pub use lite::open_path as open_sqlite;
 
-/// A database error, whatever the client.
-pub type DbError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What a failed database call means for the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The server cannot be reached or the connection broke: retry, it may come back.
-    Unreachable,
-    /// The server refused us: wrong password, unknown database, no privilege. Retrying will not help.
-    Refused,
-    /// The statement failed on the data: a type, a constraint. Retrying the same rows will not help.
-    Data,
-    /// Any other failure of a statement.
-    Other,
-}
+// Defined with the errors, which keep them as their causes: `error` sits below `sql` and imports nothing from it.
+pub use crate::error::{DbError, Fault};
 
 /// A table as a stage uses it.
 #[derive(Debug, Clone)]

@@ -5,16 +5,13 @@
 //! root right. The database and the checkpoints stay in the demo's directory, so Ctrl-C and a second run resume the
 //! scan where it stopped; a run after a finished one starts over.
 
-use crate::config::{default_state_dir, Cli, Config, JqSpec, SqlDemoArgs, Tables, TransformSpec};
+use crate::config::{default_state_dir, Cli, Config, JqSpec, SqlDemoArgs, Tables, TransformSpec, DEMO_SQL_ROWS};
 use crate::error::{Error, Exit, Result};
 use crate::sql::url::TableUrl;
 use crate::supervisor::{Signals, Supervisor};
 use std::path::Path;
 
 const SQRT: &str = ".ROOT = (.VALUE | sqrt)";
-
-/// `--rows` when not given.
-pub const DEFAULT_ROWS: u64 = 1_000_000;
 
 pub fn run(cli: &Cli, args: &SqlDemoArgs, signals: Signals) -> Exit {
     match run_inner(cli, args, signals) {
@@ -61,7 +58,7 @@ fn run_inner(cli: &Cli, args: &SqlDemoArgs, signals: Signals) -> Result<Exit> {
     // The command that resumes this run: the same rows, in the same directory.
     let again = format!(
         "supervisor demo sql{}{}",
-        if n == DEFAULT_ROWS { String::new() } else { format!(" --rows {n}") },
+        if n == DEMO_SQL_ROWS { String::new() } else { format!(" --rows {n}") },
         args.dir.as_ref().map_or_else(String::new, |d| format!(" --dir {}", d.display()))
     );
     log::info!(

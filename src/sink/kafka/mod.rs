@@ -104,7 +104,7 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
     if let Some(verdict) = sink.too_many.take() {
         // What was taken after the stop is neither written nor acknowledged: the source commits up to it.
         let at = cfg.place(verdict.at).to_string();
-        return Err(Error::TooManyDeadLetters { verdict, at });
+        return Err(Error::TooManyDeadLetters { verdict: verdict.describe(&at) });
     }
     sink.acks.send(&AckMsg::Done)?;
     log::debug!("done: every worker's output is delivered and acknowledged");

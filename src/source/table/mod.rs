@@ -146,7 +146,7 @@ impl Stage for TableSource {
                 }
                 let started = Instant::now();
                 let (estimate, bounds) = conn.boundaries(&schema, cfg.chunk_rows)?;
-                let ranges = chunks::plan(bounds);
+                let ranges = chunks::plan(chunks::without_empty_end(bounds, estimate, cfg.chunk_rows));
                 if store.plan(estimate, &ranges)? {
                     log::info!(
                         "planned the scan of {}: {} of about {} rows each, for {} rows (walking the key's index took \
