@@ -281,7 +281,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     pub pad: usize,
 
-    /// Run the same transform in this one process, with no hashers or IPC: the yardstick benchmarks compare against.
+    /// Run the same transform in this one process, with no workers or IPC: the yardstick benchmarks compare against.
     #[arg(long)]
     pub single_process: bool,
 

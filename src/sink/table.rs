@@ -240,26 +240,20 @@ impl Writer {
             let events: Vec<&[u8]> = pending.rows.iter().map(|(_, r)| &pending.bytes[r.clone()]).collect();
             self.create_table(&events)?;
         }
-        let mut rejected = Vec::with_capacity(pending.rejected.len());
-        for r in std::mem::take(&mut pending.rejected) {
-            if self.too_many.is_some() {
-                break;
-            }
-            self.refused(r, &mut rejected);
-        }
+        // Set aside before any statement (a worker's rejection, an event that is no row): judged after the batch's
+        // statements, whose written rows the judge must see too. Judged first, a batch of 10,000 rows with 150 bad
+        // events would have looked like 150 dead letters in a row.
+        let mut rejected = std::mem::take(&mut pending.rejected);
         let mut written = Vec::with_capacity(pending.rows.len());
         // Rows by the columns they have: a row is written with its own fields only, never NULLs for the fields
         // other events of the batch have. Each group keeps the batch's order.
         let mut groups: BTreeMap<Vec<String>, Vec<Keyed<'_>>> = BTreeMap::new();
         for (at, range) in &pending.rows {
             let event = &pending.bytes[range.clone()];
-            if self.too_many.is_some() {
-                break;
-            }
             let object = match Object::parse(event) {
                 Ok(object) => object,
                 Err(why) => {
-                    self.refused((*at, why, event.to_vec()), &mut rejected);
+                    rejected.push((*at, why, event.to_vec()));
                     continue;
                 }
             };
@@ -279,7 +273,7 @@ impl Writer {
                     let missing = &self.schema.key[parts.len()].name;
                     let of = if self.schema.key.len() == 1 { "the key" } else { "part of the key" };
                     let why = format!("no {missing:?} field, {of} of table {}", self.schema.table);
-                    self.refused((*at, why, event.to_vec()), &mut rejected);
+                    rejected.push((*at, why, event.to_vec()));
                     continue;
                 }
             };
@@ -297,10 +291,17 @@ impl Writer {
             fields.sort_unstable();
             groups.entry(fields).or_default().push((*at, object, key));
         }
+        let set_aside = rejected.len();
         for (fields, rows) in groups {
             let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
             let all: Vec<(Position, &Object<'_>, &str)> = rows.iter().map(|(at, o, k)| (*at, o, k.as_str())).collect();
             self.upsert(&all, &fields, &mut written, &mut rejected)?;
+        }
+        for (at, why, _) in &rejected[..set_aside] {
+            self.judge.dead_lettered(why, *at);
+        }
+        if self.too_many.is_none() {
+            self.too_many = self.judge.verdict();
         }
         if !rejected.is_empty() {
             self.dead_letter(&rejected, &pending.keys_by_position())?;

@@ -329,6 +329,15 @@ fn part_of(s: &Schema, i: usize, v: Value) -> Result<Part, DbError> {
         (KeyKind::Int, Value::Bytes(b)) => Ok(Part::Int(String::from_utf8_lossy(&b).parse()?)),
         (KeyKind::Text, Value::Bytes(b)) => Ok(Part::Text(String::from_utf8_lossy(&b).into_owned())),
         (KeyKind::Text, Value::Int(i)) => Ok(Part::Text(i.to_string())),
+        // A DATE, DATETIME or TIMESTAMP part (a time series' key) as MySQL writes it, which it compares back.
+        (KeyKind::Text, Value::Date(y, mo, d, h, mi, sec, us)) => {
+            Ok(Part::Text(format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{sec:02}.{us:06}")))
+        }
+        (KeyKind::Text, Value::Time(neg, days, h, mi, sec, us)) => Ok(Part::Text(format!(
+            "{}{:02}:{mi:02}:{sec:02}.{us:06}",
+            if neg { "-" } else { "" },
+            u64::from(days) * 24 + u64::from(h)
+        ))),
         (_, other) => Err(format!(
             "key column {:?} holds {other:?}, not a usable key",
             s.key.get(i).map(|k| k.name.as_str()).unwrap_or_default()

@@ -208,12 +208,8 @@ pub fn secrets(url: &str) -> Vec<String> {
 
 /// The URL with its password, and any `password=` parameter, replaced by the mask every line uses.
 pub fn mask(url: &str) -> String {
-    let masked = match crate::telemetry::redact::url_password(url) {
-        Some(password) => {
-            let at = url.rfind('@').unwrap_or(url.len());
-            let start = at - password.len();
-            format!("{}{}{}", &url[..start], crate::telemetry::redact::MASK, &url[at..])
-        }
+    let masked = match crate::telemetry::redact::url_password_at(url) {
+        Some(at) => format!("{}{}{}", &url[..at.start], crate::telemetry::redact::MASK, &url[at.end..]),
         None => url.to_string(),
     };
     let Some((base, query)) = masked.split_once('?') else { return masked };

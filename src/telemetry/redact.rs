@@ -49,11 +49,18 @@ pub fn mask(line: &str) -> Cow<'_, str> {
     }
 }
 
-/// The password in a `scheme://user:password@host` value, if it has one. The userinfo ends at the value's last '@',
-/// so a password may hold any character.
+/// The password in a `scheme://user:password@host` value, if it has one. The userinfo ends at the last '@' before
+/// the query, so a password may hold an '@' (and `?table=t&password=@/run/pw` is a parameter, not a userinfo).
 pub fn url_password(value: &str) -> Option<&str> {
-    let rest = &value[value.find("://")? + 3..];
-    userinfo_password(rest).map(|(start, end)| &rest[start..end])
+    url_password_at(value).map(|r| &value[r])
+}
+
+/// Where [`url_password`]'s password is in `value`.
+pub fn url_password_at(value: &str) -> Option<std::ops::Range<usize>> {
+    let from = value.find("://")? + 3;
+    let rest = &value[from..];
+    let authority = &rest[..rest.find('?').unwrap_or(rest.len())];
+    userinfo_password(authority).map(|(start, end)| from + start..from + end)
 }
 
 /// Where the password is in what follows a URL's `://`: from the first ':' of its userinfo, which ends at the last
@@ -92,6 +99,14 @@ fn mask_url_passwords(line: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_password_parameter_is_no_userinfo() {
+        let url = "mysql://app@db:3306/shop?table=t&password=@/run/pw";
+        assert_eq!(url_password(url), None);
+        assert_eq!(url_password("postgres://app:s3cr@t@db/shop?password=@x"), Some("s3cr@t"));
+        assert_eq!(url_password_at("postgres://a:pw@h/d"), Some(13..15));
+    }
+
     use super::*;
 
     #[test]

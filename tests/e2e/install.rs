@@ -138,7 +138,7 @@ fn install_places_binary_unit_and_example_and_a_rerun_keeps_edits() {
     for line in [
         "Type=notify",
         "KillMode=mixed",
-        "RestartPreventExitStatus=2",
+        "RestartPreventExitStatus=2 7",
         "DynamicUser=yes",
         "SyslogIdentifier=stream-supervisor-%i",
         // Commented out: a missing credential file would fail the unit.

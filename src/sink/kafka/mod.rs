@@ -159,13 +159,16 @@ impl Writer<'_> {
             };
             let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some(), cut: 0, undelivered });
             let headers = match r.dead_letter {
+                // Both fates are judged as they are sent (a written one when it goes to the destination, below).
                 Some(why) => {
                     self.judge.dead_lettered(why, r.at);
                     self.too_many = self.judge.verdict();
                     Some(self.dlq_headers(copy_headers(&r.headers), why, r.at))
                 }
-                None if r.headers.is_empty() => None,
-                None => Some(copy_headers(&r.headers)),
+                None => {
+                    self.judge.written(1);
+                    (!r.headers.is_empty()).then(|| copy_headers(&r.headers))
+                }
             };
             let topic = if r.dead_letter.is_some() { &self.cfg.dlq_topic } else { &self.cfg.dest_topic };
             self.send(topic, origin, r.key.map(|k| &k[..]), r.payload.map(|p| &p[..]), headers, r.timestamp)?;
@@ -225,7 +228,7 @@ impl Writer<'_> {
         emit(SinkQueue { events: self.producer.in_flight_count().max(0) as u64 });
         let outcomes = self.producer.context().take();
         emit(Delivered { events: outcomes.delivered, dead_letters: outcomes.dead_lettered });
-        self.judge.written(outcomes.delivered);
+
         if !outcomes.acked.is_empty() {
             self.acks.send(&AckMsg::Acked(outcomes.acked))?;
         }
