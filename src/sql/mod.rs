@@ -9,6 +9,7 @@
 //! Every client is created in the process that uses it, after the fork: the PostgreSQL client runs a private runtime
 //! thread, and SQLite handles must not cross a fork.
 
+pub mod dialect;
 pub mod key;
 mod lite;
 mod my;
