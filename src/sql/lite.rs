@@ -2,6 +2,7 @@
 //! `json_each`/`json_extract`, one statement per batch. Files are opened in WAL mode, so that a scan's readers and a
 //! sink in another process share one file.
 
+use super::dialect::Dialect;
 use super::key::{Key, KeyKind, Part};
 use super::url::{TableName, TableUrl};
 use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
@@ -11,6 +12,9 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use std::time::Duration;
+
+/// This engine's SQL text.
+const D: &dyn Dialect = &super::dialect::Sqlite;
 
 pub fn open(url: &TableUrl) -> Result<Connection> {
     open_path(&url.connect, false).map_err(|source| Error::DbConnect {
@@ -198,7 +202,7 @@ pub fn page(
     let k = s.key_list("");
     let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let (filter, bounds) = keyset(&keys, after, upto, super::Compare::RowValue, |n, _| format!("?{n}"));
+    let (filter, bounds) = keyset(&keys, after, upto, D.key_compare(), |n, _| D.param(n));
     let params: Vec<rusqlite::types::Value> = bounds.into_iter().map(bind_key).collect();
     let sql = format!(
         "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",
@@ -280,18 +284,16 @@ pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &
             None => format!("json_extract(value, '$.{}')", quote(f).replace('\'', "''")),
         })
         .collect();
-    let updates: Vec<String> =
-        fields.iter().filter(|f| !s.is_key(f)).map(|f| format!("{0} = excluded.{0}", quote(f))).collect();
-    let action =
-        if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+    let updates: Vec<String> = fields.iter().filter(|f| !s.is_key(f)).map(|f| quote(f)).collect();
+    let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
     // A WHERE tells the parser that ON CONFLICT is the upsert's, not a join's; this one also names ?2, which the
     // statement must, JSON columns or not.
     let sql = format!(
-        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE ?2 IS NOT NULL ON CONFLICT ({}) {action}",
+        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE ?2 IS NOT NULL {}",
         s.table.quoted(),
         cols.join(", "),
         values.join(", "),
-        s.key_list("")
+        D.on_conflict(&keys, &updates)
     );
     c.prepare_cached(&sql)?.execute([array, texts])?;
     Ok(())
@@ -306,10 +308,7 @@ fn text_affinity(declared: &str) -> bool {
 pub fn dead_letters(c: &mut Connection, table: &TableName, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let tx = c.transaction()?;
     {
-        let mut stmt = tx.prepare(&format!(
-            "INSERT INTO {} (at, reason, event, event_bytes) VALUES (?1, ?2, ?3, ?4)",
-            table.quoted()
-        ))?;
+        let mut stmt = tx.prepare(&D.insert(&table.quoted(), &super::DEAD_LETTER_COLUMNS))?;
         for d in rows {
             stmt.execute(rusqlite::params![d.at, d.reason, d.text, d.bytes])?;
         }

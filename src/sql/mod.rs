@@ -3,12 +3,19 @@
 //! - [`url`]: what `--source`, `--sink` and `--checkpoint` name;
 //! - [`key`]: the key a scan orders, splits and checkpoints on;
 //! - [`types`]: the column types `--create-table` chooses, the source table's kept or mapped without loss;
-//! - [`Conn`]: a connection to PostgreSQL ([`postgres`](self::pg)) or SQLite ([`sqlite`](self::lite)), with what a
-//!   scan and an upsert need of it: the table's schema, chunk boundaries, keyset pages, multi-row upserts.
+//! - [`dialect`]: the engines' SQL text as one `Dialect` trait (placeholders, quoting, key comparison, upsert clause,
+//!   type names, the clock): shared defaults, each engine overriding what it writes otherwise. Statements are built
+//!   through it, by the table stages and by the checkpoint store alike, never rewritten from one engine's text;
+//! - [`Conn`]: a connection to PostgreSQL ([`postgres`](self::pg)), MySQL/MariaDB ([`mysql`](self::my)) or SQLite
+//!   ([`sqlite`](self::lite)), with what a scan and an upsert need of it: the table's schema, chunk boundaries, keyset
+//!   pages, multi-row upserts. `Conn` stays an enum, and its matches remain where the engines need different client
+//!   libraries (`postgres::Client`, `mysql::Conn`, `rusqlite::Connection`: parameters, rows, errors, transactions,
+//!   PostgreSQL's `COPY` and arrays, SQLite's `json_each`); where they only chose SQL text, they ask the dialect.
 //!
 //! Every client is created in the process that uses it, after the fork: the PostgreSQL client runs a private runtime
 //! thread, and SQLite handles must not cross a fork.
 
+pub mod dialect;
 pub mod key;
 mod lite;
 mod my;
@@ -19,6 +26,7 @@ pub mod types;
 pub mod url;
 
 use crate::error::{Error, Result};
+use dialect::{Compare, Dialect};
 use key::{Key, KeyKind, Part};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -421,13 +429,18 @@ impl Conn {
         }
     }
 
+    /// The engine's SQL text.
+    pub fn dialect(&self) -> &'static dyn Dialect {
+        dialect::of(self.engine())
+    }
+
     /// Creates `table` with `columns` (a name and its SQL type each), `key` its primary key. On MySQL the table is
     /// utf8mb4 with a binary collation: any text fits, and keys that differ only in case or accents stay apart, as
     /// they are on PostgreSQL and SQLite.
     pub fn create_table(&mut self, table: &TableName, key: &[String], columns: &[(String, String)]) -> Result<()> {
         let columns: Vec<String> = columns.iter().map(|(name, ty)| format!("{} {ty}", quote(name))).collect();
         let primary: Vec<String> = key.iter().map(|k| quote(k)).collect();
-        let options = if matches!(self, Conn::Mysql(_)) { " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" } else { "" };
+        let options = self.dialect().table_options();
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({})){options}",
             table.quoted(),
@@ -444,11 +457,8 @@ impl Conn {
         let name = table.beside("_dead_letter");
         let doing = || format!("creating the dead-letter table {name}");
         // MySQL's TEXT holds 64 KiB; an event may be longer.
-        let (text, bytes, charset) = match self {
-            Conn::Mysql(_) => ("LONGTEXT", "LONGBLOB", " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
-            Conn::Postgres(_) => ("TEXT", "BYTEA", ""),
-            Conn::Sqlite(_) => ("TEXT", "BLOB", ""),
-        };
+        let d = self.dialect();
+        let (text, bytes, charset) = (d.text_type(), d.bytes_type(), d.table_options());
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {} (at {text} NOT NULL, reason {text} NOT NULL, event {text}, \
              event_bytes {bytes}, written TIMESTAMP DEFAULT CURRENT_TIMESTAMP){charset}",
@@ -484,6 +494,9 @@ impl Conn {
         }
     }
 }
+
+/// The dead-letter table's columns, as a row is written.
+const DEAD_LETTER_COLUMNS: [&str; 4] = ["at", "reason", "event", "event_bytes"];
 
 /// A row of the dead-letter table: where the event came from, why it was refused, and the event as it came: as text
 /// when it is UTF-8 with no NUL (which PostgreSQL's text cannot hold), else as bytes.
@@ -672,17 +685,6 @@ fn permission_denied(table: &TableName, d: &Denied) -> Error {
             d.grant
         ),
     }
-}
-
-/// How a keyset page compares a composite key with its bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compare {
-    /// As a row value, `(a, b) > ($1, $2)`: PostgreSQL and SQLite walk the key's index from the bound.
-    RowValue,
-    /// Column by column, `a >= ? AND (a > ? OR (a = ? AND b > ?))`: MySQL and MariaDB scan the whole index for a
-    /// row value (`EXPLAIN`: type index, no key), a page near the end costing as much as the table; this form is a
-    /// range on the index.
-    Expanded,
 }
 
 /// The condition of a keyset page, `WHERE key > after AND key <= upto` with either bound left out when absent, a

@@ -2,6 +2,7 @@
 //! in UTC, so timestamps read as RFC 3339. Rows are read with the binary protocol and written as JSON here, by the
 //! column's type; events are written as multi-row `INSERT ... ON DUPLICATE KEY UPDATE` with typed parameters.
 
+use super::dialect::Dialect;
 use super::key::{Key, KeyKind, Part};
 use super::url::{TableName, TableUrl};
 use super::{
@@ -12,6 +13,9 @@ use base64::Engine as _;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, SslOpts, TxOpts, Value};
 use std::time::Duration;
+
+/// This engine's SQL text.
+const D: &dyn Dialect = &super::dialect::Mysql;
 
 /// Placeholders one statement may hold.
 const MAX_PARAMS: usize = 65_535;
@@ -272,21 +276,17 @@ pub fn denied(c: &mut Conn, s: &Schema, access: Access) -> Result<Option<Denied>
     let probes = match access {
         Access::Read => vec![(format!("SELECT {} FROM {t} LIMIT 0", cols.join(", ")), "SELECT")],
         Access::Write => {
-            let others = s.columns.iter().filter(|c| !s.is_key(&c.name));
-            let mut updates: Vec<String> = others.map(|c| format!("{0} = VALUES({0})", quote(&c.name))).collect();
-            if updates.is_empty() {
-                let k = s.key.first().map(|k| quote(&k.name)).unwrap_or_default();
-                updates.push(format!("{k} = {k}"));
-            }
+            let others: Vec<String> = s.columns.iter().filter(|c| !s.is_key(&c.name)).map(|c| quote(&c.name)).collect();
+            let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
             let sets: Vec<String> = cols.iter().map(|c| format!("{c} = ?")).collect();
             vec![
                 (format!("INSERT INTO {t} ({}) VALUES ({values})", cols.join(", ")), "INSERT"),
                 (format!("UPDATE {t} SET {}", sets.join(", ")), "UPDATE"),
                 (
                     format!(
-                        "INSERT INTO {t} ({}) VALUES ({values}) ON DUPLICATE KEY UPDATE {}",
+                        "INSERT INTO {t} ({}) VALUES ({values}) {}",
                         cols.join(", "),
-                        updates.join(", ")
+                        D.on_conflict(&keys, &others)
                     ),
                     "SELECT",
                 ),
@@ -389,7 +389,7 @@ pub fn page(
     let k = s.key_list("");
     let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let (filter, bounds) = keyset(&keys, after, upto, super::Compare::Expanded, |_, _| "?".to_string());
+    let (filter, bounds) = keyset(&keys, after, upto, D.key_compare(), |n, _| D.param(n));
     let params: Vec<Value> = bounds.into_iter().map(bind).collect();
     let sql = format!(
         "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",
@@ -517,11 +517,9 @@ impl Kind {
 pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]) -> Result<(), DbError> {
     let rows_per_statement = (MAX_PARAMS / fields.len().max(1)).clamp(1, ROWS_PER_STATEMENT);
     let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
-    let updates: Vec<String> =
-        fields.iter().filter(|f| !s.is_key(f)).map(|f| format!("{0} = VALUES({0})", quote(f))).collect();
-    // With nothing else to update, the key is set to itself: the row stays as it is.
-    let first_key = s.key.first().map(|k| quote(&k.name)).unwrap_or_default();
-    let action = if updates.is_empty() { format!("{first_key} = {first_key}") } else { updates.join(", ") };
+    let updates: Vec<String> = fields.iter().filter(|f| !s.is_key(f)).map(|f| quote(f)).collect();
+    let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
+    let action = D.on_conflict(&keys, &updates);
     let one = format!("({})", vec!["?"; fields.len()].join(", "));
     let kinds: Vec<Kind> =
         fields.iter().map(|f| s.columns.iter().find(|c| c.name == *f).map_or(Kind::Plain, Kind::of)).collect();
@@ -534,7 +532,7 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
             }
         }
         let sql = format!(
-            "INSERT INTO {} ({}) VALUES {} ON DUPLICATE KEY UPDATE {action}",
+            "INSERT INTO {} ({}) VALUES {} {action}",
             s.table.quoted(),
             cols.join(", "),
             vec![one.as_str(); part.len()].join(", ")
@@ -562,7 +560,7 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
 
 pub fn dead_letters(c: &mut Conn, table: &TableName, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let mut tx = c.start_transaction(TxOpts::default())?;
-    let sql = format!("INSERT INTO {} (at, reason, event, event_bytes) VALUES (?, ?, ?, ?)", table.quoted());
+    let sql = D.insert(&table.quoted(), &super::DEAD_LETTER_COLUMNS);
     for d in rows {
         let text = d.text.map_or(Value::NULL, |t| Value::Bytes(t.as_bytes().to_vec()));
         let bytes = d.bytes.map_or(Value::NULL, |b| Value::Bytes(b.to_vec()));

@@ -2,6 +2,7 @@
 //! number text where none does), and written as JSON objects here; events are written with `COPY`, and as an upsert
 //! from `unnest` of text arrays only when a key is already there.
 
+use super::dialect::Dialect;
 use super::key::{Key, KeyKind, Part};
 use super::url::{TableName, TableUrl};
 use super::{
@@ -12,6 +13,9 @@ use base64::Engine as _;
 use postgres::{Client, Config};
 use std::str::FromStr;
 use std::time::Duration;
+
+/// This engine's SQL text.
+const D: &dyn Dialect = &super::dialect::Postgres;
 
 /// Connects as libpq would: TLS as `sslmode` says (verified against `sslrootcert`, or the system's roots), the
 /// password from the URL, else `PGPASSWORD`, else the password file.
@@ -420,7 +424,7 @@ pub fn page(
 ) -> Result<(), DbError> {
     let (reads, select): (Vec<Read>, Vec<String>) = s.columns.iter().map(read_as).unzip();
     let keys: Vec<String> = s.key.iter().map(|k| format!("t.{}", quote(&k.name))).collect();
-    let (filter, bounds) = keyset(&keys, after, upto, super::Compare::RowValue, |n, i| param(s, n, i));
+    let (filter, bounds) = keyset(&keys, after, upto, D.key_compare(), |n, i| param(s, n, i));
     let sql = format!(
         "SELECT {}, {} FROM {} t {filter} ORDER BY {} LIMIT {}",
         key_texts(s, "t."),
@@ -660,11 +664,9 @@ pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&st
             };
         }
     }
-    let updates: Vec<String> =
-        fields.iter().filter(|f| !s.is_key(f)).map(|f| format!("{0} = EXCLUDED.{0}", quote(f))).collect();
-    let action =
-        if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
-    c.execute(format!("{insert} ON CONFLICT ({}) {action}", s.key_list("")).as_str(), &params)?;
+    let updates: Vec<String> = fields.iter().filter(|f| !s.is_key(f)).map(|f| quote(f)).collect();
+    let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
+    c.execute(format!("{insert} {}", D.on_conflict(&keys, &updates)).as_str(), &params)?;
     Ok(())
 }
 
@@ -703,7 +705,7 @@ fn copy(c: &mut Client, table: &str, cols: &[String], columns: &[Vec<Option<Stri
 
 pub fn dead_letters(c: &mut Client, table: &TableName, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let mut tx = c.transaction()?;
-    let sql = format!("INSERT INTO {} (at, reason, event, event_bytes) VALUES ($1, $2, $3, $4)", table.quoted());
+    let sql = D.insert(&table.quoted(), &super::DEAD_LETTER_COLUMNS);
     for d in rows {
         tx.execute(&sql, &[&d.at, &d.reason, &d.text, &d.bytes])?;
     }

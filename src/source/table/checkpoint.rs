@@ -11,6 +11,7 @@
 
 use super::chunks::Range;
 use crate::error::{Error, Result};
+use crate::sql::dialect::{self, Dialect};
 use crate::sql::key::Key;
 use crate::sql::url::{Engine, TableUrl};
 use crate::sql::{Conn, DbError};
@@ -50,7 +51,8 @@ enum P {
 
 pub struct Store {
     conn: Conn,
-    engine: Engine,
+    /// The engine's SQL text: every statement is built through it.
+    d: &'static dyn Dialect,
     scan: String,
     /// This instance, as its leases name it: host and supervisor pid.
     owner: String,
@@ -66,44 +68,6 @@ pub struct Store {
 
 fn failed(doing: &str) -> impl Fn(DbError) -> Error + '_ {
     move |e| Error::Checkpoint { doing: doing.to_string(), source: e }
-}
-
-/// The statement for `engine`: written with `$n` placeholders (each used once, in order) and PostgreSQL casts, which
-/// SQLite reads as `?n` and MySQL as `?`.
-fn dialect(engine: Engine, sql: &str) -> String {
-    if engine == Engine::Postgres {
-        return sql.to_string();
-    }
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            let mut n = String::new();
-            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                n.push(*d);
-                chars.next();
-            }
-            out.push('?');
-            if engine == Engine::Sqlite {
-                out.push_str(&n);
-            }
-            // A cast after a placeholder is PostgreSQL's alone.
-            if chars.peek() == Some(&':') {
-                chars.next();
-                if chars.peek() == Some(&':') {
-                    chars.next();
-                    while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_') {
-                        chars.next();
-                    }
-                } else {
-                    out.push(':');
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl Store {
@@ -138,7 +102,8 @@ impl Store {
             _ => None,
         };
         let location = url.location();
-        let mut store = Store { conn, engine: url.engine, scan, owner, lease, id: String::new(), file, location };
+        let d = dialect::of(url.engine);
+        let mut store = Store { conn, d, scan, owner, lease, id: String::new(), file, location };
         store.create_tables()?;
         store.id = store.read_id().map_err(failed("reading its id"))?.unwrap_or_default();
         Ok(store)
@@ -196,70 +161,44 @@ impl Store {
     }
 
     fn create_tables(&mut self) -> Result<()> {
-        let (key, text, ts) = match self.engine {
-            Engine::Mysql => ("VARCHAR(512)", "LONGTEXT", "TIMESTAMP"),
-            Engine::Postgres => ("TEXT", "TEXT", "TIMESTAMPTZ"),
-            Engine::Sqlite => ("TEXT", "TEXT", "TEXT"),
-        };
-        let statements = [
-            format!(
-                "CREATE TABLE IF NOT EXISTS supervisor_scan (scan {key} PRIMARY KEY, rows_estimate BIGINT NOT NULL, \
-                 chunks BIGINT NOT NULL, planned {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP)"
-            ),
-            format!("CREATE TABLE IF NOT EXISTS supervisor_store (one BIGINT PRIMARY KEY, id {text} NOT NULL)"),
-            format!(
-                "CREATE TABLE IF NOT EXISTS supervisor_chunk (scan {key} NOT NULL, chunk BIGINT NOT NULL, lo {text}, \
-                 hi {text}, done_upto {text}, finished BIGINT NOT NULL DEFAULT 0, row_count BIGINT NOT NULL DEFAULT 0, \
-                 owner {text}, lease_until DOUBLE PRECISION, updated {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP, \
-                 PRIMARY KEY (scan, chunk))"
-            ),
-        ];
-        for sql in statements {
+        let d = self.d;
+        for sql in tables(d) {
             self.exec(&sql, vec![]).map_err(failed("creating its tables"))?;
         }
         // Made once, by whichever instance comes first.
-        let insert = match self.engine {
-            Engine::Postgres => "INSERT INTO supervisor_store (one, id) VALUES (1, $1) ON CONFLICT (one) DO NOTHING",
-            Engine::Mysql => "INSERT IGNORE INTO supervisor_store (one, id) VALUES (1, $1)",
-            Engine::Sqlite => "INSERT OR IGNORE INTO supervisor_store (one, id) VALUES (1, $1)",
-        };
+        let insert = d.insert_ignore("supervisor_store", "one, id", &format!("1, {}", d.param(1)), "one");
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let id = format!("{}-{}-{nanos:x}", self.owner, std::process::id());
-        self.exec(insert, vec![P::S(Some(id))]).map_err(failed("creating its id"))?;
+        self.exec(&insert, vec![P::S(Some(id))]).map_err(failed("creating its id"))?;
         Ok(())
     }
 
     /// The database's clock, in seconds since the epoch: every instance's leases are measured on it.
     fn now(&self) -> &'static str {
-        match self.engine {
-            Engine::Postgres => "extract(epoch from clock_timestamp())::float8",
-            Engine::Mysql => "UNIX_TIMESTAMP(NOW(6))",
-            Engine::Sqlite => "((julianday('now') - 2440587.5) * 86400.0)",
-        }
+        self.d.epoch_now()
     }
 
     fn exec(&mut self, sql: &str, params: Vec<P>) -> Result<u64, DbError> {
-        let sql = dialect(self.engine, sql);
         match &mut self.conn {
             Conn::Postgres(c) => {
                 let boxed = pg_params(&params);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = boxed.iter().map(|b| b.as_ref()).collect();
-                Ok(c.execute(sql.as_str(), &refs)?)
+                Ok(c.execute(sql, &refs)?)
             }
             Conn::Mysql(c) => {
                 c.exec_drop(sql, my_params(&params))?;
                 Ok(c.affected_rows())
             }
-            Conn::Sqlite(c) => Ok(c.execute(&sql, rusqlite::params_from_iter(lite_params(&params)))? as u64),
+            Conn::Sqlite(c) => Ok(c.execute(sql, rusqlite::params_from_iter(lite_params(&params)))? as u64),
         }
     }
 
     fn begin(&mut self) -> Result<(), DbError> {
+        let sql = self.d.begin();
         match &mut self.conn {
-            Conn::Postgres(c) => c.batch_execute("BEGIN")?,
-            Conn::Mysql(c) => c.query_drop("START TRANSACTION")?,
-            // At once the writer: two instances claiming on one file take turns.
-            Conn::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
+            Conn::Postgres(c) => c.batch_execute(sql)?,
+            Conn::Mysql(c) => c.query_drop(sql)?,
+            Conn::Sqlite(c) => c.execute_batch(sql)?,
         }
         Ok(())
     }
@@ -290,16 +229,15 @@ impl Store {
     }
 
     fn query_i64(&mut self, sql: &str, params: Vec<P>) -> Result<Option<i64>, DbError> {
-        let sql = dialect(self.engine, sql);
         match &mut self.conn {
             Conn::Postgres(c) => {
                 let boxed = pg_params(&params);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = boxed.iter().map(|b| b.as_ref()).collect();
-                Ok(c.query_opt(sql.as_str(), &refs)?.map(|r| r.get::<_, i64>(0)))
+                Ok(c.query_opt(sql, &refs)?.map(|r| r.get::<_, i64>(0)))
             }
             Conn::Mysql(c) => Ok(c.exec_first::<i64, _, _>(sql, my_params(&params))?),
             Conn::Sqlite(c) => {
-                let mut stmt = c.prepare(&sql)?;
+                let mut stmt = c.prepare(sql)?;
                 let mut rows = stmt.query(rusqlite::params_from_iter(lite_params(&params)))?;
                 Ok(match rows.next()? {
                     Some(r) => Some(r.get::<_, i64>(0)?),
@@ -312,19 +250,18 @@ impl Store {
     /// Chunks from a `SELECT chunk, lo, hi, done_upto, finished, row_count ...`.
     fn query_chunks(&mut self, sql: &str, params: Vec<P>) -> Result<Vec<Chunk>, DbError> {
         type Raw = (i64, Option<String>, Option<String>, Option<String>, i64, i64);
-        let sql = dialect(self.engine, sql);
         let raw: Vec<Raw> = match &mut self.conn {
             Conn::Postgres(c) => {
                 let boxed = pg_params(&params);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = boxed.iter().map(|b| b.as_ref()).collect();
-                c.query(sql.as_str(), &refs)?
+                c.query(sql, &refs)?
                     .iter()
                     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
                     .collect()
             }
             Conn::Mysql(c) => c.exec(sql, my_params(&params))?,
             Conn::Sqlite(c) => {
-                let mut stmt = c.prepare(&sql)?;
+                let mut stmt = c.prepare(sql)?;
                 let rows = stmt.query_map(rusqlite::params_from_iter(lite_params(&params)), |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
                 })?;
@@ -348,15 +285,21 @@ impl Store {
 
     /// The scan's chunks and its row estimate, if it was planned before.
     pub fn load(&mut self) -> Result<Option<(u64, Vec<Chunk>)>> {
-        let scan = P::S(Some(self.scan.clone()));
+        let (d, scan) = (self.d, P::S(Some(self.scan.clone())));
         let estimate = self
-            .query_i64("SELECT rows_estimate FROM supervisor_scan WHERE scan = $1", vec![scan.clone()])
+            .query_i64(
+                &format!("SELECT rows_estimate FROM supervisor_scan WHERE scan = {}", d.param(1)),
+                vec![scan.clone()],
+            )
             .map_err(failed("reading the scan"))?;
         let Some(estimate) = estimate else { return Ok(None) };
         let chunks = self
             .query_chunks(
-                "SELECT chunk, lo, hi, done_upto, finished, row_count FROM supervisor_chunk WHERE scan = $1 \
-                 ORDER BY chunk",
+                &format!(
+                    "SELECT chunk, lo, hi, done_upto, finished, row_count FROM supervisor_chunk WHERE scan = {} \
+                     ORDER BY chunk",
+                    d.param(1)
+                ),
                 vec![scan],
             )
             .map_err(failed("reading the chunks"))?;
@@ -365,23 +308,19 @@ impl Store {
 
     /// Saves a new scan's plan in one transaction; false if another instance planned it first (then load theirs).
     pub fn plan(&mut self, estimate: u64, ranges: &[Range]) -> Result<bool> {
-        let insert = match self.engine {
-            Engine::Postgres => {
-                "INSERT INTO supervisor_scan (scan, rows_estimate, chunks) VALUES ($1, $2, $3) ON CONFLICT (scan) DO NOTHING"
-            }
-            Engine::Mysql => "INSERT IGNORE INTO supervisor_scan (scan, rows_estimate, chunks) VALUES ($1, $2, $3)",
-            Engine::Sqlite => "INSERT OR IGNORE INTO supervisor_scan (scan, rows_estimate, chunks) VALUES ($1, $2, $3)",
-        };
+        let d = self.d;
+        let insert = d.insert_ignore("supervisor_scan", "scan, rows_estimate, chunks", &d.params(1..=3), "scan");
+        let chunk = format!("INSERT INTO supervisor_chunk (scan, chunk, lo, hi) VALUES ({})", d.params(1..=4));
         let scan = self.scan.clone();
         self.transaction(|s| {
             let ours =
-                s.exec(insert, vec![P::S(Some(scan.clone())), P::I(estimate as i64), P::I(ranges.len() as i64)])?;
+                s.exec(&insert, vec![P::S(Some(scan.clone())), P::I(estimate as i64), P::I(ranges.len() as i64)])?;
             if ours == 0 {
                 return Ok(false);
             }
             for (i, r) in ranges.iter().enumerate() {
                 s.exec(
-                    "INSERT INTO supervisor_chunk (scan, chunk, lo, hi) VALUES ($1, $2, $3, $4)",
+                    &chunk,
                     vec![
                         P::S(Some(scan.clone())),
                         P::I(i as i64),
@@ -415,21 +354,23 @@ impl Store {
                         there && start_time(pid).is_none_or(|t| t.to_string() == started)
                     });
             if h == host && !alive {
-                self.exec(
-                    "UPDATE supervisor_chunk SET owner = NULL, lease_until = NULL WHERE scan = $1 AND owner = $2 \
+                let sql = format!(
+                    "UPDATE supervisor_chunk SET owner = NULL, lease_until = NULL WHERE scan = {} AND owner = {} \
                      AND finished = 0",
-                    vec![P::S(Some(self.scan.clone())), P::S(Some(holder.clone()))],
-                )
-                .map_err(failed("adopting chunks"))?;
+                    self.d.param(1),
+                    self.d.param(2)
+                );
+                self.exec(&sql, vec![P::S(Some(self.scan.clone())), P::S(Some(holder.clone()))])
+                    .map_err(failed("adopting chunks"))?;
             }
         }
         Ok(())
     }
 
     fn owners(&mut self) -> Result<Vec<String>, DbError> {
-        let sql = dialect(
-            self.engine,
-            "SELECT DISTINCT owner FROM supervisor_chunk WHERE scan = $1 AND finished = 0 AND owner IS NOT NULL",
+        let sql = format!(
+            "SELECT DISTINCT owner FROM supervisor_chunk WHERE scan = {} AND finished = 0 AND owner IS NOT NULL",
+            self.d.param(1)
         );
         let scan = self.scan.clone();
         Ok(match &mut self.conn {
@@ -445,31 +386,36 @@ impl Store {
 
     /// Claims the first chunk that is neither finished nor leased to a live instance, for this instance's lease.
     pub fn claim(&mut self) -> Result<Option<Chunk>> {
-        let lock = match self.engine {
-            Engine::Sqlite => "",
-            _ => " FOR UPDATE SKIP LOCKED",
-        };
-        let now = self.now();
+        let (d, lock, now) = (self.d, self.d.skip_locked(), self.now());
         let (scan, owner, lease) = (self.scan.clone(), self.owner.clone(), self.lease.as_secs_f64());
         self.transaction(|s| {
             // Never one of ours, even with its lease run out (we stalled): it is still being read here.
             let free = format!(
-                "SELECT chunk FROM supervisor_chunk WHERE scan = $1 AND finished = 0 AND \
-                 (owner IS NULL OR (lease_until < {now} AND owner <> $2)) ORDER BY chunk LIMIT 1{lock}"
+                "SELECT chunk FROM supervisor_chunk WHERE scan = {} AND finished = 0 AND \
+                 (owner IS NULL OR (lease_until < {now} AND owner <> {})) ORDER BY chunk LIMIT 1{lock}",
+                d.param(1),
+                d.param(2)
             );
             let Some(chunk) = s.query_i64(&free, vec![P::S(Some(scan.clone())), P::S(Some(owner.clone()))])? else {
                 return Ok(None);
             };
             s.exec(
                 &format!(
-                    "UPDATE supervisor_chunk SET owner = $1, lease_until = {now} + $2::float8 WHERE scan = $3 AND \
-                     chunk = $4::bigint"
+                    "UPDATE supervisor_chunk SET owner = {}, lease_until = {now} + {} WHERE scan = {} AND chunk = {}",
+                    d.param(1),
+                    d.typed_param(2, "float8"),
+                    d.param(3),
+                    d.typed_param(4, "bigint")
                 ),
                 vec![P::S(Some(owner.clone())), P::F(lease), P::S(Some(scan.clone())), P::I(chunk)],
             )?;
             let claimed = s.query_chunks(
-                "SELECT chunk, lo, hi, done_upto, finished, row_count FROM supervisor_chunk WHERE scan = $1 AND \
-                 chunk = $2::bigint",
+                &format!(
+                    "SELECT chunk, lo, hi, done_upto, finished, row_count FROM supervisor_chunk WHERE scan = {} AND \
+                     chunk = {}",
+                    d.param(1),
+                    d.typed_param(2, "bigint")
+                ),
                 vec![P::S(Some(scan.clone())), P::I(chunk)],
             )?;
             Ok(claimed.into_iter().next())
@@ -481,17 +427,23 @@ impl Store {
     /// this instance lost (another took them over): they are no longer its to checkpoint.
     pub fn advance(&mut self, moves: &[Move]) -> Result<Vec<i32>> {
         self.watch()?;
-        let now = self.now();
+        let (d, now) = (self.d, self.now());
         let (scan, owner, lease) = (self.scan.clone(), self.owner.clone(), self.lease.as_secs_f64());
         self.transaction(|s| {
             let mut lost = Vec::new();
             for (chunk, key, rows, finished) in moves {
                 let updated = s.exec(
                     &format!(
-                        "UPDATE supervisor_chunk SET done_upto = COALESCE($1, done_upto), row_count = row_count + \
-                         $2::bigint, finished = CASE WHEN $3::bigint = 1 THEN 1 ELSE finished END, \
-                         lease_until = {now} + $4::float8, updated = CURRENT_TIMESTAMP \
-                         WHERE scan = $5 AND chunk = $6::bigint AND owner = $7"
+                        "UPDATE supervisor_chunk SET done_upto = COALESCE({}, done_upto), row_count = row_count + {}, \
+                         finished = CASE WHEN {} = 1 THEN 1 ELSE finished END, lease_until = {now} + {}, \
+                         updated = CURRENT_TIMESTAMP WHERE scan = {} AND chunk = {} AND owner = {}",
+                        d.param(1),
+                        d.typed_param(2, "bigint"),
+                        d.typed_param(3, "bigint"),
+                        d.typed_param(4, "float8"),
+                        d.param(5),
+                        d.typed_param(6, "bigint"),
+                        d.param(7)
                     ),
                     vec![
                         P::S(key.as_ref().map(Key::to_json)),
@@ -509,8 +461,11 @@ impl Store {
             }
             s.exec(
                 &format!(
-                    "UPDATE supervisor_chunk SET lease_until = {now} + $1::float8 WHERE scan = $2 AND owner = $3 \
-                     AND finished = 0"
+                    "UPDATE supervisor_chunk SET lease_until = {now} + {} WHERE scan = {} AND owner = {} \
+                     AND finished = 0",
+                    d.typed_param(1, "float8"),
+                    d.param(2),
+                    d.param(3)
                 ),
                 vec![P::F(lease), P::S(Some(scan.clone())), P::S(Some(owner.clone()))],
             )?;
@@ -521,13 +476,15 @@ impl Store {
 
     /// Gives up this instance's unfinished chunks at once (a clean stop), so that another may take them now.
     pub fn release(&mut self) -> Result<()> {
-        self.exec(
-            "UPDATE supervisor_chunk SET owner = NULL, lease_until = NULL WHERE scan = $1 AND owner = $2 AND \
+        let sql = format!(
+            "UPDATE supervisor_chunk SET owner = NULL, lease_until = NULL WHERE scan = {} AND owner = {} AND \
              finished = 0",
-            vec![P::S(Some(self.scan.clone())), P::S(Some(self.owner.clone()))],
-        )
-        .map(|_| ())
-        .map_err(failed("releasing chunks"))
+            self.d.param(1),
+            self.d.param(2)
+        );
+        self.exec(&sql, vec![P::S(Some(self.scan.clone())), P::S(Some(self.owner.clone()))])
+            .map(|_| ())
+            .map_err(failed("releasing chunks"))
     }
 
     /// Chunks of the scan not finished yet, whoever holds them.
@@ -535,7 +492,7 @@ impl Store {
         self.watch()?;
         let n = self
             .query_i64(
-                "SELECT COUNT(*) FROM supervisor_chunk WHERE scan = $1 AND finished = 0",
+                &format!("SELECT COUNT(*) FROM supervisor_chunk WHERE scan = {} AND finished = 0", self.d.param(1)),
                 vec![P::S(Some(self.scan.clone()))],
             )
             .map_err(failed("reading the chunks"))?;
@@ -544,14 +501,32 @@ impl Store {
 
     /// Forgets the scan: the next run plans it afresh and reads every row again.
     pub fn forget(&mut self) -> Result<()> {
-        let scan = self.scan.clone();
+        let (scan, p) = (self.scan.clone(), self.d.param(1));
         self.transaction(|s| {
-            s.exec("DELETE FROM supervisor_chunk WHERE scan = $1", vec![P::S(Some(scan.clone()))])?;
-            s.exec("DELETE FROM supervisor_scan WHERE scan = $1", vec![P::S(Some(scan.clone()))])?;
+            s.exec(&format!("DELETE FROM supervisor_chunk WHERE scan = {p}"), vec![P::S(Some(scan.clone()))])?;
+            s.exec(&format!("DELETE FROM supervisor_scan WHERE scan = {p}"), vec![P::S(Some(scan.clone()))])?;
             Ok(())
         })
         .map_err(failed("forgetting the scan"))
     }
+}
+
+/// The store's tables, in `d`'s types. An existing store is read as it is: these never change.
+fn tables(d: &dyn Dialect) -> [String; 3] {
+    let (key, text, ts) = (d.key_text_type(), d.text_type(), d.timestamp_type());
+    [
+        format!(
+            "CREATE TABLE IF NOT EXISTS supervisor_scan (scan {key} PRIMARY KEY, rows_estimate BIGINT NOT NULL, \
+             chunks BIGINT NOT NULL, planned {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS supervisor_store (one BIGINT PRIMARY KEY, id {text} NOT NULL)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS supervisor_chunk (scan {key} NOT NULL, chunk BIGINT NOT NULL, lo {text}, \
+             hi {text}, done_upto {text}, finished BIGINT NOT NULL DEFAULT 0, row_count BIGINT NOT NULL DEFAULT 0, \
+             owner {text}, lease_until DOUBLE PRECISION, updated {ts} NOT NULL DEFAULT CURRENT_TIMESTAMP, \
+             PRIMARY KEY (scan, chunk))"
+        ),
+    ]
 }
 
 /// Whether `e` says a table is not there: the store's tables were dropped.
@@ -619,11 +594,25 @@ mod tests {
     }
 
     #[test]
-    fn statements_are_written_once_for_every_engine() {
-        let sql = "UPDATE t SET a = $1::bigint, b = $2 WHERE c = $10::float8 AND d = 'x::y'";
-        assert_eq!(dialect(Engine::Postgres, sql), sql);
-        assert_eq!(dialect(Engine::Sqlite, sql), "UPDATE t SET a = ?1, b = ?2 WHERE c = ?10 AND d = 'x::y'");
-        assert_eq!(dialect(Engine::Mysql, sql), "UPDATE t SET a = ?, b = ? WHERE c = ? AND d = 'x::y'");
+    fn statements_are_built_for_each_engine() {
+        assert_eq!(dialect::of(Engine::Postgres).params(1..=3), "$1, $2, $3");
+        assert_eq!(dialect::of(Engine::Mysql).params(1..=3), "?, ?, ?");
+        assert_eq!(dialect::of(Engine::Sqlite).params(1..=3), "?1, ?2, ?3");
+    }
+
+    #[test]
+    fn the_store_keeps_its_column_types_on_every_engine() {
+        // (key, text, time) as the store has always made them: existing stores are read as they are.
+        for (engine, key, text, ts) in [
+            (Engine::Postgres, "TEXT", "TEXT", "TIMESTAMPTZ"),
+            (Engine::Mysql, "VARCHAR(512)", "LONGTEXT", "TIMESTAMP"),
+            (Engine::Sqlite, "TEXT", "TEXT", "TEXT"),
+        ] {
+            let [scan, store, chunk] = tables(dialect::of(engine));
+            assert!(scan.contains(&format!("(scan {key} PRIMARY KEY")) && scan.contains(&format!("planned {ts} NOT")));
+            assert!(store.contains(&format!("id {text} NOT NULL")), "{engine:?}");
+            assert!(chunk.contains(&format!("lo {text}, hi {text}")) && chunk.contains(&format!("updated {ts} NOT")));
+        }
     }
 
     #[test]
