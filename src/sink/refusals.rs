@@ -52,12 +52,15 @@ impl TooMany {
     /// The line that says why the pipeline stopped; `at` names the example event's position in the source's terms.
     pub fn describe(&self, at: &str) -> String {
         let how_many = match self.of {
-            Some(of) => format!(
-                "{} of the last {of} events were dead-lettered ({:.0}%, more than --max-dead-letters {})",
-                self.dead,
-                self.dead as f64 * 100.0 / of.max(1) as f64,
-                self.limit
-            ),
+            Some(of) => {
+                // One decimal where a whole number would round down to the limit itself (10.3% is not "10%").
+                let share = self.dead as f64 * 100.0 / of.max(1) as f64;
+                let share = if share.fract() < 0.05 { format!("{share:.0}") } else { format!("{share:.1}") };
+                format!(
+                    "{} of the last {of} events were dead-lettered ({share}%, more than --max-dead-letters {})",
+                    self.dead, self.limit
+                )
+            }
             None => format!("{} events were dead-lettered (more than --max-dead-letters {})", self.dead, self.limit),
         };
         format!(
