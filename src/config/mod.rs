@@ -6,6 +6,7 @@
 mod cli;
 pub mod dead_letters;
 mod describe;
+mod ends;
 mod file;
 pub mod librdkafka;
 mod load;
@@ -16,6 +17,7 @@ mod transform;
 use crate::sql::url::TableUrl;
 pub use cli::{file_keys, Cli, Command, DemoArgs, DemoCommand, SqlDemoArgs, DEMO_SQL_ROWS, EXIT_CODES_HELP};
 pub use dead_letters::MaxDeadLetters;
+pub use ends::{SinkSpec, SourceSpec};
 pub use load::{default_state_dir, Invalid};
 use rdkafka::config::ClientConfig;
 pub use secret::{is_secret, Property};
@@ -103,35 +105,45 @@ impl Config {
         }
     }
 
+    /// Where events come from: chosen here, once.
+    pub fn source(&self) -> SourceSpec<'_> {
+        match &self.tables.source {
+            Some(url) => SourceSpec::Table(url),
+            None => SourceSpec::Topic(&self.source_topic),
+        }
+    }
+
+    /// Where events go: chosen here, once.
+    pub fn sink(&self) -> SinkSpec<'_> {
+        match &self.tables.sink {
+            Some(url) => SinkSpec::Table(url),
+            None => SinkSpec::Topic { topic: &self.dest_topic, dead_letters: &self.dlq_topic },
+        }
+    }
+
     /// Where events come from, as the logs name it: the table and where it is (no credentials), or the topic.
     pub fn source_name(&self) -> String {
-        self.tables.source.as_ref().map_or_else(|| self.source_topic.clone(), TableUrl::describe)
+        self.source().name()
     }
 
     /// Where events go, as the logs name it.
     pub fn sink_name(&self) -> String {
-        self.tables.sink.as_ref().map_or_else(|| self.dest_topic.clone(), TableUrl::describe)
+        self.sink().name()
     }
 
     /// An event's place in the source, in the source's words: a partition and offset, or a chunk and row.
     pub fn place(&self, at: crate::position::Position) -> crate::position::Place {
-        crate::position::Place { at, table: self.tables.source.is_some() }
+        self.source().place(at)
     }
 
     /// Where rejected events go, as the logs name it.
     pub fn dead_letter_name(&self) -> String {
-        match &self.tables.sink {
-            Some(url) => format!(
-                "table {}",
-                url.table.as_ref().map(|t| t.beside("_dead_letter").to_string()).unwrap_or_default()
-            ),
-            None => self.dlq_topic.clone(),
-        }
+        self.sink().dead_letters()
     }
 
     /// Whether any stage talks to Kafka.
     pub fn uses_kafka(&self) -> bool {
-        self.tables.source.is_none() || self.tables.sink.is_none()
+        !self.source().is_table() || !self.sink().is_table()
     }
 
     /// How the clients authenticate, for the log: the security protocol, and the SASL mechanism if any.

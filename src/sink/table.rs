@@ -12,7 +12,7 @@
 
 use crate::channel::batch::Frame;
 use crate::channel::ipc::{AckMsg, AckSender};
-use crate::config::Config;
+use crate::config::{Config, SinkSpec, SourceSpec};
 use crate::error::{Error, Exit, Result};
 use crate::position::Position;
 use crate::sink::refusals::{Judge, TooMany};
@@ -36,16 +36,16 @@ impl Stage for TableSink {
     type Ends = SinkEnds;
 
     fn run(cfg: &Config, ends: SinkEnds, hooks: &Hooks) -> Result<Exit> {
-        let Some(url) = &cfg.tables.sink else {
+        let SinkSpec::Table(url) = cfg.sink() else {
             return Err(Error::DbSchema { message: "no --sink table given".into() });
         };
         let mut db = Resilient::connect(url, cfg.max_retries, "the table sink".into())?;
         let table = url.table().map_err(|message| Error::DbSchema { message })?;
         let (schema, key, source) = if cfg.create_table && !db.conn()?.exists(table)? {
             // The source table's declared types, read now, in this process: what the new table keeps.
-            let source = match &cfg.tables.source {
-                Some(from) => crate::sql::Conn::open(from)?.source_columns(from)?,
-                None => None,
+            let source = match cfg.source() {
+                SourceSpec::Table(from) => crate::sql::Conn::open(from)?.source_columns(from)?,
+                SourceSpec::Topic(_) => None,
             };
             let key = match (&url.key, &source) {
                 (Some(key), _) => key.clone(),
@@ -88,7 +88,7 @@ impl Stage for TableSink {
                     .collect(),
             }),
             // A table source's rows are named by their key (the event's key) where they are dead letters.
-            keyed_at: cfg.tables.source.is_some(),
+            keyed_at: cfg.source().is_table(),
             created: false,
             key_from_source: url.key.is_none(),
             source,

@@ -145,7 +145,7 @@ impl Supervisor {
             };
             if let Some(exit) = exit {
                 // A table scan that ends well says so, even with nothing to read (an empty table, a finished scan).
-                let scanned = sup.cfg.tables.source.is_some() && exit == Exit::Clean;
+                let scanned = sup.cfg.source().is_table() && exit == Exit::Clean;
                 if sup.budget.total() > 0 || sup.counts.any_consumed() || scanned {
                     sup.summary();
                 }
@@ -666,7 +666,7 @@ impl Supervisor {
 
     /// Table readers per generation: none for Kafka.
     fn readers(&self) -> usize {
-        if self.cfg.tables.source.is_some() {
+        if self.cfg.source().is_table() {
             self.cfg.readers
         } else {
             0

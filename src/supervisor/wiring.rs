@@ -58,17 +58,17 @@ pub fn wire(workers: usize, readers: usize) -> Result<(VecDeque<(Role, Ends)>, C
 }
 
 impl Ends {
-    /// In a freshly forked child: runs the stage these ends belong to and returns the exit code. The source is a Kafka
-    /// consumer, the workers hash, the sink is a Kafka producer.
+    /// In a freshly forked child: runs the stage these ends belong to and returns the exit code: the source and the sink
+    /// as their specs say (a topic or a table), the workers their transform.
     pub fn run_child(self, role: Role, parent: Pid, cfg: &Config, reports: ReportSender) -> i32 {
         match self {
-            Ends::Source(ends) if cfg.tables.source.is_some() => {
+            Ends::Source(ends) if cfg.source().is_table() => {
                 child::run::<TableSource>(role, parent, cfg, ends, reports)
             }
             Ends::Source(ends) => child::run::<KafkaSource>(role, parent, cfg, ends, reports),
             Ends::Reader(ends) => child::run::<TableReader>(role, parent, cfg, ends, reports),
             Ends::Worker(ends) => child::run::<Worker>(role, parent, cfg, ends, reports),
-            Ends::Sink(ends) if cfg.tables.sink.is_some() => child::run::<TableSink>(role, parent, cfg, ends, reports),
+            Ends::Sink(ends) if cfg.sink().is_table() => child::run::<TableSink>(role, parent, cfg, ends, reports),
             Ends::Sink(ends) => child::run::<KafkaSink>(role, parent, cfg, ends, reports),
         }
     }

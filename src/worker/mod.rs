@@ -35,7 +35,7 @@ impl Stage for Worker {
         // Built after the fork: each worker has its own compiled filter or command.
         let mut transform = transform::build(cfg)?;
         hooks.ready();
-        let names = Names { table_source: cfg.tables.source.is_some(), dead_letters: cfg.dead_letter_name() };
+        let names = Names { table_source: cfg.source().is_table(), dead_letters: cfg.dead_letter_name() };
         let worked = work(ends, transform.as_mut(), &names);
         transform.finish();
         worked.map(|()| Exit::Clean)

@@ -16,7 +16,7 @@ pub mod reader;
 
 use crate::channel::batch::Record;
 use crate::channel::ipc::{BatchReceiver, Page, Work, WorkSender};
-use crate::config::Config;
+use crate::config::{Config, SourceSpec};
 use crate::error::{Error, Exit, Result};
 use crate::position::{Lane, Position};
 use crate::source::flow::{Drained, Flow};
@@ -46,7 +46,7 @@ pub struct TableSource;
 
 /// What identifies a scan in the checkpoint store: the table, its key and where its rows go. Never a password.
 pub fn scan_id(cfg: &Config) -> String {
-    let Some(url) = &cfg.tables.source else { return String::new() };
+    let SourceSpec::Table(url) = cfg.source() else { return String::new() };
     format!(
         "{} table={} key={} -> {}",
         url.location(),
@@ -110,7 +110,7 @@ impl Stage for TableSource {
     type Ends = SourceEnds;
 
     fn run(cfg: &Config, ends: SourceEnds, hooks: &Hooks) -> Result<Exit> {
-        let (Some(url), Some(store_url)) = (&cfg.tables.source, &cfg.tables.checkpoint) else {
+        let (SourceSpec::Table(url), Some(store_url)) = (cfg.source(), &cfg.tables.checkpoint) else {
             return Err(Error::DbSchema { message: "no --source table given".into() });
         };
         let drain = drain_flag(ends.control)?;

@@ -4,7 +4,7 @@
 //! the supervisor's restart policy takes over.
 
 use crate::channel::ipc::{BatchSender, Page, Work, WorkReceiver};
-use crate::config::Config;
+use crate::config::{Config, SourceSpec};
 use crate::error::{Error, Exit, Result};
 use crate::position::Lane;
 use crate::sql::key::Key;
@@ -30,7 +30,7 @@ impl Stage for TableReader {
     type Ends = ReaderEnds;
 
     fn run(cfg: &Config, ends: ReaderEnds, hooks: &Hooks) -> Result<Exit> {
-        let Some(url) = &cfg.tables.source else {
+        let SourceSpec::Table(url) = cfg.source() else {
             return Err(Error::DbSchema { message: "no --source table given".into() });
         };
         let who = crate::telemetry::logging::process_name().to_string();

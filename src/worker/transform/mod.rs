@@ -12,7 +12,7 @@ mod json_out;
 pub mod md5;
 
 use crate::channel::batch::Record;
-use crate::config::{Config, TransformSpec};
+use crate::config::{Config, SourceSpec, TransformSpec};
 use crate::error::Result;
 use std::fmt;
 use std::ops::Range;
@@ -57,9 +57,11 @@ pub fn build(cfg: &Config) -> Result<Box<dyn Transform>> {
 
 /// Where the events come from, for jq's `$meta`.
 fn meta_source(cfg: &Config) -> jq::MetaSource {
-    match &cfg.tables.source {
-        Some(url) => jq::MetaSource::Table(url.table.as_ref().map(ToString::to_string).unwrap_or_default()),
-        None => jq::MetaSource::Topic(cfg.source_topic.clone()),
+    match cfg.source() {
+        SourceSpec::Table(url) => {
+            jq::MetaSource::Table(url.table.as_ref().map(ToString::to_string).unwrap_or_default())
+        }
+        SourceSpec::Topic(topic) => jq::MetaSource::Topic(topic.to_string()),
     }
 }
 
