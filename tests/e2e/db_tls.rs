@@ -4,38 +4,9 @@
 //! refuses us.
 
 use crate::harness::*;
+use crate::tables::{args, article, run_to_end_with_env as run_to_end, SQRT};
 use std::path::Path;
 use std::time::Duration;
-
-/// The args of a table run: source, sink, state directory, and more.
-fn args(source: &str, sink: &str, state: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a = vec!["--source".to_string(), source.to_string(), "--sink".into(), sink.to_string()];
-    a.extend(["--state-dir".to_string(), state.display().to_string(), "--hashers".into(), "2".into()]);
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
-/// Runs to its end with `env` set; returns the exit code and the log.
-fn run_to_end(args: &[String], env: &[(&str, &str)], timeout: Duration) -> (i32, String) {
-    let mut r = start_with_env(args, env);
-    let status = r.wait_timeout(timeout);
-    if status.is_none() {
-        let _ = r.stop(Signal::SIGKILL, Duration::from_secs(5));
-        panic!("did not finish within {timeout:?}:\n{}", r.log());
-    }
-    (status.and_then(|s| s.code()).unwrap_or(-1), r.log())
-}
-
-const SQRT: &str = ".root = (.value | sqrt)";
-
-/// `source (value)` with `n` rows, and an empty `destination (value, root)`.
-fn article(db: &Db, n: i64) {
-    db.exec(
-        "CREATE TABLE source (value BIGINT PRIMARY KEY);
-         CREATE TABLE destination (value BIGINT PRIMARY KEY, root DOUBLE PRECISION NOT NULL)",
-    );
-    db.fill("source", "value", "v", n);
-}
 
 /// Every source row arrived once, its root right.
 fn assert_copied(db: &Db, n: i64) {

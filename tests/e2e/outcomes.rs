@@ -9,21 +9,13 @@ use std::time::{Duration, Instant};
 /// Runs to its end; returns the exit code, the log and how long it took.
 fn run_to_end(args: &[String], timeout: Duration) -> (i32, String, Duration) {
     let t0 = Instant::now();
-    let mut r = start(args);
-    let status = r.wait_timeout(timeout);
-    if status.is_none() {
-        let _ = r.stop(Signal::SIGKILL, Duration::from_secs(5));
-        panic!("did not finish within {timeout:?}:\n{}", r.log());
-    }
-    (status.and_then(|s| s.code()).unwrap_or(-1), r.log(), t0.elapsed())
+    let (code, log) = crate::tables::run_to_end(args, timeout);
+    (code, log, t0.elapsed())
 }
 
+/// The args of a table run, its state directory named after `name`.
 fn table_args(source: &str, sink: &str, name: &str, extra: &[&str]) -> Vec<String> {
-    let state = scratch_dir(&format!("{name}-state"));
-    let mut a = vec!["--source".to_string(), source.into(), "--sink".into(), sink.into()];
-    a.extend(["--state-dir".to_string(), state.display().to_string(), "--hashers".into(), "2".into()]);
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+    crate::tables::args(source, sink, &scratch_dir(&format!("{name}-state")), extra)
 }
 
 /// The one error line that says why the run stopped.

@@ -37,7 +37,12 @@ pub(crate) fn args(source: &str, sink: &str, state: &Path, extra: &[&str]) -> Ve
 
 /// Runs to its end; returns the exit code and the log.
 pub(crate) fn run_to_end(args: &[String], timeout: Duration) -> (i32, String) {
-    let mut r = start(args);
+    run_to_end_with_env(args, &[], timeout)
+}
+
+/// Runs to its end with `env` set; returns the exit code and the log.
+pub(crate) fn run_to_end_with_env(args: &[String], env: &[(&str, &str)], timeout: Duration) -> (i32, String) {
+    let mut r = start_with_env(args, env);
     let status = r.wait_timeout(timeout);
     if status.is_none() {
         let _ = r.stop(Signal::SIGKILL, Duration::from_secs(5));
@@ -57,10 +62,10 @@ pub(crate) fn until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     false
 }
 
-const SQRT: &str = ".root = (.value | sqrt)";
+pub(crate) const SQRT: &str = ".root = (.value | sqrt)";
 
 /// The article's tables: `source(value)` 1..=n and an empty `destination(value, root)`.
-fn article(db: &Db, n: i64) {
+pub(crate) fn article(db: &Db, n: i64) {
     db.exec(
         "CREATE TABLE source (value BIGINT PRIMARY KEY);
          CREATE TABLE destination (value BIGINT PRIMARY KEY, root DOUBLE PRECISION NOT NULL)",
