@@ -138,6 +138,8 @@ pub enum Error {
     ChildSetup { call: &'static str, source: Errno },
     /// A thread could not be started.
     SpawnThread { name: &'static str, source: io::Error },
+    /// A thread of a stage panicked.
+    ThreadPanicked { name: &'static str },
     /// The SIGINT/SIGTERM handlers could not be installed.
     InstallSignals(io::Error),
     /// `--metrics-addr` is not an address.
@@ -249,6 +251,7 @@ impl fmt::Display for Error {
             Error::Fork(e) => write!(f, "fork failed: {e}"),
             Error::ChildSetup { call, source } => write!(f, "child set-up failed: {call}: {source}"),
             Error::SpawnThread { name, source } => write!(f, "cannot start the {name} thread: {source}"),
+            Error::ThreadPanicked { name } => write!(f, "the {name} thread panicked"),
             Error::InstallSignals(e) => write!(f, "cannot install the SIGINT/SIGTERM handlers: {e}"),
             Error::MetricsAddress { addr, source } => {
                 write!(f, "cannot serve metrics on --metrics-addr {addr}: not a HOST:PORT address ({source})")
@@ -322,6 +325,7 @@ impl std::error::Error for Error {
             | Error::Refused { .. }
             | Error::PeerGone { .. }
             | Error::ReaderGone { .. }
+            | Error::ThreadPanicked { .. }
             | Error::UnknownFrame { .. }
             | Error::JqCompile { .. }
             | Error::ExecGaveUp { .. }

@@ -21,8 +21,8 @@ use crate::sql::{Object, Resilient, Schema};
 use crate::stage::{Hooks, Role, Stage};
 use crate::telemetry::events::{emit, BatchReceived, Delivered};
 use crate::telemetry::heartbeat;
-use crossbeam_channel::RecvTimeoutError;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 /// Rows per upsert at most; a batch also goes when it holds [`MAX_BYTES`] or no more events are waiting.
@@ -87,43 +87,86 @@ impl Stage for TableSink {
                     })
                     .collect(),
             }),
-            // A table source's rows are named by their key (the event's key) where they are dead letters.
-            keyed_at: cfg.source().is_table(),
             created: false,
             key_from_source: url.key.is_none(),
             source,
             acks: ends.acks,
-            pending: Pending::default(),
             undelivered: HashMap::new(),
             unknown_fields: BTreeSet::new(),
             dead_letter_table: None,
             judge: Judge::new(cfg.max_dead_letters),
             too_many: None,
         };
-        let mut ended = 0;
-        while ended < workers && w.too_many.is_none() {
-            let wait = if w.pending.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
-            match inputs.recv_timeout(wait) {
-                Ok(Input::Batch(bytes)) => w.take(&bytes)?,
-                Ok(Input::End { worker, clean }) => {
-                    ended += 1;
-                    if !clean {
-                        log::warn!(
-                            "{} went away without its poison pill; its rows are read again",
-                            Role::Worker(worker)
-                        );
+        // A table source's rows are named by their key (the event's key) where they are dead letters.
+        let keyed_at = cfg.source().is_table();
+        // The database writes one batch while this thread takes the next: the sink's work and the server's overlap
+        // instead of taking turns. A batch is handed over when the writer is free, and grows while it is not.
+        let (to_writer, batches) = crossbeam_channel::bounded::<Pending>(1);
+        let (done, written) = crossbeam_channel::bounded::<Result<bool>>(1);
+        let writer = std::thread::Builder::new()
+            .name("table-writer".into())
+            .spawn(move || {
+                for pending in batches {
+                    let outcome = w.write(pending).map(|()| w.too_many.is_some());
+                    let go_on = matches!(outcome, Ok(false));
+                    if done.send(outcome).is_err() || !go_on {
+                        break;
                     }
                 }
-                // Nothing more waiting: write what there is now rather than wait for a full batch.
-                Err(RecvTimeoutError::Timeout) => w.write()?,
-                Err(RecvTimeoutError::Disconnected) => break,
+                w
+            })
+            .map_err(|source| Error::SpawnThread { name: "table writer", source })?;
+        let mut pending = Pending::default();
+        let mut busy = false;
+        let mut ended = 0;
+        // Set once the writer stops taking batches: past --max-dead-letters, or gone.
+        let mut stopped = false;
+        loop {
+            let full = pending.rows.len() >= MAX_ROWS || pending.bytes.len() >= MAX_BYTES;
+            let all_in = ended == workers;
+            // Nothing more waiting, a full batch, or the last one: write it now rather than wait for more.
+            if !busy && !stopped && !pending.is_empty() && (inputs.is_empty() || full || all_in) {
+                busy = to_writer.send(std::mem::take(&mut pending)).is_ok();
+                stopped = !busy;
             }
-            if w.pending.rows.len() >= MAX_ROWS || w.pending.bytes.len() >= MAX_BYTES {
-                w.write()?;
+            if stopped || (all_in && !busy) {
+                break;
+            }
+            // A full batch takes no more until the writer is free.
+            let take = if full || all_in { crossbeam_channel::never() } else { inputs.clone() };
+            crossbeam_channel::select! {
+                recv(take) -> input => match input {
+                    Ok(Input::Batch(bytes)) => pending.take(&bytes, keyed_at)?,
+                    Ok(Input::End { worker, clean }) => {
+                        ended += 1;
+                        if !clean {
+                            log::warn!(
+                                "{} went away without its poison pill; its rows are read again",
+                                Role::Worker(worker)
+                            );
+                        }
+                    }
+                    Err(_) => ended = workers,
+                },
+                recv(written) -> outcome => {
+                    busy = false;
+                    match outcome {
+                        Ok(Ok(too_many)) => stopped = too_many,
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => stopped = true,
+                    }
+                },
+                default(Duration::from_millis(100)) => {
+                    if busy {
+                        // A write that never returns must look hung: the sink says it is alive only between writes.
+                        continue;
+                    }
+                },
             }
             heartbeat::tick();
         }
-        w.write()?;
+        drop(to_writer);
+        let mut w = writer.join().map_err(|_| Error::ThreadPanicked { name: "table writer" })?;
         if let Some(verdict) = w.too_many.take() {
             // The rows taken after the stop are neither written nor acknowledged: the source checkpoints up to them.
             let at = cfg.place(verdict.at).to_string();
@@ -136,7 +179,7 @@ impl Stage for TableSink {
 }
 
 /// A row to write: its source position, the event, and its key as written in the event.
-type Keyed<'a> = (Position, Object<'a>, String);
+type Keyed<'a> = (Position, Object<'a>, Cow<'a, str>);
 
 /// An event for the dead-letter table: its position, why, and its bytes as they came.
 type Rejected = (Position, String, Vec<u8>);
@@ -151,6 +194,8 @@ struct Pending {
     rejected: Vec<Rejected>,
     /// Filtered out: acknowledged with the next write.
     filtered: Vec<Position>,
+    /// Inputs that became several rows, and how many.
+    fanned_out: Vec<(Position, u32)>,
     /// Rows' keys, back to back, where the dead-letter table names rows by them (a table source's): looked up only
     /// when a row is refused, so a write with no dead letter pays for no map or string per row.
     key_bytes: Vec<u8>,
@@ -171,6 +216,38 @@ impl Pending {
     fn is_empty(&self) -> bool {
         self.rows.is_empty() && self.rejected.is_empty() && self.filtered.is_empty()
     }
+
+    /// Copies a batch's events out of it.
+    fn take(&mut self, bytes: &[u8], keyed_at: bool) -> Result<()> {
+        let Frame::Records(records) = Frame::parse(bytes)? else { return Ok(()) };
+        let mut received = 0;
+        for record in records {
+            let r = record?;
+            received += 1;
+            if r.outputs == 0 {
+                self.filtered.push(r.at);
+                continue;
+            }
+            if r.outputs > 1 {
+                self.fanned_out.push((r.at, r.outputs));
+            }
+            if let (true, Some(key)) = (keyed_at, r.key) {
+                let start = self.key_bytes.len();
+                self.key_bytes.extend_from_slice(&key[..]);
+                self.keys.push((r.at, start..self.key_bytes.len()));
+            }
+            let payload = r.payload.map(|p| &p[..]).unwrap_or_default();
+            if let Some(why) = r.dead_letter {
+                self.rejected.push((r.at, why.to_string(), payload.to_vec()));
+                continue;
+            }
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(payload);
+            self.rows.push((r.at, start..self.bytes.len()));
+        }
+        emit(BatchReceived { events: received });
+        Ok(())
+    }
 }
 
 struct Writer {
@@ -185,12 +262,10 @@ struct Writer {
     source: Option<crate::sql::types::SourceColumns>,
     columns: BTreeSet<String>,
     acks: AckSender,
-    pending: Pending,
     /// Inputs that became several rows: how many are not written yet.
     undelivered: HashMap<Position, u32>,
     unknown_fields: BTreeSet<String>,
     dead_letter_table: Option<crate::sql::url::TableName>,
-    keyed_at: bool,
     /// Whether the dead letters are past `--max-dead-letters`.
     judge: Judge,
     /// They are: no more rows are written.
@@ -198,44 +273,15 @@ struct Writer {
 }
 
 impl Writer {
-    fn take(&mut self, bytes: &[u8]) -> Result<()> {
-        let Frame::Records(records) = Frame::parse(bytes)? else { return Ok(()) };
-        let mut received = 0;
-        for record in records {
-            let r = record?;
-            received += 1;
-            if r.outputs == 0 {
-                self.pending.filtered.push(r.at);
-                continue;
-            }
-            if r.outputs > 1 {
-                self.undelivered.entry(r.at).or_insert(r.outputs);
-            }
-            if let (true, Some(key)) = (self.keyed_at, r.key) {
-                let start = self.pending.key_bytes.len();
-                self.pending.key_bytes.extend_from_slice(&key[..]);
-                self.pending.keys.push((r.at, start..self.pending.key_bytes.len()));
-            }
-            let payload = r.payload.map(|p| &p[..]).unwrap_or_default();
-            if let Some(why) = r.dead_letter {
-                self.pending.rejected.push((r.at, why.to_string(), payload.to_vec()));
-                continue;
-            }
-            let start = self.pending.bytes.len();
-            self.pending.bytes.extend_from_slice(payload);
-            self.pending.rows.push((r.at, start..self.pending.bytes.len()));
-        }
-        emit(BatchReceived { events: received });
-        Ok(())
-    }
-
-    /// Writes what is pending, then acknowledges it.
-    fn write(&mut self) -> Result<()> {
+    /// Writes a batch, then acknowledges it.
+    fn write(&mut self, mut pending: Pending) -> Result<()> {
         // Past --max-dead-letters nothing more is written: what is pending stays unacknowledged.
-        if self.pending.is_empty() || self.too_many.is_some() {
+        if pending.is_empty() || self.too_many.is_some() {
             return Ok(());
         }
-        let mut pending = std::mem::take(&mut self.pending);
+        for (at, outputs) in pending.fanned_out.drain(..) {
+            self.undelivered.entry(at).or_insert(outputs);
+        }
         if self.schema.columns.is_empty() && !self.created {
             let events: Vec<&[u8]> = pending.rows.iter().map(|(_, r)| &pending.bytes[r.clone()]).collect();
             self.create_table(&events)?;
@@ -246,8 +292,10 @@ impl Writer {
         let mut rejected = std::mem::take(&mut pending.rejected);
         let mut written = Vec::with_capacity(pending.rows.len());
         // Rows by the columns they have: a row is written with its own fields only, never NULLs for the fields
-        // other events of the batch have. Each group keeps the batch's order.
-        let mut groups: BTreeMap<Vec<String>, Vec<Keyed<'_>>> = BTreeMap::new();
+        // other events of the batch have. Each group keeps the batch's order; the groups go in the order they first
+        // appear. Events of a batch mostly have the same fields: each is compared with the last group before any other.
+        let mut groups: Vec<(Vec<String>, Vec<Keyed<'_>>)> = Vec::new();
+        let mut last = 0;
         for (at, range) in &pending.rows {
             let event = &pending.bytes[range.clone()];
             let object = match Object::parse(event) {
@@ -266,9 +314,9 @@ impl Writer {
                     _ => break,
                 }
             }
-            let key = match parts.as_slice() {
-                [one] if self.schema.key.len() == 1 => one.to_string(),
-                all if all.len() == self.schema.key.len() => format!("[{}]", all.join(",")),
+            let key: Cow<'_, str> = match parts.as_slice() {
+                [one] if self.schema.key.len() == 1 => Cow::Borrowed(one),
+                all if all.len() == self.schema.key.len() => Cow::Owned(format!("[{}]", all.join(","))),
                 _ => {
                     let missing = &self.schema.key[parts.len()].name;
                     let of = if self.schema.key.len() == 1 { "the key" } else { "part of the key" };
@@ -277,24 +325,36 @@ impl Writer {
                     continue;
                 }
             };
-            let mut fields: Vec<String> = Vec::with_capacity(object.fields.len());
-            for name in object.fields.keys() {
-                if self.columns.contains(name.as_ref()) {
-                    fields.push(name.to_string());
-                } else if self.unknown_fields.insert(name.to_string()) {
-                    log::warn!(
-                        "events have a field {name:?} that table {} has no column for: it is not written",
-                        self.schema.table
-                    );
+            // The object's fields are in name order already.
+            let mut known = object.fields.keys().map(|name| name.as_ref()).filter(|name| self.columns.contains(*name));
+            let group = match groups.get(last) {
+                Some((fields, _)) if known.clone().eq(fields.iter().map(String::as_str)) => last,
+                _ => {
+                    for name in object.fields.keys().filter(|name| !self.columns.contains(name.as_ref())) {
+                        if self.unknown_fields.insert(name.to_string()) {
+                            log::warn!(
+                                "events have a field {name:?} that table {} has no column for: it is not written",
+                                self.schema.table
+                            );
+                        }
+                    }
+                    let fields: Vec<String> = known.by_ref().map(str::to_string).collect();
+                    match groups.iter().position(|(f, _)| *f == fields) {
+                        Some(i) => i,
+                        None => {
+                            groups.push((fields, Vec::new()));
+                            groups.len() - 1
+                        }
+                    }
                 }
-            }
-            fields.sort_unstable();
-            groups.entry(fields).or_default().push((*at, object, key));
+            };
+            last = group;
+            groups[group].1.push((*at, object, key));
         }
         let set_aside = rejected.len();
-        for (fields, rows) in groups {
+        for (fields, rows) in &groups {
             let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
-            let all: Vec<(Position, &Object<'_>, &str)> = rows.iter().map(|(at, o, k)| (*at, o, k.as_str())).collect();
+            let all: Vec<(Position, &Object<'_>, &str)> = rows.iter().map(|(at, o, k)| (*at, o, k.as_ref())).collect();
             self.upsert(&all, &fields, &mut written, &mut rejected)?;
         }
         for (at, why, _) in &rejected[..set_aside] {
