@@ -606,47 +606,10 @@ fn text_of(v: &serde_json::value::RawValue, col: Option<&Column>) -> Result<Opti
 /// CONFLICT DO UPDATE`, each column cast from text to its type. A copy costs the server a fraction of an upsert, and
 /// on a fresh table nothing is there.
 pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&str]) -> Result<(), DbError> {
-    let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(objects.len()); fields.len()];
     let cols_of: Vec<Option<&Column>> = fields.iter().map(|f| s.columns.iter().find(|c| c.name == *f)).collect();
-    let binary: Vec<bool> = cols_of.iter().map(|c| c.is_some_and(|c| c.binary)).collect();
-    for o in objects {
-        for (((column, f), binary), col) in columns.iter_mut().zip(fields).zip(&binary).zip(&cols_of) {
-            let text = match o.fields.get(*f) {
-                Some(v) => text_of(v, *col)?,
-                None => None,
-            };
-            // A bytes column's value travels as base64 (as a table source writes it): bytea's hex input here.
-            column.push(match text {
-                Some(t) if *binary => match base64::engine::general_purpose::STANDARD.decode(&t) {
-                    Ok(bytes) => Some(format!("\\x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())),
-                    Err(_) => Some(t),
-                },
-                other => other,
-            });
-        }
-    }
     let t = s.table.quoted();
     let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
-    let arrays: Vec<String> = (1..=fields.len()).map(|i| format!("${i}::text[]")).collect();
-    let names: Vec<String> = (0..fields.len()).map(|i| format!("u{i}")).collect();
-    let casts: Vec<String> = fields
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let ty = s.columns.iter().find(|c| c.name == *f).map_or("text", |c| c.type_name.as_str());
-            format!("u{i}::{}", quote(ty))
-        })
-        .collect();
-    let insert = format!(
-        "INSERT INTO {t} ({}) SELECT {} FROM unnest({}) AS u({})",
-        cols.join(", "),
-        casts.join(", "),
-        arrays.join(", "),
-        names.join(", ")
-    );
-    let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
-        columns.iter().map(|c| c as &(dyn postgres::types::ToSql + Sync)).collect();
-    match copy(c, &t, &cols, &columns) {
+    match copy(c, &t, &cols, &copy_rows(objects, fields, &cols_of)?) {
         Ok(()) => return Ok(()),
         Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {}
         Err(e) => {
@@ -664,42 +627,106 @@ pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&st
             };
         }
     }
+    let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(objects.len()); fields.len()];
+    for o in objects {
+        for ((column, f), col) in columns.iter_mut().zip(fields).zip(&cols_of) {
+            column.push(match o.fields.get(*f) {
+                Some(v) => column_text(v, *col)?,
+                None => None,
+            });
+        }
+    }
+    let arrays: Vec<String> = (1..=fields.len()).map(|i| format!("${i}::text[]")).collect();
+    let names: Vec<String> = (0..fields.len()).map(|i| format!("u{i}")).collect();
+    let casts: Vec<String> = cols_of
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("u{i}::{}", quote(c.map_or("text", |c| c.type_name.as_str()))))
+        .collect();
     let updates: Vec<String> = fields.iter().filter(|f| !s.is_key(f)).map(|f| quote(f)).collect();
     let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
-    c.execute(format!("{insert} {}", D.on_conflict(&keys, &updates)).as_str(), &params)?;
+    let insert = format!(
+        "INSERT INTO {t} ({}) SELECT {} FROM unnest({}) AS u({}) {}",
+        cols.join(", "),
+        casts.join(", "),
+        arrays.join(", "),
+        names.join(", "),
+        D.on_conflict(&keys, &updates)
+    );
+    let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+        columns.iter().map(|c| c as &(dyn postgres::types::ToSql + Sync)).collect();
+    c.execute(insert.as_str(), &params)?;
     Ok(())
 }
 
-/// `COPY table (columns) FROM STDIN` of the rows, in one transaction.
-fn copy(c: &mut Client, table: &str, cols: &[String], columns: &[Vec<Option<String>>]) -> Result<(), postgres::Error> {
-    use std::io::Write;
-    let rows = columns.first().map_or(0, Vec::len);
-    let mut buf = Vec::with_capacity(rows * 16 * columns.len().max(1));
-    for r in 0..rows {
-        for (i, column) in columns.iter().enumerate() {
+/// A field's text as its column takes it; a bytes column's value travels as base64 (as a table source writes it):
+/// bytea's hex input here.
+fn column_text(v: &serde_json::value::RawValue, col: Option<&Column>) -> Result<Option<String>, DbError> {
+    Ok(match text_of(v, col)? {
+        Some(t) if col.is_some_and(|c| c.binary) => match base64::engine::general_purpose::STANDARD.decode(&t) {
+            Ok(bytes) => Some(format!("\\x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())),
+            Err(_) => Some(t),
+        },
+        other => other,
+    })
+}
+
+/// The rows in `COPY`'s text format. A number, a boolean, or any value of a JSON column is its JSON text as it
+/// stands, copied straight from the event; only strings, arrays and bytes are converted.
+fn copy_rows(objects: &[&Object<'_>], fields: &[&str], cols_of: &[Option<&Column>]) -> Result<Vec<u8>, DbError> {
+    let mut buf = Vec::with_capacity(objects.iter().map(|o| o.raw.len()).sum::<usize>() + objects.len());
+    for o in objects {
+        for (i, (f, col)) in fields.iter().zip(cols_of).enumerate() {
             if i > 0 {
                 buf.push(b'\t');
             }
-            match &column[r] {
-                None => buf.extend_from_slice(b"\\N"),
-                Some(v) => {
-                    for b in v.bytes() {
-                        match b {
-                            b'\\' => buf.extend_from_slice(b"\\\\"),
-                            b'\t' => buf.extend_from_slice(b"\\t"),
-                            b'\n' => buf.extend_from_slice(b"\\n"),
-                            b'\r' => buf.extend_from_slice(b"\\r"),
-                            b => buf.push(b),
-                        }
-                    }
+            let Some(v) = o.fields.get(*f) else {
+                buf.extend_from_slice(b"\\N");
+                continue;
+            };
+            let raw = v.get().as_bytes();
+            let as_is = match raw.first() {
+                Some(b'"' | b'[' | b'n') => col.is_some_and(|c| c.json),
+                _ => col.is_none_or(|c| !c.binary),
+            };
+            if as_is {
+                copy_escape(&mut buf, raw);
+            } else {
+                match column_text(v, *col)? {
+                    Some(text) => copy_escape(&mut buf, text.as_bytes()),
+                    None => buf.extend_from_slice(b"\\N"),
                 }
             }
         }
         buf.push(b'\n');
     }
+    Ok(buf)
+}
+
+/// A value in `COPY`'s text format: backslash, tab and line ends escaped.
+fn copy_escape(buf: &mut Vec<u8>, text: &[u8]) {
+    let mut from = 0;
+    for (i, b) in text.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        buf.extend_from_slice(&text[from..i]);
+        buf.extend_from_slice(escaped);
+        from = i + 1;
+    }
+    buf.extend_from_slice(&text[from..]);
+}
+
+/// `COPY table (columns) FROM STDIN` of rows in its text format, in one transaction.
+fn copy(c: &mut Client, table: &str, cols: &[String], rows: &[u8]) -> Result<(), postgres::Error> {
+    use std::io::Write;
     let mut writer = c.copy_in(format!("COPY {table} ({}) FROM STDIN", cols.join(", ")).as_str())?;
     // A write error here is the connection's, and finish() reports it.
-    let _ = writer.write_all(&buf);
+    let _ = writer.write_all(rows);
     writer.finish().map(|_| ())
 }
 
