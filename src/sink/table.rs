@@ -122,7 +122,7 @@ impl Stage for TableSink {
         // Set once the writer stops taking batches: past --max-dead-letters, or gone.
         let mut stopped = false;
         loop {
-            let full = pending.rows.len() >= MAX_ROWS || pending.bytes.len() >= MAX_BYTES;
+            let full = pending.is_full();
             let all_in = ended == workers;
             // Nothing more waiting, a full batch, or the last one: write it now rather than wait for more.
             if !busy && !stopped && !pending.is_empty() && (inputs.is_empty() || full || all_in) {
@@ -136,7 +136,7 @@ impl Stage for TableSink {
             let take = if full || all_in { crossbeam_channel::never() } else { inputs.clone() };
             crossbeam_channel::select! {
                 recv(take) -> input => match input {
-                    Ok(Input::Batch(bytes)) => pending.take(&bytes, keyed_at)?,
+                    Ok(Input::Batch(bytes)) => pending.take(bytes, keyed_at)?,
                     Ok(Input::End { worker, clean }) => {
                         ended += 1;
                         if !clean {
@@ -184,42 +184,55 @@ type Keyed<'a> = (Position, Object<'a>, Cow<'a, str>);
 /// An event for the dead-letter table: its position, why, and its bytes as they came.
 type Rejected = (Position, String, Vec<u8>);
 
-/// Events waiting to be written, copied out of their batches.
+/// Events waiting to be written, in the batches they came in: a row is a range of its batch, not a copy.
 #[derive(Default)]
 struct Pending {
-    bytes: Vec<u8>,
-    /// Per row: its source position and its bytes' range.
-    rows: Vec<(Position, std::ops::Range<usize>)>,
+    batches: Vec<Vec<u8>>,
+    /// The batches' bytes in all.
+    size: usize,
+    /// Per row: its source position, and where its bytes are.
+    rows: Vec<(Position, Span)>,
     /// Rejected by a worker: position, reason, event.
     rejected: Vec<Rejected>,
     /// Filtered out: acknowledged with the next write.
     filtered: Vec<Position>,
     /// Inputs that became several rows, and how many.
     fanned_out: Vec<(Position, u32)>,
-    /// Rows' keys, back to back, where the dead-letter table names rows by them (a table source's): looked up only
-    /// when a row is refused, so a write with no dead letter pays for no map or string per row.
-    key_bytes: Vec<u8>,
-    keys: Vec<(Position, std::ops::Range<usize>)>,
+    /// Rows' keys where the dead-letter table names rows by them (a table source's): looked up only when a row is
+    /// refused, so a write with no dead letter pays for no map or string per row.
+    keys: Vec<(Position, Span)>,
 }
+
+/// Where bytes are in [`Pending`]: which batch, and which range of it.
+type Span = (usize, std::ops::Range<usize>);
 
 impl Pending {
     /// The keys of the rows, by position, as the dead-letter table names them.
     fn keys_by_position(&self) -> HashMap<Position, String> {
-        self.keys
-            .iter()
-            .map(|(at, r)| (*at, String::from_utf8_lossy(&self.key_bytes[r.clone()]).into_owned()))
-            .collect()
+        self.keys.iter().map(|(at, span)| (*at, String::from_utf8_lossy(self.bytes(span)).into_owned())).collect()
     }
-}
 
-impl Pending {
+    fn bytes(&self, (batch, range): &Span) -> &[u8] {
+        &self.batches[*batch][range.clone()]
+    }
+
     fn is_empty(&self) -> bool {
         self.rows.is_empty() && self.rejected.is_empty() && self.filtered.is_empty()
     }
 
-    /// Copies a batch's events out of it.
-    fn take(&mut self, bytes: &[u8], keyed_at: bool) -> Result<()> {
-        let Frame::Records(records) = Frame::parse(bytes)? else { return Ok(()) };
+    fn is_full(&self) -> bool {
+        self.rows.len() >= MAX_ROWS || self.size >= MAX_BYTES
+    }
+
+    /// Keeps a batch, and notes where its events are.
+    fn take(&mut self, bytes: Vec<u8>, keyed_at: bool) -> Result<()> {
+        let Frame::Records(records) = Frame::parse(&bytes)? else { return Ok(()) };
+        let batch = self.batches.len();
+        // Where a slice of `bytes` is in it.
+        let span = |part: &[u8]| {
+            let start = part.as_ptr() as usize - bytes.as_ptr() as usize;
+            (batch, start..start + part.len())
+        };
         let mut received = 0;
         for record in records {
             let r = record?;
@@ -232,19 +245,17 @@ impl Pending {
                 self.fanned_out.push((r.at, r.outputs));
             }
             if let (true, Some(key)) = (keyed_at, r.key) {
-                let start = self.key_bytes.len();
-                self.key_bytes.extend_from_slice(&key[..]);
-                self.keys.push((r.at, start..self.key_bytes.len()));
+                self.keys.push((r.at, span(key)));
             }
-            let payload = r.payload.map(|p| &p[..]).unwrap_or_default();
+            let payload = r.payload.map_or((batch, 0..0), |p| span(p));
             if let Some(why) = r.dead_letter {
-                self.rejected.push((r.at, why.to_string(), payload.to_vec()));
+                self.rejected.push((r.at, why.to_string(), bytes[payload.1].to_vec()));
                 continue;
             }
-            let start = self.bytes.len();
-            self.bytes.extend_from_slice(payload);
-            self.rows.push((r.at, start..self.bytes.len()));
+            self.rows.push((r.at, payload));
         }
+        self.size += bytes.len();
+        self.batches.push(bytes);
         emit(BatchReceived { events: received });
         Ok(())
     }
@@ -283,7 +294,7 @@ impl Writer {
             self.undelivered.entry(at).or_insert(outputs);
         }
         if self.schema.columns.is_empty() && !self.created {
-            let events: Vec<&[u8]> = pending.rows.iter().map(|(_, r)| &pending.bytes[r.clone()]).collect();
+            let events: Vec<&[u8]> = pending.rows.iter().map(|(_, span)| pending.bytes(span)).collect();
             self.create_table(&events)?;
         }
         // Set aside before any statement (a worker's rejection, an event that is no row): judged after the batch's
@@ -296,8 +307,8 @@ impl Writer {
         // appear. Events of a batch mostly have the same fields: each is compared with the last group before any other.
         let mut groups: Vec<(Vec<String>, Vec<Keyed<'_>>)> = Vec::new();
         let mut last = 0;
-        for (at, range) in &pending.rows {
-            let event = &pending.bytes[range.clone()];
+        for (at, span) in &pending.rows {
+            let event = pending.bytes(span);
             let object = match Object::parse(event) {
                 Ok(object) => object,
                 Err(why) => {
@@ -326,9 +337,9 @@ impl Writer {
                 }
             };
             // The object's fields are in name order already.
-            let mut known = object.fields.keys().map(|name| name.as_ref()).filter(|name| self.columns.contains(*name));
+            let known = || object.fields.keys().map(|name| name.as_ref()).filter(|name| self.columns.contains(*name));
             let group = match groups.get(last) {
-                Some((fields, _)) if known.clone().eq(fields.iter().map(String::as_str)) => last,
+                Some((fields, _)) if known().eq(fields.iter().map(String::as_str)) => last,
                 _ => {
                     for name in object.fields.keys().filter(|name| !self.columns.contains(name.as_ref())) {
                         if self.unknown_fields.insert(name.to_string()) {
@@ -338,7 +349,7 @@ impl Writer {
                             );
                         }
                     }
-                    let fields: Vec<String> = known.by_ref().map(str::to_string).collect();
+                    let fields: Vec<String> = known().map(str::to_string).collect();
                     match groups.iter().position(|(f, _)| *f == fields) {
                         Some(i) => i,
                         None => {

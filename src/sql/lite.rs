@@ -260,7 +260,7 @@ pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &
     let mut texts = Vec::with_capacity(objects.len());
     if !json.is_empty() {
         for o in objects {
-            let row: Vec<&str> = json.iter().map(|f| o.fields.get(*f).map_or("null", |v| v.get())).collect();
+            let row: Vec<&str> = json.iter().map(|f| o.fields.get(f).map_or("null", |v| v.get())).collect();
             texts.push(row);
         }
     }

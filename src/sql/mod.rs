@@ -30,7 +30,6 @@ use dialect::{Compare, Dialect};
 use key::{Key, KeyKind, Part};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use types::{Declared, SourceColumns};
 use url::{Engine, TableName, TableUrl};
 
@@ -765,8 +764,71 @@ impl ObjectWriter {
 /// An event on its way into a table: its bytes, and its top-level fields, parsed once.
 pub struct Object<'a> {
     pub raw: &'a [u8],
-    /// In name order: an event has few fields, and comparing names costs less than hashing them.
-    pub fields: BTreeMap<Cow<'a, str>, &'a RawValue>,
+    pub fields: Fields<'a>,
+}
+
+/// An event's top-level fields with their values as JSON text, in name order, the last of a repeated name kept (as a
+/// JSON map keeps it). One vector, names borrowed from the event unless escaped: an event has few fields, and the
+/// sink parses every one.
+pub struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    pub fn get(&self, name: &str) -> Option<&&'a RawValue> {
+        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(name)).ok().map(|i| &self.0[i].1)
+    }
+
+    /// The names, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &Cow<'a, str>> + Clone {
+        self.0.iter().map(|(k, _)| k)
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name<'a>(Cow<'a, str>);
+        impl<'de: 'a, 'a> serde::Deserialize<'de> for Name<'a> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl<'de> serde::de::Visitor<'de> for Visit {
+                    type Value = Name<'de>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                        Ok(Name(Cow::Borrowed(v)))
+                    }
+                    fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                        Ok(Name(Cow::Owned(v.to_string())))
+                    }
+                }
+                d.deserialize_str(Visit)
+            }
+        }
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Fields<'de>, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((Name(name), value)) = map.next_entry::<Name<'de>, &'de RawValue>()? {
+                    fields.push((name, value));
+                }
+                // Stable: of a repeated name, the later value is kept.
+                fields.sort_by(|a: &(Cow<'de, str>, _), b| a.0.cmp(&b.0));
+                fields.dedup_by(|later, earlier| {
+                    let same = later.0 == earlier.0;
+                    if same {
+                        std::mem::swap(&mut later.1, &mut earlier.1);
+                    }
+                    same
+                });
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 impl<'a> Object<'a> {
@@ -902,5 +964,17 @@ mod tests {
         }
         let why = Object::parse(b"{\"a\":\"\xff\"}").err().unwrap_or_default();
         assert!(why.contains("not UTF-8"), "{why}");
+    }
+
+    #[test]
+    fn fields_are_in_name_order_with_the_last_of_a_repeated_name() {
+        let o = Object::parse(br#"{"c":1,"a":2,"\u0062":3,"a":4,"c":5,"a":6}"#).unwrap();
+        let names: Vec<&str> = o.fields.keys().map(|k| k.as_ref()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let values: Vec<&str> = names.iter().map(|n| o.fields.get(n).unwrap().get()).collect();
+        assert_eq!(values, ["6", "3", "5"]);
+        assert!(o.fields.get("d").is_none());
+        let why = Object::parse(br#""p1""#).err().unwrap_or_default();
+        assert_eq!(why, "not a JSON object: invalid type: string \"p1\", expected a map at line 1 column 4");
     }
 }

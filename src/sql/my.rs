@@ -528,7 +528,7 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
         let mut params = Vec::with_capacity(part.len() * fields.len());
         for o in part {
             for (f, kind) in fields.iter().zip(&kinds) {
-                params.push(param(o.fields.get(*f).copied(), *kind)?);
+                params.push(param(o.fields.get(f).copied(), *kind)?);
             }
         }
         let sql = format!(

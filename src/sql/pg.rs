@@ -630,7 +630,7 @@ pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&st
     let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(objects.len()); fields.len()];
     for o in objects {
         for ((column, f), col) in columns.iter_mut().zip(fields).zip(&cols_of) {
-            column.push(match o.fields.get(*f) {
+            column.push(match o.fields.get(f) {
                 Some(v) => column_text(v, *col)?,
                 None => None,
             });
@@ -680,7 +680,7 @@ fn copy_rows(objects: &[&Object<'_>], fields: &[&str], cols_of: &[Option<&Column
             if i > 0 {
                 buf.push(b'\t');
             }
-            let Some(v) = o.fields.get(*f) else {
+            let Some(v) = o.fields.get(f) else {
                 buf.extend_from_slice(b"\\N");
                 continue;
             };
