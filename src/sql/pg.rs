@@ -609,7 +609,15 @@ pub fn upsert(c: &mut Client, s: &Schema, objects: &[&Object<'_>], fields: &[&st
     let cols_of: Vec<Option<&Column>> = fields.iter().map(|f| s.columns.iter().find(|c| c.name == *f)).collect();
     let t = s.table.quoted();
     let cols: Vec<String> = fields.iter().map(|f| quote(f)).collect();
-    match copy(c, &t, &cols, &copy_rows(objects, fields, &cols_of)?) {
+    let binary = cols_of.iter().map(|c| Binary::of(*c)).collect::<Option<Vec<_>>>().and_then(|kinds| {
+        let rows = binary_rows(objects, fields, &kinds)?;
+        Some(copy(c, &t, &cols, &rows, true))
+    });
+    let copied = match binary {
+        Some(copied) => copied,
+        None => copy(c, &t, &cols, &copy_rows(objects, fields, &cols_of)?, false),
+    };
+    match copied {
         Ok(()) => return Ok(()),
         Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {}
         Err(e) => {
@@ -721,10 +729,110 @@ fn copy_escape(buf: &mut Vec<u8>, text: &[u8]) {
     buf.extend_from_slice(&text[from..]);
 }
 
-/// `COPY table (columns) FROM STDIN` of rows in its text format, in one transaction.
-fn copy(c: &mut Client, table: &str, cols: &[String], rows: &[u8]) -> Result<(), postgres::Error> {
+/// A column type whose binary `COPY` form is written here: the server then parses no text for it, the larger part of
+/// what a copy of numbers costs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Binary {
+    I16,
+    I32,
+    I64,
+    F32,
+    F64,
+    Bool,
+    Text,
+}
+
+impl Binary {
+    fn of(col: Option<&Column>) -> Option<Binary> {
+        Some(match col?.type_name.as_str() {
+            "int2" => Binary::I16,
+            "int4" => Binary::I32,
+            "int8" => Binary::I64,
+            "float4" => Binary::F32,
+            "float8" => Binary::F64,
+            "bool" => Binary::Bool,
+            "text" | "varchar" => Binary::Text,
+            _ => return None,
+        })
+    }
+
+    /// A non-null JSON value in this type's binary form, appended; false, with nothing appended, where the value is
+    /// not one the server would take as it stands in text (a fraction for an integer, a string for a number, an
+    /// out-of-range number): such a batch goes as text, and the server judges it as it always has.
+    fn put(self, buf: &mut Vec<u8>, raw: &str) -> bool {
+        let number = raw.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+        // The server refuses a float that rounds to zero or infinity (out of range); a zero written as zero is one.
+        let zero_written =
+            || raw.split(['e', 'E']).next().is_some_and(|m| m.bytes().all(|b| matches!(b, b'-' | b'0' | b'.')));
+        macro_rules! field {
+            ($bytes:expr) => {{
+                let bytes = $bytes;
+                buf.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                buf.extend_from_slice(&bytes);
+                true
+            }};
+        }
+        match self {
+            Binary::I16 => raw.parse::<i16>().is_ok_and(|v| field!(v.to_be_bytes())),
+            Binary::I32 => raw.parse::<i32>().is_ok_and(|v| field!(v.to_be_bytes())),
+            Binary::I64 => raw.parse::<i64>().is_ok_and(|v| field!(v.to_be_bytes())),
+            Binary::F32 => match raw.parse::<f32>() {
+                Ok(v) if number && v.is_finite() && (v != 0.0 || zero_written()) => field!(v.to_be_bytes()),
+                _ => false,
+            },
+            Binary::F64 => match raw.parse::<f64>() {
+                Ok(v) if number && v.is_finite() && (v != 0.0 || zero_written()) => field!(v.to_be_bytes()),
+                _ => false,
+            },
+            Binary::Bool => match raw {
+                "true" => field!([1u8]),
+                "false" => field!([0u8]),
+                _ => false,
+            },
+            Binary::Text => match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                // A string with no escape is its text between the quotes.
+                Some(text) if !text.contains('\\') => field!(text.as_bytes()),
+                // The server's text holds no NUL.
+                Some(_) => match serde_json::from_str::<String>(raw) {
+                    Ok(text) if !text.contains('\0') => field!(text.as_bytes()),
+                    _ => false,
+                },
+                // Another value, as text takes it: its JSON.
+                None => field!(raw.as_bytes()),
+            },
+        }
+    }
+}
+
+/// The rows in binary `COPY` format, `None` where a value is not for it (see [`Binary::put`]).
+fn binary_rows(objects: &[&Object<'_>], fields: &[&str], kinds: &[Binary]) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(19 + objects.len() * (2 + 12 * fields.len()));
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    // No flags, no header extension.
+    buf.extend_from_slice(&[0; 8]);
+    let count = i16::try_from(fields.len()).ok()?;
+    for o in objects {
+        buf.extend_from_slice(&count.to_be_bytes());
+        for (f, kind) in fields.iter().zip(kinds) {
+            match o.fields.get(f).map(|v| v.get()) {
+                None | Some("null") => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(raw) => {
+                    if !kind.put(&mut buf, raw) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    Some(buf)
+}
+
+/// `COPY table (columns) FROM STDIN` of rows in its text or binary format, in one transaction.
+fn copy(c: &mut Client, table: &str, cols: &[String], rows: &[u8], binary: bool) -> Result<(), postgres::Error> {
     use std::io::Write;
-    let mut writer = c.copy_in(format!("COPY {table} ({}) FROM STDIN", cols.join(", ")).as_str())?;
+    let format = if binary { " (FORMAT binary)" } else { "" };
+    let mut writer = c.copy_in(format!("COPY {table} ({}) FROM STDIN{format}", cols.join(", ")).as_str())?;
     // A write error here is the connection's, and finish() reports it.
     let _ = writer.write_all(rows);
     writer.finish().map(|_| ())

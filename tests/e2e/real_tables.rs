@@ -240,3 +240,58 @@ fn postgres_permission_denied() {
 fn mariadb_permission_denied() {
     permission_denied("mariadb")
 }
+
+/// PostgreSQL's sink copies integers, floats, booleans and text in COPY's binary form: every value arrives as it was,
+/// extremes, signed zeros, the smallest floats and escaped text included.
+#[test]
+fn postgres_binary_copy_changes_no_value() {
+    let db = Db::start("postgres", "binary");
+    let columns = "id INTEGER PRIMARY KEY, s SMALLINT, i INTEGER, b BIGINT, r REAL, d DOUBLE PRECISION, t BOOLEAN, \
+                   x TEXT, v VARCHAR(12)";
+    db.exec(&format!("CREATE TABLE kinds ({columns}); CREATE TABLE kinds_out ({columns}, hash TEXT)"));
+    db.exec(
+        r#"INSERT INTO kinds VALUES
+           (1, -32768, -2147483648, -9223372036854775808, 3.4028235e38, 1.7976931348623157e308, true,
+            E'tab\there \\ back "q" é 😀', 'short'),
+           (2, 32767, 2147483647, 9223372036854775807, 1.4e-45, 5e-324, false, '', ''),
+           (3, 0, 0, 0, '-0', '-0', NULL, E'line\nbreak\r', NULL),
+           (4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+           (5, 1, 2, 3, 0.1, 0.1, true, '{"a": 1}', '[1,2]'),
+           (6, -1, -2, -3, 1.17549435e-38, 2.2250738585072014e-308, false, 'null', '12 chars ...')"#,
+    );
+    let state = scratch_dir("binary-state");
+    let (code, log) = run_to_end(&args(&db.url("kinds"), &db.url("kinds_out"), &state, &[]), Duration::from_secs(120));
+    assert_eq!(code, 0, "{log}");
+    let all = "id, s, i, b, r, d, t, x, v, r::text, d::text";
+    for (a, b) in [("kinds", "kinds_out"), ("kinds_out", "kinds")] {
+        let differ = db.one(&format!("SELECT COUNT(*) FROM (SELECT {all} FROM {a} EXCEPT SELECT {all} FROM {b}) d"));
+        assert_eq!(differ, 0, "{a} has rows {b} has not: every value as it was\n{log}");
+    }
+    assert_eq!(db.count("kinds_out"), 6);
+    assert_eq!(db.one("SELECT COUNT(*) FROM kinds_out WHERE id = 3 AND r::text = '-0' AND d::text = '-0'"), 1);
+}
+
+/// A value the binary form cannot carry (a fraction or an out-of-range number for an integer column, a number past
+/// a double's range) goes as text, where the server refuses that row alone, with its own words: the others arrive.
+#[test]
+fn postgres_refuses_out_of_range_values_row_by_row() {
+    let db = Db::start("postgres", "range");
+    db.exec(
+        "CREATE TABLE wide (id INTEGER PRIMARY KEY, n NUMERIC); \
+         CREATE TABLE narrow (id INTEGER PRIMARY KEY, n INTEGER, hash TEXT); \
+         CREATE TABLE narrow_f (id INTEGER PRIMARY KEY, n DOUBLE PRECISION, hash TEXT); \
+         INSERT INTO wide VALUES (1, 1.5), (2, 1e400), (3, 42), (4, 1e-400), (5, 2147483648)",
+    );
+    for (table, written, refused) in [("narrow", vec![3], vec![1, 2, 4, 5]), ("narrow_f", vec![1, 3, 5], vec![2, 4])] {
+        let state = scratch_dir(&format!("range-state-{table}"));
+        let (code, log) = run_to_end(&args(&db.url("wide"), &db.url(table), &state, &[]), Duration::from_secs(120));
+        assert_eq!(code, 0, "{log}");
+        let ids = |sql: &str| (1..=5).filter(|id| db.one(&format!("{sql} '{id}'")) == 1).collect::<Vec<i64>>();
+        assert_eq!(ids(&format!("SELECT COUNT(*) FROM {table} WHERE id::text =")), written, "{log}");
+        assert_eq!(ids(&format!("SELECT COUNT(*) FROM {table}_dead_letter WHERE at =")), refused, "{log}");
+        let reasons = db.one(&format!(
+            "SELECT COUNT(*) FROM {table}_dead_letter WHERE reason LIKE '%out of range%' OR reason LIKE '%invalid input%'"
+        ));
+        assert_eq!(reasons, refused.len() as i64, "the server's own words");
+    }
+}
