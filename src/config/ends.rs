@@ -38,6 +38,15 @@ impl SourceSpec<'_> {
     }
 }
 
+impl<'a> SourceSpec<'a> {
+    pub fn table(&self) -> Option<&'a TableUrl> {
+        match *self {
+            SourceSpec::Table(url) => Some(url),
+            SourceSpec::Topic(_) => None,
+        }
+    }
+}
+
 impl SinkSpec<'_> {
     /// As the logs name it.
     pub fn name(&self) -> String {
@@ -60,6 +69,15 @@ impl SinkSpec<'_> {
 
     pub fn is_table(&self) -> bool {
         matches!(self, SinkSpec::Table(_))
+    }
+}
+
+impl<'a> SinkSpec<'a> {
+    pub fn table(&self) -> Option<&'a TableUrl> {
+        match *self {
+            SinkSpec::Table(url) => Some(url),
+            SinkSpec::Topic { .. } => None,
+        }
     }
 }
 

@@ -123,6 +123,16 @@ pub enum Conn {
     Sqlite(rusqlite::Connection),
 }
 
+/// Readies in this process what connecting to `urls` needs and costs the same in every process (PostgreSQL's TLS
+/// context): called before the children are forked, so that they inherit it.
+pub fn prepare<'a>(urls: impl IntoIterator<Item = &'a TableUrl>) {
+    for url in urls {
+        if url.engine == Engine::Postgres {
+            pg::prepare_tls(url);
+        }
+    }
+}
+
 impl Conn {
     pub fn open(url: &TableUrl) -> Result<Conn> {
         match url.engine {

@@ -46,8 +46,30 @@ pub fn open(url: &TableUrl) -> Result<Client> {
     if config.get_application_name().is_none() {
         config.application_name("supervisor");
     }
+    if tls.mode == SslMode::Disable {
+        return config.connect(postgres::NoTls).map_err(|e| connect_error(url, &tls, e));
+    }
     let connector = tls.connector().map_err(|message| Error::DbTls { url: url.to_string(), message })?;
     config.connect(connector).map_err(|e| connect_error(url, &tls, e))
+}
+
+/// The TLS connectors built in this process for settings that name no certificate file, by their settings. Building
+/// one reads the system's trusted roots (tens of milliseconds, whatever the mode): the supervisor builds them once,
+/// before it forks, and every child, restarted ones too, inherits them, as prefork servers share one TLS context.
+static CONNECTORS: std::sync::Mutex<Vec<(Tls, postgres_openssl::MakeTlsConnector)>> = std::sync::Mutex::new(Vec::new());
+
+/// Builds the TLS connector `url` will connect with, so that the processes forked after this share it. A URL whose
+/// TLS settings are wrong is left for the child that connects to say so.
+pub fn prepare_tls(url: &TableUrl) {
+    let Ok((_, taken)) = super::url::take_parameters(&url.connect, &["sslmode", "sslrootcert", "sslcert", "sslkey"])
+    else {
+        return;
+    };
+    if let Ok(tls) = Tls::from_parameters(&taken) {
+        if tls.mode != SslMode::Disable {
+            let _ = tls.connector();
+        }
+    }
 }
 
 /// `PGPASSWORD` or the password file's line for this connection's first host.
@@ -132,6 +154,21 @@ impl Tls {
     /// says), or against the system's roots when none is given; the host name checked in verify-full only; the
     /// client certificate and key if given.
     fn connector(&self) -> Result<postgres_openssl::MakeTlsConnector, String> {
+        // Certificate files are read at each connection, as libpq reads them: a rotated client certificate or root
+        // is used from the next connection on.
+        if self.root.is_some() || self.cert.is_some() || self.key.is_some() {
+            return self.build();
+        }
+        let mut built = CONNECTORS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, connector)) = built.iter().find(|(tls, _)| tls == self) {
+            return Ok(connector.clone());
+        }
+        let connector = self.build()?;
+        built.push((self.clone(), connector.clone()));
+        Ok(connector)
+    }
+
+    fn build(&self) -> Result<postgres_openssl::MakeTlsConnector, String> {
         use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
         let stack = |e: openssl::error::ErrorStack| e.to_string();
         let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(stack)?;

@@ -122,6 +122,9 @@ impl Supervisor {
                 return (e.exit(), StageStats::default());
             }
         }
+        // Before any fork, so that every child, restarted ones too, inherits what connecting costs alike in each.
+        let tables = [cfg.source().table(), cfg.sink().table(), cfg.tables.checkpoint.as_ref()];
+        crate::sql::prepare(tables.into_iter().flatten());
         let mut sup = match Supervisor::new(cfg, signals) {
             Ok(sup) => sup,
             Err(e) => {
