@@ -30,6 +30,14 @@ pub enum Input {
     },
 }
 
+/// A worker's end as a sink tells it: one without its poison pill leaves its unacknowledged input to be read again,
+/// which `what` says in the sink's words.
+pub fn worker_ended(worker: usize, clean: bool, what: &str) {
+    if !clean {
+        log::warn!("{} went away without its poison pill; its {what}", Role::Worker(worker));
+    }
+}
+
 /// One reader thread per worker feeding one channel, so that a slow worker never holds up the others and each
 /// worker's order (hence each lane's) is kept.
 pub fn read_workers(inputs: Vec<BatchReceiver>) -> Result<Receiver<Input>> {

@@ -16,9 +16,9 @@ use crate::config::{Config, SinkSpec, SourceSpec};
 use crate::error::{Error, Exit, Result};
 use crate::position::Position;
 use crate::sink::refusals::{Judge, TooMany};
-use crate::sink::{read_workers, Input, SinkEnds};
+use crate::sink::{read_workers, worker_ended, Input, SinkEnds};
 use crate::sql::{Object, Resilient, Schema};
-use crate::stage::{Hooks, Role, Stage};
+use crate::stage::{Hooks, Stage};
 use crate::telemetry::events::{emit, BatchReceived, Delivered};
 use crate::telemetry::heartbeat;
 use std::borrow::Cow;
@@ -139,12 +139,7 @@ impl Stage for TableSink {
                     Ok(Input::Batch(bytes)) => pending.take(bytes, keyed_at)?,
                     Ok(Input::End { worker, clean }) => {
                         ended += 1;
-                        if !clean {
-                            log::warn!(
-                                "{} went away without its poison pill; its rows are read again",
-                                Role::Worker(worker)
-                            );
-                        }
+                        worker_ended(worker, clean, "rows are read again");
                     }
                     Err(_) => ended = workers,
                 },

@@ -21,10 +21,7 @@ const D: &dyn Dialect = &super::dialect::Postgres;
 /// password from the URL, else `PGPASSWORD`, else the password file.
 pub fn open(url: &TableUrl) -> Result<Client> {
     let refused = |source: DbError| Error::DbConnect { url: url.to_string(), fault: Fault::Refused, source };
-    // The client's own parser knows neither verify-ca/verify-full nor the certificate files: they are ours.
-    let (rest, taken) = super::url::take_parameters(&url.connect, &["sslmode", "sslrootcert", "sslcert", "sslkey"])
-        .map_err(|e| refused(e.into()))?;
-    let tls = Tls::from_parameters(&taken).map_err(|e| refused(e.into()))?;
+    let (rest, tls) = Tls::of(url).map_err(|e| refused(e.into()))?;
     let mut config = Config::from_str(&rest).map_err(|e| refused(e.into()))?;
     config.ssl_mode(if tls.mode == SslMode::Disable {
         postgres::config::SslMode::Disable
@@ -61,11 +58,7 @@ static CONNECTORS: std::sync::Mutex<Vec<(Tls, postgres_openssl::MakeTlsConnector
 /// Builds the TLS connector `url` will connect with, so that the processes forked after this share it. A URL whose
 /// TLS settings are wrong is left for the child that connects to say so.
 pub fn prepare_tls(url: &TableUrl) {
-    let Ok((_, taken)) = super::url::take_parameters(&url.connect, &["sslmode", "sslrootcert", "sslcert", "sslkey"])
-    else {
-        return;
-    };
-    if let Ok(tls) = Tls::from_parameters(&taken) {
+    if let Ok((_, tls)) = Tls::of(url) {
         if tls.mode != SslMode::Disable {
             let _ = tls.connector();
         }
@@ -109,6 +102,14 @@ struct Tls {
 }
 
 impl Tls {
+    /// The URL's TLS settings, and the rest of its connection string. The client's own parser knows neither
+    /// verify-ca/verify-full nor the certificate files: they are ours.
+    fn of(url: &TableUrl) -> Result<(String, Tls), String> {
+        let (rest, taken) =
+            super::url::take_parameters(&url.connect, &["sslmode", "sslrootcert", "sslcert", "sslkey"])?;
+        Ok((rest, Tls::from_parameters(&taken)?))
+    }
+
     fn from_parameters(taken: &[(String, String)]) -> Result<Tls, String> {
         let mut tls = Tls { mode: SslMode::Prefer, root: None, cert: None, key: None };
         for (k, v) in taken {
@@ -392,6 +393,11 @@ fn param(s: &Schema, n: usize, i: usize) -> String {
     }
 }
 
+/// The key's columns, each `prefix`ed.
+fn key_columns(s: &Schema, prefix: &str) -> Vec<String> {
+    s.key.iter().map(|k| format!("{prefix}{}", quote(&k.name))).collect()
+}
+
 /// The key's columns as text, each `prefix`ed: what a statement selects to read a key.
 fn key_texts(s: &Schema, prefix: &str) -> String {
     s.key.iter().map(|k| format!("{prefix}{}::text", quote(&k.name))).collect::<Vec<_>>().join(", ")
@@ -414,7 +420,7 @@ fn key_params<'a>(parts: &[&'a Part]) -> Vec<&'a (dyn postgres::types::ToSql + S
 pub fn boundaries(c: &mut Client, s: &Schema, every: u64) -> Result<(u64, Vec<Key>), DbError> {
     let t = s.table.quoted();
     let total: i64 = c.query_one(&format!("SELECT count(*) FROM {t}"), &[])?.get(0);
-    let keys: Vec<String> = s.key.iter().map(|k| format!("t.{}", quote(&k.name))).collect();
+    let keys = key_columns(s, "t.");
     let mut found: Vec<Key> = Vec::new();
     loop {
         let (filter, bounds) = keyset(&keys, found.last(), None, D.key_compare(), |n, i| param(s, n, i));
@@ -478,7 +484,7 @@ pub fn page(
     out: &mut Vec<Row>,
 ) -> Result<(), DbError> {
     let (reads, select): (Vec<Read>, Vec<String>) = s.columns.iter().map(read_as).unzip();
-    let keys: Vec<String> = s.key.iter().map(|k| format!("t.{}", quote(&k.name))).collect();
+    let keys = key_columns(s, "t.");
     let (filter, bounds) = keyset(&keys, after, upto, D.key_compare(), |n, i| param(s, n, i));
     let sql = format!(
         "SELECT {}, {} FROM {} t {filter} ORDER BY {} LIMIT {}",

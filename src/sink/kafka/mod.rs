@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::sink::refusals::{Judge, TooMany};
 use crate::sink::{read_workers, Input, SinkEnds};
-use crate::stage::{Hooks, Role, Stage};
+use crate::stage::{Hooks, Stage};
 use crate::telemetry::events::SinkQueue;
 use crate::telemetry::events::{
     emit, BatchReceived, DeadLetterCut, DeadLetterRouted, Delivered, DeliveryFailed, DeliveryRetried,
@@ -85,12 +85,7 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
                 Ok(Input::Batch(bytes)) => sink.produce_batch(&bytes)?,
                 Ok(Input::End { worker, clean }) => {
                     ended += 1;
-                    if !clean {
-                        log::warn!(
-                            "{} went away without its poison pill; its events are re-read",
-                            Role::Worker(worker)
-                        );
-                    }
+                    super::worker_ended(worker, clean, "events are re-read");
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
