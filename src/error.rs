@@ -170,6 +170,10 @@ pub enum Error {
     DbUnsupported { url: String, what: &'static str },
     /// The checkpoint store could not be read or written.
     Checkpoint { doing: String, source: DbError },
+    /// An aggregation's state store (under `--state-dir`) could not be read or written.
+    State { path: String, doing: &'static str, source: rusqlite::Error },
+    /// The state store holds another aggregation's state: other aggregates, window or group key.
+    StateMismatch { path: String, saved: String },
     /// More events were dead-lettered than `--max-dead-letters` allows: the sink's verdict, its reason and example.
     TooManyDeadLetters { verdict: String },
     /// The demo's embedded cluster failed.
@@ -194,6 +198,7 @@ impl Error {
             Error::MetricsAddress { .. } | Error::MetricsBind { .. } | Error::Refused { .. } => Exit::Config,
             Error::JqCompile { .. } | Error::ExecStart { .. } | Error::ExecProtocol { .. } => Exit::Config,
             Error::ExecGaveUp { .. } => Exit::GaveUp,
+            Error::StateMismatch { .. } => Exit::Config,
             Error::TooManyDeadLetters { .. } => Exit::TooManyDeadLetters,
             Error::ExecRestart { .. } => Exit::Failure,
             Error::Metadata { .. } => Exit::Unavailable,
@@ -258,6 +263,12 @@ impl fmt::Display for Error {
             }
             Error::MetricsBind { addr, source } => write!(f, "cannot serve metrics on --metrics-addr {addr}: {source}"),
             Error::JqCompile { origin, message } => write!(f, "the jq filter ({origin}) does not compile: {message}"),
+            Error::State { path, doing, source } => write!(f, "the aggregation's state in {path}: {doing}: {source}"),
+            Error::StateMismatch { path, saved } => write!(
+                f,
+                "{path} holds the state of another aggregation ({saved}); to start afresh, remove it (its open \
+                 windows are lost) or give another --state-dir"
+            ),
             Error::ExecStart { program, source } => write!(f, "cannot start the --exec command {program}: {source}"),
             Error::ExecGaveUp { command, how, restarts: 0, .. } => {
                 write!(f, "giving up on the --exec command {command}: it {how}, and --max-restarts is 0")
@@ -321,6 +332,8 @@ impl std::error::Error for Error {
                 Some(source.as_ref())
             }
             Error::DbSchema { .. } | Error::DbTls { .. } | Error::DbUnsupported { .. } => None,
+            Error::State { source, .. } => Some(source),
+            Error::StateMismatch { .. } => None,
             Error::MissingTopic { .. }
             | Error::Refused { .. }
             | Error::PeerGone { .. }

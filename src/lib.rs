@@ -5,6 +5,7 @@
 //! that add `"hash"`, and the [`sink`] is a Kafka producer. The source commits only positions whose output was
 //! acknowledged. Nothing is lost on a stop or a crash: what was not committed is read again.
 
+pub mod aggregate;
 pub mod backoff;
 pub mod channel;
 pub mod config;

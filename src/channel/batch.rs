@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 const TAG_RECORDS: u8 = 0;
 const TAG_PILL: u8 = 1;
+const TAG_END: u8 = 2;
+const TAG_LANES: u8 = 3;
 
 /// How everything on our channels is encoded.
 pub fn bincode_config() -> bincode::config::Configuration {
@@ -44,6 +46,12 @@ pub enum Frame<'a> {
     Records(Records<'a>),
     /// The poison pill: nothing more will come on this channel.
     Pill,
+    /// The poison pill of a finite source that has read everything (a table scan that finished), not of a drain:
+    /// what waits for the end of the input (a window) may end now.
+    End,
+    /// The source's lanes that go through this channel, sent whenever they change (a rebalance), in order with the
+    /// records: event time waits for a lane it was given until that lane shows events or goes idle.
+    Lanes(Vec<crate::position::Lane>),
 }
 
 impl<'a> Frame<'a> {
@@ -51,12 +59,31 @@ impl<'a> Frame<'a> {
         match message.split_first() {
             Some((&TAG_RECORDS, rest)) => Ok(Frame::Records(Records { rest })),
             Some((&TAG_PILL, [])) => Ok(Frame::Pill),
+            Some((&TAG_END, [])) => Ok(Frame::End),
+            Some((&TAG_LANES, rest)) => bincode::serde::decode_from_slice(rest, bincode_config())
+                .map(|(lanes, _)| Frame::Lanes(lanes))
+                .map_err(Error::Decode),
             _ => Err(Error::UnknownFrame { len: message.len() }),
         }
     }
 
     pub fn pill() -> Vec<u8> {
         vec![TAG_PILL]
+    }
+
+    pub fn end() -> Vec<u8> {
+        vec![TAG_END]
+    }
+
+    pub fn lanes(lanes: &[crate::position::Lane]) -> Result<Vec<u8>> {
+        let mut out = vec![TAG_LANES];
+        bincode::serde::encode_into_std_write(lanes, &mut out, bincode_config()).map_err(Error::Encode)?;
+        Ok(out)
+    }
+
+    /// A pill of either kind: nothing more comes.
+    pub fn is_last(&self) -> bool {
+        matches!(self, Frame::Pill | Frame::End)
     }
 }
 
@@ -180,6 +207,8 @@ mod tests {
     #[test]
     fn pills_and_garbage_are_told_apart() {
         assert!(matches!(Frame::parse(&Frame::pill()).unwrap(), Frame::Pill));
+        assert!(matches!(Frame::parse(&Frame::end()).unwrap(), Frame::End));
+        assert!(matches!(Frame::parse(&Frame::lanes(&[3, 7]).unwrap()).unwrap(), Frame::Lanes(l) if l == [3, 7]));
         assert!(Frame::parse(&[]).is_err());
         assert!(Frame::parse(&[9, 9]).is_err());
         let Frame::Records(mut r) = Frame::parse(&[TAG_RECORDS, 200, 1]).unwrap() else { panic!() };

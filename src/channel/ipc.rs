@@ -79,7 +79,12 @@ impl BatchSender {
     }
 
     pub fn send_pill(&self) -> Result<()> {
-        heartbeat::waiting_on_peer(|| fragment::send(&self.0, &Frame::pill())).map_err(|e| Error::Send(e.into()))
+        self.send_bytes(&Frame::pill())
+    }
+
+    /// The pill of a finite source that read everything.
+    pub fn send_end(&self) -> Result<()> {
+        self.send_bytes(&Frame::end())
     }
 }
 

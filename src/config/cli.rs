@@ -211,6 +211,47 @@ pub struct Cli {
     #[serde(serialize_with = "text")]
     pub max_dead_letters: super::MaxDeadLetters,
 
+    /// Aggregate the transform's outputs, per group key and window: a jq-style object of named aggregates, e.g.
+    /// {orders: count, total: sum(.amount), hi: max(.amount)}. Aggregates: count, sum(f), avg(f), min(f), max(f),
+    /// first(f), last(f), distinct(f), top(k; f), fold(INIT; UPDATE) (`.` the running value, $event the event); f is
+    /// any jq expression over the event. Results are exact across crashes: the state is saved under --state-dir
+    /// with the positions it covers.
+    #[arg(long, env = "SUPERVISOR_AGGREGATE", value_name = "OBJECT")]
+    pub aggregate: Option<String>,
+
+    /// The group key, a jq expression over the event [default: the event's key; a table row's key].
+    #[arg(long, env = "SUPERVISOR_GROUP_BY", value_name = "EXPR")]
+    pub group_by: Option<String>,
+
+    /// tumbling=DURATION, hopping=SIZE,STEP or session=GAP (durations as 500ms, 10s, 5m, 1h) [default: one running
+    /// aggregate per key that never closes].
+    #[arg(long, env = "SUPERVISOR_WINDOW", value_name = "SPEC")]
+    pub window: Option<String>,
+
+    /// Where an event's time is, a jq expression giving an RFC 3339 string or seconds since the epoch [default: the
+    /// Kafka message's timestamp; for a table row the time it was read, which a rerun does not repeat].
+    #[arg(long, env = "SUPERVISOR_EVENT_TIME", value_name = "EXPR")]
+    pub event_time: Option<String>,
+
+    /// How long after its end a window still takes events: it closes once the watermark passes end + lateness.
+    /// Later events go to the dead-letter destination as "late".
+    #[arg(long, env = "SUPERVISOR_LATENESS", default_value = "0s", value_name = "DURATION")]
+    pub lateness: String,
+
+    /// final: one result per key and window, when it closes; every: the updated result after each event [default:
+    /// final with --window, every without].
+    #[arg(long, env = "SUPERVISOR_EMIT", value_name = "final|every")]
+    pub emit: Option<crate::config::aggregate::Emit>,
+
+    /// How long a partition may show no event before it stops holding the watermark back.
+    #[arg(long, env = "SUPERVISOR_IDLE_TIMEOUT", default_value = "30s", value_name = "DURATION")]
+    pub idle_timeout: String,
+
+    /// The aggregation the flags above ask for, settled.
+    #[serde(skip)]
+    #[arg(skip)]
+    pub aggregation: Option<super::Aggregation>,
+
     /// The tables the URLs above name.
     #[serde(skip)]
     #[arg(skip)]

@@ -167,6 +167,13 @@ max-retries = 10
 chunk-lease = 30
 create-table = false
 max-dead-letters = \"10%\"
+# aggregate: not set
+# group-by: the event's key; a table row's key
+# window: one running aggregate per key that never closes
+# event-time: the Kafka message's timestamp; for a table row the time it was read, which a rerun does not repeat
+lateness = \"0s\"
+# emit: final with --window, every without
+idle-timeout = \"30s\"
 "
         );
         let shown = Config::from_cli(
@@ -191,6 +198,7 @@ max-dead-letters = \"10%\"
                 "max-rate" | "drain-timeout" | "restart-window" | "child-timeout" | "status-interval" => "3",
                 "exec-timeout" | "chunk-lease" => "3",
                 "max-dead-letters" => "off",
+                "emit" => "final",
                 "log-level" => "debug",
                 "create-table" => {
                     args.push("--create-table".into());

@@ -112,6 +112,7 @@ impl Cli {
         cli.properties = properties.into_iter().map(|p| (p.key, p.value)).collect();
         cli.transform = transform::resolve(&cli, credentials.as_deref()).map_err(Invalid::Setting)?;
         cli.tables = Tables::resolve(&cli).map_err(Invalid::Setting)?;
+        cli.aggregation = super::Aggregation::resolve(&cli).map_err(Invalid::Setting)?;
         if let Some(Command::Demo(DemoArgs { brokers: Some(_), .. })) = &cli.command {
             return Err(Invalid::Setting(
                 "demo runs its own embedded Kafka and takes no --brokers; to run the pipeline on your cluster, leave \

@@ -3,6 +3,7 @@
 //! `cli.rs` declares the settings, `load.rs` settles them (file, environment, flags) into a [`Cli`], this file turns
 //! them into the [`Config`] every process works from, and `describe.rs` prints them back (`--print-config`).
 
+pub mod aggregate;
 mod cli;
 pub mod dead_letters;
 mod describe;
@@ -15,6 +16,7 @@ mod topics;
 mod transform;
 
 use crate::sql::url::TableUrl;
+pub use aggregate::Aggregation;
 pub use cli::{file_keys, Cli, Command, DemoArgs, DemoCommand, SqlDemoArgs, DEMO_SQL_ROWS, EXIT_CODES_HELP};
 pub use dead_letters::MaxDeadLetters;
 pub use ends::{SinkSpec, SourceSpec};

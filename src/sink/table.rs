@@ -11,12 +11,12 @@
 //! letter; only the database's own faults (away, refusing us) are the sink's.
 
 use crate::channel::batch::Frame;
-use crate::channel::ipc::{AckMsg, AckSender};
+use crate::channel::ipc::AckMsg;
 use crate::config::{Config, SinkSpec, SourceSpec};
 use crate::error::{Error, Exit, Result};
 use crate::position::Position;
 use crate::sink::refusals::{Judge, TooMany};
-use crate::sink::{read_workers, worker_ended, Input, SinkEnds};
+use crate::sink::{feed, worker_ended, Acks, Input, SinkEnds};
 use crate::sql::{Object, Resilient, Schema};
 use crate::stage::{Hooks, Stage};
 use crate::telemetry::events::{emit, BatchReceived, Delivered};
@@ -70,7 +70,7 @@ impl Stage for TableSink {
         };
         hooks.ready();
         let workers = ends.inputs.len();
-        let inputs = read_workers(ends.inputs)?;
+        let (inputs, acks) = feed(cfg, ends)?;
         let mut w = Writer {
             db,
             url: url.clone(),
@@ -90,7 +90,7 @@ impl Stage for TableSink {
             created: false,
             key_from_source: url.key.is_none(),
             source,
-            acks: ends.acks,
+            acks,
             undelivered: HashMap::new(),
             unknown_fields: BTreeSet::new(),
             dead_letter_table: None,
@@ -137,7 +137,8 @@ impl Stage for TableSink {
             crossbeam_channel::select! {
                 recv(take) -> input => match input {
                     Ok(Input::Batch(bytes)) => pending.take(bytes, keyed_at)?,
-                    Ok(Input::End { worker, clean }) => {
+                    Ok(Input::Lanes { .. }) => {}
+                    Ok(Input::End { worker, clean, .. }) => {
                         ended += 1;
                         worker_ended(worker, clean, "rows are read again");
                     }
@@ -167,6 +168,7 @@ impl Stage for TableSink {
             let at = cfg.place(verdict.at).to_string();
             return Err(Error::TooManyDeadLetters { verdict: verdict.describe(&at) });
         }
+        w.acks.finish()?;
         w.acks.send(&AckMsg::Done)?;
         log::debug!("done: every worker's output is written and acknowledged");
         Ok(Exit::Clean)
@@ -267,7 +269,7 @@ struct Writer {
     /// The source table's columns, whose types a table created here keeps.
     source: Option<crate::sql::types::SourceColumns>,
     columns: BTreeSet<String>,
-    acks: AckSender,
+    acks: Acks,
     /// Inputs that became several rows: how many are not written yet.
     undelivered: HashMap<Position, u32>,
     unknown_fields: BTreeSet<String>,

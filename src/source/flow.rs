@@ -7,7 +7,7 @@
 //!
 //! The drain: flush, one poison pill per worker, then read acknowledgements until the sink says `Done`.
 
-use crate::channel::batch::{BatchWriter, Record};
+use crate::channel::batch::{BatchWriter, Frame, Record};
 use crate::channel::ipc::{AckMsg, AckReceiver, BatchSender};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -171,13 +171,27 @@ impl Flow {
         }
     }
 
-    /// The drain: flush, one poison pill per worker, then acknowledgements until the sink is done or `deadline`.
-    pub fn drain(&mut self, deadline: Instant) -> Drained {
+    /// Tells each worker's channel which of `lanes` go through it, for the sink's event time; only an aggregation
+    /// reads it.
+    pub fn announce(&mut self, lanes: &[Lane]) -> Result<()> {
+        self.flush_all()?;
+        let workers = self.senders.len() as Lane;
+        for (i, s) in self.senders.iter().enumerate() {
+            let mine: Vec<Lane> = lanes.iter().copied().filter(|l| l.rem_euclid(workers) as usize == i).collect();
+            s.send_bytes(&Frame::lanes(&mine)?)?;
+        }
+        Ok(())
+    }
+
+    /// The drain: flush, one poison pill per worker (`exhausted`: the pill of a finite source that read everything),
+    /// then acknowledgements until the sink is done or `deadline`.
+    pub fn drain(&mut self, deadline: Instant, exhausted: bool) -> Drained {
         if let Err(e) = self.flush_all() {
             log::warn!("cannot flush the last batches: {e}");
         }
         for (i, s) in self.senders.iter().enumerate() {
-            if let Err(e) = s.send_pill() {
+            let sent = if exhausted { s.send_end() } else { s.send_pill() };
+            if let Err(e) = sent {
                 log::warn!("cannot send the poison pill to {}: {e}", crate::stage::Role::Worker(i));
             }
         }
@@ -265,7 +279,7 @@ mod tests {
             acks.send(&AckMsg::Acked(vec![Position::new(1, 0)])).unwrap();
             acks.send(&AckMsg::Done).unwrap();
         });
-        assert_eq!(f.drain(Instant::now() + Duration::from_secs(10)), Drained::Complete);
+        assert_eq!(f.drain(Instant::now() + Duration::from_secs(10), false), Drained::Complete);
         sink.join().unwrap();
     }
 
@@ -273,8 +287,8 @@ mod tests {
     fn a_drain_without_the_sink_is_broken_or_times_out() {
         let (mut f, _workers, acks) = flow(1);
         f.dispatch(&record(0, 0)).unwrap();
-        assert_eq!(f.drain(Instant::now() + Duration::from_millis(50)), Drained::TimedOut { unacked: 1 });
+        assert_eq!(f.drain(Instant::now() + Duration::from_millis(50), false), Drained::TimedOut { unacked: 1 });
         drop(acks);
-        assert_eq!(f.drain(Instant::now() + Duration::from_secs(10)), Drained::Broken { unacked: 1 });
+        assert_eq!(f.drain(Instant::now() + Duration::from_secs(10), false), Drained::Broken { unacked: 1 });
     }
 }

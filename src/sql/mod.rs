@@ -21,7 +21,7 @@ mod lite;
 mod my;
 mod pg;
 mod pgpass;
-mod time;
+pub mod time;
 pub mod types;
 pub mod url;
 

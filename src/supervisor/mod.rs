@@ -107,7 +107,7 @@ impl Supervisor {
 
     /// [`Supervisor::run`], also returning the whole run's figures (the demo checks what arrived against them).
     pub fn run_counted(cfg: Config, signals: Signals) -> (Exit, StageStats) {
-        if let Err(e) = crate::worker::transform::check(&cfg) {
+        if let Err(e) = crate::worker::transform::check(&cfg).and_then(|()| crate::aggregate::check(&cfg)) {
             log::error!("{e}");
             return (e.exit(), StageStats::default());
         }

@@ -39,6 +39,16 @@ pub struct Counters {
     pub(super) in_flight: AtomicU64,
     /// Gauge: events handed to the sink's client and not yet acknowledged by its destination.
     pub(super) sink_queue: AtomicU64,
+    /// Events an aggregation took into its state.
+    pub(super) aggregated: AtomicU64,
+    /// Events an aggregation found too late for their window, dead-lettered.
+    pub(super) late: AtomicU64,
+    /// Gauges of an aggregation: open windows, keys holding one, the state's bytes on disk, and the watermark (ms
+    /// since the epoch; 0 before there is one).
+    pub(super) open_windows: AtomicU64,
+    pub(super) keys_held: AtomicU64,
+    pub(super) state_bytes: AtomicU64,
+    pub(super) watermark_ms: AtomicU64,
     pub(super) lanes: Mutex<Lanes>,
 }
 
@@ -89,6 +99,12 @@ pub struct StageStats {
     pub batches_out: u64,
     pub in_flight: u64,
     pub sink_queue: u64,
+    pub aggregated: u64,
+    pub late: u64,
+    pub open_windows: u64,
+    pub keys_held: u64,
+    pub state_bytes: u64,
+    pub watermark_ms: u64,
     pub lanes: Lanes,
 }
 
@@ -117,6 +133,12 @@ impl Counters {
             batches_out: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             sink_queue: AtomicU64::new(0),
+            aggregated: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            open_windows: AtomicU64::new(0),
+            keys_held: AtomicU64::new(0),
+            state_bytes: AtomicU64::new(0),
+            watermark_ms: AtomicU64::new(0),
             lanes: Mutex::new(Lanes {
                 lag: Vec::new(),
                 committed: Vec::new(),
@@ -152,6 +174,12 @@ impl Counters {
             batches_out: get(&self.batches_out),
             in_flight: get(&self.in_flight),
             sink_queue: get(&self.sink_queue),
+            aggregated: get(&self.aggregated),
+            late: get(&self.late),
+            open_windows: get(&self.open_windows),
+            keys_held: get(&self.keys_held),
+            state_bytes: get(&self.state_bytes),
+            watermark_ms: get(&self.watermark_ms),
             lanes: self.lanes().clone(),
         }
     }
@@ -211,6 +239,8 @@ impl StageStats {
         self.sent += other.sent;
         self.batches_in += other.batches_in;
         self.batches_out += other.batches_out;
+        self.aggregated += other.aggregated;
+        self.late += other.late;
     }
 }
 

@@ -456,6 +456,58 @@ impl InternalEvent for Rejected<'_> {
     }
 }
 
+// An aggregation (in the sink's process).
+
+/// Events taken into an aggregation's state.
+pub struct Aggregated {
+    pub events: u64,
+}
+
+impl InternalEvent for Aggregated {
+    #[inline]
+    fn emit(self) {
+        add(&COUNTERS.aggregated, self.events);
+    }
+}
+
+/// An event came after its window closed: it goes to the dead letters as "late".
+pub struct LateEvent {
+    pub at: Position,
+    pub table: bool,
+}
+
+impl InternalEvent for LateEvent {
+    fn emit(self) {
+        static LIMIT: RateLimit = RateLimit::every(EVERY);
+        let so_far = COUNTERS.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if let Some(n) = LIMIT.check() {
+            let at = crate::position::Place { at: self.at, table: self.table };
+            log::warn!(
+                "event at {at} is late: its window closed (give more --lateness to take it); it goes to the dead \
+                 letters ({so_far} late so far){}",
+                held_back(n)
+            );
+        }
+    }
+}
+
+/// An aggregation saved its state: how much it holds.
+pub struct StateSaved {
+    pub open_windows: u64,
+    pub keys: u64,
+    pub bytes: u64,
+    pub watermark: Option<i64>,
+}
+
+impl InternalEvent for StateSaved {
+    fn emit(self) {
+        set(&COUNTERS.open_windows, self.open_windows);
+        set(&COUNTERS.keys_held, self.keys);
+        set(&COUNTERS.state_bytes, self.bytes);
+        set(&COUNTERS.watermark_ms, self.watermark.map_or(0, |w| w.max(0) as u64));
+    }
+}
+
 // The sink.
 
 /// The destination acknowledged events: written where they belong, or to the dead-letter destination.

@@ -63,9 +63,20 @@ pub fn work(ends: WorkerEnds, transform: &mut dyn Transform, names: &Names) -> R
     // Events in the last slice, and how long the transform took per event there.
     let mut slice_len = 0usize;
     let mut per_event = Duration::ZERO;
+    let mut exhausted = false;
     while let Some(message) = heartbeat::waiting_on_peer(|| ends.input.recv())? {
-        let Frame::Records(records) = Frame::parse(&message)? else {
-            break;
+        let records = match Frame::parse(&message)? {
+            Frame::Records(records) => records,
+            // In order with the records around it: the sink's operator reads them.
+            Frame::Lanes(_) => {
+                ends.output.send_bytes(&message)?;
+                continue;
+            }
+            Frame::End => {
+                exhausted = true;
+                break;
+            }
+            Frame::Pill => break,
         };
         // The records borrow from this message, so the vector cannot outlive it.
         let mut inputs: Vec<Record<'_>> = Vec::with_capacity(capacity);
@@ -118,7 +129,10 @@ pub fn work(ends: WorkerEnds, transform: &mut dyn Transform, names: &Names) -> R
             ends.output.send(&mut out)?;
         }
     }
-    ends.output.send_pill()?;
+    match exhausted {
+        true => ends.output.send_end()?,
+        false => ends.output.send_pill()?,
+    }
     log::debug!("done: the source sent its poison pill");
     Ok(())
 }
@@ -163,7 +177,7 @@ mod tests {
     fn messages(from: &BatchReceiver) -> (Vec<Vec<u8>>, bool) {
         let mut out = Vec::new();
         while let Some(m) = from.recv().unwrap() {
-            if matches!(Frame::parse(&m).unwrap(), Frame::Pill) {
+            if Frame::parse(&m).unwrap().is_last() {
                 return (out, true);
             }
             out.push(m);

@@ -8,11 +8,11 @@ pub mod dead_letter;
 mod delivery;
 
 use crate::channel::batch::Frame;
-use crate::channel::ipc::{AckMsg, AckSender};
+use crate::channel::ipc::AckMsg;
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::sink::refusals::{Judge, TooMany};
-use crate::sink::{read_workers, Input, SinkEnds};
+use crate::sink::{feed, Acks, Input, SinkEnds};
 use crate::stage::{Hooks, Stage};
 use crate::telemetry::events::SinkQueue;
 use crate::telemetry::events::{
@@ -70,12 +70,12 @@ fn topic_partitions(producer: &BaseProducer<Deliveries>, cfg: &Config, topic: &s
 /// Runs until every worker has sent its pill (or gone), then flushes, reports the final acks and `Done`.
 fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Result<()> {
     let workers = ends.inputs.len();
-    let inputs = read_workers(ends.inputs)?;
+    let (inputs, acks) = feed(cfg, ends)?;
     let config = cfg.producer_config();
     let max_bytes =
         config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(dead_letter::DEFAULT_MAX_BYTES);
     let judge = Judge::new(cfg.max_dead_letters);
-    let mut sink = Writer { cfg, producer, acks: ends.acks, max_bytes, judge, too_many: None };
+    let mut sink = Writer { cfg, producer, acks, max_bytes, judge, too_many: None };
     let mut ended = 0;
     let outcome = (|| {
         while ended < workers && sink.too_many.is_none() {
@@ -83,7 +83,8 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
                 if sink.producer.in_flight_count() > 0 { Duration::from_millis(2) } else { Duration::from_millis(100) };
             match inputs.recv_timeout(wait) {
                 Ok(Input::Batch(bytes)) => sink.produce_batch(&bytes)?,
-                Ok(Input::End { worker, clean }) => {
+                Ok(Input::Lanes { .. }) => {}
+                Ok(Input::End { worker, clean, .. }) => {
                     ended += 1;
                     super::worker_ended(worker, clean, "events are re-read");
                 }
@@ -101,6 +102,7 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
         let at = cfg.place(verdict.at).to_string();
         return Err(Error::TooManyDeadLetters { verdict: verdict.describe(&at) });
     }
+    sink.acks.finish()?;
     sink.acks.send(&AckMsg::Done)?;
     log::debug!("done: every worker's output is delivered and acknowledged");
     Ok(())
@@ -110,7 +112,7 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
 struct Writer<'a> {
     cfg: &'a Config,
     producer: BaseProducer<Deliveries>,
-    acks: AckSender,
+    acks: Acks,
     /// The producer's `message.max.bytes`: what a dead letter cut down to fit must stay under.
     max_bytes: usize,
     /// Whether the dead letters are past `--max-dead-letters`.

@@ -20,15 +20,28 @@ pub struct Context {
     topic: String,
     /// How long revoked partitions may take to settle their in-flight events.
     settle_timeout: Duration,
+    /// Whether the workers are told the assignment (`Flow::announce`): only an aggregation reads it.
+    announce: bool,
 }
 
 impl Context {
-    pub(super) fn new(flow: Flow, hooks: Hooks, topic: &str, settle_timeout: Duration) -> Context {
-        Context { flow: Mutex::new(flow), hooks, topic: topic.to_string(), settle_timeout }
+    pub(super) fn new(flow: Flow, hooks: Hooks, topic: &str, settle_timeout: Duration, announce: bool) -> Context {
+        Context { flow: Mutex::new(flow), hooks, topic: topic.to_string(), settle_timeout, announce }
     }
 
     pub(super) fn flow(&self) -> MutexGuard<'_, Flow> {
         self.flow.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The assignment changed: the supervisor is told, and so is an aggregation's event time, down the pipeline.
+    fn assigned(&self, consumer: &BaseConsumer<Self>) {
+        let lanes = self.assignment(consumer);
+        self.hooks.assigned(&lanes);
+        if self.announce {
+            if let Err(e) = self.flow().announce(&lanes) {
+                log::warn!("cannot tell the workers the partitions assigned: {e}");
+            }
+        }
     }
 
     fn assignment(&self, consumer: &BaseConsumer<Self>) -> Vec<Lane> {
@@ -64,9 +77,9 @@ impl ConsumerContext for Context {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 emit(LanesAssigned { added: &lanes_of(tpl, &self.topic) });
-                self.hooks.assigned(&self.assignment(consumer));
+                self.assigned(consumer);
             }
-            Rebalance::Revoke(_) => self.hooks.assigned(&self.assignment(consumer)),
+            Rebalance::Revoke(_) => self.assigned(consumer),
             Rebalance::Error(e) => log::warn!("rebalance failed: {e}"),
         }
     }

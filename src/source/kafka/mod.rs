@@ -46,7 +46,9 @@ impl Stage for KafkaSource {
     fn run(cfg: &Config, ends: SourceEnds, hooks: &Hooks) -> Result<Exit> {
         let drain = drain_flag(ends.control)?;
         let flow = Flow::new(cfg, ends.to_workers, ends.acks)?;
-        let consumer = connect(cfg, Context::new(flow, hooks.clone(), &cfg.source_topic, cfg.drain_timeout))?;
+        let context =
+            Context::new(flow, hooks.clone(), &cfg.source_topic, cfg.drain_timeout, cfg.aggregation.is_some());
+        let consumer = connect(cfg, context)?;
         hooks.ready();
         run(cfg, consumer, &drain)
     }
@@ -250,7 +252,7 @@ fn drain_and_commit(cfg: &Config, consumer: &BaseConsumer<Context>) -> Exit {
     // Leave a little of the drain time for the commit itself.
     let budget = cfg.drain_timeout.saturating_sub(Duration::from_secs(1).min(cfg.drain_timeout / 4));
     let mut flow = consumer.context().flow();
-    let drained = flow.drain(Instant::now() + budget);
+    let drained = flow.drain(Instant::now() + budget, false);
     // Stored offsets are what librdkafka's auto-commit writes on close: they must not lag the final commit.
     store(consumer, &cfg.source_topic, &mut flow);
     let positions = flow.marks().positions();

@@ -526,7 +526,9 @@ impl Scan {
     /// others. Names every chunk's checkpoint.
     fn drain(&mut self, cfg: &Config) -> Exit {
         let budget = cfg.drain_timeout.saturating_sub(Duration::from_secs(1).min(cfg.drain_timeout / 4));
-        let drained = self.flow.drain(Instant::now() + budget);
+        // Every chunk finished: the input has ended, not only this run, and what waits for its end may end.
+        let exhausted = self.chunks.iter().all(|c| c.finished);
+        let drained = self.flow.drain(Instant::now() + budget, exhausted);
         let saved = self.checkpoint(true).and_then(|()| self.store.release());
         if let Err(Error::DbSchema { .. }) = &saved {
             // The store is gone (said where it was found): what it says is no one's to rely on.

@@ -20,14 +20,14 @@ use jaq_json::Val;
 use serde_bytes::Bytes;
 use std::sync::OnceLock;
 
-type Filter = jaq_core::Filter<Native<Val>>;
+pub type Filter = jaq_core::Filter<Native<Val>>;
 
 /// The key of `hmac_sha256`. A native jq function is a plain function pointer, so the key it needs lives here, set
 /// once per process (each worker is its own process) before the filter is compiled.
 static HMAC_KEY: OnceLock<Vec<u8>> = OnceLock::new();
 
 /// The name of the metadata variable.
-const META: &str = "$meta";
+pub const META: &str = "$meta";
 
 /// A compiled filter.
 pub struct Jq {
@@ -47,45 +47,54 @@ impl Jq {
             Some(file) => format!("--jq-file {}", file.display()),
             None => "--jq".to_string(),
         };
-        let refuse = |message: String| Error::JqCompile { origin: origin.clone(), message };
-        let code = spec.filter.as_str();
-        let loader = Loader::new(jaq_std::defs().chain(jaq_json::defs()));
-        let arena = Arena::default();
-        let modules =
-            loader.load(&arena, File { code, path: () }).map_err(|errors| refuse(load_errors(code, errors)))?;
-        // jaq's halt and halt_error end the process: in a worker they would end it on every event that reaches
-        // them, and it would be restarted onto the same event. Here they fail that event instead.
-        let funs = jaq_std::funs()
-            .filter(|(name, _, _)| !matches!(*name, "halt" | "halt_error"))
-            .chain(jaq_json::funs())
-            .chain(ours(spec.hmac_key.is_some()).map(jaq_std::run));
-        let filter = jaq_core::Compiler::default().with_funs(funs).with_global_vars([META]).compile(modules).map_err(
-            |errors| {
-                let mut message = compile_errors(code, errors);
-                if message.contains("hmac_sha256") && spec.hmac_key.is_none() {
-                    message.push_str(" (hmac_sha256 needs a key: --hmac-key-file FILE, or SUPERVISOR_HMAC_KEY)");
-                }
-                refuse(message)
-            },
-        )?;
-        Ok(Jq { filter, wants_meta: code.contains(META), source })
+        let filter = compile(spec.filter.as_str(), &origin, &[META], spec.hmac_key.is_some())?;
+        Ok(Jq { filter, wants_meta: spec.filter.contains(META), source })
     }
 
     fn meta(&self, record: &Record<'_>) -> Val {
-        let key = record.key.map(|k| meta_bytes(k));
-        Val::from(match &self.source {
-            MetaSource::Topic(topic) => serde_json::json!({
-                "key": key,
-                "topic": topic,
-                "partition": record.at.lane,
-                "offset": record.at.seq,
-                "timestamp": record.timestamp,
-                "headers": meta_headers(&record.headers),
-            }),
-            // A row has a table and a key; partitions, offsets and headers are Kafka's.
-            MetaSource::Table(table) => serde_json::json!({ "key": key, "table": table }),
-        })
+        meta(&self.source, record)
     }
+}
+
+/// Compiles jq code with our functions and the global variables `vars` (`$meta` among them, if wanted); `origin`
+/// names the flag in the error. `keyed`: an HMAC key was given, so `hmac_sha256` exists.
+pub fn compile(code: &str, origin: &str, vars: &[&'static str], keyed: bool) -> Result<Filter> {
+    let refuse = |message: String| Error::JqCompile { origin: origin.to_string(), message };
+    let loader = Loader::new(jaq_std::defs().chain(jaq_json::defs()));
+    let arena = Arena::default();
+    let modules = loader.load(&arena, File { code, path: () }).map_err(|errors| refuse(load_errors(code, errors)))?;
+    // jaq's halt and halt_error end the process: in a worker they would end it on every event that reaches
+    // them, and it would be restarted onto the same event. Here they fail that event instead.
+    let funs = jaq_std::funs()
+        .filter(|(name, _, _)| !matches!(*name, "halt" | "halt_error"))
+        .chain(jaq_json::funs())
+        .chain(ours(keyed).map(jaq_std::run));
+    jaq_core::Compiler::default().with_funs(funs).with_global_vars(vars.iter().copied()).compile(modules).map_err(
+        |errors| {
+            let mut message = compile_errors(code, errors);
+            if message.contains("hmac_sha256") && !keyed {
+                message.push_str(" (hmac_sha256 needs a key: --hmac-key-file FILE, or SUPERVISOR_HMAC_KEY)");
+            }
+            refuse(message)
+        },
+    )
+}
+
+/// `$meta` for an event.
+pub fn meta(source: &MetaSource, record: &Record<'_>) -> Val {
+    let key = record.key.map(|k| meta_bytes(k));
+    Val::from(match source {
+        MetaSource::Topic(topic) => serde_json::json!({
+            "key": key,
+            "topic": topic,
+            "partition": record.at.lane,
+            "offset": record.at.seq,
+            "timestamp": record.timestamp,
+            "headers": meta_headers(&record.headers),
+        }),
+        // A row has a table and a key; partitions, offsets and headers are Kafka's.
+        MetaSource::Table(table) => serde_json::json!({ "key": key, "table": table }),
+    })
 }
 
 /// Where events come from, as `$meta` tells it.
@@ -154,7 +163,7 @@ impl PerEvent for Jq {
 
 /// The event as a jq value. serde_json judges it first, for the same errors (and the same "not UTF-8 text") as the
 /// other transforms give.
-fn parse(input: &[u8]) -> std::result::Result<Val, Rejection> {
+pub fn parse(input: &[u8]) -> std::result::Result<Val, Rejection> {
     use hifijson::token::Lex;
     let mut lexer = hifijson::SliceLexer::new(input);
     match lexer.exactly_one(Val::parse) {

@@ -8,7 +8,7 @@
 pub mod exec;
 pub mod hash;
 pub mod jq;
-mod json_out;
+pub mod json_out;
 pub mod md5;
 
 use crate::channel::batch::Record;
@@ -56,7 +56,7 @@ pub fn build(cfg: &Config) -> Result<Box<dyn Transform>> {
 }
 
 /// Where the events come from, for jq's `$meta`.
-fn meta_source(cfg: &Config) -> jq::MetaSource {
+pub fn meta_source(cfg: &Config) -> jq::MetaSource {
     match cfg.source() {
         SourceSpec::Table(url) => {
             jq::MetaSource::Table(url.table.as_ref().map(ToString::to_string).unwrap_or_default())

@@ -1,0 +1,186 @@
+//! The aggregation's state on disk: a SQLite file under `--state-dir`. One transaction holds the open windows, each
+//! lane's last applied position and watermark, and the outputs not yet acknowledged, so that the state and the
+//! positions it covers are always saved together.
+
+use super::windows::Win;
+use super::{Applied, Out};
+use crate::config::aggregate::Named;
+use crate::error::{Error, Result};
+use crate::position::{Lane, Position};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What a previous run saved.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub watermark: Option<i64>,
+    pub next_seq: i64,
+    pub lanes: Vec<(Lane, Applied, Option<i64>)>,
+    pub windows: BTreeMap<String, BTreeMap<i64, Win>>,
+    pub pending: BTreeMap<(Position, u32), Out>,
+}
+
+/// What changed since the last save.
+pub struct Changes<'a> {
+    pub watermark: Option<i64>,
+    pub next_seq: i64,
+    pub lanes: Vec<(Lane, &'a Applied, Option<i64>)>,
+    /// A key's windows now (none: it holds none any more).
+    pub keys: Vec<(&'a str, Option<&'a BTreeMap<i64, Win>>)>,
+    pub added: Vec<(&'a (Position, u32), &'a Out)>,
+    pub removed: Vec<(Position, u32)>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS lanes (lane INTEGER PRIMARY KEY, seq INTEGER NOT NULL, key BLOB, mark INTEGER);
+    CREATE TABLE IF NOT EXISTS windows (key TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+        accs TEXT NOT NULL, PRIMARY KEY (key, start));
+    CREATE TABLE IF NOT EXISTS pending (lane INTEGER NOT NULL, seq INTEGER NOT NULL, n INTEGER NOT NULL,
+        key BLOB, payload BLOB NOT NULL, timestamp INTEGER, dead_letter TEXT, PRIMARY KEY (lane, seq, n));
+";
+
+impl Store {
+    /// Opens (or creates) the store and reads what it holds; a store made by another aggregation is refused.
+    pub fn open(path: &Path, fingerprint: &str, aggs: &[Named]) -> Result<(Store, Restored)> {
+        let shown = path.display().to_string();
+        let fail = |doing: &'static str| {
+            let path = shown.clone();
+            move |source| Error::State { path, doing, source }
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::State {
+                path: shown.clone(),
+                doing: "creating its directory",
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(fail("opening"))?;
+        // Durable at each commit: an input is acknowledged only once the state that holds it is on disk.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;").map_err(fail("setting up"))?;
+        conn.execute_batch(SCHEMA).map_err(fail("creating its tables"))?;
+        let saved: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE name = 'fingerprint'", [], |r| r.get(0))
+            .optional()
+            .map_err(fail("reading"))?;
+        match saved {
+            Some(saved) if saved != fingerprint => return Err(Error::StateMismatch { path: shown, saved }),
+            Some(_) => {}
+            None => {
+                conn.execute("INSERT INTO meta VALUES ('fingerprint', ?1)", [fingerprint]).map_err(fail("writing"))?;
+            }
+        }
+        let mut restored = Restored::default();
+        let meta = |name: &str| -> Result<Option<i64>> {
+            let v: Option<String> = conn
+                .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+                .optional()
+                .map_err(fail("reading"))?;
+            Ok(v.and_then(|v| v.parse().ok()))
+        };
+        restored.watermark = meta("watermark")?;
+        restored.next_seq = meta("next_seq")?.unwrap_or(0);
+        {
+            let mut q = conn.prepare("SELECT lane, seq, key, mark FROM lanes").map_err(fail("reading"))?;
+            let rows = q
+                .query_map([], |r| Ok((r.get(0)?, Applied { seq: r.get(1)?, key: r.get(2)? }, r.get(3)?)))
+                .map_err(fail("reading"))?;
+            for row in rows {
+                restored.lanes.push(row.map_err(fail("reading"))?);
+            }
+            let mut q = conn.prepare("SELECT key, start, end, accs FROM windows").map_err(fail("reading"))?;
+            let rows = q
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)))
+                .map_err(fail("reading"))?;
+            for row in rows {
+                let (key, start, end, accs) = row.map_err(fail("reading"))?;
+                let accs = decode(aggs, &accs).ok_or_else(|| Error::StateMismatch {
+                    path: shown.clone(),
+                    saved: format!("a window of key {key} that this build cannot read"),
+                })?;
+                restored.windows.entry(key).or_default().insert(start, Win { end, accs });
+            }
+            let mut q = conn
+                .prepare("SELECT lane, seq, n, key, payload, timestamp, dead_letter FROM pending")
+                .map_err(fail("reading"))?;
+            let rows = q
+                .query_map([], |r| {
+                    let at = Position::new(r.get(0)?, r.get(1)?);
+                    let out = Out { key: r.get(3)?, payload: r.get(4)?, timestamp: r.get(5)?, dead_letter: r.get(6)? };
+                    Ok(((at, r.get(2)?), out))
+                })
+                .map_err(fail("reading"))?;
+            for row in rows {
+                let (k, out) = row.map_err(fail("reading"))?;
+                restored.pending.insert(k, out);
+            }
+        }
+        Ok((Store { conn, path: path.to_path_buf() }, restored))
+    }
+
+    /// Saves the changes in one transaction.
+    pub fn save(&mut self, changes: Changes<'_>) -> Result<()> {
+        let path = self.path.display().to_string();
+        let fail = |source| Error::State { path: path.clone(), doing: "saving", source };
+        let tx = self.conn.transaction().map_err(fail)?;
+        {
+            let mut drop_key = tx.prepare_cached("DELETE FROM windows WHERE key = ?1").map_err(fail)?;
+            let mut put = tx.prepare_cached("INSERT INTO windows VALUES (?1, ?2, ?3, ?4)").map_err(fail)?;
+            for (key, windows) in &changes.keys {
+                drop_key.execute([key]).map_err(fail)?;
+                for (start, w) in windows.iter().flat_map(|w| w.iter()) {
+                    let accs = encode(&w.accs);
+                    put.execute(params![key, start, w.end, accs]).map_err(fail)?;
+                }
+            }
+            let mut lane = tx.prepare_cached("INSERT OR REPLACE INTO lanes VALUES (?1, ?2, ?3, ?4)").map_err(fail)?;
+            for (l, applied, mark) in &changes.lanes {
+                lane.execute(params![l, applied.seq, applied.key, mark]).map_err(fail)?;
+            }
+            let mut add = tx
+                .prepare_cached("INSERT OR REPLACE INTO pending VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                .map_err(fail)?;
+            for ((at, n), out) in &changes.added {
+                add.execute(params![at.lane, at.seq, n, out.key, out.payload, out.timestamp, out.dead_letter])
+                    .map_err(fail)?;
+            }
+            let mut remove =
+                tx.prepare_cached("DELETE FROM pending WHERE lane = ?1 AND seq = ?2 AND n = ?3").map_err(fail)?;
+            for (at, n) in &changes.removed {
+                remove.execute(params![at.lane, at.seq, n]).map_err(fail)?;
+            }
+            let mut meta = tx.prepare_cached("INSERT OR REPLACE INTO meta VALUES (?1, ?2)").map_err(fail)?;
+            if let Some(w) = changes.watermark {
+                meta.execute(params!["watermark", w.to_string()]).map_err(fail)?;
+            }
+            meta.execute(params!["next_seq", changes.next_seq.to_string()]).map_err(fail)?;
+        }
+        tx.commit().map_err(fail)
+    }
+
+    /// The bytes the state takes on disk: the file and its write-ahead log.
+    pub fn bytes(&self) -> u64 {
+        let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        size(self.path.clone()) + size(PathBuf::from(wal))
+    }
+}
+
+fn encode(accs: &[super::acc::Acc]) -> String {
+    serde_json::Value::Array(accs.iter().map(super::acc::Acc::save).collect()).to_string()
+}
+
+fn decode(aggs: &[Named], text: &str) -> Option<Vec<super::acc::Acc>> {
+    let saved: Vec<serde_json::Value> = serde_json::from_str(text).ok()?;
+    if saved.len() != aggs.len() {
+        return None;
+    }
+    aggs.iter().zip(&saved).map(|(n, v)| super::acc::Acc::load(&n.agg, v)).collect()
+}
