@@ -328,8 +328,10 @@ impl Operator {
         let lane = r.at.lane;
         let session = self.windows.is_session();
         let targets: Vec<(i64, i64)> = match a.window {
-            Window::Session { gap } => {
-                if !self.finite && self.clock.late(lane, e.time.saturating_add(gap), a.lateness) {
+            // An event at or before its lane's watermark less the lateness could join a session that closed: it is
+            // late, whatever session it would make.
+            Window::Session { .. } => {
+                if !self.finite && self.clock.late(lane, e.time, a.lateness) {
                     return Err("late".into());
                 }
                 Vec::new()

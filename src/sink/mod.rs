@@ -64,6 +64,12 @@ impl Acks {
         }
     }
 
+    /// Whether an aggregation takes the inputs: an input it took into its state is, for `--max-dead-letters`, as
+    /// good as one written (the share judged is of the events taken in, not of the few results).
+    pub fn aggregating(&self) -> bool {
+        self.operator.is_some()
+    }
+
     /// Waits for the operator to save its last state, once the writer has flushed: before `Done`, so that a run
     /// that says it is done has its state on disk.
     pub fn finish(&mut self) -> Result<()> {

@@ -365,6 +365,9 @@ impl Writer {
             let all: Vec<(Position, &Object<'_>, &str)> = rows.iter().map(|(at, o, k)| (*at, o, k.as_ref())).collect();
             self.upsert(&all, &fields, &mut written, &mut rejected)?;
         }
+        if self.acks.aggregating() {
+            self.judge.written(pending.filtered.len() as u64);
+        }
         for (at, why, _) in &rejected[..set_aside] {
             self.judge.dead_lettered(why, *at);
         }

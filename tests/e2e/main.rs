@@ -20,3 +20,4 @@ mod secured;
 mod service;
 mod tables;
 mod transforms;
+mod windows;

@@ -171,6 +171,9 @@ impl Writer<'_> {
             self.send(topic, origin, r.key.map(|k| &k[..]), r.payload.map(|p| &p[..]), headers, r.timestamp)?;
         }
         emit(BatchReceived { events: received });
+        if self.acks.aggregating() {
+            self.judge.written(filtered.len() as u64);
+        }
         if !filtered.is_empty() {
             self.acks.send(&AckMsg::Acked(filtered))?;
         }
