@@ -4,6 +4,9 @@ tansu broker started here on a loopback port. Not a test: it times things and pr
 
   throughput  N events already in the source; events/s, CPU per event, peak RSS per process, shutdown time
   latency     events written at a steady rate; end-to-end latency percentiles (source write -> destination read)
+  aggregate   N orders of 10k customers over 100 s of event time, already in the source; the md5 pipeline against
+              --aggregate (tumbling=10s; count, sum, max) and, with --kinds quix, Quix Streams 3 doing the same;
+              events/s and CPU per event until the group's commits reach the end
 
 Run it through scripts/bench, which builds the binaries and a Python environment first.
 """
@@ -218,9 +221,76 @@ def latency(kind, rate, seconds, hashers, pad):
         os.killpg(broker.pid, signal.SIGTERM); broker.wait()
 
 
+AGGREGATE = ["--aggregate", "{n: count, total: sum(.amount), hi: max(.amount)}", "--group-by", ".customer",
+             "--event-time", ".ts", "--window", "tumbling=10s"]
+KEYS = 10_000
+
+
+def load_orders(brokers, n):
+    p = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 1000000})
+    rnd = random.Random(1)
+    for i in range(n):
+        c = f"c{rnd.randrange(KEYS)}"
+        v = json.dumps({"customer": c, "amount": rnd.randrange(100000) / 100, "ts": 1796288400 + i * 100 / n})
+        while True:
+            try:
+                p.produce("src", key=c.encode(), value=v.encode()); break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    assert p.flush(120) == 0
+
+
+def committed(c, group):
+    try:
+        parts = c.committed([TopicPartition("src", p) for p in range(4)], timeout=5)
+    except Exception:
+        return 0
+    return sum(max(tp.offset, 0) for tp in parts)
+
+
+def aggregate(kind, n, hashers, state):
+    """Events/s and CPU per event of one kind, from a backlog of n orders, until its group committed them all."""
+    broker, brokers = start_broker()
+    try:
+        load_orders(brokers, n)
+        group = f"bench-{kind}"
+        if kind == "quix":
+            cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_quix.py"), brokers, group, state]
+        else:
+            cmd = command("supervisor", brokers, hashers)
+            cmd[cmd.index("--group-id") + 1] = group
+            if kind == "aggregate":
+                cmd += AGGREGATE + ["--state-dir", state]
+        watch = Consumer({"bootstrap.servers": brokers, "group.id": group, "log_level": 0})
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        mem = Memory(proc.pid); mem.start()
+        t0, t5, done = time.time(), None, 0
+        while done < n and time.time() - t0 < 900 and proc.poll() is None:
+            time.sleep(0.2)
+            done = committed(watch, group)
+            if t5 is None and done >= n * 0.05:
+                t5, n5 = time.time(), done
+        t_n = time.time()
+        mem.stop = True; mem.join()
+        shutdown, rc = stop(proc)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime
+        watch.close()
+        return {"mode": "aggregate", "kind": kind, "hashers": hashers, "n": n, "committed": done,
+                "rate_eps": round((done - n5) / (t_n - t5)) if t5 and t_n > t5 else None,
+                "cpu_us_per_event": round(cpu * 1e6 / max(done, 1), 2),
+                "largest_mib": round(max(mem.peak.values(), default=0) / 1024, 1),
+                "tree_mib": round(mem.tree_peak / 1024, 1), "shutdown_s": shutdown, "exit": rc}
+    finally:
+        os.killpg(broker.pid, signal.SIGTERM); broker.wait()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["throughput", "latency", "all"])
+    ap.add_argument("mode", choices=["throughput", "latency", "all", "aggregate"])
     ap.add_argument("--n", type=int, default=1_000_000, help="events for throughput runs")
     ap.add_argument("--rate", type=int, default=5000, help="events/s for latency runs")
     ap.add_argument("--seconds", type=float, default=20, help="length of latency runs")
@@ -234,6 +304,23 @@ def main():
     a = ap.parse_args()
     EXTRA.extend(a.X)
     rows = []
+    if a.mode == "aggregate":
+        kinds = a.kinds if a.kinds != "supervisor,single" else "md5,aggregate"
+        for _ in range(a.runs):
+            for kind in kinds.split(","):
+                state = tempfile.mkdtemp(prefix=f"bench-{kind}-")
+                rows.append(aggregate(kind, a.n, a.hashers, state)); print(json.dumps(rows[-1]), flush=True)
+                shutil.rmtree(state, ignore_errors=True)
+        by = {r["kind"]: r for r in rows}
+        if "md5" in by and "aggregate" in by:
+            md5, agg = by["md5"], by["aggregate"]
+            print(json.dumps({"aggregate_vs_md5_rate": round(agg["rate_eps"] / md5["rate_eps"], 2),
+                              "aggregate_vs_md5_cpu": round(agg["cpu_us_per_event"] / md5["cpu_us_per_event"], 2)}))
+        if "quix" in by and "aggregate" in by:
+            q, agg = by["quix"], by["aggregate"]
+            print(json.dumps({"aggregate_vs_quix_rate": round(agg["rate_eps"] / q["rate_eps"], 2),
+                              "aggregate_vs_quix_cpu": round(agg["cpu_us_per_event"] / q["cpu_us_per_event"], 3)}))
+        return
     for _ in range(a.runs):
         for kind in a.kinds.split(","):
             if a.mode in ("throughput", "all"):

@@ -152,6 +152,25 @@ impl Acc {
         }
     }
 
+    /// `save`, written straight into `out`: the common aggregates without building a JSON value first.
+    pub fn save_into(&self, out: &mut String) {
+        use std::fmt::Write;
+        match self {
+            Acc::Count(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Acc::Sum(s) | Acc::Avg(s) if s.special.is_none() => {
+                let _ = write!(out, "{{\"i\":\"{}\",\"p\":[", s.int);
+                for (i, p) in s.partials.iter().enumerate() {
+                    // Shortest round-trip form: a partial read back is the same float.
+                    let _ = write!(out, "{}{}", if i > 0 { "," } else { "" }, ryu::Buffer::new().format_finite(*p));
+                }
+                let _ = write!(out, "],\"x\":null,\"f\":{},\"n\":{}}}", s.floats, s.values);
+            }
+            other => out.push_str(&other.save().to_string()),
+        }
+    }
+
     /// Reads what `save` wrote, for this aggregate.
     pub fn load(agg: &Agg, saved: &Value) -> Option<Acc> {
         let val = |v: &Value| Val::from(v.clone());

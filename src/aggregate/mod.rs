@@ -43,8 +43,9 @@ use windows::{Closed, Windows, FOREVER};
 /// The lane of what the operator emits: its positions are acknowledged to the operator, never to the source.
 pub const OPERATOR_LANE: Lane = -1;
 
-/// How often held inputs are checkpointed and let go, at most: the commit waits this much longer.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How often held inputs are checkpointed and let go, at most: the commit waits this much longer. A checkpoint also
+/// comes once half of `--queue-capacity` is held, before the source would have to wait for it.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The last input applied on a lane: its sequence number, and its key (a table row's, whose sequence numbers are
 /// this run's only).
@@ -152,6 +153,9 @@ pub struct Operator {
     held: BatchWriter,
     /// Records that need no checkpoint: inputs already in the state, the workers' own dead letters.
     direct: BatchWriter,
+    /// Inputs held since the last checkpoint, and how many call for the next one.
+    held_inputs: usize,
+    checkpoint_at: usize,
     last_checkpoint: Instant,
     store: store::Store,
 }
@@ -217,6 +221,8 @@ impl Operator {
             held: BatchWriter::new(usize::MAX, usize::MAX, Duration::ZERO),
             direct: BatchWriter::new(usize::MAX, usize::MAX, Duration::ZERO),
             last_checkpoint: now,
+            held_inputs: 0,
+            checkpoint_at: (cfg.queue_capacity / 2).max(1),
             store,
             aggregation,
         };
@@ -282,7 +288,13 @@ impl Operator {
                 }
             }
         }
-        self.applied.insert(at.lane, Applied { seq: at.seq, key: first.key.map(|k| k.to_vec()) });
+        let applied = self.applied.entry(at.lane).or_default();
+        applied.seq = at.seq;
+        if self.table {
+            // A table row is known again by its key (its sequence number is this run's only).
+            applied.key = first.key.map(|k| k.to_vec());
+        }
+        self.held_inputs += 1;
         if dead.is_empty() {
             self.held.push(&bare(first))?;
         }
@@ -559,11 +571,8 @@ impl Operator {
     }
 
     pub fn checkpoint_due(&self) -> bool {
-        !self.held.is_empty() && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
-    }
-
-    pub fn held(&self) -> usize {
-        self.held.len()
+        !self.held.is_empty()
+            && (self.held_inputs >= self.checkpoint_at || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
     }
 
     /// Saves the state with the positions it covers, then gives what it held to the writer.
@@ -574,6 +583,7 @@ impl Operator {
             to_sink.send(Input::Batch(self.held.bytes().to_vec())).map_err(|_| Error::PeerGone { peer: "sink" })?;
             self.held.clear();
         }
+        self.held_inputs = 0;
         Ok(())
     }
 
@@ -675,10 +685,10 @@ pub fn run(
                 Ok(positions) => op.acked(&positions),
                 Err(_) => return Ok(()),
             },
-            default(CHECKPOINT_EVERY / 4) => op.tick()?,
+            default(Duration::from_millis(100)) => op.tick()?,
         }
         op.forward_direct(&to_sink)?;
-        if op.checkpoint_due() || op.held() >= 5_000 {
+        if op.checkpoint_due() {
             op.checkpoint(&to_sink)?;
         }
     }

@@ -40,8 +40,7 @@ pub struct Store {
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS lanes (lane INTEGER PRIMARY KEY, seq INTEGER NOT NULL, key BLOB, mark INTEGER);
-    CREATE TABLE IF NOT EXISTS windows (key TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
-        accs TEXT NOT NULL, PRIMARY KEY (key, start));
+    CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, windows TEXT NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS pending (lane INTEGER NOT NULL, seq INTEGER NOT NULL, n INTEGER NOT NULL,
         key BLOB, payload BLOB NOT NULL, timestamp INTEGER, dead_letter TEXT, PRIMARY KEY (lane, seq, n));
 ";
@@ -63,7 +62,10 @@ impl Store {
         }
         let conn = Connection::open(path).map_err(fail("opening"))?;
         // Durable at each commit: an input is acknowledged only once the state that holds it is on disk.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;").map_err(fail("setting up"))?;
+        // A cache that holds the state's pages (16 MiB: a million small windows' worth of index), so that a save
+        // neither reads pages back nor spills them half-way through its transaction.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -16384;")
+            .map_err(fail("setting up"))?;
         conn.execute_batch(SCHEMA).map_err(fail("creating its tables"))?;
         let saved: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE name = 'fingerprint'", [], |r| r.get(0))
@@ -94,17 +96,16 @@ impl Store {
             for row in rows {
                 restored.lanes.push(row.map_err(fail("reading"))?);
             }
-            let mut q = conn.prepare("SELECT key, start, end, accs FROM windows").map_err(fail("reading"))?;
-            let rows = q
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)))
-                .map_err(fail("reading"))?;
+            let mut q = conn.prepare("SELECT key, windows FROM state").map_err(fail("reading"))?;
+            let rows =
+                q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(fail("reading"))?;
             for row in rows {
-                let (key, start, end, accs) = row.map_err(fail("reading"))?;
-                let accs = decode(aggs, &accs).ok_or_else(|| Error::StateMismatch {
+                let (key, windows) = row.map_err(fail("reading"))?;
+                let windows = decode(aggs, &windows).ok_or_else(|| Error::StateMismatch {
                     path: shown.clone(),
-                    saved: format!("a window of key {key} that this build cannot read"),
+                    saved: format!("windows of key {key} that this build cannot read"),
                 })?;
-                restored.windows.entry(key).or_default().insert(start, Win { end, accs });
+                restored.windows.insert(key, windows);
             }
             let mut q = conn
                 .prepare("SELECT lane, seq, n, key, payload, timestamp, dead_letter FROM pending")
@@ -130,13 +131,19 @@ impl Store {
         let fail = |source| Error::State { path: path.clone(), doing: "saving", source };
         let tx = self.conn.transaction().map_err(fail)?;
         {
-            let mut drop_key = tx.prepare_cached("DELETE FROM windows WHERE key = ?1").map_err(fail)?;
-            let mut put = tx.prepare_cached("INSERT INTO windows VALUES (?1, ?2, ?3, ?4)").map_err(fail)?;
+            // One row per key, all its windows in it: a checkpoint writes a row per key that changed.
+            let mut drop_key = tx.prepare_cached("DELETE FROM state WHERE key = ?1").map_err(fail)?;
+            let mut put = tx.prepare_cached("INSERT OR REPLACE INTO state VALUES (?1, ?2)").map_err(fail)?;
+            let mut text = String::new();
             for (key, windows) in &changes.keys {
-                drop_key.execute([key]).map_err(fail)?;
-                for (start, w) in windows.iter().flat_map(|w| w.iter()) {
-                    let accs = encode(&w.accs);
-                    put.execute(params![key, start, w.end, accs]).map_err(fail)?;
+                match windows {
+                    Some(w) if !w.is_empty() => {
+                        encode(w, &mut text);
+                        put.execute(params![key, text]).map_err(fail)?;
+                    }
+                    _ => {
+                        drop_key.execute([key]).map_err(fail)?;
+                    }
                 }
             }
             let mut lane = tx.prepare_cached("INSERT OR REPLACE INTO lanes VALUES (?1, ?2, ?3, ?4)").map_err(fail)?;
@@ -173,14 +180,33 @@ impl Store {
     }
 }
 
-fn encode(accs: &[super::acc::Acc]) -> String {
-    serde_json::Value::Array(accs.iter().map(super::acc::Acc::save).collect()).to_string()
+/// A key's windows as `[[start, end, [acc, ...]], ...]`.
+fn encode(windows: &BTreeMap<i64, Win>, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    out.push('[');
+    for (i, (start, w)) in windows.iter().enumerate() {
+        let _ = write!(out, "{}[{start},{},[", if i > 0 { "," } else { "" }, w.end);
+        for (j, acc) in w.accs.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            acc.save_into(out);
+        }
+        out.push_str("]]");
+    }
+    out.push(']');
 }
 
-fn decode(aggs: &[Named], text: &str) -> Option<Vec<super::acc::Acc>> {
-    let saved: Vec<serde_json::Value> = serde_json::from_str(text).ok()?;
-    if saved.len() != aggs.len() {
-        return None;
+fn decode(aggs: &[Named], text: &str) -> Option<BTreeMap<i64, Win>> {
+    let saved: Vec<(i64, i64, Vec<serde_json::Value>)> = serde_json::from_str(text).ok()?;
+    let mut windows = BTreeMap::new();
+    for (start, end, accs) in saved {
+        if accs.len() != aggs.len() {
+            return None;
+        }
+        let accs = aggs.iter().zip(&accs).map(|(n, v)| super::acc::Acc::load(&n.agg, v)).collect::<Option<_>>()?;
+        windows.insert(start, Win { end, accs });
     }
-    aggs.iter().zip(&saved).map(|(n, v)| super::acc::Acc::load(&n.agg, v)).collect()
+    Some(windows)
 }

@@ -78,13 +78,23 @@ impl Windows {
         new: impl FnOnce() -> Vec<Acc>,
         f: impl FnOnce(&mut [Acc]),
     ) {
-        let windows = self.keys.entry(key.to_string()).or_default();
+        // Looked up before inserting: a key becomes a String only the first time it is seen (or after it emptied).
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.to_string(), BTreeMap::new());
+        }
+        let Some(windows) = self.keys.get_mut(key) else { return };
         let win = windows.entry(start).or_insert_with(|| {
             self.closing.insert((end, key.to_string(), start));
             Win { end, accs: new() }
         });
         f(&mut win.accs);
-        self.dirty.insert(key.to_string());
+        self.mark_dirty(key);
+    }
+
+    fn mark_dirty(&mut self, key: &str) {
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.to_string());
+        }
     }
 
     /// A session event at `t`: joins every session of `key` that `[t, t + gap)` overlaps into one, then applies `f`.
@@ -115,7 +125,7 @@ impl Windows {
         f(&mut accs);
         windows.insert(start, Win { end, accs });
         self.closing.insert((end, key.to_string(), start));
-        self.dirty.insert(key.to_string());
+        self.mark_dirty(key);
     }
 
     /// Closes every window with `end + lateness <= watermark`, in order of end, then key, then start.

@@ -65,10 +65,10 @@ pub struct Cli {
     pub hashers: Option<u16>,
 
     /// Most events in flight between the source and the sink's acknowledgements; a full pipeline holds the source
-    /// back.
-    #[arg(global = true, long, env = "SUPERVISOR_QUEUE_CAPACITY", default_value_t = 10_000, value_name = "N",
+    /// back [default: 10000; 100000 with --aggregate, whose inputs wait for the next save of its state].
+    #[arg(global = true, long, env = "SUPERVISOR_QUEUE_CAPACITY", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    pub queue_capacity: u32,
+    pub queue_capacity: Option<u32>,
 
     /// Seconds a drain may take after the first SIGINT/SIGTERM before the pipeline is stopped anyway.
     #[arg(global = true, long, env = "SUPERVISOR_DRAIN_TIMEOUT", default_value = "30", value_name = "SECS",

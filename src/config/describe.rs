@@ -100,6 +100,8 @@ impl Config {
             // Computed when not given: from --dest-topic, from the machine.
             "dlq-topic" => Shown::Set(quoted(&self.dlq_topic)),
             "hashers" => Shown::Set(self.hashers.to_string()),
+            // Larger with --aggregate when not given.
+            "queue-capacity" => Shown::Set(self.queue_capacity.to_string()),
             // The transform the flags chose, and only the flags that made it.
             "jq" | "jq-file" | "exec" | "exec-timeout" | "hmac-key-file" => self.transform.shown(long)?,
             // The URLs as parsed, their passwords masked; the checkpoint store's default placed by --state-dir.

@@ -26,6 +26,13 @@ pub use secret::{is_secret, Property};
 use std::time::Duration;
 pub use transform::{ExecSpec, JqSpec, TransformSpec};
 
+/// `--queue-capacity` when not given.
+pub const QUEUE_CAPACITY: usize = 10_000;
+/// `--queue-capacity` when not given, with `--aggregate`: inputs wait for the state's next save before they are
+/// acknowledged, and a save writes a row per key that changed, so the more inputs a save covers the fewer rows per
+/// input it writes.
+pub const QUEUE_CAPACITY_AGGREGATING: usize = 100_000;
+
 /// The settled configuration every process of the pipeline works from: the settings as given (`settings`, read
 /// through `Deref` as `cfg.brokers`), what is derived from them, and the pipeline's fixed tunables.
 ///
@@ -97,7 +104,11 @@ impl Config {
             settings: cli.clone(),
             dlq_topic: cli.dead_letter_topic(),
             hashers,
-            queue_capacity: cli.queue_capacity as usize,
+            queue_capacity: cli
+                .queue_capacity
+                .map_or(if cli.aggregate.is_some() { QUEUE_CAPACITY_AGGREGATING } else { QUEUE_CAPACITY }, |n| {
+                    n as usize
+                }),
             readers: usize::from(cli.readers),
             batch_events: 512,
             batch_bytes: 64 * 1024,
