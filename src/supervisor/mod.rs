@@ -171,6 +171,7 @@ impl Supervisor {
             None => None,
         };
         let transform = cfg.transform.label();
+        let aggregating = cfg.aggregation.is_some();
         Ok(Supervisor {
             budget: RestartBudget::new(cfg.max_restarts, cfg.restart_window),
             cfg,
@@ -179,7 +180,7 @@ impl Supervisor {
             table: ProcessTable::default(),
             outcome: Outcome::default(),
             counts: Counts::default(),
-            status: StatusLine::new(every, transform),
+            status: StatusLine::new(every, transform, aggregating),
             live_status,
             started: Instant::now(),
             generation_started: Instant::now(),
@@ -618,6 +619,7 @@ impl Supervisor {
 
     fn render_metrics(&self) -> String {
         let stages = self.counts.by_kind();
+        let totals = self.counts.totals();
         let lanes = self.table.lanes();
         let source = self.counts.source();
         // Per partition owned: the highest of what this run committed and what the group had committed, as the
@@ -646,6 +648,7 @@ impl Supervisor {
             drains: self.drains.finished,
             last_drain: self.drains.last,
             scan: self.counts.scan(),
+            aggregation: self.cfg.aggregation.is_some().then_some(&totals),
             uptime: self.started.elapsed(),
         })
     }

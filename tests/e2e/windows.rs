@@ -387,6 +387,15 @@ fn a_running_aggregate_emits_every_update_and_its_last_is_the_total() {
     args.push(state.display().to_string());
     let mut sup = start(&args);
     let msgs = read_until(&broker.addr, "dst", Duration::from_secs(60), |m| m.len() >= orders.len());
+    // The state, as /metrics shows it: a running aggregate is one window per key, never closed.
+    let n = orders.len() as f64;
+    let seen = sup.wait_metrics(Duration::from_secs(10), |m| m.get("supervisor_aggregate_events_total") == Some(n));
+    let m = seen.unwrap_or_else(|| panic!("{:?}", sup.metrics()));
+    assert_eq!(m.get("supervisor_aggregate_keys"), Some(20.0));
+    assert_eq!(m.get("supervisor_aggregate_open_windows"), Some(20.0));
+    assert_eq!(m.get("supervisor_aggregate_late_events_total"), Some(0.0));
+    assert!(m.get("supervisor_aggregate_state_bytes").is_some_and(|b| b > 0.0), "{m:?}");
+    assert!(m.get("supervisor_aggregate_watermark_lag_seconds").is_some_and(|s| s < 600.0), "{m:?}");
     assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
     assert_eq!(msgs.len(), orders.len(), "one update per event");
     let mut last: HashMap<String, serde_json::Value> = HashMap::new();

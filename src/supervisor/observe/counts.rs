@@ -80,6 +80,13 @@ impl Counts {
             total.lanes = source.lanes.clone();
         }
         total.lanes.scan = self.scan();
+        // An aggregation's gauges, from the newest sink (its process runs the operator).
+        if let Some(sink) = self.sink() {
+            total.open_windows = sink.open_windows;
+            total.keys_held = sink.keys_held;
+            total.state_bytes = sink.state_bytes;
+            total.watermark_ms = sink.watermark_ms;
+        }
         total
     }
 

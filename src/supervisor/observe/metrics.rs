@@ -205,6 +205,8 @@ pub struct Snapshot<'a> {
     pub last_drain: Option<Duration>,
     /// A table scan's progress, when the source is a table.
     pub scan: Option<crate::telemetry::counters::Scan>,
+    /// An aggregation's state (the newest sink's gauges, the counters over every sink), when one runs.
+    pub aggregation: Option<&'a StageStats>,
     pub uptime: Duration,
 }
 
@@ -384,6 +386,47 @@ pub fn render(s: &Snapshot<'_>) -> String {
             ],
         );
     }
+    if let Some(a) = s.aggregation {
+        let one = |v: f64| vec![(String::new(), v)];
+        family(
+            "supervisor_aggregate_events_total",
+            "counter",
+            "Events an aggregation took into its state.",
+            &one(a.aggregated as f64),
+        );
+        family(
+            "supervisor_aggregate_late_events_total",
+            "counter",
+            "Events that came after their window closed (past --lateness), sent to the dead letters as late.",
+            &one(a.late as f64),
+        );
+        family(
+            "supervisor_aggregate_open_windows",
+            "gauge",
+            "Windows open now, over every key.",
+            &one(a.open_windows as f64),
+        );
+        family(
+            "supervisor_aggregate_keys",
+            "gauge",
+            "Group keys holding an open window now.",
+            &one(a.keys_held as f64),
+        );
+        family(
+            "supervisor_aggregate_state_bytes",
+            "gauge",
+            "Bytes the aggregation's state takes on disk (its SQLite file and write-ahead log).",
+            &one(a.state_bytes as f64),
+        );
+        let lag =
+            (a.watermark_ms > 0).then(|| (super::status::wall_millis() - a.watermark_ms as i64).max(0) as f64 / 1000.0);
+        family(
+            "supervisor_aggregate_watermark_lag_seconds",
+            "gauge",
+            "How far the event-time watermark is behind the wall clock (absent before the first event).",
+            &lag.map(one).unwrap_or_default(),
+        );
+    }
     let labelled = |pairs: &mut dyn Iterator<Item = (&str, u64)>, key: &str| -> Vec<(String, f64)> {
         pairs.map(|(v, n)| (format!("{{{key}=\"{}\"}}", escape(v)), n as f64)).collect()
     };
@@ -464,6 +507,7 @@ mod tests {
             drains: 2,
             last_drain: Some(Duration::from_millis(250)),
             scan: None,
+            aggregation: None,
             uptime: Duration::from_secs(5),
         })
     }

@@ -16,12 +16,14 @@ pub struct StatusLine {
     every: Duration,
     /// The transform's name when it is not the default md5, whose figures the line then shows.
     transform: Option<&'static str>,
+    /// Whether an aggregation runs, whose state the line then shows.
+    aggregating: bool,
 }
 
 impl StatusLine {
-    pub fn new(every: Duration, transform: &'static str) -> StatusLine {
+    pub fn new(every: Duration, transform: &'static str, aggregating: bool) -> StatusLine {
         let transform = (transform != "md5").then_some(transform);
-        StatusLine { last: Instant::now(), last_totals: StageStats::default(), every, transform }
+        StatusLine { last: Instant::now(), last_totals: StageStats::default(), every, transform, aggregating }
     }
 
     /// The status line when one is due at `now`: from the totals of every stage, and the workers' own counts for the
@@ -34,6 +36,9 @@ impl StatusLine {
         let mut line = line(&self.last_totals, &totals, since, restarts);
         if let Some(name) = self.transform {
             line.push_str(&format!("; {}", transform(name, workers)));
+        }
+        if self.aggregating {
+            line.push_str(&format!("; {}", aggregation(&totals, wall_millis())));
         }
         self.last = now;
         self.last_totals = totals;
@@ -56,6 +61,26 @@ fn line(before: &StageStats, now: &StageStats, since: Duration, restarts: u64) -
         now.delivered,
         now.dead_lettered,
     )
+}
+
+/// An aggregation's state: `windows 240 open (20 keys), state 1.2 MiB, watermark 3s behind, late 7`.
+pub fn aggregation(t: &StageStats, now_ms: i64) -> String {
+    let behind = match t.watermark_ms {
+        0 => "no watermark yet".to_string(),
+        w => format!("watermark {:.0}s behind", (now_ms - w as i64).max(0) as f64 / 1000.0),
+    };
+    format!(
+        "windows {} open ({} keys), state {:.1} MiB, {behind}, late {}",
+        t.open_windows,
+        t.keys_held,
+        t.state_bytes as f64 / (1 << 20) as f64,
+        t.late
+    )
+}
+
+/// The wall clock in milliseconds since the epoch, which event times are compared with.
+pub fn wall_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The line cut to `width` columns, ending in `…` where cut: a line redrawn in place must not wrap, or each redraw
@@ -137,7 +162,7 @@ mod tests {
 
     #[test]
     fn the_status_gives_rates_since_the_last_one() {
-        let mut s = StatusLine::new(Duration::from_secs(2), "md5");
+        let mut s = StatusLine::new(Duration::from_secs(2), "md5", false);
         let t0 = s.last;
         let totals = |consumed, delivered| StageStats {
             consumed,
@@ -174,7 +199,7 @@ mod tests {
             "exec: 10 in, 12 out, 2 filtered out, 3 fanned out, 1 failed, 1 command restart, 4.5 µs per event"
         );
         assert!(transform("jq", &t).ends_with("1 failed, 4.5 µs per event"));
-        let mut s = StatusLine::new(Duration::from_secs(1), "jq");
+        let mut s = StatusLine::new(Duration::from_secs(1), "jq", false);
         // The sink's received events are not the workers': they never count as unfinished.
         let totals = StageStats { received: 500, ..t.clone() };
         let line = s.due(s.last + Duration::from_secs(1), totals, &t, 0).unwrap();
@@ -200,6 +225,20 @@ mod tests {
         assert!(
             summary(&totals, &[], 0, Duration::ZERO).ends_with("committed 4 of 11 chunks finished, 400 rows in all")
         );
+    }
+
+    #[test]
+    fn an_aggregation_shows_its_state() {
+        let t = StageStats {
+            open_windows: 240,
+            keys_held: 20,
+            state_bytes: 3 << 19,
+            watermark_ms: 10_000,
+            late: 7,
+            ..StageStats::default()
+        };
+        assert_eq!(aggregation(&t, 13_400), "windows 240 open (20 keys), state 1.5 MiB, watermark 3s behind, late 7");
+        assert!(aggregation(&StageStats::default(), 5).contains("no watermark yet"));
     }
 
     #[test]
