@@ -33,6 +33,9 @@ fn main() {
         Some(Command::Demo(DemoArgs { what: Some(DemoCommand::Sql(args)), .. })) => {
             supervisor::tools::demo_sql::run(&cli, args, signals)
         }
+        Some(Command::Demo(DemoArgs { what: Some(DemoCommand::Window(args)), .. })) => {
+            supervisor::tools::demo_window::run(&cli, args, signals)
+        }
         Some(Command::Demo(args)) => supervisor::tools::demo::run(&cli, args, signals),
     };
     std::process::exit(exit.code());

@@ -40,6 +40,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use windows::{Closed, Windows, FOREVER};
 
+/// The dead-letter reason of an event that came after its window closed.
+pub const LATE: &str = "late";
+
 /// The lane of what the operator emits: its positions are acknowledged to the operator, never to the source.
 pub const OPERATOR_LANE: Lane = -1;
 
@@ -300,7 +303,7 @@ impl Operator {
         }
         let n = dead.len() as u32;
         for (i, (r, why)) in dead.into_iter().enumerate() {
-            if why == "late" {
+            if why == LATE {
                 emit(LateEvent { at: r.at, table: self.table });
             }
             let out = Out {
@@ -344,7 +347,7 @@ impl Operator {
             // late, whatever session it would make.
             Window::Session { .. } => {
                 if !self.finite && self.clock.late(lane, e.time, a.lateness) {
-                    return Err("late".into());
+                    return Err(LATE.into());
                 }
                 Vec::new()
             }
@@ -355,7 +358,7 @@ impl Operator {
                     .filter(|(_, end)| self.finite || !self.clock.late(lane, *end, a.lateness))
                     .collect();
                 if open.is_empty() {
-                    return Err("late".into());
+                    return Err(LATE.into());
                 }
                 open
             }

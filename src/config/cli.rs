@@ -281,7 +281,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// Run the whole pipeline on an embedded Kafka (librdkafka's mock cluster): no broker to install. `demo sql`
-    /// runs a table scan on embedded SQLite instead.
+    /// runs a table scan on embedded SQLite instead, `demo window` an aggregation with every window checked.
     Demo(DemoArgs),
 }
 
@@ -290,6 +290,26 @@ pub enum DemoCommand {
     /// The article's SQL pipeline on embedded SQLite, no server: SOURCE(VALUE) 1..N → sqrt (a jq filter) →
     /// DESTINATION(VALUE, ROOT), then every row checked. Ctrl-C stops it; running it again resumes.
     Sql(SqlDemoArgs),
+    /// Totals per customer per 10 s tumbling window (--aggregate) from orders on an embedded Kafka, some out of
+    /// order and some late, into a SQLite table; then every window is checked against a batch computation. Ctrl-C
+    /// stops it; running it again goes on where it stopped.
+    Window(WindowDemoArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct WindowDemoArgs {
+    /// Orders to generate.
+    #[arg(long, default_value_t = 200_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub orders: u64,
+
+    /// Orders per second the generator writes; 0 is as fast as it can.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub rate: u64,
+
+    /// Where the demo's table and the aggregation's state live [default: <state-dir>/demo-window].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `demo sql --rows` when not given.

@@ -17,7 +17,9 @@ mod transform;
 
 use crate::sql::url::TableUrl;
 pub use aggregate::Aggregation;
-pub use cli::{file_keys, Cli, Command, DemoArgs, DemoCommand, SqlDemoArgs, DEMO_SQL_ROWS, EXIT_CODES_HELP};
+pub use cli::{
+    file_keys, Cli, Command, DemoArgs, DemoCommand, SqlDemoArgs, WindowDemoArgs, DEMO_SQL_ROWS, EXIT_CODES_HELP,
+};
 pub use dead_letters::MaxDeadLetters;
 pub use ends::{SinkSpec, SourceSpec};
 pub use load::{default_state_dir, Invalid};

@@ -85,9 +85,10 @@ impl Judge {
         }
     }
 
-    /// One event was dead-lettered, for `reason`.
+    /// One event was dead-lettered, for `reason`. An aggregation's late event is not judged: it follows the rule
+    /// `--lateness` set, however many there are, and says nothing about whether the pipeline works.
     pub fn dead_lettered(&mut self, reason: &str, at: Position) {
-        if self.limit == MaxDeadLetters::Off {
+        if self.limit == MaxDeadLetters::Off || reason == crate::aggregate::LATE {
             return;
         }
         self.dead += 1;

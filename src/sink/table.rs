@@ -193,6 +193,9 @@ struct Pending {
     rejected: Vec<Rejected>,
     /// Filtered out: acknowledged with the next write.
     filtered: Vec<Position>,
+    /// For each of `rejected`, how many of `filtered` came before it: an aggregation's inputs count as written, in
+    /// their order among its dead letters.
+    filtered_before: Vec<usize>,
     /// Inputs that became several rows, and how many.
     fanned_out: Vec<(Position, u32)>,
     /// Rows' keys where the dead-letter table names rows by them (a table source's): looked up only when a row is
@@ -247,6 +250,7 @@ impl Pending {
             let payload = r.payload.map_or((batch, 0..0), |p| span(p));
             if let Some(why) = r.dead_letter {
                 self.rejected.push((r.at, why.to_string(), bytes[payload.1].to_vec()));
+                self.filtered_before.push(self.filtered.len());
                 continue;
             }
             self.rows.push((r.at, payload));
@@ -365,11 +369,19 @@ impl Writer {
             let all: Vec<(Position, &Object<'_>, &str)> = rows.iter().map(|(at, o, k)| (*at, o, k.as_ref())).collect();
             self.upsert(&all, &fields, &mut written, &mut rejected)?;
         }
-        if self.acks.aggregating() {
-            self.judge.written(pending.filtered.len() as u64);
-        }
-        for (at, why, _) in &rejected[..set_aside] {
+        // An aggregation's inputs (filtered out here: they went into its state) count as written, each in its place
+        // among the dead letters, so that a few late events among many inputs are judged as the few they are.
+        let aggregating = self.acks.aggregating();
+        let mut judged = 0;
+        for (i, (at, why, _)) in rejected[..set_aside].iter().enumerate() {
+            if let (true, Some(&before)) = (aggregating, pending.filtered_before.get(i)) {
+                self.judge.written(before.saturating_sub(judged) as u64);
+                judged = judged.max(before);
+            }
             self.judge.dead_lettered(why, *at);
+        }
+        if aggregating {
+            self.judge.written(pending.filtered.len().saturating_sub(judged) as u64);
         }
         if self.too_many.is_none() {
             self.too_many = self.judge.verdict();

@@ -2,4 +2,5 @@
 
 pub mod demo;
 pub mod demo_sql;
+pub mod demo_window;
 pub mod yardstick;

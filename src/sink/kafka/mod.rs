@@ -138,8 +138,12 @@ impl Writer<'_> {
             let r = record?;
             received += 1;
             if r.outputs == 0 {
-                // Filtered out: nothing to write, and nothing to wait for.
+                // Filtered out: nothing to write, and nothing to wait for. An aggregation's input (in its state)
+                // counts as written, in its place among the dead letters.
                 filtered.push(r.at);
+                if self.acks.aggregating() {
+                    self.judge.written(1);
+                }
                 continue;
             }
             let undelivered = match &mut siblings {
@@ -171,9 +175,6 @@ impl Writer<'_> {
             self.send(topic, origin, r.key.map(|k| &k[..]), r.payload.map(|p| &p[..]), headers, r.timestamp)?;
         }
         emit(BatchReceived { events: received });
-        if self.acks.aggregating() {
-            self.judge.written(filtered.len() as u64);
-        }
         if !filtered.is_empty() {
             self.acks.send(&AckMsg::Acked(filtered))?;
         }
