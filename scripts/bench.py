@@ -223,7 +223,7 @@ def latency(kind, rate, seconds, hashers, pad):
 
 AGGREGATE = ["--aggregate", "{n: count, total: sum(.amount), hi: max(.amount)}", "--group-by", ".customer",
              "--event-time", ".ts", "--window", "tumbling=10s"]
-KEYS = 10_000
+KEYS = [10_000]
 
 
 def load_orders(brokers, n):
@@ -231,7 +231,7 @@ def load_orders(brokers, n):
                   "queue.buffering.max.messages": 1000000})
     rnd = random.Random(1)
     for i in range(n):
-        c = f"c{rnd.randrange(KEYS)}"
+        c = f"c{rnd.randrange(KEYS[0])}"
         v = json.dumps({"customer": c, "amount": rnd.randrange(100000) / 100, "ts": 1796288400 + i * 100 / n})
         while True:
             try:
@@ -279,7 +279,7 @@ def aggregate(kind, n, hashers, state):
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime
         watch.close()
-        return {"mode": "aggregate", "kind": kind, "hashers": hashers, "n": n, "committed": done,
+        return {"mode": "aggregate", "kind": kind, "hashers": hashers, "n": n, "keys": KEYS[0], "committed": done,
                 "rate_eps": round((done - n5) / (t_n - t5)) if t5 and t_n > t5 else None,
                 "cpu_us_per_event": round(cpu * 1e6 / max(done, 1), 2),
                 "largest_mib": round(max(mem.peak.values(), default=0) / 1024, 1),
@@ -300,9 +300,11 @@ def main():
     ap.add_argument("--stop-at", type=float, default=1.0,
                     help="stop throughput runs once this fraction of the events arrived (below 1: a full pipeline)")
     ap.add_argument("--kinds", default="supervisor,single")
+    ap.add_argument("--keys", type=int, default=10_000, help="customers (group keys) in aggregate runs")
     ap.add_argument("-X", action="append", default=[], help="librdkafka property for both commands")
     a = ap.parse_args()
     EXTRA.extend(a.X)
+    KEYS[0] = a.keys
     rows = []
     if a.mode == "aggregate":
         kinds = a.kinds if a.kinds != "supervisor,single" else "md5,aggregate"

@@ -196,7 +196,7 @@ impl Operator {
         let mut windows = Windows::new(aggregation.window);
         let keys = restored.windows.len();
         for (key, w) in restored.windows {
-            windows.restore(key, w);
+            windows.restore(&key, w);
         }
         let resume: HashMap<Lane, Applied> = restored.lanes.iter().map(|(l, a, _)| (*l, a.clone())).collect();
         if keys > 0 || !restored.pending.is_empty() {
@@ -402,8 +402,11 @@ impl Operator {
         let mut touched = Vec::new();
         if session {
             self.windows.update_session(&e.key_text, e.time, new, |accs| apply(accs, None));
-            if let Some((start, w)) =
-                self.windows.of(&e.key_text).and_then(|ws| ws.range(..=e.time).next_back()).map(|(s, w)| (*s, w.end))
+            if let Some((start, w)) = self
+                .windows
+                .of(&e.key_text)
+                .and_then(|ws| ws.iter().rev().find(|(s, _)| *s <= e.time))
+                .map(|(s, w)| (*s, w.end))
             {
                 touched.push((start, w));
             }
@@ -417,7 +420,7 @@ impl Operator {
         if a.emit == Emit::Every {
             for (start, end) in touched {
                 if let Some(w) = self.windows.get(&e.key_text, start) {
-                    let closed = Closed { key: e.key_text.clone(), start, end, accs: w.accs.clone() };
+                    let closed = Closed { key: e.key_text.as_str().into(), start, end, accs: w.accs.clone() };
                     results.push(self.result(&closed, Some((&e.key, e.time))));
                 }
             }
@@ -602,7 +605,7 @@ impl Operator {
                 watermark: self.clock.watermark(),
                 next_seq: self.next_seq,
                 lanes: self.applied.iter().map(|(l, a)| (*l, a, marks.get(l).copied().flatten())).collect(),
-                keys: dirty.iter().map(|k| (k.as_str(), self.windows.of(k))).collect(),
+                keys: dirty.iter().map(|k| (&**k, self.windows.of(k))).collect(),
                 added: added.iter().filter_map(|k| self.pending.get_key_value(k)).collect(),
                 removed,
             };

@@ -2,7 +2,7 @@
 //! lane's last applied position and watermark, and the outputs not yet acknowledged, so that the state and the
 //! positions it covers are always saved together.
 
-use super::windows::Win;
+use super::windows::{KeyWindows, Win};
 use super::{Applied, Out};
 use crate::config::aggregate::Named;
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ pub struct Restored {
     pub watermark: Option<i64>,
     pub next_seq: i64,
     pub lanes: Vec<(Lane, Applied, Option<i64>)>,
-    pub windows: BTreeMap<String, BTreeMap<i64, Win>>,
+    pub windows: Vec<(String, KeyWindows)>,
     pub pending: BTreeMap<(Position, u32), Out>,
 }
 
@@ -27,7 +27,7 @@ pub struct Changes<'a> {
     pub next_seq: i64,
     pub lanes: Vec<(Lane, &'a Applied, Option<i64>)>,
     /// A key's windows now (none: it holds none any more).
-    pub keys: Vec<(&'a str, Option<&'a BTreeMap<i64, Win>>)>,
+    pub keys: Vec<(&'a str, Option<&'a KeyWindows>)>,
     pub added: Vec<(&'a (Position, u32), &'a Out)>,
     pub removed: Vec<(Position, u32)>,
 }
@@ -105,7 +105,7 @@ impl Store {
                     path: shown.clone(),
                     saved: format!("windows of key {key} that this build cannot read"),
                 })?;
-                restored.windows.insert(key, windows);
+                restored.windows.push((key, windows));
             }
             let mut q = conn
                 .prepare("SELECT lane, seq, n, key, payload, timestamp, dead_letter FROM pending")
@@ -181,7 +181,7 @@ impl Store {
 }
 
 /// A key's windows as `[[start, end, [acc, ...]], ...]`.
-fn encode(windows: &BTreeMap<i64, Win>, out: &mut String) {
+fn encode(windows: &KeyWindows, out: &mut String) {
     use std::fmt::Write;
     out.clear();
     out.push('[');
@@ -198,15 +198,15 @@ fn encode(windows: &BTreeMap<i64, Win>, out: &mut String) {
     out.push(']');
 }
 
-fn decode(aggs: &[Named], text: &str) -> Option<BTreeMap<i64, Win>> {
+fn decode(aggs: &[Named], text: &str) -> Option<KeyWindows> {
     let saved: Vec<(i64, i64, Vec<serde_json::Value>)> = serde_json::from_str(text).ok()?;
-    let mut windows = BTreeMap::new();
+    let mut windows = Vec::with_capacity(saved.len());
     for (start, end, accs) in saved {
         if accs.len() != aggs.len() {
             return None;
         }
         let accs = aggs.iter().zip(&accs).map(|(n, v)| super::acc::Acc::load(&n.agg, v)).collect::<Option<_>>()?;
-        windows.insert(start, Win { end, accs });
+        windows.push((start, Win { end, accs }));
     }
     Some(windows)
 }

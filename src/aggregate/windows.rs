@@ -3,22 +3,27 @@
 
 use super::acc::Acc;
 use crate::config::aggregate::Window;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::rc::Rc;
 
 /// The running aggregate's one window: it starts at the beginning of time and never ends.
 pub const FOREVER: (i64, i64) = (i64::MIN, i64::MAX);
 
-/// One window of one key: where it ends (its start is its place in the key's map) and its aggregates.
+/// One window of one key: where it ends (its start is its place in the key's list) and its aggregates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Win {
     pub end: i64,
     pub accs: Vec<Acc>,
 }
 
+/// A key's open windows, by start. A key has one or two open at a time (a few with hopping windows): a sorted
+/// vector, not a tree, whose nodes would cost more than the windows themselves.
+pub type KeyWindows = Vec<(i64, Win)>;
+
 /// A window that closed: its key (compact JSON), bounds and aggregates.
 #[derive(Debug, PartialEq)]
 pub struct Closed {
-    pub key: String,
+    pub key: Rc<str>,
     pub start: i64,
     pub end: i64,
     pub accs: Vec<Acc>,
@@ -28,12 +33,12 @@ pub struct Closed {
 #[derive(Debug)]
 pub struct Windows {
     kind: Window,
-    /// Key (compact JSON) → window start → window.
-    keys: HashMap<String, BTreeMap<i64, Win>>,
+    /// Key (compact JSON, held once and shared below) → its windows.
+    keys: HashMap<Rc<str>, KeyWindows>,
     /// (end, key, start) of every open window: what closes first comes first.
-    closing: BTreeSet<(i64, String, i64)>,
+    closing: BTreeSet<(i64, Rc<str>, i64)>,
     /// Keys whose windows changed since `take_dirty`.
-    dirty: HashSet<String>,
+    dirty: HashSet<Rc<str>>,
 }
 
 impl Windows {
@@ -67,7 +72,20 @@ impl Windows {
 
     /// A key's window starting at `start`, if open.
     pub fn get(&self, key: &str, start: i64) -> Option<&Win> {
-        self.keys.get(key)?.get(&start)
+        let windows = self.keys.get(key)?;
+        windows.binary_search_by_key(&start, |(s, _)| *s).ok().map(|i| &windows[i].1)
+    }
+
+    /// The key as held here (shared), made on first sight.
+    fn held(&mut self, key: &str) -> Rc<str> {
+        match self.keys.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Rc<str> = Rc::from(key);
+                self.keys.insert(k.clone(), Vec::new());
+                k
+            }
+        }
     }
 
     /// Applies `f` to the window `(start, end)` of `key`, opening it with `new()` if need be.
@@ -78,37 +96,32 @@ impl Windows {
         new: impl FnOnce() -> Vec<Acc>,
         f: impl FnOnce(&mut [Acc]),
     ) {
-        // Looked up before inserting: a key becomes a String only the first time it is seen (or after it emptied).
-        if !self.keys.contains_key(key) {
-            self.keys.insert(key.to_string(), BTreeMap::new());
-        }
-        let Some(windows) = self.keys.get_mut(key) else { return };
-        let win = windows.entry(start).or_insert_with(|| {
-            self.closing.insert((end, key.to_string(), start));
-            Win { end, accs: new() }
-        });
-        f(&mut win.accs);
-        self.mark_dirty(key);
-    }
-
-    fn mark_dirty(&mut self, key: &str) {
-        if !self.dirty.contains(key) {
-            self.dirty.insert(key.to_string());
-        }
+        let key = self.held(key);
+        let Some(windows) = self.keys.get_mut(&key) else { return };
+        let i = match windows.binary_search_by_key(&start, |(s, _)| *s) {
+            Ok(i) => i,
+            Err(i) => {
+                windows.insert(i, (start, Win { end, accs: new() }));
+                self.closing.insert((end, key.clone(), start));
+                i
+            }
+        };
+        f(&mut windows[i].1.accs);
+        self.dirty.insert(key);
     }
 
     /// A session event at `t`: joins every session of `key` that `[t, t + gap)` overlaps into one, then applies `f`.
     pub fn update_session(&mut self, key: &str, t: i64, new: impl FnOnce() -> Vec<Acc>, f: impl FnOnce(&mut [Acc])) {
         let Window::Session { gap } = self.kind else { return };
-        let windows = self.keys.entry(key.to_string()).or_default();
+        let key = self.held(key);
+        let Some(windows) = self.keys.get_mut(&key) else { return };
         // Sessions are disjoint, so those within the gap (touching included, as Kafka Streams has it) are a run that
         // ends at the last one starting by t + gap.
-        let touching: Vec<i64> =
-            windows.range(..=t + gap).rev().take_while(|(_, w)| w.end >= t).map(|(start, _)| *start).collect();
+        let upto = windows.partition_point(|(s, _)| *s <= t + gap);
+        let from = windows[..upto].iter().rposition(|(_, w)| w.end < t).map_or(0, |i| i + 1);
         let (mut start, mut end, mut accs) = (t, t + gap, None::<Vec<Acc>>);
-        for s in touching.into_iter().rev() {
-            let Some(w) = windows.remove(&s) else { continue };
-            self.closing.remove(&(w.end, key.to_string(), s));
+        for (s, w) in windows.drain(from..upto) {
+            self.closing.remove(&(w.end, key.clone(), s));
             start = start.min(s);
             end = end.max(w.end);
             accs = Some(match accs {
@@ -123,9 +136,9 @@ impl Windows {
         }
         let mut accs = accs.unwrap_or_else(new);
         f(&mut accs);
-        windows.insert(start, Win { end, accs });
-        self.closing.insert((end, key.to_string(), start));
-        self.mark_dirty(key);
+        windows.insert(from, (start, Win { end, accs }));
+        self.closing.insert((end, key.clone(), start));
+        self.dirty.insert(key);
     }
 
     /// Closes every window with `end + lateness <= watermark`, in order of end, then key, then start.
@@ -150,28 +163,34 @@ impl Windows {
         closed
     }
 
-    fn remove(&mut self, key: String, start: i64, end: i64) -> Closed {
-        let windows = self.keys.get_mut(&key);
-        let win = windows.and_then(|w| w.remove(&start));
-        if self.keys.get(&key).is_some_and(BTreeMap::is_empty) {
-            self.keys.remove(&key);
+    fn remove(&mut self, key: Rc<str>, start: i64, end: i64) -> Closed {
+        let mut accs = Vec::new();
+        if let Some(windows) = self.keys.get_mut(&key) {
+            if let Ok(i) = windows.binary_search_by_key(&start, |(s, _)| *s) {
+                accs = windows.remove(i).1.accs;
+            }
+            if windows.is_empty() {
+                self.keys.remove(&key);
+            }
         }
         self.dirty.insert(key.clone());
-        Closed { key, start, end, accs: win.map(|w| w.accs).unwrap_or_default() }
+        Closed { key, start, end, accs }
     }
 
     /// The keys changed since the last call.
-    pub fn take_dirty(&mut self) -> Vec<String> {
+    pub fn take_dirty(&mut self) -> Vec<Rc<str>> {
         std::mem::take(&mut self.dirty).into_iter().collect()
     }
 
     /// A key's open windows (none: the key holds nothing).
-    pub fn of(&self, key: &str) -> Option<&BTreeMap<i64, Win>> {
+    pub fn of(&self, key: &str) -> Option<&KeyWindows> {
         self.keys.get(key)
     }
 
     /// A key's windows as saved, put back.
-    pub fn restore(&mut self, key: String, windows: BTreeMap<i64, Win>) {
+    pub fn restore(&mut self, key: &str, mut windows: KeyWindows) {
+        windows.sort_by_key(|(s, _)| *s);
+        let key: Rc<str> = Rc::from(key);
         for (start, w) in &windows {
             self.closing.insert((w.end, key.clone(), *start));
         }
@@ -200,7 +219,7 @@ mod tests {
     }
 
     fn counts(closed: &[Closed]) -> Vec<(String, i64, i64, String)> {
-        closed.iter().map(|c| (c.key.clone(), c.start, c.end, c.accs[0].result().to_string())).collect()
+        closed.iter().map(|c| (c.key.to_string(), c.start, c.end, c.accs[0].result().to_string())).collect()
     }
 
     #[test]
@@ -219,7 +238,7 @@ mod tests {
             w.update(key, win, count, bump);
         }
         assert_eq!(w.open_windows(), 4);
-        assert!(w.close(19, 0).iter().map(|c| c.key.as_str()).eq(["a", "b"]));
+        assert!(w.close(19, 0).iter().map(|c| &*c.key).eq(["a", "b"]));
         assert_eq!(w.close(29, 10).len(), 0, "the lateness is not past yet");
         assert_eq!(counts(&w.close(30, 10)), vec![("a".into(), 10, 20, "1".into())]);
         assert_eq!(counts(&w.close(40, 10)), vec![("a".into(), 20, 30, "1".into())]);

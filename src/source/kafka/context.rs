@@ -38,8 +38,9 @@ impl Context {
         let lanes = self.assignment(consumer);
         self.hooks.assigned(&lanes);
         if self.announce {
+            // After a drain the workers are gone, and nothing downstream needs to know.
             if let Err(e) = self.flow().announce(&lanes) {
-                log::warn!("cannot tell the workers the partitions assigned: {e}");
+                log::debug!("cannot tell the workers the partitions assigned: {e}");
             }
         }
     }
