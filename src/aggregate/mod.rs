@@ -18,7 +18,6 @@
 
 mod acc;
 pub mod clock;
-mod expr;
 mod store;
 mod windows;
 
@@ -29,10 +28,10 @@ use crate::error::{Error, Result};
 use crate::position::{Lane, Position, Seq};
 use crate::sink::Input;
 use crate::telemetry::events::{emit, Aggregated, LateEvent};
+use crate::worker::transform::expr::Expr;
 use crate::worker::transform::jq::{self, MetaSource};
 use acc::Acc;
 use crossbeam_channel::{Receiver, Sender};
-use expr::Expr;
 use jaq_json::Val;
 use serde_bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};

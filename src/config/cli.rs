@@ -136,6 +136,12 @@ pub struct Cli {
     #[arg(global = true, long, env = "SUPERVISOR_HMAC_KEY_FILE", value_name = "FILE")]
     pub hmac_key_file: Option<PathBuf>,
 
+    /// Sets each output event's message key: a jq expression over the output event (after the transform), e.g.
+    /// .customer to re-key a topic by a field. A string is the key as it is, anything else its compact JSON, null no
+    /// key [default: the input's key].
+    #[arg(global = true, long, env = "SUPERVISOR_OUTPUT_KEY", value_name = "EXPR")]
+    pub output_key: Option<String>,
+
     /// Most events per second taken from the source, for destinations that cannot take more [default: no limit].
     #[arg(global = true, long, env = "SUPERVISOR_MAX_RATE", value_name = "EVENTS_PER_SECOND",
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]

@@ -158,6 +158,7 @@ child-timeout = 30
 # exec: off
 # exec-timeout: 30 (with --exec)
 # hmac-key-file: none (or the key in SUPERVISOR_HMAC_KEY)
+# output-key: the input's key
 # max-rate: no limit
 # source: Kafka
 # sink: Kafka

@@ -34,8 +34,9 @@ impl Stage for Worker {
     fn run(cfg: &Config, ends: WorkerEnds, hooks: &Hooks) -> Result<Exit> {
         // Built after the fork: each worker has its own compiled filter or command.
         let mut transform = transform::build(cfg)?;
+        let output_key = OutputKey::compile(cfg)?;
         hooks.ready();
-        let names = Names { table_source: cfg.source().is_table(), dead_letters: cfg.dead_letter_name() };
+        let names = Names { table_source: cfg.source().is_table(), dead_letters: cfg.dead_letter_name(), output_key };
         let worked = work(ends, transform.as_mut(), &names);
         transform.finish();
         worked.map(|()| Exit::Clean)
@@ -48,11 +49,39 @@ impl Stage for Worker {
 /// refused before the command saw them) can make a slow transform sit on a whole batch.
 const SLICE: Duration = Duration::from_millis(200);
 
-/// How a worker's log lines name an event's place and where dead letters go, in the words of this pipeline's ends.
-#[derive(Debug, Default)]
+/// How a worker's log lines name an event's place and where dead letters go, in the words of this pipeline's ends;
+/// and `--output-key`, if given.
+#[derive(Default)]
 pub struct Names {
     pub table_source: bool,
     pub dead_letters: String,
+    pub output_key: Option<OutputKey>,
+}
+
+/// `--output-key`: each output's message key, from a jq expression over the output event.
+pub struct OutputKey {
+    expr: transform::expr::Expr,
+    source: transform::jq::MetaSource,
+}
+
+impl OutputKey {
+    pub fn compile(cfg: &Config) -> Result<Option<OutputKey>> {
+        let Some(code) = &cfg.output_key else { return Ok(None) };
+        let expr = transform::expr::Expr::compile(code, "--output-key")?;
+        Ok(Some(OutputKey { expr, source: transform::meta_source(cfg) }))
+    }
+
+    /// The key of one output of `input`, or why there is none to be had.
+    fn of(&self, output: &[u8], input: &Record<'_>) -> std::result::Result<Option<Vec<u8>>, String> {
+        let event = transform::jq::parse(output).map_err(|e| format!("--output-key: {}", e.as_str()))?;
+        let meta = transform::jq::meta(&self.source, input);
+        match self.expr.first(&event, &meta, &jaq_json::Val::Null) {
+            Ok(None | Some(jaq_json::Val::Null)) => Ok(None),
+            Ok(Some(jaq_json::Val::Str(s))) => Ok(Some(s.as_bytes().to_vec())),
+            Ok(Some(other)) => Ok(Some(other.to_string().into_bytes())),
+            Err(why) => Err(format!("--output-key: {why}")),
+        }
+    }
 }
 
 /// Runs until the source's poison pill (or its channel closing), then forwards the pill.
@@ -115,7 +144,28 @@ pub fn work(ends: WorkerEnds, transform: &mut dyn Transform, names: &Names) -> R
                         }
                         for i in range.clone() {
                             let payload = Some(Bytes::new(outputs.output(i)));
-                            out.push(&Record { payload, outputs: n as u32, ..record.clone() })?;
+                            let Some(keyed) = &names.output_key else {
+                                out.push(&Record { payload, outputs: n as u32, ..record.clone() })?;
+                                continue;
+                            };
+                            match keyed.of(outputs.output(i), record) {
+                                Ok(key) => {
+                                    let key = key.as_deref().map(Bytes::new);
+                                    out.push(&Record { payload, key, outputs: n as u32, ..record.clone() })?;
+                                }
+                                // This output is a dead letter; the input's other outputs go on.
+                                Err(why) => {
+                                    let at = crate::position::Place { at: record.at, table: names.table_source };
+                                    emit(Rejected { at, reason: &why, to: &names.dead_letters });
+                                    let dead = Some(why.as_str());
+                                    out.push(&Record {
+                                        payload,
+                                        dead_letter: dead,
+                                        outputs: n as u32,
+                                        ..record.clone()
+                                    })?;
+                                }
+                            }
                         }
                     }
                     Verdict::Rejected(why) => {

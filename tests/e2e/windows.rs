@@ -508,3 +508,40 @@ fn bad_aggregation_flags_exit_2_with_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "{flags:?}: one line: {err}");
     }
 }
+
+#[test]
+fn a_re_keying_pipeline_is_one_command_and_keys_every_output_by_the_field() {
+    let broker = Broker::with_topics("rekey");
+    // Keyed by order number, not by customer: several instances would split a customer's windows.
+    let orders = orders(3_000, 13);
+    let events: Vec<Event> = events_of(&orders)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, v))| (Some(format!("order-{i}").into_bytes()), v))
+        .collect();
+    let mut bad = events.clone();
+    bad.push((Some(b"order-x".to_vec()), Some(br#"{"customer": {"id": 7}, "amount": 1}"#.to_vec())));
+    bad.push((Some(b"order-y".to_vec()), Some(br#"{"amount": 2}"#.to_vec())));
+    produce(&broker.addr, "src", &bad);
+    let mut args = base_args(&broker.addr, "rekey");
+    args.extend(["--jq", ".", "--output-key", ".customer"].map(String::from));
+    let mut sup = start(&args);
+    let msgs = read_until(&broker.addr, "dst", Duration::from_secs(60), |m| m.len() >= bad.len());
+    assert_eq!(sup.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", sup.log());
+    assert_eq!(msgs.len(), bad.len(), "every event, re-keyed");
+    let mut partition_of: HashMap<Vec<u8>, i32> = HashMap::new();
+    for m in &msgs {
+        let v: serde_json::Value = serde_json::from_slice(m.payload.as_deref().unwrap()).unwrap();
+        let want: Option<Vec<u8>> = match &v["customer"] {
+            serde_json::Value::String(s) => Some(s.clone().into_bytes()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string().into_bytes()),
+        };
+        assert_eq!(m.key, want, "{v}");
+        if let Some(k) = &m.key {
+            let p = *partition_of.entry(k.clone()).or_insert(m.partition);
+            assert_eq!(p, m.partition, "a customer's orders all land in one partition");
+        }
+    }
+    assert_eq!(partition_of.len(), 21, "20 customers and the one keyed by an object");
+}

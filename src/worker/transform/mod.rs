@@ -6,6 +6,7 @@
 //! destination. A transform sees a whole batch at once, so that one in another process can have the batch in flight.
 
 pub mod exec;
+pub mod expr;
 pub mod hash;
 pub mod jq;
 pub mod json_out;
@@ -70,6 +71,9 @@ pub fn meta_source(cfg: &Config) -> jq::MetaSource {
 pub fn check(cfg: &Config) -> Result<()> {
     if let TransformSpec::Jq(program) = &cfg.transform {
         jq::Jq::compile(program, meta_source(cfg))?;
+    }
+    if let Some(code) = &cfg.output_key {
+        expr::Expr::compile(code, "--output-key")?;
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! One jq expression of an aggregation, compiled once: a plain path (`.amount`, `.customer.id`) is looked up
+//! One jq expression (an aggregation's, `--output-key`), compiled once: a plain path (`.amount`, `.customer.id`) is looked up
 //! directly, anything else runs through jaq.
 
 use crate::error::Result;
