@@ -199,6 +199,7 @@ impl Error {
             Error::JqCompile { .. } | Error::ExecStart { .. } | Error::ExecProtocol { .. } => Exit::Config,
             Error::ExecGaveUp { .. } => Exit::GaveUp,
             Error::StateMismatch { .. } => Exit::Config,
+            Error::State { doing, .. } if *doing == crate::aggregate::STATE_IN_USE => Exit::Config,
             Error::TooManyDeadLetters { .. } => Exit::TooManyDeadLetters,
             Error::ExecRestart { .. } => Exit::Failure,
             Error::Metadata { .. } => Exit::Unavailable,

@@ -310,14 +310,19 @@ impl Sum {
     }
 
     fn save(&self) -> Value {
-        json!({"i": self.int.to_string(), "p": self.partials, "x": self.special, "f": self.floats, "n": self.values})
+        // An infinity or NaN as text ("inf", "NaN"): JSON has no number for it.
+        let special = self.special.map(|x| x.to_string());
+        json!({"i": self.int.to_string(), "p": self.partials, "x": special, "f": self.floats, "n": self.values})
     }
 
     fn load(v: &Value) -> Option<Sum> {
         Some(Sum {
             int: v.get("i")?.as_str()?.parse().ok()?,
             partials: serde_json::from_value(v.get("p")?.clone()).ok()?,
-            special: v.get("x")?.as_f64(),
+            special: match v.get("x")? {
+                Value::Null => None,
+                x => Some(x.as_str()?.parse().ok()?),
+            },
             floats: v.get("f")?.as_bool()?,
             values: v.get("n")?.as_u64()?,
         })
@@ -380,6 +385,23 @@ mod tests {
         // And what a naive sum gets wrong, this does not: 0.1 ten times is 1.
         assert_eq!(sum_of(&vec![Val::Float(0.1); 10]), Val::Float(1.0));
         assert_eq!(sum_of(&[Val::Float(1e100), Val::Float(1.0), Val::Float(-1e100)]), Val::Float(1.0));
+    }
+
+    #[test]
+    fn saved_sums_read_back_to_the_bit_infinities_included() {
+        let agg = Agg::Sum(String::new());
+        for values in [vec![0.1, 0.2, 1e-300, 3.0000000000000004], vec![f64::INFINITY, 1.0], vec![f64::NAN]] {
+            let mut s = Acc::new(&agg, None);
+            for v in &values {
+                s.update(Val::Float(*v), 0);
+            }
+            let mut text = String::new();
+            s.save_into(&mut text);
+            let back = Acc::load(&agg, &serde_json::from_str(&text).unwrap()).unwrap();
+            assert_eq!(back.result().to_string(), s.result().to_string(), "{values:?}: {text}");
+            let back = Acc::load(&agg, &s.save()).unwrap();
+            assert_eq!(back.result().to_string(), s.result().to_string(), "{values:?}");
+        }
     }
 
     #[test]

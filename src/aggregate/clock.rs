@@ -16,6 +16,9 @@ pub struct LaneClock {
     pub mark: Option<i64>,
     /// When it last showed an event, or was assigned.
     active: Instant,
+    /// Whether the source holds it now: a lane let go keeps its mark (lateness on it is judged as before if it
+    /// comes back) but holds nothing back.
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -39,16 +42,24 @@ impl Clock {
     ) {
         self.watermark = watermark;
         for (lane, mark) in lanes {
-            self.lanes.insert(lane, LaneClock { mark, active: now });
+            self.lanes.insert(lane, LaneClock { mark, active: now, held: true });
         }
     }
 
     /// The lanes of one worker the source now holds, `all_lanes_of` telling which known lanes are that worker's:
     /// new ones hold the watermark back until they show events or go idle; lanes let go no longer count.
     pub fn assigned(&mut self, lanes: &[Lane], of_this_worker: impl Fn(Lane) -> bool, now: Instant) {
-        self.lanes.retain(|l, _| !of_this_worker(*l) || lanes.contains(l));
+        for (l, c) in self.lanes.iter_mut() {
+            if of_this_worker(*l) && !lanes.contains(l) {
+                c.held = false;
+            }
+        }
         for &lane in lanes {
-            self.lanes.entry(lane).or_insert(LaneClock { mark: None, active: now });
+            let c = self.lanes.entry(lane).or_insert(LaneClock { mark: None, active: now, held: true });
+            if !c.held {
+                c.held = true;
+                c.active = now;
+            }
         }
     }
 
@@ -61,9 +72,10 @@ impl Clock {
 
     /// An event at `t` on `lane`.
     pub fn saw(&mut self, lane: Lane, t: i64, now: Instant) {
-        let l = self.lanes.entry(lane).or_insert(LaneClock { mark: None, active: now });
+        let l = self.lanes.entry(lane).or_insert(LaneClock { mark: None, active: now, held: true });
         l.mark = Some(l.mark.map_or(t, |m| m.max(t)));
         l.active = now;
+        l.held = true;
     }
 
     /// The pipeline's watermark now: the smallest over lanes not idle; `None` while a lane that is not idle has shown
@@ -72,7 +84,7 @@ impl Clock {
         let mut lowest: Option<i64> = None;
         let mut any = false;
         for l in self.lanes.values() {
-            if now.saturating_duration_since(l.active) >= self.idle {
+            if !l.held || now.saturating_duration_since(l.active) >= self.idle {
                 continue;
             }
             match l.mark {
@@ -118,6 +130,19 @@ mod tests {
         c.assigned(&[0], |_| true, t0);
         c.saw(0, 130, t0);
         assert_eq!(c.advance(t0), Some(130), "lane 1 let go");
+    }
+
+    #[test]
+    fn a_lane_let_go_keeps_its_mark_and_holds_nothing_back() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(Duration::from_secs(30));
+        c.assigned(&[0, 1], |_| true, t0);
+        c.saw(0, 100, t0);
+        c.saw(1, 50, t0);
+        c.assigned(&[0], |_| true, t0);
+        assert_eq!(c.advance(t0), Some(100), "lane 1 no longer holds the watermark back");
+        assert!(c.late(1, 40, 0), "its own mark still judges its events");
+        assert_eq!(c.marks().collect::<Vec<_>>(), [(0, Some(100)), (1, Some(50))]);
     }
 
     #[test]

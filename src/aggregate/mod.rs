@@ -39,6 +39,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use windows::{Closed, Windows, FOREVER};
 
+pub use store::IN_USE as STATE_IN_USE;
+
 /// The dead-letter reason of an event that came after its window closed.
 pub const LATE: &str = "late";
 
@@ -71,7 +73,14 @@ pub struct Out {
 pub fn state_path(cfg: &Config) -> PathBuf {
     let dir = cfg.state_dir.clone().unwrap_or_else(crate::config::default_state_dir);
     let name = match cfg.source().table() {
-        Some(url) => format!("table-{}", url.table.as_ref().map(ToString::to_string).unwrap_or_default()),
+        // The table's name, and which database it is in (its URL, password masked, hashed: FNV-1a).
+        Some(url) => {
+            let where_ = url
+                .to_string()
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+            format!("table-{}-{:08x}", url.table.as_ref().map(ToString::to_string).unwrap_or_default(), where_ as u32)
+        }
         None => format!("{}-{}", cfg.group_id, cfg.source_topic),
     };
     let safe: String =
@@ -228,16 +237,32 @@ impl Operator {
             store,
             aggregation,
         };
-        // What was emitted and not acknowledged before: sent again first (the same bytes).
-        let mut count: HashMap<Position, u32> = HashMap::new();
-        for (at, _) in restored.pending.keys() {
-            *count.entry(*at).or_default() += 1;
-        }
-        for ((at, n), out) in &restored.pending {
-            op.direct.push(&out.record(*at, count[at]))?;
-            op.pending.insert((*at, *n), out.clone());
+        // What was emitted and not acknowledged before is sent again (the same bytes). Results, on the operator's
+        // lane, go at once. A topic's dead letters keep their input's position, which is read again (an input whose
+        // dead letter was not delivered was not acknowledged, so not committed): they go with it, and their delivery
+        // acknowledges it. A table's positions are one run's only: its dead letters move to the operator's lane and
+        // go at once (a table's dead letters are named by the row's key).
+        for ((at, n), out) in restored.pending {
+            if at.lane == OPERATOR_LANE {
+                op.direct.push(&out.record(at, 1))?;
+                op.pending.insert((at, n), out);
+            } else if op.table {
+                op.removed.push((at, n));
+                op.emit_out_now(out)?;
+            } else {
+                op.pending.insert((at, n), out);
+            }
         }
         Ok(op)
+    }
+
+    /// Emits at once (already in the state): on the operator's lane, kept until acknowledged.
+    fn emit_out_now(&mut self, out: Out) -> Result<()> {
+        let at = Position::new(OPERATOR_LANE, self.next_seq);
+        self.next_seq += 1;
+        self.direct.push(&out.record(at, 1))?;
+        self.keep(at, 0, out);
+        Ok(())
     }
 
     /// One worker's batch: each input's records (its outputs of the transform come one after another).
@@ -270,9 +295,26 @@ impl Operator {
             }
             return Ok(());
         }
-        if self.replayed(first) {
-            self.direct.push(&bare(first))?;
+        if self.replayed(first)? {
+            // Its dead letters, if they were never acknowledged, go again in its place; else it is only acknowledged.
+            let mine: Vec<&Out> = self.pending.range((at, 0)..=(at, u32::MAX)).map(|(_, out)| out).collect();
+            if mine.is_empty() {
+                self.direct.push(&bare(first))?;
+            }
+            let n = mine.len() as u32;
+            for out in mine {
+                self.direct.push(&out.record(at, n))?;
+            }
             return Ok(());
+        }
+        if !self.table {
+            // A topic's dead letters below this position were delivered (their input is committed): forgotten.
+            let gone: Vec<(Position, u32)> =
+                self.pending.range((Position::new(at.lane, Seq::MIN), 0)..(at, 0)).map(|(k, _)| *k).collect();
+            for k in gone {
+                self.pending.remove(&k);
+                self.removed.push(k);
+            }
         }
         let now = Instant::now();
         let mut dead: Vec<(&Record<'_>, String)> = Vec::new();
@@ -320,19 +362,33 @@ impl Operator {
         Ok(())
     }
 
-    /// Whether this input is in the restored state already (and so only acknowledged again).
-    fn replayed(&mut self, r: &Record<'_>) -> bool {
-        let Some(resume) = self.resume.get(&r.at.lane) else { return false };
+    /// Whether this input is in the state already (and so only acknowledged again).
+    fn replayed(&mut self, r: &Record<'_>) -> Result<bool> {
         if !self.table {
-            return r.at.seq <= resume.seq;
+            // A partition's offsets are the same in every run: at or below the last one applied is in the state,
+            // whether read again after a restart or rewound within this run.
+            return Ok(self.applied.get(&r.at.lane).is_some_and(|a| r.at.seq <= a.seq));
         }
-        // A chunk is read again from its checkpoint, in key order, with this run's numbers: its rows up to the
-        // last one applied (by key) are skipped.
-        let last = resume.key.as_deref() == r.key.map(|k| &k[..]);
-        if last {
-            self.resume.remove(&r.at.lane);
+        // A chunk is read again from its checkpoint, in key order, with this run's numbers: its rows up to the last
+        // one applied, by key, are in the state. Only an integer key can be compared here as the database orders it
+        // (a text key's order is its collation's).
+        let Some(resume) = self.resume.get(&r.at.lane) else { return Ok(false) };
+        let (Some(saved), Some(row)) = (resume.key.as_deref(), r.key.map(|k| &k[..])) else { return Ok(false) };
+        match (int_key(saved), int_key(row)) {
+            (Some(saved), Some(row)) if row <= saved => Ok(true),
+            (Some(_), Some(_)) => {
+                self.resume.remove(&r.at.lane);
+                Ok(false)
+            }
+            _ => Err(Error::DbSchema {
+                message: format!(
+                    "the aggregation's saved state cannot tell which rows of chunk {} it holds: the table's key is not \
+                     made of integers, whose order alone is known here; start the scan and its aggregation over with \
+                     --rescan",
+                    r.at.lane
+                ),
+            }),
         }
-        true
     }
 
     /// Applies one output event of the transform; `Err` says why it is a dead letter.
@@ -456,7 +512,10 @@ impl Operator {
         let time = match &c.event_time {
             Some(x) => match x.first(&event, &meta, &Val::Null) {
                 Ok(Some(t)) => millis(&t).ok_or_else(|| {
-                    format!("--event-time gave {t}: not an RFC 3339 time or a number of seconds since the epoch")
+                    format!(
+                        "--event-time gave {t}: not an RFC 3339 time or a number of seconds since the epoch (years 1 \
+                         to 9999)"
+                    )
                 })?,
                 Ok(None) => return Err("--event-time gave no value".into()),
                 Err(why) => return Err(format!("--event-time: {why}")),
@@ -648,22 +707,36 @@ impl Out {
     }
 }
 
+/// A table row's key (as it travels: `42`, or `[1,2]` for a composite one) as integers, if it is made of them.
+fn int_key(bytes: &[u8]) -> Option<Vec<i64>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if let Ok(i) = text.parse::<i64>() {
+        return Some(vec![i]);
+    }
+    let parts: Vec<serde_json::Value> = serde_json::from_str(text).ok()?;
+    parts.iter().map(serde_json::Value::as_i64).collect()
+}
+
 /// An input's position alone, to be acknowledged.
 fn bare<'a>(r: &Record<'a>) -> Record<'a> {
     Record { payload: None, headers: Vec::new(), key: None, outputs: 0, dead_letter: None, ..r.clone() }
 }
 
-/// An event time as milliseconds since the epoch: an RFC 3339 string, or seconds (fractions allowed).
+/// The event times taken: the years 1 to 9999, as RFC 3339 has them (so window arithmetic cannot overflow).
+const TIMES: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
+
+/// An event time as milliseconds since the epoch: an RFC 3339 string, or seconds (fractions allowed); `None` for
+/// anything else, or outside the years 1 to 9999.
 fn millis(t: &Val) -> Option<i64> {
     let secs = match t {
-        Val::Str(s) => return crate::sql::time::epoch_millis(s),
-        Val::Int(i) => return (*i as i64).checked_mul(1000),
+        Val::Str(s) => return crate::sql::time::epoch_millis(s).filter(|ms| TIMES.contains(ms)),
+        Val::Int(i) => return (*i as i64).checked_mul(1000).filter(|ms| TIMES.contains(ms)),
         Val::Float(f) => *f,
         Val::Num(n) => n.parse().ok()?,
         _ => return None,
     };
     let ms = (secs * 1000.0).floor();
-    (ms.is_finite() && ms.abs() < 9.2e18).then_some(ms as i64)
+    (ms.is_finite() && ms >= *TIMES.start() as f64 && ms <= *TIMES.end() as f64).then_some(ms as i64)
 }
 
 /// The operator's thread: reads the workers' outputs (`from_workers`) and the writer's acknowledgements (`acked`),
@@ -714,4 +787,30 @@ pub fn run(
         log::info!("{} results not acknowledged at the end are sent again at the next start", op.pending());
     }
     op.save()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_times_read_as_milliseconds_within_the_years_1_to_9999() {
+        assert_eq!(millis(&Val::from("2026-12-03T10:00:00.25Z".to_string())), Some(1_796_292_000_250));
+        assert_eq!(millis(&Val::Int(10)), Some(10_000));
+        assert_eq!(millis(&Val::Float(1.5)), Some(1_500));
+        assert_eq!(millis(&Val::Float(-0.0005)), Some(-1));
+        for bad in
+            [Val::Int(9_223_372_036_854_775), Val::Float(1e300), Val::Float(f64::NAN), Val::Null, Val::Bool(true)]
+        {
+            assert_eq!(millis(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_table_key_is_compared_only_when_made_of_integers() {
+        assert_eq!(int_key(b"42"), Some(vec![42]));
+        assert_eq!(int_key(b"[7,-3]"), Some(vec![7, -3]));
+        assert_eq!(int_key(b"abc"), None);
+        assert_eq!(int_key(b"[7,\"x\"]"), None);
+    }
 }

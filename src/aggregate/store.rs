@@ -11,6 +11,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// What taking the store failed at when another process holds it.
+pub const IN_USE: &str = "taking it (is another pipeline with the same source, group and --state-dir running?)";
+
 /// What a previous run saved.
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -64,9 +67,14 @@ impl Store {
         // Durable at each commit: an input is acknowledged only once the state that holds it is on disk.
         // A cache that holds the state's pages (16 MiB: a million small windows' worth of index), so that a save
         // neither reads pages back nor spills them half-way through its transaction.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -16384;")
-            .map_err(fail("setting up"))?;
-        conn.execute_batch(SCHEMA).map_err(fail("creating its tables"))?;
+        // Exclusive: the first write takes the file for this process's life, so that two pipelines given the same
+        // state directory, source and group cannot both write one state.
+        conn.execute_batch(
+            "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA cache_size = -16384;",
+        )
+        .map_err(fail("setting up"))?;
+        conn.execute_batch(SCHEMA).map_err(fail(IN_USE))?;
         let saved: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE name = 'fingerprint'", [], |r| r.get(0))
             .optional()

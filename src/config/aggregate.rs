@@ -37,6 +37,13 @@ impl Aggregation {
             return Ok(None);
         };
         let aggregates = aggregates(text).map_err(|e| format!("--aggregate: {e}"))?;
+        if cli.output_key.is_some() {
+            return Err(
+                "--output-key does not go with --aggregate, whose results are keyed by their group key: re-key \
+                        the topic in a pipeline of its own first (--jq . --output-key EXPR)"
+                    .into(),
+            );
+        }
         let window = match &cli.window {
             Some(w) => window(w).map_err(|e| format!("--window: {e}"))?,
             None => Window::Running,
