@@ -156,6 +156,13 @@ pub struct Operator {
     applied: BTreeMap<Lane, Applied>,
     /// Per lane, as restored: inputs up to here are in the state already.
     resume: HashMap<Lane, Applied>,
+    /// Whether a table's key is made of integers, so that its rows can be compared with `resume`.
+    int_keyed: bool,
+    /// Per lane, the last position the store holds as applied: a replayed input above it is in the state only in
+    /// memory, and waits for the next save like any other.
+    saved: HashMap<Lane, Seq>,
+    /// Lanes with dead letters restored at their inputs' positions, purged below the first input read again.
+    restored_dead: std::collections::HashSet<Lane>,
     pending: BTreeMap<(Position, u32), Out>,
     added: Vec<(Position, u32)>,
     removed: Vec<(Position, u32)>,
@@ -189,15 +196,18 @@ impl Operator {
         let compiled = Compiled::new(&aggregation)?;
         let path = state_path(cfg);
         let table = cfg.source().is_table();
-        if table && cfg.rescan && cfg.generation <= 1 {
-            // The scan starts over: so does what it was aggregated into.
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = path.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
+        // The scan starts over: so does what it was aggregated into.
+        let reset = table && cfg.rescan && cfg.generation <= 1;
+        let (store, restored) = store::Store::open(&path, &aggregation.fingerprint(), &aggregation.aggregates, reset)?;
+        // A table's rows are known again by their keys, comparable here only when every key column is an integer
+        // (a text key's order is its collation's, and "10" travels as 10 does): the source's schema says.
+        let int_keyed = match (table, restored.lanes.is_empty(), cfg.source().table()) {
+            (true, false, Some(url)) => {
+                let schema = crate::sql::Conn::open(url)?.schema(url, crate::sql::Access::Read)?;
+                schema.key.iter().all(|k| k.kind == crate::sql::key::KeyKind::Int)
             }
-        }
-        let (store, restored) = store::Store::open(&path, &aggregation.fingerprint(), &aggregation.aggregates)?;
+            _ => false,
+        };
         let now = Instant::now();
         let mut clock = clock::Clock::new(Duration::from_millis(aggregation.idle_timeout as u64));
         clock.restore(restored.watermark, restored.lanes.iter().map(|(l, _, mark)| (*l, *mark)), now);
@@ -207,6 +217,7 @@ impl Operator {
             windows.restore(&key, w);
         }
         let resume: HashMap<Lane, Applied> = restored.lanes.iter().map(|(l, a, _)| (*l, a.clone())).collect();
+        let saved: HashMap<Lane, Seq> = restored.lanes.iter().map(|(l, a, _)| (*l, a.seq)).collect();
         if keys > 0 || !restored.pending.is_empty() {
             log::info!(
                 "aggregation state restored from {}: {} open windows of {keys} keys, {} outputs to send again",
@@ -225,6 +236,9 @@ impl Operator {
             workers,
             applied: restored.lanes.into_iter().map(|(l, a, _)| (l, a)).collect(),
             resume,
+            int_keyed,
+            saved,
+            restored_dead: Default::default(),
             pending: BTreeMap::new(),
             added: Vec::new(),
             removed: Vec::new(),
@@ -250,6 +264,7 @@ impl Operator {
                 op.removed.push((at, n));
                 op.emit_out_now(out)?;
             } else {
+                op.restored_dead.insert(at.lane);
                 op.pending.insert((at, n), out);
             }
         }
@@ -288,6 +303,16 @@ impl Operator {
     fn input(&mut self, group: &[Record<'_>]) -> Result<()> {
         let first = &group[0];
         let at = first.at;
+        if self.restored_dead.remove(&at.lane) {
+            // The source starts a partition at its committed offset: restored dead letters below the first input it
+            // reads were delivered (their inputs are committed). Those made in this run leave only when acknowledged.
+            let gone: Vec<(Position, u32)> =
+                self.pending.range((Position::new(at.lane, Seq::MIN), 0)..(at, 0)).map(|(k, _)| *k).collect();
+            for k in gone {
+                self.pending.remove(&k);
+                self.removed.push(k);
+            }
+        }
         // The workers' own dead letters, and inputs the transform filtered out, pass as they are.
         if first.dead_letter.is_some() || first.outputs == 0 {
             for r in group {
@@ -297,24 +322,21 @@ impl Operator {
         }
         if self.replayed(first)? {
             // Its dead letters, if they were never acknowledged, go again in its place; else it is only acknowledged.
-            let mine: Vec<&Out> = self.pending.range((at, 0)..=(at, u32::MAX)).map(|(_, out)| out).collect();
+            // Applied in this run and not saved yet (read again within the run): it waits for the save like any input.
+            let unsaved = !self.table && self.saved.get(&at.lane).is_none_or(|s| at.seq > *s);
+            let mine: Vec<Out> = self.pending.range((at, 0)..=(at, u32::MAX)).map(|(_, out)| out.clone()).collect();
+            let to = if unsaved { &mut self.held } else { &mut self.direct };
             if mine.is_empty() {
-                self.direct.push(&bare(first))?;
+                to.push(&bare(first))?;
             }
             let n = mine.len() as u32;
-            for out in mine {
-                self.direct.push(&out.record(at, n))?;
+            for out in &mine {
+                to.push(&out.record(at, n))?;
+            }
+            if unsaved {
+                self.held_inputs += 1;
             }
             return Ok(());
-        }
-        if !self.table {
-            // A topic's dead letters below this position were delivered (their input is committed): forgotten.
-            let gone: Vec<(Position, u32)> =
-                self.pending.range((Position::new(at.lane, Seq::MIN), 0)..(at, 0)).map(|(k, _)| *k).collect();
-            for k in gone {
-                self.pending.remove(&k);
-                self.removed.push(k);
-            }
         }
         let now = Instant::now();
         let mut dead: Vec<(&Record<'_>, String)> = Vec::new();
@@ -374,6 +396,16 @@ impl Operator {
         // (a text key's order is its collation's).
         let Some(resume) = self.resume.get(&r.at.lane) else { return Ok(false) };
         let (Some(saved), Some(row)) = (resume.key.as_deref(), r.key.map(|k| &k[..])) else { return Ok(false) };
+        if !self.int_keyed {
+            return Err(Error::DbSchema {
+                message: format!(
+                    "the aggregation's saved state cannot tell which rows of chunk {} it holds: the table's key is not \
+                     made of integers, whose order alone is known here; start the scan and its aggregation over with \
+                     --rescan",
+                    r.at.lane
+                ),
+            });
+        }
         match (int_key(saved), int_key(row)) {
             (Some(saved), Some(row)) if row <= saved => Ok(true),
             (Some(_), Some(_)) => {
@@ -668,6 +700,9 @@ impl Operator {
                 removed,
             };
             self.store.save(changes)?;
+            for (l, a) in &self.applied {
+                self.saved.insert(*l, a.seq);
+            }
         }
         self.last_checkpoint = Instant::now();
         emit(crate::telemetry::events::StateSaved {

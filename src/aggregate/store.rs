@@ -50,11 +50,19 @@ const SCHEMA: &str = "
 
 impl Store {
     /// Opens (or creates) the store and reads what it holds; a store made by another aggregation is refused.
-    pub fn open(path: &Path, fingerprint: &str, aggs: &[Named]) -> Result<(Store, Restored)> {
+    /// `reset`: start afresh (a table scan started over), emptying the store once this process holds it.
+    pub fn open(path: &Path, fingerprint: &str, aggs: &[Named], reset: bool) -> Result<(Store, Restored)> {
         let shown = path.display().to_string();
         let fail = |doing: &'static str| {
             let path = shown.clone();
-            move |source| Error::State { path, doing, source }
+            // Busy or locked: another process holds the file.
+            move |source: rusqlite::Error| {
+                let held = matches!(
+                    source.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                );
+                Error::State { path, doing: if held { IN_USE } else { doing }, source }
+            }
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::State {
@@ -74,7 +82,11 @@ impl Store {
              PRAGMA cache_size = -16384;",
         )
         .map_err(fail("setting up"))?;
-        conn.execute_batch(SCHEMA).map_err(fail(IN_USE))?;
+        conn.execute_batch(SCHEMA).map_err(fail("creating its tables"))?;
+        if reset {
+            conn.execute_batch("DELETE FROM meta; DELETE FROM lanes; DELETE FROM state; DELETE FROM pending;")
+                .map_err(fail("emptying it for a new scan"))?;
+        }
         let saved: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE name = 'fingerprint'", [], |r| r.get(0))
             .optional()

@@ -581,3 +581,43 @@ fn a_re_keying_pipeline_is_one_command_and_keys_every_output_by_the_field() {
     }
     assert_eq!(partition_of.len(), 21, "20 customers and the one keyed by an object");
 }
+
+#[test]
+fn a_state_another_pipeline_holds_and_a_text_keyed_scan_that_cannot_resume_are_refused() {
+    let orders = orders(20_000, 19);
+    let (path, conn, mut args) = scan_setup("winscanheld", &orders);
+    args.extend(["--max-rate", "3000"].map(String::from));
+    let mut first = start(&args);
+    assert!(first.wait_ready(Duration::from_secs(30)), "{}", first.log());
+    // The same source and state directory: the state is the first one's.
+    let second = command().args(&args).output().unwrap();
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{log}");
+    assert!(log.contains("is another pipeline with the same source, group and --state-dir running?"), "{log}");
+    assert_eq!(first.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", first.log());
+
+    // A text key cannot be compared here as the database orders it: a scan stopped mid-way says to start over.
+    conn.execute_batch(
+        "CREATE TABLE named (id TEXT PRIMARY KEY, customer TEXT, amount REAL, ts REAL);
+         INSERT INTO named SELECT printf('o%06d', id), customer, amount, ts FROM orders;",
+    )
+    .unwrap();
+    let named: Vec<String> = args.iter().map(|a| a.replace("table=orders", "table=named")).collect();
+    let state = scratch_dir("winscanheld-named");
+    let named = [without(&named, &["state-dir"]), vec!["--state-dir".into(), state.display().to_string()]].concat();
+    let mut stopped = start(&named);
+    assert!(stopped.wait_ready(Duration::from_secs(30)), "{}", stopped.log());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(stopped.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", stopped.log());
+    let again = command().args(without(&named, &["max-rate"])).output().unwrap();
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert_ne!(again.status.code(), Some(0), "{log}");
+    assert!(log.contains("--rescan"), "{log}");
+    let windows: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM totals", [], |r| r.get(0))
+        .unwrap_or(0);
+    assert_eq!(windows, 0, "nothing half-counted is written");
+    let rescan = command().args(without(&named, &["max-rate"])).arg("--rescan").output().unwrap();
+    assert_eq!(rescan.status.code(), Some(0), "{}", String::from_utf8_lossy(&rescan.stderr));
+}
