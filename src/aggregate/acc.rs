@@ -12,6 +12,16 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
+/// Whether `value` is one the aggregate can take: a sum takes numbers (and skips null), as SQL's does.
+pub fn check(agg: &Agg, value: &Val) -> Result<(), String> {
+    match (agg, value) {
+        (Agg::Sum(_) | Agg::Avg(_), Val::Null | Val::Int(_) | Val::Float(_) | Val::Num(_)) => Ok(()),
+        (Agg::Sum(_), other) => Err(format!("sum of a value that is not a number: {other}")),
+        (Agg::Avg(_), other) => Err(format!("avg of a value that is not a number: {other}")),
+        _ => Ok(()),
+    }
+}
+
 /// An aggregate's running value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Acc {
@@ -44,16 +54,6 @@ impl Acc {
             Agg::Distinct(_) => Acc::Distinct(BTreeSet::new()),
             Agg::Top(k, _) => Acc::Top(*k, BTreeMap::new()),
             Agg::Fold(..) => Acc::Fold(init.unwrap_or(Val::Null)),
-        }
-    }
-
-    /// Whether `value` is one this aggregate can take: a sum takes numbers (and skips null), as SQL's does.
-    pub fn check(&self, value: &Val) -> Result<(), String> {
-        match (self, value) {
-            (Acc::Sum(_) | Acc::Avg(_), Val::Null | Val::Int(_) | Val::Float(_) | Val::Num(_)) => Ok(()),
-            (Acc::Sum(_), other) => Err(format!("sum of a value that is not a number: {other}")),
-            (Acc::Avg(_), other) => Err(format!("avg of a value that is not a number: {other}")),
-            _ => Ok(()),
         }
     }
 
@@ -411,7 +411,7 @@ mod tests {
         assert_eq!(sum_of(&[Val::Null]), Val::Null);
         let big = sum_of(&[Val::Int(isize::MAX), Val::Int(isize::MAX)]);
         assert_eq!(big.to_string(), (2 * (isize::MAX as i128)).to_string());
-        assert!(Acc::Sum(Box::default()).check(&Val::from("x".to_string())).is_err());
+        assert!(check(&Agg::Sum(String::new()), &Val::from("x".to_string())).is_err());
     }
 
     #[test]

@@ -147,9 +147,8 @@ pub struct Operator {
     compiled: Compiled,
     windows: Windows,
     clock: clock::Clock,
-    /// A table scan: every window closes at its end, and nothing is late.
-    finite: bool,
-    /// Lanes are a table's chunks: a replayed row is known by its key, not its sequence number.
+    /// A table scan: finite, so every window closes at its end and nothing is late; and its lanes are chunks, whose
+    /// replayed rows are known by their keys, not their sequence numbers.
     table: bool,
     meta_source: MetaSource,
     workers: usize,
@@ -230,7 +229,6 @@ impl Operator {
             compiled,
             windows,
             clock,
-            finite: cfg.source().is_table(),
             table,
             meta_source: crate::worker::transform::meta_source(cfg),
             workers,
@@ -262,22 +260,13 @@ impl Operator {
                 op.pending.insert((at, n), out);
             } else if op.table {
                 op.removed.push((at, n));
-                op.emit_out_now(out)?;
+                op.emit_out(out, true)?;
             } else {
                 op.restored_dead.insert(at.lane);
                 op.pending.insert((at, n), out);
             }
         }
         Ok(op)
-    }
-
-    /// Emits at once (already in the state): on the operator's lane, kept until acknowledged.
-    fn emit_out_now(&mut self, out: Out) -> Result<()> {
-        let at = Position::new(OPERATOR_LANE, self.next_seq);
-        self.next_seq += 1;
-        self.direct.push(&out.record(at, 1))?;
-        self.keep(at, 0, out);
-        Ok(())
     }
 
     /// One worker's batch: each input's records (its outputs of the transform come one after another).
@@ -306,12 +295,7 @@ impl Operator {
         if self.restored_dead.remove(&at.lane) {
             // The source starts a partition at its committed offset: restored dead letters below the first input it
             // reads were delivered (their inputs are committed). Those made in this run leave only when acknowledged.
-            let gone: Vec<(Position, u32)> =
-                self.pending.range((Position::new(at.lane, Seq::MIN), 0)..(at, 0)).map(|(k, _)| *k).collect();
-            for k in gone {
-                self.pending.remove(&k);
-                self.removed.push(k);
-            }
+            self.forget((Position::new(at.lane, Seq::MIN), 0)..(at, 0));
         }
         // The workers' own dead letters, and inputs the transform filtered out, pass as they are.
         if first.dead_letter.is_some() || first.outputs == 0 {
@@ -347,7 +331,7 @@ impl Operator {
                 Err(why) => dead.push((r, why)),
             }
         }
-        if !self.finite {
+        if !self.table {
             if let Some(w) = self.clock.advance(now) {
                 for closed in self.windows.close(w, self.aggregation.lateness) {
                     results.push(self.result(&closed, None));
@@ -379,7 +363,7 @@ impl Operator {
             self.keep(at, i as u32, out);
         }
         for out in results {
-            self.emit_out(out)?;
+            self.emit_out(out, false)?;
         }
         Ok(())
     }
@@ -396,23 +380,14 @@ impl Operator {
         // (a text key's order is its collation's).
         let Some(resume) = self.resume.get(&r.at.lane) else { return Ok(false) };
         let (Some(saved), Some(row)) = (resume.key.as_deref(), r.key.map(|k| &k[..])) else { return Ok(false) };
-        if !self.int_keyed {
-            return Err(Error::DbSchema {
-                message: format!(
-                    "the aggregation's saved state cannot tell which rows of chunk {} it holds: the table's key is not \
-                     made of integers, whose order alone is known here; start the scan and its aggregation over with \
-                     --rescan",
-                    r.at.lane
-                ),
-            });
-        }
-        match (int_key(saved), int_key(row)) {
-            (Some(saved), Some(row)) if row <= saved => Ok(true),
-            (Some(_), Some(_)) => {
+        let keys = self.int_keyed.then(|| int_key(saved).zip(int_key(row))).flatten();
+        match keys {
+            Some((saved, row)) if row <= saved => Ok(true),
+            Some(_) => {
                 self.resume.remove(&r.at.lane);
                 Ok(false)
             }
-            _ => Err(Error::DbSchema {
+            None => Err(Error::DbSchema {
                 message: format!(
                     "the aggregation's saved state cannot tell which rows of chunk {} it holds: the table's key is not \
                      made of integers, whose order alone is known here; start the scan and its aggregation over with \
@@ -425,7 +400,7 @@ impl Operator {
 
     /// Applies one output event of the transform; `Err` says why it is a dead letter.
     fn apply(&mut self, r: &Record<'_>, now: Instant, results: &mut Vec<Out>) -> std::result::Result<(), String> {
-        let e = self.read(r, now)?;
+        let e = self.read(r)?;
         let a = &self.aggregation;
         let lane = r.at.lane;
         let session = self.windows.is_session();
@@ -433,17 +408,15 @@ impl Operator {
             // An event at or before its lane's watermark less the lateness could join a session that closed: it is
             // late, whatever session it would make.
             Window::Session { .. } => {
-                if !self.finite && self.clock.late(lane, e.time, a.lateness) {
+                if !self.table && self.clock.late(lane, e.time, a.lateness) {
                     return Err(LATE.into());
                 }
                 Vec::new()
             }
             _ => {
                 let all = self.windows.fixed(e.time);
-                let open: Vec<_> = all
-                    .into_iter()
-                    .filter(|(_, end)| self.finite || !self.clock.late(lane, *end, a.lateness))
-                    .collect();
+                let open: Vec<_> =
+                    all.into_iter().filter(|(_, end)| self.table || !self.clock.late(lane, *end, a.lateness)).collect();
                 if open.is_empty() {
                     return Err(LATE.into());
                 }
@@ -525,7 +498,7 @@ impl Operator {
     }
 
     /// The event's group key, time and values, or why they cannot be had.
-    fn read(&self, r: &Record<'_>, now: Instant) -> std::result::Result<Event, String> {
+    fn read(&self, r: &Record<'_>) -> std::result::Result<Event, String> {
         let payload = r.payload.ok_or("null payload")?;
         let event = jq::parse(payload).map_err(|e| e.as_str().to_string())?;
         let meta = self.meta(r);
@@ -555,11 +528,9 @@ impl Operator {
             None => match r.timestamp {
                 Some(ms) => ms,
                 // A table row has no time of its own: the time it was read.
-                None => {
-                    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                    let _ = now;
-                    since.as_millis() as i64
-                }
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
             },
         };
         let mut values = Vec::with_capacity(c.args.len());
@@ -573,9 +544,7 @@ impl Operator {
                     Err(why) => return Err(format!("--aggregate {name}: {why}")),
                 },
             };
-            Acc::new(&self.aggregation.aggregates[i].agg, None)
-                .check(&v)
-                .map_err(|why| format!("--aggregate {name}: {why}"))?;
+            acc::check(&self.aggregation.aggregates[i].agg, &v).map_err(|why| format!("--aggregate {name}: {why}"))?;
             values.push(v);
         }
         Ok(Event { key_text: key.to_string(), key, time, values, event })
@@ -619,10 +588,13 @@ impl Operator {
         Out { key: Some(message_key), payload: p, timestamp, dead_letter: None }
     }
 
-    fn emit_out(&mut self, out: Out) -> Result<()> {
+    /// Emits on the operator's lane, kept until acknowledged: with the next checkpoint, or `at_once` (what is in the
+    /// saved state already).
+    fn emit_out(&mut self, out: Out, at_once: bool) -> Result<()> {
         let at = Position::new(OPERATOR_LANE, self.next_seq);
         self.next_seq += 1;
-        self.held.push(&out.record(at, 1))?;
+        let to = if at_once { &mut self.direct } else { &mut self.held };
+        to.push(&out.record(at, 1))?;
         self.keep(at, 0, out);
         Ok(())
     }
@@ -635,23 +607,28 @@ impl Operator {
     /// Acknowledged by the writer: no longer to be sent again.
     pub fn acked(&mut self, positions: &[Position]) {
         for at in positions {
-            let keys: Vec<(Position, u32)> = self.pending.range((*at, 0)..=(*at, u32::MAX)).map(|(k, _)| *k).collect();
-            for k in keys {
-                self.pending.remove(&k);
-                self.removed.push(k);
-            }
+            self.forget((*at, 0)..=(*at, u32::MAX));
+        }
+    }
+
+    /// Takes what is pending in `range` off the list, in memory now and in the store at the next save.
+    fn forget(&mut self, range: impl std::ops::RangeBounds<(Position, u32)>) {
+        let keys: Vec<(Position, u32)> = self.pending.range(range).map(|(k, _)| *k).collect();
+        for k in keys {
+            self.pending.remove(&k);
+            self.removed.push(k);
         }
     }
 
     /// Time passing: idle lanes may let the watermark move and close windows.
     pub fn tick(&mut self) -> Result<()> {
-        if self.finite {
+        if self.table {
             return Ok(());
         }
         if let Some(w) = self.clock.advance(Instant::now()) {
             for closed in self.windows.close(w, self.aggregation.lateness) {
                 let out = self.result(&closed, None);
-                self.emit_out(out)?;
+                self.emit_out(out, false)?;
             }
         }
         Ok(())
@@ -661,7 +638,7 @@ impl Operator {
     pub fn end_of_input(&mut self) -> Result<()> {
         for closed in self.windows.close_all() {
             let out = self.result(&closed, None);
-            self.emit_out(out)?;
+            self.emit_out(out, false)?;
         }
         Ok(())
     }

@@ -113,24 +113,13 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
     // user's own -X settings come later, and win.
     let short_sessions = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")];
     cfg.properties.splice(0..0, short_sessions.map(|(k, v)| (k.to_string(), v.to_string())));
-    // SAFETY: no thread has been started in this process yet.
-    let broker = match unsafe { nix::unistd::fork() }.map_err(Error::Fork)? {
-        nix::unistd::ForkResult::Child => {
-            drop((boot_rx, cmd_tx, verdict_rx));
-            let code = match child::prologue("demo-broker", parent)
-                .and_then(|()| broker_main(&cfg, args, boot_tx, cmd_rx, verdict_tx))
-            {
-                Ok(()) => 0,
-                Err(e) => {
-                    log::error!("{e}");
-                    e.exit().code()
-                }
-            };
-            std::process::exit(code);
-        }
-        nix::unistd::ForkResult::Parent { child } => child,
-    };
-    drop((boot_tx, cmd_rx, verdict_tx));
+    // No thread has been started in this process yet.
+    let (broker, (boot_rx, cmd_tx, verdict_rx)) = fork_broker(
+        parent,
+        (boot_rx, cmd_tx, verdict_rx),
+        (boot_tx, cmd_rx, verdict_tx),
+        |(boot_tx, cmd_rx, verdict_tx)| broker_main(&cfg, args, boot_tx, cmd_rx, verdict_tx),
+    )?;
     let brokers = boot_rx.try_recv_timeout(Duration::from_secs(30)).map_err(Error::DemoStart)?;
     cfg.brokers = brokers;
     log::info!("embedded Kafka (librdkafka mock cluster) at {}; Ctrl-C drains and checks", cfg.brokers);
@@ -165,6 +154,36 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
         (Exit::Clean, _) => Exit::Failure,
         (other, _) => other,
     })
+}
+
+/// Forks a demo's broker process, `demo-broker`, which must be done before this process starts any thread: the mock
+/// cluster starts threads, and the supervisor forks its children from a process without any. The child drops the
+/// parent's channel ends, runs `main` with its own and exits with its code; the parent drops the child's ends and
+/// gets its own back, with the child's pid.
+pub(crate) fn fork_broker<P, C>(
+    parent: nix::unistd::Pid,
+    parents: P,
+    childs: C,
+    main: impl FnOnce(C) -> Result<()>,
+) -> Result<(nix::unistd::Pid, P)> {
+    // SAFETY: the callers start no thread before this.
+    match unsafe { nix::unistd::fork() }.map_err(Error::Fork)? {
+        nix::unistd::ForkResult::Child => {
+            drop(parents);
+            let code = match child::prologue("demo-broker", parent).and_then(|()| main(childs)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("{e}");
+                    e.exit().code()
+                }
+            };
+            std::process::exit(code);
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(childs);
+            Ok((child, parents))
+        }
+    }
 }
 
 /// What the generator wrote: for each source partition, offset → (seq, malformed).

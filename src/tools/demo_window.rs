@@ -14,7 +14,6 @@ use crate::config::aggregate::{self, Emit, Window};
 use crate::config::{default_state_dir, Aggregation, Cli, Config, Tables, WindowDemoArgs};
 use crate::error::{Error, Exit, Result};
 use crate::sql::url::TableUrl;
-use crate::stage::child;
 use crate::supervisor::{Signals, Supervisor};
 use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use rdkafka::config::ClientConfig;
@@ -101,24 +100,13 @@ fn run_inner(cli: &Cli, args: &WindowDemoArgs, signals: Signals) -> Result<Exit>
     let (verdict_tx, verdict_rx) = ipc::channel::<bool>().map_err(Error::CreateChannel)?;
     let parent = nix::unistd::getpid();
     let orders = args.orders;
-    // SAFETY: no thread has been started in this process yet.
-    let broker = match unsafe { nix::unistd::fork() }.map_err(Error::Fork)? {
-        nix::unistd::ForkResult::Child => {
-            drop((boot_rx, check_tx, verdict_rx));
-            let code = match child::prologue("demo-broker", parent)
-                .and_then(|()| broker_main(orders, args.rate, &db, boot_tx, check_rx, verdict_tx))
-            {
-                Ok(()) => 0,
-                Err(e) => {
-                    log::error!("{e}");
-                    e.exit().code()
-                }
-            };
-            std::process::exit(code);
-        }
-        nix::unistd::ForkResult::Parent { child } => child,
-    };
-    drop((boot_tx, check_rx, verdict_tx));
+    // No thread has been started in this process yet.
+    let (broker, (boot_rx, check_tx, verdict_rx)) = super::demo::fork_broker(
+        parent,
+        (boot_rx, check_tx, verdict_rx),
+        (boot_tx, check_rx, verdict_tx),
+        |(boot_tx, check_rx, verdict_tx)| broker_main(orders, args.rate, &db, boot_tx, check_rx, verdict_tx),
+    )?;
     let brokers = boot_rx.try_recv_timeout(Duration::from_secs(30)).map_err(Error::DemoStart)?;
     let mut cfg = Config::from_cli(cli);
     cfg.brokers = brokers;

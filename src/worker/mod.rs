@@ -58,6 +58,14 @@ pub struct Names {
     pub output_key: Option<OutputKey>,
 }
 
+impl Names {
+    /// Says that `record` (or one of its outputs) goes to the dead letters, and why, in this pipeline's words.
+    fn rejected(&self, record: &Record<'_>, why: &str) {
+        let at = crate::position::Place { at: record.at, table: self.table_source };
+        emit(Rejected { at, reason: why, to: &self.dead_letters });
+    }
+}
+
 /// `--output-key`: each output's message key, from a jq expression over the output event.
 pub struct OutputKey {
     expr: transform::expr::Expr,
@@ -155,22 +163,15 @@ pub fn work(ends: WorkerEnds, transform: &mut dyn Transform, names: &Names) -> R
                                 }
                                 // This output is a dead letter; the input's other outputs go on.
                                 Err(why) => {
-                                    let at = crate::position::Place { at: record.at, table: names.table_source };
-                                    emit(Rejected { at, reason: &why, to: &names.dead_letters });
-                                    let dead = Some(why.as_str());
-                                    out.push(&Record {
-                                        payload,
-                                        dead_letter: dead,
-                                        outputs: n as u32,
-                                        ..record.clone()
-                                    })?;
+                                    names.rejected(record, &why);
+                                    let dead = Record { payload, dead_letter: Some(&why), ..record.clone() };
+                                    out.push(&Record { outputs: n as u32, ..dead })?;
                                 }
                             }
                         }
                     }
                     Verdict::Rejected(why) => {
-                        let at = crate::position::Place { at: record.at, table: names.table_source };
-                        emit(Rejected { at, reason: why.as_str(), to: &names.dead_letters });
+                        names.rejected(record, why.as_str());
                         out.push(&Record { dead_letter: Some(why.as_str()), outputs: 1, ..record.clone() })?;
                     }
                 }
