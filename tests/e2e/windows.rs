@@ -602,12 +602,18 @@ fn a_state_another_pipeline_holds_and_a_text_keyed_scan_that_cannot_resume_are_r
          INSERT INTO named SELECT printf('o%06d', id), customer, amount, ts FROM orders;",
     )
     .unwrap();
-    let named: Vec<String> = args.iter().map(|a| a.replace("table=orders", "table=named")).collect();
+    // One chunk, so that the stop below leaves it part read.
+    let mut named: Vec<String> = args.iter().map(|a| a.replace("table=orders", "table=named")).collect();
+    let rows = named.iter().position(|a| a == "--chunk-rows").unwrap() + 1;
+    named[rows] = "20000".into();
     let state = scratch_dir("winscanheld-named");
     let named = [without(&named, &["state-dir"]), vec!["--state-dir".into(), state.display().to_string()]].concat();
     let mut stopped = start(&named);
-    assert!(stopped.wait_ready(Duration::from_secs(30)), "{}", stopped.log());
-    std::thread::sleep(Duration::from_secs(2));
+    // Stopped once rows are in the state, and long before the scan's end (20,000 rows at 3,000 a second).
+    let taken = stopped.wait_metrics(Duration::from_secs(30), |m| {
+        m.get("supervisor_aggregate_events_total").is_some_and(|n| n >= 3000.0)
+    });
+    assert!(taken.is_some(), "{}", stopped.log());
     assert_eq!(stopped.stop(Signal::SIGTERM, Duration::from_secs(30)), Some(0), "{}", stopped.log());
     let again = command().args(without(&named, &["max-rate"])).output().unwrap();
     let log = String::from_utf8_lossy(&again.stderr);
