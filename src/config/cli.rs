@@ -161,9 +161,16 @@ pub struct Cli {
     pub source: Option<String>,
 
     /// Write to a database table instead of --dest-topic, as upserts on its primary key (or key=COLUMN): the event's
-    /// top-level fields go to the columns of the same name.
-    #[arg(long, env = "SUPERVISOR_SINK", value_name = "URL")]
-    pub sink: Option<String>,
+    /// top-level fields go to the columns of the same name; or to kafka:TOPIC. Repeatable as NAME=URL, each sink its
+    /// own process with its own dead letters: every output goes to every sink, or where --route says.
+    #[arg(long, env = "SUPERVISOR_SINK", value_name = "[NAME=]URL", action = clap::ArgAction::Append,
+          value_delimiter = '\n')]
+    pub sink: Vec<String>,
+
+    /// Which named sinks each output goes to: a jq expression over the output event giving a sink's name, an array
+    /// of names (a tee), or null or [] (dropped, and counted) [default: every sink].
+    #[arg(long, env = "SUPERVISOR_ROUTE", value_name = "EXPR")]
+    pub route: Option<String>,
 
     /// Where a table scan keeps its per-chunk checkpoints: sqlite:PATH, or a postgres:// or mysql:// database that
     /// several instances share [default: sqlite:<state-dir>/checkpoints.db].

@@ -105,6 +105,18 @@ impl Config {
             // The transform the flags chose, and only the flags that made it.
             "jq" | "jq-file" | "exec" | "exec-timeout" | "hmac-key-file" => self.transform.shown(long)?,
             // The URLs as parsed, their passwords masked; the checkpoint store's default placed by --state-dir.
+            "sink" if !self.sink.is_empty() => {
+                let each: Vec<String> = self
+                    .sinks()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let at = self.for_sink(i).sink().name();
+                        quoted(&s.name.as_ref().map_or(at.clone(), |n| format!("{n}={at}")))
+                    })
+                    .collect();
+                Shown::Set(format!("[{}]", each.join(", ")))
+            }
             "source" | "sink" | "checkpoint" => {
                 let url = match long {
                     "source" => &self.tables.source,
@@ -162,6 +174,7 @@ child-timeout = 30
 # max-rate: no limit
 # source: Kafka
 # sink: Kafka
+# route: every sink
 # checkpoint: only for a table source
 # state-dir: where the default checkpoint store is
 readers = 4

@@ -33,6 +33,10 @@ fn scalar(key: &str, v: &toml::Value) -> Result<String, String> {
         toml::Value::Integer(i) => Ok(i.to_string()),
         toml::Value::Float(f) => Ok(f.to_string()),
         toml::Value::Boolean(b) => Ok(b.to_string()),
+        // A repeatable flag (sink = ["a=...", "b=..."]): its values travel in one environment variable, a line each.
+        toml::Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.is_str()) => {
+            Ok(items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join("\n"))
+        }
         other => Err(format!("'{key}' must be a string, number or boolean, not {}", other.type_str())),
     }
 }

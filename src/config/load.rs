@@ -4,6 +4,7 @@
 use super::cli::{split_property, KAFKA_CONFIG_ENV};
 use super::file::{FileFlag, FileSettings};
 use super::secret::{self, Property};
+use super::sinks::{self, SinkTarget};
 use super::{file_keys, topics, transform, Cli, Command, DemoArgs, Tables};
 use crate::sql::url::TableUrl;
 use crate::telemetry::redact;
@@ -120,25 +121,57 @@ impl Cli {
                     .into(),
             ));
         }
-        let to_kafka = cli.tables.sink.is_none();
         let dead_letter = cli.dead_letter_topic();
-        topics::Topics {
-            source: cli.tables.source.is_none().then_some(cli.source_topic.as_str()),
-            dest: to_kafka.then_some(cli.dest_topic.as_str()),
-            dead_letter: to_kafka.then_some(dead_letter.as_str()),
+        let reading = cli.tables.source.is_none().then_some(cli.source_topic.as_str());
+        for def in &cli.tables.sinks {
+            match &def.target {
+                SinkTarget::Topic { topic, dead_letters } => {
+                    let named = !cli.sink.is_empty();
+                    topics::Topics {
+                        source: reading,
+                        dest: Some(topic.as_str()),
+                        dead_letter: Some(if named { dead_letters.as_str() } else { dead_letter.as_str() }),
+                    }
+                    .check()
+                    .map_err(|e| match named {
+                        true => format!("--sink {}: {e}", def.label()),
+                        false => e,
+                    })
+                    .map_err(Invalid::Setting)?;
+                }
+                SinkTarget::Table(sink) => {
+                    if let Some(source) = &cli.tables.source {
+                        if source.describe() == sink.describe() {
+                            return Err(Invalid::Setting(format!(
+                                "--sink is the --source, {}: the scan would read back what it writes; write to another \
+                                 table",
+                                sink.describe()
+                            )));
+                        }
+                    }
+                }
+            }
         }
-        .check()
-        .map_err(Invalid::Setting)?;
-        if let (Some(source), Some(sink)) = (&cli.tables.source, &cli.tables.sink) {
-            if source.describe() == sink.describe() {
-                return Err(Invalid::Setting(format!(
-                    "--sink is the --source, {}: the scan would read back what it writes; write to another table",
-                    sink.describe()
-                )));
+        let several = cli.tables.sinks.len() > 1;
+        if cli.route.is_some() && cli.tables.sinks.iter().all(|s| s.name.is_none()) {
+            return Err(Invalid::Setting(
+                "--route chooses among named sinks: give them as --sink NAME=URL (kafka:TOPIC for a topic)".into(),
+            ));
+        }
+        if several && cli.aggregate.is_some() {
+            return Err(Invalid::Setting(
+                "--aggregate writes to one sink; several --sink values are not supported with it yet".into(),
+            ));
+        }
+        // Sink 0's names, which the workers' dead letters and `sink()` read (each sink's process gets its own).
+        if let Some(SinkTarget::Topic { topic, dead_letters }) = cli.tables.sinks.first().map(|d| &d.target) {
+            if !cli.sink.is_empty() {
+                cli.dest_topic = topic.clone();
+                cli.dlq_topic = Some(dead_letters.clone());
             }
         }
         // Last: a flag given in vain matters less than a setting that cannot work.
-        refuse_unused(&args, &cli.tables, &keys).map_err(Invalid::Setting)?;
+        refuse_unused(&args, &cli, &keys).map_err(Invalid::Setting)?;
         Ok(cli)
     }
 }
@@ -192,7 +225,8 @@ fn attribute(e: clap::Error, args: &[OsString], file: Option<&FileSettings>, fro
 
 /// Refuses a Kafka flag given (typed, in the environment or in the config file) where no topic is read or written: a
 /// `--source-topic` next to a table `--source` is a mistake the user should hear of, not a setting silently dropped.
-fn refuse_unused(args: &[OsString], tables: &Tables, keys: &[(String, String)]) -> Result<(), String> {
+fn refuse_unused(args: &[OsString], cli: &Cli, keys: &[(String, String)]) -> Result<(), String> {
+    let tables = &cli.tables;
     // Where it was given: typed, or else the environment variable (which the config file's settings go through).
     let given = |long: &str| -> Option<String> {
         if typed(args, long) {
@@ -203,19 +237,32 @@ fn refuse_unused(args: &[OsString], tables: &Tables, keys: &[(String, String)]) 
         Some(format!("--{long} (from {env} or the config file)"))
     };
     let end = |url: &Option<TableUrl>, flag: &str| url.as_ref().map(|u| format!("{flag} is {}", u.describe()));
+    let named = tables.sinks.iter().any(|s| s.name.is_some());
+    let sink_given = match (&tables.sink, named, cli.sink.first()) {
+        (Some(_), false, _) => end(&tables.sink, "--sink"),
+        (_, true, _) => Some("--sink names the destinations".to_string()),
+        (_, false, Some(_)) => Some("--sink names the destination topic".to_string()),
+        _ => None,
+    };
+    let dead_letters_given = match (&tables.sink, named) {
+        (Some(_), false) => sink_given.as_ref().map(|s| format!("{s}, whose dead letters go to a table")),
+        (_, true) => Some("each named --sink has its own dead letters (TOPIC.dlq, TABLE_dead_letter)".to_string()),
+        _ => None,
+    };
     let unused: [(&str, Option<String>); 4] = [
         ("source-topic", end(&tables.source, "--source")),
         ("group-id", end(&tables.source, "--source")),
-        ("dest-topic", end(&tables.sink, "--sink")),
-        ("dlq-topic", end(&tables.sink, "--sink").map(|s| format!("{s}, whose dead letters go to a table"))),
+        ("dest-topic", sink_given),
+        ("dlq-topic", dead_letters_given),
     ];
     for (long, why) in unused {
         if let (Some(why), Some(flag)) = (why, given(long)) {
             return Err(format!("{flag} does not apply: {why}; leave it out"));
         }
     }
-    if let (Some(_), Some(_), Some(flag)) = (&tables.source, &tables.sink, given("brokers")) {
-        return Err(format!("{flag} does not apply: --source and --sink are both tables; leave it out"));
+    let all_tables = tables.sinks.iter().all(|s| matches!(s.target, SinkTarget::Table(_)));
+    if let (Some(_), true, Some(flag)) = (&tables.source, all_tables, given("brokers")) {
+        return Err(format!("{flag} does not apply: --source and --sink are all tables; leave it out"));
     }
     Ok(())
 }
@@ -264,7 +311,21 @@ impl Tables {
             Ok(Some(url))
         };
         let source = parse("source", &cli.source)?;
-        let sink = parse("sink", &cli.sink)?;
+        for given in &cli.sink {
+            for secret in crate::sql::url::secrets(given) {
+                redact::keep_secret(&secret);
+            }
+        }
+        let sinks = sinks::parse(&cli.sink, &cli.dest_topic, cli.dlq_topic.as_deref())?;
+        for def in &sinks {
+            if let SinkTarget::Table(url) = &def.target {
+                keep_password(url);
+            }
+        }
+        let sink = sinks.first().and_then(|d| match &d.target {
+            SinkTarget::Table(url) => Some(url.clone()),
+            SinkTarget::Topic { .. } => None,
+        });
         let checkpoint = match (&source, &cli.checkpoint) {
             (None, _) => None,
             (Some(_), Some(given)) => {
@@ -282,7 +343,7 @@ impl Tables {
             }
         };
         let state_dir = source.as_ref().map(|_| cli.state_dir.clone().unwrap_or_else(default_state_dir));
-        Ok(Tables { source, sink, checkpoint, state_dir })
+        Ok(Tables { source, sink, checkpoint, state_dir, sinks })
     }
 }
 

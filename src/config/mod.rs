@@ -12,6 +12,7 @@ mod file;
 pub mod librdkafka;
 mod load;
 mod secret;
+pub mod sinks;
 mod topics;
 mod transform;
 
@@ -63,6 +64,8 @@ pub struct Config {
     /// Which generation of the pipeline the process belongs to (1 for the first start); the supervisor sets it before
     /// each fork. A child that fails to start in a later generation is a crash to restart, not a configuration error.
     pub generation: u64,
+    /// Which of the sinks this process is (its place in `--sink`'s order); the supervisor sets it before a sink's fork.
+    pub sink_index: usize,
 }
 
 /// The settings as given, for those that need nothing derived: `cfg.brokers`, `cfg.tables`, `cfg.transform`.
@@ -89,6 +92,8 @@ pub struct Tables {
     pub checkpoint: Option<TableUrl>,
     /// `--state-dir` (or its default), with a table source: where a scan notes that its store holds its plan.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Every `--sink`, in the order given; empty means the one sink `sink` or `--dest-topic` names.
+    pub sinks: Vec<sinks::SinkDef>,
 }
 
 /// Which client a `-X` property is for.
@@ -117,6 +122,7 @@ impl Config {
             batch_linger: Duration::from_millis(5),
             startup_timeout: Duration::from_secs(10),
             generation: 1,
+            sink_index: 0,
         }
     }
 
@@ -136,6 +142,35 @@ impl Config {
         }
     }
 
+    /// Every sink, in `--sink`'s order: one unless several were named.
+    pub fn sinks(&self) -> Vec<sinks::SinkDef> {
+        if !self.tables.sinks.is_empty() {
+            return self.tables.sinks.clone();
+        }
+        let target = match &self.tables.sink {
+            Some(url) => sinks::SinkTarget::Table(url.clone()),
+            None => sinks::SinkTarget::Topic { topic: self.dest_topic.clone(), dead_letters: self.dlq_topic.clone() },
+        };
+        vec![sinks::SinkDef { name: None, target }]
+    }
+
+    /// The settings as sink `index` sees them: `sink()`, `--dest-topic` and `--dlq-topic` are that sink's.
+    pub fn for_sink(&self, index: usize) -> Config {
+        let mut cfg = self.clone();
+        cfg.sink_index = index;
+        if let Some(def) = self.tables.sinks.get(index) {
+            match &def.target {
+                sinks::SinkTarget::Table(url) => cfg.tables.sink = Some(url.clone()),
+                sinks::SinkTarget::Topic { topic, dead_letters } => {
+                    cfg.tables.sink = None;
+                    cfg.settings.dest_topic = topic.clone();
+                    cfg.dlq_topic = dead_letters.clone();
+                }
+            }
+        }
+        cfg
+    }
+
     /// Where events come from, as the logs name it: the table and where it is (no credentials), or the topic.
     pub fn source_name(&self) -> String {
         self.source().name()
@@ -143,7 +178,16 @@ impl Config {
 
     /// Where events go, as the logs name it.
     pub fn sink_name(&self) -> String {
-        self.sink().name()
+        let sinks = self.sinks();
+        if sinks.len() == 1 {
+            return self.sink().name();
+        }
+        let named: Vec<String> = sinks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{} ({})", s.label(), self.for_sink(i).sink().name()))
+            .collect();
+        named.join(", ")
     }
 
     /// An event's place in the source, in the source's words: a partition and offset, or a chunk and row.
@@ -156,9 +200,21 @@ impl Config {
         self.sink().dead_letters()
     }
 
+    /// Where each sink's rejected events go, as the start-up line names them.
+    pub fn dead_letter_names(&self) -> String {
+        let sinks = self.sinks();
+        if sinks.len() == 1 {
+            return self.dead_letter_name();
+        }
+        let each: Vec<String> = (0..sinks.len())
+            .map(|i| format!("{}: {}", sinks[i].label(), self.for_sink(i).dead_letter_name()))
+            .collect();
+        each.join(", ")
+    }
+
     /// Whether any stage talks to Kafka.
     pub fn uses_kafka(&self) -> bool {
-        !self.source().is_table() || !self.sink().is_table()
+        !self.source().is_table() || self.sinks().iter().any(|s| matches!(s.target, sinks::SinkTarget::Topic { .. }))
     }
 
     /// How the clients authenticate, for the log: the security protocol, and the SASL mechanism if any.

@@ -12,6 +12,7 @@ use crate::channel::ipc::{AckMsg, AckReceiver, BatchSender};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::position::{Lane, Position};
+use crate::source::ack_join::AckJoin;
 use crate::source::watermark::Watermarks;
 use crate::telemetry::events::{emit, Acked, Consumed, InFlight, LaneRewound, PositionsSkipped};
 use crate::telemetry::heartbeat;
@@ -22,7 +23,11 @@ pub struct Flow {
     batches: Vec<BatchWriter>,
     senders: Vec<BatchSender>,
     marks: Watermarks,
-    acks: Receiver<AckMsg>,
+    /// Every sink's acknowledgements, each with the sink's index.
+    acks: Receiver<(usize, Option<AckMsg>)>,
+    join: AckJoin,
+    /// Per sink: it said `Done`.
+    done: Vec<bool>,
     sink_done: bool,
     sink_gone: bool,
 }
@@ -39,26 +44,34 @@ pub enum Drained {
 }
 
 impl Flow {
-    /// Starts the thread that reads the sink's acknowledgements.
-    pub fn new(cfg: &Config, to_workers: Vec<BatchSender>, acks: AckReceiver) -> Result<Flow> {
+    /// Starts a thread per sink that reads its acknowledgements.
+    pub fn new(cfg: &Config, to_workers: Vec<BatchSender>, acks: Vec<AckReceiver>) -> Result<Flow> {
         let (tx, rx) = unbounded();
-        std::thread::Builder::new()
-            .name("acks".into())
-            .spawn(move || loop {
-                match acks.recv() {
-                    Ok(Some(msg)) => {
-                        if tx.send(msg).is_err() {
+        let sinks = acks.len();
+        for (sink, acks) in acks.into_iter().enumerate() {
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name(format!("acks-{sink}"))
+                .spawn(move || loop {
+                    match acks.recv() {
+                        Ok(Some(msg)) => {
+                            if tx.send((sink, Some(msg))).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {
+                            let _ = tx.send((sink, None));
+                            return;
+                        }
+                        Err(e) => {
+                            log::error!("reading acknowledgements: {e}");
+                            let _ = tx.send((sink, None));
                             return;
                         }
                     }
-                    Ok(None) => return,
-                    Err(e) => {
-                        log::error!("reading acknowledgements: {e}");
-                        return;
-                    }
-                }
-            })
-            .map_err(|source| Error::SpawnThread { name: "acks", source })?;
+                })
+                .map_err(|source| Error::SpawnThread { name: "acks", source })?;
+        }
         Ok(Flow {
             batches: to_workers
                 .iter()
@@ -67,6 +80,8 @@ impl Flow {
             senders: to_workers,
             marks: Watermarks::new(),
             acks: rx,
+            join: AckJoin::new(sinks),
+            done: vec![false; sinks],
             sink_done: false,
             sink_gone: false,
         })
@@ -125,11 +140,21 @@ impl Flow {
                 self.acks.try_recv()
             };
             match next {
-                Ok(AckMsg::Acked(acks)) => {
-                    let known = acks.into_iter().filter(|&at| self.marks.ack(at)).count();
+                Ok((sink, Some(AckMsg::Acked(acks)))) => {
+                    let (join, marks) = (&mut self.join, &mut self.marks);
+                    let known = acks.into_iter().filter(|&at| join.ack(sink, at) && marks.ack(at)).count();
                     emit(Acked { events: known as u64 });
                 }
-                Ok(AckMsg::Done) => self.sink_done = true,
+                Ok((sink, Some(AckMsg::Done))) => {
+                    self.done[sink] = true;
+                    self.sink_done = self.done.iter().all(|&d| d);
+                }
+                // A sink that went away before it said `Done`: nothing more comes from it.
+                Ok((sink, None)) => {
+                    if !self.done[sink] {
+                        self.sink_gone = true;
+                    }
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     self.sink_gone = true;
@@ -151,6 +176,12 @@ impl Flow {
 
     pub fn marks_mut(&mut self) -> &mut Watermarks {
         &mut self.marks
+    }
+
+    /// Drops a lane that is no longer ours: its events are re-read by its next owner.
+    pub fn forget(&mut self, lane: Lane) {
+        self.marks.forget(lane);
+        self.join.forget(lane);
     }
 
     /// Waits until the events of `lanes` are acknowledged, the sink is gone, or `deadline`; returns how many of them
@@ -218,7 +249,7 @@ mod tests {
         let cfg = Config::from_cli(&Cli::parse_from(["supervisor"]));
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| batch_channel().unwrap()).unzip();
         let (ack_tx, ack_rx) = ack_channel().unwrap();
-        (Flow::new(&cfg, senders, ack_rx).unwrap(), receivers, ack_tx)
+        (Flow::new(&cfg, senders, vec![ack_rx]).unwrap(), receivers, ack_tx)
     }
 
     fn record(lane: Lane, seq: i64) -> Record<'static> {

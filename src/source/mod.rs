@@ -10,6 +10,7 @@
 //! A source owns the pipeline's start (it takes events in) and its end (it commits): it is started last and is the
 //! first told to drain.
 
+pub mod ack_join;
 pub mod flow;
 pub mod gate;
 pub mod kafka;
@@ -26,7 +27,8 @@ use std::sync::Arc;
 /// supervisor's drain request.
 pub struct SourceEnds {
     pub to_workers: Vec<BatchSender>,
-    pub acks: AckReceiver,
+    /// One per sink: an input is acknowledged once every sink has acknowledged it.
+    pub acks: Vec<AckReceiver>,
     pub control: ControlReceiver,
     /// A table scan's readers: the work sent to each, and the pages it sends back. None for Kafka.
     pub readers: Vec<(WorkSender, BatchReceiver)>,

@@ -45,7 +45,19 @@ pub enum Role {
     Source,
     Reader(usize),
     Worker(usize),
-    Sink,
+    /// One of the sinks, by its place in `--sink`'s order.
+    Sink(usize),
+}
+
+/// The sinks' names when there are several, for the roles' names: set once by the supervisor before it forks, so
+/// every child knows them too.
+static SINK_NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Names the sinks (when there are several) for [`Role`]'s display: `sink-alerts` rather than `sink`.
+pub fn name_sinks(names: Vec<String>) {
+    if names.len() > 1 {
+        let _ = SINK_NAMES.set(names);
+    }
 }
 
 impl Role {
@@ -54,7 +66,7 @@ impl Role {
             Role::Source => Kind::Source,
             Role::Reader(_) => Kind::Reader,
             Role::Worker(_) => Kind::Worker,
-            Role::Sink => Kind::Sink,
+            Role::Sink(_) => Kind::Sink,
         }
     }
 }
@@ -65,6 +77,10 @@ impl fmt::Display for Role {
         match self {
             Role::Worker(i) => write!(f, "{}-{i}", Kind::Worker.label()),
             Role::Reader(i) => write!(f, "{}-{i}", Kind::Reader.label()),
+            Role::Sink(i) => match SINK_NAMES.get().and_then(|names| names.get(*i)) {
+                Some(name) => write!(f, "{}-{name}", Kind::Sink.label()),
+                None => f.write_str(Kind::Sink.label()),
+            },
             other => f.write_str(other.kind().label()),
         }
     }
@@ -129,7 +145,7 @@ mod tests {
 
     #[test]
     fn roles_show_as_users_know_them() {
-        let shown: Vec<String> = [Role::Source, Role::Reader(2), Role::Worker(0), Role::Worker(11), Role::Sink]
+        let shown: Vec<String> = [Role::Source, Role::Reader(2), Role::Worker(0), Role::Worker(11), Role::Sink(0)]
             .map(|r| r.to_string())
             .into();
         assert_eq!(shown, ["source", "reader-2", "worker-0", "worker-11", "sink"]);

@@ -123,8 +123,10 @@ impl Supervisor {
             }
         }
         // Before any fork, so that every child, restarted ones too, inherits what connecting costs alike in each.
-        let tables = [cfg.source().table(), cfg.sink().table(), cfg.tables.checkpoint.as_ref()];
-        crate::sql::prepare(tables.into_iter().flatten());
+        let sinks: Vec<Config> = (0..cfg.sinks().len()).map(|i| cfg.for_sink(i)).collect();
+        let tables = [cfg.source().table(), cfg.tables.checkpoint.as_ref()];
+        crate::sql::prepare(tables.into_iter().flatten().chain(sinks.iter().filter_map(|c| c.sink().table())));
+        crate::stage::name_sinks(cfg.sinks().iter().map(|s| s.label()).collect());
         let mut sup = match Supervisor::new(cfg, signals) {
             Ok(sup) => sup,
             Err(e) => {
@@ -243,7 +245,7 @@ impl Supervisor {
 
     /// Forks a fresh generation on fresh channels: sink, workers, source, each once the previous is ready.
     fn start(&mut self) -> Result<()> {
-        let (mut pending, control) = wiring::wire(self.cfg.hashers, self.readers())?;
+        let (mut pending, control) = wiring::wire(self.cfg.hashers, self.readers(), self.cfg.sinks().len())?;
         self.parent.control = Some(control);
         self.generation_started = Instant::now();
         self.acked_before = self.acked();
@@ -273,7 +275,7 @@ impl Supervisor {
                 self.cfg.source_name(),
                 count(self.cfg.hashers as u64, "worker"),
                 self.cfg.sink_name(),
-                self.cfg.dead_letter_name(),
+                self.cfg.dead_letter_names(),
                 pids.join(" ")
             );
         }
@@ -593,9 +595,16 @@ impl Supervisor {
             return;
         }
         let workers = self.counts.of(Kind::Worker);
-        let Some(line) = self.status.due(Instant::now(), self.counts.totals(), &workers, self.budget.total()) else {
+        let Some(mut line) = self.status.due(Instant::now(), self.counts.totals(), &workers, self.budget.total())
+        else {
             return;
         };
+        let sinks = self.cfg.sinks();
+        if sinks.len() > 1 {
+            for (def, stats) in sinks.iter().zip(self.counts.by_sink(sinks.len())) {
+                line.push_str(&format!("; {}", status::sink(&def.label(), &stats)));
+            }
+        }
         if self.live_status {
             // Ends with a carriage return: the next log line, from any process, overwrites it. Cut to the
             // terminal's width, asked each time as the window may be resized.
@@ -619,6 +628,9 @@ impl Supervisor {
 
     fn render_metrics(&self) -> String {
         let stages = self.counts.by_kind();
+        let labels: Vec<String> = self.cfg.sinks().iter().map(|s| s.label()).collect();
+        let sinks = self.counts.by_sink(labels.len());
+        let named: Vec<(&str, &StageStats)> = labels.iter().map(String::as_str).zip(&sinks).collect();
         let totals = self.counts.totals();
         let lanes = self.table.lanes();
         let source = self.counts.source();
@@ -636,7 +648,8 @@ impl Supervisor {
             stages: &stages,
             in_flight: source.map_or(0, |s| s.in_flight),
             capacity: self.cfg.queue_capacity,
-            sink_queue: self.counts.sink().map_or(0, |s| s.sink_queue),
+            sink_queue: sinks.iter().map(|s| s.sink_queue).sum(),
+            sinks: &named,
             lag: source.map_or(&[], |s| &s.lanes.lag),
             committed: &committed,
             assigned: lanes.len(),
@@ -660,6 +673,15 @@ impl Supervisor {
         let took = self.started.elapsed();
         let totals = self.counts.totals();
         log::info!("{}", status::summary(&totals, &self.counts.committed(), self.budget.total(), took));
+        let sinks = self.cfg.sinks();
+        if sinks.len() > 1 || totals.dropped > 0 {
+            for (def, stats) in sinks.iter().zip(self.counts.by_sink(sinks.len())) {
+                log::info!("{}", status::sink(&def.label(), &stats));
+            }
+            if self.cfg.route.is_some() {
+                log::info!("route: {} dropped (sent to no sink)", totals.dropped);
+            }
+        }
         if self.cfg.transform.label() != "md5" {
             log::info!("transform {}", status::transform(self.cfg.transform.label(), &self.counts.of(Kind::Worker)));
         }
@@ -681,7 +703,7 @@ impl Supervisor {
 
     /// Children of a whole generation.
     fn children(&self) -> usize {
-        self.cfg.hashers + 2 + self.readers()
+        self.cfg.hashers + 1 + self.cfg.sinks().len() + self.readers()
     }
 
     /// Readers of this generation that have exited, their work done.

@@ -178,11 +178,11 @@ mod tests {
         o.peer_gone(Exit::Failure, Some(Role::Worker(0)), "worker-0 failed: broken pipe".into());
         o.peer_gone(Exit::Failure, Some(Role::Worker(1)), "worker-1 failed: broken pipe".into());
         assert_eq!(o.cause().map(|c| c.role), Some(Some(Role::Worker(0))));
-        o.fail(Exit::Failure, Some(Role::Sink), "sink was killed by SIGKILL".into());
+        o.fail(Exit::Failure, Some(Role::Sink(0)), "sink was killed by SIGKILL".into());
         o.fail(Exit::Failure, Some(Role::Source), "later".into());
         assert_eq!(
             o.cause().map(|c| (c.role, c.text.as_str())),
-            Some((Some(Role::Sink), "sink was killed by SIGKILL"))
+            Some((Some(Role::Sink(0)), "sink was killed by SIGKILL"))
         );
     }
 

@@ -28,21 +28,32 @@ pub enum Ends {
     Sink(SinkEnds),
 }
 
-/// Fresh channels for a generation with `workers` workers and `readers` table readers: each role's ends, in start
-/// order (sink, workers, readers, source), and the supervisor's control sender.
-pub fn wire(workers: usize, readers: usize) -> Result<(VecDeque<(Role, Ends)>, ControlSender)> {
-    let (mut to_workers, mut sink_inputs) = (Vec::new(), Vec::new());
+/// Fresh channels for a generation with `workers` workers, `readers` table readers and `sinks` sinks: each role's
+/// ends, in start order (sinks, workers, readers, source), and the supervisor's control sender. Every worker has a
+/// channel to every sink, and every sink its own acknowledgement channel to the source.
+pub fn wire(workers: usize, readers: usize, sinks: usize) -> Result<(VecDeque<(Role, Ends)>, ControlSender)> {
+    let mut to_workers = Vec::new();
+    let mut sink_inputs: Vec<Vec<_>> = (0..sinks).map(|_| Vec::new()).collect();
     let mut roles = VecDeque::new();
     for i in 0..workers {
         let (tx, input) = ipc::batch_channel()?;
         to_workers.push(tx);
-        let (output, rx) = ipc::batch_channel()?;
-        sink_inputs.push(rx);
-        roles.push_back((Role::Worker(i), Ends::Worker(WorkerEnds { input, output })));
+        let mut outputs = Vec::new();
+        for inputs in &mut sink_inputs {
+            let (output, rx) = ipc::batch_channel()?;
+            outputs.push(output);
+            inputs.push(rx);
+        }
+        roles.push_back((Role::Worker(i), Ends::Worker(WorkerEnds { input, outputs })));
     }
-    let (ack_tx, ack_rx) = ipc::ack_channel()?;
+    let mut acks = Vec::new();
+    for (i, inputs) in sink_inputs.into_iter().enumerate().rev() {
+        let (ack_tx, ack_rx) = ipc::ack_channel()?;
+        acks.push(ack_rx);
+        roles.push_front((Role::Sink(i), Ends::Sink(SinkEnds { inputs, acks: ack_tx })));
+    }
+    acks.reverse();
     let (control_tx, control_rx) = ipc::control_channel()?;
-    roles.push_front((Role::Sink, Ends::Sink(SinkEnds { inputs: sink_inputs, acks: ack_tx })));
     let mut to_readers = Vec::new();
     for i in 0..readers {
         let (work_tx, work) = ipc::work_channel()?;
@@ -52,7 +63,7 @@ pub fn wire(workers: usize, readers: usize) -> Result<(VecDeque<(Role, Ends)>, C
     }
     roles.push_back((
         Role::Source,
-        Ends::Source(SourceEnds { to_workers, acks: ack_rx, control: control_rx, readers: to_readers }),
+        Ends::Source(SourceEnds { to_workers, acks, control: control_rx, readers: to_readers }),
     ));
     Ok((roles, control_tx))
 }
@@ -68,8 +79,18 @@ impl Ends {
             Ends::Source(ends) => child::run::<KafkaSource>(role, parent, cfg, ends, reports),
             Ends::Reader(ends) => child::run::<TableReader>(role, parent, cfg, ends, reports),
             Ends::Worker(ends) => child::run::<Worker>(role, parent, cfg, ends, reports),
-            Ends::Sink(ends) if cfg.sink().is_table() => child::run::<TableSink>(role, parent, cfg, ends, reports),
-            Ends::Sink(ends) => child::run::<KafkaSink>(role, parent, cfg, ends, reports),
+            Ends::Sink(ends) => {
+                // The sink's own destination is what `sink()`, `--dest-topic` and `--dlq-topic` say in its process.
+                let index = match role {
+                    Role::Sink(i) => i,
+                    _ => 0,
+                };
+                let cfg = &cfg.for_sink(index);
+                match cfg.sink().is_table() {
+                    true => child::run::<TableSink>(role, parent, cfg, ends, reports),
+                    false => child::run::<KafkaSink>(role, parent, cfg, ends, reports),
+                }
+            }
         }
     }
 }

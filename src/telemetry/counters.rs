@@ -20,6 +20,8 @@ pub struct Counters {
     pub(super) filtered: AtomicU64,
     /// Inputs that became more than one output.
     pub(super) fanned_out: AtomicU64,
+    /// Outputs `--route` sent to no sink (null or []).
+    pub(super) dropped: AtomicU64,
     /// Restarts of a worker's `--exec` command.
     pub(super) command_restarts: AtomicU64,
     /// Microseconds a worker spent in its transform.
@@ -87,6 +89,8 @@ pub struct StageStats {
     pub outputs: u64,
     pub filtered: u64,
     pub fanned_out: u64,
+    #[serde(default)]
+    pub dropped: u64,
     pub command_restarts: u64,
     pub transform_us: u64,
     pub delivered: u64,
@@ -121,6 +125,7 @@ impl Counters {
             outputs: AtomicU64::new(0),
             filtered: AtomicU64::new(0),
             fanned_out: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             command_restarts: AtomicU64::new(0),
             transform_us: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -162,6 +167,7 @@ impl Counters {
             outputs: get(&self.outputs),
             filtered: get(&self.filtered),
             fanned_out: get(&self.fanned_out),
+            dropped: get(&self.dropped),
             command_restarts: get(&self.command_restarts),
             transform_us: get(&self.transform_us),
             delivered: get(&self.delivered),
@@ -229,6 +235,7 @@ impl StageStats {
         self.outputs += other.outputs;
         self.filtered += other.filtered;
         self.fanned_out += other.fanned_out;
+        self.dropped += other.dropped;
         self.command_restarts += other.command_restarts;
         self.transform_us += other.transform_us;
         self.delivered += other.delivered;

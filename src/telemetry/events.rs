@@ -322,6 +322,18 @@ impl InternalEvent for Transformed {
     }
 }
 
+/// Outputs `--route` sent to no sink: null or [] for them.
+pub struct RouteDropped {
+    pub outputs: u64,
+}
+
+impl InternalEvent for RouteDropped {
+    #[inline]
+    fn emit(self) {
+        add(&COUNTERS.dropped, self.outputs);
+    }
+}
+
 /// A worker's `--exec` command ended, hung or broke the protocol on some events and is being restarted.
 pub struct CommandRestarted<'a> {
     pub command: &'a str,

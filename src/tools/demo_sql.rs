@@ -46,8 +46,13 @@ fn run_inner(cli: &Cli, args: &SqlDemoArgs, signals: Signals) -> Result<Exit> {
     let (Ok(source), Ok(sink), Ok(store)) = (source, sink, store) else {
         return Err(Error::DbSchema { message: format!("demo sql: {} cannot be named in a URL", dir.display()) });
     };
-    cfg.tables =
-        Tables { source: Some(source), sink: Some(sink), checkpoint: Some(store), state_dir: Some(dir.to_path_buf()) };
+    cfg.tables = Tables {
+        source: Some(source),
+        sink: Some(sink),
+        checkpoint: Some(store),
+        state_dir: Some(dir.to_path_buf()),
+        sinks: vec![],
+    };
     let default_transform = matches!(cfg.transform, TransformSpec::Md5);
     if default_transform {
         cfg.transform =

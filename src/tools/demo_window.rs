@@ -118,7 +118,7 @@ fn run_inner(cli: &Cli, args: &WindowDemoArgs, signals: Signals) -> Result<Exit>
     let sink = TableUrl::parse(&format!("sqlite:{}?table=totals&key=key,window_start", db.display())).map_err(|e| {
         Error::DbSchema { message: format!("demo window: {} cannot be named in a URL: {e}", db.display()) }
     })?;
-    cfg.tables = Tables { source: None, sink: Some(sink), checkpoint: None, state_dir: None };
+    cfg.tables = Tables { source: None, sink: Some(sink), checkpoint: None, state_dir: None, sinks: vec![] };
     cfg.create_table = true;
     cfg.state_dir = Some(dir.join("state"));
     let aggregates = aggregate::aggregates(AGGREGATE).map_err(|message| Error::DbSchema { message })?;

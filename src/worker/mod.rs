@@ -6,6 +6,7 @@
 //! batches but the transform's own (a compiled filter, a running command). An event the transform rejects travels on
 //! unchanged, marked for the dead-letter destination: bad input never stops a worker.
 
+pub mod route;
 pub mod transform;
 
 use crate::channel::batch::{BatchWriter, Frame, Record};
@@ -13,16 +14,16 @@ use crate::channel::ipc::{BatchReceiver, BatchSender};
 use crate::config::Config;
 use crate::error::{Exit, Result};
 use crate::stage::{Hooks, Stage};
-use crate::telemetry::events::{emit, BatchReceived, Rejected, Transformed};
+use crate::telemetry::events::{emit, BatchReceived, Rejected, RouteDropped, Transformed};
 use crate::telemetry::heartbeat;
 use serde_bytes::Bytes;
 use std::time::{Duration, Instant};
 use transform::{Outputs, Transform, Verdict};
 
-/// The channel ends a worker owns: batches in from the source, batches out to the sink.
+/// The channel ends a worker owns: batches in from the source, batches out to each sink.
 pub struct WorkerEnds {
     pub input: BatchReceiver,
-    pub output: BatchSender,
+    pub outputs: Vec<BatchSender>,
 }
 
 /// A worker running the transform the settings chose.
@@ -35,8 +36,10 @@ impl Stage for Worker {
         // Built after the fork: each worker has its own compiled filter or command.
         let mut transform = transform::build(cfg)?;
         let output_key = OutputKey::compile(cfg)?;
+        let router = Some(route::Router::compile(cfg)?);
         hooks.ready();
-        let names = Names { table_source: cfg.source().is_table(), dead_letters: cfg.dead_letter_name(), output_key };
+        let names =
+            Names { table_source: cfg.source().is_table(), dead_letters: cfg.dead_letter_name(), output_key, router };
         let worked = work(ends, transform.as_mut(), &names);
         transform.finish();
         worked.map(|()| Exit::Clean)
@@ -56,6 +59,8 @@ pub struct Names {
     pub table_source: bool,
     pub dead_letters: String,
     pub output_key: Option<OutputKey>,
+    /// Which sinks each output goes to; `None`: the one sink.
+    pub router: Option<route::Router>,
 }
 
 impl Names {
@@ -92,10 +97,20 @@ impl OutputKey {
     }
 }
 
-/// Runs until the source's poison pill (or its channel closing), then forwards the pill.
+/// What becomes of one output: the sinks it goes to with its message key, or why it is a dead letter (which goes to
+/// the first sink's dead-letter destination).
+enum Fate {
+    To(route::Sinks, Option<Vec<u8>>),
+    Dead(String),
+}
+
+/// Runs until the source's poison pill (or its channel closing), then forwards the pill to every sink.
 pub fn work(ends: WorkerEnds, transform: &mut dyn Transform, names: &Names) -> Result<()> {
-    let mut out = BatchWriter::new(usize::MAX, usize::MAX, Duration::ZERO);
+    let mut outs: Vec<BatchWriter> =
+        ends.outputs.iter().map(|_| BatchWriter::new(usize::MAX, usize::MAX, Duration::ZERO)).collect();
     let mut outputs = Outputs::default();
+    let mut fates: Vec<Fate> = Vec::new();
+    let trivial = names.router.as_ref().is_none_or(route::Router::trivial) && names.output_key.is_none();
     let mut capacity = 0;
     // Events in the last slice, and how long the transform took per event there.
     let mut slice_len = 0usize;
@@ -106,7 +121,9 @@ pub fn work(ends: WorkerEnds, transform: &mut dyn Transform, names: &Names) -> R
             Frame::Records(records) => records,
             // In order with the records around it: the sink's operator reads them.
             Frame::Lanes(_) => {
-                ends.output.send_bytes(&message)?;
+                for output in &ends.outputs {
+                    output.send_bytes(&message)?;
+                }
                 continue;
             }
             Frame::End => {
@@ -135,56 +152,113 @@ pub fn work(ends: WorkerEnds, transform: &mut dyn Transform, names: &Names) -> R
             let took = started.elapsed();
             per_event = took / slice.len() as u32;
             let mut done = Transformed { took, ..Transformed::default() };
+            let mut dropped = 0;
             for (record, verdict) in slice.iter().zip(outputs.verdicts()) {
                 match verdict {
-                    Verdict::Outputs(range) => {
+                    Verdict::Outputs(range) if trivial => {
                         let n = range.len();
                         done.count(n);
                         if n == 0 {
                             // Nothing to write, but its position must still reach the sink to be acknowledged.
-                            out.push(&Record {
-                                payload: None,
-                                headers: Vec::new(),
-                                key: None,
-                                outputs: 0,
-                                ..record.clone()
-                            })?;
+                            outs[0].push(&bare(record))?;
                         }
                         for i in range.clone() {
                             let payload = Some(Bytes::new(outputs.output(i)));
-                            let Some(keyed) = &names.output_key else {
-                                out.push(&Record { payload, outputs: n as u32, ..record.clone() })?;
-                                continue;
-                            };
-                            match keyed.of(outputs.output(i), record) {
-                                Ok(key) => {
-                                    let key = key.as_deref().map(Bytes::new);
-                                    out.push(&Record { payload, key, outputs: n as u32, ..record.clone() })?;
-                                }
-                                // This output is a dead letter; the input's other outputs go on.
-                                Err(why) => {
-                                    names.rejected(record, &why);
-                                    let dead = Record { payload, dead_letter: Some(&why), ..record.clone() };
-                                    out.push(&Record { outputs: n as u32, ..dead })?;
-                                }
-                            }
+                            outs[0].push(&Record { payload, outputs: n as u32, ..record.clone() })?;
                         }
+                    }
+                    Verdict::Outputs(range) => {
+                        done.count(range.len());
+                        fates.clear();
+                        for i in range.clone() {
+                            fates.push(fate(names, outputs.output(i), record));
+                        }
+                        dropped += fates.iter().filter(|f| matches!(f, Fate::To(0, _))).count() as u64;
+                        let outputs = range.clone().map(|i| outputs.output(i));
+                        push_routed(&mut outs, record, outputs.zip(&fates), names)?;
                     }
                     Verdict::Rejected(why) => {
                         names.rejected(record, why.as_str());
-                        out.push(&Record { dead_letter: Some(why.as_str()), outputs: 1, ..record.clone() })?;
+                        outs[0].push(&Record { dead_letter: Some(why.as_str()), outputs: 1, ..record.clone() })?;
+                        for out in &mut outs[1..] {
+                            out.push(&bare(record))?;
+                        }
                     }
                 }
             }
             emit(done);
-            ends.output.send(&mut out)?;
+            if dropped > 0 {
+                emit(RouteDropped { outputs: dropped });
+            }
+            for (out, to) in outs.iter_mut().zip(&ends.outputs) {
+                to.send(out)?;
+            }
         }
     }
-    match exhausted {
-        true => ends.output.send_end()?,
-        false => ends.output.send_pill()?,
+    for output in &ends.outputs {
+        match exhausted {
+            true => output.send_end()?,
+            false => output.send_pill()?,
+        }
     }
     log::debug!("done: the source sent its poison pill");
+    Ok(())
+}
+
+/// A record that carries only `input`'s position, to be acknowledged: it has no output for this sink.
+fn bare<'a>(input: &Record<'a>) -> Record<'a> {
+    Record { payload: None, headers: Vec::new(), key: None, outputs: 0, dead_letter: None, ..input.clone() }
+}
+
+/// Where one output goes, and with which key.
+fn fate(names: &Names, output: &[u8], input: &Record<'_>) -> Fate {
+    let key = match &names.output_key {
+        None => input.key.map(|k| k.to_vec()),
+        Some(keyed) => match keyed.of(output, input) {
+            Ok(key) => key,
+            Err(why) => return Fate::Dead(why),
+        },
+    };
+    match names.router.as_ref().map_or(Ok(1), |r| r.route(output, input)) {
+        Ok(sinks) => Fate::To(sinks, key),
+        Err(why) => Fate::Dead(why),
+    }
+}
+
+/// Writes one input's outputs to the sinks their fates name, each sink told how many of them it gets (so it
+/// acknowledges the input once it has them all); a sink that gets none gets the input's bare position.
+fn push_routed<'a, 'o>(
+    outs: &mut [BatchWriter],
+    input: &Record<'a>,
+    outputs: impl Iterator<Item = (&'o [u8], &'o Fate)> + Clone,
+    names: &Names,
+) -> Result<()> {
+    for (sink, out) in outs.iter_mut().enumerate() {
+        let bit = 1 << sink;
+        let mine = |f: &Fate| match f {
+            Fate::To(sinks, _) => sinks & bit != 0,
+            Fate::Dead(_) => sink == 0,
+        };
+        let n = outputs.clone().filter(|(_, f)| mine(f)).count() as u32;
+        if n == 0 {
+            out.push(&bare(input))?;
+            continue;
+        }
+        for (payload, f) in outputs.clone().filter(|(_, f)| mine(f)) {
+            let payload = Some(Bytes::new(payload));
+            match f {
+                Fate::To(_, key) => {
+                    let key = key.as_deref().map(Bytes::new);
+                    out.push(&Record { payload, key, outputs: n, ..input.clone() })?;
+                }
+                // This output is a dead letter; the input's other outputs go on.
+                Fate::Dead(why) => {
+                    names.rejected(input, why);
+                    out.push(&Record { payload, dead_letter: Some(why), outputs: n, ..input.clone() })?;
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -202,7 +276,7 @@ mod tests {
         let (to_worker, worker_in) = batch_channel().unwrap();
         let (worker_out, from_worker) = batch_channel().unwrap();
         let handle = std::thread::spawn(move || {
-            work(WorkerEnds { input: worker_in, output: worker_out }, &mut t, &Names::default())
+            work(WorkerEnds { input: worker_in, outputs: vec![worker_out] }, &mut t, &Names::default())
         });
         (to_worker, from_worker, handle)
     }

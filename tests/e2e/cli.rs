@@ -114,12 +114,15 @@ fn every_setting_a_config_file_may_set_is_taken_from_it() {
         (3, "max-dead-letters", "\"off\"".into(), "max-dead-letters", "\"off\"".into()),
         (4, "source", format!("\"sqlite:{d}/in.db?table=a\""), "source", "in.db".into()),
         (4, "state-dir", format!("\"{d}/state\""), "checkpoint", format!("{d}/state/checkpoints.db")),
+        // A repeatable flag is an array in the file.
+        (5, "sink", "[\"a=kafka:x\", \"b=kafka:y\"]".into(), "sink", "\"a=x\", \"b=y\"".into()),
+        (5, "route", "\"\\\"a\\\"\"".into(), "route", "\"\\\"a\\\"\"".into()),
     ];
     // Every flag a file may set, as clap lists them, is covered: a new flag fails here until it is added above.
     for (long, _) in supervisor::config::file_keys() {
         assert!(cases.iter().any(|(_, key, ..)| *key == long), "no case sets {long} in a config file");
     }
-    for file in 0..=4 {
+    for file in 0..=5 {
         let path = dir.join(format!("settings-{file}.toml"));
         let text: String =
             cases.iter().filter(|c| c.0 == file).map(|(_, key, value, ..)| format!("{key} = {value}\n")).collect();

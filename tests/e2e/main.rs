@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod branches;
 mod cli;
 mod create_table;
 mod db_tls;

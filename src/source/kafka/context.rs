@@ -104,7 +104,7 @@ impl ConsumerContext for Context {
         let commit = (!positions.is_empty() && !lost)
             .then(|| commit_sync(consumer, &self.topic, &positions).map(|()| positions.as_slice()));
         for &lane in &lanes {
-            flow.marks_mut().forget(lane);
+            flow.forget(lane);
         }
         emit(LanesRevoked { lanes: &lanes, lost, commit, unacked });
     }

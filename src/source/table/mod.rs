@@ -500,7 +500,7 @@ impl Scan {
         if let Some(open) = self.open.remove(&lane) {
             self.seq_next.insert(lane, open.keys.next());
         }
-        self.flow.marks_mut().forget(lane);
+        self.flow.forget(lane);
     }
 
     /// The other instances' progress, from the store.

@@ -49,6 +49,21 @@ impl Counts {
         self.newest(Kind::Sink)
     }
 
+    /// Each sink's counters, by its place in `--sink`'s order, summed over every generation; its gauges from its
+    /// newest process.
+    pub fn by_sink(&self, sinks: usize) -> Vec<StageStats> {
+        let mut out = vec![StageStats::default(); sinks];
+        for c in &self.children {
+            if let Role::Sink(i) = c.role {
+                if let Some(total) = out.get_mut(i) {
+                    total.absorb(&c.stats);
+                    total.sink_queue = c.stats.sink_queue;
+                }
+            }
+        }
+        out
+    }
+
     /// Each kind's counters, summed over its processes and over every generation since the start, in [`Kind::ALL`]
     /// order.
     pub fn by_kind(&self) -> [StageStats; 4] {
@@ -138,6 +153,20 @@ mod tests {
         assert_eq!(c.by_kind()[2].received, 95);
         assert_eq!(c.of(Kind::ALL[2]), c.by_kind()[2], "one kind's counters are its row of by_kind");
         assert!(c.any_consumed());
+    }
+
+    #[test]
+    fn each_sink_is_counted_apart() {
+        let mut c = Counts::default();
+        c.spawned(1, Role::Sink(0));
+        c.spawned(2, Role::Sink(1));
+        c.update(1, StageStats { delivered: 5, sink_queue: 3, ..StageStats::default() });
+        c.update(2, StageStats { delivered: 7, ..StageStats::default() });
+        c.spawned(3, Role::Sink(1));
+        c.update(3, StageStats { delivered: 1, sink_queue: 2, ..StageStats::default() });
+        let each: Vec<(u64, u64)> = c.by_sink(2).iter().map(|s| (s.delivered, s.sink_queue)).collect();
+        assert_eq!(each, [(5, 3), (8, 2)]);
+        assert_eq!(c.of(Kind::Sink).delivered, 13);
     }
 
     #[test]

@@ -188,6 +188,8 @@ pub struct Snapshot<'a> {
     pub capacity: usize,
     /// Handed to librdkafka and not yet acknowledged, from the newest sink.
     pub sink_queue: u64,
+    /// Each sink by name, with its counters.
+    pub sinks: &'a [(&'a str, &'a StageStats)],
     /// Per partition the source owns, its lag, when known.
     pub lag: &'a [(Lane, i64)],
     /// Per partition the source owns, the last committed offset.
@@ -267,7 +269,25 @@ pub fn render(s: &Snapshot<'_>) -> String {
             ("{outcome=\"dead_lettered\"}".to_string(), sink.dead_lettered as f64),
         ],
     );
+    let mut each = Vec::new();
+    for (name, st) in s.sinks {
+        let name = escape(name);
+        each.push((format!("{{sink=\"{name}\",outcome=\"written\"}}"), st.delivered as f64));
+        each.push((format!("{{sink=\"{name}\",outcome=\"dead_lettered\"}}"), st.dead_lettered as f64));
+    }
+    family(
+        "supervisor_sink_outcomes_total",
+        "counter",
+        "Events each sink's destination acknowledged, by sink and outcome (supervisor_sink_events_total summed).",
+        &each,
+    );
     let [_, _, workers, _] = s.stages;
+    family(
+        "supervisor_route_dropped_total",
+        "counter",
+        "Outputs --route sent to no sink (null or []).",
+        &[(String::new(), workers.dropped as f64)],
+    );
     let per_transform = |value: u64| [(format!("{{transform=\"{}\"}}", s.transform), value as f64)];
     family(
         "supervisor_transform_outputs_total",
@@ -493,10 +513,11 @@ mod tests {
         };
         render(&Snapshot {
             source_topic: "src\"x",
-            stages: &[consumer, StageStats::default(), hashers, producer],
+            stages: &[consumer, StageStats::default(), hashers, producer.clone()],
             in_flight: 3,
             capacity: 100,
             sink_queue: 1,
+            sinks: &[("dst", &producer)],
             lag: &[(0, 2)],
             committed: &[Position::new(0, 4)],
             assigned: 2,

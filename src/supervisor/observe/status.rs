@@ -137,6 +137,12 @@ pub fn transform(name: &str, t: &StageStats) -> String {
     )
 }
 
+/// One sink's part of the status line and of the summary, when there are several: `sink alerts: 120 written, 2
+/// dead-lettered, 0 retried`.
+pub fn sink(name: &str, s: &StageStats) -> String {
+    format!("sink {name}: {} written, {} dead-lettered, {} retried", s.delivered, s.dead_lettered, s.retried)
+}
+
 /// The closing summary: what the whole run did, across restarts, and what it committed.
 pub fn summary(totals: &StageStats, committed: &[Position], restarts: u64, took: Duration) -> String {
     let committed: Vec<String> = match totals.lanes.scan {

@@ -75,6 +75,9 @@ pub fn check(cfg: &Config) -> Result<()> {
     if let Some(code) = &cfg.output_key {
         expr::Expr::compile(code, "--output-key")?;
     }
+    if let Some(code) = &cfg.route {
+        expr::Expr::compile(code, "--route")?;
+    }
     Ok(())
 }
 
