@@ -164,6 +164,8 @@ pub enum Error {
     DbTls { url: String, message: String },
     /// A table, key or column the pipeline needs is missing, or the table cannot be used as asked.
     DbSchema { message: String },
+    /// A lookup's compacted topic was not read to its end in time.
+    LookupBehind { name: String, topic: String, waited: std::time::Duration },
     /// A database statement failed.
     DbQuery { doing: String, source: DbError },
     /// This build cannot use that database yet.
@@ -291,6 +293,9 @@ impl fmt::Display for Error {
             }
             Error::DbTls { url, message } => write!(f, "cannot connect to the database at {url} over TLS: {message}"),
             Error::DbSchema { message } => f.write_str(message),
+            Error::LookupBehind { name, topic, waited } => {
+                write!(f, "--lookup {name}: topic \"{topic}\" was not read to its end within {waited:?}")
+            }
             Error::DbQuery { doing, source } => write!(f, "{doing}: {}", db_message(source.as_ref())),
             Error::DbUnsupported { url, what } => write!(f, "{url}: this build cannot use {what} yet"),
             Error::Checkpoint { doing, source } => {
@@ -333,6 +338,7 @@ impl std::error::Error for Error {
                 Some(source.as_ref())
             }
             Error::DbSchema { .. } | Error::DbTls { .. } | Error::DbUnsupported { .. } => None,
+            Error::LookupBehind { .. } => None,
             Error::State { source, .. } => Some(source),
             Error::StateMismatch { .. } => None,
             Error::MissingTopic { .. }

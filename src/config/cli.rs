@@ -167,6 +167,28 @@ pub struct Cli {
           value_delimiter = '\n')]
     pub sink: Vec<String>,
 
+    /// A table or compacted topic that jq reads as lookup("NAME"; KEY), giving the row with that key as an object, or
+    /// null: NAME=postgres://HOST/DB?table=T&key=COLUMN (mysql://, sqlite:PATH?table=T alike), or NAME=kafka:TOPIC
+    /// (the message key is the key; read to its end at start, then followed). Repeatable.
+    #[arg(long, env = "SUPERVISOR_LOOKUP", value_name = "NAME=URL", action = clap::ArgAction::Append,
+          value_delimiter = '\n')]
+    pub lookup: Vec<String>,
+
+    /// Seconds a table lookup's row is kept in a worker's cache before it is fetched again.
+    #[arg(long, env = "SUPERVISOR_LOOKUP_TTL", default_value = "60", value_name = "SECS", value_parser = parse_seconds)]
+    #[serde(serialize_with = "seconds")]
+    pub lookup_ttl: Duration,
+
+    /// Rows each worker keeps per table lookup; the oldest leave first.
+    #[arg(long, env = "SUPERVISOR_LOOKUP_CACHE_ROWS", default_value_t = 100_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub lookup_cache_rows: u64,
+
+    /// The lookups above, parsed.
+    #[serde(skip)]
+    #[arg(skip)]
+    pub lookups: Vec<super::lookups::LookupDef>,
+
     /// Which named sinks each output goes to: a jq expression over the output event giving a sink's name, an array
     /// of names (a tee), or null or [] (dropped, and counted) [default: every sink].
     #[arg(long, env = "SUPERVISOR_ROUTE", value_name = "EXPR")]

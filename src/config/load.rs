@@ -113,6 +113,22 @@ impl Cli {
         cli.properties = properties.into_iter().map(|p| (p.key, p.value)).collect();
         cli.transform = transform::resolve(&cli, credentials.as_deref()).map_err(Invalid::Setting)?;
         cli.tables = Tables::resolve(&cli).map_err(Invalid::Setting)?;
+        for given in &cli.lookup {
+            for secret in crate::sql::url::secrets(given) {
+                redact::keep_secret(&secret);
+            }
+        }
+        cli.lookups = super::lookups::parse(&cli.lookup).map_err(Invalid::Setting)?;
+        for def in &cli.lookups {
+            if let super::lookups::LookupTarget::Table(url) = &def.target {
+                keep_password(url);
+            }
+        }
+        if !cli.lookups.is_empty() && !matches!(cli.transform, super::TransformSpec::Jq(_)) {
+            return Err(Invalid::Setting(
+                "--lookup is read by jq's lookup(\"NAME\"; KEY): give the filter that reads it with --jq".into(),
+            ));
+        }
         cli.aggregation = super::Aggregation::resolve(&cli).map_err(Invalid::Setting)?;
         if let Some(Command::Demo(DemoArgs { brokers: Some(_), .. })) = &cli.command {
             return Err(Invalid::Setting(

@@ -11,6 +11,7 @@ mod ends;
 mod file;
 pub mod librdkafka;
 mod load;
+pub mod lookups;
 mod secret;
 pub mod sinks;
 mod topics;

@@ -5,7 +5,9 @@
 use super::dialect::Dialect;
 use super::key::{Key, KeyKind, Part};
 use super::url::{TableName, TableUrl};
-use super::{keyset, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns};
+use super::{
+    condition, quote, Column, DbError, DeadLetter, Fault, Object, ObjectWriter, Row, Schema, TableColumns, Which,
+};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 use rusqlite::functions::FunctionFlags;
@@ -191,18 +193,11 @@ pub fn boundaries(c: &mut Connection, s: &Schema, every: u64) -> Result<(u64, Ve
     Ok((total.max(0) as u64, keys))
 }
 
-pub fn page(
-    c: &mut Connection,
-    s: &Schema,
-    after: Option<&Key>,
-    upto: Option<&Key>,
-    limit: usize,
-    out: &mut Vec<Row>,
-) -> Result<(), DbError> {
+pub fn page(c: &mut Connection, s: &Schema, which: Which<'_>, limit: usize, out: &mut Vec<Row>) -> Result<(), DbError> {
     let k = s.key_list("");
     let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let (filter, bounds) = keyset(&keys, after, upto, D.key_compare(), |n, _| D.param(n));
+    let (filter, bounds) = condition(&keys, which, D.key_compare(), |n, _| D.param(n));
     let params: Vec<rusqlite::types::Value> = bounds.into_iter().map(bind_key).collect();
     let sql = format!(
         "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",

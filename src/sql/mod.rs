@@ -323,10 +323,24 @@ impl Conn {
             )
             .into());
         }
+        let which = Which::Range { after, upto };
         match self {
-            Conn::Postgres(c) => pg::page(c, s, after, upto, limit, out),
-            Conn::Mysql(c) => my::page(c, s, after, upto, limit, out),
-            Conn::Sqlite(c) => lite::page(c, s, after, upto, limit, out),
+            Conn::Postgres(c) => pg::page(c, s, which, limit, out),
+            Conn::Mysql(c) => my::page(c, s, which, limit, out),
+            Conn::Sqlite(c) => lite::page(c, s, which, limit, out),
+        }
+    }
+
+    /// The rows whose key is one of `keys` (a lookup's batch), in key order: one statement.
+    pub fn rows_with_keys(&mut self, s: &Schema, keys: &[Key], out: &mut Vec<Row>) -> Result<(), DbError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let which = Which::Keys(keys);
+        match self {
+            Conn::Postgres(c) => pg::page(c, s, which, keys.len(), out),
+            Conn::Mysql(c) => my::page(c, s, which, keys.len(), out),
+            Conn::Sqlite(c) => lite::page(c, s, which, keys.len(), out),
         }
     }
 
@@ -694,6 +708,41 @@ fn permission_denied(table: &TableName, d: &Denied) -> Error {
             d.grant
         ),
     }
+}
+
+/// Which rows a page reads: a run of keys (a scan's), or the rows with these keys (a lookup's).
+#[derive(Debug, Clone, Copy)]
+pub enum Which<'k> {
+    Range { after: Option<&'k Key>, upto: Option<&'k Key> },
+    Keys(&'k [Key]),
+}
+
+/// The `WHERE` of a page, and its parameters' parts in order; see [`keyset`] for a range. Keys are an `IN` list,
+/// which every engine answers from the key's index: `k IN ($1, $2)`, `(a, b) IN (($1, $2), ($3, $4))`.
+fn condition<'k>(
+    key: &[String],
+    which: Which<'k>,
+    compare: Compare,
+    placeholder: impl Fn(usize, usize) -> String,
+) -> (String, Vec<&'k Part>) {
+    let (after, upto) = match which {
+        Which::Range { after, upto } => (after, upto),
+        Which::Keys(keys) => {
+            let mut parts: Vec<&Part> = Vec::new();
+            let mut items = Vec::with_capacity(keys.len());
+            for k in keys {
+                let mut one = Vec::with_capacity(k.0.len());
+                for (i, part) in k.0.iter().enumerate().take(key.len()) {
+                    parts.push(part);
+                    one.push(placeholder(parts.len(), i));
+                }
+                items.push(if one.len() == 1 { one.concat() } else { format!("({})", one.join(", ")) });
+            }
+            let row = if key.len() == 1 { key.concat() } else { format!("({})", key.join(", ")) };
+            return (format!("WHERE {row} IN ({})", items.join(", ")), parts);
+        }
+    };
+    keyset(key, after, upto, compare, placeholder)
 }
 
 /// The condition of a keyset page, `WHERE key > after AND key <= upto` with either bound left out when absent, a

@@ -6,7 +6,8 @@ use super::dialect::Dialect;
 use super::key::{Key, KeyKind, Part};
 use super::url::{TableName, TableUrl};
 use super::{
-    keyset, quote, Access, Column, DbError, DeadLetter, Denied, Fault, Object, ObjectWriter, Row, Schema, TableColumns,
+    condition, quote, Access, Column, DbError, DeadLetter, Denied, Fault, Object, ObjectWriter, Row, Schema,
+    TableColumns, Which,
 };
 use crate::error::{Error, Result};
 use base64::Engine as _;
@@ -378,18 +379,11 @@ pub fn boundaries(c: &mut Conn, s: &Schema, every: u64) -> Result<(u64, Vec<Key>
     Ok((total.unwrap_or_default(), out))
 }
 
-pub fn page(
-    c: &mut Conn,
-    s: &Schema,
-    after: Option<&Key>,
-    upto: Option<&Key>,
-    limit: usize,
-    out: &mut Vec<Row>,
-) -> Result<(), DbError> {
+pub fn page(c: &mut Conn, s: &Schema, which: Which<'_>, limit: usize, out: &mut Vec<Row>) -> Result<(), DbError> {
     let k = s.key_list("");
     let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
     let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
-    let (filter, bounds) = keyset(&keys, after, upto, D.key_compare(), |n, _| D.param(n));
+    let (filter, bounds) = condition(&keys, which, D.key_compare(), |n, _| D.param(n));
     let params: Vec<Value> = bounds.into_iter().map(bind).collect();
     let sql = format!(
         "SELECT {k}, {} FROM {} {filter} ORDER BY {k} LIMIT {}",

@@ -6,7 +6,8 @@ use super::dialect::Dialect;
 use super::key::{Key, KeyKind, Part};
 use super::url::{TableName, TableUrl};
 use super::{
-    keyset, quote, Access, Column, DbError, DeadLetter, Denied, Fault, Object, ObjectWriter, Row, Schema, TableColumns,
+    condition, keyset, quote, Access, Column, DbError, DeadLetter, Denied, Fault, Object, ObjectWriter, Row, Schema,
+    TableColumns, Which,
 };
 use crate::error::{Error, Result};
 use base64::Engine as _;
@@ -475,17 +476,10 @@ fn read_as(col: &super::Column) -> (Read, String) {
     }
 }
 
-pub fn page(
-    c: &mut Client,
-    s: &Schema,
-    after: Option<&Key>,
-    upto: Option<&Key>,
-    limit: usize,
-    out: &mut Vec<Row>,
-) -> Result<(), DbError> {
+pub fn page(c: &mut Client, s: &Schema, which: Which<'_>, limit: usize, out: &mut Vec<Row>) -> Result<(), DbError> {
     let (reads, select): (Vec<Read>, Vec<String>) = s.columns.iter().map(read_as).unzip();
     let keys = key_columns(s, "t.");
-    let (filter, bounds) = keyset(&keys, after, upto, D.key_compare(), |n, i| param(s, n, i));
+    let (filter, bounds) = condition(&keys, which, D.key_compare(), |n, i| param(s, n, i));
     let sql = format!(
         "SELECT {}, {} FROM {} t {filter} ORDER BY {} LIMIT {}",
         key_texts(s, "t."),

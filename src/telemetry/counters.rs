@@ -22,6 +22,9 @@ pub struct Counters {
     pub(super) fanned_out: AtomicU64,
     /// Outputs `--route` sent to no sink (null or []).
     pub(super) dropped: AtomicU64,
+    /// `lookup()` calls answered at hand (a cached row, a topic's), and those that waited for a fetch.
+    pub(super) lookup_hits: AtomicU64,
+    pub(super) lookup_misses: AtomicU64,
     /// Restarts of a worker's `--exec` command.
     pub(super) command_restarts: AtomicU64,
     /// Microseconds a worker spent in its transform.
@@ -91,6 +94,10 @@ pub struct StageStats {
     pub fanned_out: u64,
     #[serde(default)]
     pub dropped: u64,
+    #[serde(default)]
+    pub lookup_hits: u64,
+    #[serde(default)]
+    pub lookup_misses: u64,
     pub command_restarts: u64,
     pub transform_us: u64,
     pub delivered: u64,
@@ -126,6 +133,8 @@ impl Counters {
             filtered: AtomicU64::new(0),
             fanned_out: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            lookup_hits: AtomicU64::new(0),
+            lookup_misses: AtomicU64::new(0),
             command_restarts: AtomicU64::new(0),
             transform_us: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -168,6 +177,8 @@ impl Counters {
             filtered: get(&self.filtered),
             fanned_out: get(&self.fanned_out),
             dropped: get(&self.dropped),
+            lookup_hits: get(&self.lookup_hits),
+            lookup_misses: get(&self.lookup_misses),
             command_restarts: get(&self.command_restarts),
             transform_us: get(&self.transform_us),
             delivered: get(&self.delivered),
@@ -236,6 +247,8 @@ impl StageStats {
         self.filtered += other.filtered;
         self.fanned_out += other.fanned_out;
         self.dropped += other.dropped;
+        self.lookup_hits += other.lookup_hits;
+        self.lookup_misses += other.lookup_misses;
         self.command_restarts += other.command_restarts;
         self.transform_us += other.transform_us;
         self.delivered += other.delivered;

@@ -334,6 +334,20 @@ impl InternalEvent for RouteDropped {
     }
 }
 
+/// A worker's lookups over one slice of a batch: calls answered at hand, and calls that waited for a fetch.
+pub struct LookupsDone {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl InternalEvent for LookupsDone {
+    #[inline]
+    fn emit(self) {
+        add(&COUNTERS.lookup_hits, self.hits);
+        add(&COUNTERS.lookup_misses, self.misses);
+    }
+}
+
 /// A worker's `--exec` command ended, hung or broke the protocol on some events and is being restarted.
 pub struct CommandRestarted<'a> {
     pub command: &'a str,

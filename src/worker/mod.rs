@@ -6,6 +6,7 @@
 //! batches but the transform's own (a compiled filter, a running command). An event the transform rejects travels on
 //! unchanged, marked for the dead-letter destination: bad input never stops a worker.
 
+pub mod lookup;
 pub mod route;
 pub mod transform;
 
@@ -33,8 +34,12 @@ impl Stage for Worker {
     type Ends = WorkerEnds;
 
     fn run(cfg: &Config, ends: WorkerEnds, hooks: &Hooks) -> Result<Exit> {
-        // Built after the fork: each worker has its own compiled filter or command.
+        // Built after the fork: each worker has its own compiled filter or command, and its own lookups.
+        lookup::install(cfg)?;
         let mut transform = transform::build(cfg)?;
+        if lookup::installed() {
+            transform = Box::new(lookup::Fetching(transform));
+        }
         let output_key = OutputKey::compile(cfg)?;
         let router = Some(route::Router::compile(cfg)?);
         hooks.ready();

@@ -13,6 +13,7 @@ mod db_tls;
 mod demo;
 mod faults;
 mod install;
+mod lookups;
 mod outcomes;
 mod pipeline;
 mod readme;

@@ -283,6 +283,15 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     let [_, _, workers, _] = s.stages;
     family(
+        "supervisor_lookup_calls_total",
+        "counter",
+        "lookup() calls in the workers, by whether the row was at hand (a cached row, a topic's) or fetched.",
+        &[
+            ("{found=\"at_hand\"}".to_string(), workers.lookup_hits as f64),
+            ("{found=\"fetched\"}".to_string(), workers.lookup_misses as f64),
+        ],
+    );
+    family(
         "supervisor_route_dropped_total",
         "counter",
         "Outputs --route sent to no sink (null or []).",

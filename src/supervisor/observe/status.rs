@@ -37,6 +37,11 @@ impl StatusLine {
         if let Some(name) = self.transform {
             line.push_str(&format!("; {}", transform(name, workers)));
         }
+        let looked_up = workers.lookup_hits + workers.lookup_misses;
+        if looked_up > 0 {
+            let hit = workers.lookup_hits as f64 * 100.0 / looked_up as f64;
+            line.push_str(&format!("; lookups {looked_up}, {hit:.1}% at hand"));
+        }
         if self.aggregating {
             line.push_str(&format!("; {}", aggregation(&totals, wall_millis())));
         }

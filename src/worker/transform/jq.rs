@@ -195,7 +195,14 @@ fn ours(keyed: bool) -> impl Iterator<Item = jaq_std::Filter<RunPtr<Val>>> {
         let why = format!("halt_error (exit code {code}): {said}");
         Box::new(core::iter::once(Err(jaq_core::Error::new(Val::from(why)).into())))
     });
-    [md5, sha256, halt, halt_error].into_iter().chain(keyed.then_some(hmac))
+    // lookup(NAME; KEY): a row of a --lookup table or topic (crate::worker::lookup), or null.
+    let lookup: jaq_std::Filter<RunPtr<Val>> = ("lookup", jaq_std::v(2), |_, mut cv| {
+        let key = cv.0.pop_var();
+        let name = cv.0.pop_var();
+        let row = crate::worker::lookup::lookup(&name, &key).map_err(|why| jaq_core::Error::new(Val::from(why)).into());
+        Box::new(core::iter::once(row))
+    });
+    [md5, sha256, halt, halt_error, lookup].into_iter().chain(keyed.then_some(hmac))
 }
 
 /// A digest of a string's UTF-8 bytes, or of any other value's compact JSON.
