@@ -105,6 +105,20 @@ impl Config {
             // The transform the flags chose, and only the flags that made it.
             "jq" | "jq-file" | "exec" | "exec-timeout" | "hmac-key-file" => self.transform.shown(long)?,
             // The URLs as parsed, their passwords masked; the checkpoint store's default placed by --state-dir.
+            // The URLs as parsed, their passwords masked.
+            "lookup" => match self.lookups.as_slice() {
+                [] => Shown::Unset("none".into()),
+                each => {
+                    let shown: Vec<String> = each
+                        .iter()
+                        .map(|l| match &l.target {
+                            super::lookups::LookupTarget::Table(url) => quoted(&format!("{}={url}", l.name)),
+                            super::lookups::LookupTarget::Topic(t) => quoted(&format!("{}=kafka:{t}", l.name)),
+                        })
+                        .collect();
+                    Shown::Set(format!("[{}]", shown.join(", ")))
+                }
+            },
             "sink" if !self.sink.is_empty() => {
                 let each: Vec<String> = self
                     .sinks()
@@ -174,6 +188,9 @@ child-timeout = 30
 # max-rate: no limit
 # source: Kafka
 # sink: Kafka
+# lookup: none
+lookup-ttl = 60
+lookup-cache-rows = 100000
 # route: every sink
 # checkpoint: only for a table source
 # state-dir: where the default checkpoint store is
@@ -211,6 +228,7 @@ idle-timeout = \"30s\"
         for (long, _) in file_keys() {
             let value = match long.as_str() {
                 "hashers" | "queue-capacity" | "max-restarts" | "readers" | "chunk-rows" | "max-retries" => "3",
+                "lookup-ttl" | "lookup-cache-rows" => "3",
                 "max-rate" | "drain-timeout" | "restart-window" | "child-timeout" | "status-interval" => "3",
                 "exec-timeout" | "chunk-lease" => "3",
                 "max-dead-letters" => "off",
@@ -221,9 +239,8 @@ idle-timeout = \"30s\"
                     continue;
                 }
                 // The transform and the tables are settled by `Cli::load`, and shown as settled.
-                "jq" | "jq-file" | "exec" | "hmac-key-file" | "source" | "sink" | "checkpoint" | "state-dir" => {
-                    continue
-                }
+                "jq" | "jq-file" | "exec" | "hmac-key-file" | "source" | "sink" | "checkpoint" | "state-dir"
+                | "lookup" => continue,
                 _ => "x",
             };
             args.extend([format!("--{long}"), value.to_string()]);
@@ -233,8 +250,19 @@ idle-timeout = \"30s\"
         for line in shown.lines().filter(|l| l.starts_with('#')) {
             let long = line.trim_start_matches("# ").split(':').next().unwrap_or_default();
             assert!(
-                ["jq", "jq-file", "exec", "exec-timeout", "hmac-key-file", "source", "sink", "checkpoint", "state-dir"]
-                    .contains(&long),
+                [
+                    "jq",
+                    "jq-file",
+                    "exec",
+                    "exec-timeout",
+                    "hmac-key-file",
+                    "source",
+                    "sink",
+                    "checkpoint",
+                    "state-dir",
+                    "lookup"
+                ]
+                .contains(&long),
                 "{line}: given, yet shown as unset"
             );
         }

@@ -116,6 +116,9 @@ fn every_setting_a_config_file_may_set_is_taken_from_it() {
         (4, "state-dir", format!("\"{d}/state\""), "checkpoint", format!("{d}/state/checkpoints.db")),
         // A repeatable flag is an array in the file.
         (5, "sink", "[\"a=kafka:x\", \"b=kafka:y\"]".into(), "sink", "\"a=x\", \"b=y\"".into()),
+        (2, "lookup", "[\"c=kafka:tiers\"]".into(), "lookup", "\"c=kafka:tiers\"".into()),
+        (0, "lookup-ttl", "7".into(), "lookup-ttl", "7".into()),
+        (0, "lookup-cache-rows", "70".into(), "lookup-cache-rows", "70".into()),
         (5, "route", "\"\\\"a\\\"\"".into(), "route", "\"\\\"a\\\"\"".into()),
     ];
     // Every flag a file may set, as clap lists them, is covered: a new flag fails here until it is added above.
