@@ -13,14 +13,20 @@ use std::time::{Duration, Instant};
 /// ends the wait at once: the brokers are there, and retrying with the same settings cannot help.
 ///
 /// `serve` polls the client, which runs its error callback: that is where librdkafka reports a refusal.
-pub fn metadata<C: ClientContext>(client: &Client<C>, cfg: &Config, topic: &str, serve: impl Fn()) -> Result<Metadata> {
+/// `topic`: `None` asks for every topic's.
+pub fn metadata<C: ClientContext>(
+    client: &Client<C>,
+    cfg: &Config,
+    topic: Option<&str>,
+    serve: impl Fn(),
+) -> Result<Metadata> {
     let deadline = Instant::now() + cfg.startup_timeout;
     // Short tries first, so that a refusal is seen within half a second; longer ones after, for brokers that are slow
     // to answer.
     let mut each = Duration::from_millis(500);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match client.fetch_metadata(Some(topic), left.min(each)) {
+        match client.fetch_metadata(topic, left.min(each)) {
             Ok(md) => return Ok(md),
             Err(source) => {
                 each = (each * 2).min(Duration::from_secs(4));

@@ -14,6 +14,15 @@ pub type Lane = i32;
 /// An event's place in its lane: a Kafka offset.
 pub type Seq = i64;
 
+/// Bits of a Kafka source's lane that hold the partition: a source reading several topics puts the topic's number
+/// above them (`source::kafka::lanes`); the one topic of a plain source is number 0, so its lanes are its partitions.
+pub const PARTITION_BITS: u32 = 16;
+
+/// The partition a Kafka source's lane stands for.
+pub fn partition_of(lane: Lane) -> i32 {
+    lane & ((1 << PARTITION_BITS) - 1)
+}
+
 /// An event's origin, carried through the pipeline and acknowledged back to the source.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
@@ -45,6 +54,13 @@ impl fmt::Display for Place {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.table {
             true => write!(f, "chunk {} row {}", self.at.lane, self.at.seq),
+            false if self.at.lane >> PARTITION_BITS > 0 => write!(
+                f,
+                "topic #{} partition {} offset {}",
+                self.at.lane >> PARTITION_BITS,
+                partition_of(self.at.lane),
+                self.at.seq
+            ),
             false => write!(f, "partition {} offset {}", self.at.lane, self.at.seq),
         }
     }
@@ -78,5 +94,7 @@ mod tests {
         assert_eq!(ps[1].to_string(), "1:25195");
         assert_eq!(Place { at: ps[0], table: false }.to_string(), "partition 0 offset 24805");
         assert_eq!(Place { at: ps[0], table: true }.to_string(), "chunk 0 row 24805");
+        let second_topic = Place { at: Position::new(65_539, 7), table: false };
+        assert_eq!(second_topic.to_string(), "topic #1 partition 3 offset 7");
     }
 }

@@ -714,6 +714,7 @@ impl Out {
             headers: Vec::new(),
             payload: Some(Bytes::new(&self.payload)),
             dead_letter: self.dead_letter.as_deref(),
+            topic: None,
             outputs,
         }
     }

@@ -35,6 +35,10 @@ pub struct Record<'a> {
     /// destination.
     #[serde(borrow)]
     pub dead_letter: Option<&'a str>,
+    /// The source topic, when the source reads several (one alone is the settings'): `$meta.topic` and the dead
+    /// letters' headers name it.
+    #[serde(borrow)]
+    pub topic: Option<&'a str>,
     /// How many output events the input at `at` became, this one among them. 0: it was filtered out, and this record
     /// only carries its position to be acknowledged. More than 1: the sink acknowledges `at` once all are delivered.
     pub outputs: u32,
@@ -186,6 +190,7 @@ mod tests {
             headers: vec![("h", Some(Bytes::new(b"v"))), ("empty", None)],
             payload: Some(Bytes::new(payload)),
             dead_letter: None,
+            topic: None,
             outputs: 1,
         }
     }

@@ -174,6 +174,15 @@ impl Cli {
                 "--route chooses among named sinks: give them as --sink NAME=URL (kafka:TOPIC for a topic)".into(),
             ));
         }
+        if cli.tables.source.is_none()
+            && topics::SourceTopics::parse(&cli.source_topic).several()
+            && cli.aggregate.is_some()
+        {
+            return Err(Invalid::Setting(
+                "--aggregate reads one source topic; several (a list or a pattern) are not supported with it yet"
+                    .into(),
+            ));
+        }
         if several && cli.aggregate.is_some() {
             return Err(Invalid::Setting(
                 "--aggregate writes to one sink; several --sink values are not supported with it yet".into(),

@@ -14,7 +14,7 @@ mod load;
 pub mod lookups;
 mod secret;
 pub mod sinks;
-mod topics;
+pub mod topics;
 mod transform;
 
 use crate::sql::url::TableUrl;
@@ -141,6 +141,11 @@ impl Config {
             Some(url) => SinkSpec::Table(url),
             None => SinkSpec::Topic { topic: &self.dest_topic, dead_letters: &self.dlq_topic },
         }
+    }
+
+    /// The topics `--source-topic` names, or its pattern.
+    pub fn source_topics(&self) -> topics::SourceTopics<'_> {
+        topics::SourceTopics::parse(&self.source_topic)
     }
 
     /// Every sink, in `--sink`'s order: one unless several were named.

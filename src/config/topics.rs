@@ -25,6 +25,46 @@ pub fn invalid(name: &str) -> Option<String> {
 }
 
 /// The topics of a run: `source` when events come from Kafka, `dest` and `dead_letter` when they go to Kafka.
+/// What `--source-topic` names: one topic or a comma-separated list, or (starting with `^`) a pattern that every topic
+/// it matches, now or later, is read from, as librdkafka subscribes to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceTopics<'a> {
+    Listed(Vec<&'a str>),
+    Pattern(&'a str),
+}
+
+impl<'a> SourceTopics<'a> {
+    pub fn parse(given: &'a str) -> SourceTopics<'a> {
+        match given.starts_with('^') {
+            true => SourceTopics::Pattern(given),
+            false => SourceTopics::Listed(given.split(',').map(str::trim).collect()),
+        }
+    }
+
+    /// Whether events come from more than one topic, or may.
+    pub fn several(&self) -> bool {
+        !matches!(self, SourceTopics::Listed(one) if one.len() == 1)
+    }
+}
+
+/// Whether the pattern (POSIX extended, as librdkafka reads a subscription's) matches `name`; `None` when it does not
+/// compile.
+pub fn matches(pattern: &str, name: &str) -> Option<bool> {
+    use nix::libc::{regcomp, regex_t, regexec, regfree, REG_EXTENDED, REG_NOSUB};
+    let (pattern, name) = (std::ffi::CString::new(pattern).ok()?, std::ffi::CString::new(name).ok()?);
+    let mut re = std::mem::MaybeUninit::<regex_t>::uninit();
+    // SAFETY: regcomp initialises `re` when it returns 0, and only then is it read (by regexec) and freed (regfree);
+    // both strings are NUL-terminated and outlive the calls.
+    unsafe {
+        if regcomp(re.as_mut_ptr(), pattern.as_ptr(), REG_EXTENDED | REG_NOSUB) != 0 {
+            return None;
+        }
+        let found = regexec(re.as_ptr(), name.as_ptr(), 0, std::ptr::null_mut(), 0) == 0;
+        regfree(re.as_mut_ptr());
+        Some(found)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Topics<'a> {
     pub source: Option<&'a str>,
@@ -35,14 +75,38 @@ pub struct Topics<'a> {
 impl Topics<'_> {
     /// The first problem with these topics, as one line naming the flag.
     pub fn check(&self) -> Result<(), String> {
-        let named = [("--source-topic", self.source), ("--dest-topic", self.dest), ("--dlq-topic", self.dead_letter)];
-        for (flag, name) in named {
+        let sources = match self.source.map(SourceTopics::parse) {
+            Some(SourceTopics::Listed(names)) => names,
+            Some(SourceTopics::Pattern(pattern)) => {
+                for (flag, name) in [("--dest-topic", self.dest), ("--dlq-topic", self.dead_letter)] {
+                    match name.map(|n| (n, matches(pattern, n))) {
+                        Some((_, None)) => {
+                            return Err(format!("--source-topic {pattern:?} is not a regular expression"))
+                        }
+                        Some((n, Some(true))) => {
+                            return Err(format!(
+                                "{flag} {n:?} matches the source pattern {pattern:?}: every event written there would \
+                                 be read again, without end; choose another topic or pattern"
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let named = [("--dest-topic", self.dest), ("--dlq-topic", self.dead_letter)];
+        for (flag, name) in sources.iter().map(|s| ("--source-topic", Some(*s))).chain(named) {
             if let Some(why) = name.and_then(invalid) {
                 return Err(format!("{flag}: {why}"));
             }
         }
-        if let Some(source) = self.source {
-            for (flag, name) in &named[1..] {
+        if let Some(twice) = sources.iter().enumerate().find_map(|(i, s)| sources[..i].contains(s).then_some(s)) {
+            return Err(format!("--source-topic names {twice:?} twice"));
+        }
+        for source in sources {
+            for (flag, name) in &named {
                 if *name == Some(source) {
                     return Err(format!(
                         "{flag} {source:?} is the source topic: every event written there would be read again, \
@@ -93,6 +157,23 @@ mod tests {
         assert!(e.starts_with("--dlq-topic \"out\" is the destination topic"), "{e}");
         let e = kafka_to_kafka("in", "out", "").check().unwrap_err();
         assert_eq!(e, "--dlq-topic: is empty");
+    }
+
+    #[test]
+    fn several_source_topics_are_a_list_or_a_pattern() {
+        assert_eq!(SourceTopics::parse("a, b"), SourceTopics::Listed(vec!["a", "b"]));
+        assert!(!SourceTopics::parse("a").several() && SourceTopics::parse("^shop\\..*").several());
+        assert!(kafka_to_kafka("a,b", "out", "out.dlq").check().is_ok());
+        let e = kafka_to_kafka("a,out", "out", "out.dlq").check().unwrap_err();
+        assert!(e.starts_with("--dest-topic \"out\" is the source topic"), "{e}");
+        assert!(kafka_to_kafka("a,,b", "out", "x").check().unwrap_err().contains("empty"));
+        assert!(kafka_to_kafka("a,a", "out", "x").check().unwrap_err().contains("twice"));
+        assert!(kafka_to_kafka("^shop\\..*", "out", "out.dlq").check().is_ok());
+        let e = kafka_to_kafka("^shop.*", "shop_out", "x").check().unwrap_err();
+        assert!(e.starts_with("--dest-topic \"shop_out\" matches the source pattern"), "{e}");
+        assert!(kafka_to_kafka("^(", "out", "x").check().unwrap_err().contains("not a regular expression"));
+        assert_eq!(matches("^shop\\..*", "shop.eu"), Some(true));
+        assert_eq!(matches("^shop\\..*", "shopping"), Some(false));
     }
 
     #[test]

@@ -296,6 +296,7 @@ mod tests {
                 headers: vec![("trace", Some(Bytes::new(b"t1")))],
                 payload: p.map(Bytes::new),
                 dead_letter: None,
+                topic: None,
                 outputs: 1,
             };
             batch.push(&r).unwrap();

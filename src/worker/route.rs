@@ -89,6 +89,7 @@ mod tests {
             headers: vec![],
             payload: None,
             dead_letter: None,
+            topic: None,
             outputs: 1,
         }
     }

@@ -22,4 +22,5 @@ mod secured;
 mod service;
 mod tables;
 mod transforms;
+mod union;
 mod windows;

@@ -33,7 +33,7 @@ pub fn headers(headers: OwnedHeaders, source_topic: &str, why: &str, at: Positio
     headers
         .insert(Header { key: DLQ_ERROR, value: Some(why) })
         .insert(Header { key: DLQ_TOPIC, value: Some(source_topic) })
-        .insert(Header { key: DLQ_PARTITION, value: Some(&at.lane.to_string()) })
+        .insert(Header { key: DLQ_PARTITION, value: Some(&crate::position::partition_of(at.lane).to_string()) })
         .insert(Header { key: DLQ_OFFSET, value: Some(&at.seq.to_string()) })
 }
 

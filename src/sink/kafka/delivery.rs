@@ -21,6 +21,8 @@ pub struct Origin {
     /// When the input became several outputs: how many of them are not delivered yet, shared by all of them. The
     /// input's position is acknowledged when the last one is.
     pub undelivered: Option<Arc<AtomicU32>>,
+    /// The source topic, when the source reads several: a dead letter's headers name it.
+    pub topic: Option<Arc<str>>,
 }
 
 impl Origin {
@@ -131,11 +133,17 @@ mod tests {
     fn an_input_of_several_outputs_is_done_with_its_last() {
         let left = Arc::new(AtomicU32::new(3));
         let outputs: Vec<Origin> = (0..3)
-            .map(|_| Origin { at: Position::new(0, 7), to_dlq: false, cut: 0, undelivered: Some(left.clone()) })
+            .map(|_| Origin {
+                at: Position::new(0, 7),
+                to_dlq: false,
+                cut: 0,
+                undelivered: Some(left.clone()),
+                topic: None,
+            })
             .collect();
         let done: Vec<bool> = outputs.iter().map(Origin::input_done).collect();
         assert_eq!(done, [false, false, true]);
-        assert!(Origin { at: Position::new(0, 8), to_dlq: false, cut: 0, undelivered: None }.input_done());
+        assert!(Origin { at: Position::new(0, 8), to_dlq: false, cut: 0, undelivered: None, topic: None }.input_done());
     }
 
     #[test]

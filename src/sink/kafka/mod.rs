@@ -60,7 +60,7 @@ fn connect(cfg: &Config) -> Result<BaseProducer<Deliveries>> {
 
 /// The topic's partition count, `None` if the brokers do not know it.
 fn topic_partitions(producer: &BaseProducer<Deliveries>, cfg: &Config, topic: &str) -> Result<Option<i32>> {
-    let md = crate::kafka::metadata(producer.client(), cfg, topic, || producer.poll(Duration::ZERO))?;
+    let md = crate::kafka::metadata(producer.client(), cfg, Some(topic), || producer.poll(Duration::ZERO))?;
     Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| match t.error() {
         None if !t.partitions().is_empty() => i32::try_from(t.partitions().len()).ok(),
         _ => None,
@@ -158,13 +158,14 @@ impl Writer<'_> {
                     Some(left)
                 }
             };
-            let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some(), cut: 0, undelivered });
+            let topic = r.topic.map(Arc::from);
+            let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some(), cut: 0, undelivered, topic });
             let headers = match r.dead_letter {
                 // Both fates are judged as they are sent (a written one when it goes to the destination, below).
                 Some(why) => {
                     self.judge.dead_lettered(why, r.at);
                     self.too_many = self.judge.verdict();
-                    Some(self.dlq_headers(copy_headers(&r.headers), why, r.at))
+                    Some(self.dlq_headers(copy_headers(&r.headers), r.topic, why, r.at))
                 }
                 None => {
                     self.judge.written(1);
@@ -181,8 +182,15 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn dlq_headers(&self, headers: OwnedHeaders, why: &str, at: crate::position::Position) -> OwnedHeaders {
-        dead_letter::headers(headers, &self.cfg.source_topic, why, at)
+    /// The dead-letter headers for an event of `topic` (when the source reads several), else of the source topic.
+    fn dlq_headers(
+        &self,
+        headers: OwnedHeaders,
+        topic: Option<&str>,
+        why: &str,
+        at: crate::position::Position,
+    ) -> OwnedHeaders {
+        dead_letter::headers(headers, topic.unwrap_or(&self.cfg.source_topic), why, at)
     }
 
     /// Hands one message to librdkafka, waiting (and serving delivery reports) while its queue is full.
@@ -268,7 +276,8 @@ impl Writer<'_> {
                 .and_then(|h| h.value)
                 .map_or_else(|| error.to_string(), |v| String::from_utf8_lossy(v).into_owned());
             let own = headers.as_ref().map_or(0, |h| h.count().saturating_sub(dead_letter::ADDED_HEADERS));
-            let origin_of = (self.cfg.source_topic.as_str(), why.as_str(), origin.at);
+            let source = origin.topic.as_deref().unwrap_or(&self.cfg.source_topic);
+            let origin_of = (source, why.as_str(), origin.at);
             let (key, payload, headers) =
                 dead_letter::cut(key.as_deref(), payload.as_deref(), own, self.max_bytes, origin_of);
             emit(DeadLetterCut { at: origin.at, size: payload.map_or(0, <[u8]>::len), error: &error });
@@ -283,7 +292,8 @@ impl Writer<'_> {
             emit(DeadLetterRouted { at: origin.at, destination: &self.cfg.dest_topic, error: &error });
             self.judge.dead_lettered(&error.to_string(), origin.at);
             self.too_many = self.too_many.take().or_else(|| self.judge.verdict());
-            let headers = self.dlq_headers(headers.unwrap_or_default(), &error.to_string(), origin.at);
+            let headers =
+                self.dlq_headers(headers.unwrap_or_default(), origin.topic.as_deref(), &error.to_string(), origin.at);
             let origin = Box::new(Origin { to_dlq: true, ..*origin });
             let topic = self.cfg.dlq_topic.clone();
             return self.send(&topic, origin, key.as_deref(), payload.as_deref(), Some(headers), timestamp);

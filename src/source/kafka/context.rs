@@ -1,5 +1,6 @@
 //! What librdkafka calls back into, from inside `poll`: rebalances, commits, statistics and log lines.
 
+use super::lanes::TopicLanes;
 use super::{commit_sync, lanes_of, store};
 use crate::position::{Lane, Position};
 use crate::source::flow::Flow;
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 pub struct Context {
     flow: Mutex<Flow>,
     hooks: Hooks,
-    topic: String,
+    /// The lane of each topic's partitions.
+    lanes: TopicLanes,
     /// How long revoked partitions may take to settle their in-flight events.
     settle_timeout: Duration,
     /// Whether the workers are told the assignment (`Flow::announce`): only an aggregation reads it.
@@ -25,8 +27,18 @@ pub struct Context {
 }
 
 impl Context {
-    pub(super) fn new(flow: Flow, hooks: Hooks, topic: &str, settle_timeout: Duration, announce: bool) -> Context {
-        Context { flow: Mutex::new(flow), hooks, topic: topic.to_string(), settle_timeout, announce }
+    pub(super) fn new(
+        flow: Flow,
+        hooks: Hooks,
+        lanes: TopicLanes,
+        settle_timeout: Duration,
+        announce: bool,
+    ) -> Context {
+        Context { flow: Mutex::new(flow), hooks, lanes, settle_timeout, announce }
+    }
+
+    pub(super) fn lanes(&self) -> &TopicLanes {
+        &self.lanes
     }
 
     pub(super) fn flow(&self) -> MutexGuard<'_, Flow> {
@@ -46,20 +58,26 @@ impl Context {
     }
 
     fn assignment(&self, consumer: &BaseConsumer<Self>) -> Vec<Lane> {
-        consumer.assignment().map(|tpl| lanes_of(&tpl, &self.topic)).unwrap_or_default()
+        consumer.assignment().map(|tpl| lanes_of(&tpl, &self.lanes)).unwrap_or_default()
     }
 }
 
 impl ClientContext for Context {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
+        let owned = || {
+            statistics.topics.iter().flat_map(|(name, topic)| {
+                let lanes = &self.lanes;
+                topic
+                    .partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.desired)
+                    .filter_map(move |p| lanes.lane(name, p.partition).map(|lane| (lane, p)))
+            })
         };
-        let owned = || topic.partitions.values().filter(|p| p.partition >= 0 && p.desired);
-        let lag = owned().filter(|p| p.consumer_lag >= 0).map(|p| (p.partition, p.consumer_lag)).collect();
+        let lag = owned().filter(|(_, p)| p.consumer_lag >= 0).map(|(lane, p)| (lane, p.consumer_lag)).collect();
         let committed = owned()
-            .filter(|p| p.committed_offset >= 0)
-            .map(|p| Position { lane: p.partition, seq: p.committed_offset })
+            .filter(|(_, p)| p.committed_offset >= 0)
+            .map(|(lane, p)| Position { lane, seq: p.committed_offset })
             .collect();
         emit(ClientStats { lag, committed });
     }
@@ -77,7 +95,7 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                emit(LanesAssigned { added: &lanes_of(tpl, &self.topic) });
+                emit(LanesAssigned { added: &lanes_of(tpl, &self.lanes) });
                 self.assigned(consumer);
             }
             Rebalance::Revoke(_) => self.assigned(consumer),
@@ -91,18 +109,18 @@ impl ConsumerContext for Context {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
         };
-        let lanes = lanes_of(revoked, &self.topic);
+        let lanes = lanes_of(revoked, &self.lanes);
         if lanes.is_empty() {
             return;
         }
         let mut flow = self.flow();
         let unacked = flow.settle(&lanes, Instant::now() + self.settle_timeout);
         let lost = consumer.assignment_lost();
-        store(consumer, &self.topic, &mut flow);
+        store(consumer, &mut flow);
         let positions: Vec<Position> =
             lanes.iter().filter_map(|&lane| flow.marks().position(lane).map(|seq| Position { lane, seq })).collect();
-        let commit = (!positions.is_empty() && !lost)
-            .then(|| commit_sync(consumer, &self.topic, &positions).map(|()| positions.as_slice()));
+        let commit =
+            (!positions.is_empty() && !lost).then(|| commit_sync(consumer, &positions).map(|()| positions.as_slice()));
         for &lane in &lanes {
             flow.forget(lane);
         }
@@ -114,11 +132,11 @@ impl ConsumerContext for Context {
         match result {
             Ok(()) => {
                 let positions: Vec<Position> = offsets
-                    .elements_for_topic(&self.topic)
+                    .elements()
                     .iter()
                     .filter(|e| e.error().is_ok())
                     .filter_map(|e| match e.offset() {
-                        Offset::Offset(seq) => Some(Position { lane: e.partition(), seq }),
+                        Offset::Offset(seq) => Some(Position { lane: self.lanes.lane(e.topic(), e.partition())?, seq }),
                         _ => None,
                     })
                     .collect();

@@ -9,8 +9,10 @@
 //! lasts, it pauses its partitions so that it can keep calling poll (and stay in its group) without taking more.
 
 mod context;
+pub mod lanes;
 
 use crate::channel::batch::Record;
+use crate::config::topics::SourceTopics;
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::position::{Lane, Position};
@@ -23,6 +25,7 @@ use crate::telemetry::count;
 use crate::telemetry::counters::COUNTERS;
 use crate::telemetry::events::{emit, FinalCommit, Paused, Resumed, SourceError};
 pub use context::Context;
+use lanes::TopicLanes;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -46,28 +49,54 @@ impl Stage for KafkaSource {
     fn run(cfg: &Config, ends: SourceEnds, hooks: &Hooks) -> Result<Exit> {
         let drain = drain_flag(ends.control)?;
         let flow = Flow::new(cfg, ends.to_workers, ends.acks)?;
-        let context =
-            Context::new(flow, hooks.clone(), &cfg.source_topic, cfg.drain_timeout, cfg.aggregation.is_some());
+        let topics = match cfg.source_topics() {
+            SourceTopics::Listed(names) => TopicLanes::new(&names, false),
+            SourceTopics::Pattern(_) => TopicLanes::new(&[], true),
+        };
+        let context = Context::new(flow, hooks.clone(), topics, cfg.drain_timeout, cfg.aggregation.is_some());
         let consumer = connect(cfg, context)?;
         hooks.ready();
         run(cfg, consumer, &drain)
     }
 }
 
-/// Creates the client, checks the source topic and subscribes; the supervisor waits for this before it says ready.
+/// How often a pattern subscription looks for new topics that match, unless `-X topic.metadata.refresh.interval.ms`
+/// says otherwise (librdkafka's own default is five minutes).
+const PATTERN_REFRESH_MS: &str = "5000";
+
+/// Creates the client, checks the source topics and subscribes; the supervisor waits for this before it says ready.
 fn connect(cfg: &Config, context: Context) -> Result<BaseConsumer<Context>> {
-    let consumer: BaseConsumer<Context> =
-        cfg.consumer_config().create_with_context(context).map_err(Error::CreateClient)?;
-    // Not yet subscribed: a poll serves only callbacks, and returns no event.
-    let md = crate::kafka::metadata(consumer.client(), cfg, &cfg.source_topic, || {
-        let _ = consumer.poll(Duration::ZERO);
-    })?;
-    let exists =
-        md.topics().iter().any(|t| t.name() == cfg.source_topic && t.error().is_none() && !t.partitions().is_empty());
-    if !exists {
-        return Err(Error::MissingTopic { topic: cfg.source_topic.clone(), hint: "--source-topic" });
+    let topics = cfg.source_topics();
+    let mut config = cfg.consumer_config();
+    if matches!(topics, SourceTopics::Pattern(_)) && config.get("topic.metadata.refresh.interval.ms").is_none() {
+        config.set("topic.metadata.refresh.interval.ms", PATTERN_REFRESH_MS);
     }
-    let partitions = md.topics().iter().find(|t| t.name() == cfg.source_topic).map_or(0, |t| t.partitions().len());
+    let consumer: BaseConsumer<Context> = config.create_with_context(context).map_err(Error::CreateClient)?;
+    let names = match &topics {
+        SourceTopics::Listed(names) => names.clone(),
+        SourceTopics::Pattern(pattern) => {
+            // Topics that match may come later: the brokers are asked for their metadata only.
+            crate::kafka::metadata(consumer.client(), cfg, None, || {
+                let _ = consumer.poll(Duration::ZERO);
+            })?;
+            consumer.subscribe(&[pattern]).map_err(Error::Subscribe)?;
+            log::info!("reading every topic that matches {pattern}, as they come");
+            return Ok(consumer);
+        }
+    };
+    let mut partitions = 0;
+    for topic in &names {
+        // Not yet subscribed: a poll serves only callbacks, and returns no event.
+        let md = crate::kafka::metadata(consumer.client(), cfg, Some(topic), || {
+            let _ = consumer.poll(Duration::ZERO);
+        })?;
+        let found =
+            md.topics().iter().find(|t| t.name() == *topic && t.error().is_none() && !t.partitions().is_empty());
+        let Some(found) = found else {
+            return Err(Error::MissingTopic { topic: topic.to_string(), hint: "--source-topic" });
+        };
+        partitions += found.partitions().len();
+    }
     if cfg.hashers > partitions {
         // Partition p goes to hasher p mod N, to keep each partition's order: the rest have nothing to do.
         log::warn!(
@@ -78,7 +107,7 @@ fn connect(cfg: &Config, context: Context) -> Result<BaseConsumer<Context>> {
             cfg.hashers - partitions
         );
     }
-    consumer.subscribe(&[&cfg.source_topic]).map_err(Error::Subscribe)?;
+    consumer.subscribe(&names).map_err(Error::Subscribe)?;
     Ok(consumer)
 }
 
@@ -100,14 +129,13 @@ fn run(cfg: &Config, consumer: BaseConsumer<Context>, drain: &AtomicBool) -> Res
 }
 
 fn consume(cfg: &Config, consumer: &BaseConsumer<Context>, drain: &AtomicBool) -> Result<()> {
-    let topic = cfg.source_topic.as_str();
     let mut gate = Gate::new(cfg.queue_capacity, PAUSE_AFTER);
     let mut pace = cfg.max_rate.map(|rate| Pace::new(rate, Instant::now()));
     while !drain.load(Ordering::Relaxed) {
         let in_flight = {
             let mut flow = consumer.context().flow();
             flow.apply_acks(Duration::ZERO);
-            store(consumer, topic, &mut flow);
+            store(consumer, &mut flow);
             if flow.finished() {
                 return Err(Error::PeerGone { peer: Kind::Sink.label() });
             }
@@ -171,7 +199,15 @@ fn consume(cfg: &Config, consumer: &BaseConsumer<Context>, drain: &AtomicBool) -
 /// A message from poll: dispatched (true), or its error judged.
 fn handle(consumer: &BaseConsumer<Context>, r: Result<BorrowedMessage<'_>, KafkaError>) -> Result<bool> {
     match r {
-        Ok(m) => consumer.context().flow().dispatch(&record(&m)).map(|()| true),
+        Ok(m) => {
+            let lanes = consumer.context().lanes();
+            let Some(lane) = lanes.lane(m.topic(), m.partition()) else {
+                log::warn!("topic {} partition {} is past the lanes there are: skipped", m.topic(), m.partition());
+                return Ok(false);
+            };
+            let topic = lanes.several().then(|| m.topic());
+            consumer.context().flow().dispatch(&record(&m, lane, topic)).map(|()| true)
+        }
         Err(KafkaError::PartitionEOF(_)) => Ok(false),
         Err(e @ KafkaError::MessageConsumptionFatal(_)) => Err(Error::Consume(e)),
         Err(e) => {
@@ -181,10 +217,11 @@ fn handle(consumer: &BaseConsumer<Context>, r: Result<BorrowedMessage<'_>, Kafka
     }
 }
 
-/// A Kafka message as the pipeline carries it, borrowing its bytes.
-fn record<'a>(m: &'a BorrowedMessage<'_>) -> Record<'a> {
+/// A Kafka message as the pipeline carries it, borrowing its bytes, on its lane (and with its topic's name when the
+/// source reads several).
+fn record<'a>(m: &'a BorrowedMessage<'_>, lane: Lane, topic: Option<&'a str>) -> Record<'a> {
     Record {
-        at: Position { lane: m.partition(), seq: m.offset() },
+        at: Position { lane, seq: m.offset() },
         timestamp: m.timestamp().to_millis(),
         key: m.key().map(Bytes::new),
         headers: m
@@ -193,6 +230,7 @@ fn record<'a>(m: &'a BorrowedMessage<'_>) -> Record<'a> {
             .unwrap_or_default(),
         payload: m.payload().map(Bytes::new),
         dead_letter: None,
+        topic,
         outputs: 1,
     }
 }
@@ -215,33 +253,35 @@ fn set_paused(consumer: &BaseConsumer<Context>, pause: bool) -> bool {
     }
 }
 
-/// The partitions of `topic` in a librdkafka list.
-fn lanes_of(tpl: &TopicPartitionList, topic: &str) -> Vec<Lane> {
-    tpl.elements_for_topic(topic).iter().map(|e| e.partition()).collect()
+/// The lanes of the partitions in a librdkafka list.
+fn lanes_of(tpl: &TopicPartitionList, lanes: &TopicLanes) -> Vec<Lane> {
+    tpl.elements().iter().filter_map(|e| lanes.lane(e.topic(), e.partition())).collect()
 }
 
 /// Positions as librdkafka's list of the next offsets to read.
-fn commit_list(topic: &str, positions: &[Position]) -> Result<TopicPartitionList> {
+fn commit_list(lanes: &TopicLanes, positions: &[Position]) -> Result<TopicPartitionList> {
     let mut tpl = TopicPartitionList::new();
     for p in positions {
-        tpl.add_partition_offset(topic, p.lane, Offset::Offset(p.seq)).map_err(Error::PositionList)?;
+        let Some((topic, partition)) = lanes.topic_of(p.lane) else { continue };
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(p.seq)).map_err(Error::PositionList)?;
     }
     Ok(tpl)
 }
 
 /// Commits `positions` and waits for the broker's answer.
-fn commit_sync(consumer: &BaseConsumer<Context>, topic: &str, positions: &[Position]) -> Result<()> {
-    commit_list(topic, positions).and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync).map_err(Error::Commit))
+fn commit_sync(consumer: &BaseConsumer<Context>, positions: &[Position]) -> Result<()> {
+    commit_list(consumer.context().lanes(), positions)
+        .and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync).map_err(Error::Commit))
 }
 
 /// Hands the newly committable positions to librdkafka, which commits them in the background.
-fn store(consumer: &BaseConsumer<Context>, topic: &str, flow: &mut Flow) {
+fn store(consumer: &BaseConsumer<Context>, flow: &mut Flow) {
     let advanced = flow.marks_mut().take_advanced();
     if advanced.is_empty() {
         return;
     }
-    if let Err(e) =
-        commit_list(topic, &advanced).and_then(|tpl| consumer.store_offsets(&tpl).map_err(Error::StoreOffsets))
+    if let Err(e) = commit_list(consumer.context().lanes(), &advanced)
+        .and_then(|tpl| consumer.store_offsets(&tpl).map_err(Error::StoreOffsets))
     {
         log::debug!("cannot store offsets {advanced:?}: {e}");
     }
@@ -254,11 +294,11 @@ fn drain_and_commit(cfg: &Config, consumer: &BaseConsumer<Context>) -> Exit {
     let mut flow = consumer.context().flow();
     let drained = flow.drain(Instant::now() + budget, false);
     // Stored offsets are what librdkafka's auto-commit writes on close: they must not lag the final commit.
-    store(consumer, &cfg.source_topic, &mut flow);
+    store(consumer, &mut flow);
     let positions = flow.marks().positions();
     drop(flow);
     if !positions.is_empty() {
-        match commit_sync(consumer, &cfg.source_topic, &positions) {
+        match commit_sync(consumer, &positions) {
             Ok(()) => emit(FinalCommit { positions: &positions }),
             Err(e) => {
                 log::error!("the final commit failed ({e}); the uncommitted events are re-read on the next start");

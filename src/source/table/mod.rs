@@ -416,6 +416,7 @@ impl Scan {
                             headers: Vec::new(),
                             payload: Some(Bytes::new(&json)),
                             dead_letter: None,
+                            topic: None,
                             outputs: 1,
                         })?;
                     }

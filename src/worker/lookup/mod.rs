@@ -312,6 +312,7 @@ mod tests {
                 headers: vec![],
                 payload: Some(serde_bytes::Bytes::new(p.as_bytes())),
                 dead_letter: None,
+                topic: None,
                 outputs: 1,
             })
             .collect();

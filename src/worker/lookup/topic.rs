@@ -47,7 +47,7 @@ pub fn follow(cfg: &Config, name: &str, topic: &str) -> Result<Arc<Followed>> {
     config.set("enable.auto.commit", "false");
     config.set("enable.auto.offset.store", "false");
     let consumer: BaseConsumer = config.create().map_err(Error::CreateClient)?;
-    let md = crate::kafka::metadata(consumer.client(), cfg, topic, || {
+    let md = crate::kafka::metadata(consumer.client(), cfg, Some(topic), || {
         let _ = consumer.poll(Duration::ZERO);
     })?;
     let partitions: Vec<i32> = md

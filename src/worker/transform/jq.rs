@@ -86,8 +86,8 @@ pub fn meta(source: &MetaSource, record: &Record<'_>) -> Val {
     Val::from(match source {
         MetaSource::Topic(topic) => serde_json::json!({
             "key": key,
-            "topic": topic,
-            "partition": record.at.lane,
+            "topic": record.topic.unwrap_or(topic),
+            "partition": crate::position::partition_of(record.at.lane),
             "offset": record.at.seq,
             "timestamp": record.timestamp,
             "headers": meta_headers(&record.headers),
@@ -292,6 +292,7 @@ mod tests {
             headers: vec![("trace", Some(Bytes::new(b"t1"))), ("none", None)],
             payload: Some(Bytes::new(payload)),
             dead_letter: None,
+            topic: None,
             outputs: 1,
         };
         let mut out = Outputs::default();
@@ -351,6 +352,7 @@ mod tests {
             headers: Vec::new(),
             payload: Some(Bytes::new(br#"{"a":"what do ya want for nothing?"}"#)),
             dead_letter: None,
+            topic: None,
             outputs: 1,
         };
         let mut out = Outputs::default();
@@ -379,6 +381,7 @@ mod tests {
             headers: Vec::new(),
             payload: Some(Bytes::new(b"{}")),
             dead_letter: None,
+            topic: None,
             outputs: 1,
         };
         let mut out = Outputs::default();

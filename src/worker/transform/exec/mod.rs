@@ -415,6 +415,7 @@ mod tests {
                 headers: Vec::new(),
                 payload: Some(Bytes::new(p)),
                 dead_letter: None,
+                topic: None,
                 outputs: 1,
             })
             .collect()
