@@ -36,6 +36,9 @@ fn main() {
         Some(Command::Demo(DemoArgs { what: Some(DemoCommand::Window(args)), .. })) => {
             supervisor::tools::demo_window::run(&cli, args, signals)
         }
+        Some(Command::Demo(DemoArgs { what: Some(DemoCommand::Branch(args)), .. })) => {
+            supervisor::tools::demo_branch::run(&cli, args, signals)
+        }
         Some(Command::Demo(args)) => supervisor::tools::demo::run(&cli, args, signals),
     };
     std::process::exit(exit.code());

@@ -329,6 +329,21 @@ pub enum DemoCommand {
     /// order and some late, into a SQLite table; then every window is checked against a batch computation. Ctrl-C
     /// stops it; running it again goes on where it stopped.
     Window(WindowDemoArgs),
+    /// Orders on an embedded Kafka enriched from a SQLite customers table (--lookup), every order into a SQLite table
+    /// and the large ones also into an alerts topic (two --sink, --route); then both outputs are checked.
+    Branch(BranchDemoArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BranchDemoArgs {
+    /// Orders to generate.
+    #[arg(long, default_value_t = 100_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub orders: u64,
+
+    /// Where the demo's database lives [default: <state-dir>/demo-branch].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -682,8 +682,12 @@ impl Supervisor {
                 log::info!("route: {} dropped (sent to no sink)", totals.dropped);
             }
         }
+        let workers = self.counts.of(Kind::Worker);
         if self.cfg.transform.label() != "md5" {
-            log::info!("transform {}", status::transform(self.cfg.transform.label(), &self.counts.of(Kind::Worker)));
+            log::info!("transform {}", status::transform(self.cfg.transform.label(), &workers));
+        }
+        if let Some(lookups) = status::lookups(&workers) {
+            log::info!("{lookups}");
         }
     }
 

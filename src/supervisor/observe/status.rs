@@ -37,10 +37,8 @@ impl StatusLine {
         if let Some(name) = self.transform {
             line.push_str(&format!("; {}", transform(name, workers)));
         }
-        let looked_up = workers.lookup_hits + workers.lookup_misses;
-        if looked_up > 0 {
-            let hit = workers.lookup_hits as f64 * 100.0 / looked_up as f64;
-            line.push_str(&format!("; lookups {looked_up}, {hit:.1}% at hand"));
+        if let Some(lookups) = lookups(workers) {
+            line.push_str(&format!("; {lookups}"));
         }
         if self.aggregating {
             line.push_str(&format!("; {}", aggregation(&totals, wall_millis())));
@@ -140,6 +138,12 @@ pub fn transform(name: &str, t: &StageStats) -> String {
          µs per event",
         t.outputs, t.filtered, t.fanned_out, t.rejected
     )
+}
+
+/// The workers' lookups, when there were any: `lookups 120000, 99.2% at hand` (the cache's hit rate).
+pub fn lookups(workers: &StageStats) -> Option<String> {
+    let calls = workers.lookup_hits + workers.lookup_misses;
+    (calls > 0).then(|| format!("lookups {calls}, {:.1}% at hand", workers.lookup_hits as f64 * 100.0 / calls as f64))
 }
 
 /// One sink's part of the status line and of the summary, when there are several: `sink alerts: 120 written, 2
