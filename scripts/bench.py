@@ -7,6 +7,11 @@ tansu broker started here on a loopback port. Not a test: it times things and pr
   aggregate   N orders of 10k customers over 100 s of event time, already in the source; the md5 pipeline against
               --aggregate (tumbling=10s; count, sum, max) and, with --kinds quix, Quix Streams 3 doing the same;
               events/s and CPU per event until the group's commits reach the end
+  tee         N events already in the source; md5 into one topic, against md5 into two (--sink a=kafka:dst --sink
+              b=kafka:dst2); events/s and CPU per event until the group's commits reach the end
+  lookup      N orders naming customers uniformly at random from a 100k-row PostgreSQL table (a throwaway server
+              started here); the md5 pipeline, against --jq joining each order with lookup("customers"; .customer),
+              and against a Python consumer running one SELECT per event (scripts/bench_lookup_py.py)
 
 Run it through scripts/bench, which builds the binaries and a Python environment first.
 """
@@ -136,6 +141,7 @@ class Counter(threading.Thread):
 
 
 EXTRA = []
+FLAGS = []
 
 
 def command(kind, brokers, hashers):
@@ -147,6 +153,8 @@ def command(kind, brokers, hashers):
         cmd += ["-X", f"{k}={v}"]
     for x in EXTRA:
         cmd += ["-X", x]
+    if kind == "supervisor":
+        cmd += FLAGS
     return cmd
 
 
@@ -263,34 +271,98 @@ def aggregate(kind, n, hashers, state):
             cmd[cmd.index("--group-id") + 1] = group
             if kind == "aggregate":
                 cmd += AGGREGATE + ["--state-dir", state]
-        watch = Consumer({"bootstrap.servers": brokers, "group.id": group, "log_level": 0})
-        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        mem = Memory(proc.pid); mem.start()
-        t0, t5, done = time.time(), None, 0
-        while done < n and time.time() - t0 < 900 and proc.poll() is None:
-            time.sleep(0.2)
-            done = committed(watch, group)
-            if t5 is None and done >= n * 0.05:
-                t5, n5 = time.time(), done
-        t_n = time.time()
-        mem.stop = True; mem.join()
-        shutdown, rc = stop(proc)
-        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime
-        watch.close()
-        return {"mode": "aggregate", "kind": kind, "hashers": hashers, "n": n, "keys": KEYS[0], "committed": done,
-                "rate_eps": round((done - n5) / (t_n - t5)) if t5 and t_n > t5 else None,
-                "cpu_us_per_event": round(cpu * 1e6 / max(done, 1), 2),
-                "largest_mib": round(max(mem.peak.values(), default=0) / 1024, 1),
-                "tree_mib": round(mem.tree_peak / 1024, 1), "shutdown_s": shutdown, "exit": rc}
+        return until_committed("aggregate", kind, cmd, brokers, group, n, hashers)
+    finally:
+        os.killpg(broker.pid, signal.SIGTERM); broker.wait()
+
+
+def until_committed(mode, kind, cmd, brokers, group, n, hashers):
+    """Runs cmd until its group committed n events; its rate (from 5% on), CPU per event and memory."""
+    watch = Consumer({"bootstrap.servers": brokers, "group.id": group, "log_level": 0})
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log = open(os.environ["BENCH_LOG"], "w") if os.environ.get("BENCH_LOG") else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
+    mem = Memory(proc.pid); mem.start()
+    t0, t5, done = time.time(), None, 0
+    while done < n and time.time() - t0 < 900 and proc.poll() is None:
+        time.sleep(0.2)
+        done = committed(watch, group)
+        if t5 is None and done >= n * 0.05:
+            t5, n5 = time.time(), done
+    t_n = time.time()
+    mem.stop = True; mem.join()
+    shutdown, rc = stop(proc)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime
+    watch.close()
+    return {"mode": mode, "kind": kind, "hashers": hashers, "n": n, "keys": KEYS[0], "committed": done,
+            "rate_eps": round((done - n5) / (t_n - t5)) if t5 and t_n > t5 else None,
+            "cpu_us_per_event": round(cpu * 1e6 / max(done, 1), 2),
+            "largest_mib": round(max(mem.peak.values(), default=0) / 1024, 1),
+            "tree_mib": round(mem.tree_peak / 1024, 1), "shutdown_s": shutdown, "exit": rc}
+
+
+def tee(kind, n, hashers):
+    """md5 into one topic ("one") or the same into two topics ("tee"), until the group committed every event."""
+    broker, brokers = start_broker()
+    try:
+        admin = AdminClient({"bootstrap.servers": brokers})
+        admin.create_topics([NewTopic("dst2", num_partitions=4, replication_factor=1)])["dst2"].result()
+        load(brokers, n, 0)
+        group = f"bench-{kind}"
+        cmd = command("supervisor", brokers, hashers)
+        cmd[cmd.index("--group-id") + 1] = group
+        if kind == "tee":
+            i = cmd.index("--dest-topic"); del cmd[i:i + 2]
+            cmd += ["--sink", "a=kafka:dst", "--sink", "b=kafka:dst2"]
+        return until_committed("tee", kind, cmd, brokers, group, n, hashers)
+    finally:
+        os.killpg(broker.pid, signal.SIGTERM); broker.wait()
+
+
+JOIN = '.c = lookup("customers"; .customer)'
+CUSTOMERS = 100_000
+
+
+def load_customer_orders(brokers, n):
+    p = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 1000000})
+    rnd = random.Random(2)
+    for i in range(n):
+        c = rnd.randrange(1, CUSTOMERS + 1)
+        v = json.dumps({"id": i, "customer": c, "amount": rnd.randrange(100000) / 100})
+        while True:
+            try:
+                p.produce("src", key=str(c).encode(), value=v.encode()); break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    assert p.flush(120) == 0
+
+
+def lookup(kind, n, hashers, pg):
+    """md5 ("md5"), the lookup join ("lookup") or Python's SELECT per event ("python"), until all is committed."""
+    broker, brokers = start_broker()
+    try:
+        load_customer_orders(brokers, n)
+        group = f"bench-{kind}"
+        if kind == "python":
+            cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_lookup_py.py"), brokers, group, pg.dsn()]
+        else:
+            cmd = command("supervisor", brokers, hashers)
+            cmd[cmd.index("--group-id") + 1] = group
+            if kind == "lookup":
+                cmd += ["--jq", JOIN, "--lookup", "customers=" + pg.url("customers")]
+            if kind == "jq":  # the same output without the lookup: what the jq filter alone costs
+                cmd += ["--jq", '.c = {id: .customer, name: "customer-\\(.customer)", tier: "std"}']
+        return until_committed("lookup", kind, cmd, brokers, group, n, hashers)
     finally:
         os.killpg(broker.pid, signal.SIGTERM); broker.wait()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["throughput", "latency", "all", "aggregate"])
+    ap.add_argument("mode", choices=["throughput", "latency", "all", "aggregate", "tee", "lookup"])
     ap.add_argument("--n", type=int, default=1_000_000, help="events for throughput runs")
     ap.add_argument("--rate", type=int, default=5000, help="events/s for latency runs")
     ap.add_argument("--seconds", type=float, default=20, help="length of latency runs")
@@ -302,10 +374,42 @@ def main():
     ap.add_argument("--kinds", default="supervisor,single")
     ap.add_argument("--keys", type=int, default=10_000, help="customers (group keys) in aggregate runs")
     ap.add_argument("-X", action="append", default=[], help="librdkafka property for both commands")
+    ap.add_argument("--flags", default="", help="more flags for supervisor, as one string (split on spaces)")
     a = ap.parse_args()
     EXTRA.extend(a.X)
+    FLAGS.extend(a.flags.split())
     KEYS[0] = a.keys
     rows = []
+    if a.mode in ("tee", "lookup"):
+        base, other = ("one", "tee") if a.mode == "tee" else ("md5", "lookup")
+        kinds = a.kinds if a.kinds != "supervisor,single" else f"{base},{other}"
+        pg = None
+        if a.mode == "lookup":
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from bench_sql import Postgres
+            work = tempfile.mkdtemp(prefix="bench-lookup-")
+            os.chmod(work, 0o755)  # the server runs as postgres when this runs as root
+            pg = Postgres(work)
+            pg.psql("CREATE TABLE customers (id BIGINT PRIMARY KEY, name TEXT NOT NULL, tier TEXT NOT NULL)")
+            pg.psql(f"INSERT INTO customers SELECT v, 'customer-' || v, CASE WHEN v % 4 = 0 THEN 'gold' ELSE 'std' END "
+                    f"FROM generate_series(1, {CUSTOMERS}) v")
+            pg.psql("VACUUM ANALYZE customers")
+        try:
+            for _ in range(a.runs):
+                for kind in kinds.split(","):
+                    row = tee(kind, a.n, a.hashers) if a.mode == "tee" else lookup(kind, a.n, a.hashers, pg)
+                    rows.append(row); print(json.dumps(row), flush=True)
+        finally:
+            if pg:
+                pg.stop()
+        by = {r["kind"]: r for r in rows}
+        for k in by:
+            if k != base and base in by:
+                print(json.dumps({f"{k}_vs_{base}_rate": round(by[k]["rate_eps"] / by[base]["rate_eps"], 2),
+                                  f"{k}_vs_{base}_cpu": round(by[k]["cpu_us_per_event"] / by[base]["cpu_us_per_event"], 2)}))
+        if "lookup" in by and "python" in by:
+            print(json.dumps({"lookup_vs_python_rate": round(by["lookup"]["rate_eps"] / by["python"]["rate_eps"], 1)}))
+        return
     if a.mode == "aggregate":
         kinds = a.kinds if a.kinds != "supervisor,single" else "md5,aggregate"
         for _ in range(a.runs):

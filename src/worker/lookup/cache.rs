@@ -3,29 +3,30 @@
 //! found is cached too, as `None`, so a missing row costs one query per TTL, not one per event.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-pub struct Cache<V> {
-    entries: HashMap<String, (Option<V>, Instant, u64)>,
+pub struct Cache<K, V> {
+    entries: HashMap<K, (Option<V>, Instant, u64)>,
     /// Keys in the order they were put, with the put's number: a key put again leaves its older turn stale.
-    order: VecDeque<(String, u64)>,
+    order: VecDeque<(K, u64)>,
     capacity: usize,
     ttl: Duration,
     puts: u64,
 }
 
-impl<V: Clone> Cache<V> {
-    pub fn new(capacity: usize, ttl: Duration) -> Cache<V> {
+impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
+    pub fn new(capacity: usize, ttl: Duration) -> Cache<K, V> {
         Cache { entries: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), ttl, puts: 0 }
     }
 
     /// `Some(row or None)` when `key` was fetched less than the TTL ago; `None` when it must be fetched.
-    pub fn get(&self, key: &str, now: Instant) -> Option<Option<V>> {
+    pub fn get(&self, key: &K, now: Instant) -> Option<Option<V>> {
         let (value, at, _) = self.entries.get(key)?;
         (now.duration_since(*at) < self.ttl).then(|| value.clone())
     }
 
-    pub fn put(&mut self, key: String, value: Option<V>, now: Instant) {
+    pub fn put(&mut self, key: K, value: Option<V>, now: Instant) {
         self.puts += 1;
         while self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             let Some((oldest, n)) = self.order.pop_front() else { break };
@@ -55,30 +56,30 @@ mod tests {
     #[test]
     fn a_row_is_good_for_the_ttl_and_a_missing_one_is_remembered_as_missing() {
         let t0 = Instant::now();
-        let mut c = Cache::new(10, Duration::from_secs(5));
+        let mut c: Cache<String, &str> = Cache::new(10, Duration::from_secs(5));
         c.put("1".into(), Some("alice"), t0);
         c.put("2".into(), None, t0);
-        assert_eq!(c.get("1", t0 + Duration::from_secs(4)), Some(Some("alice")));
-        assert_eq!(c.get("2", t0), Some(None), "known to be missing");
-        assert_eq!(c.get("1", t0 + Duration::from_secs(5)), None, "expired: fetch again");
-        assert_eq!(c.get("3", t0), None);
+        assert_eq!(c.get(&"1".to_string(), t0 + Duration::from_secs(4)), Some(Some("alice")));
+        assert_eq!(c.get(&"2".to_string(), t0), Some(None), "known to be missing");
+        assert_eq!(c.get(&"1".to_string(), t0 + Duration::from_secs(5)), None, "expired: fetch again");
+        assert_eq!(c.get(&"3".to_string(), t0), None);
     }
 
     #[test]
     fn the_oldest_keys_leave_when_it_is_full() {
         let t0 = Instant::now();
-        let mut c = Cache::new(3, Duration::from_secs(60));
+        let mut c: Cache<String, &str> = Cache::new(3, Duration::from_secs(60));
         for k in ["a", "b", "c"] {
             c.put(k.into(), Some(k), t0);
         }
         c.put("a".into(), Some("A"), t0);
         c.put("d".into(), Some("d"), t0);
         assert_eq!(c.len(), 3);
-        assert_eq!(c.get("b", t0), None, "b was the oldest");
-        assert_eq!(c.get("a", t0), Some(Some("A")), "a was put again, so it is newer than c");
+        assert_eq!(c.get(&"b".to_string(), t0), None, "b was the oldest");
+        assert_eq!(c.get(&"a".to_string(), t0), Some(Some("A")), "a was put again, so it is newer than c");
         c.put("e".into(), Some("e"), t0);
-        assert_eq!(c.get("c", t0), None);
-        assert_eq!((c.get("d", t0), c.get("e", t0)), (Some(Some("d")), Some(Some("e"))));
+        assert_eq!(c.get(&"c".to_string(), t0), None);
+        assert_eq!((c.get(&"d".to_string(), t0), c.get(&"e".to_string(), t0)), (Some(Some("d")), Some(Some("e"))));
         for i in 0..100 {
             c.put("a".into(), Some("A"), t0 + Duration::from_millis(i));
         }

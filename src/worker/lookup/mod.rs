@@ -57,9 +57,9 @@ enum Source {
 struct TableLookup {
     conn: Resilient,
     schema: Schema,
-    cache: Cache<Val>,
+    cache: Cache<Key, Val>,
     /// What this slice fetched: kept until the slice is done whatever the cache lets go.
-    fetched: HashMap<String, Option<Val>>,
+    fetched: HashMap<Key, Option<Val>>,
 }
 
 /// Connects to every `--lookup` (a table's schema checked, a topic read to its end) and makes them what `lookup()`
@@ -120,11 +120,10 @@ pub fn lookup(name: &Val, key: &Val) -> std::result::Result<Val, String> {
                     l.hits += 1;
                     return Ok(Val::Null);
                 };
-                let text = k.to_string();
-                if let Some(row) = t.fetched.get(&text) {
+                if let Some(row) = t.fetched.get(&k) {
                     return Ok(row.clone().unwrap_or(Val::Null));
                 }
-                if let Some(row) = t.cache.get(&text, Instant::now()) {
+                if let Some(row) = t.cache.get(&k, Instant::now()) {
                     l.hits += 1;
                     return Ok(row.unwrap_or(Val::Null));
                 }
@@ -193,18 +192,17 @@ fn fetch_missed() -> Result<bool> {
                 })?
                 .map_err(|source| Error::DbQuery { doing: doing(), source })?;
                 let now = Instant::now();
-                let mut found: HashMap<String, Val> = HashMap::with_capacity(rows.len());
+                let mut found: HashMap<Key, Val> = HashMap::with_capacity(rows.len());
                 for row in rows.drain(..) {
                     let value = crate::worker::transform::jq::parse(&row.json).map_err(|e| Error::DbSchema {
                         message: format!("--lookup {}: a row is not JSON: {e}", lookup.name),
                     })?;
-                    found.entry(row.key.to_string()).or_insert(value);
+                    found.entry(row.key).or_insert(value);
                 }
                 for k in keys {
-                    let text = k.to_string();
-                    let row = found.get(&text).cloned();
-                    t.cache.put(text.clone(), row.clone(), now);
-                    t.fetched.insert(text, row);
+                    let row = found.get(k).cloned();
+                    t.cache.put(k.clone(), row.clone(), now);
+                    t.fetched.insert(k.clone(), row);
                 }
             }
             missed.clear();
@@ -232,7 +230,13 @@ pub fn installed() -> bool {
     LOOKUPS.with(|l| l.borrow().is_some())
 }
 
-/// The transform with its lookups fetched a batch at a time: runs the slice, fetches what it missed, runs it again.
+/// Keys noted for fetching so far on this thread: an event that adds to it missed a row.
+fn missed_so_far() -> usize {
+    LOOKUPS.with(|l| l.borrow().as_ref().map_or(0, |l| l.missed.iter().map(Vec::len).sum()))
+}
+
+/// The transform with its lookups fetched a batch at a time: runs the slice event by event with the rows at hand,
+/// fetches every row the events missed, and runs again only the events that missed one, keeping the others' outputs.
 pub struct Fetching<T: ?Sized>(pub Box<T>);
 
 /// Rounds of fetching per slice before the rows still missing are taken as missing: a lookup of a lookup of ... ends.
@@ -240,23 +244,52 @@ const ROUNDS: usize = 8;
 
 impl<T: Transform + ?Sized> Transform for Fetching<T> {
     fn run(&mut self, batch: &[Record<'_>], out: &mut Outputs) -> Result<()> {
-        let ran = (|| {
-            for _ in 0..ROUNDS {
-                out.clear();
-                self.0.run(batch, out)?;
-                if !fetch_missed()? {
-                    return Ok(());
-                }
-            }
-            out.clear();
-            self.0.run(batch, out)
-        })();
+        let ran = self.run_fetching(batch, out);
         slice_done();
         ran
     }
 
     fn finish(&mut self) {
         self.0.finish();
+    }
+}
+
+impl<T: Transform + ?Sized> Fetching<T> {
+    fn run_fetching(&mut self, batch: &[Record<'_>], out: &mut Outputs) -> Result<()> {
+        let mut again: Vec<usize> = Vec::new();
+        for (i, record) in batch.iter().enumerate() {
+            let before = missed_so_far();
+            self.0.run(std::slice::from_ref(record), out)?;
+            if missed_so_far() > before {
+                again.push(i);
+            }
+        }
+        let mut round = 0;
+        while !again.is_empty() && fetch_missed()? {
+            round += 1;
+            // The events that missed a row run again, now with it; every other event's outputs are kept as they are.
+            let mut fresh = Outputs::default();
+            let mut next = Vec::new();
+            let mut redo = again.iter().peekable();
+            for (i, (record, verdict)) in batch.iter().zip(out.verdicts()).enumerate() {
+                if redo.next_if(|&&r| r == i).is_none() {
+                    fresh.copy(out, verdict);
+                    continue;
+                }
+                let before = missed_so_far();
+                self.0.run(std::slice::from_ref(record), &mut fresh)?;
+                if missed_so_far() > before {
+                    next.push(i);
+                }
+            }
+            *out = fresh;
+            again = if round < ROUNDS { next } else { Vec::new() };
+            if round == ROUNDS {
+                // What is still missing is taken as missing: drop the keys noted.
+                LOOKUPS.with(|l| l.borrow_mut().as_mut().map(|l| l.missed.iter_mut().for_each(Vec::clear)));
+            }
+        }
+        Ok(())
     }
 }
 

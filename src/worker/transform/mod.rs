@@ -154,6 +154,19 @@ impl Outputs {
         self.verdicts.push(Verdict::Rejected(why));
     }
 
+    /// One more input, become what `verdict` (one of `from`'s) says: its outputs copied from `from`, or its rejection.
+    pub fn copy(&mut self, from: &Outputs, verdict: &Verdict) {
+        match verdict {
+            Verdict::Outputs(range) => {
+                for i in range.clone() {
+                    self.push(from.output(i));
+                }
+                self.done();
+            }
+            Verdict::Rejected(why) => self.reject(why.clone()),
+        }
+    }
+
     /// What became of each input so far, in order.
     pub fn verdicts(&self) -> &[Verdict] {
         &self.verdicts
