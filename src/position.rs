@@ -18,6 +18,14 @@ pub type Seq = i64;
 /// above them (`source::kafka::lanes`); the one topic of a plain source is number 0, so its lanes are its partitions.
 pub const PARTITION_BITS: u32 = 16;
 
+/// The worker of `workers` that lane `lane` goes through, always the same one so that the lane's order survives: the
+/// lane modulo the workers for a plain topic or a table, and for several topics the topic's number spread into it (a
+/// partition of each topic on one worker would leave the others idle).
+pub fn worker_of(lane: Lane, workers: usize) -> usize {
+    let spread = i64::from(lane >> PARTITION_BITS) * 31 + i64::from(partition_of(lane));
+    spread.rem_euclid(workers.max(1) as i64) as usize
+}
+
 /// The partition a Kafka source's lane stands for.
 pub fn partition_of(lane: Lane) -> i32 {
     lane & ((1 << PARTITION_BITS) - 1)
@@ -94,6 +102,9 @@ mod tests {
         assert_eq!(ps[1].to_string(), "1:25195");
         assert_eq!(Place { at: ps[0], table: false }.to_string(), "partition 0 offset 24805");
         assert_eq!(Place { at: ps[0], table: true }.to_string(), "chunk 0 row 24805");
+        assert_eq!((0..8).map(|l| worker_of(l, 4)).collect::<Vec<_>>(), [0, 1, 2, 3, 0, 1, 2, 3], "lane mod N");
+        let firsts: Vec<usize> = (0..4).map(|topic| worker_of(topic << PARTITION_BITS, 4)).collect();
+        assert_eq!(firsts, [0, 3, 2, 1], "the topics' first partitions on different workers");
         let second_topic = Place { at: Position::new(65_539, 7), table: false };
         assert_eq!(second_topic.to_string(), "topic #1 partition 3 offset 7");
     }

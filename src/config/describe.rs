@@ -123,9 +123,12 @@ impl Config {
                 let each: Vec<String> = self
                     .sinks()
                     .iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        let at = self.for_sink(i).sink().name();
+                    .map(|s| {
+                        // As --sink takes it back: kafka:TOPIC, or the URL with its password masked.
+                        let at = match &s.target {
+                            super::sinks::SinkTarget::Topic { topic, .. } => format!("kafka:{topic}"),
+                            super::sinks::SinkTarget::Table(url) => url.to_string(),
+                        };
                         quoted(&s.name.as_ref().map_or(at.clone(), |n| format!("{n}={at}")))
                     })
                     .collect();

@@ -137,23 +137,18 @@ impl Cli {
                     .into(),
             ));
         }
-        let dead_letter = cli.dead_letter_topic();
         let reading = cli.tables.source.is_none().then_some(cli.source_topic.as_str());
         for def in &cli.tables.sinks {
             match &def.target {
                 SinkTarget::Topic { topic, dead_letters } => {
                     let named = !cli.sink.is_empty();
-                    topics::Topics {
-                        source: reading,
-                        dest: Some(topic.as_str()),
-                        dead_letter: Some(if named { dead_letters.as_str() } else { dead_letter.as_str() }),
-                    }
-                    .check()
-                    .map_err(|e| match named {
-                        true => format!("--sink {}: {e}", def.label()),
-                        false => e,
-                    })
-                    .map_err(Invalid::Setting)?;
+                    topics::Topics { source: reading, dest: Some(topic.as_str()), dead_letter: Some(dead_letters) }
+                        .check()
+                        .map_err(|e| match named {
+                            true => format!("--sink {}: {e}", def.label()),
+                            false => e,
+                        })
+                        .map_err(Invalid::Setting)?;
                 }
                 SinkTarget::Table(sink) => {
                     if let Some(source) = &cli.tables.source {
@@ -285,7 +280,8 @@ fn refuse_unused(args: &[OsString], cli: &Cli, keys: &[(String, String)]) -> Res
             return Err(format!("{flag} does not apply: {why}; leave it out"));
         }
     }
-    let all_tables = tables.sinks.iter().all(|s| matches!(s.target, SinkTarget::Table(_)));
+    let all_tables = tables.sinks.iter().all(|s| matches!(s.target, SinkTarget::Table(_)))
+        && !cli.lookups.iter().any(|l| matches!(l.target, super::lookups::LookupTarget::Topic(_)));
     if let (Some(_), true, Some(flag)) = (&tables.source, all_tables, given("brokers")) {
         return Err(format!("{flag} does not apply: --source and --sink are all tables; leave it out"));
     }

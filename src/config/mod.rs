@@ -221,7 +221,9 @@ impl Config {
 
     /// Whether any stage talks to Kafka.
     pub fn uses_kafka(&self) -> bool {
-        !self.source().is_table() || self.sinks().iter().any(|s| matches!(s.target, sinks::SinkTarget::Topic { .. }))
+        !self.source().is_table()
+            || self.sinks().iter().any(|s| matches!(s.target, sinks::SinkTarget::Topic { .. }))
+            || self.lookups.iter().any(|l| matches!(l.target, lookups::LookupTarget::Topic(_)))
     }
 
     /// How the clients authenticate, for the log: the security protocol, and the SASL mechanism if any.

@@ -43,6 +43,8 @@ pub enum Input {
 /// those of what it emitted ([`OPERATOR_LANE`]).
 pub struct Acks {
     to_source: AckSender,
+    /// Several sinks: a bare position (an input routed elsewhere) is, for `--max-dead-letters`, as good as written.
+    routed: bool,
     operator: Option<Tee>,
 }
 
@@ -70,6 +72,13 @@ impl Acks {
         self.operator.is_some()
     }
 
+    /// Whether an input that reaches this sink with no output counts as written for `--max-dead-letters`: an
+    /// aggregation's input (in its state), or one the route sent to other sinks. Judged on this sink's outputs alone,
+    /// a sink that gets few of them would stop the run over a handful of dead letters.
+    pub fn bare_counts(&self) -> bool {
+        self.aggregating() || self.routed
+    }
+
     /// Waits for the operator to save its last state, once the writer has flushed: before `Done`, so that a run
     /// that says it is done has its state on disk.
     pub fn finish(&mut self) -> Result<()> {
@@ -87,7 +96,7 @@ pub fn feed(cfg: &Config, ends: SinkEnds) -> Result<(Receiver<Input>, Acks)> {
     let workers = ends.inputs.len();
     let from_workers = read_workers(ends.inputs)?;
     if cfg.aggregation.is_none() {
-        return Ok((from_workers, Acks { to_source: ends.acks, operator: None }));
+        return Ok((from_workers, Acks { to_source: ends.acks, routed: cfg.sinks().len() > 1, operator: None }));
     }
     let (to_sink, inputs) = bounded(workers * 2);
     let (tee, acked) = unbounded();
@@ -111,7 +120,7 @@ pub fn feed(cfg: &Config, ends: SinkEnds) -> Result<(Receiver<Input>, Acks)> {
         })
         .map_err(|source| Error::SpawnThread { name: "aggregate", source })?;
     open.recv().map_err(|_| Error::ThreadPanicked { name: "aggregate" })??;
-    Ok((inputs, Acks { to_source: ends.acks, operator: Some((tee, operator)) }))
+    Ok((inputs, Acks { to_source: ends.acks, routed: false, operator: Some((tee, operator)) }))
 }
 
 /// A worker's end as a sink tells it: one without its poison pill leaves its unacknowledged input to be read again,

@@ -371,7 +371,7 @@ impl Writer {
         }
         // An aggregation's inputs (filtered out here: they went into its state) count as written, each in its place
         // among the dead letters, so that a few late events among many inputs are judged as the few they are.
-        let aggregating = self.acks.aggregating();
+        let aggregating = self.acks.bare_counts();
         let mut judged = 0;
         for (i, (at, why, _)) in rejected[..set_aside].iter().enumerate() {
             if let (true, Some(&before)) = (aggregating, pending.filtered_before.get(i)) {

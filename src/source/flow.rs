@@ -90,7 +90,7 @@ impl Flow {
     /// Sends the record towards its lane's worker and tracks it until it is acknowledged.
     pub fn dispatch(&mut self, record: &Record<'_>) -> Result<()> {
         let Position { lane, seq } = record.at;
-        let worker = lane.rem_euclid(self.batches.len() as Lane) as usize;
+        let worker = crate::position::worker_of(lane, self.batches.len());
         self.batches[worker].push(record)?;
         match self.marks.track(record.at) {
             // One-offset gaps are transaction markers; larger ones are data the broker no longer has or never gave us
@@ -142,7 +142,11 @@ impl Flow {
             match next {
                 Ok((sink, Some(AckMsg::Acked(acks)))) => {
                     let (join, marks) = (&mut self.join, &mut self.marks);
-                    let known = acks.into_iter().filter(|&at| join.ack(sink, at) && marks.ack(at)).count();
+                    // A lane let go meanwhile is not waited for: its late acknowledgements are dropped, not joined.
+                    let known = acks
+                        .into_iter()
+                        .filter(|&at| marks.tracks(at.lane) && join.ack(sink, at) && marks.ack(at))
+                        .count();
                     emit(Acked { events: known as u64 });
                 }
                 Ok((sink, Some(AckMsg::Done))) => {
@@ -208,7 +212,8 @@ impl Flow {
         self.flush_all()?;
         let workers = self.senders.len() as Lane;
         for (i, s) in self.senders.iter().enumerate() {
-            let mine: Vec<Lane> = lanes.iter().copied().filter(|l| l.rem_euclid(workers) as usize == i).collect();
+            let mine: Vec<Lane> =
+                lanes.iter().copied().filter(|&l| crate::position::worker_of(l, workers as usize) == i).collect();
             s.send_bytes(&Frame::lanes(&mine)?)?;
         }
         Ok(())

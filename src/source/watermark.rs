@@ -82,6 +82,11 @@ impl Watermarks {
         true
     }
 
+    /// Whether the lane is tracked (taken, and not let go since).
+    pub fn tracks(&self, lane: Lane) -> bool {
+        self.lanes.contains_key(&lane)
+    }
+
     /// Events sent into the pipeline and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.in_flight

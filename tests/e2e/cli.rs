@@ -115,7 +115,7 @@ fn every_setting_a_config_file_may_set_is_taken_from_it() {
         (4, "source", format!("\"sqlite:{d}/in.db?table=a\""), "source", "in.db".into()),
         (4, "state-dir", format!("\"{d}/state\""), "checkpoint", format!("{d}/state/checkpoints.db")),
         // A repeatable flag is an array in the file.
-        (5, "sink", "[\"a=kafka:x\", \"b=kafka:y\"]".into(), "sink", "\"a=x\", \"b=y\"".into()),
+        (5, "sink", "[\"a=kafka:x\", \"b=kafka:y\"]".into(), "sink", "\"a=kafka:x\", \"b=kafka:y\"".into()),
         (2, "lookup", "[\"c=kafka:tiers\"]".into(), "lookup", "\"c=kafka:tiers\"".into()),
         (0, "lookup-ttl", "7".into(), "lookup-ttl", "7".into()),
         (0, "lookup-cache-rows", "70".into(), "lookup-cache-rows", "70".into()),

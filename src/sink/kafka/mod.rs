@@ -141,7 +141,7 @@ impl Writer<'_> {
                 // Filtered out: nothing to write, and nothing to wait for. An aggregation's input (in its state)
                 // counts as written, in its place among the dead letters.
                 filtered.push(r.at);
-                if self.acks.aggregating() {
+                if self.acks.bare_counts() {
                     self.judge.written(1);
                 }
                 continue;

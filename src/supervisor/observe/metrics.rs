@@ -373,9 +373,22 @@ pub fn render(s: &Snapshot<'_>) -> String {
             ("{queue=\"sink\"}".to_string(), s.sink_queue.min(s.in_flight) as f64),
         ],
     );
-    let topic = escape(s.source_topic);
+    // A lane is a partition of a topic: a listed topic by its name, one a pattern found by its number.
+    let listed = match crate::config::topics::SourceTopics::parse(s.source_topic) {
+        crate::config::topics::SourceTopics::Listed(names) => names,
+        crate::config::topics::SourceTopics::Pattern(_) => Vec::new(),
+    };
+    let topic_of = |lane: Lane| {
+        let i = (lane >> crate::position::PARTITION_BITS) as usize;
+        escape(&listed.get(i).map_or_else(|| format!("{}#{i}", s.source_topic), |t| t.to_string()))
+    };
     let per_partition = |values: &mut dyn Iterator<Item = (Lane, i64)>| -> Vec<(String, f64)> {
-        values.map(|(p, v)| (format!("{{topic=\"{topic}\",partition=\"{p}\"}}"), v as f64)).collect()
+        values
+            .map(|(lane, v)| {
+                let (topic, p) = (topic_of(lane), crate::position::partition_of(lane));
+                (format!("{{topic=\"{topic}\",partition=\"{p}\"}}"), v as f64)
+            })
+            .collect()
     };
     family(
         "supervisor_consumer_lag_events",

@@ -38,6 +38,11 @@ thread_local! {
 
 struct Lookups {
     each: Vec<Lookup>,
+    /// Inside [`Fetching`]: a miss is fetched and its event run again. Outside it (`--route`, `--output-key`) a
+    /// miss could only be a silent null, so `lookup()` is refused there.
+    fetching: bool,
+    /// Running events again: their hits were counted the first time.
+    rerun: bool,
     /// Keys a run missed, by lookup: fetched before the slice runs again.
     missed: Vec<Vec<Key>>,
     hits: u64,
@@ -85,7 +90,8 @@ pub fn install(cfg: &Config) -> Result<()> {
         each.push(Lookup { name: name.clone(), source });
     }
     let missed = vec![Vec::new(); each.len()];
-    LOOKUPS.with(|l| *l.borrow_mut() = Some(Lookups { each, missed, hits: 0, misses: 0 }));
+    let lookups = Lookups { each, fetching: false, rerun: false, missed, hits: 0, misses: 0 };
+    LOOKUPS.with(|l| *l.borrow_mut() = Some(lookups));
     Ok(())
 }
 
@@ -100,6 +106,13 @@ pub fn lookup(name: &Val, key: &Val) -> std::result::Result<Val, String> {
         let Some(l) = l.as_mut() else {
             return Err(format!("lookup({name:?}; ...): no --lookup is named {name:?} (none is given)"));
         };
+        if !l.fetching {
+            return Err(format!(
+                "lookup({name:?}; ...) is read by the --jq filter only, not by --route, --output-key or --aggregate: \
+                 add the row to the event in --jq"
+            ));
+        }
+        let hit = u64::from(!l.rerun);
         let Some(i) = l.each.iter().position(|x| x.name.as_str() == name.as_str()) else {
             let names: Vec<&str> = l.each.iter().map(|x| x.name.as_str()).collect();
             return Err(format!(
@@ -109,7 +122,7 @@ pub fn lookup(name: &Val, key: &Val) -> std::result::Result<Val, String> {
         };
         match &mut l.each[i].source {
             Source::Topic(followed) => {
-                l.hits += 1;
+                l.hits += hit;
                 Ok(followed
                     .get(&topic_key(key))
                     .map_or(Val::Null, |row| crate::worker::transform::jq::parse(&row).unwrap_or(Val::Null)))
@@ -117,14 +130,14 @@ pub fn lookup(name: &Val, key: &Val) -> std::result::Result<Val, String> {
             Source::Table(t) => {
                 let Some(k) = key_of(&t.schema, key) else {
                     // No row can have it (text for an integer key, the wrong number of parts).
-                    l.hits += 1;
+                    l.hits += hit;
                     return Ok(Val::Null);
                 };
                 if let Some(row) = t.fetched.get(&k) {
                     return Ok(row.clone().unwrap_or(Val::Null));
                 }
                 if let Some(row) = t.cache.get(&k, Instant::now()) {
-                    l.hits += 1;
+                    l.hits += hit;
                     return Ok(row.unwrap_or(Val::Null));
                 }
                 l.misses += 1;
@@ -183,24 +196,23 @@ fn fetch_missed() -> Result<bool> {
             let mut rows: Vec<Row> = Vec::new();
             // Parameters are bounded per statement on every engine (PostgreSQL's 65535, SQLite's 32766).
             for keys in missed.chunks(1000) {
-                let doing =
-                    || format!("looking up {} keys in {} (--lookup {})", keys.len(), t.schema.table, lookup.name);
-                let (schema, conn) = (&t.schema, &mut t.conn);
-                conn.run(&doing, |c| {
-                    rows.clear();
-                    c.rows_with_keys(schema, keys, &mut rows)
-                })?
-                .map_err(|source| Error::DbQuery { doing: doing(), source })?;
+                rows.clear();
+                fetch(t, &lookup.name, keys, &mut rows)?;
                 let now = Instant::now();
                 let mut found: HashMap<Key, Val> = HashMap::with_capacity(rows.len());
                 for row in rows.drain(..) {
-                    let value = crate::worker::transform::jq::parse(&row.json).map_err(|e| Error::DbSchema {
-                        message: format!("--lookup {}: a row is not JSON: {e}", lookup.name),
-                    })?;
-                    found.entry(row.key).or_insert(value);
+                    found.entry(row.key).or_insert(parse_row(&lookup.name, &row.json)?);
                 }
+                // A row the database found for a key it holds otherwise (a case-insensitive collation, a uuid in
+                // capitals) is not that key's by equality here: such keys are asked for one at a time.
+                let unmatched = found.len() > keys.iter().filter(|k| found.contains_key(k)).count();
                 for k in keys {
-                    let row = found.get(k).cloned();
+                    let mut row = found.get(k).cloned();
+                    if row.is_none() && unmatched {
+                        let mut one = Vec::new();
+                        fetch(t, &lookup.name, std::slice::from_ref(k), &mut one)?;
+                        row = one.first().map(|r| parse_row(&lookup.name, &r.json)).transpose()?;
+                    }
                     t.cache.put(k.clone(), row.clone(), now);
                     t.fetched.insert(k.clone(), row);
                 }
@@ -209,6 +221,39 @@ fn fetch_missed() -> Result<bool> {
         }
         Ok(any)
     })
+}
+
+/// A fetched row as a jq value.
+fn parse_row(name: &str, json: &[u8]) -> Result<Val> {
+    crate::worker::transform::jq::parse(json)
+        .map_err(|e| Error::DbSchema { message: format!("--lookup {name}: a row is not JSON: {e}") })
+}
+
+/// The rows of `keys`, retried while the database is away. A key the database refuses (text that is no uuid for a
+/// uuid key) fails the whole statement: the keys are then asked for in halves, and one refused alone is taken as
+/// having no row, so that one odd key gives its events null rather than stop the worker.
+fn fetch(t: &mut TableLookup, name: &str, keys: &[Key], rows: &mut Vec<Row>) -> Result<()> {
+    let doing = || format!("looking up {} keys in {} (--lookup {name})", keys.len(), t.schema.table);
+    let (schema, conn) = (&t.schema, &mut t.conn);
+    let mut got = Vec::new();
+    let fetched = conn.run(&doing, |c| {
+        got.clear();
+        c.rows_with_keys(schema, keys, &mut got)
+    })?;
+    match fetched {
+        Ok(()) => rows.append(&mut got),
+        Err(e) if keys.len() == 1 => log::warn!(
+            "--lookup {name}: {} refused a key, which is taken as having no row: {}",
+            t.schema.table,
+            crate::error::db_message(e.as_ref())
+        ),
+        Err(_) => {
+            let (a, b) = keys.split_at(keys.len() / 2);
+            fetch(t, name, a, rows)?;
+            fetch(t, name, b, rows)?;
+        }
+    }
+    Ok(())
 }
 
 /// The slice is done: what it fetched goes back to being only in the cache; the counts are told.
@@ -230,6 +275,15 @@ pub fn installed() -> bool {
     LOOKUPS.with(|l| l.borrow().is_some())
 }
 
+/// Changes this thread's lookups, if any.
+fn set(change: impl FnOnce(&mut Lookups)) {
+    LOOKUPS.with(|l| {
+        if let Some(l) = l.borrow_mut().as_mut() {
+            change(l);
+        }
+    });
+}
+
 /// Keys noted for fetching so far on this thread: an event that adds to it missed a row.
 fn missed_so_far() -> usize {
     LOOKUPS.with(|l| l.borrow().as_ref().map_or(0, |l| l.missed.iter().map(Vec::len).sum()))
@@ -244,7 +298,9 @@ const ROUNDS: usize = 8;
 
 impl<T: Transform + ?Sized> Transform for Fetching<T> {
     fn run(&mut self, batch: &[Record<'_>], out: &mut Outputs) -> Result<()> {
+        set(|l| (l.fetching, l.rerun) = (true, false));
         let ran = self.run_fetching(batch, out);
+        set(|l| l.fetching = false);
         slice_done();
         ran
     }
@@ -267,6 +323,7 @@ impl<T: Transform + ?Sized> Fetching<T> {
         let mut round = 0;
         while !again.is_empty() && fetch_missed()? {
             round += 1;
+            set(|l| l.rerun = true);
             // The events that missed a row run again, now with it; every other event's outputs are kept as they are.
             let mut fresh = Outputs::default();
             let mut next = Vec::new();
@@ -377,6 +434,9 @@ mod tests {
         // A lookup of a lookup: the second key is known only once the first row is fetched.
         let got = run(r#"lookup("c"; lookup("c"; .id).name | ltrimstr("n") | tonumber + 1).name"#, &[r#"{"id": 4}"#]);
         assert_eq!(got[0], ["\"n5\""]);
+        // Outside the --jq filter (a --route, an --output-key) a miss could only be a silent null: refused.
+        let e = lookup(&Val::from("c".to_string()), &val("2")).unwrap_err();
+        assert!(e.contains("read by the --jq filter only"), "{e}");
         let got = run(r#"lookup("nope"; 1)"#, &["{}"]);
         assert!(got[0][0].starts_with("rejected: the jq filter failed: lookup(\"nope\"; ...): no --lookup"), "{got:?}");
     }

@@ -5,8 +5,9 @@
 use crate::config::{Client, Config};
 use crate::error::{Error, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -46,6 +47,8 @@ pub fn follow(cfg: &Config, name: &str, topic: &str) -> Result<Arc<Followed>> {
     config.set("group.id", format!("{}-lookup-{name}", cfg.group_id));
     config.set("enable.auto.commit", "false");
     config.set("enable.auto.offset.store", "false");
+    // The end of a partition is told as an event: the last offset may be a transaction's marker, never delivered.
+    config.set("enable.partition.eof", "true");
     let consumer: BaseConsumer = config.create().map_err(Error::CreateClient)?;
     let md = crate::kafka::metadata(consumer.client(), cfg, Some(topic), || {
         let _ = consumer.poll(Duration::ZERO);
@@ -59,19 +62,14 @@ pub fn follow(cfg: &Config, name: &str, topic: &str) -> Result<Arc<Followed>> {
     if partitions.is_empty() {
         return Err(Error::MissingTopic { topic: topic.to_string(), hint: "--lookup with a topic that exists" });
     }
-    let mut ends: HashMap<i32, i64> = HashMap::new();
+    // The partitions not read to their end yet: every one, until it tells its end (an empty one at once).
+    let mut ends: HashSet<i32> = partitions.iter().copied().collect();
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, cfg.startup_timeout)
-            .map_err(|source| Error::Metadata { brokers: cfg.brokers.clone(), source })?;
-        if high > 0 {
-            ends.insert(p, high);
-        }
         tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(Error::Subscribe)?;
     }
     consumer.assign(&tpl).map_err(Error::Subscribe)?;
-    let followed = Arc::new(Followed { rows: Mutex::new(HashMap::new()), caught_up: AtomicBool::new(ends.is_empty()) });
+    let followed = Arc::new(Followed { rows: Mutex::new(HashMap::new()), caught_up: AtomicBool::new(false) });
     let mine = followed.clone();
     let t0 = Instant::now();
     let (name, topic) = (name.to_string(), topic.to_string());
@@ -80,15 +78,13 @@ pub fn follow(cfg: &Config, name: &str, topic: &str) -> Result<Arc<Followed>> {
         .name("lookup".into())
         .spawn(move || loop {
             match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    mine.apply(m.key(), m.payload());
-                    if ends.get(&m.partition()).is_some_and(|&end| m.offset() + 1 >= end) {
-                        ends.remove(&m.partition());
-                        if ends.is_empty() && !mine.caught_up.swap(true, Ordering::AcqRel) {
-                            log::info!("lookup {name}: read topic {topic} to its end ({:.1?})", t0.elapsed());
-                        }
-                    }
+                Some(Ok(m)) => mine.apply(m.key(), m.payload()),
+                Some(Err(KafkaError::PartitionEOF(p)))
+                    if ends.remove(&p) && ends.is_empty() && !mine.caught_up.swap(true, Ordering::AcqRel) =>
+                {
+                    log::info!("lookup {name}: read topic {topic} to its end ({:.1?})", t0.elapsed());
                 }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => log::warn!("lookup {name}: reading topic {topic}: {e}"),
                 None => {}
             }

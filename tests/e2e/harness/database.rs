@@ -196,13 +196,24 @@ impl Mariadb {
             std::fs::create_dir_all(dir.join("certs")).unwrap();
             Certs::make(&dir.join("certs"))
         });
-        let mut init = Command::new("mariadb-install-db");
-        init.arg("--no-defaults").arg(format!("--datadir={}", dir.join("data").display()));
-        init.args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
-        if is_root() {
-            init.arg("--user=root");
+        // Under the load of the whole suite, mariadb-install-db now and then fails to bootstrap its system tables
+        // (its bootstrap server gives up waiting): a fresh data directory and another try, as an operator would.
+        for attempt in 1..=3 {
+            let _ = std::fs::remove_dir_all(dir.join("data"));
+            let mut init = Command::new("mariadb-install-db");
+            init.arg("--no-defaults").arg(format!("--datadir={}", dir.join("data").display()));
+            init.args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+            if is_root() {
+                init.arg("--user=root");
+            }
+            let what = "mariadb-install-db (scripts/install-deps installs mariadb-server)";
+            if attempt == 3 {
+                run(init, what);
+            } else if init.output().is_ok_and(|o| o.status.success()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
         }
-        run(init, "mariadb-install-db (scripts/install-deps installs mariadb-server)");
         let mut m = Mariadb { port: free_port(), dir, child: None, certs };
         m.spawn();
         let mut c = Command::new("mariadb");
