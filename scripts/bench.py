@@ -385,6 +385,7 @@ def main():
         kinds = a.kinds if a.kinds != "supervisor,single" else f"{base},{other}"
         pg = None
         if a.mode == "lookup":
+            KEYS[0] = CUSTOMERS
             sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
             from bench_sql import Postgres
             work = tempfile.mkdtemp(prefix="bench-lookup-")

@@ -35,5 +35,8 @@ while running:
     if since >= 1000:
         p.flush(30); c.commit(asynchronous=False); since = 0
 p.flush(30)
-c.commit(asynchronous=False)
+try:
+    c.commit(asynchronous=False)
+except Exception as e:  # nothing consumed since the last commit
+    print(f"final commit: {e}", file=sys.stderr)
 c.close()
