@@ -149,11 +149,38 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
         .ok()
         .and_then(|()| verdict_rx.try_recv_timeout(Duration::from_secs(120)).ok());
     let _ = nix::sys::wait::waitpid(broker, None);
-    Ok(match (exit, verdict) {
+    Ok(outcome(exit, verdict))
+}
+
+/// A demo's exit: the pipeline's, unless it exited cleanly and the check did not say OK (or said nothing).
+pub(crate) fn outcome(exit: Exit, verdict: Option<bool>) -> Exit {
+    match (exit, verdict) {
         (Exit::Clean, Some(true)) => Exit::Clean,
         (Exit::Clean, _) => Exit::Failure,
         (other, _) => other,
-    })
+    }
+}
+
+/// `group`'s committed offset for each of `partitions` partitions of `topic` (0 where none).
+pub(crate) fn group_committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .map_err(Error::CreateClient)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).map_err(Error::CreateClient)?;
+    Ok((0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => 0,
+        })
+        .collect())
 }
 
 /// Forks a demo's broker process, `demo-broker`, which must be done before this process starts any thread: the mock

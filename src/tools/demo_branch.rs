@@ -136,11 +136,7 @@ fn run_inner(cli: &Cli, args: &BranchDemoArgs, signals: Signals) -> Result<Exit>
         .ok()
         .and_then(|()| verdict_rx.try_recv_timeout(Duration::from_secs(120)).ok());
     let _ = nix::sys::wait::waitpid(broker, None);
-    Ok(match (exit, verdict) {
-        (Exit::Clean, Some(true)) => Exit::Clean,
-        (Exit::Clean, _) => Exit::Failure,
-        (other, _) => other,
-    })
+    Ok(super::demo::outcome(exit, verdict))
 }
 
 /// The orders written, by (partition, offset): what the checks read back against.
@@ -183,7 +179,7 @@ fn broker_main(
         }
     };
     // What the pipeline took, by its commits: the check covers those orders.
-    let committed = committed(&brokers)?;
+    let committed = super::demo::group_committed(&brokers, "demo-branch", TOPIC, PARTITIONS)?;
     let taken: BTreeSet<u64> = landed
         .iter()
         .filter(|((p, o), _)| committed.get(*p as usize).is_some_and(|end| o < end))
@@ -247,25 +243,6 @@ impl rdkafka::producer::ProducerContext for Landing {
             self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert((m.partition(), m.offset()), *i);
         }
     }
-}
-
-fn committed(brokers: &str) -> Result<Vec<i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "demo-branch")
-        .create()
-        .map_err(Error::CreateClient)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(TOPIC, p);
-    }
-    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).map_err(Error::CreateClient)?;
-    Ok((0..PARTITIONS)
-        .map(|p| match got.find_partition(TOPIC, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => 0,
-        })
-        .collect())
 }
 
 /// The table's rows: id → (customer, amount, name, tier).

@@ -149,11 +149,7 @@ fn run_inner(cli: &Cli, args: &WindowDemoArgs, signals: Signals) -> Result<Exit>
         .ok()
         .and_then(|()| verdict_rx.try_recv_timeout(Duration::from_secs(120)).ok());
     let _ = nix::sys::wait::waitpid(broker, None);
-    Ok(match (exit, verdict) {
-        (Exit::Clean, Some(true)) => Exit::Clean,
-        (Exit::Clean, _) => Exit::Failure,
-        (other, _) => other,
-    })
+    Ok(super::demo::outcome(exit, verdict))
 }
 
 /// Where each order landed: (partition, offset) by order number.
@@ -258,7 +254,7 @@ fn broker_main(
     stop.store(true, Ordering::SeqCst);
     let _ = generator.join();
     // What the pipeline took, by its commits: the check covers those orders, and every window they closed.
-    let committed = committed(&brokers)?;
+    let committed = super::demo::group_committed(&brokers, "demo-window", TOPIC, PARTITIONS)?;
     let want = reference(&landed, Some(&committed));
     let (ok, report) = verdict(db, &want);
     println!();
@@ -342,28 +338,6 @@ fn reference(landed: &Landed, committed: Option<&[i64]>) -> Reference {
 
 fn landed_count(landed: &Landed) -> usize {
     landed.lock().unwrap_or_else(PoisonError::into_inner).iter().flatten().count()
-}
-
-/// The demo group's committed offset per partition (0 where none).
-fn committed(brokers: &str) -> Result<Vec<i64>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "demo-window")
-        .create()
-        .map_err(Error::CreateClient)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(TOPIC, p);
-    }
-    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).map_err(Error::CreateClient)?;
-    Ok((0..PARTITIONS)
-        .map(|p| match got.find_partition(TOPIC, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => 0,
-        })
-        .collect())
 }
 
 /// Windows and late orders in the demo's tables now (0 while a table does not exist yet).
