@@ -20,9 +20,10 @@ pub const PARTITION_BITS: u32 = 16;
 
 /// The worker of `workers` that lane `lane` goes through, always the same one so that the lane's order survives: the
 /// lane modulo the workers for a plain topic or a table, and for several topics the topic's number spread into it (a
-/// partition of each topic on one worker would leave the others idle).
+/// partition of each topic on one worker would leave the others idle). The spread is a prime above the most workers
+/// there may be (1024), so that no worker count undoes it; it cannot suit every layout of topics and partitions.
 pub fn worker_of(lane: Lane, workers: usize) -> usize {
-    let spread = i64::from(lane >> PARTITION_BITS) * 31 + i64::from(partition_of(lane));
+    let spread = i64::from(lane >> PARTITION_BITS) * 1031 + i64::from(partition_of(lane));
     spread.rem_euclid(workers.max(1) as i64) as usize
 }
 
@@ -105,6 +106,8 @@ mod tests {
         assert_eq!((0..8).map(|l| worker_of(l, 4)).collect::<Vec<_>>(), [0, 1, 2, 3, 0, 1, 2, 3], "lane mod N");
         let firsts: Vec<usize> = (0..4).map(|topic| worker_of(topic << PARTITION_BITS, 4)).collect();
         assert_eq!(firsts, [0, 3, 2, 1], "the topics' first partitions on different workers");
+        let firsts: Vec<usize> = (0..4).map(|topic| worker_of(topic << PARTITION_BITS, 31)).collect();
+        assert_eq!(firsts, [0, 8, 16, 24], "a worker count of 31 spreads them too");
         let second_topic = Place { at: Position::new(65_539, 7), table: false };
         assert_eq!(second_topic.to_string(), "topic #1 partition 3 offset 7");
     }

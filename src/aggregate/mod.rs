@@ -285,8 +285,8 @@ impl Operator {
 
     /// The lanes one worker carries now.
     pub fn lanes(&mut self, worker: usize, lanes: &[Lane]) {
-        let workers = self.workers as Lane;
-        self.clock.assigned(lanes, |l| l.rem_euclid(workers) as usize == worker, Instant::now());
+        let workers = self.workers;
+        self.clock.assigned(lanes, |l| crate::position::worker_of(l, workers) == worker, Instant::now());
     }
 
     fn input(&mut self, group: &[Record<'_>]) -> Result<()> {

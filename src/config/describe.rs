@@ -104,8 +104,7 @@ impl Config {
             "queue-capacity" => Shown::Set(self.queue_capacity.to_string()),
             // The transform the flags chose, and only the flags that made it.
             "jq" | "jq-file" | "exec" | "exec-timeout" | "hmac-key-file" => self.transform.shown(long)?,
-            // The URLs as parsed, their passwords masked; the checkpoint store's default placed by --state-dir.
-            // The URLs as parsed, their passwords masked.
+            // The lookups' URLs as parsed, their passwords masked.
             "lookup" => match self.lookups.as_slice() {
                 [] => Shown::Unset("none".into()),
                 each => {

@@ -1,6 +1,7 @@
 //! How a source's events flow through the pipeline and come back acknowledged, whatever the source.
 //!
-//! Lane `l` goes to worker `l mod N`, so a lane's order survives. Records are batched per worker; a batch goes when
+//! Lane `l` always goes to the same worker (`position::worker_of`: `l mod N` for one topic or a table), so a lane's
+//! order survives. Records are batched per worker; a batch goes when
 //! it is full, when its linger has passed, or when the source asks. Every event is tracked in the [`Watermarks`]
 //! until the sink acknowledges it. A thread reads the acknowledgements off their channel, so a send to a full worker
 //! can always complete: the sink is never stuck behind the source.
