@@ -113,11 +113,7 @@ impl Cli {
         cli.properties = properties.into_iter().map(|p| (p.key, p.value)).collect();
         cli.transform = transform::resolve(&cli, credentials.as_deref()).map_err(Invalid::Setting)?;
         cli.tables = Tables::resolve(&cli).map_err(Invalid::Setting)?;
-        for given in &cli.lookup {
-            for secret in crate::sql::url::secrets(given) {
-                redact::keep_secret(&secret);
-            }
-        }
+        cli.lookup.iter().for_each(|given| keep_secrets(given));
         cli.lookups = super::lookups::parse(&cli.lookup).map_err(Invalid::Setting)?;
         for def in &cli.lookups {
             if let super::lookups::LookupTarget::Table(url) = &def.target {
@@ -323,20 +319,14 @@ impl Tables {
     fn resolve(cli: &Cli) -> Result<Tables, String> {
         let parse = |flag: &str, given: &Option<String>| -> Result<Option<TableUrl>, String> {
             let Some(given) = given else { return Ok(None) };
-            for secret in crate::sql::url::secrets(given) {
-                redact::keep_secret(&secret);
-            }
+            keep_secrets(given);
             let url = TableUrl::parse(given).map_err(|e| format!("--{flag}: {e}"))?;
             url.table().map_err(|e| format!("--{flag}: {e}"))?;
             keep_password(&url);
             Ok(Some(url))
         };
         let source = parse("source", &cli.source)?;
-        for given in &cli.sink {
-            for secret in crate::sql::url::secrets(given) {
-                redact::keep_secret(&secret);
-            }
-        }
+        cli.sink.iter().for_each(|given| keep_secrets(given));
         let sinks = sinks::parse(&cli.sink, &cli.dest_topic, cli.dlq_topic.as_deref())?;
         for def in &sinks {
             if let SinkTarget::Table(url) = &def.target {
@@ -351,9 +341,7 @@ impl Tables {
             (None, _) => None,
             (Some(_), Some(given)) => {
                 let url = TableUrl::parse(given).map_err(|e| format!("--checkpoint: {e}"))?;
-                for secret in crate::sql::url::secrets(given) {
-                    redact::keep_secret(&secret);
-                }
+                keep_secrets(given);
                 keep_password(&url);
                 Some(url)
             }
@@ -365,6 +353,14 @@ impl Tables {
         };
         let state_dir = source.as_ref().map(|_| cli.state_dir.clone().unwrap_or_else(default_state_dir));
         Ok(Tables { source, sink, checkpoint, state_dir, sinks })
+    }
+}
+
+/// Registers for masking every secret a URL as given holds (`password=`, the userinfo's), before it is parsed or named
+/// in any message.
+fn keep_secrets(given: &str) {
+    for secret in crate::sql::url::secrets(given) {
+        redact::keep_secret(&secret);
     }
 }
 

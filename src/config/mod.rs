@@ -66,8 +66,6 @@ pub struct Config {
     /// Which generation of the pipeline the process belongs to (1 for the first start); the supervisor sets it before
     /// each fork. A child that fails to start in a later generation is a crash to restart, not a configuration error.
     pub generation: u64,
-    /// Which of the sinks this process is (its place in `--sink`'s order); the supervisor sets it before a sink's fork.
-    pub sink_index: usize,
 }
 
 /// The settings as given, for those that need nothing derived: `cfg.brokers`, `cfg.tables`, `cfg.transform`.
@@ -124,7 +122,6 @@ impl Config {
             batch_linger: Duration::from_millis(5),
             startup_timeout: Duration::from_secs(10),
             generation: 1,
-            sink_index: 0,
         }
     }
 
@@ -164,7 +161,6 @@ impl Config {
     /// The settings as sink `index` sees them: `sink()`, `--dest-topic` and `--dlq-topic` are that sink's.
     pub fn for_sink(&self, index: usize) -> Config {
         let mut cfg = self.clone();
-        cfg.sink_index = index;
         if let Some(def) = self.tables.sinks.get(index) {
             match &def.target {
                 sinks::SinkTarget::Table(url) => cfg.tables.sink = Some(url.clone()),
