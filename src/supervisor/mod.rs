@@ -89,6 +89,8 @@ pub struct Supervisor {
     drains: Drains,
     /// A finite source (a table scan) read everything: the run ends once this generation has drained.
     finished: bool,
+    /// Each sink's name for the status, the summary and `/metrics`, in `--sink`'s order.
+    sinks: Vec<String>,
     /// Cloned into every child.
     report_tx: ReportSender,
     parent: ParentOnly,
@@ -123,10 +125,14 @@ impl Supervisor {
             }
         }
         // Before any fork, so that every child, restarted ones too, inherits what connecting costs alike in each.
-        let sinks: Vec<Config> = (0..cfg.sinks().len()).map(|i| cfg.for_sink(i)).collect();
+        let sinks = cfg.sinks();
+        let sink_tables = sinks.iter().filter_map(|s| match &s.target {
+            crate::config::sinks::SinkTarget::Table(url) => Some(url),
+            crate::config::sinks::SinkTarget::Topic { .. } => None,
+        });
         let tables = [cfg.source().table(), cfg.tables.checkpoint.as_ref()];
-        crate::sql::prepare(tables.into_iter().flatten().chain(sinks.iter().filter_map(|c| c.sink().table())));
-        crate::stage::name_sinks(cfg.sinks().iter().map(|s| s.label()).collect());
+        crate::sql::prepare(tables.into_iter().flatten().chain(sink_tables));
+        crate::stage::name_sinks(sinks.iter().map(|s| s.label()).collect());
         let mut sup = match Supervisor::new(cfg, signals) {
             Ok(sup) => sup,
             Err(e) => {
@@ -174,6 +180,7 @@ impl Supervisor {
         };
         let transform = cfg.transform.label();
         let aggregating = cfg.aggregation.is_some();
+        let sinks = cfg.sinks().iter().map(|s| s.label()).collect();
         Ok(Supervisor {
             budget: RestartBudget::new(cfg.max_restarts, cfg.restart_window),
             cfg,
@@ -189,6 +196,7 @@ impl Supervisor {
             acked_before: 0,
             drains: Drains::default(),
             finished: false,
+            sinks,
             report_tx,
             parent: ParentOnly { reports: Some(reports), control: None, systemd: Systemd::from_env(), metrics },
         })
@@ -245,7 +253,7 @@ impl Supervisor {
 
     /// Forks a fresh generation on fresh channels: sink, workers, source, each once the previous is ready.
     fn start(&mut self) -> Result<()> {
-        let (mut pending, control) = wiring::wire(self.cfg.hashers, self.readers(), self.cfg.sinks().len())?;
+        let (mut pending, control) = wiring::wire(self.cfg.hashers, self.readers(), self.sinks.len())?;
         self.parent.control = Some(control);
         self.generation_started = Instant::now();
         self.acked_before = self.acked();
@@ -599,10 +607,9 @@ impl Supervisor {
         else {
             return;
         };
-        let sinks = self.cfg.sinks();
-        if sinks.len() > 1 {
-            for (def, stats) in sinks.iter().zip(self.counts.by_sink(sinks.len())) {
-                line.push_str(&format!("; {}", status::sink(&def.label(), &stats)));
+        if self.sinks.len() > 1 {
+            for part in self.sink_parts() {
+                line.push_str(&format!("; {part}"));
             }
         }
         if self.live_status {
@@ -628,9 +635,8 @@ impl Supervisor {
 
     fn render_metrics(&self) -> String {
         let stages = self.counts.by_kind();
-        let labels: Vec<String> = self.cfg.sinks().iter().map(|s| s.label()).collect();
-        let sinks = self.counts.by_sink(labels.len());
-        let named: Vec<(&str, &StageStats)> = labels.iter().map(String::as_str).zip(&sinks).collect();
+        let sinks = self.counts.by_sink(self.sinks.len());
+        let named: Vec<(&str, &StageStats)> = self.sinks.iter().map(String::as_str).zip(&sinks).collect();
         let totals = self.counts.totals();
         let lanes = self.table.lanes();
         let source = self.counts.source();
@@ -673,10 +679,9 @@ impl Supervisor {
         let took = self.started.elapsed();
         let totals = self.counts.totals();
         log::info!("{}", status::summary(&totals, &self.counts.committed(), self.budget.total(), took));
-        let sinks = self.cfg.sinks();
-        if sinks.len() > 1 || totals.dropped > 0 {
-            for (def, stats) in sinks.iter().zip(self.counts.by_sink(sinks.len())) {
-                log::info!("{}", status::sink(&def.label(), &stats));
+        if self.sinks.len() > 1 || totals.dropped > 0 {
+            for part in self.sink_parts() {
+                log::info!("{part}");
             }
             if self.cfg.route.is_some() {
                 log::info!("route: {} dropped (sent to no sink)", totals.dropped);
@@ -707,7 +712,13 @@ impl Supervisor {
 
     /// Children of a whole generation.
     fn children(&self) -> usize {
-        self.cfg.hashers + 1 + self.cfg.sinks().len() + self.readers()
+        self.cfg.hashers + 1 + self.sinks.len() + self.readers()
+    }
+
+    /// Each sink's part of the status line and of the summary, from its counts over the whole run.
+    fn sink_parts(&self) -> Vec<String> {
+        let counts = self.counts.by_sink(self.sinks.len());
+        self.sinks.iter().zip(&counts).map(|(name, stats)| status::sink(name, stats)).collect()
     }
 
     /// Readers of this generation that have exited, their work done.
