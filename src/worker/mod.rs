@@ -80,20 +80,22 @@ impl Names {
 pub struct OutputKey {
     expr: transform::expr::Expr,
     source: transform::jq::MetaSource,
+    /// The expression reads `$meta`.
+    meta: bool,
 }
 
 impl OutputKey {
     pub fn compile(cfg: &Config) -> Result<Option<OutputKey>> {
         let Some(code) = &cfg.output_key else { return Ok(None) };
         let expr = transform::expr::Expr::compile(code, "--output-key")?;
-        Ok(Some(OutputKey { expr, source: transform::meta_source(cfg) }))
+        let meta = transform::expr::Expr::wants_meta(code);
+        Ok(Some(OutputKey { expr, source: transform::meta_source(cfg), meta }))
     }
 
-    /// The key of one output of `input`, or why there is none to be had.
-    fn of(&self, output: &[u8], input: &Record<'_>) -> std::result::Result<Option<Vec<u8>>, String> {
-        let event = transform::jq::parse(output).map_err(|e| format!("--output-key: {}", e.as_str()))?;
-        let meta = transform::jq::meta(&self.source, input);
-        match self.expr.first(&event, &meta, &jaq_json::Val::Null) {
+    /// The key of one output, given it parsed (`event`) and its input's `$meta` (null where the expression does not
+    /// read it), or why there is none to be had.
+    fn of(&self, event: &jaq_json::Val, meta: &jaq_json::Val) -> std::result::Result<Option<Vec<u8>>, String> {
+        match self.expr.first(event, meta, &jaq_json::Val::Null) {
             Ok(None | Some(jaq_json::Val::Null)) => Ok(None),
             Ok(Some(jaq_json::Val::Str(s))) => Ok(Some(s.as_bytes().to_vec())),
             Ok(Some(other)) => Ok(Some(other.to_string().into_bytes())),
@@ -217,14 +219,37 @@ fn bare<'a>(input: &Record<'a>) -> Record<'a> {
 
 /// Where one output goes, and with which key.
 fn fate(names: &Names, output: &[u8], input: &Record<'_>) -> Fate {
+    use jaq_json::Val;
+    let routed = names.router.as_ref().filter(|r| r.reads().is_some());
+    let (event, meta) = match (names.output_key.as_ref(), routed) {
+        // Nothing reads the output: it goes to every sink, with its input's key.
+        (None, None) => {
+            return Fate::To(names.router.as_ref().map_or(1, route::Router::all), input.key.map(|k| k.to_vec()))
+        }
+        // The output parsed, and its input's $meta built, once for both expressions (and $meta only if one reads it).
+        (keyed, routed) => {
+            let flag = if keyed.is_some() { "--output-key" } else { "--route" };
+            let event = match transform::jq::parse(output) {
+                Ok(event) => event,
+                Err(e) => return Fate::Dead(format!("{flag}: {}", e.as_str())),
+            };
+            let source = keyed.map(|k| &k.source).or(routed.map(route::Router::source));
+            let wants = keyed.is_some_and(|k| k.meta) || routed.is_some_and(|r| r.reads() == Some(true));
+            let meta = match source {
+                Some(source) if wants => transform::jq::meta(source, input),
+                _ => Val::Null,
+            };
+            (event, meta)
+        }
+    };
     let key = match &names.output_key {
         None => input.key.map(|k| k.to_vec()),
-        Some(keyed) => match keyed.of(output, input) {
+        Some(keyed) => match keyed.of(&event, &meta) {
             Ok(key) => key,
             Err(why) => return Fate::Dead(why),
         },
     };
-    match names.router.as_ref().map_or(Ok(1), |r| r.route(output, input)) {
+    match names.router.as_ref().map_or(Ok(1), |r| r.route(&event, &meta)) {
         Ok(sinks) => Fate::To(sinks, key),
         Err(why) => Fate::Dead(why),
     }
