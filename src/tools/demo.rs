@@ -152,6 +152,51 @@ fn run_inner(cli: &Cli, args: &DemoArgs, signals: Signals) -> Result<Exit> {
     Ok(outcome(exit, verdict))
 }
 
+/// Parent → broker process of a demo checked by its broker: the pipeline exited with `exit`; check and report.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub(crate) struct Check {
+    pub exit: i32,
+}
+
+/// A checking broker process's ends: it sends its bootstrap address, hears how the pipeline exited, sends its
+/// verdict.
+pub(crate) type BrokerEnds = (IpcSender<String>, IpcReceiver<Check>, IpcSender<bool>);
+
+/// Runs a demo on an embedded Kafka whose broker process also checks the result: forks `broker` (before any thread),
+/// runs the pipeline on its brokers as `configure` sets it up (`group` and `topic` given, group sessions kept short),
+/// tells the broker how it exited, and returns the demo's exit from that and the broker's verdict.
+pub(crate) fn checked_on_embedded_kafka(
+    cli: &Cli,
+    signals: Signals,
+    (group, topic): (&str, &str),
+    broker: impl FnOnce(BrokerEnds) -> Result<()>,
+    configure: impl FnOnce(&mut Config) -> Result<()>,
+) -> Result<Exit> {
+    let (boot_tx, boot_rx) = ipc::channel::<String>().map_err(Error::CreateChannel)?;
+    let (check_tx, check_rx) = ipc::channel::<Check>().map_err(Error::CreateChannel)?;
+    let (verdict_tx, verdict_rx) = ipc::channel::<bool>().map_err(Error::CreateChannel)?;
+    let parent = nix::unistd::getpid();
+    // No thread has been started in this process yet.
+    let (pid, (boot_rx, check_tx, verdict_rx)) =
+        fork_broker(parent, (boot_rx, check_tx, verdict_rx), (boot_tx, check_rx, verdict_tx), broker)?;
+    let brokers = boot_rx.try_recv_timeout(Duration::from_secs(30)).map_err(Error::DemoStart)?;
+    let mut cfg = Config::from_cli(cli);
+    cfg.brokers = brokers;
+    cfg.source_topic = topic.into();
+    cfg.group_id = group.into();
+    // The mock cluster waits out a departed member's whole session: keep it short (the user's -X comes later, and wins).
+    let short_sessions = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")];
+    cfg.properties.splice(0..0, short_sessions.map(|(k, v)| (k.to_string(), v.to_string())));
+    configure(&mut cfg)?;
+    let (exit, _) = Supervisor::run_counted(cfg, signals);
+    let verdict = check_tx
+        .send(Check { exit: exit.code() })
+        .ok()
+        .and_then(|()| verdict_rx.try_recv_timeout(Duration::from_secs(120)).ok());
+    let _ = nix::sys::wait::waitpid(pid, None);
+    Ok(outcome(exit, verdict))
+}
+
 /// A demo's exit: the pipeline's, unless it exited cleanly and the check did not say OK (or said nothing).
 pub(crate) fn outcome(exit: Exit, verdict: Option<bool>) -> Exit {
     match (exit, verdict) {

@@ -6,13 +6,14 @@
 //!
 //! Each run starts afresh: a new embedded Kafka, and the demo's database made again.
 
+use super::demo::Check;
 use crate::config::lookups::{LookupDef, LookupTarget};
 use crate::config::sinks::{SinkDef, SinkTarget};
 use crate::config::{default_state_dir, BranchDemoArgs, Cli, Config, JqSpec, TransformSpec};
 use crate::error::{Error, Exit, Result};
 use crate::sql::url::TableUrl;
-use crate::supervisor::{Signals, Supervisor};
-use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
+use crate::supervisor::Signals;
+use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -31,12 +32,6 @@ const CUSTOMERS: u64 = 20;
 const ALERT_FROM: u64 = 900;
 const FILTER: &str = r#"(lookup("customers"; .customer) // {}) as $c | .name = $c.name | .tier = $c.tier"#;
 const ROUTE: &str = r#"if .amount >= 900 then ["orders", "alerts"] else "orders" end"#;
-
-/// Parent → broker process: the pipeline exited with `exit`; check and report.
-#[derive(serde::Serialize, serde::Deserialize, Debug)]
-struct Check {
-    exit: i32,
-}
 
 /// The `i`th order: its customer (one in 50 of a customer the table does not have) and amount, the same every run.
 fn order(i: u64) -> (u64, u64) {
@@ -85,58 +80,38 @@ fn run_inner(cli: &Cli, args: &BranchDemoArgs, signals: Signals) -> Result<Exit>
             }
         }
     }
-    let (boot_tx, boot_rx) = ipc::channel::<String>().map_err(Error::CreateChannel)?;
-    let (check_tx, check_rx) = ipc::channel::<Check>().map_err(Error::CreateChannel)?;
-    let (verdict_tx, verdict_rx) = ipc::channel::<bool>().map_err(Error::CreateChannel)?;
-    let parent = nix::unistd::getpid();
     let n = args.orders;
-    // No thread has been started in this process yet.
-    let (broker, (boot_rx, check_tx, verdict_rx)) = super::demo::fork_broker(
-        parent,
-        (boot_rx, check_tx, verdict_rx),
-        (boot_tx, check_rx, verdict_tx),
-        |(boot_tx, check_rx, verdict_tx)| broker_main(n, &db, boot_tx, check_rx, verdict_tx),
-    )?;
-    let brokers = boot_rx.try_recv_timeout(Duration::from_secs(30)).map_err(Error::DemoStart)?;
-    let url = |table: &str, key: &str| {
-        TableUrl::parse(&format!("sqlite:{}?table={table}&key={key}", db.display())).map_err(|e| Error::DbSchema {
-            message: format!("demo branch: {} cannot be named in a URL: {e}", db.display()),
-        })
+    let broker = |(boot_tx, check_rx, verdict_tx)| broker_main(n, &db, boot_tx, check_rx, verdict_tx);
+    let configure = |cfg: &mut Config| {
+        let url = |table: &str, key: &str| {
+            TableUrl::parse(&format!("sqlite:{}?table={table}&key={key}", db.display())).map_err(|e| Error::DbSchema {
+                message: format!("demo branch: {} cannot be named in a URL: {e}", db.display()),
+            })
+        };
+        let orders = url("orders", "id")?;
+        cfg.tables.sink = Some(orders.clone());
+        cfg.tables.sinks = vec![
+            SinkDef { name: Some("orders".into()), target: SinkTarget::Table(orders) },
+            SinkDef {
+                name: Some("alerts".into()),
+                target: SinkTarget::Topic { topic: ALERTS.into(), dead_letters: format!("{ALERTS}.dlq") },
+            },
+        ];
+        cfg.route = Some(ROUTE.into());
+        cfg.create_table = true;
+        let customers = url("customers", "id")?;
+        cfg.lookups = vec![LookupDef { name: "customers".into(), target: LookupTarget::Table(customers) }];
+        cfg.settings.transform =
+            TransformSpec::Jq(JqSpec { filter: FILTER.into(), file: None, hmac_key: None, hmac_key_file: None });
+        log::info!(
+            "demo branch: {n} orders on an embedded Kafka → {} workers (--jq '{FILTER}' --lookup customers=<the \
+             customers table>) → --sink orders=<table orders> --sink alerts=kafka:alerts --route '{ROUTE}'; database {}",
+            cfg.hashers,
+            db.display()
+        );
+        Ok(())
     };
-    let mut cfg = Config::from_cli(cli);
-    cfg.brokers = brokers;
-    cfg.source_topic = TOPIC.into();
-    cfg.group_id = "demo-branch".into();
-    // The mock cluster waits out a departed member's whole session: keep it short (the user's -X comes later, and wins).
-    let short_sessions = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")];
-    cfg.properties.splice(0..0, short_sessions.map(|(k, v)| (k.to_string(), v.to_string())));
-    let orders = url("orders", "id")?;
-    cfg.tables.sink = Some(orders.clone());
-    cfg.tables.sinks = vec![
-        SinkDef { name: Some("orders".into()), target: SinkTarget::Table(orders) },
-        SinkDef {
-            name: Some("alerts".into()),
-            target: SinkTarget::Topic { topic: ALERTS.into(), dead_letters: format!("{ALERTS}.dlq") },
-        },
-    ];
-    cfg.route = Some(ROUTE.into());
-    cfg.create_table = true;
-    cfg.lookups = vec![LookupDef { name: "customers".into(), target: LookupTarget::Table(url("customers", "id")?) }];
-    cfg.settings.transform =
-        TransformSpec::Jq(JqSpec { filter: FILTER.into(), file: None, hmac_key: None, hmac_key_file: None });
-    log::info!(
-        "demo branch: {n} orders on an embedded Kafka → {} workers (--jq '{FILTER}' --lookup customers=<the customers \
-         table>) → --sink orders=<table orders> --sink alerts=kafka:alerts --route '{ROUTE}'; database {}",
-        cfg.hashers,
-        db.display()
-    );
-    let (exit, _) = Supervisor::run_counted(cfg, signals);
-    let verdict = check_tx
-        .send(Check { exit: exit.code() })
-        .ok()
-        .and_then(|()| verdict_rx.try_recv_timeout(Duration::from_secs(120)).ok());
-    let _ = nix::sys::wait::waitpid(broker, None);
-    Ok(super::demo::outcome(exit, verdict))
+    super::demo::checked_on_embedded_kafka(cli, signals, ("demo-branch", TOPIC), broker, configure)
 }
 
 /// The orders written, by (partition, offset): what the checks read back against.

@@ -10,12 +10,13 @@
 //! directory. A second run generates them again into a fresh embedded Kafka: the orders its first run took into the
 //! state are recognised by their positions and skipped, so it goes on where the first stopped.
 
+use super::demo::Check;
 use crate::config::aggregate::{self, Emit, Window};
 use crate::config::{default_state_dir, Aggregation, Cli, Config, Tables, WindowDemoArgs};
 use crate::error::{Error, Exit, Result};
 use crate::sql::url::TableUrl;
-use crate::supervisor::{Signals, Supervisor};
-use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
+use crate::supervisor::Signals;
+use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -37,12 +38,6 @@ const STEP_MS: i64 = 10;
 const WINDOW_MS: i64 = 10_000;
 const LATENESS_MS: i64 = 2_000;
 const AGGREGATE: &str = "{orders: count, total: sum(.amount), biggest: max(.amount)}";
-
-/// Parent → broker process: the pipeline exited with `exit`; check and report.
-#[derive(serde::Serialize, serde::Deserialize, Debug)]
-struct Check {
-    exit: i32,
-}
 
 /// One order: its customer, amount (in quarters, so that every sum is exact in any order) and time in ms.
 #[derive(Debug, Clone, Copy)]
@@ -95,61 +90,41 @@ fn run_inner(cli: &Cli, args: &WindowDemoArgs, signals: Signals) -> Result<Exit>
     // The sink writes into a database that exists (the table it creates). SQLite starts no thread.
     crate::sql::open_sqlite(&db.display().to_string(), true)
         .map_err(|source| Error::DbQuery { doing: format!("demo window: creating {}", db.display()), source })?;
-    let (boot_tx, boot_rx) = ipc::channel::<String>().map_err(Error::CreateChannel)?;
-    let (check_tx, check_rx) = ipc::channel::<Check>().map_err(Error::CreateChannel)?;
-    let (verdict_tx, verdict_rx) = ipc::channel::<bool>().map_err(Error::CreateChannel)?;
-    let parent = nix::unistd::getpid();
     let orders = args.orders;
-    // No thread has been started in this process yet.
-    let (broker, (boot_rx, check_tx, verdict_rx)) = super::demo::fork_broker(
-        parent,
-        (boot_rx, check_tx, verdict_rx),
-        (boot_tx, check_rx, verdict_tx),
-        |(boot_tx, check_rx, verdict_tx)| broker_main(orders, args.rate, &db, boot_tx, check_rx, verdict_tx),
-    )?;
-    let brokers = boot_rx.try_recv_timeout(Duration::from_secs(30)).map_err(Error::DemoStart)?;
-    let mut cfg = Config::from_cli(cli);
-    cfg.brokers = brokers;
-    cfg.source_topic = TOPIC.into();
-    cfg.group_id = "demo-window".into();
-    // The mock cluster waits out a departed member's whole session: keep it short (the user's -X comes later, and wins).
-    let short_sessions = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")];
-    cfg.properties.splice(0..0, short_sessions.map(|(k, v)| (k.to_string(), v.to_string())));
-    let sink = TableUrl::parse(&format!("sqlite:{}?table=totals&key=key,window_start", db.display())).map_err(|e| {
-        Error::DbSchema { message: format!("demo window: {} cannot be named in a URL: {e}", db.display()) }
-    })?;
-    cfg.tables = Tables { source: None, sink: Some(sink), checkpoint: None, state_dir: None, sinks: vec![] };
-    cfg.create_table = true;
-    cfg.state_dir = Some(dir.join("state"));
-    let aggregates = aggregate::aggregates(AGGREGATE).map_err(|message| Error::DbSchema { message })?;
-    cfg.aggregation = Some(Aggregation {
-        aggregates,
-        group_by: Some(".customer".into()),
-        window: Window::Tumbling { size: WINDOW_MS },
-        event_time: Some(".at".into()),
-        lateness: LATENESS_MS,
-        emit: Emit::Final,
-        idle_timeout: 30_000,
-    });
-    cfg.aggregate = Some(AGGREGATE.into());
-    if cli.queue_capacity.is_none() {
-        cfg.queue_capacity = crate::config::QUEUE_CAPACITY_AGGREGATING;
-    }
-    log::info!(
-        "demo window: {orders} orders of {CUSTOMERS} customers (some out of order, some late) on an embedded Kafka → \
-         {} workers ({}) → --aggregate '{AGGREGATE}' --group-by .customer --window tumbling=10s --event-time .at \
-         --lateness 2s → table totals in {}; Ctrl-C stops it, running it again goes on",
-        cfg.hashers,
-        cfg.transform.label(),
-        db.display()
-    );
-    let (exit, _) = Supervisor::run_counted(cfg, signals);
-    let verdict = check_tx
-        .send(Check { exit: exit.code() })
-        .ok()
-        .and_then(|()| verdict_rx.try_recv_timeout(Duration::from_secs(120)).ok());
-    let _ = nix::sys::wait::waitpid(broker, None);
-    Ok(super::demo::outcome(exit, verdict))
+    let broker = |(boot_tx, check_rx, verdict_tx)| broker_main(orders, args.rate, &db, boot_tx, check_rx, verdict_tx);
+    let configure = |cfg: &mut Config| {
+        let sink =
+            TableUrl::parse(&format!("sqlite:{}?table=totals&key=key,window_start", db.display())).map_err(|e| {
+                Error::DbSchema { message: format!("demo window: {} cannot be named in a URL: {e}", db.display()) }
+            })?;
+        cfg.tables = Tables { source: None, sink: Some(sink), checkpoint: None, state_dir: None, sinks: vec![] };
+        cfg.create_table = true;
+        cfg.state_dir = Some(dir.join("state"));
+        let aggregates = aggregate::aggregates(AGGREGATE).map_err(|message| Error::DbSchema { message })?;
+        cfg.aggregation = Some(Aggregation {
+            aggregates,
+            group_by: Some(".customer".into()),
+            window: Window::Tumbling { size: WINDOW_MS },
+            event_time: Some(".at".into()),
+            lateness: LATENESS_MS,
+            emit: Emit::Final,
+            idle_timeout: 30_000,
+        });
+        cfg.aggregate = Some(AGGREGATE.into());
+        if cli.queue_capacity.is_none() {
+            cfg.queue_capacity = crate::config::QUEUE_CAPACITY_AGGREGATING;
+        }
+        log::info!(
+            "demo window: {orders} orders of {CUSTOMERS} customers (some out of order, some late) on an embedded Kafka \
+             → {} workers ({}) → --aggregate '{AGGREGATE}' --group-by .customer --window tumbling=10s --event-time \
+             .at --lateness 2s → table totals in {}; Ctrl-C stops it, running it again goes on",
+            cfg.hashers,
+            cfg.transform.label(),
+            db.display()
+        );
+        Ok(())
+    };
+    super::demo::checked_on_embedded_kafka(cli, signals, ("demo-window", TOPIC), broker, configure)
 }
 
 /// Where each order landed: (partition, offset) by order number.
