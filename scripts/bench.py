@@ -144,11 +144,11 @@ EXTRA = []
 FLAGS = []
 
 
-def command(kind, brokers, hashers):
+def command(kind, brokers, hashers, group=None):
     binary = {"supervisor": os.environ.get("SUPERVISOR_BIN", os.path.join(ROOT, "target/release/supervisor")),
               "single": os.environ.get("SINGLE_BIN", os.path.join(ROOT, "target/release/examples/single"))}[kind]
     cmd = [binary, "--brokers", brokers, "--source-topic", "src", "--dest-topic", "dst",
-           "--group-id", f"bench-{kind}", "--hashers", str(hashers)]
+           "--group-id", group or f"bench-{kind}", "--hashers", str(hashers)]
     for k, v in CLIENT.items():
         cmd += ["-X", f"{k}={v}"]
     for x in EXTRA:
@@ -267,8 +267,7 @@ def aggregate(kind, n, hashers, state):
         if kind == "quix":
             cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_quix.py"), brokers, group, state]
         else:
-            cmd = command("supervisor", brokers, hashers)
-            cmd[cmd.index("--group-id") + 1] = group
+            cmd = command("supervisor", brokers, hashers, group)
             if kind == "aggregate":
                 cmd += AGGREGATE + ["--state-dir", state]
         return until_committed("aggregate", kind, cmd, brokers, group, n, hashers)
@@ -310,8 +309,7 @@ def tee(kind, n, hashers):
         admin.create_topics([NewTopic("dst2", num_partitions=4, replication_factor=1)])["dst2"].result()
         load(brokers, n, 0)
         group = f"bench-{kind}"
-        cmd = command("supervisor", brokers, hashers)
-        cmd[cmd.index("--group-id") + 1] = group
+        cmd = command("supervisor", brokers, hashers, group)
         if kind == "tee":
             i = cmd.index("--dest-topic"); del cmd[i:i + 2]
             cmd += ["--sink", "a=kafka:dst", "--sink", "b=kafka:dst2"]
@@ -349,8 +347,7 @@ def lookup(kind, n, hashers, pg):
         if kind == "python":
             cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_lookup_py.py"), brokers, group, pg.dsn()]
         else:
-            cmd = command("supervisor", brokers, hashers)
-            cmd[cmd.index("--group-id") + 1] = group
+            cmd = command("supervisor", brokers, hashers, group)
             if kind == "lookup":
                 cmd += ["--jq", JOIN, "--lookup", "customers=" + pg.url("customers")]
             if kind == "jq":  # the same output without the lookup: what the jq filter alone costs
