@@ -70,6 +70,17 @@ fn failed(doing: &str) -> impl Fn(DbError) -> Error + '_ {
     move |e| Error::Checkpoint { doing: doing.to_string(), source: e }
 }
 
+/// The store this run opened is not there any more: saving checkpoints into a store nobody will read again would end
+/// in a "finished" scan that the next run starts over.
+fn gone(why: String) -> Error {
+    Error::DbSchema {
+        message: format!(
+            "the checkpoint store {why} during the run: the checkpoints of this run cannot be kept, and the scan \
+             stops here (the next run says what to do)"
+        ),
+    }
+}
+
 impl Store {
     /// Opens (creating its tables if needed) the store at `url`, for the scan named `scan`.
     pub fn open(url: &TableUrl, scan: String, lease: Duration) -> Result<Store> {
@@ -134,12 +145,6 @@ impl Store {
     /// tables dropped and made again). Saving checkpoints into a store nobody will read again would end in a
     /// "finished" scan that the next run starts over.
     pub fn watch(&mut self) -> Result<()> {
-        let gone = |why: String| Error::DbSchema {
-            message: format!(
-                "the checkpoint store {why} during the run: the checkpoints of this run cannot be kept, and the scan \
-                 stops here (the next run says what to do)"
-            ),
-        };
         if let Some((path, dev, ino)) = &self.file {
             match std::fs::metadata(path) {
                 Ok(m) if m.dev() == *dev && m.ino() == *ino => {}
@@ -155,8 +160,16 @@ impl Store {
                 other.as_deref().unwrap_or("(none)"),
                 self.id
             ))),
-            Err(e) if no_such_table(&e) => Err(gone(format!("{} lost its tables", self.location))),
-            Err(e) => Err(Error::Checkpoint { doing: "reading its id".into(), source: e }),
+            Err(e) => Err(self.failed_in_run("reading its id")(e)),
+        }
+    }
+
+    /// As `failed`, for a store this run has opened: its tables gone (dropped by hand while the scan ran) is said as
+    /// such whichever statement meets it first, a failure no restart mends.
+    fn failed_in_run<'a>(&'a self, doing: &'a str) -> impl Fn(DbError) -> Error + 'a {
+        move |e| match no_such_table(&e) {
+            true => gone(format!("{} lost its tables", self.location)),
+            false => failed(doing)(e),
         }
     }
 
@@ -338,7 +351,7 @@ impl Store {
     /// instance on this host which is no longer running held: no need to wait for their leases.
     pub fn adopt_orphans(&mut self) -> Result<()> {
         let host = self.owner.split(':').next().unwrap_or_default().to_string();
-        let holders = self.owners().map_err(failed("reading the leases"))?;
+        let holders = self.owners().map_err(self.failed_in_run("reading the leases"))?;
         for holder in holders {
             let Some((h, pid)) = holder.rsplit_once(':') else { continue };
             // Alive: its process is there (EPERM: there, another user's) and started when the holder's did.
@@ -361,7 +374,7 @@ impl Store {
                     self.d.param(2)
                 );
                 self.exec(&sql, vec![P::S(Some(self.scan.clone())), P::S(Some(holder.clone()))])
-                    .map_err(failed("adopting chunks"))?;
+                    .map_err(self.failed_in_run("adopting chunks"))?;
             }
         }
         Ok(())
@@ -420,7 +433,7 @@ impl Store {
             )?;
             Ok(claimed.into_iter().next())
         })
-        .map_err(failed("claiming a chunk"))
+        .map_err(self.failed_in_run("claiming a chunk"))
     }
 
     /// Moves checkpoints on and renews this instance's leases, in one transaction. Returns the chunks whose lease
@@ -471,7 +484,7 @@ impl Store {
             )?;
             Ok(lost)
         })
-        .map_err(failed("saving checkpoints"))
+        .map_err(self.failed_in_run("saving checkpoints"))
     }
 
     /// Gives up this instance's unfinished chunks at once (a clean stop), so that another may take them now.
@@ -484,7 +497,7 @@ impl Store {
         );
         self.exec(&sql, vec![P::S(Some(self.scan.clone())), P::S(Some(self.owner.clone()))])
             .map(|_| ())
-            .map_err(failed("releasing chunks"))
+            .map_err(self.failed_in_run("releasing chunks"))
     }
 
     /// Chunks of the scan not finished yet, whoever holds them.
@@ -495,7 +508,7 @@ impl Store {
                 &format!("SELECT COUNT(*) FROM supervisor_chunk WHERE scan = {} AND finished = 0", self.d.param(1)),
                 vec![P::S(Some(self.scan.clone()))],
             )
-            .map_err(failed("reading the chunks"))?;
+            .map_err(self.failed_in_run("reading the chunks"))?;
         Ok(n.unwrap_or_default().max(0) as u64)
     }
 
@@ -658,6 +671,30 @@ mod tests {
 
         s.forget().unwrap();
         assert_eq!(s.load().unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_whose_tables_are_dropped_says_so_whichever_statement_meets_it_first() {
+        let dir = std::env::temp_dir().join(format!("supervisor-dropped-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = store(&dir, "a");
+        assert!(s.plan(30, &plan(vec![Key::int(10)])).unwrap());
+        let path = dir.join("state/checkpoints.db");
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch("DROP TABLE supervisor_chunk; DROP TABLE supervisor_scan; DROP TABLE supervisor_store")
+            .unwrap();
+        let said = |r: Result<()>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        for (doing, message) in [
+            ("claim", said(s.claim().map(drop))),
+            ("advance", said(s.advance(&[(0, Some(Key::int(7)), 7, false)]).map(drop))),
+            ("release", said(s.release())),
+            ("unfinished", said(s.unfinished().map(drop))),
+            ("adopt", said(s.adopt_orphans())),
+        ] {
+            assert!(message.contains("lost its tables during the run"), "{doing}: {message}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
