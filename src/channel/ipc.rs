@@ -117,6 +117,8 @@ pub struct Page {
     pub lane: Lane,
     /// The claim the page was read for: a page of an earlier claim of the same chunk is not this one's.
     pub epoch: u64,
+    /// The page's number in its claim: with the epoch, what its watermarks in a followed table's change stream name.
+    pub number: u32,
     pub rows: Vec<(crate::sql::key::Key, serde_bytes::ByteBuf)>,
     /// The chunk's last page: the reader wants its next chunk.
     pub last: bool,

@@ -230,9 +230,29 @@ pub struct Cli {
     #[arg(long, env = "SUPERVISOR_CREATE_TABLE")]
     pub create_table: bool,
 
-    /// Start the table scan over, forgetting its checkpoints (a finished scan otherwise stays finished).
+    /// Start the table scan over, forgetting its checkpoints (a finished scan otherwise stays finished); with --follow,
+    /// its replication slot is dropped and made again too.
     #[arg(long)]
     pub rescan: bool,
+
+    /// After the snapshot of a PostgreSQL --source table, follow its changes: every insert, update and delete, read
+    /// from a logical replication slot (wal2json) that the first start makes, until stopped.
+    #[arg(long, env = "SUPERVISOR_FOLLOW")]
+    pub follow: bool,
+
+    /// Drop the replication slot that --follow reads for this --source (and forget its scan), then exit.
+    #[arg(long)]
+    pub drop_slot: bool,
+
+    /// With --follow: warn when the replication slot keeps more than this many MiB of WAL unread (a slot not advanced
+    /// keeps the server's WAL).
+    #[arg(long, env = "SUPERVISOR_SLOT_LAG_WARN", default_value_t = 1024, value_name = "MIB")]
+    pub slot_lag_warn: u64,
+
+    /// With --follow into a topic: no tombstone (the key with a null value) after a delete's event. By default one
+    /// follows it, so that compaction removes the key.
+    #[arg(long, env = "SUPERVISOR_NO_TOMBSTONES")]
+    pub no_tombstones: bool,
 
     /// When dead letters mean something is wrong, not an odd bad event: a share of the last 1000 events written or
     /// dead-lettered (judged from the 100th), a count in all, or off. Past it the pipeline stops with exit 7.

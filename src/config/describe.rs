@@ -201,6 +201,9 @@ chunk-rows = 100000
 max-retries = 10
 chunk-lease = 30
 create-table = false
+follow = false
+slot-lag-warn = 1024
+no-tombstones = false
 max-dead-letters = \"10%\"
 # aggregate: not set
 # group-by: the event's key; a table row's key
@@ -232,12 +235,12 @@ idle-timeout = \"30s\"
                 "hashers" | "queue-capacity" | "max-restarts" | "readers" | "chunk-rows" | "max-retries" => "3",
                 "lookup-ttl" | "lookup-cache-rows" => "3",
                 "max-rate" | "drain-timeout" | "restart-window" | "child-timeout" | "status-interval" => "3",
-                "exec-timeout" | "chunk-lease" => "3",
+                "exec-timeout" | "chunk-lease" | "slot-lag-warn" => "3",
                 "max-dead-letters" => "off",
                 "emit" => "final",
                 "log-level" => "debug",
-                "create-table" => {
-                    args.push("--create-table".into());
+                "create-table" | "follow" | "no-tombstones" => {
+                    args.push(format!("--{long}"));
                     continue;
                 }
                 // The transform and the tables are settled by `Cli::load`, and shown as settled.

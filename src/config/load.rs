@@ -174,6 +174,31 @@ impl Cli {
                     .into(),
             ));
         }
+        if cli.follow || cli.drop_slot {
+            let flag = if cli.follow { "--follow" } else { "--drop-slot" };
+            match cli.tables.source.as_ref().map(|u| u.engine) {
+                Some(crate::sql::url::Engine::Postgres) => {}
+                Some(engine) => {
+                    return Err(Invalid::Setting(format!(
+                        "{flag} reads PostgreSQL's logical replication; a {} --source table can be scanned, not \
+                         followed (MySQL's binlog is not supported yet)",
+                        engine.name()
+                    )))
+                }
+                None => {
+                    return Err(Invalid::Setting(format!(
+                        "{flag} follows a PostgreSQL table: give it as --source postgres://USER@HOST/DB?table=T"
+                    )))
+                }
+            }
+            if cli.follow && cli.aggregate.is_some() {
+                return Err(Invalid::Setting(
+                    "--aggregate with --follow is not supported yet: a delete or an update would have to take back \
+                     what an aggregate already counted"
+                        .into(),
+                ));
+            }
+        }
         if several && cli.aggregate.is_some() {
             return Err(Invalid::Setting(
                 "--aggregate writes to one sink; several --sink values are not supported with it yet".into(),

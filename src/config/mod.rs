@@ -346,7 +346,7 @@ mod tests {
         use clap::CommandFactory;
         // What a file may set is read from clap: every flag with an environment variable. Only these are for the
         // command line alone: which file to read, printing the settings, and a one-off restart of a table scan.
-        let command_line_only = ["config", "print-config", "rescan"];
+        let command_line_only = ["config", "print-config", "rescan", "drop-slot"];
         let keys: Vec<String> = file_keys().into_iter().map(|(k, _)| k).collect();
         for arg in Cli::command().get_arguments() {
             // -X has no long name: its file form is the [kafka] table.

@@ -17,7 +17,7 @@ use crate::error::{Error, Exit, Result};
 use crate::position::Position;
 use crate::sink::refusals::{Judge, TooMany};
 use crate::sink::{feed, worker_ended, Acks, Input, SinkEnds};
-use crate::sql::{Object, Resilient, Schema};
+use crate::sql::{Object, Resilient, Schema, CHANGE_FIELDS, CHANGE_OP};
 use crate::stage::{Hooks, Stage};
 use crate::telemetry::events::{emit, BatchReceived, Delivered};
 use crate::telemetry::heartbeat;
@@ -178,6 +178,12 @@ impl Stage for TableSink {
 /// A row to write: its source position, the event, and its key as written in the event.
 type Keyed<'a> = (Position, Object<'a>, Cow<'a, str>);
 
+/// A run of a batch's events: upserts grouped by the fields they have, or deletes.
+enum Segment<'a> {
+    Upserts(Vec<(Vec<String>, Vec<Keyed<'a>>)>),
+    Deletes(Vec<Keyed<'a>>),
+}
+
 /// An event for the dead-letter table: its position, why, and its bytes as they came.
 type Rejected = (Position, String, Vec<u8>);
 
@@ -306,7 +312,9 @@ impl Writer {
         // Rows by the columns they have: a row is written with its own fields only, never NULLs for the fields
         // other events of the batch have. Each group keeps the batch's order; the groups go in the order they first
         // appear. Events of a batch mostly have the same fields: each is compared with the last group before any other.
-        let mut groups: Vec<(Vec<String>, Vec<Keyed<'_>>)> = Vec::new();
+        // A followed table's deletes (`"__op": "d"`) split the batch: what comes before a delete is written before
+        // it, and what comes after, after it, so that a key's last change is what the table ends with.
+        let mut segments: Vec<Segment<'_>> = Vec::new();
         let mut last = 0;
         for (at, span) in &pending.rows {
             let event = pending.bytes(span);
@@ -337,12 +345,27 @@ impl Writer {
                     continue;
                 }
             };
+            if object.fields.get(CHANGE_OP).is_some_and(|op| op.get() == "\"d\"") {
+                match segments.last_mut() {
+                    Some(Segment::Deletes(rows)) => rows.push((*at, object, key)),
+                    _ => segments.push(Segment::Deletes(vec![(*at, object, key)])),
+                }
+                continue;
+            }
+            if !matches!(segments.last(), Some(Segment::Upserts(_))) {
+                segments.push(Segment::Upserts(Vec::new()));
+                last = 0;
+            }
+            let Some(Segment::Upserts(groups)) = segments.last_mut() else { continue };
             // The object's fields are in name order already.
             let known = || object.fields.keys().map(|name| name.as_ref()).filter(|name| self.columns.contains(*name));
             let group = match groups.get(last) {
                 Some((fields, _)) if known().eq(fields.iter().map(String::as_str)) => last,
                 _ => {
-                    for name in object.fields.keys().filter(|name| !self.columns.contains(name.as_ref())) {
+                    let unknown = |name: &&Cow<'_, str>| {
+                        !self.columns.contains(name.as_ref()) && !CHANGE_FIELDS.contains(&name.as_ref())
+                    };
+                    for name in object.fields.keys().filter(unknown) {
                         if self.unknown_fields.insert(name.to_string()) {
                             log::warn!(
                                 "events have a field {name:?} that table {} has no column for: it is not written",
@@ -364,10 +387,18 @@ impl Writer {
             groups[group].1.push((*at, object, key));
         }
         let set_aside = rejected.len();
-        for (fields, rows) in &groups {
-            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
-            let all: Vec<(Position, &Object<'_>, &str)> = rows.iter().map(|(at, o, k)| (*at, o, k.as_ref())).collect();
-            self.upsert(&all, &fields, &mut written, &mut rejected)?;
+        for segment in &segments {
+            match segment {
+                Segment::Upserts(groups) => {
+                    for (fields, rows) in groups {
+                        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+                        let all: Vec<(Position, &Object<'_>, &str)> =
+                            rows.iter().map(|(at, o, k)| (*at, o, k.as_ref())).collect();
+                        self.upsert(&all, &fields, &mut written, &mut rejected)?;
+                    }
+                }
+                Segment::Deletes(rows) => self.delete(rows, &mut written, &mut rejected)?,
+            }
         }
         // An aggregation's inputs (filtered out here: they went into its state) count as written, each in its place
         // among the dead letters, so that a few late events among many inputs are judged as the few they are.
@@ -466,6 +497,27 @@ impl Writer {
         Ok(())
     }
 
+    /// Deletes the rows of a followed table's deletes; keys the database refuses go to the dead letters.
+    fn delete(&mut self, rows: &[Keyed<'_>], written: &mut Vec<Position>, rejected: &mut Vec<Rejected>) -> Result<()> {
+        heartbeat::tick();
+        let objects: Vec<&Object<'_>> = rows.iter().map(|(_, o, _)| o).collect();
+        let schema = &self.schema;
+        let doing = || format!("deleting {} rows from {}", objects.len(), schema.table);
+        match self.db.run(&doing, |conn| conn.delete(schema, &objects))? {
+            Ok(()) => {
+                written.extend(rows.iter().map(|(at, _, _)| *at));
+                self.judge.written(rows.len() as u64);
+            }
+            Err(e) => {
+                let why = crate::error::db_message(e.as_ref());
+                for (at, o, _) in rows {
+                    self.refused((*at, format!("the delete was refused: {why}"), o.raw.to_vec()), rejected);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sets an event aside for the dead-letter table, and judges whether that is one too many.
     fn refused(&mut self, r: Rejected, rejected: &mut Vec<Rejected>) {
         self.judge.dead_lettered(&r.1, r.0);
@@ -508,7 +560,7 @@ impl Writer {
         let mut fields: Vec<(String, Option<serde_json::Value>)> = Vec::new();
         for e in events {
             let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(e) else { continue };
-            for (k, v) in map {
+            for (k, v) in map.into_iter().filter(|(k, _)| !CHANGE_FIELDS.contains(&k.as_str())) {
                 match fields.iter_mut().find(|(name, _)| *name == k) {
                     Some((_, seen @ None)) if !v.is_null() => *seen = Some(v),
                     Some(_) => {}

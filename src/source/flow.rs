@@ -31,6 +31,8 @@ pub struct Flow {
     done: Vec<bool>,
     sink_done: bool,
     sink_gone: bool,
+    /// The source numbers its events across lanes: a lane's numbers leave gaps that are no one's loss.
+    sparse: bool,
 }
 
 /// How a drain ended.
@@ -85,6 +87,7 @@ impl Flow {
             done: vec![false; sinks],
             sink_done: false,
             sink_gone: false,
+            sparse: false,
         })
     }
 
@@ -93,7 +96,7 @@ impl Flow {
         let Position { lane, seq } = record.at;
         let worker = crate::position::worker_of(lane, self.batches.len());
         self.batches[worker].push(record)?;
-        match self.marks.track(record.at) {
+        match self.marks.track(record.at).filter(|_| !self.sparse) {
             // One-offset gaps are transaction markers; larger ones are data the broker no longer has or never gave us
             // (retention deleted it before it was read, compaction, or a broker bug).
             Some(before) if seq - before > 2 => emit(PositionsSkipped { lane, first: before + 1, last: seq - 1 }),
@@ -107,6 +110,11 @@ impl Flow {
             self.senders[worker].send(&mut self.batches[worker])?;
         }
         Ok(())
+    }
+
+    /// Events are numbered across lanes (a followed table's changes): gaps in a lane are not reported.
+    pub fn number_across_lanes(&mut self) {
+        self.sparse = true;
     }
 
     /// Sends the batches whose linger has passed.

@@ -96,6 +96,12 @@ impl Watermarks {
         self.lanes.get(&lane).map_or(0, |p| p.in_flight.iter().filter(|(_, acked)| !acked).count())
     }
 
+    /// The lowest sequence number still unacknowledged in any lane: for a source that numbers its events across
+    /// lanes, everything below it is acknowledged.
+    pub fn oldest_in_flight(&self) -> Option<Seq> {
+        self.lanes.values().filter_map(|p| p.in_flight.iter().find(|(_, acked)| !acked).map(|(s, _)| *s)).min()
+    }
+
     /// The committable position of every lane whose position moved since the last call.
     pub fn take_advanced(&mut self) -> Vec<Position> {
         let mut out = Vec::new();

@@ -294,6 +294,21 @@ pub fn upsert(c: &mut Connection, s: &Schema, objects: &[&Object<'_>], fields: &
     Ok(())
 }
 
+/// Deletes the rows whose keys `keys` holds: a JSON array of objects of the key's columns.
+pub fn delete(c: &mut Connection, s: &Schema, keys: &str) -> Result<(), DbError> {
+    let cols: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
+    let values: Vec<String> =
+        s.key.iter().map(|k| format!("json_extract(value, '$.{}')", quote(&k.name).replace('\'', "''"))).collect();
+    let sql = format!(
+        "DELETE FROM {} WHERE ({}) IN (SELECT {} FROM json_each(?1))",
+        s.table.quoted(),
+        cols.join(", "),
+        values.join(", ")
+    );
+    c.prepare_cached(&sql)?.execute([keys])?;
+    Ok(())
+}
+
 /// Whether a declared type gives a column TEXT affinity (SQLite's rules: no INT, and CHAR, CLOB or TEXT).
 fn text_affinity(declared: &str) -> bool {
     let t = declared.to_ascii_uppercase();

@@ -332,6 +332,15 @@ impl Conn {
     }
 
     /// The rows whose key is one of `keys` (a lookup's batch), in key order: one statement.
+    /// Rows written as [`page`](Self::page) writes them, from their columns' text in a JSON array of objects
+    /// (PostgreSQL: what logical decoding gives).
+    pub fn populated(&mut self, s: &Schema, objects: &str, out: &mut Vec<Row>) -> Result<(), DbError> {
+        match self {
+            Conn::Postgres(c) => pg::populated(c, s, objects, out),
+            _ => Err("rows from a change are PostgreSQL's only".into()),
+        }
+    }
+
     pub fn rows_with_keys(&mut self, s: &Schema, keys: &[Key], out: &mut Vec<Row>) -> Result<(), DbError> {
         if keys.is_empty() {
             return Ok(());
@@ -351,6 +360,33 @@ impl Conn {
             Conn::Postgres(c) => pg::upsert(c, s, objects, fields),
             Conn::Mysql(c) => my::upsert(c, s, objects, fields),
             Conn::Sqlite(c) => lite::upsert(c, s, objects, fields),
+        }
+    }
+
+    /// Deletes the rows with the keys of `objects` (events whose fields hold the key's columns): a followed table's
+    /// deletes.
+    pub fn delete(&mut self, s: &Schema, objects: &[&Object<'_>]) -> Result<(), DbError> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let mut keys = String::from("[");
+        for (i, o) in objects.iter().enumerate() {
+            keys.push_str(if i > 0 { ",{" } else { "{" });
+            for (j, k) in s.key.iter().enumerate() {
+                if j > 0 {
+                    keys.push(',');
+                }
+                keys.push_str(&serde_json::to_string(&k.name)?);
+                keys.push(':');
+                keys.push_str(o.fields.get(k.name.as_str()).map_or("null", |v| v.get()));
+            }
+            keys.push('}');
+        }
+        keys.push(']');
+        match self {
+            Conn::Postgres(c) => pg::delete(c, s, &keys),
+            Conn::Mysql(c) => my::delete(c, s, objects),
+            Conn::Sqlite(c) => lite::delete(c, s, &keys),
         }
     }
 
@@ -519,6 +555,12 @@ impl Conn {
 }
 
 /// The dead-letter table's columns, as a row is written.
+/// The fields a followed table's change adds to its row (`--follow`): what it did (`c`, `u`, `d`, or `r` for a
+/// snapshot row), where it committed in the log and when, and the old row where `REPLICA IDENTITY FULL` gives it. A
+/// table sink writes none of them as columns, and applies `"__op": "d"` as a delete.
+pub const CHANGE_FIELDS: [&str; 4] = [CHANGE_OP, "__lsn", "__commit_time", "__before"];
+pub const CHANGE_OP: &str = "__op";
+
 const DEAD_LETTER_COLUMNS: [&str; 4] = ["at", "reason", "event", "event_bytes"];
 
 /// A row of the dead-letter table: where the event came from, why it was refused, and the event as it came: as text

@@ -552,6 +552,33 @@ pub fn upsert(c: &mut Conn, s: &Schema, objects: &[&Object<'_>], fields: &[&str]
     Ok(())
 }
 
+/// Deletes the rows with the keys of `objects`.
+pub fn delete(c: &mut Conn, s: &Schema, objects: &[&Object<'_>]) -> Result<(), DbError> {
+    let keys: Vec<String> = s.key.iter().map(|k| quote(&k.name)).collect();
+    let kinds: Vec<Kind> =
+        s.key.iter().map(|k| s.columns.iter().find(|c| c.name == k.name).map_or(Kind::Plain, Kind::of)).collect();
+    let one = format!("({})", vec!["?"; keys.len()].join(", "));
+    let rows_per_statement = (MAX_PARAMS / keys.len().max(1)).clamp(1, ROWS_PER_STATEMENT);
+    let mut tx = c.start_transaction(TxOpts::default())?;
+    for part in objects.chunks(rows_per_statement) {
+        let mut params = Vec::with_capacity(part.len() * keys.len());
+        for o in part {
+            for (k, kind) in s.key.iter().zip(&kinds) {
+                params.push(param(o.fields.get(k.name.as_str()).copied(), *kind)?);
+            }
+        }
+        let sql = format!(
+            "DELETE FROM {} WHERE ({}) IN ({})",
+            s.table.quoted(),
+            keys.join(", "),
+            vec![one.as_str(); part.len()].join(", ")
+        );
+        tx.exec_drop(sql, params)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 pub fn dead_letters(c: &mut Conn, table: &TableName, rows: &[DeadLetter<'_>]) -> Result<(), DbError> {
     let mut tx = c.start_transaction(TxOpts::default())?;
     let sql = D.insert(&table.quoted(), &super::DEAD_LETTER_COLUMNS);

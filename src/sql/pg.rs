@@ -489,9 +489,39 @@ pub fn page(c: &mut Client, s: &Schema, which: Which<'_>, limit: usize, out: &mu
         limit.max(1)
     );
     let refs = key_params(&bounds);
+    rows_as_json(s, &reads, c.query(sql.as_str(), &refs)?, out)
+}
+
+/// Rows as a page writes them, from values as their types' text output: `objects` is a JSON array of objects, a
+/// column's text under its name (what wal2json writes of a change), which PostgreSQL reads back into the table's row
+/// type. The same SELECT list as [`page`]'s then writes each as the snapshot would have, in the array's order.
+pub fn populated(c: &mut Client, s: &Schema, objects: &str, out: &mut Vec<Row>) -> Result<(), DbError> {
+    let (reads, select): (Vec<Read>, Vec<String>) = s.columns.iter().map(read_as).unzip();
+    let sql = format!(
+        "SELECT {}, {} FROM json_populate_recordset(NULL::{}, $1::text::json) WITH ORDINALITY t ORDER BY t.ordinality",
+        key_texts(s, "t."),
+        select.join(", "),
+        s.table.quoted(),
+    );
+    rows_as_json(s, &reads, c.query(sql.as_str(), &[&objects])?, out)
+}
+
+/// Deletes the rows whose keys `keys` holds: a JSON array of objects of the key's columns.
+pub fn delete(c: &mut Client, s: &Schema, keys: &str) -> Result<(), DbError> {
+    let matches: Vec<String> = s.key.iter().map(|k| format!("t.{0} = d.{0}", quote(&k.name))).collect();
+    let sql = format!(
+        "DELETE FROM {0} t USING json_populate_recordset(NULL::{0}, $1::text::json) d WHERE {1}",
+        s.table.quoted(),
+        matches.join(" AND ")
+    );
+    c.execute(sql.as_str(), &[&keys])?;
+    Ok(())
+}
+
+fn rows_as_json(s: &Schema, reads: &[Read], rows: Vec<postgres::Row>, out: &mut Vec<Row>) -> Result<(), DbError> {
     let writer = ObjectWriter::new(&s.columns);
     let first = s.key.len();
-    for row in c.query(sql.as_str(), &refs)? {
+    for row in rows {
         let key = key_at(s, &row, 0)?;
         let json = writer.object(|i, json| {
             let at = i + first;

@@ -43,6 +43,8 @@ pub struct TableUrl {
     pub columns: Option<Vec<String>>,
     /// The `password=` parameter, read from its file if it said `@PATH`; it wins over the URL's `user:password@`.
     pub password: Option<String>,
+    /// `slot=NAME`: the logical replication slot `--follow` reads (PostgreSQL), instead of one named from the scan.
+    pub slot: Option<String>,
     /// The URL as given, its password masked.
     shown: String,
 }
@@ -76,7 +78,7 @@ impl TableUrl {
         // PostgreSQL folds unquoted names to lower case; MySQL and SQLite keep them as written.
         let fold = engine == Engine::Postgres;
         let (mut table, mut key, mut columns, mut passed) = (None, None, None, Vec::new());
-        let mut password = None;
+        let (mut password, mut slot) = (None, None);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let value = || decode(v).map_err(|e| format!("{shown}: parameter {k}: {e}"));
@@ -108,6 +110,22 @@ impl TableUrl {
                         None => given,
                     });
                 }
+                "slot" if engine == Engine::Postgres => {
+                    let name = value()?;
+                    let fits = !name.is_empty()
+                        && name.len() <= 63
+                        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                    if !fits {
+                        return Err(format!(
+                            "{shown}: slot={name:?}: a replication slot's name is 1 to 63 lower-case letters, digits \
+                             and underscores"
+                        ));
+                    }
+                    slot = Some(name);
+                }
+                "slot" => {
+                    return Err(format!("{shown}: slot= names a PostgreSQL logical replication slot (for --follow)"))
+                }
                 _ if engine == Engine::Sqlite => {
                     return Err(format!("{shown}: unknown parameter {k:?} (sqlite: takes table, key and columns)"))
                 }
@@ -130,7 +148,7 @@ impl TableUrl {
         for name in tables.chain(key.iter().flatten()).chain(columns.iter().flatten()) {
             check_identifier(name).map_err(|e| format!("{shown}: {e}"))?;
         }
-        Ok(TableUrl { engine, connect, table, key, columns, password, shown })
+        Ok(TableUrl { engine, connect, table, key, columns, password, slot, shown })
     }
 
     /// The table, or the error that this use needs one.

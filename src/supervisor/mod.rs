@@ -117,9 +117,24 @@ impl Supervisor {
             // At once: an unreachable broker is only reported after the start-up timeout.
             log::info!("connecting to the Kafka brokers at {} ({})", cfg.brokers, cfg.security());
         }
+        if cfg.drop_slot {
+            let dropped =
+                crate::source::table::follow::drop_slot(&cfg).and_then(|()| crate::source::table::forget_scan(&cfg));
+            return match dropped {
+                Ok(()) => (Exit::Clean, StageStats::default()),
+                Err(e) => {
+                    log::error!("{e}");
+                    (e.exit(), StageStats::default())
+                }
+            };
+        }
         if cfg.rescan {
             // Here, before any fork: the store's connection is closed again before a child exists.
-            if let Err(e) = crate::source::table::forget_scan(&cfg) {
+            let forgotten = match cfg.follow {
+                true => crate::source::table::follow::drop_slot(&cfg),
+                false => Ok(()),
+            };
+            if let Err(e) = forgotten.and_then(|()| crate::source::table::forget_scan(&cfg)) {
                 log::error!("{e}");
                 return (e.exit(), StageStats::default());
             }
@@ -667,6 +682,7 @@ impl Supervisor {
             drains: self.drains.finished,
             last_drain: self.drains.last,
             scan: self.counts.scan(),
+            slot: totals.lanes.slot,
             aggregation: self.cfg.aggregation.is_some().then_some(&totals),
             uptime: self.started.elapsed(),
         })

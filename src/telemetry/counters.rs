@@ -69,6 +69,22 @@ pub struct Lanes {
     pub group_committed: Vec<Position>,
     /// A table scan's progress, across runs.
     pub scan: Option<Scan>,
+    /// A followed table's replication slot.
+    #[serde(default)]
+    pub slot: Option<Slot>,
+}
+
+/// Where a followed table's replication slot stands.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Slot {
+    /// The server's WAL the slot keeps; -1 while unknown.
+    pub lag_bytes: i64,
+    /// How long the oldest transaction passed on has waited for its acknowledgement, in milliseconds.
+    pub lag_ms: u64,
+    /// The slot's confirmed position, as an LSN's 64 bits.
+    pub confirmed: u64,
+    /// Changes passed on by this process.
+    pub changes: u64,
 }
 
 /// Where a table scan stands.
@@ -158,6 +174,7 @@ impl Counters {
                 committed: Vec::new(),
                 group_committed: Vec::new(),
                 scan: None,
+                slot: None,
             }),
         }
     }

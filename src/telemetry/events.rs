@@ -457,6 +457,39 @@ impl InternalEvent for ScanProgress {
     }
 }
 
+/// Where a followed table's replication slot stands; warns, at a bounded rate, when it keeps more WAL than allowed.
+pub struct SlotProgress<'a> {
+    pub slot: &'a str,
+    pub lag_bytes: i64,
+    /// The age of the oldest transaction not acknowledged yet.
+    pub behind: std::time::Duration,
+    pub confirmed: u64,
+    pub changes: u64,
+    pub warn_above: u64,
+}
+
+impl InternalEvent for SlotProgress<'_> {
+    fn emit(self) {
+        COUNTERS.lanes().slot = Some(super::counters::Slot {
+            lag_bytes: self.lag_bytes,
+            lag_ms: self.behind.as_millis() as u64,
+            confirmed: self.confirmed,
+            changes: self.changes,
+        });
+        static LIMIT: RateLimit = RateLimit::every(std::time::Duration::from_secs(60));
+        if self.lag_bytes > 0 && self.lag_bytes as u64 > self.warn_above && LIMIT.check().is_some() {
+            log::warn!(
+                "replication slot {} keeps {:.1} MiB of the server's WAL (above --slot-lag-warn {} MiB): the \
+                 pipeline is behind, or stopped; a slot nobody reads keeps WAL until the disk fills (--drop-slot \
+                 drops it)",
+                self.slot,
+                self.lag_bytes as f64 / 1048576.0,
+                self.warn_above >> 20
+            );
+        }
+    }
+}
+
 /// A worker found an event unfit to transform: it goes to the dead-letter destination unchanged.
 pub struct Rejected<'a> {
     pub at: crate::position::Place,

@@ -26,6 +26,11 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// A message of the input at `at`, its only one, for the destination topic.
+    pub fn new(at: Position) -> Origin {
+        Origin { at, to_dlq: false, cut: 0, undelivered: None, topic: None }
+    }
+
     /// This message is delivered: is its input now wholly delivered?
     fn input_done(&self) -> bool {
         self.undelivered.as_ref().is_none_or(|left| left.fetch_sub(1, Ordering::AcqRel) == 1)

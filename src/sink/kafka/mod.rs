@@ -75,7 +75,8 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
     let max_bytes =
         config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(dead_letter::DEFAULT_MAX_BYTES);
     let judge = Judge::new(cfg.max_dead_letters);
-    let mut sink = Writer { cfg, producer, acks, max_bytes, judge, too_many: None };
+    let tombstones = cfg.follow && !cfg.no_tombstones;
+    let mut sink = Writer { cfg, tombstones, producer, acks, max_bytes, judge, too_many: None };
     let mut ended = 0;
     let outcome = (|| {
         while ended < workers && sink.too_many.is_none() {
@@ -108,9 +109,21 @@ fn run(cfg: &Config, producer: BaseProducer<Deliveries>, ends: SinkEnds) -> Resu
     Ok(())
 }
 
+/// Whether an event is a followed table's delete: `"__op": "d"` among its top-level fields.
+fn is_delete(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Op<'a> {
+        #[serde(rename = "__op", borrow, default)]
+        op: Option<&'a str>,
+    }
+    serde_json::from_slice::<Op<'_>>(payload).is_ok_and(|o| o.op == Some("d"))
+}
+
 /// The producer at work: what it writes with, and where its acknowledgements go.
 struct Writer<'a> {
     cfg: &'a Config,
+    /// `--follow` without `--no-tombstones`: a delete's event is followed by a tombstone.
+    tombstones: bool,
     producer: BaseProducer<Deliveries>,
     acks: Acks,
     /// The producer's `message.max.bytes`: what a dead letter cut down to fit must stay under.
@@ -146,7 +159,11 @@ impl Writer<'_> {
                 }
                 continue;
             }
+            // A followed table's delete is followed by a tombstone, so that compaction removes the key; the input
+            // is delivered once both are.
+            let tombstone = self.tombstones && r.dead_letter.is_none() && r.payload.is_some_and(|p| is_delete(p));
             let undelivered = match &mut siblings {
+                _ if r.outputs == 1 && tombstone => Some(Arc::new(AtomicU32::new(2))),
                 _ if r.outputs == 1 => None,
                 Some((at, left, taken)) if *at == r.at && *taken < r.outputs => {
                     *taken += 1;
@@ -158,7 +175,11 @@ impl Writer<'_> {
                     Some(left)
                 }
             };
+            if let (true, Some(left), true) = (tombstone, &undelivered, r.outputs > 1) {
+                left.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
             let topic = r.topic.map(Arc::from);
+            let then = tombstone.then(|| Box::new(Origin { undelivered: undelivered.clone(), ..Origin::new(r.at) }));
             let origin = Box::new(Origin { at: r.at, to_dlq: r.dead_letter.is_some(), cut: 0, undelivered, topic });
             let headers = match r.dead_letter {
                 // Both fates are judged as they are sent (a written one when it goes to the destination, below).
@@ -174,6 +195,9 @@ impl Writer<'_> {
             };
             let topic = if r.dead_letter.is_some() { &self.cfg.dlq_topic } else { &self.cfg.dest_topic };
             self.send(topic, origin, r.key.map(|k| &k[..]), r.payload.map(|p| &p[..]), headers, r.timestamp)?;
+            if let Some(origin) = then {
+                self.send(&self.cfg.dest_topic, origin, r.key.map(|k| &k[..]), None, None, r.timestamp)?;
+            }
         }
         emit(BatchReceived { events: received });
         if !filtered.is_empty() {

@@ -12,6 +12,7 @@
 
 pub mod checkpoint;
 pub mod chunks;
+pub mod follow;
 pub mod reader;
 
 use crate::channel::batch::Record;
@@ -129,7 +130,13 @@ impl Stage for TableSource {
             });
         }
         let mut store = Store::open(store_url, scan_id(cfg), cfg.chunk_lease)?;
-        let (estimate, chunks) = match store.load()? {
+        let planned = store.load()?;
+        // Made before the plan: a change after the snapshot's first page is in the slot.
+        let slot = match cfg.follow {
+            true => Some(follow::prepare(cfg, &mut conn, url, &schema, planned.is_some())?),
+            false => None,
+        };
+        let (estimate, chunks) = match planned {
             Some(plan) => plan,
             None => {
                 if let Some(marker) = plan_marker(cfg).filter(|m| m.exists()) {
@@ -167,6 +174,19 @@ impl Stage for TableSource {
         mark_planned(cfg, &store);
         store.adopt_orphans()?;
         let flow = Flow::new(cfg, ends.to_workers, ends.acks)?;
+        if let Some(slot) = slot {
+            let mut following = follow::Follow::start(cfg, url, &schema, slot)?;
+            let mut scan = Scan::new(cfg, schema, store, flow, estimate, chunks);
+            hooks.ready();
+            let lanes: Vec<Lane> = scan.chunks.iter().filter(|c| !c.finished).map(|c| c.index).collect();
+            hooks.assigned(&lanes);
+            let read = scan.follow(&mut following, ends.readers, &drain);
+            if let Err(e) = &read {
+                log::error!("stopping: {e}");
+            }
+            let exit = scan.follow_drain(cfg, &mut following, url);
+            return read.map(|()| exit);
+        }
         let mut scan = Scan::new(cfg, schema, store, flow, estimate, chunks);
         hooks.ready();
         let lanes: Vec<Lane> = scan.chunks.iter().filter(|c| !c.finished).map(|c| c.index).collect();
@@ -251,7 +271,10 @@ impl Scan {
             last_checkpoint: Instant::now(),
             last_claim: Instant::now(),
             told_waiting: false,
-            epochs: 0,
+            // Never the same in two runs: a followed table's watermarks of an earlier run are not this one's.
+            epochs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             seq_next: BTreeMap::new(),
         }
     }
@@ -282,27 +305,7 @@ impl Scan {
             },
             count(readers.len() as u64, "reader")
         );
-        let (work, pages): (Vec<WorkSender>, Vec<BatchReceiver>) = readers.into_iter().unzip();
-        let (tx, rx) = bounded(pages.len() * 2);
-        for (reader, channel) in pages.into_iter().enumerate() {
-            let tx = tx.clone();
-            let read = move || loop {
-                let got = match channel.recv() {
-                    Ok(Some(bytes)) => Page::decode(&bytes).map(|page| FromReader::Page { reader, page }),
-                    Ok(None) => Ok(FromReader::Gone { reader }),
-                    Err(e) => Err(e),
-                };
-                let end = !matches!(got, Ok(FromReader::Page { .. }));
-                if tx.send(got.unwrap_or_else(FromReader::Failed)).is_err() || end {
-                    return;
-                }
-            };
-            std::thread::Builder::new()
-                .name(format!("from-{}", Role::Reader(reader)))
-                .spawn(read)
-                .map_err(|source| Error::SpawnThread { name: "reader channel", source })?;
-        }
-        drop(tx);
+        let (work, rx) = forward_pages(readers)?;
         let mut states = vec![ReaderState::Idle; work.len()];
         for reader in 0..work.len() {
             self.give_work(reader, &work, &mut states)?;
@@ -399,7 +402,7 @@ impl Scan {
                 continue;
             }
             match pages.recv_timeout(Duration::from_millis(20)) {
-                Ok(FromReader::Page { reader, page: Page { lane, epoch, rows, last } }) => {
+                Ok(FromReader::Page { reader, page: Page { lane, epoch, rows, last, .. } }) => {
                     for (row_key, json) in rows {
                         // A chunk whose lease was lost is another instance's now; a page of an earlier claim of it
                         // is not this claim's.
@@ -572,6 +575,32 @@ impl Scan {
             }
         }
     }
+}
+
+/// A thread per reader that passes its pages on to one channel, which the source's main thread reads.
+fn forward_pages(readers: Vec<(WorkSender, BatchReceiver)>) -> Result<(Vec<WorkSender>, Receiver<FromReader>)> {
+    let (work, pages): (Vec<WorkSender>, Vec<BatchReceiver>) = readers.into_iter().unzip();
+    let (tx, rx) = bounded(pages.len() * 2);
+    for (reader, channel) in pages.into_iter().enumerate() {
+        let tx = tx.clone();
+        let read = move || loop {
+            let got = match channel.recv() {
+                Ok(Some(bytes)) => Page::decode(&bytes).map(|page| FromReader::Page { reader, page }),
+                Ok(None) => Ok(FromReader::Gone { reader }),
+                Err(e) => Err(e),
+            };
+            let end = !matches!(got, Ok(FromReader::Page { .. }));
+            if tx.send(got.unwrap_or_else(FromReader::Failed)).is_err() || end {
+                return;
+            }
+        };
+        std::thread::Builder::new()
+            .name(format!("from-{}", Role::Reader(reader)))
+            .spawn(read)
+            .map_err(|source| Error::SpawnThread { name: "reader channel", source })?;
+    }
+    drop(tx);
+    Ok((work, rx))
 }
 
 /// Tells every reader there is nothing to read.

@@ -3,6 +3,7 @@
 //! query is retried on a fresh connection from the last key read; when the retries are spent the reader fails and
 //! the supervisor's restart policy takes over.
 
+use super::follow::wal::watermark_content;
 use crate::channel::ipc::{BatchSender, Page, Work, WorkReceiver};
 use crate::config::{Config, SourceSpec};
 use crate::error::{Error, Exit, Result};
@@ -37,7 +38,11 @@ impl Stage for TableReader {
         let mut db = Resilient::connect(url, cfg.max_retries, who.clone())?;
         let schema = db.conn()?.schema(url, crate::sql::Access::Read)?;
         hooks.ready();
-        let mut reader = Reader { who, db, schema, pages: ends.pages };
+        // Following the table: each page is read between two watermarks written into its change stream.
+        let watermarks = cfg
+            .follow
+            .then(|| super::follow::slot::watermark_prefix(&super::follow::slot::name(url, &super::scan_id(cfg))));
+        let mut reader = Reader { who, db, schema, pages: ends.pages, watermarks };
         loop {
             match heartbeat::waiting_on_peer(|| ends.work.recv()) {
                 Ok(Work::Chunk { lane, epoch, after, upto }) => {
@@ -58,6 +63,8 @@ struct Reader {
     db: Resilient,
     schema: Schema,
     pages: BatchSender,
+    /// `--follow`: the prefix of this slot's watermark messages.
+    watermarks: Option<String>,
 }
 
 impl Reader {
@@ -66,6 +73,7 @@ impl Reader {
     fn read_chunk(&mut self, lane: Lane, epoch: u64, mut after: Option<Key>, upto: Option<Key>) -> Result<bool> {
         log::debug!("{} reads chunk {lane} after {after:?}", self.who);
         let mut rows: Vec<Row> = Vec::with_capacity(PAGE_ROWS);
+        let mut number = 0u32;
         loop {
             let schema = &self.schema;
             let doing = || {
@@ -75,9 +83,20 @@ impl Reader {
                     after.as_ref().map_or("(start)".to_string(), |k| k.to_string())
                 )
             };
+            let watermarks = self.watermarks.as_deref();
+            let token = (epoch, number);
             let read = self.db.run(&doing, |conn| {
                 rows.clear();
-                conn.page(schema, after.as_ref(), upto.as_ref(), PAGE_ROWS, &mut rows)
+                if let Some(prefix) = watermarks {
+                    super::follow::slot::emit_watermark(conn, prefix, &watermark_content(false, token), false)?;
+                }
+                conn.page(schema, after.as_ref(), upto.as_ref(), PAGE_ROWS, &mut rows)?;
+                if let Some(prefix) = watermarks {
+                    // In a transaction of its own: its commit flushes the log, so the page is not left waiting for
+                    // the WAL writer.
+                    super::follow::slot::emit_watermark(conn, prefix, &watermark_content(true, token), true)?;
+                }
+                Ok(())
             })?;
             read.map_err(|source| Error::DbQuery { doing: doing(), source })?;
             heartbeat::tick();
@@ -86,8 +105,14 @@ impl Reader {
                 after = Some(r.key.clone());
             }
             let read = rows.len() as u64;
-            let page =
-                Page { lane, epoch, rows: rows.drain(..).map(|r| (r.key, ByteBuf::from(r.json))).collect(), last };
+            let page = Page {
+                lane,
+                epoch,
+                number,
+                rows: rows.drain(..).map(|r| (r.key, ByteBuf::from(r.json))).collect(),
+                last,
+            };
+            number += 1;
             // Blocks while the source is behind: that is the back-pressure on the database.
             if let Err(e) = self.pages.send_bytes(&page.encode()?) {
                 log::debug!("the source takes no more pages ({e}): stopping");

@@ -95,6 +95,8 @@ impl Counts {
             total.lanes = source.lanes.clone();
         }
         total.lanes.scan = self.scan();
+        total.lanes.slot =
+            self.children.iter().rev().filter(|c| c.role.kind() == Kind::Source).find_map(|c| c.stats.lanes.slot);
         // An aggregation's gauges, from the newest sink (its process runs the operator).
         if let Some(sink) = self.sink() {
             total.open_windows = sink.open_windows;

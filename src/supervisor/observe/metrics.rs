@@ -207,6 +207,8 @@ pub struct Snapshot<'a> {
     pub last_drain: Option<Duration>,
     /// A table scan's progress, when the source is a table.
     pub scan: Option<crate::telemetry::counters::Scan>,
+    /// A followed table's replication slot.
+    pub slot: Option<crate::telemetry::counters::Slot>,
     /// An aggregation's state (the newest sink's gauges, the counters over every sink), when one runs.
     pub aggregation: Option<&'a StageStats>,
     pub uptime: Duration,
@@ -408,6 +410,26 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Source partitions this instance owns now.",
         &[(String::new(), s.assigned as f64)],
     );
+    if let Some(slot) = &s.slot {
+        family(
+            "supervisor_slot_lag_bytes",
+            "gauge",
+            "WAL the followed table's replication slot keeps on the server (-1 while unknown).",
+            &[(String::new(), slot.lag_bytes as f64)],
+        );
+        family(
+            "supervisor_slot_lag_seconds",
+            "gauge",
+            "How long the oldest change passed on from the replication slot has waited for its acknowledgement.",
+            &[(String::new(), slot.lag_ms as f64 / 1000.0)],
+        );
+        family(
+            "supervisor_slot_changes",
+            "gauge",
+            "Changes passed on from the replication slot by the current source process.",
+            &[(String::new(), slot.changes as f64)],
+        );
+    }
     if let Some(scan) = &s.scan {
         family(
             "supervisor_scan_chunks",
@@ -550,6 +572,7 @@ mod tests {
             drains: 2,
             last_drain: Some(Duration::from_millis(250)),
             scan: None,
+            slot: None,
             aggregation: None,
             uptime: Duration::from_secs(5),
         })

@@ -52,10 +52,14 @@ impl StatusLine {
 fn line(before: &StageStats, now: &StageStats, since: Duration, restarts: u64) -> String {
     let per_s = |now: u64, before: u64| now.saturating_sub(before) as f64 / since.as_secs_f64();
     let out = per_s(now.delivered + now.dead_lettered, before.delivered + before.dead_lettered);
-    let behind = match now.lanes.scan {
-        Some(scan) => format!("scan {}", progress(&scan, out)),
+    let behind = match (now.lanes.scan, now.lanes.slot) {
+        (Some(scan), Some(slot)) if scan.done == scan.chunks => format!("snapshot taken, {}", slot_lag(&slot)),
+        (Some(scan), Some(slot)) => format!("scan {}, {}", progress(&scan, out), slot_lag(&slot)),
+        (Some(scan), None) => format!("scan {}", progress(&scan, out)),
         // librdkafka's first statistics come a second after the partitions are assigned.
-        None => format!("lag {}", now.lanes.total_lag().map_or_else(|| "not known yet".to_string(), |l| l.to_string())),
+        (None, _) => {
+            format!("lag {}", now.lanes.total_lag().map_or_else(|| "not known yet".to_string(), |l| l.to_string()))
+        }
     };
     format!(
         "in {:.0}/s, out {out:.0}/s, in flight {}, {behind}, written {}, dead letters {}, restarts {restarts}",
@@ -64,6 +68,16 @@ fn line(before: &StageStats, now: &StageStats, since: Duration, restarts: u64) -
         now.delivered,
         now.dead_lettered,
     )
+}
+
+/// A followed table's slot: `slot lag 1.2 MiB, 0.3s`: the WAL it keeps, and how long the oldest transaction passed
+/// on has waited for its acknowledgement.
+fn slot_lag(slot: &crate::telemetry::counters::Slot) -> String {
+    let bytes = match slot.lag_bytes {
+        b if b < 0 => "not known yet".to_string(),
+        b => format!("{:.1} MiB", b as f64 / 1048576.0),
+    };
+    format!("slot lag {bytes}, {:.1}s", slot.lag_ms as f64 / 1000.0)
 }
 
 /// An aggregation's state: `windows 240 open (20 keys), state 1.2 MiB, watermark 3s behind, late 7`.
@@ -156,7 +170,15 @@ pub fn sink(name: &str, s: &StageStats) -> String {
 pub fn summary(totals: &StageStats, committed: &[Position], restarts: u64, took: Duration) -> String {
     let committed: Vec<String> = match totals.lanes.scan {
         // A table scan's positions are its chunks' checkpoints.
-        Some(scan) => vec![format!("{} of {} chunks finished, {} rows in all", scan.done, scan.chunks, scan.rows)],
+        Some(scan) => {
+            let mut parts =
+                vec![format!("{} of {} chunks finished, {} rows in all", scan.done, scan.chunks, scan.rows)];
+            if let Some(slot) = totals.lanes.slot {
+                let lsn = format!("{:X}/{:X}", slot.confirmed >> 32, slot.confirmed & 0xFFFF_FFFF);
+                parts.push(format!("and the replication slot up to {lsn} ({} changes followed)", slot.changes));
+            }
+            parts
+        }
         None => committed.iter().map(Position::to_string).collect(),
     };
     format!(

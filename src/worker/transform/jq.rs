@@ -92,8 +92,17 @@ pub fn meta(source: &MetaSource, record: &Record<'_>) -> Val {
             "timestamp": record.timestamp,
             "headers": meta_headers(&record.headers),
         }),
-        // A row has a table and a key; partitions, offsets and headers are Kafka's.
-        MetaSource::Table(table) => serde_json::json!({ "key": key, "table": table }),
+        // A row has a table and a key; partitions, offsets and headers are Kafka's. A followed table's change has
+        // what it did (`op`), and where and when it committed (`lsn`, `commit_time`): its source put them in headers.
+        MetaSource::Table(table) => {
+            let mut meta = serde_json::json!({ "key": key, "table": table });
+            for (name, value) in &record.headers {
+                if let (true, Some(v)) = (["op", "lsn", "commit_time"].contains(name), value) {
+                    meta[*name] = meta_bytes(v);
+                }
+            }
+            meta
+        }
     })
 }
 

@@ -1,0 +1,414 @@
+//! The thread that reads the slot: it peeks at the changes past what it has already passed on (the slot keeps
+//! everything after its confirmed position, and a peek starts there), writes each changed row as the snapshot
+//! writes rows, and sends changes, transaction ends and watermarks to the source's main thread in the log's order.
+//! It advances the slot to where the main thread says everything is acknowledged.
+
+use super::merge::Token;
+use super::slot;
+use super::wal2json::{self, Line, Lsn, Op};
+use crate::error::{Error, Result};
+use crate::sql::key::Key;
+use crate::sql::url::TableUrl;
+use crate::sql::{Resilient, Row, Schema};
+use crossbeam_channel::Sender;
+use serde_json::value::RawValue;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Rows a peek returns at most past those already passed on (a transaction comes whole, however large).
+const PEEK_ROWS: i64 = 5000;
+/// Changes written into events with one query.
+const RENDER_BATCH: usize = 1000;
+/// How long an idle slot is left before the next peek.
+const IDLE: Duration = Duration::from_millis(50);
+/// How often the slot's lag is read.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
+/// A change as an event.
+#[derive(Debug)]
+pub struct Change {
+    pub op: Op,
+    pub key: Key,
+    /// The event: the row's columns as a snapshot row has them (for a delete: its key, or its old row under
+    /// `REPLICA IDENTITY FULL`), and the change's fields.
+    pub json: Vec<u8>,
+    pub lsn: Lsn,
+    pub time: String,
+}
+
+/// What the thread passes on, in the log's order.
+#[derive(Debug)]
+pub enum Item {
+    Change(Change),
+    /// A transaction's last change (or a message outside any) was passed on: once all of them are acknowledged the
+    /// slot may move to `end`.
+    Commit {
+        end: Lsn,
+    },
+    Low {
+        token: Token,
+        lsn: Lsn,
+    },
+    High {
+        token: Token,
+        lsn: Lsn,
+    },
+    /// The log was read to `lsn` and nothing in it is ours: the slot may move there once what came before is done.
+    Reached(Lsn),
+    Failed(Error),
+}
+
+/// What the main thread and the WAL thread share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Where the slot may be advanced to (everything before it acknowledged), as an LSN.
+    pub advance_to: AtomicU64,
+    /// Where the slot was last advanced to.
+    pub confirmed: AtomicU64,
+    /// The server's WAL the slot keeps, in bytes; -1 while unknown.
+    pub lag_bytes: AtomicI64,
+    pub stop: AtomicBool,
+}
+
+pub struct Wal {
+    pub url: TableUrl,
+    pub schema: Schema,
+    pub slot: String,
+    pub tables: String,
+    pub prefix: String,
+    pub max_retries: u32,
+}
+
+impl Wal {
+    /// Runs until told to stop or the main thread is gone; a failure is sent as `Item::Failed`.
+    pub fn run(self, to: Sender<Item>, shared: Arc<Shared>) {
+        if let Err(e) = self.follow(&to, &shared) {
+            let _ = to.send(Item::Failed(e));
+        }
+    }
+
+    fn follow(&self, to: &Sender<Item>, shared: &Shared) -> Result<()> {
+        let who = format!("{} (slot {})", crate::telemetry::logging::process_name(), self.slot);
+        let mut db = Resilient::connect(&self.url, self.max_retries, who)?;
+        let mut seen = Lsn::default();
+        let mut advanced = Lsn(shared.confirmed.load(Ordering::Relaxed));
+        // Rows passed on and not confirmed yet, by where they end: a peek returns them again before anything new.
+        let mut unconfirmed: VecDeque<(Lsn, i64)> = VecDeque::new();
+        let mut last_lag = Instant::now() - LAG_EVERY;
+        let mut state = Decoding::default();
+        while !shared.stop.load(Ordering::Relaxed) {
+            let target = Lsn(shared.advance_to.load(Ordering::Relaxed));
+            if target > advanced {
+                let moved = db.run(&|| "advancing the replication slot".to_string(), |conn| {
+                    slot_client(conn).and_then(|c| slot::advance(c, &self.slot, target).map_err(Into::into))
+                })?;
+                moved.map_err(|source| Error::DbQuery { doing: "advancing the replication slot".into(), source })?;
+                advanced = target;
+                shared.confirmed.store(target.0, Ordering::Relaxed);
+                while unconfirmed.front().is_some_and(|(end, _)| *end <= target) {
+                    unconfirmed.pop_front();
+                }
+            }
+            if last_lag.elapsed() >= LAG_EVERY {
+                last_lag = Instant::now();
+                let lag = db.run(&|| "reading the slot's lag".to_string(), |conn| {
+                    slot_client(conn).and_then(|c| slot::lag_bytes(c, &self.slot).map_err(Into::into))
+                })?;
+                if let Ok(Some(bytes)) = lag {
+                    shared.lag_bytes.store(bytes, Ordering::Relaxed);
+                }
+            }
+            let limit = unconfirmed.iter().map(|(_, n)| n).sum::<i64>() + PEEK_ROWS;
+            let (tables, prefix) = (&self.tables, &self.prefix);
+            let peeked = db.run(&|| format!("reading the replication slot {}", self.slot), |conn| {
+                let c = slot_client(conn)?;
+                let flushed = slot::flushed(c)?;
+                let rows = c.query(
+                    "SELECT data FROM pg_logical_slot_peek_changes($1, NULL, $2::int, 'format-version', '2', \
+                     'include-lsn', '1', 'include-timestamp', '1', 'add-tables', $3, 'add-msg-prefixes', $4)",
+                    &[&self.slot, &(limit.min(i32::MAX as i64) as i32), tables, prefix],
+                )?;
+                Ok((flushed, rows))
+            })?;
+            let (flushed, rows) = peeked.map_err(|source| Error::DbQuery {
+                doing: format!("reading the replication slot {}", self.slot),
+                source,
+            })?;
+            let whole = (rows.len() as i64) < limit;
+            let before = seen;
+            let mut passed = 0i64;
+            for row in &rows {
+                let data: &str = row.get(0);
+                let Some(line) = wal2json::parse(data).map_err(|message| Error::DbSchema { message })? else {
+                    continue;
+                };
+                passed += 1;
+                match line {
+                    Line::Begin { commit, time, .. } => {
+                        state.skipping = commit <= seen;
+                        state.time = time;
+                        state.commit = commit;
+                    }
+                    Line::Change { .. } if state.skipping => {}
+                    Line::Change { op, columns, identity } => {
+                        state.pending.push(Pending::read(op, &columns, &identity)?);
+                        if state.pending.len() >= RENDER_BATCH {
+                            self.send_changes(&mut db, &mut state, to)?;
+                        }
+                    }
+                    Line::Commit { .. } if state.skipping => {}
+                    Line::Commit { commit, end } => {
+                        self.send_changes(&mut db, &mut state, to)?;
+                        seen = commit;
+                        unconfirmed.push_back((end, passed));
+                        passed = 0;
+                        if to.send(Item::Commit { end }).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    // A transactional message is its transaction's, passed on or skipped with it.
+                    Line::Message { transactional: true, .. } if state.skipping => {}
+                    Line::Message { transactional: false, lsn, .. } if lsn <= seen => {}
+                    Line::Message { lsn, prefix, content, transactional } => {
+                        if transactional {
+                            // In order with the transaction's changes: those before it go first.
+                            self.send_changes(&mut db, &mut state, to)?;
+                        }
+                        let item = (prefix == self.prefix).then(|| watermark(&content, lsn)).flatten();
+                        if let Some(item) = item {
+                            if to.send(item).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        if !transactional {
+                            seen = lsn;
+                            let end = Lsn(lsn.0 + 1);
+                            unconfirmed.push_back((end, passed));
+                            passed = 0;
+                            if to.send(Item::Commit { end }).is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+            if whole && flushed > seen {
+                // Every transaction that committed before `flushed` was in this peek: none of them is left.
+                seen = flushed;
+                unconfirmed.push_back((flushed, passed));
+                if to.send(Item::Reached(flushed)).is_err() {
+                    return Ok(());
+                }
+            }
+            if seen == before || flushed <= seen {
+                std::thread::sleep(IDLE);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the changes read so far as events, with one query, and sends them on.
+    fn send_changes(&self, db: &mut Resilient, state: &mut Decoding, to: &Sender<Item>) -> Result<()> {
+        if state.pending.is_empty() {
+            return Ok(());
+        }
+        let mut objects = String::from("[");
+        for p in &state.pending {
+            for o in [&p.new, &p.old].into_iter().flatten() {
+                if objects.len() > 1 {
+                    objects.push(',');
+                }
+                objects.push_str(o);
+            }
+        }
+        objects.push(']');
+        let schema = &self.schema;
+        let mut rows: Vec<Row> = Vec::with_capacity(state.pending.len() * 2);
+        let rendered = db.run(&|| format!("writing the changes of {} as events", schema.table), |conn| {
+            rows.clear();
+            conn.populated(schema, &objects, &mut rows)
+        })?;
+        rendered.map_err(|source| Error::DbQuery {
+            doing: format!("writing the changes of {} as events", schema.table),
+            source,
+        })?;
+        let mut rows = rows.into_iter();
+        let lsn = state.commit;
+        let fields = |op: Op, before: Option<&[u8]>| {
+            let mut f = format!(
+                "\"__op\":\"{}\",\"__lsn\":\"{lsn}\",\"__commit_time\":{}",
+                op.code(),
+                serde_json::to_string(&state.time).unwrap_or_default()
+            );
+            if let Some(before) = before {
+                f.push_str(",\"__before\":");
+                f.push_str(&String::from_utf8_lossy(before));
+            }
+            f
+        };
+        let mut out = Vec::new();
+        for p in state.pending.drain(..) {
+            let new = p.new.as_ref().and_then(|_| rows.next());
+            let old = p.old.as_ref().and_then(|_| rows.next());
+            let change = |op, key: Key, json: Vec<u8>| Change { op, key, json, lsn, time: state.time.clone() };
+            match (p.op, new, old) {
+                (Op::Delete, _, Some(old)) => {
+                    let json = with_fields(only(&old.json, &p.old_names, schema), &fields(Op::Delete, None));
+                    out.push(change(Op::Delete, old.key, json));
+                }
+                (op, Some(new), old) => {
+                    let full_before = old.as_ref().filter(|_| p.old_names.len() > schema.key.len());
+                    if let Some(old) = old.as_ref().filter(|o| o.key != new.key) {
+                        // The key changed: the old one is deleted, as Debezium does.
+                        let json = with_fields(only(&old.json, &p.old_names, schema), &fields(Op::Delete, None));
+                        out.push(change(Op::Delete, old.key.clone(), json));
+                    }
+                    let every_column = schema.columns.iter().all(|c| p.new_names.contains(&c.name));
+                    let body = match every_column {
+                        true => new.json,
+                        // An unchanged TOASTed value is not in the change: not written is not set to NULL.
+                        false => only(&new.json, &p.new_names, schema),
+                    };
+                    let json = with_fields(body, &fields(op, full_before.map(|o| o.json.as_slice())));
+                    out.push(change(op, new.key, json));
+                }
+                _ => {}
+            }
+        }
+        for c in out {
+            if to.send(Item::Change(c)).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn slot_client(conn: &mut crate::sql::Conn) -> Result<&mut postgres::Client, crate::sql::DbError> {
+    match conn {
+        crate::sql::Conn::Postgres(c) => Ok(c),
+        _ => Err("--follow reads PostgreSQL only".into()),
+    }
+}
+
+/// A watermark's content: `L EPOCH PAGE` or `H EPOCH PAGE`.
+pub fn watermark_content(high: bool, token: Token) -> String {
+    format!("{} {} {}", if high { "H" } else { "L" }, token.0, token.1)
+}
+
+fn watermark(content: &str, lsn: Lsn) -> Option<Item> {
+    let mut parts = content.split(' ');
+    let (kind, epoch, page) = (parts.next()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+    match kind {
+        "L" => Some(Item::Low { token: (epoch, page), lsn }),
+        "H" => Some(Item::High { token: (epoch, page), lsn }),
+        _ => None,
+    }
+}
+
+/// Where decoding stands inside the current transaction.
+#[derive(Default)]
+struct Decoding {
+    /// The transaction was passed on by an earlier peek.
+    skipping: bool,
+    commit: Lsn,
+    time: String,
+    pending: Vec<Pending>,
+}
+
+/// A change read, its rows still as wal2json's text.
+struct Pending {
+    op: Op,
+    /// The new row, as an object for `json_populate_recordset`.
+    new: Option<String>,
+    new_names: Vec<String>,
+    old: Option<String>,
+    old_names: Vec<String>,
+}
+
+impl Pending {
+    fn read(op: Op, columns: &[wal2json::Column<'_>], identity: &[wal2json::Column<'_>]) -> Result<Pending> {
+        let object = |cols: &[wal2json::Column<'_>]| -> Result<Option<String>> {
+            if cols.is_empty() {
+                return Ok(None);
+            }
+            let mut o = String::from("{");
+            for (i, c) in cols.iter().enumerate() {
+                if i > 0 {
+                    o.push(',');
+                }
+                let value: Box<RawValue> =
+                    wal2json::populate_value(c).map_err(|message| Error::DbSchema { message })?;
+                o.push_str(&serde_json::to_string(&c.name).unwrap_or_default());
+                o.push(':');
+                o.push_str(value.get());
+            }
+            o.push('}');
+            Ok(Some(o))
+        };
+        Ok(Pending {
+            op,
+            new: object(columns)?,
+            new_names: columns.iter().map(|c| c.name.clone()).collect(),
+            old: object(identity)?,
+            old_names: identity.iter().map(|c| c.name.clone()).collect(),
+        })
+    }
+}
+
+/// The object `json` with only the fields named in `names`, in the schema's order; values untouched.
+fn only(json: &[u8], names: &[String], schema: &Schema) -> Vec<u8> {
+    let Ok(map) = serde_json::from_slice::<std::collections::HashMap<String, &RawValue>>(json) else {
+        return json.to_vec();
+    };
+    let mut out = Vec::with_capacity(json.len());
+    out.push(b'{');
+    for c in schema.columns.iter().filter(|c| names.contains(&c.name)) {
+        if let Some(v) = map.get(&c.name) {
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(serde_json::to_string(&c.name).unwrap_or_default().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(v.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+/// `json` (an object) with `fields` (`"name":value,...`) added at its end.
+pub fn with_fields(mut json: Vec<u8>, fields: &str) -> Vec<u8> {
+    if json.last() != Some(&b'}') {
+        return json;
+    }
+    json.pop();
+    if json.len() > 1 {
+        json.push(b',');
+    }
+    json.extend_from_slice(fields.as_bytes());
+    json.push(b'}');
+    json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_fields_are_added_to_any_object() {
+        assert_eq!(with_fields(b"{\"a\":1}".to_vec(), "\"__op\":\"c\""), b"{\"a\":1,\"__op\":\"c\"}");
+        assert_eq!(with_fields(b"{}".to_vec(), "\"__op\":\"d\""), b"{\"__op\":\"d\"}");
+    }
+
+    #[test]
+    fn watermarks_read_back_as_written() {
+        let l = watermark(&watermark_content(false, (17, 3)), Lsn(9));
+        assert!(matches!(l, Some(Item::Low { token: (17, 3), lsn: Lsn(9) })));
+        let h = watermark(&watermark_content(true, (17, 3)), Lsn(10));
+        assert!(matches!(h, Some(Item::High { token: (17, 3), .. })));
+        assert!(watermark("X 1 2", Lsn(1)).is_none());
+    }
+}
