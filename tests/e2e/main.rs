@@ -12,6 +12,7 @@ mod create_table;
 mod db_tls;
 mod demo;
 mod faults;
+mod follow;
 mod install;
 mod lookups;
 mod outcomes;

@@ -51,6 +51,8 @@ pub struct Postgres {
     dir: PathBuf,
     /// A TLS-only cluster's certificates: `ssl=on`, and a `pg_hba.conf` with `hostssl` lines only.
     pub certs: Option<Certs>,
+    /// `wal_level`: `logical` (what `--follow` needs) unless a test wants a server without it.
+    wal_level: &'static str,
 }
 
 impl Postgres {
@@ -63,7 +65,16 @@ impl Postgres {
         Postgres::start_with(name, true)
     }
 
+    /// A cluster whose `wal_level` is `replica`, PostgreSQL's default: no logical decoding.
+    pub fn start_without_logical(name: &str) -> Postgres {
+        Postgres::start_at(name, false, "replica")
+    }
+
     fn start_with(name: &str, tls: bool) -> Postgres {
+        Postgres::start_at(name, tls, "logical")
+    }
+
+    fn start_at(name: &str, tls: bool, wal_level: &'static str) -> Postgres {
         let dir = scratch_dir(&format!("pg-{name}"));
         let port = free_port();
         std::fs::write(dir.join("pwfile"), PG_PASSWORD).unwrap();
@@ -96,7 +107,7 @@ impl Postgres {
             )
             .unwrap();
         }
-        let pg = Postgres { port, dir, certs };
+        let pg = Postgres { port, dir, certs, wal_level };
         pg.pg_ctl("start");
         let mut admin = pg.client("postgres");
         admin.batch_execute("CREATE DATABASE test").unwrap();
@@ -107,9 +118,10 @@ impl Postgres {
         let mut c = pg_command("pg_ctl");
         c.arg("-D").arg(self.dir.join("data")).args(["-w", "-m", "fast", "-l"]).arg(self.dir.join("log"));
         let mut options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50 -c wal_level={}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.wal_level
         );
         if let Some(certs) = &self.certs {
             options.push_str(&format!(

@@ -151,6 +151,11 @@ pub struct Follow {
     snapshot_done: bool,
     lag_warn: u64,
     changes: u64,
+    pace: Option<crate::source::pace::Pace>,
+    /// Claims numbered above it are this process's.
+    epoch_base: u64,
+    /// The pages sent, by token (a page is read again under a new claim, never under the same token).
+    sent: std::collections::HashSet<Token>,
 }
 
 impl Follow {
@@ -192,6 +197,9 @@ impl Follow {
             snapshot_done: false,
             lag_warn: cfg.slot_lag_warn.saturating_mul(1 << 20),
             changes: 0,
+            pace: cfg.max_rate.map(|rate| crate::source::pace::Pace::new(rate, Instant::now())),
+            epoch_base: u64::MAX,
+            sent: std::collections::HashSet::new(),
         })
     }
 
@@ -217,6 +225,7 @@ impl Scan {
         drain: &AtomicBool,
     ) -> Result<()> {
         self.flow.number_across_lanes();
+        f.epoch_base = self.epochs;
         self.report_progress();
         let (work, pages) = forward_pages(readers)?;
         let mut states = vec![ReaderState::Idle; work.len()];
@@ -249,6 +258,13 @@ impl Scan {
                 return Err(Error::PeerGone { peer: Kind::Sink.label() });
             }
             self.follow_checkpoint(f, false)?;
+            // Out of --max-rate's tokens: neither changes nor pages are taken.
+            let wait = f.pace.as_mut().map_or(Duration::ZERO, |p| p.wait(Instant::now()));
+            if !wait.is_zero() {
+                self.flow.flush_all()?;
+                self.flow.apply_acks(wait.clamp(Duration::from_millis(1), Duration::from_millis(20)));
+                continue;
+            }
             if !f.snapshot_done && self.last_claim.elapsed() >= CLAIM_EVERY {
                 self.last_claim = Instant::now();
                 for reader in 0..states.len() {
@@ -340,6 +356,10 @@ impl Scan {
                 self.send_event(f, &c.key, &c.json, &headers)?;
             }
             Item::Commit { end } => f.ledger.mark(Mark::Slot(end, Instant::now())),
+            // Watermarks of an earlier run's pages (the slot gives again what it had not confirmed), and a page's
+            // second high one (its reader retried it), have no page to come.
+            Item::Low { token, .. } | Item::High { token, .. }
+                if token.0 <= f.epoch_base || f.sent.contains(&token) => {}
             Item::Low { token, .. } => f.windows.low(token),
             Item::High { token, lsn } => match f.pages.contains_key(&token) {
                 true => self.send_page(f, token, lsn)?,
@@ -354,6 +374,7 @@ impl Scan {
     /// A page at its high watermark: its rows, less those whose key changed inside its window.
     fn send_page(&mut self, f: &mut Follow, token: Token, lsn: Lsn) -> Result<()> {
         let Some(page) = f.pages.remove(&token) else { return Ok(()) };
+        f.sent.insert(token);
         let Some(changed) = f.windows.high(token) else {
             return Err(Error::DbSchema {
                 message: format!(
@@ -386,6 +407,9 @@ impl Scan {
         let values: Vec<Vec<u8>> = headers.iter().map(|(_, v)| v.clone().into_bytes()).collect();
         let headers: Vec<(&str, Option<&Bytes>)> =
             headers.iter().zip(&values).map(|((name, _), v)| (*name, Some(Bytes::new(v)))).collect();
+        if let Some(p) = &mut f.pace {
+            p.took();
+        }
         self.flow.dispatch(&Record {
             at: Position::new(lane_of(&key), f.ledger.take()),
             timestamp: None,
