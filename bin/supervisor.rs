@@ -39,6 +39,9 @@ fn main() {
         Some(Command::Demo(DemoArgs { what: Some(DemoCommand::Branch(args)), .. })) => {
             supervisor::tools::demo_branch::run(&cli, args, signals)
         }
+        Some(Command::Demo(DemoArgs { what: Some(DemoCommand::Cdc(args)), .. })) => {
+            supervisor::tools::demo_cdc::run(&cli, args, signals)
+        }
         Some(Command::Demo(args)) => supervisor::tools::demo::run(&cli, args, signals),
     };
     std::process::exit(exit.code());

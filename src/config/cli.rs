@@ -352,6 +352,25 @@ pub enum DemoCommand {
     /// Orders on an embedded Kafka enriched from a SQLite customers table (--lookup), every order into a SQLite table
     /// and the large ones also into an alerts topic (two --sink, --route); then both outputs are checked.
     Branch(BranchDemoArgs),
+    /// --follow on a throwaway PostgreSQL cluster (initdb, wal2json): a table copied into SQLite while a writer
+    /// inserts, updates and deletes during the snapshot and after it; then the copy is checked row by row.
+    Cdc(CdcDemoArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CdcDemoArgs {
+    /// Rows in the source table before the writer starts.
+    #[arg(long, default_value_t = 100_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub rows: u64,
+
+    /// Seconds the writer writes.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub seconds: u64,
+
+    /// Where the demo's cluster (removed at the end), copy and checkpoints live [default: <state-dir>/demo-cdc].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -20,8 +20,8 @@ mod transform;
 use crate::sql::url::TableUrl;
 pub use aggregate::Aggregation;
 pub use cli::{
-    file_keys, BranchDemoArgs, Cli, Command, DemoArgs, DemoCommand, SqlDemoArgs, WindowDemoArgs, DEMO_SQL_ROWS,
-    EXIT_CODES_HELP,
+    file_keys, BranchDemoArgs, CdcDemoArgs, Cli, Command, DemoArgs, DemoCommand, SqlDemoArgs, WindowDemoArgs,
+    DEMO_SQL_ROWS, EXIT_CODES_HELP,
 };
 pub use dead_letters::MaxDeadLetters;
 pub use ends::{SinkSpec, SourceSpec};

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod demo_branch;
+pub mod demo_cdc;
 pub mod demo_sql;
 pub mod demo_window;
 pub mod yardstick;

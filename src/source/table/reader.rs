@@ -85,18 +85,22 @@ impl Reader {
             };
             let watermarks = self.watermarks.as_deref();
             let token = (epoch, number);
+            let mut in_progress = Vec::new();
             let read = self.db.run(&doing, |conn| {
                 rows.clear();
-                if let Some(prefix) = watermarks {
-                    super::follow::slot::emit_watermark(conn, prefix, &watermark_content(false, token), false)?;
-                }
-                conn.page(schema, after.as_ref(), upto.as_ref(), PAGE_ROWS, &mut rows)?;
-                if let Some(prefix) = watermarks {
-                    // In a transaction of its own: its commit flushes the log, so the page is not left waiting for
-                    // the WAL writer.
-                    super::follow::slot::emit_watermark(conn, prefix, &watermark_content(true, token), true)?;
-                }
-                Ok(())
+                let Some(prefix) = watermarks else {
+                    return conn.page(schema, after.as_ref(), upto.as_ref(), PAGE_ROWS, &mut rows);
+                };
+                use super::follow::slot;
+                slot::emit_watermark(conn, prefix, &watermark_content(false, token), false)?;
+                // One snapshot for the page and the list of what it does not see: a transaction whose commit is in
+                // the log before the low watermark may not be visible yet when the page is read.
+                in_progress = slot::in_snapshot(conn, |conn| {
+                    conn.page(schema, after.as_ref(), upto.as_ref(), PAGE_ROWS, &mut rows)
+                })?;
+                // In a transaction of its own: its commit flushes the log, so the page is not left waiting for the
+                // WAL writer.
+                slot::emit_watermark(conn, prefix, &watermark_content(true, token), true)
             })?;
             read.map_err(|source| Error::DbQuery { doing: doing(), source })?;
             heartbeat::tick();
@@ -109,6 +113,7 @@ impl Reader {
                 lane,
                 epoch,
                 number,
+                in_progress: std::mem::take(&mut in_progress),
                 rows: rows.drain(..).map(|r| (r.key, ByteBuf::from(r.json))).collect(),
                 last,
             };

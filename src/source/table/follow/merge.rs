@@ -51,6 +51,52 @@ impl Windows {
     }
 }
 
+/// The keys the last transactions changed, by xid. A page's snapshot may not see a transaction whose commit is in the
+/// log just before the page's low watermark (a commit becomes visible a moment after its record is written): such a
+/// transaction is in the snapshot's list of those in progress, and its keys are dropped from the page like those
+/// changed inside the window.
+#[derive(Debug, Default)]
+pub struct Recent {
+    open: Vec<Key>,
+    done: VecDeque<(u32, Vec<Key>)>,
+    keys: usize,
+}
+
+/// Transactions, and keys, remembered at most: a commit is visible long before this many more come.
+const RECENT_TRANSACTIONS: usize = 8192;
+const RECENT_KEYS: usize = 1_000_000;
+
+impl Recent {
+    /// A change of the transaction being read.
+    pub fn changed(&mut self, key: &Key) {
+        self.open.push(key.clone());
+    }
+
+    /// The transaction being read committed.
+    pub fn committed(&mut self, xid: u32) {
+        let keys = std::mem::take(&mut self.open);
+        self.keys += keys.len();
+        self.done.push_back((xid, keys));
+        while self.done.len() > RECENT_TRANSACTIONS || (self.keys > RECENT_KEYS && self.done.len() > 1) {
+            if let Some((_, gone)) = self.done.pop_front() {
+                self.keys -= gone.len();
+            }
+        }
+    }
+
+    /// Adds to `into` the keys of the remembered transactions among `xids`.
+    pub fn keys_of(&self, xids: &[u32], into: &mut HashSet<Key>) {
+        if xids.is_empty() {
+            return;
+        }
+        for (xid, keys) in &self.done {
+            if xids.contains(xid) {
+                into.extend(keys.iter().cloned());
+            }
+        }
+    }
+}
+
 /// Marks that hold once every event numbered below them is acknowledged, in the order they were made.
 #[derive(Debug)]
 pub struct Ledger<M> {
@@ -120,6 +166,21 @@ mod tests {
         assert_eq!(second, [Key::int(3), Key::int(4)].into_iter().collect());
         assert!(w.is_empty());
         assert_eq!(w.high((9, 9)), None, "a high mark without its low one is told");
+    }
+
+    #[test]
+    fn a_transaction_the_snapshot_saw_in_progress_gives_its_keys() {
+        let mut r = Recent::default();
+        r.changed(&Key::int(1));
+        r.changed(&Key::int(2));
+        r.committed(700);
+        r.changed(&Key::int(3));
+        r.committed(701);
+        let mut dropped = HashSet::new();
+        r.keys_of(&[701, 999], &mut dropped);
+        assert_eq!(dropped, [Key::int(3)].into_iter().collect());
+        r.keys_of(&[], &mut dropped);
+        assert_eq!(dropped.len(), 1);
     }
 
     #[test]

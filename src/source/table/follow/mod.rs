@@ -152,6 +152,7 @@ pub struct Follow {
     lag_warn: u64,
     changes: u64,
     pace: Option<crate::source::pace::Pace>,
+    recent: merge::Recent,
     /// Claims numbered above it are this process's.
     epoch_base: u64,
     /// The pages sent, by token (a page is read again under a new claim, never under the same token).
@@ -198,6 +199,7 @@ impl Follow {
             lag_warn: cfg.slot_lag_warn.saturating_mul(1 << 20),
             changes: 0,
             pace: cfg.max_rate.map(|rate| crate::source::pace::Pace::new(rate, Instant::now())),
+            recent: merge::Recent::default(),
             epoch_base: u64::MAX,
             sent: std::collections::HashSet::new(),
         })
@@ -350,17 +352,27 @@ impl Scan {
     fn took_item(&mut self, f: &mut Follow, item: Item) -> Result<()> {
         match item {
             Item::Change(c) => {
+                log::trace!("change {:?} {} at {}", c.key, c.op.code(), c.lsn);
                 f.windows.changed(&c.key);
+                f.recent.changed(&c.key);
                 f.changes += 1;
                 let headers = [("op", c.op.code().to_string()), ("lsn", c.lsn.to_string()), ("commit_time", c.time)];
                 self.send_event(f, &c.key, &c.json, &headers)?;
             }
-            Item::Commit { end } => f.ledger.mark(Mark::Slot(end, Instant::now())),
+            Item::Commit { end, xid } => {
+                if let Some(xid) = xid {
+                    f.recent.committed(xid);
+                }
+                f.ledger.mark(Mark::Slot(end, Instant::now()))
+            }
             // Watermarks of an earlier run's pages (the slot gives again what it had not confirmed), and a page's
             // second high one (its reader retried it), have no page to come.
             Item::Low { token, .. } | Item::High { token, .. }
                 if token.0 <= f.epoch_base || f.sent.contains(&token) => {}
-            Item::Low { token, .. } => f.windows.low(token),
+            Item::Low { token, lsn } => {
+                log::trace!("low {token:?} at {lsn}");
+                f.windows.low(token)
+            }
             Item::High { token, lsn } => match f.pages.contains_key(&token) {
                 true => self.send_page(f, token, lsn)?,
                 false => f.waiting = Some((token, lsn)),
@@ -375,7 +387,7 @@ impl Scan {
     fn send_page(&mut self, f: &mut Follow, token: Token, lsn: Lsn) -> Result<()> {
         let Some(page) = f.pages.remove(&token) else { return Ok(()) };
         f.sent.insert(token);
-        let Some(changed) = f.windows.high(token) else {
+        let Some(mut changed) = f.windows.high(token) else {
             return Err(Error::DbSchema {
                 message: format!(
                     "the high watermark of chunk {} page {} came at {lsn} without its low one: the page cannot be \
@@ -384,10 +396,19 @@ impl Scan {
                 ),
             });
         };
+        // A transaction whose commit came before the low watermark, but which the page's snapshot did not see yet:
+        // its changes went first, and are newer than the page's rows.
+        f.recent.keys_of(&page.in_progress, &mut changed);
         // A page of a claim since lost (its lease ran out) is another instance's to send.
         if self.open.get(&page.lane).is_none_or(|o| o.epoch != page.epoch) {
             return Ok(());
         }
+        log::trace!(
+            "page {token:?} at {lsn}: keys {:?}..{:?}, dropped {changed:?}, in progress {:?}",
+            page.rows.first().map(|r| &r.0),
+            page.rows.last().map(|r| &r.0),
+            page.in_progress
+        );
         let mut sent = 0u64;
         for (key, json) in &page.rows {
             if changed.contains(key) {

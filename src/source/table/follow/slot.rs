@@ -198,6 +198,31 @@ pub fn flushed(c: &mut postgres::Client) -> Result<Lsn> {
     Ok(Lsn::parse(&text).unwrap_or_default())
 }
 
+/// Runs `read` in a REPEATABLE READ transaction, and returns the transactions its snapshot sees in progress (the
+/// 32 low bits of their xids, as logical decoding names them).
+pub fn in_snapshot(conn: &mut Conn, read: impl FnOnce(&mut Conn) -> Result<(), DbError>) -> Result<Vec<u32>, DbError> {
+    let snapshot: String = match conn {
+        Conn::Postgres(c) => {
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+            c.query_one("SELECT pg_current_snapshot()::text", &[])?.get(0)
+        }
+        _ => return read(conn).map(|()| Vec::new()),
+    };
+    let done = read(conn);
+    if let Conn::Postgres(c) = conn {
+        let ended = c.batch_execute(if done.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        done?;
+        ended?;
+    }
+    Ok(in_progress(&snapshot))
+}
+
+/// `xmin:xmax:xip,...` (`pg_current_snapshot`): the xips, as 32-bit xids.
+pub fn in_progress(snapshot: &str) -> Vec<u32> {
+    let list = snapshot.splitn(3, ':').nth(2).unwrap_or_default();
+    list.split(',').filter_map(|x| x.trim().parse::<u64>().ok()).map(|x| x as u32).collect()
+}
+
 /// Writes a watermark into the change stream: outside any transaction (decoded where it is written), or in one of
 /// its own (decoded at its commit, which flushes the log).
 pub fn emit_watermark(conn: &mut Conn, prefix: &str, content: &str, transactional: bool) -> Result<(), DbError> {
@@ -207,5 +232,15 @@ pub fn emit_watermark(conn: &mut Conn, prefix: &str, content: &str, transactiona
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_snapshots_transactions_in_progress_are_read_as_xids() {
+        assert_eq!(super::in_progress("740:745:740,742"), vec![740, 742]);
+        assert_eq!(super::in_progress("745:745:"), Vec::<u32>::new());
+        assert_eq!(super::in_progress(&format!("1:2:{}", (3u64 << 32) | 7)), vec![7], "the epoch is not the xid's");
     }
 }

@@ -43,9 +43,10 @@ pub struct Change {
 pub enum Item {
     Change(Change),
     /// A transaction's last change (or a message outside any) was passed on: once all of them are acknowledged the
-    /// slot may move to `end`.
+    /// slot may move to `end`. `xid`: the transaction's (none for a message).
     Commit {
         end: Lsn,
+        xid: Option<u32>,
     },
     Low {
         token: Token,
@@ -92,7 +93,9 @@ impl Wal {
     fn follow(&self, to: &Sender<Item>, shared: &Shared) -> Result<()> {
         let who = format!("{} (slot {})", crate::telemetry::logging::process_name(), self.slot);
         let mut db = Resilient::connect(&self.url, self.max_retries, who)?;
-        let mut seen = Lsn::default();
+        // What was passed on, in the order wal2json writes: a message at an LSN before a transaction that commits
+        // there (wal2json gives a message the LSN where its record ends, which is where the next record starts).
+        let mut seen = Seen::default();
         let mut advanced = Lsn(shared.confirmed.load(Ordering::Relaxed));
         // Rows passed on and not confirmed yet, by where they end: a peek returns them again before anything new.
         let mut unconfirmed: VecDeque<(Lsn, i64)> = VecDeque::new();
@@ -127,7 +130,7 @@ impl Wal {
                 let flushed = slot::flushed(c)?;
                 let rows = c.query(
                     "SELECT data FROM pg_logical_slot_peek_changes($1, NULL, $2::int, 'format-version', '2', \
-                     'include-lsn', '1', 'include-timestamp', '1', 'add-tables', $3, 'add-msg-prefixes', $4)",
+                     'include-lsn', '1', 'include-timestamp', '1', 'include-xids', '1', 'add-tables', $3, 'add-msg-prefixes', $4)",
                     &[&self.slot, &(limit.min(i32::MAX as i64) as i32), tables, prefix],
                 )?;
                 Ok((flushed, rows))
@@ -145,9 +148,11 @@ impl Wal {
                     continue;
                 };
                 passed += 1;
+                log::trace!("wal: {:.300} (seen {seen}, skipping {})", data, state.skipping);
                 match line {
-                    Line::Begin { commit, time, .. } => {
-                        state.skipping = commit <= seen;
+                    Line::Begin { xid, commit, time, .. } => {
+                        state.xid = xid;
+                        state.skipping = Seen::commit(commit) <= seen;
                         state.time = time;
                         state.commit = commit;
                     }
@@ -161,16 +166,16 @@ impl Wal {
                     Line::Commit { .. } if state.skipping => {}
                     Line::Commit { commit, end } => {
                         self.send_changes(&mut db, &mut state, to)?;
-                        seen = commit;
+                        seen = Seen::commit(commit);
                         unconfirmed.push_back((end, passed));
                         passed = 0;
-                        if to.send(Item::Commit { end }).is_err() {
+                        if to.send(Item::Commit { end, xid: state.xid }).is_err() {
                             return Ok(());
                         }
                     }
                     // A transactional message is its transaction's, passed on or skipped with it.
                     Line::Message { transactional: true, .. } if state.skipping => {}
-                    Line::Message { transactional: false, lsn, .. } if lsn <= seen => {}
+                    Line::Message { transactional: false, lsn, .. } if Seen::message(lsn) <= seen => {}
                     Line::Message { lsn, prefix, content, transactional } => {
                         if transactional {
                             // In order with the transaction's changes: those before it go first.
@@ -183,26 +188,27 @@ impl Wal {
                             }
                         }
                         if !transactional {
-                            seen = lsn;
-                            let end = Lsn(lsn.0 + 1);
+                            seen = Seen::message(lsn);
+                            // Not past it: a transaction that commits right there is still to come.
+                            let end = lsn;
                             unconfirmed.push_back((end, passed));
                             passed = 0;
-                            if to.send(Item::Commit { end }).is_err() {
+                            if to.send(Item::Commit { end, xid: None }).is_err() {
                                 return Ok(());
                             }
                         }
                     }
                 }
             }
-            if whole && flushed > seen {
+            if whole && Seen::message(flushed) > seen {
                 // Every transaction that committed before `flushed` was in this peek: none of them is left.
-                seen = flushed;
+                seen = Seen::message(flushed);
                 unconfirmed.push_back((flushed, passed));
                 if to.send(Item::Reached(flushed)).is_err() {
                     return Ok(());
                 }
             }
-            if seen == before || flushed <= seen {
+            if seen == before || Seen::message(flushed) <= seen {
                 std::thread::sleep(IDLE);
             }
         }
@@ -293,6 +299,26 @@ fn slot_client(conn: &mut crate::sql::Conn) -> Result<&mut postgres::Client, cra
     }
 }
 
+/// How far the stream was passed on: an LSN, and whether a transaction that committed there was too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Seen(Lsn, bool);
+
+impl Seen {
+    fn message(at: Lsn) -> Seen {
+        Seen(at, false)
+    }
+
+    fn commit(at: Lsn) -> Seen {
+        Seen(at, true)
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.0, if self.1 { " (its commit)" } else { "" })
+    }
+}
+
 /// A watermark's content: `L EPOCH PAGE` or `H EPOCH PAGE`.
 pub fn watermark_content(high: bool, token: Token) -> String {
     format!("{} {} {}", if high { "H" } else { "L" }, token.0, token.1)
@@ -313,6 +339,7 @@ fn watermark(content: &str, lsn: Lsn) -> Option<Item> {
 struct Decoding {
     /// The transaction was passed on by an earlier peek.
     skipping: bool,
+    xid: Option<u32>,
     commit: Lsn,
     time: String,
     pending: Vec<Pending>,
@@ -401,6 +428,14 @@ mod tests {
     fn change_fields_are_added_to_any_object() {
         assert_eq!(with_fields(b"{\"a\":1}".to_vec(), "\"__op\":\"c\""), b"{\"a\":1,\"__op\":\"c\"}");
         assert_eq!(with_fields(b"{}".to_vec(), "\"__op\":\"d\""), b"{\"__op\":\"d\"}");
+    }
+
+    #[test]
+    fn a_transaction_that_commits_where_a_message_ends_is_not_taken_for_passed() {
+        let message = Seen::message(Lsn(0x24B13E0));
+        assert!(Seen::commit(Lsn(0x24B13E0)) > message, "wal2json gives both the same LSN");
+        assert!(Seen::commit(Lsn(0x24B13DF)) <= message);
+        assert!(Seen::message(Lsn(0x24B13E0)) <= Seen::commit(Lsn(0x24B13E0)));
     }
 
     #[test]

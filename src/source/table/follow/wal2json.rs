@@ -54,8 +54,9 @@ pub struct Column<'a> {
 /// One line.
 #[derive(Debug)]
 pub enum Line<'a> {
-    /// A transaction that committed at `commit` (the commit record's start) and ends at `end`, at `time`.
+    /// Transaction `xid`, which committed at `commit` (the commit record's start) and ends at `end`, at `time`.
     Begin {
+        xid: Option<u32>,
         commit: Lsn,
         end: Lsn,
         time: String,
@@ -85,6 +86,8 @@ pub enum Line<'a> {
 struct Raw<'a> {
     action: &'a str,
     #[serde(default)]
+    xid: Option<u64>,
+    #[serde(default)]
     timestamp: Option<String>,
     #[serde(default)]
     lsn: Option<&'a str>,
@@ -113,6 +116,7 @@ pub fn parse(line: &str) -> Result<Option<Line<'_>>, String> {
     };
     Ok(Some(match raw.action {
         "B" => Line::Begin {
+            xid: raw.xid.map(|x| x as u32),
             commit: lsn(raw.lsn, "lsn")?,
             end: lsn(raw.nextlsn, "nextlsn")?,
             time: raw.timestamp.map(|t| rfc3339(&t)).unwrap_or_default(),
@@ -185,7 +189,8 @@ mod tests {
     fn every_line_of_a_transaction_and_a_message_is_read() {
         let begin = r#"{"action":"B","xid":725,"timestamp":"2026-12-04 04:40:27.804727+00","lsn":"0/1526030","nextlsn":"0/1526060"}"#;
         match parse(begin).unwrap() {
-            Some(Line::Begin { commit, end, time }) => {
+            Some(Line::Begin { xid, commit, end, time }) => {
+                assert_eq!(xid, Some(725));
                 assert_eq!((commit.to_string(), end.to_string()), ("0/1526030".into(), "0/1526060".into()));
                 assert_eq!(time, "2026-12-04T04:40:27.804727+00:00");
             }
