@@ -188,6 +188,8 @@ fn run_inner(cli: &Cli, args: &CdcDemoArgs, signals: Signals) -> Result<Exit> {
     // Forked before the pipeline starts any thread; it asks the pipeline to stop once the slot has it all.
     let writer = fork_writer(&cluster, n, Duration::from_secs(args.seconds), &signals)?;
     let (exit, _) = Supervisor::run_counted(cfg, signals.clone());
+    // A pipeline that ended first (it failed, or was stopped) ends the writer too.
+    let _ = nix::sys::signal::kill(writer, nix::sys::signal::Signal::SIGTERM);
     let written = wait_writer(writer);
     let verdict = compare(&cluster, &copy)?;
     println!();
@@ -200,14 +202,16 @@ fn run_inner(cli: &Cli, args: &CdcDemoArgs, signals: Signals) -> Result<Exit> {
     println!("  rows in the source        {}", verdict.source);
     println!("  rows in the copy          {}", verdict.copy);
     // A pipeline that failed never gets an OK, whatever the check found.
-    let (said, exit) = match (exit, &verdict.differ, written) {
-        (Exit::Clean, None, Writer::Finished) => ("OK: tables equal".to_string(), Exit::Clean),
-        (_, _, Writer::Failed) => ("FAILED: the writer failed (its error is above)".to_string(), Exit::Failure),
-        (Exit::Clean, _, Writer::Stopped) => {
+    let (said, exit) = match (exit, written, &verdict.differ) {
+        (Exit::Clean, Writer::Finished, None) => ("OK: tables equal".to_string(), Exit::Clean),
+        (Exit::Clean, Writer::Stopped, _) => {
             ("stopped before the writer finished: not checked".to_string(), Exit::Clean)
         }
-        (_, Some(d), _) => (format!("FAILED: {d}"), Exit::Failure),
-        (exit, None, _) => (format!("FAILED: the tables are equal, but the pipeline exited {}", exit.code()), exit),
+        (Exit::Clean, Writer::Failed, _) => {
+            ("FAILED: the writer failed (its error is above)".to_string(), Exit::Failure)
+        }
+        (Exit::Clean, Writer::Finished, Some(d)) => (format!("FAILED: {d}"), Exit::Failure),
+        (exit, _, _) => (format!("FAILED: the pipeline exited {}", exit.code()), exit),
     };
     println!("  verdict                   {said}");
     Ok(exit)
@@ -223,8 +227,8 @@ fn fork_writer(cluster: &Cluster, n: i64, seconds: Duration, signals: &Signals) 
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
             let code = match write(&connect, n, seconds, signals) {
-                Ok(()) if signals.received() => 2,
-                Ok(()) => 0,
+                Ok(true) => 0,
+                Ok(false) => 2,
                 Err(e) => {
                     let why = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
                     log::error!("demo cdc: the writer failed: {why}");
@@ -238,12 +242,13 @@ fn fork_writer(cluster: &Cluster, n: i64, seconds: Duration, signals: &Signals) 
     }
 }
 
-fn write(connect: &str, n: i64, seconds: Duration, signals: &Signals) -> std::result::Result<(), postgres::Error> {
+/// Whether it wrote all it was to and saw the slot confirm it (not stopped first).
+fn write(connect: &str, n: i64, seconds: Duration, signals: &Signals) -> std::result::Result<bool, postgres::Error> {
     let mut c = postgres::Client::connect(connect, postgres::NoTls)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while c.query("SELECT 1 FROM pg_replication_slots", &[])?.is_empty() {
         if Instant::now() > deadline || signals.received() {
-            return Ok(());
+            return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -294,12 +299,14 @@ fn write(connect: &str, n: i64, seconds: Duration, signals: &Signals) -> std::re
                 &[&end],
             )?
             .get(0);
-        if caught_up || signals.received() || Instant::now() > deadline {
-            break;
+        if caught_up {
+            return Ok(!signals.received());
+        }
+        if signals.received() || Instant::now() > deadline {
+            return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
 }
 
 /// How the writer ended.

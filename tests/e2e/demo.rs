@@ -83,3 +83,29 @@ fn a_demo_whose_pipeline_failed_never_says_ok() {
         assert!(after(&report, "verdict").starts_with("FAILED: the pipeline exited 2"), "{bad:?}: {report}");
     }
 }
+
+#[test]
+/// `demo cdc` on a throwaway PostgreSQL cluster: the copy equals the changing source, the cluster is gone after; a
+/// demo whose pipeline cannot start says FAILED.
+fn the_cdc_demo_follows_a_changing_table_and_checks_every_row() {
+    let dir = scratch_dir("demo-cdc");
+    let demo = |extra: &[&str]| {
+        let mut c = command();
+        c.args(["demo", "cdc", "--rows", "30000", "--seconds", "4", "--dir"]).arg(&dir);
+        c.args(["--hashers", "2"]).args(extra).env("RUST_LOG", "info");
+        c.output().unwrap()
+    };
+    let out = demo(&[]);
+    let (report, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{report}\n{log}");
+    assert_eq!(after(&report, "verdict"), "OK: tables equal", "{report}");
+    assert_eq!(after(&report, "writer"), "finished", "{report}");
+    assert_eq!(after(&report, "rows in the source"), after(&report, "rows in the copy"), "{report}");
+    assert!(log.contains("the snapshot of accounts is taken"), "{log}");
+    assert!(!dir.join("pg").exists(), "the throwaway cluster is removed");
+
+    let out = demo(&["--jq", "select("]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{report}");
+    assert_eq!(after(&report, "verdict"), "FAILED: the pipeline exited 2", "{report}");
+}
