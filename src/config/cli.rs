@@ -368,7 +368,8 @@ pub struct CdcDemoArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub seconds: u64,
 
-    /// Where the demo's cluster (removed at the end), copy and checkpoints live [default: <state-dir>/demo-cdc].
+    /// Where the demo's copy and checkpoints live [default: <state-dir>/demo-cdc]; its cluster is made in a temporary
+    /// directory and removed at the end.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }

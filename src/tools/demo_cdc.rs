@@ -100,7 +100,12 @@ impl Cluster {
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off",
             dir.display()
         ));
-        cluster.run(start.arg("start"), "pg_ctl start")?;
+        if let Err(e) = cluster.run(start.arg("start"), "pg_ctl start") {
+            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+            let last: Vec<&str> = log.lines().rev().take(3).collect();
+            let said = last.into_iter().rev().collect::<Vec<_>>().join(" / ");
+            return Err(schema_error(format!("{e} (the server's log: {said})")));
+        }
         Ok(cluster)
     }
 
@@ -124,7 +129,7 @@ impl Drop for Cluster {
 }
 
 fn query_failed(doing: &'static str) -> impl Fn(postgres::Error) -> Error {
-    move |e| Error::DbQuery { doing: format!("demo cdc: {doing}"), source: e.into() }
+    move |e| Error::DbQuery { doing: doing.to_string(), source: e.into() }
 }
 
 fn run_inner(cli: &Cli, args: &CdcDemoArgs, signals: Signals) -> Result<Exit> {
@@ -137,8 +142,11 @@ fn run_inner(cli: &Cli, args: &CdcDemoArgs, signals: Signals) -> Result<Exit> {
     };
     let dir =
         args.dir.clone().unwrap_or_else(|| cli.state_dir.clone().unwrap_or_else(default_state_dir).join("demo-cdc"));
-    log::info!("demo cdc: starting a throwaway PostgreSQL cluster ({}) in {}", bin.display(), dir.join("pg").display());
-    let cluster = Cluster::start(bin, &dir.join("pg"))?;
+    // The cluster in a directory of its own under the system's temporary one: the server (as `postgres`, when this
+    // is root) must be able to reach it, which a home directory may not let it.
+    let pg_dir = std::env::temp_dir().join(format!("supervisor-demo-cdc-{}", std::process::id()));
+    log::info!("demo cdc: starting a throwaway PostgreSQL cluster ({}) in {}", bin.display(), pg_dir.display());
+    let cluster = Cluster::start(bin, &pg_dir)?;
     let n = args.rows as i64;
     let mut c = cluster.client()?;
     c.batch_execute(&format!(
@@ -148,12 +156,13 @@ fn run_inner(cli: &Cli, args: &CdcDemoArgs, signals: Signals) -> Result<Exit> {
     ))
     .map_err(query_failed("filling accounts"))?;
     drop(c);
+    std::fs::create_dir_all(&dir).map_err(|e| schema_error(format!("creating {}: {e}", dir.display())))?;
     let copy = dir.join("copy.sqlite");
     let _ = std::fs::remove_file(&copy);
     let lite = crate::sql::open_sqlite(&copy.display().to_string(), true)
-        .map_err(|source| Error::DbQuery { doing: format!("demo cdc: opening {}", copy.display()), source })?;
+        .map_err(|source| Error::DbQuery { doing: format!("opening {}", copy.display()), source })?;
     lite.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT, balance TEXT, updated TEXT)")
-        .map_err(|e| Error::DbQuery { doing: "demo cdc: creating the copy".into(), source: e.into() })?;
+        .map_err(|e| Error::DbQuery { doing: "creating the copy".into(), source: e.into() })?;
     drop(lite);
     let store = dir.join("checkpoints.db");
     let _ = std::fs::remove_file(&store);
@@ -342,8 +351,8 @@ fn compare(cluster: &Cluster, copy: &Path) -> Result<Compared> {
         .map(|r| [r.get(0), r.get(1), r.get(2), r.get(3)])
         .collect();
     let lite = crate::sql::open_sqlite(&copy.display().to_string(), false)
-        .map_err(|source| Error::DbQuery { doing: format!("demo cdc: opening {}", copy.display()), source })?;
-    let failed = |e: rusqlite::Error| Error::DbQuery { doing: "demo cdc: reading the copy".into(), source: e.into() };
+        .map_err(|source| Error::DbQuery { doing: format!("opening {}", copy.display()), source })?;
+    let failed = |e: rusqlite::Error| Error::DbQuery { doing: "reading the copy".into(), source: e.into() };
     let mut stmt = lite
         .prepare("SELECT CAST(id AS TEXT), owner, CAST(balance AS TEXT), updated FROM accounts ORDER BY id")
         .map_err(failed)?;

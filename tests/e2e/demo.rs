@@ -102,7 +102,11 @@ fn the_cdc_demo_follows_a_changing_table_and_checks_every_row() {
     assert_eq!(after(&report, "writer"), "finished", "{report}");
     assert_eq!(after(&report, "rows in the source"), after(&report, "rows in the copy"), "{report}");
     assert!(log.contains("the snapshot of accounts is taken"), "{log}");
-    assert!(!dir.join("pg").exists(), "the throwaway cluster is removed");
+    let removed = !std::fs::read_dir(std::env::temp_dir()).unwrap().flatten().any(|e| {
+        e.file_name().to_string_lossy().starts_with("supervisor-demo-cdc-")
+            && log.contains(&*e.path().to_string_lossy())
+    });
+    assert!(removed, "the throwaway cluster is removed: {log}");
 
     let out = demo(&["--jq", "select("]);
     let report = String::from_utf8_lossy(&out.stdout);
