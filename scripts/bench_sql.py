@@ -33,7 +33,8 @@ def wait_port(port):
 class Postgres:
     name = "postgres"
 
-    def __init__(self, work):
+    def __init__(self, work, wal_level="replica"):
+        self.wal_level = wal_level
         bins = sorted(d for d in os.listdir("/usr/lib/postgresql"))
         self.bin = f"/usr/lib/postgresql/{bins[-1]}/bin"
         self.dir, self.port = os.path.join(work, "pg"), free_port()
@@ -52,11 +53,16 @@ class Postgres:
 
     def ctl(self, action):
         self.run("pg_ctl", "-D", f"{self.dir}/data", "-w", "-l", f"{self.dir}/log", "-o",
-                 f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", action)
+                 f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c wal_level={self.wal_level}", action)
 
     def psql(self, sql, db="bench"):
         subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", db,
                         "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, stdout=subprocess.DEVNULL)
+
+    def value(self, sql, db="bench"):
+        return subprocess.run(["psql", "-qAt", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", db,
+                               "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, capture_output=True,
+                              text=True).stdout.strip()
 
     def url(self, table):
         return f"postgres://postgres@127.0.0.1:{self.port}/bench?table={table}"
@@ -207,6 +213,109 @@ def timed(label, db, n, f):
     return {"label": label, "engine": db.name, "rows": n, "seconds": round(secs, 2), "rows_per_s": round(n / secs)}
 
 
+# --follow: 1M changes (inserts and updates in transactions of 100) read from a slot by pg_recvlogical with wal2json
+# to /dev/null, then followed by supervisor into another table; and the lag under a steady 5k changes/s.
+FOLLOW_TABLES = """
+DROP TABLE IF EXISTS src, dst, dst_dead_letter;
+CREATE TABLE src (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, written_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE dst (id BIGINT PRIMARY KEY, v BIGINT, written_at TIMESTAMPTZ, arrived TIMESTAMPTZ DEFAULT clock_timestamp());
+INSERT INTO src (id, v) SELECT g, 0 FROM generate_series(1, 1000) g;
+CREATE OR REPLACE PROCEDURE changes(first BIGINT, n BIGINT, per_second INT) LANGUAGE plpgsql AS $$
+DECLARE t0 TIMESTAMPTZ := clock_timestamp(); i BIGINT := 0;
+BEGIN
+  WHILE i < n LOOP
+    -- Half new rows, half updates of rows written before.
+    INSERT INTO src (id, v) SELECT first + i + g, g FROM generate_series(0, 49) g;
+    UPDATE src SET v = v + 1 WHERE id BETWEEN greatest(1, first + i - 200) AND greatest(1, first + i - 200) + 49;
+    COMMIT;
+    i := i + 100;
+    IF per_second > 0 THEN
+      PERFORM pg_sleep(greatest(0, extract(epoch FROM t0 + make_interval(secs => i::float8 / per_second)
+                                                    - clock_timestamp())));
+    END IF;
+  END LOOP;
+END $$;
+"""
+
+
+def follow(n, readers, work):
+    # A cluster of its own per run, in a directory the server (run as postgres) can reach.
+    work = tempfile.mkdtemp(dir=work)
+    os.chmod(work, 0o755)
+    db = Postgres(work, wal_level="logical")
+    try:
+        db.psql(FOLLOW_TABLES)
+        state = tempfile.mkdtemp(dir=work)
+        cmd = [SUPERVISOR, "--source", db.url("src"), "--sink", db.url("dst"), "--follow", "--jq", ".",
+               "--readers", str(readers), "--state-dir", state, "--status-interval", "3600"]
+        lsn = lambda: db.value("SELECT pg_current_wal_lsn()")
+
+        def start():
+            return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+
+        def caught_up(p, end):
+            peaks = {}
+            while db.value(f"SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots "
+                           "WHERE slot_name LIKE 'supervisor_%' AND NOT temporary") != "t":
+                if p.poll() is not None:
+                    sys.exit(f"supervisor exited {p.returncode}:\n{p.stderr.read()}")
+                for pid in tree(p.pid):
+                    peaks[pid] = max(peaks.get(pid, 0), peak_rss(pid))
+                time.sleep(0.05)
+            return max(peaks.values() or [0])
+
+        def stop(p):
+            p.send_signal(signal.SIGTERM)
+            log = p.stderr.read()
+            if p.wait() != 0:
+                sys.exit(f"supervisor exited {p.returncode}:\n{log}")
+
+        # The slot is made and the snapshot (1000 rows) taken; then it is stopped while the changes are written.
+        p = start()
+        caught_up(p, lsn())
+        stop(p)
+        db.run("pg_recvlogical", "-h", "127.0.0.1", "-p", str(db.port), "-U", "postgres", "-d", "bench",
+               "--slot", "bench_recv", "--create-slot", "-P", "wal2json")
+        db.psql(f"CALL changes(1000000, {n}, 0)")
+        end = lsn()
+        t0 = time.time()
+        db.run("pg_recvlogical", "-h", "127.0.0.1", "-p", str(db.port), "-U", "postgres", "-d", "bench",
+               "--slot", "bench_recv", "--start", "--endpos", end, "-f", "/dev/null", "-o", "format-version=2",
+               "-o", "include-lsn=1", "-o", "include-timestamp=1", "-o", "add-tables=public.src")
+        recv = time.time() - t0
+        db.psql("SELECT pg_drop_replication_slot('bench_recv')")
+        t0 = time.time()
+        p = start()
+        peak = caught_up(p, end)
+        ours = time.time() - t0
+        stop(p)
+        differ = db.value("SELECT count(*) FROM (SELECT id, v, written_at FROM src EXCEPT "
+                          "SELECT id, v, written_at FROM dst) d")
+        runs = [{"label": "pg_recvlogical", "changes": n, "seconds": round(recv, 2), "changes_per_s": round(n / recv)},
+                {"label": "supervisor --follow", "changes": n, "seconds": round(ours, 2),
+                 "changes_per_s": round(n / ours), "largest_process_mib": round(peak / 2**20, 1),
+                 "rows_differing": int(differ)}]
+        # Lag: 5k changes/s for 20 s while it follows; each new row's arrival in dst against its commit in src.
+        p = start()
+        caught_up(p, lsn())
+        db.psql("TRUNCATE dst")
+        db.psql("CALL changes(5000000, 100000, 5000)")
+        caught_up(p, lsn())
+        stop(p)
+        lag = db.value("SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM arrived - "
+                       "written_at))::numeric, 3) || ' ' || round(percentile_cont(0.5) WITHIN GROUP (ORDER BY "
+                       "extract(epoch FROM arrived - written_at))::numeric, 3) FROM dst WHERE id >= 5000000")
+        p99, p50 = lag.split()
+        runs.append({"label": "lag at 5k changes/s", "changes": 100000, "p99_s": float(p99), "p50_s": float(p50)})
+        for r in runs:
+            print(json.dumps(r), flush=True)
+        print(json.dumps({"changes": n, "follow_vs_pg_recvlogical": round(runs[1]["changes_per_s"] /
+                                                                          runs[0]["changes_per_s"], 2),
+                          "lag_p99_s": float(p99)}), flush=True)
+    finally:
+        db.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--engines", default="postgres,mariadb,sqlite")
@@ -214,9 +323,16 @@ def main():
     ap.add_argument("--readers", type=int, default=4)
     ap.add_argument("--article", action="store_true", help="also run the article's design (PostgreSQL; slow)")
     ap.add_argument("--python", default=sys.executable, help="a Python with psycopg2, for --article")
+    ap.add_argument("--follow", action="store_true",
+                    help="--follow against pg_recvlogical (1M changes, or --rows), and its lag at 5k changes/s")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="supervisor-bench-sql-")
     os.chmod(work, 0o755)
+    if args.follow:
+        for n in map(int, args.rows.split(",")):
+            follow(n, args.readers, work)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     results = []
     for name in args.engines.split(","):
         db = {"postgres": Postgres, "mariadb": Mariadb, "sqlite": Sqlite}[name](work)

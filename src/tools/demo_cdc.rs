@@ -255,7 +255,7 @@ fn fork_writer(cluster: &Cluster, n: i64, seconds: Duration, signals: &Signals) 
 fn write(connect: &str, n: i64, seconds: Duration, signals: &Signals) -> std::result::Result<bool, postgres::Error> {
     let mut c = postgres::Client::connect(connect, postgres::NoTls)?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while c.query("SELECT 1 FROM pg_replication_slots", &[])?.is_empty() {
+    while c.query("SELECT 1 FROM pg_replication_slots WHERE NOT temporary", &[])?.is_empty() {
         if Instant::now() > deadline || signals.received() {
             return Ok(false);
         }
@@ -304,7 +304,8 @@ fn write(connect: &str, n: i64, seconds: Duration, signals: &Signals) -> std::re
     loop {
         let caught_up: bool = c
             .query_one(
-                "SELECT COALESCE(bool_and(confirmed_flush_lsn >= $1::text::pg_lsn), false) FROM pg_replication_slots",
+                "SELECT COALESCE(bool_and(confirmed_flush_lsn >= $1::text::pg_lsn), false) FROM pg_replication_slots \
+                 WHERE NOT temporary",
                 &[&end],
             )?
             .get(0);

@@ -45,7 +45,7 @@ fn slot_lsn(pg: &Postgres) -> Option<(i64, i64)> {
     let mut c = pg.client("test");
     c.query_opt(
         "SELECT (confirmed_flush_lsn - '0/0')::bigint, (pg_current_wal_lsn() - '0/0')::bigint \
-         FROM pg_replication_slots",
+         FROM pg_replication_slots WHERE NOT temporary",
         &[],
     )
     .ok()

@@ -62,9 +62,10 @@ pub struct Recent {
     keys: usize,
 }
 
-/// Transactions, and keys, remembered at most: a commit is visible long before this many more come.
-const RECENT_TRANSACTIONS: usize = 8192;
-const RECENT_KEYS: usize = 1_000_000;
+/// Transactions, and keys, remembered at most: a commit is visible a moment after its record is written, long before
+/// this many more come.
+const RECENT_TRANSACTIONS: usize = 1024;
+const RECENT_KEYS: usize = 100_000;
 
 impl Recent {
     /// A change of the transaction being read.

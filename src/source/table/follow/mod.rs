@@ -276,6 +276,7 @@ impl Scan {
                 }
                 if self.open.is_empty() && self.store.unfinished()? == 0 {
                     f.snapshot_done = true;
+                    f.recent = merge::Recent::default();
                     let rows: u64 = self.chunks.iter().map(|c| c.rows).sum();
                     log::info!(
                         "the snapshot of {} is taken ({} acknowledged): following its changes",
@@ -354,13 +355,16 @@ impl Scan {
             Item::Change(c) => {
                 log::trace!("change {:?} {} at {}", c.key, c.op.code(), c.lsn);
                 f.windows.changed(&c.key);
-                f.recent.changed(&c.key);
+                // Only pages need them: not kept once the snapshot is taken.
+                if !f.snapshot_done {
+                    f.recent.changed(&c.key);
+                }
                 f.changes += 1;
                 let headers = [("op", c.op.code().to_string()), ("lsn", c.lsn.to_string()), ("commit_time", c.time)];
                 self.send_event(f, &c.key, &c.json, &headers)?;
             }
             Item::Commit { end, xid } => {
-                if let Some(xid) = xid {
+                if let (Some(xid), false) = (xid, f.snapshot_done) {
                     f.recent.committed(xid);
                 }
                 f.ledger.mark(Mark::Slot(end, Instant::now()))

@@ -178,6 +178,12 @@ pub fn advance(c: &mut postgres::Client, slot: &str, to: Lsn) -> Result<()> {
     Ok(())
 }
 
+/// Makes `copy`, a temporary slot of this session, where `slot` is: consuming it leaves `slot` as it is.
+pub fn copy_temporary(c: &mut postgres::Client, slot: &str, copy: &str) -> Result<(), postgres::Error> {
+    c.execute("SELECT pg_copy_logical_replication_slot($1, $2, true)", &[&slot, &copy])?;
+    Ok(())
+}
+
 /// How far behind the server's WAL the slot is: bytes kept for it.
 pub fn lag_bytes(c: &mut postgres::Client, slot: &str) -> Result<Option<i64>> {
     let row = c

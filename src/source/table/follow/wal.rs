@@ -1,7 +1,8 @@
-//! The thread that reads the slot: it peeks at the changes past what it has already passed on (the slot keeps
-//! everything after its confirmed position, and a peek starts there), writes each changed row as the snapshot
-//! writes rows, and sends changes, transaction ends and watermarks to the source's main thread in the log's order.
-//! It advances the slot to where the main thread says everything is acknowledged.
+//! The thread that reads the slot: it consumes the changes from a temporary copy of the slot that its session holds
+//! (so nothing is decoded twice, and the slot itself keeps everything not acknowledged), writes each changed row as
+//! the snapshot writes rows, and sends changes, transaction ends and watermarks to the source's main thread in the
+//! log's order. It advances the slot to where the main thread says everything is acknowledged. A new session starts
+//! a new copy where the slot is, and what it gives again is passed over.
 
 use super::merge::Token;
 use super::slot;
@@ -12,15 +13,16 @@ use crate::sql::url::TableUrl;
 use crate::sql::{Resilient, Row, Schema};
 use crossbeam_channel::Sender;
 use serde_json::value::RawValue;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Rows a peek returns at most past those already passed on (a transaction comes whole, however large).
-const PEEK_ROWS: i64 = 5000;
+/// Rows one read of the slot returns at most (a transaction comes whole, however large).
+const PEEK_ROWS: i64 = 20_000;
+/// How often the slot is advanced to what is acknowledged (each advance decodes the log from its restart point).
+const ADVANCE_EVERY: Duration = Duration::from_secs(1);
 /// Changes written into events with one query.
-const RENDER_BATCH: usize = 1000;
+const RENDER_BATCH: usize = 2000;
 /// How long an idle slot is left before the next peek.
 const IDLE: Duration = Duration::from_millis(50);
 /// How often the slot's lag is read.
@@ -85,34 +87,48 @@ pub struct Wal {
 impl Wal {
     /// Runs until told to stop or the main thread is gone; a failure is sent as `Item::Failed`.
     pub fn run(self, to: Sender<Item>, shared: Arc<Shared>) {
+        // The changed rows are written as events on a connection of their own, by a thread of their own, while
+        // this one reads on: the server decodes and writes at once.
+        let (steps, render) = crossbeam_channel::bounded(4);
+        let renderer = Renderer { url: self.url.clone(), schema: self.schema.clone(), max_retries: self.max_retries };
+        let spawned = std::thread::Builder::new().name("wal-render".into()).spawn(move || renderer.run(render, to));
+        let to = match spawned {
+            Ok(_) => steps,
+            Err(source) => {
+                let _ = steps.send(Step::Item(Item::Failed(Error::SpawnThread { name: "wal-render", source })));
+                return;
+            }
+        };
         if let Err(e) = self.follow(&to, &shared) {
-            let _ = to.send(Item::Failed(e));
+            let _ = to.send(Step::Item(Item::Failed(e)));
         }
     }
 
-    fn follow(&self, to: &Sender<Item>, shared: &Shared) -> Result<()> {
+    fn follow(&self, to: &Sender<Step>, shared: &Shared) -> Result<()> {
         let who = format!("{} (slot {})", crate::telemetry::logging::process_name(), self.slot);
         let mut db = Resilient::connect(&self.url, self.max_retries, who)?;
         // What was passed on, in the order wal2json writes: a message at an LSN before a transaction that commits
         // there (wal2json gives a message the LSN where its record ends, which is where the next record starts).
         let mut seen = Seen::default();
         let mut advanced = Lsn(shared.confirmed.load(Ordering::Relaxed));
-        // Rows passed on and not confirmed yet, by where they end: a peek returns them again before anything new.
-        let mut unconfirmed: VecDeque<(Lsn, i64)> = VecDeque::new();
+        let mut last_advance = Instant::now();
         let mut last_lag = Instant::now() - LAG_EVERY;
         let mut state = Decoding::default();
+        // The changes are consumed from a temporary copy of the slot, which this session alone holds: consuming
+        // moves it on, so nothing is decoded twice. The slot itself moves only to what is acknowledged; a crash
+        // loses the copy with its session, and the next one starts from the slot.
+        let reader = reader_slot(&self.slot);
         while !shared.stop.load(Ordering::Relaxed) {
             let target = Lsn(shared.advance_to.load(Ordering::Relaxed));
-            if target > advanced {
+            // Advancing decodes the log from the slot's restart point: at most once a second.
+            if target > advanced && last_advance.elapsed() >= ADVANCE_EVERY {
+                last_advance = Instant::now();
                 let moved = db.run(&|| "advancing the replication slot".to_string(), |conn| {
                     slot_client(conn).and_then(|c| slot::advance(c, &self.slot, target).map_err(Into::into))
                 })?;
                 moved.map_err(|source| Error::DbQuery { doing: "advancing the replication slot".into(), source })?;
                 advanced = target;
                 shared.confirmed.store(target.0, Ordering::Relaxed);
-                while unconfirmed.front().is_some_and(|(end, _)| *end <= target) {
-                    unconfirmed.pop_front();
-                }
             }
             if last_lag.elapsed() >= LAG_EVERY {
                 last_lag = Instant::now();
@@ -123,16 +139,27 @@ impl Wal {
                     shared.lag_bytes.store(bytes, Ordering::Relaxed);
                 }
             }
-            let limit = unconfirmed.iter().map(|(_, n)| n).sum::<i64>() + PEEK_ROWS;
+            let limit = PEEK_ROWS;
             let (tables, prefix) = (&self.tables, &self.prefix);
             let peeked = db.run(&|| format!("reading the replication slot {}", self.slot), |conn| {
                 let c = slot_client(conn)?;
                 let flushed = slot::flushed(c)?;
-                let rows = c.query(
-                    "SELECT data FROM pg_logical_slot_peek_changes($1, NULL, $2::int, 'format-version', '2', \
-                     'include-lsn', '1', 'include-timestamp', '1', 'include-xids', '1', 'add-tables', $3, 'add-msg-prefixes', $4)",
-                    &[&self.slot, &(limit.min(i32::MAX as i64) as i32), tables, prefix],
-                )?;
+                let get = |c: &mut postgres::Client| {
+                    c.query(
+                        "SELECT data FROM pg_logical_slot_get_changes($1, NULL, $2::int, 'format-version', '2', \
+                         'include-lsn', '1', 'include-timestamp', '1', 'include-xids', '1', 'add-tables', $3, \
+                         'add-msg-prefixes', $4)",
+                        &[&reader, &(limit as i32), tables, prefix],
+                    )
+                };
+                let rows = match get(c) {
+                    // A new session (the first, or one after a reconnection) has no copy yet.
+                    Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                        slot::copy_temporary(c, &self.slot, &reader)?;
+                        get(c)?
+                    }
+                    got => got?,
+                };
                 Ok((flushed, rows))
             })?;
             let (flushed, rows) = peeked.map_err(|source| Error::DbQuery {
@@ -141,13 +168,11 @@ impl Wal {
             })?;
             let whole = (rows.len() as i64) < limit;
             let before = seen;
-            let mut passed = 0i64;
             for row in &rows {
                 let data: &str = row.get(0);
                 let Some(line) = wal2json::parse(data).map_err(|message| Error::DbSchema { message })? else {
                     continue;
                 };
-                passed += 1;
                 log::trace!("wal: {:.300} (seen {seen}, skipping {})", data, state.skipping);
                 match line {
                     Line::Begin { xid, commit, time, .. } => {
@@ -159,17 +184,16 @@ impl Wal {
                     Line::Change { .. } if state.skipping => {}
                     Line::Change { op, columns, identity } => {
                         state.pending.push(Pending::read(op, &columns, &identity)?);
-                        if state.pending.len() >= RENDER_BATCH {
-                            self.send_changes(&mut db, &mut state, to)?;
+                        if state.pending.len() >= RENDER_BATCH && !send_changes(&mut state, to) {
+                            return Ok(());
                         }
                     }
                     Line::Commit { .. } if state.skipping => {}
                     Line::Commit { commit, end } => {
-                        self.send_changes(&mut db, &mut state, to)?;
                         seen = Seen::commit(commit);
-                        unconfirmed.push_back((end, passed));
-                        passed = 0;
-                        if to.send(Item::Commit { end, xid: state.xid }).is_err() {
+                        if !send_changes(&mut state, to)
+                            || to.send(Step::Item(Item::Commit { end, xid: state.xid })).is_err()
+                        {
                             return Ok(());
                         }
                     }
@@ -177,13 +201,13 @@ impl Wal {
                     Line::Message { transactional: true, .. } if state.skipping => {}
                     Line::Message { transactional: false, lsn, .. } if Seen::message(lsn) <= seen => {}
                     Line::Message { lsn, prefix, content, transactional } => {
-                        if transactional {
-                            // In order with the transaction's changes: those before it go first.
-                            self.send_changes(&mut db, &mut state, to)?;
+                        // In order with the transaction's changes: those before it go first.
+                        if transactional && !send_changes(&mut state, to) {
+                            return Ok(());
                         }
                         let item = (prefix == self.prefix).then(|| watermark(&content, lsn)).flatten();
                         if let Some(item) = item {
-                            if to.send(item).is_err() {
+                            if to.send(Step::Item(item)).is_err() {
                                 return Ok(());
                             }
                         }
@@ -191,9 +215,7 @@ impl Wal {
                             seen = Seen::message(lsn);
                             // Not past it: a transaction that commits right there is still to come.
                             let end = lsn;
-                            unconfirmed.push_back((end, passed));
-                            passed = 0;
-                            if to.send(Item::Commit { end, xid: None }).is_err() {
+                            if to.send(Step::Item(Item::Commit { end, xid: None })).is_err() {
                                 return Ok(());
                             }
                         }
@@ -203,8 +225,7 @@ impl Wal {
             if whole && Seen::message(flushed) > seen {
                 // Every transaction that committed before `flushed` was in this peek: none of them is left.
                 seen = Seen::message(flushed);
-                unconfirmed.push_back((flushed, passed));
-                if to.send(Item::Reached(flushed)).is_err() {
+                if to.send(Step::Item(Item::Reached(flushed))).is_err() {
                     return Ok(());
                 }
             }
@@ -214,14 +235,70 @@ impl Wal {
         }
         Ok(())
     }
+}
 
-    /// Writes the changes read so far as events, with one query, and sends them on.
-    fn send_changes(&self, db: &mut Resilient, state: &mut Decoding, to: &Sender<Item>) -> Result<()> {
-        if state.pending.is_empty() {
-            return Ok(());
+/// What the reading thread hands the rendering one, in the log's order.
+pub enum Step {
+    Changes(Batch),
+    Item(Item),
+}
+
+/// Changes of one transaction, still as wal2json's text.
+pub struct Batch {
+    pending: Vec<Pending>,
+    commit: Lsn,
+    time: String,
+}
+
+/// Hands the changes read so far to the rendering thread; false once it is gone.
+fn send_changes(state: &mut Decoding, to: &Sender<Step>) -> bool {
+    if state.pending.is_empty() {
+        return true;
+    }
+    let batch = Batch { pending: std::mem::take(&mut state.pending), commit: state.commit, time: state.time.clone() };
+    to.send(Step::Changes(batch)).is_ok()
+}
+
+/// The thread that writes changed rows as events, on its own connection, and passes everything on in order.
+struct Renderer {
+    url: TableUrl,
+    schema: Schema,
+    max_retries: u32,
+}
+
+impl Renderer {
+    fn run(self, steps: crossbeam_channel::Receiver<Step>, to: Sender<Item>) {
+        let who = format!("{} (writing changes)", crate::telemetry::logging::process_name());
+        let mut db = match Resilient::connect(&self.url, self.max_retries, who) {
+            Ok(db) => db,
+            Err(e) => {
+                let _ = to.send(Item::Failed(e));
+                return;
+            }
+        };
+        for step in steps {
+            let went = match step {
+                Step::Item(item) => to.send(item).is_ok(),
+                Step::Changes(batch) => match self.render(&mut db, batch, &to) {
+                    Ok(went) => went,
+                    Err(e) => {
+                        let _ = to.send(Item::Failed(e));
+                        false
+                    }
+                },
+            };
+            if !went {
+                return;
+            }
         }
+    }
+
+    /// Writes a transaction's changes read so far as events, with one query, and sends them on; false once the
+    /// source's main thread is gone.
+    fn render(&self, db: &mut Resilient, batch: Batch, to: &Sender<Item>) -> Result<bool> {
+        let Batch { pending, commit: lsn, time } = batch;
         let mut objects = String::from("[");
-        for p in &state.pending {
+        for p in &pending {
             for o in [&p.new, &p.old].into_iter().flatten() {
                 if objects.len() > 1 {
                     objects.push(',');
@@ -231,7 +308,7 @@ impl Wal {
         }
         objects.push(']');
         let schema = &self.schema;
-        let mut rows: Vec<Row> = Vec::with_capacity(state.pending.len() * 2);
+        let mut rows: Vec<Row> = Vec::with_capacity(pending.len() * 2);
         let rendered = db.run(&|| format!("writing the changes of {} as events", schema.table), |conn| {
             rows.clear();
             conn.populated(schema, &objects, &mut rows)
@@ -241,12 +318,11 @@ impl Wal {
             source,
         })?;
         let mut rows = rows.into_iter();
-        let lsn = state.commit;
         let fields = |op: Op, before: Option<&[u8]>| {
             let mut f = format!(
                 "\"__op\":\"{}\",\"__lsn\":\"{lsn}\",\"__commit_time\":{}",
                 op.code(),
-                serde_json::to_string(&state.time).unwrap_or_default()
+                serde_json::to_string(&time).unwrap_or_default()
             );
             if let Some(before) = before {
                 f.push_str(",\"__before\":");
@@ -255,10 +331,10 @@ impl Wal {
             f
         };
         let mut out = Vec::new();
-        for p in state.pending.drain(..) {
+        for p in pending {
             let new = p.new.as_ref().and_then(|_| rows.next());
             let old = p.old.as_ref().and_then(|_| rows.next());
-            let change = |op, key: Key, json: Vec<u8>| Change { op, key, json, lsn, time: state.time.clone() };
+            let change = |op, key: Key, json: Vec<u8>| Change { op, key, json, lsn, time: time.clone() };
             match (p.op, new, old) {
                 (Op::Delete, _, Some(old)) => {
                     let json = with_fields(only(&old.json, &p.old_names, schema), &fields(Op::Delete, None));
@@ -283,12 +359,7 @@ impl Wal {
                 _ => {}
             }
         }
-        for c in out {
-            if to.send(Item::Change(c)).is_err() {
-                return Ok(());
-            }
-        }
-        Ok(())
+        Ok(out.into_iter().all(|c| to.send(Item::Change(c)).is_ok()))
     }
 }
 
@@ -319,6 +390,13 @@ impl std::fmt::Display for Seen {
     }
 }
 
+/// The temporary copy of `slot` this process reads: its name, with the process's id.
+fn reader_slot(slot: &str) -> String {
+    let pid = std::process::id().to_string();
+    let keep = slot.len().min(62 - pid.len());
+    format!("{}_{pid}", &slot[..keep])
+}
+
 /// A watermark's content: `L EPOCH PAGE` or `H EPOCH PAGE`.
 pub fn watermark_content(high: bool, token: Token) -> String {
     format!("{} {} {}", if high { "H" } else { "L" }, token.0, token.1)
@@ -337,7 +415,7 @@ fn watermark(content: &str, lsn: Lsn) -> Option<Item> {
 /// Where decoding stands inside the current transaction.
 #[derive(Default)]
 struct Decoding {
-    /// The transaction was passed on by an earlier peek.
+    /// The transaction was passed on by an earlier read (of an earlier copy).
     skipping: bool,
     xid: Option<u32>,
     commit: Lsn,
