@@ -119,8 +119,8 @@ pub struct Page {
     pub epoch: u64,
     /// The page's number in its claim: with the epoch, what its watermarks in a followed table's change stream name.
     pub number: u32,
-    /// A followed table's page: the transactions its snapshot saw in progress (their xids' 32 low bits).
-    pub in_progress: Vec<u32>,
+    /// A followed table's page: the transactions its snapshot did not see.
+    pub unseen: crate::source::table::follow::slot::Unseen,
     pub rows: Vec<(crate::sql::key::Key, serde_bytes::ByteBuf)>,
     /// The chunk's last page: the reader wants its next chunk.
     pub last: bool,

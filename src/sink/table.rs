@@ -316,6 +316,8 @@ impl Writer {
         // it, and what comes after, after it, so that a key's last change is what the table ends with.
         let mut segments: Vec<Segment<'_>> = Vec::new();
         let mut last = 0;
+        // The group of the current run that last took each key.
+        let mut group_of: HashMap<String, usize> = HashMap::new();
         for (at, span) in &pending.rows {
             let event = pending.bytes(span);
             let object = match Object::parse(event) {
@@ -355,6 +357,7 @@ impl Writer {
             if !matches!(segments.last(), Some(Segment::Upserts(_))) {
                 segments.push(Segment::Upserts(Vec::new()));
                 last = 0;
+                group_of.clear();
             }
             let Some(Segment::Upserts(groups)) = segments.last_mut() else { continue };
             // The object's fields are in name order already.
@@ -383,6 +386,17 @@ impl Writer {
                     }
                 }
             };
+            // A key written by a group that goes after this one (groups go in the order they first appear) would end
+            // with its older event: this one starts a run of its own.
+            if group_of.get(key.as_ref()).is_some_and(|&g| g > group) {
+                let fields = groups[group].0.clone();
+                group_of.clear();
+                group_of.insert(key.to_string(), 0);
+                segments.push(Segment::Upserts(vec![(fields, vec![(*at, object, key)])]));
+                last = 0;
+                continue;
+            }
+            group_of.insert(key.to_string(), group);
             last = group;
             groups[group].1.push((*at, object, key));
         }

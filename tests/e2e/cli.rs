@@ -120,12 +120,17 @@ fn every_setting_a_config_file_may_set_is_taken_from_it() {
         (0, "lookup-ttl", "7".into(), "lookup-ttl", "7".into()),
         (0, "lookup-cache-rows", "70".into(), "lookup-cache-rows", "70".into()),
         (5, "route", "\"\\\"a\\\"\"".into(), "route", "\"\\\"a\\\"\"".into()),
+        (6, "source", "\"postgres://app@127.0.0.1:1/shop?table=orders\"".into(), "source", "orders".into()),
+        (6, "sink", format!("\"sqlite:{d}/copy.db?table=orders\""), "sink", "copy.db".into()),
+        (6, "follow", "true".into(), "follow", "true".into()),
+        (6, "slot-lag-warn", "64".into(), "slot-lag-warn", "64".into()),
+        (6, "no-tombstones", "true".into(), "no-tombstones", "true".into()),
     ];
     // Every flag a file may set, as clap lists them, is covered: a new flag fails here until it is added above.
     for (long, _) in supervisor::config::file_keys() {
         assert!(cases.iter().any(|(_, key, ..)| *key == long), "no case sets {long} in a config file");
     }
-    for file in 0..=5 {
+    for file in 0..=6 {
         let path = dir.join(format!("settings-{file}.toml"));
         let text: String =
             cases.iter().filter(|c| c.0 == file).map(|(_, key, value, ..)| format!("{key} = {value}\n")).collect();

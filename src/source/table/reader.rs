@@ -85,7 +85,7 @@ impl Reader {
             };
             let watermarks = self.watermarks.as_deref();
             let token = (epoch, number);
-            let mut in_progress = Vec::new();
+            let mut unseen = Default::default();
             let read = self.db.run(&doing, |conn| {
                 rows.clear();
                 let Some(prefix) = watermarks else {
@@ -95,7 +95,7 @@ impl Reader {
                 slot::emit_watermark(conn, prefix, &watermark_content(false, token), false)?;
                 // One snapshot for the page and the list of what it does not see: a transaction whose commit is in
                 // the log before the low watermark may not be visible yet when the page is read.
-                in_progress = slot::in_snapshot(conn, |conn| {
+                unseen = slot::in_snapshot(conn, |conn| {
                     conn.page(schema, after.as_ref(), upto.as_ref(), PAGE_ROWS, &mut rows)
                 })?;
                 // In a transaction of its own: its commit flushes the log, so the page is not left waiting for the
@@ -113,7 +113,7 @@ impl Reader {
                 lane,
                 epoch,
                 number,
-                in_progress: std::mem::take(&mut in_progress),
+                unseen: std::mem::take(&mut unseen),
                 rows: rows.drain(..).map(|r| (r.key, ByteBuf::from(r.json))).collect(),
                 last,
             };

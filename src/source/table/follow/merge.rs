@@ -10,6 +10,7 @@
 //! before a point is acknowledged: a chunk's checkpoint, or the slot's position at the end of a transaction. A
 //! transaction's end is marked after its last change only, so it is never partly acknowledged.
 
+use super::slot::Unseen;
 use crate::position::Seq;
 use crate::sql::key::Key;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -64,7 +65,7 @@ pub struct Recent {
 
 /// Transactions, and keys, remembered at most: a commit is visible a moment after its record is written, long before
 /// this many more come.
-const RECENT_TRANSACTIONS: usize = 1024;
+const RECENT_TRANSACTIONS: usize = 8192;
 const RECENT_KEYS: usize = 100_000;
 
 impl Recent {
@@ -76,6 +77,10 @@ impl Recent {
     /// The transaction being read committed.
     pub fn committed(&mut self, xid: u32) {
         let keys = std::mem::take(&mut self.open);
+        // One that changed nothing of the table (another table's, a watermark's) cannot matter to a page.
+        if keys.is_empty() {
+            return;
+        }
         self.keys += keys.len();
         self.done.push_back((xid, keys));
         while self.done.len() > RECENT_TRANSACTIONS || (self.keys > RECENT_KEYS && self.done.len() > 1) {
@@ -85,13 +90,10 @@ impl Recent {
         }
     }
 
-    /// Adds to `into` the keys of the remembered transactions among `xids`.
-    pub fn keys_of(&self, xids: &[u32], into: &mut HashSet<Key>) {
-        if xids.is_empty() {
-            return;
-        }
+    /// Adds to `into` the keys of the remembered transactions that a page's snapshot did not see.
+    pub fn keys_of(&self, unseen: &Unseen, into: &mut HashSet<Key>) {
         for (xid, keys) in &self.done {
-            if xids.contains(xid) {
+            if unseen.hides(*xid) {
                 into.extend(keys.iter().cloned());
             }
         }
@@ -170,18 +172,23 @@ mod tests {
     }
 
     #[test]
-    fn a_transaction_the_snapshot_saw_in_progress_gives_its_keys() {
+    fn a_transaction_the_snapshot_did_not_see_gives_its_keys() {
         let mut r = Recent::default();
         r.changed(&Key::int(1));
         r.changed(&Key::int(2));
         r.committed(700);
-        r.changed(&Key::int(3));
         r.committed(701);
+        r.changed(&Key::int(3));
+        r.committed(702);
+        r.changed(&Key::int(4));
+        r.committed(710);
         let mut dropped = HashSet::new();
-        r.keys_of(&[701, 999], &mut dropped);
-        assert_eq!(dropped, [Key::int(3)].into_iter().collect());
-        r.keys_of(&[], &mut dropped);
-        assert_eq!(dropped.len(), 1);
+        r.keys_of(&Unseen { xmax: 705, in_progress: vec![702, 999] }, &mut dropped);
+        assert_eq!(dropped, [Key::int(3), Key::int(4)].into_iter().collect(), "702 in progress, 710 past xmax");
+        let mut none = HashSet::new();
+        r.keys_of(&Unseen { xmax: 800, in_progress: vec![] }, &mut none);
+        assert!(none.is_empty());
+        assert_eq!(r.done.len(), 3, "701 changed nothing of the table");
     }
 
     #[test]

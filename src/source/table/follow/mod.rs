@@ -249,11 +249,12 @@ impl Scan {
     fn follow_pump(
         &mut self,
         f: &mut Follow,
-        pages: &Receiver<FromReader>,
+        readers: &Receiver<FromReader>,
         work: &[WorkSender],
         states: &mut [ReaderState],
         drain: &AtomicBool,
     ) -> Result<()> {
+        let (mut pages, gone) = (Some(readers), crossbeam_channel::never());
         while !drain.load(Ordering::Relaxed) {
             self.flow.apply_acks(Duration::ZERO);
             if self.flow.finished() {
@@ -295,7 +296,7 @@ impl Scan {
                     f.waiting = None;
                     self.send_page(f, token, lsn)?;
                 } else {
-                    match pages.recv_timeout(Duration::from_millis(20)) {
+                    match readers.recv_timeout(Duration::from_millis(20)) {
                         Ok(got) => self.took_page(f, got, work, states)?,
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => self.flow.flush_all()?,
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
@@ -310,9 +311,10 @@ impl Scan {
                     Ok(item) => self.took_item(f, item)?,
                     Err(_) => return Err(Error::PeerGone { peer: "the replication slot's reader" }),
                 },
-                recv(pages) -> got => match got {
+                recv(pages.unwrap_or(&gone)) -> got => match got {
                     Ok(got) => self.took_page(f, got, work, states)?,
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    // Every reader's thread ended: only changes come now.
+                    Err(_) => pages = None,
                 },
                 default(Duration::from_millis(20)) => self.flow.flush_all()?,
             }
@@ -402,16 +404,16 @@ impl Scan {
         };
         // A transaction whose commit came before the low watermark, but which the page's snapshot did not see yet:
         // its changes went first, and are newer than the page's rows.
-        f.recent.keys_of(&page.in_progress, &mut changed);
+        f.recent.keys_of(&page.unseen, &mut changed);
         // A page of a claim since lost (its lease ran out) is another instance's to send.
         if self.open.get(&page.lane).is_none_or(|o| o.epoch != page.epoch) {
             return Ok(());
         }
         log::trace!(
-            "page {token:?} at {lsn}: keys {:?}..{:?}, dropped {changed:?}, in progress {:?}",
+            "page {token:?} at {lsn}: keys {:?}..{:?}, dropped {changed:?}, unseen {:?}",
             page.rows.first().map(|r| &r.0),
             page.rows.last().map(|r| &r.0),
-            page.in_progress
+            page.unseen
         );
         let mut sent = 0u64;
         for (key, json) in &page.rows {

@@ -178,6 +178,12 @@ pub fn advance(c: &mut postgres::Client, slot: &str, to: Lsn) -> Result<()> {
     Ok(())
 }
 
+/// Takes the slot's advisory lock for this session (held until it ends); false if another session holds it.
+pub fn lock(c: &mut postgres::Client, slot: &str) -> Result<bool, postgres::Error> {
+    let key = format!("supervisor follows {slot}");
+    Ok(c.query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&key])?.get(0))
+}
+
 /// Makes `copy`, a temporary slot of this session, where `slot` is: consuming it leaves `slot` as it is.
 pub fn copy_temporary(c: &mut postgres::Client, slot: &str, copy: &str) -> Result<(), postgres::Error> {
     c.execute("SELECT pg_copy_logical_replication_slot($1, $2, true)", &[&slot, &copy])?;
@@ -204,15 +210,40 @@ pub fn flushed(c: &mut postgres::Client) -> Result<Lsn> {
     Ok(Lsn::parse(&text).unwrap_or_default())
 }
 
-/// Runs `read` in a REPEATABLE READ transaction, and returns the transactions its snapshot sees in progress (the
-/// 32 low bits of their xids, as logical decoding names them).
-pub fn in_snapshot(conn: &mut Conn, read: impl FnOnce(&mut Conn) -> Result<(), DbError>) -> Result<Vec<u32>, DbError> {
+/// What a page's snapshot did not see: transactions at or past `xmax`, and those listed in progress (32-bit xids, as
+/// logical decoding names them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Unseen {
+    pub xmax: u32,
+    pub in_progress: Vec<u32>,
+}
+
+impl Unseen {
+    /// `xmin:xmax:xip,...`, as `pg_current_snapshot` writes it.
+    pub fn parse(snapshot: &str) -> Unseen {
+        let mut parts = snapshot.splitn(3, ':');
+        let _xmin = parts.next();
+        let xmax = parts.next().and_then(|x| x.trim().parse::<u64>().ok()).map_or(0, |x| x as u32);
+        let list = parts.next().unwrap_or_default();
+        let in_progress = list.split(',').filter_map(|x| x.trim().parse::<u64>().ok()).map(|x| x as u32).collect();
+        Unseen { xmax, in_progress }
+    }
+
+    /// Whether the snapshot did not see transaction `xid`: listed in progress, or not begun when it was taken (at or
+    /// past xmax, in the circular order of 32-bit xids).
+    pub fn hides(&self, xid: u32) -> bool {
+        self.in_progress.contains(&xid) || xid.wrapping_sub(self.xmax) as i32 >= 0
+    }
+}
+
+/// Runs `read` in a REPEATABLE READ transaction, and returns what its snapshot did not see.
+pub fn in_snapshot(conn: &mut Conn, read: impl FnOnce(&mut Conn) -> Result<(), DbError>) -> Result<Unseen, DbError> {
     let snapshot: String = match conn {
         Conn::Postgres(c) => {
             c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
             c.query_one("SELECT pg_current_snapshot()::text", &[])?.get(0)
         }
-        _ => return read(conn).map(|()| Vec::new()),
+        _ => return read(conn).map(|()| Unseen::default()),
     };
     let done = read(conn);
     if let Conn::Postgres(c) = conn {
@@ -220,13 +251,7 @@ pub fn in_snapshot(conn: &mut Conn, read: impl FnOnce(&mut Conn) -> Result<(), D
         done?;
         ended?;
     }
-    Ok(in_progress(&snapshot))
-}
-
-/// `xmin:xmax:xip,...` (`pg_current_snapshot`): the xips, as 32-bit xids.
-pub fn in_progress(snapshot: &str) -> Vec<u32> {
-    let list = snapshot.splitn(3, ':').nth(2).unwrap_or_default();
-    list.split(',').filter_map(|x| x.trim().parse::<u64>().ok()).map(|x| x as u32).collect()
+    Ok(Unseen::parse(&snapshot))
 }
 
 /// Writes a watermark into the change stream: outside any transaction (decoded where it is written), or in one of
@@ -244,9 +269,20 @@ pub fn emit_watermark(conn: &mut Conn, prefix: &str, content: &str, transactiona
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_snapshots_transactions_in_progress_are_read_as_xids() {
-        assert_eq!(super::in_progress("740:745:740,742"), vec![740, 742]);
-        assert_eq!(super::in_progress("745:745:"), Vec::<u32>::new());
-        assert_eq!(super::in_progress(&format!("1:2:{}", (3u64 << 32) | 7)), vec![7], "the epoch is not the xid's");
+    fn a_snapshot_hides_what_it_lists_in_progress_and_what_began_after_it() {
+        use super::Unseen;
+        let u = Unseen::parse("740:745:740,742");
+        assert_eq!(u, Unseen { xmax: 745, in_progress: vec![740, 742] });
+        assert!(u.hides(740) && u.hides(742) && u.hides(745) && u.hides(9000));
+        assert!(!u.hides(741) && !u.hides(744));
+        assert_eq!(Unseen::parse("745:745:").in_progress, Vec::<u32>::new());
+        assert_eq!(
+            Unseen::parse(&format!("1:2:{}", (3u64 << 32) | 7)).in_progress,
+            vec![7],
+            "the epoch is not the xid's"
+        );
+        let wrapped = Unseen { xmax: 5, in_progress: vec![] };
+        assert!(!wrapped.hides(u32::MAX - 10), "before xmax across the wrap");
+        assert!(wrapped.hides(6));
     }
 }

@@ -155,6 +155,15 @@ impl Wal {
                 let rows = match get(c) {
                     // A new session (the first, or one after a reconnection) has no copy yet.
                     Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                        // The session holds the slot's lock while it follows: one instance follows a slot.
+                        if !slot::lock(c, &self.slot)? {
+                            return Err(format!(
+                                "the replication slot {} is followed by another instance (one instance follows a \
+                                 slot)",
+                                self.slot
+                            )
+                            .into());
+                        }
                         slot::copy_temporary(c, &self.slot, &reader)?;
                         get(c)?
                     }
@@ -348,10 +357,12 @@ impl Renderer {
                         out.push(change(Op::Delete, old.key.clone(), json));
                     }
                     let every_column = schema.columns.iter().all(|c| p.new_names.contains(&c.name));
-                    let body = match every_column {
-                        true => new.json,
-                        // An unchanged TOASTed value is not in the change: not written is not set to NULL.
-                        false => only(&new.json, &p.new_names, schema),
+                    let body = match (every_column, full_before) {
+                        (true, _) => new.json,
+                        // An unchanged TOASTed value is not in the change, but the old row has it whole.
+                        (false, Some(old)) => merged(&new.json, &p.new_names, &old.json, schema),
+                        // Without the old row, what is not in the change is not written rather than set to NULL.
+                        (false, None) => only(&new.json, &p.new_names, schema),
                     };
                     let json = with_fields(body, &fields(op, full_before.map(|o| o.json.as_slice())));
                     out.push(change(op, new.key, json));
@@ -472,6 +483,34 @@ fn only(json: &[u8], names: &[String], schema: &Schema) -> Vec<u8> {
     out.push(b'{');
     for c in schema.columns.iter().filter(|c| names.contains(&c.name)) {
         if let Some(v) = map.get(&c.name) {
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(serde_json::to_string(&c.name).unwrap_or_default().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(v.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+/// The new row's fields named in `names`, and the old row's for the rest, in the schema's order; values untouched.
+fn merged(new: &[u8], names: &[String], old: &[u8], schema: &Schema) -> Vec<u8> {
+    type Fields<'a> = std::collections::HashMap<String, &'a RawValue>;
+    let (Ok(new_map), Ok(old_map)) =
+        (serde_json::from_slice::<Fields<'_>>(new), serde_json::from_slice::<Fields<'_>>(old))
+    else {
+        return only(new, names, schema);
+    };
+    let mut out = Vec::with_capacity(new.len() + old.len());
+    out.push(b'{');
+    for c in &schema.columns {
+        let value = match names.contains(&c.name) {
+            true => new_map.get(&c.name),
+            false => old_map.get(&c.name),
+        };
+        if let Some(v) = value {
             if out.len() > 1 {
                 out.push(b',');
             }
