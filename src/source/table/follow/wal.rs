@@ -476,34 +476,21 @@ impl Pending {
 
 /// The object `json` with only the fields named in `names`, in the schema's order; values untouched.
 fn only(json: &[u8], names: &[String], schema: &Schema) -> Vec<u8> {
-    let Ok(map) = serde_json::from_slice::<std::collections::HashMap<String, &RawValue>>(json) else {
-        return json.to_vec();
-    };
-    let mut out = Vec::with_capacity(json.len());
-    out.push(b'{');
-    for c in schema.columns.iter().filter(|c| names.contains(&c.name)) {
-        if let Some(v) = map.get(&c.name) {
-            if out.len() > 1 {
-                out.push(b',');
-            }
-            out.extend_from_slice(serde_json::to_string(&c.name).unwrap_or_default().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(v.get().as_bytes());
-        }
-    }
-    out.push(b'}');
-    out
+    pick(json, names, None, schema)
 }
 
 /// The new row's fields named in `names`, and the old row's for the rest, in the schema's order; values untouched.
 fn merged(new: &[u8], names: &[String], old: &[u8], schema: &Schema) -> Vec<u8> {
+    pick(new, names, Some(old), schema)
+}
+
+/// The fields of `new` named in `names`, and those of `old` (if given) for the other columns, in the schema's order.
+/// An object that does not parse is left as it is.
+fn pick(new: &[u8], names: &[String], old: Option<&[u8]>, schema: &Schema) -> Vec<u8> {
     type Fields<'a> = std::collections::HashMap<String, &'a RawValue>;
-    let (Ok(new_map), Ok(old_map)) =
-        (serde_json::from_slice::<Fields<'_>>(new), serde_json::from_slice::<Fields<'_>>(old))
-    else {
-        return only(new, names, schema);
-    };
-    let mut out = Vec::with_capacity(new.len() + old.len());
+    let Ok(new_map) = serde_json::from_slice::<Fields<'_>>(new) else { return new.to_vec() };
+    let old_map = old.and_then(|o| serde_json::from_slice::<Fields<'_>>(o).ok()).unwrap_or_default();
+    let mut out = Vec::with_capacity(new.len() + old.map_or(0, <[u8]>::len));
     out.push(b'{');
     for c in &schema.columns {
         let value = match names.contains(&c.name) {
@@ -540,6 +527,25 @@ pub fn with_fields(mut json: Vec<u8>, fields: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_keeps_its_own_columns_and_takes_the_rest_from_the_old_row_only_when_it_has_one() {
+        let column =
+            |name: &str| crate::sql::Column { name: name.into(), binary: false, json: false, type_name: "text".into() };
+        let schema = Schema {
+            table: crate::sql::url::TableName { schema: None, name: "t".into() },
+            columns: vec![column("id"), column("big"), column("n")],
+            key: vec![],
+        };
+        let names = vec!["id".to_string(), "n".to_string()];
+        let new = br#"{"id":1,"big":null,"n":12345678901234567890.5}"#;
+        assert_eq!(only(new, &names, &schema), br#"{"id":1,"n":12345678901234567890.5}"#.to_vec());
+        let old = br#"{"id":1,"big":"a long text","n":1}"#;
+        assert_eq!(
+            merged(new, &names, old, &schema),
+            br#"{"id":1,"big":"a long text","n":12345678901234567890.5}"#.to_vec()
+        );
+    }
 
     #[test]
     fn change_fields_are_added_to_any_object() {
