@@ -936,3 +936,35 @@ fn postgres_checkpoint_store_dropped_mid_scan() {
     assert!(log.contains("has no plan for the scan of"), "{log}");
     assert_eq!(db.count("destination"), written, "nothing read again");
 }
+
+#[test]
+/// Events of one key with different fields in one batch (an update that leaves a column out, then one that has it):
+/// the row ends as the last event says, whatever order the batch's field groups are written in.
+fn a_key_ends_with_its_last_event_whatever_fields_its_events_have() {
+    let broker = Broker::with_topics("tables-field-groups");
+    let (path, lite) = sqlite_file("field-groups");
+    lite.execute_batch("CREATE TABLE copy (id INTEGER PRIMARY KEY, a INTEGER, b INTEGER)").unwrap();
+    let n = 300;
+    let mut events: Vec<Event> = Vec::new();
+    for i in 0..n {
+        let same = Some(b"one-partition".to_vec());
+        let full_other = format!(r#"{{"id": {}, "a": 0, "b": 0}}"#, 1000 + i);
+        let partial = format!(r#"{{"id": {i}, "a": 1}}"#);
+        let full = format!(r#"{{"id": {i}, "a": 2, "b": 2}}"#);
+        for e in [full_other, partial, full] {
+            events.push((same.clone(), Some(e.into_bytes())));
+        }
+    }
+    let mut a = without(&base_args(&broker.addr, "field-groups"), &["dest-topic"]);
+    a.extend(["--sink".into(), format!("sqlite:{}?table=copy", path.display()), "--jq".into(), ".".into()]);
+    let mut r = start(&a);
+    assert!(r.wait_ready(Duration::from_secs(60)), "{}", r.log());
+    produce_batched(&broker.addr, "src", &events);
+    let all_committed =
+        || committed(&broker.addr, "field-groups", "src").iter().filter(|o| **o > 0).sum::<i64>() == 3 * n;
+    assert!(until(Duration::from_secs(90), all_committed), "{}", r.log());
+    assert_eq!(r.stop(Signal::SIGINT, Duration::from_secs(30)), Some(0), "{}", r.log());
+    let count = |sql: &str| lite.query_row(sql, [], |row| row.get::<_, i64>(0)).unwrap();
+    assert_eq!(count("SELECT COUNT(*) FROM copy"), 2 * n);
+    assert_eq!(count("SELECT COUNT(*) FROM copy WHERE id < 1000 AND a = 2 AND b = 2"), n, "each key as its last event");
+}
