@@ -52,10 +52,14 @@ fn lane_of(key: &[u8]) -> Lane {
 }
 
 /// Before the snapshot: what the server and the table must allow, then the slot, made if this is the first start.
-/// `planned`: the scan was planned before, with a slot that must still be there. Returns the slot's name.
-pub fn prepare(cfg: &Config, conn: &mut Conn, url: &TableUrl, schema: &Schema, planned: bool) -> Result<String> {
+/// `planned`: the scan was planned before, with a slot that must still be there. Returns what following needs of the
+/// slot, read on the source's own connection.
+pub fn prepare(cfg: &Config, conn: &mut Conn, url: &TableUrl, schema: &Schema, planned: bool) -> Result<Prepared> {
     slot::check(conn, url, schema)?;
     let name = slot::name(url, &super::scan_id(cfg));
+    let tables = slot::qualified(conn, schema)?;
+    let prepared =
+        |name: String, confirmed: Option<Lsn>| Prepared { name, tables, confirmed: confirmed.unwrap_or_default() };
     let mut waited = Duration::ZERO;
     loop {
         match slot::state(conn, &name)? {
@@ -89,7 +93,7 @@ pub fn prepare(cfg: &Config, conn: &mut Conn, url: &TableUrl, schema: &Schema, p
                     s.database,
                     s.confirmed.map_or("(nothing yet)".to_string(), |l| l.to_string())
                 );
-                return Ok(name);
+                return Ok(prepared(name, s.confirmed));
             }
             None if planned => {
                 return Err(Error::DbSchema {
@@ -106,10 +110,18 @@ pub fn prepare(cfg: &Config, conn: &mut Conn, url: &TableUrl, schema: &Schema, p
                     "made replication slot {name} at {at}: every change of {} from here on is followed",
                     schema.table
                 );
-                return Ok(name);
+                return Ok(prepared(name, Some(at)));
             }
         }
     }
+}
+
+/// The slot to follow, as the source found or made it before the snapshot.
+pub struct Prepared {
+    name: String,
+    /// The table as wal2json's `add-tables` names it.
+    tables: String,
+    confirmed: Lsn,
 }
 
 /// `--drop-slot`, and `--rescan` with `--follow`: drops the slot. Before any fork.
@@ -161,11 +173,8 @@ pub struct Follow {
 
 impl Follow {
     /// Starts the WAL thread.
-    pub fn start(cfg: &Config, url: &TableUrl, schema: &Schema, slot_name: String) -> Result<Follow> {
-        let mut conn = Conn::open(url)?;
-        let tables = slot::qualified(&mut conn, schema)?;
-        let confirmed = slot::state(&mut conn, &slot_name)?.and_then(|s| s.confirmed).unwrap_or_default();
-        drop(conn);
+    pub fn start(cfg: &Config, url: &TableUrl, schema: &Schema, slot: Prepared) -> Result<Follow> {
+        let Prepared { name: slot_name, tables, confirmed } = slot;
         let shared = Arc::new(Shared::default());
         shared.confirmed.store(confirmed.0, Ordering::Relaxed);
         shared.advance_to.store(confirmed.0, Ordering::Relaxed);
